@@ -1,0 +1,75 @@
+//! Writes one valid frame per fuzz target into `corpus/<target>/seed`, so a run
+//! starts from frames the decoders accept instead of having to discover the layout
+//! (three valid names in a row, say) by mutation. Run from `fuzz/`:
+//! `cargo run --example seeds`.
+
+use std::fs;
+
+use mesh_proto::codec::{Frame, encode};
+use mesh_proto::gossip::{
+    Health, HlcTimestamp, NodeRecord, NodeState, RouteDocument, ServiceRecord,
+};
+use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
+
+fn write<F: Frame>(target: &str, value: &F) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = format!("corpus/{target}");
+    fs::create_dir_all(&dir)?;
+    fs::write(format!("{dir}/seed"), encode(value)?)?;
+    println!("wrote {dir}/seed");
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    write(
+        "stream_header",
+        &StreamHeader {
+            target_service: "orders".into(),
+            source_service: Some("web.frontend".into()),
+            protocol: Protocol::Http,
+            request_id: RequestId(0x0123_4567_89ab_cdef),
+            deadline_ms: Some(2_500),
+        },
+    )?;
+    write(
+        "stream_status",
+        &StreamStatus::new(StatusCode::BackendRefused, "connection refused"),
+    )?;
+    write(
+        "node_record",
+        &NodeRecord {
+            name: "node-1".into(),
+            zone: "eu-west-1a".into(),
+            cluster: "prod".into(),
+            quic_addr: "10.0.0.1:4433".parse()?,
+            version: "shoal 0.1.0".into(),
+            started_at_ms: 1_700_000_000_000,
+            state: NodeState::Serving,
+        },
+    )?;
+    write(
+        "service_record",
+        &ServiceRecord {
+            name: "orders".into(),
+            protocol: Protocol::Tcp,
+            weight: 100,
+            health: Health::Healthy,
+            inflight: 3,
+            tags: vec!["canary".into(), "v2".into()],
+        },
+    )?;
+    write(
+        "route_document",
+        &RouteDocument {
+            name: "orders-split".into(),
+            version: HlcTimestamp {
+                wall_ms: 1_700_000_000_123,
+                logical: 2,
+                node: "node-1".into(),
+            },
+            body: b"split: 90/10".to_vec(),
+            signature: vec![0x30; 70],
+            signer_cert_der: vec![0x30; 300],
+        },
+    )?;
+    Ok(())
+}

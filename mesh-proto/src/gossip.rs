@@ -1,0 +1,366 @@
+//! What a node publishes in its own chitchat key space (design §4): the key names
+//! and the three records stored under them. Each node writes only facts about
+//! itself: its [`NodeRecord`] under [`NODE_KEY`], one [`ServiceRecord`] per local
+//! service under `svc:<name>`, and each [`RouteDocument`] it accepted under
+//! `route:<name>`. Values travel as [`crate::codec::encode_text`] strings, since
+//! chitchat values are strings.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bincode::{Decode, Encode};
+
+use crate::codec::{FieldError, Frame, impl_frame_body};
+use crate::names::{is_valid_name, validate_name};
+use crate::tunnel::Protocol;
+
+/// Key of the node's own [`NodeRecord`].
+pub const NODE_KEY: &str = "node";
+/// Prefix of the keys holding [`ServiceRecord`]s: `svc:<service name>`.
+pub const SERVICE_KEY_PREFIX: &str = "svc:";
+/// Prefix of the keys holding [`RouteDocument`]s: `route:<route name>`.
+pub const ROUTE_KEY_PREFIX: &str = "route:";
+
+/// The key of the record for local service `name`.
+pub fn service_key(name: &str) -> String {
+    format!("{SERVICE_KEY_PREFIX}{name}")
+}
+
+/// The key of the route document called `name`.
+pub fn route_key(name: &str) -> String {
+    format!("{ROUTE_KEY_PREFIX}{name}")
+}
+
+/// A recognised key of a node's key space, as returned by [`parse_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key<'a> {
+    /// [`NODE_KEY`].
+    Node,
+    /// `svc:<name>`, with the service name.
+    Service(&'a str),
+    /// `route:<name>`, with the route name.
+    Route(&'a str),
+}
+
+/// Recognises a key. Returns `None` for any other key, including a known prefix
+/// followed by an invalid name (a peer's bad key is ignored, never trusted).
+pub fn parse_key(key: &str) -> Option<Key<'_>> {
+    if key == NODE_KEY {
+        return Some(Key::Node);
+    }
+    if let Some(name) = key.strip_prefix(SERVICE_KEY_PREFIX) {
+        return is_valid_name(name).then_some(Key::Service(name));
+    }
+    if let Some(name) = key.strip_prefix(ROUTE_KEY_PREFIX) {
+        return is_valid_name(name).then_some(Key::Route(name));
+    }
+    None
+}
+
+/// Whether a node takes new streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum NodeState {
+    /// Taking new streams.
+    Serving,
+    /// Shutting down: finishing its streams, taking no new ones. Callers stop
+    /// choosing its endpoints as soon as they see this.
+    Draining,
+}
+
+impl NodeState {
+    /// The lowercase name used in logs and the admin API (`serving`, `draining`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Serving => "serving",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The value under [`NODE_KEY`]: who the node is and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct NodeRecord {
+    /// The node's name, as in its certificate (`spiffe://TD/node/<name>`).
+    pub name: String,
+    /// The zone the node runs in, for zone-aware load balancing.
+    pub zone: String,
+    /// The cluster (mesh) the node belongs to.
+    pub cluster: String,
+    /// Where peers reach the node's QUIC endpoint. Must be dialable: no unspecified
+    /// IP, no port 0.
+    pub quic_addr: SocketAddr,
+    /// The node's software version: 1 to [`NodeRecord::MAX_VERSION_LEN`] bytes of
+    /// printable ASCII.
+    pub version: String,
+    /// When the node started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Whether the node takes new streams.
+    pub state: NodeState,
+}
+
+impl NodeRecord {
+    /// Longest accepted software version string, in bytes.
+    pub const MAX_VERSION_LEN: usize = 64;
+}
+
+impl Frame for NodeRecord {
+    const NAME: &'static str = "node record";
+    const MAX_BODY_LEN: usize = 1024;
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate_name("node name", &self.name)?;
+        validate_name("zone", &self.zone)?;
+        validate_name("cluster", &self.cluster)?;
+        if self.quic_addr.ip().is_unspecified() || self.quic_addr.port() == 0 {
+            return Err(FieldError::Undialable {
+                field: "QUIC address",
+                addr: self.quic_addr,
+            });
+        }
+        if self.version.is_empty() {
+            return Err(FieldError::Empty {
+                field: "software version",
+            });
+        }
+        if self.version.len() > Self::MAX_VERSION_LEN {
+            return Err(FieldError::TooLong {
+                field: "software version",
+                len: self.version.len(),
+                max: Self::MAX_VERSION_LEN,
+            });
+        }
+        if let Some(ch) = self.version.chars().find(|c| !(' '..='~').contains(c)) {
+            return Err(FieldError::BadChar {
+                field: "software version",
+                ch,
+                allowed: "only printable ASCII is allowed",
+            });
+        }
+        Ok(())
+    }
+}
+impl_frame_body!(NodeRecord);
+
+/// Health of a local service endpoint, as its hosting node's active checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Health {
+    /// The last checks passed.
+    Healthy,
+    /// The last checks failed; callers skip the endpoint.
+    Unhealthy,
+    /// Not checked yet (or checks are off).
+    Unknown,
+}
+
+impl Health {
+    /// The lowercase name used in logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The value under `svc:<name>`: one endpoint of a service, on the publishing node.
+///
+/// It carries no backend address: callers never connect to a backend directly (the
+/// traffic arrives through the node's tunnel), so gossip does not reveal where the
+/// backend listens.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ServiceRecord {
+    /// The service name; the publishing node's certificate must name it.
+    pub name: String,
+    /// The protocol the service speaks.
+    pub protocol: Protocol,
+    /// Relative load-balancing weight, [`ServiceRecord::MIN_WEIGHT`] to
+    /// [`ServiceRecord::MAX_WEIGHT`].
+    pub weight: u32,
+    /// Result of the hosting node's active health checks.
+    pub health: Health,
+    /// Requests or connections in flight to this endpoint when published.
+    pub inflight: u32,
+    /// Free-form labels (each a valid name), at most [`ServiceRecord::MAX_TAGS`].
+    pub tags: Vec<String>,
+}
+
+impl ServiceRecord {
+    /// Smallest accepted weight.
+    pub const MIN_WEIGHT: u32 = 1;
+    /// Largest accepted weight.
+    pub const MAX_WEIGHT: u32 = 10_000;
+    /// Most tags a record may carry.
+    pub const MAX_TAGS: usize = 16;
+}
+
+impl Frame for ServiceRecord {
+    const NAME: &'static str = "service record";
+    const MAX_BODY_LEN: usize = 2048;
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate_name("service name", &self.name)?;
+        if !(Self::MIN_WEIGHT..=Self::MAX_WEIGHT).contains(&self.weight) {
+            return Err(FieldError::OutOfRange {
+                field: "service weight",
+                value: self.weight.into(),
+                min: Self::MIN_WEIGHT.into(),
+                max: Self::MAX_WEIGHT.into(),
+            });
+        }
+        if self.tags.len() > Self::MAX_TAGS {
+            return Err(FieldError::TooMany {
+                field: "service tags",
+                count: self.tags.len(),
+                max: Self::MAX_TAGS,
+            });
+        }
+        for tag in &self.tags {
+            validate_name("service tag", tag)?;
+        }
+        Ok(())
+    }
+}
+impl_frame_body!(ServiceRecord);
+
+/// A hybrid logical clock reading: the version of a route document.
+///
+/// Ordered by `wall_ms`, then `logical`, then `node` (the derived order follows the
+/// field order), so "highest version wins" is a plain `max`, and two nodes that
+/// stamp the same instant are still ordered the same way everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct HlcTimestamp {
+    /// Physical part: milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+    /// Logical counter, for events within the same millisecond.
+    pub logical: u32,
+    /// Name of the node that took the reading: the final tie-breaker.
+    pub node: String,
+}
+
+/// The value under `route:<name>`: a signed, versioned route document.
+///
+/// The shape is fixed here; the contents of `body`, and how the signature is
+/// checked, are defined by the route-document work. Decoding checks only names and
+/// sizes: a decoded document is not yet trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RouteDocument {
+    /// The route's name.
+    pub name: String,
+    /// The version; of two valid documents with the same name, the higher wins.
+    pub version: HlcTimestamp,
+    /// The signed document bytes, at most [`RouteDocument::MAX_DOCUMENT_LEN`].
+    pub body: Vec<u8>,
+    /// The operator's signature over `body`, at most
+    /// [`RouteDocument::MAX_SIGNATURE_LEN`] bytes.
+    pub signature: Vec<u8>,
+    /// The operator certificate (DER) that made the signature, at most
+    /// [`RouteDocument::MAX_SIGNER_CERT_LEN`] bytes.
+    pub signer_cert_der: Vec<u8>,
+}
+
+impl RouteDocument {
+    /// Longest accepted document body, in bytes.
+    pub const MAX_DOCUMENT_LEN: usize = 24 * 1024;
+    /// Longest accepted signature, in bytes (an ECDSA P-256 signature is at most 72).
+    pub const MAX_SIGNATURE_LEN: usize = 512;
+    /// Longest accepted signer certificate, in bytes.
+    pub const MAX_SIGNER_CERT_LEN: usize = 4 * 1024;
+}
+
+impl Frame for RouteDocument {
+    const NAME: &'static str = "route document";
+    const MAX_BODY_LEN: usize = 32 * 1024;
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate_name("route name", &self.name)?;
+        validate_name("route version node", &self.version.node)?;
+        for (field, len, max) in [
+            ("route body", self.body.len(), Self::MAX_DOCUMENT_LEN),
+            (
+                "route signature",
+                self.signature.len(),
+                Self::MAX_SIGNATURE_LEN,
+            ),
+            (
+                "route signer certificate",
+                self.signer_cert_der.len(),
+                Self::MAX_SIGNER_CERT_LEN,
+            ),
+        ] {
+            if len > max {
+                return Err(FieldError::TooLong { field, len, max });
+            }
+        }
+        Ok(())
+    }
+}
+impl_frame_body!(RouteDocument);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_key_recognises_the_three_kinds() {
+        assert_eq!(parse_key("node"), Some(Key::Node));
+        assert_eq!(parse_key("svc:web"), Some(Key::Service("web")));
+        assert_eq!(parse_key("route:api.v2"), Some(Key::Route("api.v2")));
+        assert_eq!(parse_key(&service_key("db")), Some(Key::Service("db")));
+        assert_eq!(parse_key(&route_key("r-1")), Some(Key::Route("r-1")));
+    }
+
+    #[test]
+    fn parse_key_ignores_unknown_keys_and_bad_names() {
+        for key in [
+            "",
+            "nodes",
+            "Node",
+            "svc:",
+            "svc:Web",
+            "svc:a_b",
+            "svc:-a",
+            "route:",
+            "route:x..y",
+            "svc",
+            "other:web",
+            " svc:web",
+            "svc:web ",
+        ] {
+            assert_eq!(parse_key(key), None, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn hlc_orders_by_wall_then_logical_then_node() {
+        let t = |wall_ms, logical, node: &str| HlcTimestamp {
+            wall_ms,
+            logical,
+            node: node.to_string(),
+        };
+        assert!(t(2, 0, "a") > t(1, 99, "z"));
+        assert!(t(1, 2, "a") > t(1, 1, "z"));
+        assert!(t(1, 1, "b") > t(1, 1, "a"));
+        assert_eq!(t(1, 1, "a").cmp(&t(1, 1, "a")), std::cmp::Ordering::Equal);
+        let versions = [t(5, 0, "n2"), t(5, 0, "n1"), t(4, 7, "n3")];
+        assert_eq!(versions.iter().max(), Some(&t(5, 0, "n2")));
+    }
+
+    #[test]
+    fn enums_display_lowercase() {
+        assert_eq!(NodeState::Draining.to_string(), "draining");
+        assert_eq!(Health::Unhealthy.to_string(), "unhealthy");
+    }
+}

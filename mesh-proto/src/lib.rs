@@ -1,0 +1,57 @@
+//! Shoal's wire contract and I/O-free logic.
+//!
+//! Every byte one Shoal node sends another is defined here: the frames at the start
+//! of each `shoal-tunnel/1` stream, the records each node publishes through gossip,
+//! and the one codec that turns all of them into bytes and back. A node built from
+//! this crate agrees with every other node on layout, versions and limits, because
+//! there is no second place where they are written down.
+//!
+//! What it does:
+//!
+//! - frames every message as `[version u8][body length u32 BE][bincode body]`, with a
+//!   hard size limit per message type, checked before anything is allocated;
+//! - tells "need more bytes" ([`codec::DecodeError::Incomplete`]) from "bad bytes"
+//!   ([`codec::InvalidFrame`]), rejects trailing garbage, and validates every decoded
+//!   value (names, list lengths, ranges) before handing it out;
+//! - never panics on any input: every decoder is property-tested and fuzzed
+//!   (`fuzz/`, one target per frame type).
+//!
+//! What it does not do: I/O. There are no sockets, no async runtime and no clock
+//! here (code that needs the time takes `now` as an argument); the `shoal-node`
+//! crate drives these types over QUIC and chitchat. Nor does it check signatures or
+//! certificates: a decoded [`gossip::RouteDocument`] is well-formed, not trusted.
+//!
+//! ```
+//! use mesh_proto::codec::{decode, encode};
+//! use mesh_proto::tunnel::{Protocol, RequestId, StreamHeader};
+//!
+//! let header = StreamHeader {
+//!     target_service: "orders".into(),
+//!     source_service: Some("web".into()),
+//!     protocol: Protocol::Http,
+//!     request_id: RequestId(7),
+//!     deadline_ms: Some(1500),
+//! };
+//! let mut wire = encode(&header)?;
+//! wire.extend_from_slice(b"GET / HTTP/1.1\r\n"); // payload follows the header
+//! let (decoded, used) = decode::<StreamHeader>(&wire)?;
+//! assert_eq!(decoded, header);
+//! assert_eq!(&wire[used..], b"GET / HTTP/1.1\r\n");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Layout
+//!
+//! - [`names`]: the naming rule shared by nodes, services, zones and trust domains.
+//! - [`codec`]: the frame layout, the [`codec::Frame`] trait, binary and text
+//!   (base64, for gossip values) encoding and decoding, and their errors.
+//! - [`tunnel`]: [`tunnel::StreamHeader`] and [`tunnel::StreamStatus`], the frames
+//!   that open a tunnel stream.
+//! - [`gossip`]: the chitchat key names and the records stored under them:
+//!   [`gossip::NodeRecord`], [`gossip::ServiceRecord`], [`gossip::RouteDocument`].
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod gossip;
+pub mod names;
+pub mod tunnel;

@@ -1,0 +1,530 @@
+//! `shoal-pki` end to end: the real binary in a temporary directory, its files
+//! checked with OpenSSL and with the library.
+
+#![allow(clippy::unwrap_used)]
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use shoal_pki::{CertificateAuthority, Validity};
+use time::{Duration, OffsetDateTime};
+
+fn pki(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal-pki"))
+        .args(args)
+        .output()
+        .expect("run shoal-pki")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = pki(args);
+    assert!(
+        out.status.success(),
+        "shoal-pki {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns stdout + stderr.
+fn fails(args: &[&str]) -> String {
+    let out = pki(args);
+    assert!(!out.status.success(), "shoal-pki {args:?} should fail");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed (apt-get install openssl)")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).unwrap()
+}
+
+#[test]
+fn ca_init_writes_a_p256_ca_that_openssl_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "example.org",
+        "--out",
+        p(&ca),
+        "--days",
+        "30",
+    ]);
+    assert_eq!(mode(&ca.join("ca.key")), 0o600);
+    let text = openssl(&["x509", "-in", p(&ca.join("ca.crt")), "-noout", "-text"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("CA:TRUE"), "{text}");
+    assert!(text.contains("pathlen:0"), "{text}");
+    assert!(text.contains("Certificate Sign"), "{text}");
+    assert!(text.contains("prime256v1"), "{text}");
+    assert!(text.contains("URI:spiffe://example.org"), "{text}");
+    let key = openssl(&["pkey", "-in", p(&ca.join("ca.key")), "-noout", "-text"]);
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+
+    let info = json(&["inspect", "--json", p(&ca.join("ca.crt"))]);
+    assert_eq!(info["kind"], "ca");
+    assert_eq!(info["trust_domain"], "example.org");
+    assert!(
+        (29..=30).contains(&info["days_left"].as_i64().unwrap()),
+        "{info}"
+    );
+    // the CA verifies against itself
+    ok(&["verify", "--ca", p(&ca), p(&ca.join("ca.crt"))]);
+}
+
+#[test]
+fn node_certificate_chains_and_names_its_services() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let out = tmp.path().join("web-1");
+    ok(&["ca", "init", "--trust-domain", "mesh.test", "--out", p(&ca)]);
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--node",
+        "web-1",
+        "--service",
+        "web",
+        "--service",
+        "api",
+        "--days",
+        "10",
+        "--out",
+        p(&out),
+    ]);
+    assert_eq!(mode(&out.join("node.key")), 0o600);
+    assert_eq!(
+        fs::read(out.join("ca.crt")).unwrap(),
+        fs::read(ca.join("ca.crt")).unwrap()
+    );
+
+    let v = openssl(&[
+        "verify",
+        "-CAfile",
+        p(&ca.join("ca.crt")),
+        p(&out.join("node.crt")),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // both TLS purposes
+    for purpose in ["sslserver", "sslclient"] {
+        let v = openssl(&[
+            "verify",
+            "-purpose",
+            purpose,
+            "-CAfile",
+            p(&ca.join("ca.crt")),
+            p(&out.join("node.crt")),
+        ]);
+        assert!(
+            v.status.success(),
+            "{purpose}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let text = openssl(&["x509", "-in", p(&out.join("node.crt")), "-noout", "-text"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for uri in [
+        "URI:spiffe://mesh.test/node/web-1",
+        "URI:spiffe://mesh.test/service/web",
+        "URI:spiffe://mesh.test/service/api",
+    ] {
+        assert!(text.contains(uri), "{uri} missing in {text}");
+    }
+    assert!(!text.contains("CA:TRUE"));
+
+    let info = json(&["inspect", "--json", p(&out.join("node.crt"))]);
+    assert_eq!(info["kind"], "node");
+    assert_eq!(info["node"], "web-1");
+    assert_eq!(info["services"], serde_json::json!(["api", "web"]));
+    assert_eq!(info["trust_domain"], "mesh.test");
+    assert_eq!(info["spiffe_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(info["expired"], false);
+    assert!((9..=10).contains(&info["days_left"].as_i64().unwrap()));
+    assert!(
+        info["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("mesh.test mesh CA")
+    );
+    // fingerprint agrees with OpenSSL's
+    let fp = openssl(&[
+        "x509",
+        "-in",
+        p(&out.join("node.crt")),
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+    ]);
+    let fp = String::from_utf8_lossy(&fp.stdout);
+    let fp = fp.trim().rsplit('=').next().unwrap();
+    assert_eq!(info["sha256_fingerprint"], fp);
+
+    let text = ok(&["inspect", p(&out.join("node.crt"))]);
+    assert!(text.contains("services:     api, web"), "{text}");
+    assert!(text.contains("days left"), "{text}");
+
+    let said = ok(&["verify", "--ca", p(&ca), p(&out.join("node.crt"))]);
+    assert!(said.contains("ok (node web-1"), "{said}");
+    // --ca may also name the CA certificate file itself
+    ok(&[
+        "verify",
+        "--ca",
+        p(&ca.join("ca.crt")),
+        p(&out.join("node.crt")),
+    ]);
+}
+
+#[test]
+fn operator_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let out = tmp.path().join("alice");
+    ok(&["ca", "init", "--trust-domain", "mesh.test", "--out", p(&ca)]);
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--operator",
+        "alice",
+        "--out",
+        p(&out),
+    ]);
+    assert_eq!(mode(&out.join("operator.key")), 0o600);
+    assert!(!out.join("node.crt").exists());
+    let v = openssl(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        p(&ca.join("ca.crt")),
+        p(&out.join("operator.crt")),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let info = json(&["inspect", "--json", p(&out.join("operator.crt"))]);
+    assert_eq!(info["kind"], "operator");
+    assert_eq!(info["operator"], "alice");
+    assert_eq!(
+        info["spiffe_ids"],
+        serde_json::json!(["spiffe://mesh.test/operator/alice"])
+    );
+    assert!(
+        ok(&["verify", "--ca", p(&ca), p(&out.join("operator.crt"))])
+            .contains("ok (operator alice")
+    );
+    // --service makes no sense for an operator
+    fails(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--operator",
+        "bob",
+        "--service",
+        "x",
+        "--out",
+        p(&tmp.path().join("bob")),
+    ]);
+    // exactly one of --node / --operator
+    fails(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--node",
+        "a",
+        "--operator",
+        "b",
+        "--out",
+        p(&tmp.path().join("ab")),
+    ]);
+    fails(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--out",
+        p(&tmp.path().join("none")),
+    ]);
+}
+
+#[test]
+fn verify_names_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_a = tmp.path().join("ca-a");
+    let ca_b = tmp.path().join("ca-b");
+    let ca_a2 = tmp.path().join("ca-a2");
+    ok(&["ca", "init", "--trust-domain", "a.test", "--out", p(&ca_a)]);
+    ok(&["ca", "init", "--trust-domain", "b.test", "--out", p(&ca_b)]);
+    // a second CA with the SAME trust domain (and so the same subject name)
+    ok(&["ca", "init", "--trust-domain", "a.test", "--out", p(&ca_a2)]);
+    let node_b = tmp.path().join("node-b");
+    let node_a2 = tmp.path().join("node-a2");
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca_b),
+        "--node",
+        "n1",
+        "--out",
+        p(&node_b),
+    ]);
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca_a2),
+        "--node",
+        "n1",
+        "--out",
+        p(&node_a2),
+    ]);
+
+    for other in [&node_b, &node_a2] {
+        let said = fails(&["verify", "--ca", p(&ca_a), p(&other.join("node.crt"))]);
+        assert!(said.contains("another CA"), "{said}");
+        assert_eq!(said.lines().count(), 1, "one line: {said}");
+        // OpenSSL agrees
+        let v = openssl(&[
+            "verify",
+            "-CAfile",
+            p(&ca_a.join("ca.crt")),
+            p(&other.join("node.crt")),
+        ]);
+        assert!(!v.status.success());
+    }
+
+    // expired and not-yet-valid certificates, minted through the library
+    let ca = CertificateAuthority::load(&ca_a).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let expired = ca
+        .issue_node(
+            "old",
+            &[],
+            Validity::between(now - Duration::days(10), now - Duration::days(1)).unwrap(),
+        )
+        .unwrap();
+    let future = ca
+        .issue_node(
+            "new",
+            &[],
+            Validity::between(now + Duration::days(1), now + Duration::days(10)).unwrap(),
+        )
+        .unwrap();
+    let exp_path = tmp.path().join("expired.crt");
+    let fut_path = tmp.path().join("future.crt");
+    fs::write(&exp_path, &expired.cert_pem).unwrap();
+    fs::write(&fut_path, &future.cert_pem).unwrap();
+    let said = fails(&["verify", "--ca", p(&ca_a), p(&exp_path)]);
+    assert!(said.contains("expired on"), "{said}");
+    let said = fails(&["verify", "--ca", p(&ca_a), p(&fut_path)]);
+    assert!(said.contains("not yet valid"), "{said}");
+    let info = json(&["inspect", "--json", p(&exp_path)]);
+    assert_eq!(info["expired"], true);
+    assert!(info["days_left"].as_i64().unwrap() < 0);
+    assert!(ok(&["inspect", p(&exp_path)]).contains("EXPIRED"));
+
+    // garbage and truncated files
+    let junk = tmp.path().join("junk.crt");
+    fs::write(&junk, b"hello, not a certificate").unwrap();
+    let said = fails(&["verify", "--ca", p(&ca_a), p(&junk)]);
+    assert!(said.contains("malformed"), "{said}");
+    assert!(fails(&["inspect", p(&junk)]).contains("malformed"));
+    let pem = fs::read_to_string(node_b.join("node.crt")).unwrap();
+    let cut = tmp.path().join("cut.crt");
+    fs::write(&cut, &pem[..pem.len() / 2]).unwrap();
+    assert!(fails(&["verify", "--ca", p(&ca_a), p(&cut)]).contains("malformed"));
+    // a missing file
+    assert!(
+        fails(&["verify", "--ca", p(&ca_a), p(&tmp.path().join("nope.crt"))]).contains("nope.crt")
+    );
+}
+
+#[test]
+fn refuses_to_overwrite_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&["ca", "init", "--trust-domain", "t.test", "--out", p(&ca)]);
+    let before = fs::read(ca.join("ca.key")).unwrap();
+    let said = fails(&["ca", "init", "--trust-domain", "t.test", "--out", p(&ca)]);
+    assert!(
+        said.contains("already exist") && said.contains("--force"),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read(ca.join("ca.key")).unwrap(),
+        before,
+        "key must be untouched"
+    );
+    ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "t.test",
+        "--out",
+        p(&ca),
+        "--force",
+    ]);
+    assert_ne!(fs::read(ca.join("ca.key")).unwrap(), before);
+
+    let out = tmp.path().join("n");
+    ok(&["issue", "--ca", p(&ca), "--node", "n", "--out", p(&out)]);
+    let before = fs::read(out.join("node.crt")).unwrap();
+    // only one of the three files present still blocks the whole set
+    fs::remove_file(out.join("node.key")).unwrap();
+    fs::remove_file(out.join("ca.crt")).unwrap();
+    let said = fails(&["issue", "--ca", p(&ca), "--node", "n", "--out", p(&out)]);
+    assert!(said.contains("node.crt"), "{said}");
+    assert!(!out.join("node.key").exists(), "no partial set written");
+    assert_eq!(fs::read(out.join("node.crt")).unwrap(), before);
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--node",
+        "n",
+        "--out",
+        p(&out),
+        "--force",
+    ]);
+    assert!(out.join("node.key").exists());
+    // nothing but the three files (no temporaries)
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 3);
+}
+
+#[test]
+fn bad_names_and_arguments_are_refused_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    for (td, word) in [
+        ("Example.org", "trust domain"),
+        ("exa_mple", "trust domain"),
+        ("-bad", "trust domain"),
+        ("a..b", "trust domain"),
+    ] {
+        let flag = format!("--trust-domain={td}");
+        let said = fails(&["ca", "init", &flag, "--out", p(&ca)]);
+        assert!(said.contains(word), "{td}: {said}");
+        assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
+        assert!(!ca.exists(), "nothing written for {td}");
+    }
+    assert!(
+        fails(&[
+            "ca",
+            "init",
+            "--trust-domain",
+            "ok.test",
+            "--out",
+            p(&ca),
+            "--days",
+            "0"
+        ])
+        .contains("--days")
+    );
+    assert!(!ca.exists());
+    ok(&["ca", "init", "--trust-domain", "ok.test", "--out", p(&ca)]);
+
+    let out = tmp.path().join("out");
+    for (args, word) in [
+        (vec!["--node", "Web1"], "node name"),
+        (vec!["--node", "web/1"], "node name"),
+        (vec!["--node", "w", "--service", "My_Svc"], "service name"),
+        (
+            vec!["--node", "w", "--service", "a", "--service", "a"],
+            "twice",
+        ),
+        (vec!["--operator", "Alice"], "operator name"),
+        (vec!["--node", ""], "empty"),
+    ] {
+        let mut all = vec!["issue", "--ca", p(&ca), "--out", p(&out)];
+        all.extend(args.iter().copied());
+        let said = fails(&all);
+        assert!(said.contains(word), "{args:?}: {said}");
+        assert!(!out.exists(), "nothing written for {args:?}");
+    }
+    // a certificate may not outlive its CA
+    let short = tmp.path().join("short");
+    ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "ok.test",
+        "--out",
+        p(&short),
+        "--days",
+        "5",
+    ]);
+    let said = fails(&[
+        "issue",
+        "--ca",
+        p(&short),
+        "--node",
+        "n",
+        "--days",
+        "6",
+        "--out",
+        p(&out),
+    ]);
+    assert!(said.contains("outlive the CA"), "{said}");
+    // a CA directory that is not one
+    let said = fails(&[
+        "issue",
+        "--ca",
+        p(&tmp.path().join("missing")),
+        "--node",
+        "n",
+        "--out",
+        p(&out),
+    ]);
+    assert!(
+        said.contains("ca.crt") && said.contains("shoal-pki ca init"),
+        "{said}"
+    );
+    let node_dir = tmp.path().join("nd");
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--node",
+        "n",
+        "--out",
+        p(&node_dir),
+    ]);
+    fs::copy(node_dir.join("node.key"), node_dir.join("ca.key")).unwrap();
+    let said = fails(&[
+        "issue",
+        "--ca",
+        p(&node_dir),
+        "--node",
+        "x",
+        "--out",
+        p(&out),
+    ]);
+    assert!(
+        said.contains("does not match") || said.contains("not a Shoal mesh CA"),
+        "{said}"
+    );
+    assert!(!out.exists());
+}
