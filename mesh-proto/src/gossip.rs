@@ -31,11 +31,17 @@ pub fn route_key(name: &str) -> String {
     format!("{ROUTE_KEY_PREFIX}{name}")
 }
 
+/// The key of a node's certificate ([`NodeCertificate`]): what lets every other
+/// node check which services the node may host.
+pub const CERT_KEY: &str = "cert";
+
 /// A recognised key of a node's key space, as returned by [`parse_key`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key<'a> {
     /// [`NODE_KEY`].
     Node,
+    /// [`CERT_KEY`].
+    Cert,
     /// `svc:<name>`, with the service name.
     Service(&'a str),
     /// `route:<name>`, with the route name.
@@ -47,6 +53,9 @@ pub enum Key<'a> {
 pub fn parse_key(key: &str) -> Option<Key<'_>> {
     if key == NODE_KEY {
         return Some(Key::Node);
+    }
+    if key == CERT_KEY {
+        return Some(Key::Cert);
     }
     if let Some(name) = key.strip_prefix(SERVICE_KEY_PREFIX) {
         return is_valid_name(name).then_some(Key::Service(name));
@@ -146,6 +155,42 @@ impl Frame for NodeRecord {
     }
 }
 impl_frame_body!(NodeRecord);
+
+/// The value under [`CERT_KEY`]: the node's certificate (DER), published so that
+/// every node can check, against the mesh CA, which services the node may host. A
+/// service record whose service the certificate does not name is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct NodeCertificate {
+    /// The DER certificate, 1 to [`NodeCertificate::MAX_DER_LEN`] bytes.
+    pub der: Vec<u8>,
+}
+
+impl NodeCertificate {
+    /// Largest accepted certificate, in bytes.
+    pub const MAX_DER_LEN: usize = 4096;
+}
+
+impl Frame for NodeCertificate {
+    const NAME: &'static str = "node certificate";
+    const MAX_BODY_LEN: usize = 4200;
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.der.is_empty() {
+            return Err(FieldError::Empty {
+                field: "node certificate",
+            });
+        }
+        if self.der.len() > Self::MAX_DER_LEN {
+            return Err(FieldError::TooLong {
+                field: "node certificate",
+                len: self.der.len(),
+                max: Self::MAX_DER_LEN,
+            });
+        }
+        Ok(())
+    }
+}
+impl_frame_body!(NodeCertificate);
 
 /// Health of a local service endpoint, as its hosting node's active checks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
@@ -314,8 +359,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_key_recognises_the_three_kinds() {
+    fn parse_key_recognises_every_kind() {
         assert_eq!(parse_key("node"), Some(Key::Node));
+        assert_eq!(parse_key("cert"), Some(Key::Cert));
         assert_eq!(parse_key("svc:web"), Some(Key::Service("web")));
         assert_eq!(parse_key("route:api.v2"), Some(Key::Route("api.v2")));
         assert_eq!(parse_key(&service_key("db")), Some(Key::Service("db")));

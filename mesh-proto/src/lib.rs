@@ -48,10 +48,15 @@
 //! - [`tunnel`]: [`tunnel::StreamHeader`] and [`tunnel::StreamStatus`], the frames
 //!   that open a tunnel stream.
 //! - [`gossip`]: the chitchat key names and the records stored under them:
-//!   [`gossip::NodeRecord`], [`gossip::ServiceRecord`], [`gossip::RouteDocument`].
+//!   [`gossip::NodeRecord`], [`gossip::NodeCertificate`], [`gossip::ServiceRecord`],
+//!   [`gossip::RouteDocument`].
+//! - [`routing`]: the routing table as a pure function of the live members' records.
+//! - [`health`]: the healthy/unhealthy state machine of one endpoint.
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod gossip;
+pub mod health;
 pub mod names;
+pub mod routing;
 pub mod tunnel;

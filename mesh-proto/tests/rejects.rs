@@ -11,7 +11,7 @@ use mesh_proto::codec::{
     PROTOCOL_VERSION, decode, decode_exact, decode_text, encode, encode_into, encode_text,
     frame_len, max_text_len,
 };
-use mesh_proto::gossip::{NodeRecord, RouteDocument, ServiceRecord};
+use mesh_proto::gossip::{NodeCertificate, NodeRecord, RouteDocument, ServiceRecord};
 use mesh_proto::names::NameError;
 use mesh_proto::tunnel::{StatusCode, StreamHeader, StreamStatus};
 
@@ -23,6 +23,7 @@ macro_rules! for_every_frame {
         $check::<NodeRecord>(&sample_node());
         $check::<ServiceRecord>(&sample_service());
         $check::<RouteDocument>(&sample_route());
+        $check::<NodeCertificate>(&sample_certificate());
     };
 }
 

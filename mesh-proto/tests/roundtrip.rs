@@ -10,7 +10,7 @@ use mesh_proto::codec::{
     DecodeError, FRAME_HEADER_LEN, Frame, decode, decode_exact, decode_text, encode, encode_into,
     encode_text, frame_len,
 };
-use mesh_proto::gossip::{NodeRecord, RouteDocument, ServiceRecord};
+use mesh_proto::gossip::{NodeCertificate, NodeRecord, RouteDocument, ServiceRecord};
 use mesh_proto::tunnel::{StreamHeader, StreamStatus};
 use proptest::prelude::*;
 
@@ -96,6 +96,7 @@ frame_properties!(stream_status, StreamStatus, stream_status());
 frame_properties!(node_record, NodeRecord, node_record());
 frame_properties!(service_record, ServiceRecord, service_record());
 frame_properties!(route_document, RouteDocument, route_document());
+frame_properties!(node_certificate, NodeCertificate, node_certificate());
 
 proptest! {
     /// Frames of different types written back to back come out in order.

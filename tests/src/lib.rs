@@ -1,1 +1,421 @@
-//! Integration tests live in tests/tests/.
+//! Test harness for Shoal's cross-crate integration tests: a throw-away mesh CA,
+//! node configs on loopback with port 0, in-process nodes, tiny backends, an HTTP
+//! client for the admin API, and [`eventually`], which polls a condition with a
+//! bound instead of sleeping.
+//!
+//! ```ignore
+//! let pki = Pki::new("mesh.test");
+//! let a = TestNode::start(&pki, NodeSpec::new("a")).await;
+//! let b = TestNode::start(&pki, NodeSpec::new("b").seed(&a)).await;
+//! eventually("b sees a", || async { b.members().await.len() == 2 }).await;
+//! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use shoal_node::config::{Config, RawConfig, RawHealth, RawService, RawTls};
+use shoal_node::{Node, StartOptions};
+use shoal_pki::{CertificateAuthority, IssuedCert, Validity};
+use tempfile::TempDir;
+
+/// Gossip interval used by test nodes (faster than production, so tests are short).
+pub const TEST_GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
+/// How long [`eventually`] waits by default.
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after
+/// [`EVENTUALLY`].
+pub async fn eventually<F, Fut>(what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(what, EVENTUALLY, cond).await
+}
+
+/// [`eventually`] with an explicit bound.
+pub async fn eventually_within<F, Fut>(what: &str, bound: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return;
+        }
+        if start.elapsed() > bound {
+            panic!("timed out after {bound:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A throw-away mesh CA in a temporary directory.
+pub struct Pki {
+    /// The CA.
+    pub ca: CertificateAuthority,
+    /// Where certificates are written.
+    pub dir: TempDir,
+}
+
+impl Pki {
+    /// A new CA for `trust_domain`.
+    pub fn new(trust_domain: &str) -> Pki {
+        Pki {
+            ca: CertificateAuthority::create(trust_domain, Validity::days_from_now(30).unwrap())
+                .unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Issues a node certificate and writes node.crt, node.key and ca.crt into a
+    /// fresh directory; returns it.
+    pub fn node_dir(&self, node: &str, services: &[&str]) -> PathBuf {
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        let cert = self
+            .ca
+            .issue_node(node, &services, Validity::days_from_now(10).unwrap())
+            .unwrap();
+        self.write(node, &cert)
+    }
+
+    /// Writes an issued certificate into `<dir>/<label>-<n>/` and returns that directory.
+    pub fn write(&self, label: &str, cert: &IssuedCert) -> PathBuf {
+        let mut n = 0;
+        let dir = loop {
+            let d = self.dir.path().join(format!("{label}-{n}"));
+            if !d.exists() {
+                break d;
+            }
+            n += 1;
+        };
+        cert.save(&dir, false).unwrap();
+        dir
+    }
+}
+
+/// A backend kind for a test service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// TCP connect check.
+    Tcp,
+    /// HTTP GET check.
+    Http,
+}
+
+/// What a test node should look like.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// Services the certificate allows.
+    pub cert_services: Vec<String>,
+    /// Local services: name, backend address, check.
+    pub services: Vec<(String, SocketAddr, Check)>,
+    /// Seeds.
+    pub seeds: Vec<String>,
+    /// Zone.
+    pub zone: String,
+    /// Use this certificate directory instead of issuing one.
+    pub cert_dir: Option<PathBuf>,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+}
+
+impl NodeSpec {
+    /// A node with no services and no seeds.
+    pub fn new(name: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.to_string(),
+            cert_services: vec![],
+            services: vec![],
+            seeds: vec![],
+            zone: "zone-a".into(),
+            cert_dir: None,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Hosts `service` with its backend at `addr`, checked by `check`.
+    pub fn service(mut self, service: &str, addr: SocketAddr, check: Check) -> NodeSpec {
+        self.cert_services.push(service.to_string());
+        self.services.push((service.to_string(), addr, check));
+        self
+    }
+
+    /// Gossips with `seed` first.
+    pub fn seed(mut self, seed: &TestNode) -> NodeSpec {
+        self.seeds.push(seed.node.bound().advertise.to_string());
+        self
+    }
+
+    /// Uses an existing certificate directory.
+    pub fn cert_dir(mut self, dir: PathBuf) -> NodeSpec {
+        self.cert_dir = Some(dir);
+        self
+    }
+
+    /// The raw config for this spec, with TLS files in `cert_dir`.
+    pub fn raw_config(&self, cert_dir: &Path, data_dir: &Path) -> RawConfig {
+        let mut raw = RawConfig::default();
+        raw.node.name = Some(self.name.clone());
+        raw.node.cluster = Some("test".into());
+        raw.node.zone = Some(self.zone.clone());
+        raw.node.listen = Some("127.0.0.1:0".into());
+        raw.node.admin = Some("127.0.0.1:0".into());
+        raw.node.data_dir = Some(data_dir.to_path_buf());
+        raw.node.seeds = self.seeds.clone();
+        raw.node.drain_timeout = Some(self.drain_timeout);
+        raw.tls = Some(RawTls {
+            cert: Some(cert_dir.join("node.crt")),
+            key: Some(cert_dir.join("node.key")),
+            ca: Some(cert_dir.join("ca.crt")),
+        });
+        raw.gossip.interval = Some(TEST_GOSSIP_INTERVAL);
+        raw.gossip.initial_interval = Some(TEST_GOSSIP_INTERVAL);
+        raw.services = self
+            .services
+            .iter()
+            .map(|(name, addr, check)| RawService {
+                name: Some(name.clone()),
+                address: Some(addr.to_string()),
+                protocol: Some(if *check == Check::Http { "http" } else { "tcp" }.into()),
+                health: Some(RawHealth {
+                    kind: Some(if *check == Check::Http { "http" } else { "tcp" }.into()),
+                    path: (*check == Check::Http).then(|| "/healthz".into()),
+                    interval: Some(Duration::from_millis(100)),
+                    timeout: Some(Duration::from_millis(100)),
+                    healthy_threshold: Some(1),
+                    unhealthy_threshold: Some(2),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        raw
+    }
+}
+
+/// A node running in this process, with its files.
+pub struct TestNode {
+    /// The node.
+    pub node: Node,
+    /// Its spec.
+    pub spec: NodeSpec,
+    /// Its certificate directory.
+    pub cert_dir: PathBuf,
+    /// Its data directory.
+    pub data_dir: Arc<TempDir>,
+}
+
+impl TestNode {
+    /// Issues a certificate (unless the spec brings one) and starts the node.
+    pub async fn start(pki: &Pki, spec: NodeSpec) -> TestNode {
+        let services: Vec<&str> = spec.cert_services.iter().map(String::as_str).collect();
+        let cert_dir = spec
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| pki.node_dir(&spec.name, &services));
+        let data_dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_with(spec, cert_dir, data_dir).await
+    }
+
+    /// Starts a node from existing files (to restart one).
+    pub async fn start_with(spec: NodeSpec, cert_dir: PathBuf, data_dir: Arc<TempDir>) -> TestNode {
+        let raw = spec.raw_config(&cert_dir, data_dir.path());
+        let config = Config::validate(raw, data_dir.path())
+            .unwrap_or_else(|e| panic!("test config for {} is invalid:\n{e}", spec.name));
+        let node = Node::start(config, StartOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("node {} did not start: {e}", spec.name));
+        TestNode {
+            node,
+            spec,
+            cert_dir,
+            data_dir,
+        }
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.node.bound().admin
+    }
+
+    /// `GET path` on the admin API, parsed as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.admin(), path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `(name, state)` of every member in `/members`, sorted.
+    pub async fn member_states(&self) -> Vec<(String, String)> {
+        let members = self.admin_json("/members").await;
+        let mut out: Vec<(String, String)> = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The health of `service` on `node` as `/services` reports it.
+    pub async fn endpoint_health(&self, service: &str, node: &str) -> Option<String> {
+        let services = self.admin_json("/services").await;
+        services[service].as_array()?.iter().find_map(|e| {
+            (e["node"] == node).then(|| e["health"].as_str().unwrap_or_default().to_string())
+        })
+    }
+
+    /// The value of a metric line starting with `prefix` in `/metrics` (0 if absent).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = http_get(self.admin(), "/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// `GET path` over HTTP/1.1; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TCP backend that accepts and echoes; can be stopped and restarted on its port.
+pub struct TcpBackend {
+    addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpBackend {
+    /// Starts on a free loopback port.
+    pub async fn start() -> TcpBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut b = TcpBackend { addr, task: None };
+        b.serve(listener);
+        b
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        }));
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops listening (connects are refused).
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+/// An HTTP backend answering `GET /healthz` with 200 or 500 as told.
+pub struct HttpBackend {
+    addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpBackend {
+    /// Starts on a free loopback port, healthy.
+    pub async fn start() -> HttpBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let flag = healthy.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let ok = flag.load(Ordering::Relaxed);
+                        async move {
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from_static(b"hi")));
+                            if !ok {
+                                *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        HttpBackend {
+            addr,
+            healthy,
+            task,
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Makes `/healthz` answer 200 (`true`) or 500.
+    pub fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

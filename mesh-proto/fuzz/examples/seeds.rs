@@ -7,7 +7,7 @@ use std::fs;
 
 use mesh_proto::codec::{Frame, encode};
 use mesh_proto::gossip::{
-    Health, HlcTimestamp, NodeRecord, NodeState, RouteDocument, ServiceRecord,
+    Health, HlcTimestamp, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
 };
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 
@@ -44,6 +44,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             version: "shoal 0.1.0".into(),
             started_at_ms: 1_700_000_000_000,
             state: NodeState::Serving,
+        },
+    )?;
+    write(
+        "node_certificate",
+        &NodeCertificate {
+            der: vec![0x30, 0x82, 0x01, 0x0a, 0x02, 0x01, 0x01],
         },
     )?;
     write(

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, PROTOCOL_VERSION};
 use mesh_proto::gossip::{
-    Health, HlcTimestamp, NodeRecord, NodeState, RouteDocument, ServiceRecord,
+    Health, HlcTimestamp, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
 };
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use proptest::collection::vec;
@@ -54,6 +54,18 @@ pub fn status_code() -> impl Strategy<Value = StatusCode> {
 pub fn stream_status() -> impl Strategy<Value = StreamStatus> {
     // Any string: `new` cuts it to the limit.
     (status_code(), any::<String>()).prop_map(|(code, reason)| StreamStatus::new(code, reason))
+}
+
+pub fn node_certificate() -> impl Strategy<Value = NodeCertificate> {
+    proptest::collection::vec(any::<u8>(), 1..=NodeCertificate::MAX_DER_LEN)
+        .prop_map(|der| NodeCertificate { der })
+}
+
+#[allow(dead_code)]
+pub fn sample_certificate() -> NodeCertificate {
+    NodeCertificate {
+        der: vec![0x30, 0x82, 0x01, 0x00],
+    }
 }
 
 pub fn node_record() -> impl Strategy<Value = NodeRecord> {

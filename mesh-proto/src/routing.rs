@@ -1,0 +1,418 @@
+//! The routing table: for each service, the endpoints that may receive its
+//! traffic — as a pure function of the cluster state gossip delivered.
+//!
+//! The node feeds [`build_table`] the live members (their chitchat key/values,
+//! borrowed) and a predicate saying which services each node's certificate allows;
+//! it gets back the table and a report of what it ignored and why. No clock, no
+//! I/O: the same state always gives the same table, which the node swaps in
+//! atomically.
+//!
+//! Rules, in order:
+//! 1. Of several generations of one node (a restart the failure detector has not
+//!    yet forgotten), only the highest counts.
+//! 2. A member without a valid [`NodeRecord`] under [`NODE_KEY`] naming itself is
+//!    skipped (reported as invalid): callers cannot reach it.
+//! 3. A draining node is listed but contributes no endpoints.
+//! 4. Each `svc:<name>` record must decode, name the key's service, and be allowed
+//!    by the node's certificate; otherwise it is ignored and reported.
+//! 5. Endpoints are ordered by node name, so pickers see a stable order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::codec::decode_text;
+use crate::gossip::{Health, Key, NODE_KEY, NodeRecord, NodeState, ServiceRecord, parse_key};
+use crate::tunnel::Protocol;
+
+/// One live member, as gossip delivered it.
+#[derive(Debug, Clone)]
+pub struct MemberInput<'a> {
+    /// The node id (its name).
+    pub node_id: &'a str,
+    /// Its generation (start time); higher is newer.
+    pub generation: u64,
+    /// Its key/value pairs.
+    pub values: Vec<(&'a str, &'a str)>,
+}
+
+/// One place a service can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The hosting node.
+    pub node: String,
+    /// The hosting node's generation.
+    pub generation: u64,
+    /// The hosting node's zone.
+    pub zone: String,
+    /// The hosting node's QUIC address.
+    pub addr: SocketAddr,
+    /// The service's protocol.
+    pub protocol: Protocol,
+    /// Health as the hosting node's checks see it.
+    pub health: Health,
+    /// Load-balancing weight.
+    pub weight: u32,
+    /// In-flight load the node last published.
+    pub inflight: u32,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// A node in the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// Its record.
+    pub record: NodeRecord,
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// The routing table: plain data, built by [`build_table`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingTable {
+    services: BTreeMap<String, Vec<Endpoint>>,
+    nodes: BTreeMap<String, NodeEntry>,
+}
+
+impl RoutingTable {
+    /// The endpoints of `service` (empty if unknown), ordered by node name.
+    pub fn endpoints(&self, service: &str) -> &[Endpoint] {
+        self.services.get(service).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every service with at least one endpoint, and its endpoints.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &[Endpoint])> {
+        self.services
+            .iter()
+            .map(|(name, eps)| (name.as_str(), eps.as_slice()))
+    }
+
+    /// The live nodes with a valid record, serving or draining.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.nodes.values()
+    }
+
+    /// One node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.get(name)
+    }
+}
+
+/// Something [`build_table`] left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// A service claim the node's certificate does not allow.
+    NotInCertificate {
+        /// The node.
+        node: String,
+        /// The claimed service.
+        service: String,
+    },
+    /// A value that does not decode or contradicts its key.
+    InvalidRecord {
+        /// The node.
+        node: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A member without a usable node record.
+    NoNodeRecord {
+        /// The node.
+        node: String,
+    },
+}
+
+/// Builds the table from the live members. `allowed(node, service)` says whether
+/// the node's certificate names the service.
+pub fn build_table<'a>(
+    members: impl IntoIterator<Item = MemberInput<'a>>,
+    allowed: impl Fn(&str, &str) -> bool,
+) -> (RoutingTable, Vec<Ignored>) {
+    // Rule 1: newest generation per node.
+    let mut newest: BTreeMap<&str, MemberInput<'a>> = BTreeMap::new();
+    for m in members {
+        match newest.get(m.node_id) {
+            Some(existing) if existing.generation >= m.generation => {}
+            _ => {
+                newest.insert(m.node_id, m);
+            }
+        }
+    }
+
+    let mut table = RoutingTable::default();
+    let mut ignored = Vec::new();
+    for (node_id, member) in newest {
+        let record = member
+            .values
+            .iter()
+            .find(|(k, _)| *k == NODE_KEY)
+            .map(|(_, v)| decode_text::<NodeRecord>(v));
+        let record = match record {
+            Some(Ok(r)) if r.name == node_id => r,
+            Some(Ok(r)) => {
+                ignored.push(Ignored::InvalidRecord {
+                    node: node_id.to_string(),
+                    key: NODE_KEY.to_string(),
+                    reason: format!("record names node {:?}", r.name),
+                });
+                continue;
+            }
+            Some(Err(e)) => {
+                ignored.push(Ignored::InvalidRecord {
+                    node: node_id.to_string(),
+                    key: NODE_KEY.to_string(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            None => {
+                ignored.push(Ignored::NoNodeRecord {
+                    node: node_id.to_string(),
+                });
+                continue;
+            }
+        };
+        let serving = record.state == NodeState::Serving;
+        for (key, value) in &member.values {
+            let Some(Key::Service(service)) = parse_key(key) else {
+                continue;
+            };
+            let svc = match decode_text::<ServiceRecord>(value) {
+                Ok(s) if s.name == service => s,
+                Ok(s) => {
+                    ignored.push(Ignored::InvalidRecord {
+                        node: node_id.to_string(),
+                        key: key.to_string(),
+                        reason: format!("record names service {:?}", s.name),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    ignored.push(Ignored::InvalidRecord {
+                        node: node_id.to_string(),
+                        key: key.to_string(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if !allowed(node_id, service) {
+                ignored.push(Ignored::NotInCertificate {
+                    node: node_id.to_string(),
+                    service: service.to_string(),
+                });
+                continue;
+            }
+            if !serving {
+                continue;
+            }
+            table
+                .services
+                .entry(svc.name.clone())
+                .or_default()
+                .push(Endpoint {
+                    node: node_id.to_string(),
+                    generation: member.generation,
+                    zone: record.zone.clone(),
+                    addr: record.quic_addr,
+                    protocol: svc.protocol,
+                    health: svc.health,
+                    weight: svc.weight,
+                    inflight: svc.inflight,
+                    tags: svc.tags,
+                });
+        }
+        table.nodes.insert(
+            node_id.to_string(),
+            NodeEntry {
+                record,
+                generation: member.generation,
+            },
+        );
+    }
+    // Members are visited in node order (BTreeMap), so endpoints already are sorted.
+    (table, ignored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_text;
+    use crate::gossip::service_key;
+
+    fn node(name: &str, state: NodeState) -> String {
+        encode_text(&NodeRecord {
+            name: name.into(),
+            zone: "z1".into(),
+            cluster: "c".into(),
+            quic_addr: "127.0.0.1:7000".parse().unwrap(),
+            version: "test".into(),
+            started_at_ms: 1,
+            state,
+        })
+        .unwrap()
+    }
+
+    fn svc(name: &str, health: Health) -> String {
+        encode_text(&ServiceRecord {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            weight: 100,
+            health,
+            inflight: 0,
+            tags: vec![],
+        })
+        .unwrap()
+    }
+
+    struct Owned {
+        id: String,
+        generation: u64,
+        values: Vec<(String, String)>,
+    }
+
+    fn member(id: &str, generation: u64, state: NodeState, services: &[(&str, Health)]) -> Owned {
+        let mut values = vec![(NODE_KEY.to_string(), node(id, state))];
+        for (s, h) in services {
+            values.push((service_key(s), svc(s, *h)));
+        }
+        Owned {
+            id: id.into(),
+            generation,
+            values,
+        }
+    }
+
+    fn inputs(members: &[Owned]) -> Vec<MemberInput<'_>> {
+        members
+            .iter()
+            .map(|m| MemberInput {
+                node_id: &m.id,
+                generation: m.generation,
+                values: m
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn builds_endpoints_per_service_in_node_order() {
+        let members = [
+            member("c", 1, NodeState::Serving, &[("web", Health::Healthy)]),
+            member(
+                "a",
+                1,
+                NodeState::Serving,
+                &[("web", Health::Unhealthy), ("db", Health::Unknown)],
+            ),
+            member("b", 1, NodeState::Serving, &[]),
+        ];
+        let (table, ignored) = build_table(inputs(&members), |_, _| true);
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let web: Vec<_> = table
+            .endpoints("web")
+            .iter()
+            .map(|e| (e.node.as_str(), e.health))
+            .collect();
+        assert_eq!(web, [("a", Health::Unhealthy), ("c", Health::Healthy)]);
+        assert_eq!(table.endpoints("db").len(), 1);
+        assert!(table.endpoints("nope").is_empty());
+        assert_eq!(table.nodes().count(), 3);
+        assert_eq!(table.endpoints("web")[0].zone, "z1");
+    }
+
+    #[test]
+    fn claims_outside_the_certificate_are_ignored_and_reported() {
+        let members = [member(
+            "a",
+            1,
+            NodeState::Serving,
+            &[("web", Health::Healthy), ("payments", Health::Healthy)],
+        )];
+        let (table, ignored) = build_table(inputs(&members), |_, s| s == "web");
+        assert_eq!(table.endpoints("web").len(), 1);
+        assert!(table.endpoints("payments").is_empty());
+        assert_eq!(
+            ignored,
+            [Ignored::NotInCertificate {
+                node: "a".into(),
+                service: "payments".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn draining_nodes_offer_no_endpoints() {
+        let members = [member(
+            "a",
+            1,
+            NodeState::Draining,
+            &[("web", Health::Healthy)],
+        )];
+        let (table, _) = build_table(inputs(&members), |_, _| true);
+        assert!(table.endpoints("web").is_empty());
+        assert_eq!(table.node("a").unwrap().record.state, NodeState::Draining);
+    }
+
+    #[test]
+    fn newest_generation_wins() {
+        let members = [
+            member("a", 5, NodeState::Serving, &[("new", Health::Healthy)]),
+            member("a", 2, NodeState::Serving, &[("old", Health::Healthy)]),
+        ];
+        let (table, _) = build_table(inputs(&members), |_, _| true);
+        assert_eq!(table.endpoints("new")[0].generation, 5);
+        assert!(table.endpoints("old").is_empty());
+    }
+
+    #[test]
+    fn bad_records_are_skipped_with_a_reason() {
+        let mut m = member("a", 1, NodeState::Serving, &[("web", Health::Healthy)]);
+        m.values.push(("svc:db".into(), "not base64!".into()));
+        m.values
+            .push(("svc:api".into(), svc("web", Health::Healthy)));
+        let imposter = member("b", 1, NodeState::Serving, &[]);
+        let mut imposter_values = imposter.values;
+        imposter_values[0].1 = node("someone-else", NodeState::Serving);
+        let no_record = Owned {
+            id: "c".into(),
+            generation: 1,
+            values: vec![],
+        };
+        let members = [
+            m,
+            Owned {
+                id: "b".into(),
+                generation: 1,
+                values: imposter_values,
+            },
+            no_record,
+        ];
+        let (table, ignored) = build_table(inputs(&members), |_, _| true);
+        assert_eq!(table.endpoints("web").len(), 1);
+        assert!(table.endpoints("db").is_empty());
+        assert!(table.endpoints("api").is_empty());
+        assert_eq!(ignored.len(), 4, "{ignored:?}");
+        assert!(table.node("b").is_none());
+        assert!(ignored.contains(&Ignored::NoNodeRecord { node: "c".into() }));
+    }
+
+    #[test]
+    fn same_input_same_table() {
+        let members = [
+            member("x", 1, NodeState::Serving, &[("web", Health::Healthy)]),
+            member("y", 1, NodeState::Serving, &[("web", Health::Healthy)]),
+        ];
+        let mut reversed = inputs(&members);
+        reversed.reverse();
+        assert_eq!(
+            build_table(inputs(&members), |_, _| true).0,
+            build_table(reversed, |_, _| true).0
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The admin API on its own listener (loopback by default): health, readiness,
+//! members, services, effective config, Prometheus metrics and a small live
+//! dashboard. One routing `match`; every handler reads shared state, none blocks
+//! the data path.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /healthz` | `200 ok` while the process runs |
+//! | `GET /readyz` | `200` once joined (or alone by config) and not draining, else `503` |
+//! | `GET /members` | JSON: every known member with state, address, zone, generation, heartbeat age |
+//! | `GET /services` | JSON: service → endpoints (node, zone, health, weight, ...) |
+//! | `GET /config` | JSON: the effective configuration |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /` | an HTML page polling the above |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use mesh_proto::codec::decode_text;
+use mesh_proto::gossip::{NODE_KEY, NodeRecord, NodeState};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::gossip::Gossip;
+use crate::metrics::{Metrics, StateLabels};
+use crate::publish::Publisher;
+use crate::routing::SharedTable;
+
+/// What the admin handlers read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The effective config.
+    pub config: Arc<Config>,
+    /// Gossip, for members.
+    pub gossip: Arc<Gossip>,
+    /// The routing table.
+    pub table: SharedTable,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// This node's records (for draining).
+    pub publisher: Arc<Publisher>,
+    /// Set once a peer was seen.
+    pub joined: AtomicBool,
+}
+
+/// One member in `/members`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    /// Node name.
+    pub name: String,
+    /// `alive`, `draining` or `dead`.
+    pub state: String,
+    /// QUIC address.
+    pub address: String,
+    /// Zone (empty if its record is unknown).
+    pub zone: String,
+    /// Generation (start time in ms).
+    pub generation: u64,
+    /// Milliseconds since its heartbeat last advanced.
+    pub heartbeat_age_ms: u64,
+    /// Software version.
+    pub version: String,
+    /// Whether this is the answering node.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// One endpoint in `/services`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EndpointView {
+    /// Hosting node.
+    pub node: String,
+    /// Its zone.
+    pub zone: String,
+    /// Its QUIC address.
+    pub address: String,
+    /// `tcp` or `http`.
+    pub protocol: String,
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub health: String,
+    /// Weight.
+    pub weight: u32,
+    /// Published in-flight load.
+    pub inflight: u32,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+impl AdminState {
+    /// The `/members` answer, sorted by name then generation.
+    pub async fn members(&self) -> Vec<MemberView> {
+        let self_id = self.gossip.self_id().clone();
+        let mut out: Vec<MemberView> = self
+            .gossip
+            .members(true)
+            .await
+            .into_iter()
+            .map(|m| {
+                let record = m
+                    .values
+                    .iter()
+                    .find(|(k, _)| k == NODE_KEY)
+                    .and_then(|(_, v)| decode_text::<NodeRecord>(v).ok());
+                let state = match (&record, m.alive) {
+                    (_, false) => "dead",
+                    (Some(r), true) if r.state == NodeState::Draining => "draining",
+                    _ => "alive",
+                };
+                MemberView {
+                    is_self: m.name == *self_id.node_id && m.generation == self_id.generation_id,
+                    name: m.name,
+                    state: state.to_string(),
+                    address: m.addr.to_string(),
+                    zone: record.as_ref().map(|r| r.zone.clone()).unwrap_or_default(),
+                    generation: m.generation,
+                    heartbeat_age_ms: m.heartbeat_age_ms,
+                    version: record.map(|r| r.version).unwrap_or_default(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
+        // An older generation of a node that restarted is gone, whatever the failure
+        // detector has concluded so far.
+        for i in 1..out.len() {
+            if out[i].name == out[i - 1].name {
+                out[i - 1].state = "dead".to_string();
+            }
+        }
+        for state in ["alive", "draining", "dead"] {
+            let n = out.iter().filter(|m| m.state == state).count();
+            self.metrics
+                .members
+                .get_or_create(&StateLabels { state })
+                .set(n as i64);
+        }
+        out
+    }
+
+    /// The `/services` answer.
+    pub fn services(&self) -> std::collections::BTreeMap<String, Vec<EndpointView>> {
+        let table = self.table.load();
+        table
+            .services()
+            .map(|(name, eps)| {
+                let eps = eps
+                    .iter()
+                    .map(|e| EndpointView {
+                        node: e.node.clone(),
+                        zone: e.zone.clone(),
+                        address: e.addr.to_string(),
+                        protocol: e.protocol.as_str().to_string(),
+                        health: e.health.as_str().to_string(),
+                        weight: e.weight,
+                        inflight: e.inflight,
+                        tags: e.tags.clone(),
+                    })
+                    .collect();
+                (name.to_string(), eps)
+            })
+            .collect()
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn ready(&self) -> bool {
+        if self.publisher.is_draining().await {
+            return false;
+        }
+        if !self.joined.load(Ordering::Relaxed) {
+            let me = self.gossip.self_id().node_id.to_string();
+            if self.table.load().nodes().any(|n| n.record.name != me) {
+                self.joined.store(true, Ordering::Relaxed);
+            }
+        }
+        self.config.node.ready_alone || self.joined.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves the admin API on `listener` until `stop` fires.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.ready().await {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/members" => json(&state.members().await),
+        "/services" => json(&state.services()),
+        "/config" => json(&*state.config),
+        "/metrics" => {
+            state.members().await; // refresh the member gauges
+            let mut r = text(StatusCode::OK, &state.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/" => {
+            let mut r = text(StatusCode::OK, DASHBOARD);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    }
+}
+
+/// The admin address actually bound, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
+const DASHBOARD: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>shoal node</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:2em}
+td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
+.dead,.unhealthy{color:#b00}.draining,.unknown{color:#a60}.alive,.healthy{color:#070}
+</style></head><body>
+<h1>shoal</h1>
+<h2>members</h2><table id="m"></table>
+<h2>services</h2><table id="s"></table>
+<script>
+const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+async function refresh() {
+  try {
+    const m = await (await fetch('/members')).json();
+    document.getElementById('m').innerHTML = '<tr><th>name</th><th>state</th><th>address</th><th>zone</th><th>generation</th><th>heartbeat age</th></tr>' +
+      m.map(x => `<tr><td>${esc(x.name)}${x.self ? ' (this node)' : ''}</td><td class="${esc(x.state)}">${esc(x.state)}</td><td>${esc(x.address)}</td><td>${esc(x.zone)}</td><td>${x.generation}</td><td>${x.heartbeat_age_ms} ms</td></tr>`).join('');
+    const s = await (await fetch('/services')).json();
+    let rows = '<tr><th>service</th><th>node</th><th>zone</th><th>health</th><th>weight</th><th>in flight</th></tr>';
+    for (const [name, eps] of Object.entries(s)) for (const e of eps)
+      rows += `<tr><td>${esc(name)}</td><td>${esc(e.node)}</td><td>${esc(e.zone)}</td><td class="${esc(e.health)}">${esc(e.health)}</td><td>${e.weight}</td><td>${e.inflight}</td></tr>`;
+    document.getElementById('s').innerHTML = rows;
+  } catch (e) {}
+}
+refresh(); setInterval(refresh, 1000);
+</script></body></html>
+"#;

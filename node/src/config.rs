@@ -1,0 +1,1706 @@
+//! The node's configuration: the TOML file `shoal run --config FILE` reads, parsed
+//! into [`RawConfig`] (a plain mirror of the file that the simulator can also build
+//! in code), combined with command-line [`Overrides`], then validated into
+//! [`Config`], the typed and checked form the node runs with. Validation reads the
+//! TLS files and checks that they make a usable node identity (the certificate
+//! chains to the CA, the key matches, every `[[service]]` is allowed by the
+//! certificate), and collects every problem it finds as a [`ConfigError`] naming
+//! the TOML field (`node.listen`, `service[1].health.timeout`, `tls.cert`) and the
+//! reason. It does not bind sockets, create directories or keep file contents:
+//! the node re-reads the certificate files itself at start and on SIGHUP.
+//!
+//! `docs/config.md` is the operator's reference for every field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use humantime_serde::re::humantime;
+use mesh_proto::names::validate_name;
+pub use mesh_proto::tunnel::Protocol;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize, Serializer};
+use shoal_pki::{CertIdentity, CertKind, VerifyError};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+/// Default `node.cluster`.
+pub const DEFAULT_CLUSTER: &str = "shoal";
+/// Default `node.zone`.
+pub const DEFAULT_ZONE: &str = "default";
+/// Default `node.admin`: loopback only, so the admin API is not exposed by accident.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7101);
+/// Default `node.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default `gossip.interval`.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
+/// Shortest accepted `gossip.interval`.
+pub const MIN_GOSSIP_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest accepted `gossip.interval`.
+pub const MAX_GOSSIP_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `gossip.phi_threshold`.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+/// Default `gossip.max_interval`.
+pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest accepted `gossip.max_interval`.
+pub const MAX_MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default `gossip.sampling_window`.
+pub const DEFAULT_SAMPLING_WINDOW: u32 = 100;
+/// Accepted range of `gossip.sampling_window`.
+pub const SAMPLING_WINDOW_RANGE: std::ops::RangeInclusive<u32> = 2..=10_000;
+/// Default `gossip.dead_node_grace`.
+pub const DEFAULT_DEAD_NODE_GRACE: Duration = Duration::from_secs(300);
+/// Default `gossip.deletion_grace`.
+pub const DEFAULT_DELETION_GRACE: Duration = Duration::from_secs(300);
+/// Shortest accepted `gossip.dead_node_grace` and `gossip.deletion_grace`.
+pub const MIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Default `service.weight`.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest accepted `service.weight`.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Most tags a service may carry.
+pub const MAX_TAGS: usize = 16;
+/// Default `service.health.path`.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+/// Default `service.health.interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest accepted `service.health.interval`.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest accepted `service.health.interval`.
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default `service.health.timeout`.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `service.health.healthy_threshold`.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default `service.health.unhealthy_threshold`.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Largest accepted health threshold.
+pub const MAX_THRESHOLD: u32 = 100;
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// One problem in a configuration: the field it is about and why.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field}: {reason}")]
+pub struct ConfigError {
+    /// The TOML path of the field (`node.listen`, `service[1].health.timeout`,
+    /// `tls.cert`), a command-line flag (`--seed`), or the config file's path when
+    /// the file itself cannot be read.
+    pub field: String,
+    /// What is wrong, and where it helps, what to do about it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Every problem found in a configuration, in file order as far as possible.
+/// Displayed one error per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The errors.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.0
+    }
+
+    /// The first error about exactly `field`, if any.
+    pub fn find(&self, field: &str) -> Option<&ConfigError> {
+        self.0.iter().find(|e| e.field == field)
+    }
+
+    /// How many errors there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (a returned `ConfigErrors` always has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The raw file
+// ---------------------------------------------------------------------------
+
+/// The config file as written: every table and field of the TOML, nothing checked
+/// beyond TOML types. Unknown fields are refused. Required fields are `Option`s too,
+/// so that a missing one is reported together with every other problem by
+/// [`Config::validate`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[node]`: who this node is and where it listens.
+    #[serde(default)]
+    pub node: RawNode,
+    /// `[tls]`: the node's certificate, key and mesh CA (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    /// `[gossip]`: chitchat tuning.
+    #[serde(default)]
+    pub gossip: RawGossip,
+    /// `[[service]]`: the local backends this node hosts.
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<RawService>,
+}
+
+/// The `[node]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// `name`: defaults to the node name in the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `cluster`: defaults to [`DEFAULT_CLUSTER`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `zone`: defaults to [`DEFAULT_ZONE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `listen`: UDP `IP:PORT` of the QUIC endpoint (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `advertise`: the `IP:PORT` peers use to reach this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// `admin`: TCP `IP:PORT` of the admin API; defaults to [`DEFAULT_ADMIN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// `data_dir`: directory for durable state (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `seeds`: `HOST:PORT` of other nodes' QUIC endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<String>,
+    /// `ready_alone`: whether `/readyz` is ready before any peer is seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_alone: Option<bool>,
+    /// `drain_timeout`: how long a shutdown waits for in-flight work.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
+}
+
+/// The `[tls]` table as written. Relative paths are relative to the config file's
+/// directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// `cert`: the node certificate, PEM (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// `key`: its private key, PEM (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// `ca`: the mesh CA certificate, PEM (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// The `[gossip]` table as written: every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGossip {
+    /// `interval`: time between gossip rounds.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// `phi_threshold`: failure-detector threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi_threshold: Option<f64>,
+    /// `initial_interval`: assumed heartbeat interval of a just-seen node.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub initial_interval: Option<Duration>,
+    /// `max_interval`: heartbeat gaps longer than this are not sampled.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
+    /// `sampling_window`: heartbeat intervals remembered per peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_window: Option<u32>,
+    /// `dead_node_grace`: how long a dead node's state is kept.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dead_node_grace: Option<Duration>,
+    /// `deletion_grace`: how long deleted keys' tombstones are kept.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deletion_grace: Option<Duration>,
+}
+
+/// One `[[service]]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// `name`: the service name (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `address`: `IP:PORT` of the local backend (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `protocol`: `"tcp"` or `"http"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `weight`: load-balancing weight, 1 to [`MAX_WEIGHT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// `tags`: free labels published with the endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// `[service.health]`: the active health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RawHealth>,
+}
+
+/// A `[service.health]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `kind`: `"tcp"`, `"http"` or `"none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `path`: the HTTP path to GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `interval`: time between checks.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// `timeout`: how long one check may take.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// `healthy_threshold`: consecutive successes that make an endpoint healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// `unhealthy_threshold`: consecutive failures that make an endpoint unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+impl RawConfig {
+    /// Parses TOML text. Syntax errors, unknown fields and wrong types are reported
+    /// with the field's TOML path and the line number.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigErrors> {
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = path_to_field(e.path());
+            let inner = e.into_inner();
+            let mut reason = inner.message().trim().to_string();
+            if let Some(span) = inner.span() {
+                let (line, _) = line_col(text, span.start);
+                reason.push_str(&format!(" (line {line})"));
+            }
+            let field = match missing_field(&reason) {
+                Some(name) if field == ROOT_FIELD => name.to_string(),
+                Some(name) => format!("{field}.{name}"),
+                None => field,
+            };
+            ConfigErrors::from(ConfigError::new(field, reason))
+        })
+    }
+
+    /// Writes this configuration as TOML (the simulator writes node files with it).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+/// The field name used for problems that concern the whole document.
+const ROOT_FIELD: &str = "config";
+
+fn path_to_field(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." || s.is_empty() {
+        ROOT_FIELD.to_string()
+    } else {
+        s
+    }
+}
+
+/// The field named by serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+        + 1;
+    (line, col)
+}
+
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return ConfigError::new(ROOT_FIELD, format!("TOML syntax error: {message}")).into();
+    };
+    let (line, col) = line_col(text, span.start);
+    let field = field_at_line(text, line - 1).unwrap_or_else(|| ROOT_FIELD.to_string());
+    ConfigError::new(
+        field,
+        format!("TOML syntax error at line {line}, column {col}: {message}"),
+    )
+    .into()
+}
+
+/// Best-effort TOML path of what is written on line `target` (0-based): the table
+/// header on that line, or the key assigned there inside the current table.
+fn field_at_line(text: &str, target: usize) -> Option<String> {
+    fn clean(seg: &str) -> String {
+        seg.trim().trim_matches('"').trim_matches('\'').to_string()
+    }
+    // Resolves a dotted header against the array tables seen so far, turning
+    // `service.health` into `service[2].health`.
+    fn resolve(header: &str, counts: &HashMap<String, usize>, array: bool) -> String {
+        let segs: Vec<String> = header.split('.').map(clean).collect();
+        let mut out = Vec::new();
+        for i in 0..segs.len() {
+            let prefix = segs[..=i].join(".");
+            let seg = &segs[i];
+            match counts.get(&prefix) {
+                Some(n) if *n > 0 => {
+                    let index = if array && i == segs.len() - 1 {
+                        *n
+                    } else {
+                        n - 1
+                    };
+                    out.push(format!("{seg}[{index}]"));
+                }
+                _ if array && i == segs.len() - 1 => out.push(format!("{seg}[0]")),
+                _ => out.push(seg.clone()),
+            }
+        }
+        out.join(".")
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        let array_header = t
+            .strip_prefix("[[")
+            .and_then(|r| r.split("]]").next())
+            .map(str::to_string);
+        let header = if array_header.is_some() {
+            None
+        } else {
+            t.strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .map(str::to_string)
+        };
+        if i == target {
+            if let Some(h) = &array_header {
+                return Some(resolve(h, &counts, true));
+            }
+            if let Some(h) = &header {
+                return Some(resolve(h, &counts, false));
+            }
+            let key = t.split('=').next().map(clean).unwrap_or_default();
+            let is_key = !key.is_empty()
+                && t.contains('=')
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            return match (is_key, current.is_empty()) {
+                (true, true) => Some(key),
+                (true, false) => Some(format!("{current}.{key}")),
+                (false, true) => None,
+                (false, false) => Some(current),
+            };
+        }
+        if let Some(h) = array_header {
+            current = resolve(&h, &counts, true);
+            let name = h.split('.').map(clean).collect::<Vec<_>>().join(".");
+            *counts.entry(name).or_insert(0) += 1;
+        } else if let Some(h) = header {
+            current = resolve(&h, &counts, false);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Overrides
+// ---------------------------------------------------------------------------
+
+/// Command-line flags applied on top of the file before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--seed HOST:PORT`: added after the file's `node.seeds`.
+    pub seeds: Vec<String>,
+    /// `--listen ADDR`: replaces `node.listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin ADDR`: replaces `node.admin`.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Overrides {
+    /// Applies the flags to a raw configuration.
+    pub fn apply(&self, raw: &mut RawConfig) {
+        raw.node.seeds.extend(self.seeds.iter().cloned());
+        if let Some(listen) = self.listen {
+            raw.node.listen = Some(listen.to_string());
+        }
+        if let Some(admin) = self.admin {
+            raw.node.admin = Some(admin.to_string());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration
+// ---------------------------------------------------------------------------
+
+/// The validated configuration a node runs with. Only [`Config::validate`] (and
+/// [`Config::load`] / [`Config::from_toml`], which call it) build one, so holding a
+/// `Config` means every rule in `docs/config.md` held when it was made, including
+/// that the TLS files formed a valid node identity. Serialized (as JSON) by the
+/// admin API's `/config`; it holds paths, never key material.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[tls]` and the identity read from its files.
+    pub tls: TlsConfig,
+    /// `[gossip]`.
+    pub gossip: GossipConfig,
+    /// `[[service]]`, in file order.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The validated `[node]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The node name (from the file or from the certificate; they agree).
+    pub name: String,
+    /// The cluster name (chitchat's cluster id): nodes of different clusters ignore
+    /// each other's gossip.
+    pub cluster: String,
+    /// The zone this node is in, for zone-aware load balancing.
+    pub zone: String,
+    /// UDP address the QUIC endpoint binds (port 0: the OS picks).
+    pub listen: SocketAddr,
+    /// The address peers should use, when it is not simply the bound address; see
+    /// [`NodeConfig::advertise_for`].
+    pub advertise: Option<SocketAddr>,
+    /// TCP address of the admin HTTP API (port 0: the OS picks).
+    pub admin: SocketAddr,
+    /// Directory for durable state, absolute. It may not exist yet.
+    pub data_dir: PathBuf,
+    /// Seed peers, `HOST:PORT`, file entries first, then `--seed` flags, without
+    /// duplicates. May include this node's own address, which the node skips.
+    pub seeds: Vec<String>,
+    /// Whether `/readyz` reports ready before any peer has been seen.
+    pub ready_alone: bool,
+    /// How long a shutdown waits for in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// The address to advertise to peers once the QUIC endpoint is bound to
+    /// `bound`: `advertise` when set (with `bound`'s port if `advertise` says port
+    /// 0), else `bound` itself.
+    pub fn advertise_for(&self, bound: SocketAddr) -> SocketAddr {
+        match self.advertise {
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+            Some(a) => a,
+            None => bound,
+        }
+    }
+}
+
+/// The validated `[tls]` table and what its files say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// The node certificate file, absolute.
+    pub cert: PathBuf,
+    /// The private key file, absolute.
+    pub key: PathBuf,
+    /// The mesh CA certificate file, absolute.
+    pub ca: PathBuf,
+    /// The trust domain of the certificate and the CA.
+    pub trust_domain: String,
+    /// The node name in the certificate (`spiffe://TD/node/NAME`).
+    pub node_name: String,
+    /// The services the certificate allows this node to host, sorted.
+    pub allowed_services: Vec<String>,
+    /// When the certificate expires.
+    #[serde(serialize_with = "serialize_time")]
+    pub cert_not_after: OffsetDateTime,
+}
+
+/// The validated `[gossip]` table: chitchat's tuning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct GossipConfig {
+    /// Time between gossip rounds.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A peer is declared dead once its silence exceeds this many mean heartbeat
+    /// intervals.
+    pub phi_threshold: f64,
+    /// The heartbeat interval assumed for a peer before any is measured.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Heartbeat gaps longer than this are left out of the statistics.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Heartbeat intervals remembered per peer.
+    pub sampling_window: u32,
+    /// How long a dead node's state is kept before it is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub dead_node_grace: Duration,
+    /// How long deleted keys' tombstones are kept.
+    #[serde(with = "humantime_serde")]
+    pub deletion_grace: Duration,
+}
+
+impl GossipConfig {
+    /// The chitchat failure-detector settings these values stand for.
+    pub fn failure_detector_config(&self) -> chitchat::FailureDetectorConfig {
+        chitchat::FailureDetectorConfig::new(
+            self.phi_threshold,
+            self.sampling_window as usize,
+            self.max_interval,
+            self.initial_interval,
+            self.dead_node_grace,
+        )
+    }
+}
+
+impl Default for GossipConfig {
+    /// The documented defaults.
+    fn default() -> Self {
+        GossipConfig {
+            interval: DEFAULT_GOSSIP_INTERVAL,
+            phi_threshold: DEFAULT_PHI_THRESHOLD,
+            initial_interval: DEFAULT_GOSSIP_INTERVAL,
+            max_interval: DEFAULT_MAX_INTERVAL,
+            sampling_window: DEFAULT_SAMPLING_WINDOW,
+            dead_node_grace: DEFAULT_DEAD_NODE_GRACE,
+            deletion_grace: DEFAULT_DELETION_GRACE,
+        }
+    }
+}
+
+/// One validated `[[service]]`: a local backend this node hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The service name (allowed by the node certificate).
+    pub name: String,
+    /// The local backend's address.
+    pub address: SocketAddr,
+    /// What the backend speaks.
+    #[serde(serialize_with = "serialize_protocol")]
+    pub protocol: Protocol,
+    /// Load-balancing weight, 1 to [`MAX_WEIGHT`].
+    pub weight: u32,
+    /// Labels published with the endpoint.
+    pub tags: Vec<String>,
+    /// The active health check.
+    pub health: HealthConfig,
+}
+
+/// How the hosting node checks a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP connect to the backend's address succeeds.
+    Tcp,
+    /// `GET path` on the backend answers 2xx.
+    Http,
+    /// No checks: the endpoint is always reported healthy.
+    None,
+}
+
+impl HealthKind {
+    /// The name used in the config file (`tcp`, `http`, `none`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthKind::Tcp => "tcp",
+            HealthKind::Http => "http",
+            HealthKind::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for HealthKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated `[service.health]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// What is checked.
+    pub kind: HealthKind,
+    /// The path an HTTP check GETs (starts with `/`).
+    pub path: String,
+    /// Time between checks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one check may take (never longer than `interval`).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that turn an endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that turn an endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+fn serialize_protocol<S: Serializer>(p: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+fn serialize_time<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shoal_pki::inspect::rfc3339(*t))
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`, with `overrides`
+    /// applied. Relative paths in the file are relative to the file's directory.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Config::from_toml(&text, base_dir, overrides)
+    }
+
+    /// Parses and validates TOML text as if read from a file in `base_dir`.
+    pub fn from_toml(
+        text: &str,
+        base_dir: &Path,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigErrors> {
+        let mut raw = RawConfig::from_toml(text)?;
+        let file_seeds = raw.node.seeds.len();
+        overrides.apply(&mut raw);
+        Config::validate(raw, base_dir).map_err(|mut errors| {
+            // A bad `--seed` flag is reported as the flag, not as a seed index the
+            // file does not have.
+            for e in &mut errors.0 {
+                let index = e
+                    .field
+                    .strip_prefix("node.seeds[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|i| i.parse::<usize>().ok());
+                if index.is_some_and(|i| i >= file_seeds) {
+                    e.field = "--seed".to_string();
+                }
+            }
+            errors
+        })
+    }
+
+    /// Validates a raw configuration; relative paths in it are relative to
+    /// `base_dir`. Reads the TLS files. Returns every problem found.
+    pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        Validator::new(base_dir, OffsetDateTime::now_utc()).run(raw)
+    }
+
+    /// The address to advertise once the QUIC endpoint is bound to `bound`
+    /// (see [`NodeConfig::advertise_for`]).
+    pub fn advertise_for(&self, bound: SocketAddr) -> SocketAddr {
+        self.node.advertise_for(bound)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+struct Validator {
+    base_dir: PathBuf,
+    now: OffsetDateTime,
+    errors: Vec<ConfigError>,
+}
+
+/// Where a field's section comes in the file, for ordering errors.
+fn section_rank(field: &str) -> u8 {
+    let section = field.split(['.', '[']).next().unwrap_or_default();
+    match section {
+        "node" => 0,
+        "tls" => 1,
+        "gossip" => 2,
+        "service" => 3,
+        _ => 4,
+    }
+}
+
+const ADDR_EXAMPLE: &str = "an IP:PORT address such as 10.0.0.5:7100 or [fd00::5]:7100";
+
+impl Validator {
+    fn new(base_dir: &Path, now: OffsetDateTime) -> Self {
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+        Validator {
+            base_dir,
+            now,
+            errors: Vec::new(),
+        }
+    }
+
+    fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError::new(field, reason));
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        let joined = self.base_dir.join(p);
+        std::path::absolute(&joined).unwrap_or(joined)
+    }
+
+    fn run(mut self, raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let tls = self.tls(raw.tls.as_ref());
+        let node = self.node(&raw.node, tls.as_ref());
+        let gossip = self.gossip(&raw.gossip);
+        let services = self.services(&raw.services, tls.as_ref());
+        match (node, tls, services) {
+            (Some(node), Some(tls), Some(services)) if self.errors.is_empty() => Ok(Config {
+                node,
+                tls,
+                gossip,
+                services,
+            }),
+            _ => {
+                if self.errors.is_empty() {
+                    self.err(ROOT_FIELD, "invalid configuration");
+                }
+                // File order: the sections were checked out of order because
+                // [node] and [[service]] depend on what the [tls] files say.
+                self.errors.sort_by_key(|e| section_rank(&e.field));
+                Err(ConfigErrors(self.errors))
+            }
+        }
+    }
+
+    fn name(&mut self, field: &str, what: &'static str, value: &str) -> bool {
+        match validate_name(what, value) {
+            Ok(()) => true,
+            Err(e) => {
+                self.err(field, e.to_string());
+                false
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, field: &str, value: &str) -> Option<SocketAddr> {
+        match value.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let hint = if value.contains(':') && value.matches(':').count() > 1 {
+                    " (IPv6 addresses go in brackets: [fd00::5]:7100)"
+                } else if !value.contains(':') {
+                    " (the port is missing)"
+                } else {
+                    ""
+                };
+                self.err(
+                    field,
+                    format!(
+                        "{value:?} is not {ADDR_EXAMPLE}{hint}; host names are not accepted here"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    // --- [node] ----------------------------------------------------------------
+
+    fn node(&mut self, raw: &RawNode, id: Option<&TlsConfig>) -> Option<NodeConfig> {
+        let name = match (&raw.name, id) {
+            (Some(name), id) => {
+                let ok = self.name("node.name", "node name", name);
+                if let Some(id) = id
+                    && ok
+                    && *name != id.node_name
+                {
+                    self.err(
+                        "node.name",
+                        format!(
+                            "{name:?} does not match the certificate's node name {:?}; remove node.name or use a certificate issued for {name:?}",
+                            id.node_name
+                        ),
+                    );
+                }
+                Some(name.clone())
+            }
+            (None, Some(id)) => Some(id.node_name.clone()),
+            (None, None) => None,
+        };
+        let cluster = raw
+            .cluster
+            .as_deref()
+            .unwrap_or(DEFAULT_CLUSTER)
+            .to_string();
+        self.name("node.cluster", "cluster name", &cluster);
+        let zone = raw.zone.as_deref().unwrap_or(DEFAULT_ZONE).to_string();
+        self.name("node.zone", "zone", &zone);
+
+        let listen = match &raw.listen {
+            Some(l) => self.socket_addr("node.listen", l),
+            None => {
+                self.err(
+                    "node.listen",
+                    "required: the UDP IP:PORT of this node's QUIC endpoint, such as 0.0.0.0:7100",
+                );
+                None
+            }
+        };
+        let advertise = raw
+            .advertise
+            .as_deref()
+            .and_then(|a| self.socket_addr("node.advertise", a));
+        if let Some(a) = advertise
+            && a.ip().is_unspecified()
+        {
+            self.err(
+                "node.advertise",
+                format!(
+                    "{a} is an unspecified address; peers need an address they can reach, such as this host's IP"
+                ),
+            );
+        }
+        if let Some(listen) = listen {
+            if listen.ip().is_unspecified() && raw.advertise.is_none() {
+                self.err(
+                    "node.advertise",
+                    format!(
+                        "required because node.listen ({listen}) is an unspecified address: set the IP:PORT peers use to reach this node"
+                    ),
+                );
+            }
+            if let Some(a) = advertise
+                && a.port() == 0
+                && listen.port() != 0
+            {
+                self.err(
+                    "node.advertise",
+                    format!(
+                        "port 0 means \"the port actually bound\" and is only allowed when node.listen's port is 0 too (it is {})",
+                        listen.port()
+                    ),
+                );
+            }
+        }
+        let admin = match &raw.admin {
+            Some(a) => self.socket_addr("node.admin", a),
+            None => Some(DEFAULT_ADMIN),
+        };
+        let data_dir = match &raw.data_dir {
+            Some(d) => self.data_dir(d),
+            None => {
+                self.err(
+                    "node.data_dir",
+                    "required: the directory for this node's durable state, such as /var/lib/shoal",
+                );
+                None
+            }
+        };
+
+        let mut seeds: Vec<String> = Vec::new();
+        let mut parsed_seeds: Vec<Option<SocketAddr>> = Vec::new();
+        for (i, seed) in raw.seeds.iter().enumerate() {
+            let field = format!("node.seeds[{i}]");
+            if let Some(s) = self.seed(&field, seed)
+                && !seeds.contains(&s)
+            {
+                parsed_seeds.push(s.parse().ok());
+                seeds.push(s);
+            }
+        }
+        let own: Vec<SocketAddr> = [listen, advertise]
+            .into_iter()
+            .flatten()
+            .filter(|a| a.port() != 0)
+            .collect();
+        let other_seeds = parsed_seeds
+            .iter()
+            .filter(|s| !matches!(s, Some(a) if own.contains(a)))
+            .count();
+        let ready_alone = raw.ready_alone.unwrap_or(other_seeds == 0);
+        let drain_timeout = raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+
+        Some(NodeConfig {
+            name: name?,
+            cluster,
+            zone,
+            listen: listen?,
+            advertise,
+            admin: admin?,
+            data_dir: data_dir?,
+            seeds,
+            ready_alone,
+            drain_timeout,
+        })
+    }
+
+    fn data_dir(&mut self, raw: &Path) -> Option<PathBuf> {
+        if raw.as_os_str().is_empty() {
+            self.err("node.data_dir", "is empty; name a directory");
+            return None;
+        }
+        let dir = self.resolve(raw);
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Some(dir),
+            Ok(_) => {
+                self.err(
+                    "node.data_dir",
+                    format!(
+                        "{} exists and is not a directory; point data_dir at a directory",
+                        dir.display()
+                    ),
+                );
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent_ok = dir
+                    .parent()
+                    .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.is_dir()));
+                if parent_ok {
+                    Some(dir)
+                } else {
+                    self.err(
+                        "node.data_dir",
+                        format!(
+                            "neither {} nor its parent directory exists; the node creates the directory itself, but not its parents",
+                            dir.display()
+                        ),
+                    );
+                    None
+                }
+            }
+            Err(e) => {
+                self.err(
+                    "node.data_dir",
+                    format!("cannot inspect {}: {e}", dir.display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks one seed; returns it normalized (trimmed).
+    fn seed(&mut self, field: &str, raw: &str) -> Option<String> {
+        let s = raw.trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            if a.port() == 0 {
+                self.err(
+                    field,
+                    format!("{raw:?} has port 0; give the seed's QUIC port"),
+                );
+                return None;
+            }
+            if a.ip().is_unspecified() {
+                self.err(
+                    field,
+                    format!(
+                        "{raw:?} is an unspecified address; give an address that reaches the seed"
+                    ),
+                );
+                return None;
+            }
+            return Some(a.to_string());
+        }
+        let bad = |why: &str| {
+            format!(
+                "{raw:?} is not HOST:PORT ({why}); for example 10.0.0.5:7100 or seed-1.example.org:7100"
+            )
+        };
+        let Some((host, port)) = s.rsplit_once(':') else {
+            self.err(field, bad("the port is missing"));
+            return None;
+        };
+        if host.contains(':') {
+            self.err(field, bad("IPv6 addresses go in brackets: [fd00::5]:7100"));
+            return None;
+        }
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !host_ok {
+            self.err(field, bad(&format!("{host:?} is not a valid host name")));
+            return None;
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => Some(format!("{host}:{p}")),
+            _ => {
+                self.err(
+                    field,
+                    bad(&format!("{port:?} is not a port from 1 to 65535")),
+                );
+                None
+            }
+        }
+    }
+
+    // --- [tls] -----------------------------------------------------------------
+
+    fn read_file(&mut self, field: &str, path: Option<&PathBuf>) -> Option<(PathBuf, Vec<u8>)> {
+        let Some(path) = path else {
+            self.err(
+                field,
+                "required: a PEM file path (shoal-pki issue writes node.crt, node.key and ca.crt)",
+            );
+            return None;
+        };
+        let abs = self.resolve(path);
+        match std::fs::read(&abs) {
+            Ok(bytes) => Some((abs, bytes)),
+            Err(e) => {
+                self.err(field, format!("cannot read {}: {e}", abs.display()));
+                None
+            }
+        }
+    }
+
+    fn pem_cert(
+        &mut self,
+        field: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Option<CertificateDer<'static>> {
+        match CertificateDer::from_pem_slice(bytes) {
+            Ok(der) => Some(der),
+            Err(_) => {
+                self.err(
+                    field,
+                    format!(
+                        "{} is not a PEM certificate (no -----BEGIN CERTIFICATE----- block)",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, raw: Option<&RawTls>) -> Option<TlsConfig> {
+        let Some(raw) = raw else {
+            self.err(
+                "tls",
+                "the [tls] table is required: cert, key and ca (the files `shoal-pki issue --node NAME` writes)",
+            );
+            return None;
+        };
+        let cert = self.read_file("tls.cert", raw.cert.as_ref());
+        let key = self.read_file("tls.key", raw.key.as_ref());
+        let ca = self.read_file("tls.ca", raw.ca.as_ref());
+
+        // The CA.
+        let ca_checked = ca.as_ref().and_then(|(path, bytes)| {
+            let der = self.pem_cert("tls.ca", path, bytes)?;
+            let not_ca = |why: String| {
+                format!(
+                    "{} is not a Shoal mesh CA certificate ({why}); use the ca.crt written by `shoal-pki ca init`",
+                    path.display()
+                )
+            };
+            match CertIdentity::from_der(&der) {
+                Ok(id) if id.is_ca => match id.trust_domain {
+                    Some(td) => Some((der, td)),
+                    None => {
+                        self.err("tls.ca", not_ca("it carries no spiffe://TRUST-DOMAIN id".into()));
+                        None
+                    }
+                },
+                Ok(id) => {
+                    self.err("tls.ca", not_ca(format!("it is a {} certificate", id.kind())));
+                    None
+                }
+                Err(e) => {
+                    self.err("tls.ca", not_ca(e.to_string()));
+                    None
+                }
+            }
+        });
+
+        // The node certificate.
+        let cert_checked = cert.as_ref().and_then(|(path, bytes)| {
+            let der = self.pem_cert("tls.cert", path, bytes)?;
+            let id = match CertIdentity::from_der(&der) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.err("tls.cert", format!("{}: {e}", path.display()));
+                    return None;
+                }
+            };
+            let p = path.display();
+            let problem = match id.kind() {
+                CertKind::Node => None,
+                CertKind::Operator => Some(format!(
+                    "{p} is an operator certificate (spiffe://{}/operator/{}); a node needs a node certificate: shoal-pki issue --ca DIR --node NAME --service SVC...",
+                    id.trust_domain.as_deref().unwrap_or("?"),
+                    id.operator.as_deref().unwrap_or("?"),
+                )),
+                CertKind::Ca => Some(format!(
+                    "{p} is a CA certificate; put it in tls.ca and point tls.cert at a node certificate (shoal-pki issue --node NAME)"
+                )),
+                CertKind::Other => Some(format!(
+                    "{p} carries no spiffe://TRUST-DOMAIN/node/NAME id; it is not a Shoal node certificate (shoal-pki issue --node NAME)"
+                )),
+            };
+            if let Some(problem) = problem {
+                self.err("tls.cert", problem);
+                return None;
+            }
+            Some((der, id))
+        });
+
+        // The key, against the certificate.
+        let key_ok = key.as_ref().and_then(|(path, bytes)| {
+            let parsed = std::str::from_utf8(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|s| rcgen::KeyPair::from_pem(s).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.err(
+                        "tls.key",
+                        format!("{} is not a usable PEM private key ({e})", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        if let (Some(k), Some((cert_der, _)), Some((key_path, _)), Some((cert_path, _))) =
+            (&key_ok, &cert_checked, &key, &cert)
+        {
+            let matches = x509_parser::parse_x509_certificate(cert_der).is_ok_and(|(_, x)| {
+                x.public_key().subject_public_key.data.as_ref() == k.public_key_raw()
+            });
+            if !matches {
+                self.err(
+                    "tls.key",
+                    format!(
+                        "{} does not match the public key of tls.cert ({}); use the key written next to that certificate",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+            }
+        }
+
+        // The certificate, against the CA.
+        let (Some((ca_der, ca_td)), Some((cert_der, id)), Some((ca_path, _))) =
+            (&ca_checked, &cert_checked, &ca)
+        else {
+            return None;
+        };
+        let cert_td = id.trust_domain.clone().unwrap_or_default();
+        if cert_td != *ca_td {
+            self.err(
+                "tls.cert",
+                format!(
+                    "certificate of another trust domain: it is for {cert_td:?} but tls.ca ({}) is the CA of {ca_td:?}",
+                    ca_path.display()
+                ),
+            );
+            return None;
+        }
+        if let Err(e) = shoal_pki::verify_cert(ca_der, cert_der, self.now) {
+            let (field, reason) = match e {
+                VerifyError::Expired(when) => (
+                    "tls.cert",
+                    format!(
+                        "the certificate expired on {when}; issue a new one with shoal-pki issue"
+                    ),
+                ),
+                VerifyError::NotYetValid(_) => (
+                    "tls.cert",
+                    format!("the certificate is {e}; is this host's clock right?"),
+                ),
+                VerifyError::OtherCa { issuer } => (
+                    "tls.cert",
+                    format!(
+                        "the certificate was not signed by the CA in tls.ca ({}); it belongs to another CA (issuer: {issuer})",
+                        ca_path.display()
+                    ),
+                ),
+                VerifyError::CaNotValid(why) => (
+                    "tls.ca",
+                    format!("the CA certificate is not valid now: {why}"),
+                ),
+                VerifyError::WrongTrustDomain { .. } => (
+                    "tls.cert",
+                    format!("certificate of another trust domain: {e}"),
+                ),
+                other => (
+                    "tls.cert",
+                    format!("the certificate does not verify: {other}"),
+                ),
+            };
+            self.err(field, reason);
+            return None;
+        }
+        let not_after = x509_parser::parse_x509_certificate(cert_der)
+            .map(|(_, x)| x.validity().not_after.to_datetime())
+            .ok()?;
+        // Built even when the key has a problem (already reported), so that the
+        // node name and the services can still be checked against the certificate.
+        let key_path = match (&key, &raw.key) {
+            (Some((path, _)), _) => path.clone(),
+            (None, Some(path)) => self.resolve(path),
+            (None, None) => PathBuf::new(),
+        };
+        Some(TlsConfig {
+            cert: cert.as_ref()?.0.clone(),
+            key: key_path,
+            ca: ca_path.clone(),
+            trust_domain: cert_td,
+            node_name: id.node.clone()?,
+            allowed_services: id.services.clone(),
+            cert_not_after: not_after,
+        })
+    }
+
+    // --- [gossip] --------------------------------------------------------------
+
+    fn duration_range(&mut self, field: &str, d: Duration, min: Duration, max: Duration) {
+        if d < min || d > max {
+            self.err(
+                field,
+                format!(
+                    "{} is out of range: it must be between {} and {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+    }
+
+    fn gossip(&mut self, raw: &RawGossip) -> GossipConfig {
+        let interval = raw.interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
+        self.duration_range(
+            "gossip.interval",
+            interval,
+            MIN_GOSSIP_INTERVAL,
+            MAX_GOSSIP_INTERVAL,
+        );
+        let phi_threshold = raw.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
+        if !(phi_threshold.is_finite() && phi_threshold > 0.0) {
+            self.err(
+                "gossip.phi_threshold",
+                format!("{phi_threshold} must be a number greater than 0 (the default is {DEFAULT_PHI_THRESHOLD})"),
+            );
+        }
+        let max_interval = raw.max_interval.unwrap_or(DEFAULT_MAX_INTERVAL);
+        self.duration_range(
+            "gossip.max_interval",
+            max_interval,
+            interval.max(MIN_GOSSIP_INTERVAL),
+            MAX_MAX_INTERVAL,
+        );
+        let initial_interval = raw.initial_interval.unwrap_or(interval);
+        if raw.initial_interval.is_some() {
+            self.duration_range(
+                "gossip.initial_interval",
+                initial_interval,
+                MIN_GOSSIP_INTERVAL,
+                max_interval.max(MIN_GOSSIP_INTERVAL),
+            );
+        }
+        let sampling_window = raw.sampling_window.unwrap_or(DEFAULT_SAMPLING_WINDOW);
+        if !SAMPLING_WINDOW_RANGE.contains(&sampling_window) {
+            self.err(
+                "gossip.sampling_window",
+                format!(
+                    "{sampling_window} is out of range: it must be between {} and {}",
+                    SAMPLING_WINDOW_RANGE.start(),
+                    SAMPLING_WINDOW_RANGE.end()
+                ),
+            );
+        }
+        let dead_node_grace = raw.dead_node_grace.unwrap_or(DEFAULT_DEAD_NODE_GRACE);
+        self.at_least("gossip.dead_node_grace", dead_node_grace, MIN_GRACE);
+        let deletion_grace = raw.deletion_grace.unwrap_or(DEFAULT_DELETION_GRACE);
+        self.at_least("gossip.deletion_grace", deletion_grace, MIN_GRACE);
+        GossipConfig {
+            interval,
+            phi_threshold,
+            initial_interval,
+            max_interval,
+            sampling_window,
+            dead_node_grace,
+            deletion_grace,
+        }
+    }
+
+    fn at_least(&mut self, field: &str, d: Duration, min: Duration) {
+        if d < min {
+            self.err(
+                field,
+                format!(
+                    "{} is too short: it must be at least {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(min)
+                ),
+            );
+        }
+    }
+
+    // --- [[service]] -----------------------------------------------------------
+
+    fn services(
+        &mut self,
+        raw: &[RawService],
+        id: Option<&TlsConfig>,
+    ) -> Option<Vec<ServiceConfig>> {
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut ok = true;
+        for (i, svc) in raw.iter().enumerate() {
+            match self.service(i, svc, id, &mut seen) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn service(
+        &mut self,
+        i: usize,
+        raw: &RawService,
+        id: Option<&TlsConfig>,
+        seen: &mut BTreeMap<String, usize>,
+    ) -> Option<ServiceConfig> {
+        let f = |name: &str| format!("service[{i}].{name}");
+        let name = match &raw.name {
+            None => {
+                self.err(f("name"), "required: the service name");
+                None
+            }
+            Some(name) => {
+                let mut ok = self.name(&f("name"), "service name", name);
+                if let Some(first) = seen.get(name) {
+                    self.err(
+                        f("name"),
+                        format!(
+                            "{name:?} is already defined by service[{first}]; each service is listed once per node"
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    seen.insert(name.clone(), i);
+                }
+                if ok
+                    && let Some(id) = id
+                    && !id.allowed_services.iter().any(|s| s == name)
+                {
+                    let allows = if id.allowed_services.is_empty() {
+                        "none".to_string()
+                    } else {
+                        id.allowed_services.join(", ")
+                    };
+                    self.err(
+                        f("name"),
+                        format!(
+                            "{name:?} is not in the node certificate (it allows: {allows}); issue a certificate with --service {name}"
+                        ),
+                    );
+                    ok = false;
+                }
+                ok.then(|| name.clone())
+            }
+        };
+        let address = match &raw.address {
+            None => {
+                self.err(
+                    f("address"),
+                    "required: the IP:PORT of the local backend, such as 127.0.0.1:8080",
+                );
+                None
+            }
+            Some(a) => self.socket_addr(&f("address"), a).and_then(|a| {
+                if a.port() == 0 {
+                    self.err(f("address"), format!("{a} has port 0; give the backend's port"));
+                    None
+                } else if a.ip().is_unspecified() {
+                    self.err(
+                        f("address"),
+                        format!(
+                            "{a} is an unspecified address; give the address the backend can be reached at, such as 127.0.0.1:{}",
+                            a.port()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(a)
+                }
+            }),
+        };
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("tcp") => Some(Protocol::Tcp),
+            Some("http") => Some(Protocol::Http),
+            Some(other) => {
+                self.err(
+                    f("protocol"),
+                    format!("{other:?} is not a protocol; use \"tcp\" or \"http\""),
+                );
+                None
+            }
+        };
+        let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
+        let weight_ok = (1..=MAX_WEIGHT).contains(&weight);
+        if !weight_ok {
+            self.err(
+                f("weight"),
+                format!("{weight} is out of range: it must be between 1 and {MAX_WEIGHT}"),
+            );
+        }
+        let mut tags_ok = true;
+        if raw.tags.len() > MAX_TAGS {
+            self.err(
+                f("tags"),
+                format!("{} tags; at most {MAX_TAGS} are allowed", raw.tags.len()),
+            );
+            tags_ok = false;
+        }
+        for (t, tag) in raw.tags.iter().enumerate() {
+            tags_ok &= self.name(&format!("service[{i}].tags[{t}]"), "tag", tag);
+        }
+        let health = self.health(i, raw.health.as_ref(), protocol.unwrap_or(Protocol::Tcp));
+        if !(weight_ok && tags_ok) {
+            return None;
+        }
+        Some(ServiceConfig {
+            name: name?,
+            address: address?,
+            protocol: protocol?,
+            weight,
+            tags: raw.tags.clone(),
+            health: health?,
+        })
+    }
+
+    fn health(
+        &mut self,
+        i: usize,
+        raw: Option<&RawHealth>,
+        protocol: Protocol,
+    ) -> Option<HealthConfig> {
+        let f = |name: &str| format!("service[{i}].health.{name}");
+        let empty = RawHealth::default();
+        let raw = raw.unwrap_or(&empty);
+        let errors_before = self.errors.len();
+        let kind = match raw.kind.as_deref() {
+            None => match protocol {
+                Protocol::Http => HealthKind::Http,
+                Protocol::Tcp => HealthKind::Tcp,
+            },
+            Some("tcp") => HealthKind::Tcp,
+            Some("http") => HealthKind::Http,
+            Some("none") => HealthKind::None,
+            Some(other) => {
+                self.err(
+                    f("kind"),
+                    format!(
+                        "{other:?} is not a health check kind; use \"tcp\", \"http\" or \"none\""
+                    ),
+                );
+                HealthKind::Tcp
+            }
+        };
+        let path = raw
+            .path
+            .as_deref()
+            .unwrap_or(DEFAULT_HEALTH_PATH)
+            .to_string();
+        if !path.starts_with('/') {
+            self.err(f("path"), format!("{path:?} must start with '/'"));
+        } else if !path.chars().all(|c| c.is_ascii_graphic()) {
+            self.err(
+                f("path"),
+                format!("{path:?} contains spaces or other characters not allowed in a URL path; percent-encode them"),
+            );
+        }
+        if raw.path.is_some() && kind != HealthKind::Http {
+            let why = if raw.kind.is_some() {
+                String::new()
+            } else {
+                format!(" (the default for protocol \"{protocol}\")")
+            };
+            self.err(
+                f("path"),
+                format!(
+                    "is only used by HTTP checks, and this check is \"{kind}\"{why}; set kind = \"http\" or remove path"
+                ),
+            );
+        }
+        let interval = raw.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
+        self.duration_range(
+            &f("interval"),
+            interval,
+            MIN_HEALTH_INTERVAL,
+            MAX_HEALTH_INTERVAL,
+        );
+        let timeout = raw.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT);
+        if timeout.is_zero() {
+            self.err(f("timeout"), "must be greater than 0");
+        } else if timeout > interval {
+            self.err(
+                f("timeout"),
+                format!(
+                    "{} is longer than the check interval ({}); it must be at most the interval",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let mut threshold = |name: &str, value: Option<u32>, default: u32| {
+            let v = value.unwrap_or(default);
+            if !(1..=MAX_THRESHOLD).contains(&v) {
+                self.err(
+                    f(name),
+                    format!("{v} is out of range: it must be between 1 and {MAX_THRESHOLD}"),
+                );
+            }
+            v
+        };
+        let healthy_threshold = threshold(
+            "healthy_threshold",
+            raw.healthy_threshold,
+            DEFAULT_HEALTHY_THRESHOLD,
+        );
+        let unhealthy_threshold = threshold(
+            "unhealthy_threshold",
+            raw.unhealthy_threshold,
+            DEFAULT_UNHEALTHY_THRESHOLD,
+        );
+        (self.errors.len() == errors_before).then_some(HealthConfig {
+            kind,
+            path,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_at_line_resolves_array_tables() {
+        let text = "[node]\nlisten = 1\n[[service]]\nname = 'a'\n[[service]]\nname = 'b'\n[service.health]\nkind = x\n";
+        assert_eq!(field_at_line(text, 1).as_deref(), Some("node.listen"));
+        assert_eq!(field_at_line(text, 3).as_deref(), Some("service[0].name"));
+        assert_eq!(field_at_line(text, 4).as_deref(), Some("service[1]"));
+        assert_eq!(
+            field_at_line(text, 7).as_deref(),
+            Some("service[1].health.kind")
+        );
+        assert_eq!(field_at_line("x = 1\n", 0).as_deref(), Some("x"));
+        assert_eq!(field_at_line("\n", 0), None);
+    }
+
+    #[test]
+    fn raw_config_accepts_integers_for_floats() {
+        let raw = RawConfig::from_toml("[gossip]\nphi_threshold = 9\n").unwrap();
+        assert_eq!(raw.gossip.phi_threshold, Some(9.0));
+    }
+
+    #[test]
+    fn errors_are_ordered_by_section() {
+        assert!(section_rank("node.listen") < section_rank("tls.cert"));
+        assert!(section_rank("tls") < section_rank("gossip.interval"));
+        assert!(section_rank("gossip.interval") < section_rank("service[3].name"));
+        assert!(section_rank("service[0]") < section_rank("--seed"));
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,369 @@
+//! The node's one QUIC endpoint: one UDP socket carrying gossip and tunnels,
+//! told apart by ALPN. Outbound connections are pooled per (peer address, use)
+//! and reused; unused ones are closed after a while; a broken one is replaced
+//! on next use. Inbound connections are handed to the subsystem their ALPN names.
+//!
+//! The socket is either bound here (with 4 MiB socket buffers: the default ones
+//! drop datagrams under load) or handed in by the caller — the simulator wraps the
+//! real socket to inject partitions and loss underneath QUIC.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{AsyncUdpSocket, Connection, Runtime, TokioRuntime, TransportConfig, VarInt};
+use shoal_pki::CertIdentity;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::tls::{self, ALPN_GOSSIP, ALPN_TUNNEL, ANY_NODE, TlsState};
+
+/// UDP socket buffer size asked for (send and receive).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// How long dialling a peer may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// QUIC keep-alive interval; with [`IDLE_TIMEOUT`] it bounds how long a dead
+/// peer's connection lingers.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// QUIC idle timeout.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled outbound connection unused for this long is closed.
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Use {
+    /// chitchat gossip (`shoal-gossip/1`).
+    Gossip,
+    /// Proxied traffic (`shoal-tunnel/1`).
+    Tunnel,
+}
+
+impl Use {
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Use::Gossip => ALPN_GOSSIP,
+            Use::Tunnel => ALPN_TUNNEL,
+        }
+    }
+}
+
+/// Where the endpoint's UDP socket comes from.
+#[derive(Debug)]
+pub enum SocketSource {
+    /// Bind this address (port 0: any).
+    Bind(SocketAddr),
+    /// Use this socket (for fault injection).
+    Custom(Arc<dyn AsyncUdpSocket>),
+}
+
+/// Why a connection could not be had.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// quinn refused to start the connection.
+    #[error("cannot dial {addr}: {source}")]
+    Start {
+        /// The peer.
+        addr: SocketAddr,
+        /// quinn's reason.
+        source: quinn::ConnectError,
+    },
+    /// The handshake failed (peer down, certificate refused by either side).
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The peer.
+        addr: SocketAddr,
+        /// quinn's reason.
+        source: quinn::ConnectionError,
+    },
+    /// No answer within [`CONNECT_TIMEOUT`].
+    #[error("no answer from {addr} within {CONNECT_TIMEOUT:?}; is the peer up and UDP reachable?")]
+    Timeout {
+        /// The peer.
+        addr: SocketAddr,
+    },
+    /// The endpoint is shutting down.
+    #[error("the endpoint is closed")]
+    Closed,
+}
+
+/// An accepted, authenticated inbound connection.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The connection.
+    pub conn: Connection,
+    /// The peer's identity from its certificate.
+    pub peer: CertIdentity,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    conn: Option<Connection>,
+    last_used: Option<Instant>,
+}
+
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+
+/// The QUIC endpoint and its outbound connection pool.
+#[derive(Debug)]
+pub struct MeshEndpoint {
+    endpoint: quinn::Endpoint,
+    tls: Arc<TlsState>,
+    transport: Arc<TransportConfig>,
+    pool: Mutex<HashMap<(SocketAddr, Use), SlotRef>>,
+    metrics: Arc<Metrics>,
+    open_streams: AtomicUsize,
+}
+
+/// The transport parameters every Shoal connection uses.
+pub fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(16_384));
+    t.max_concurrent_uni_streams(VarInt::from_u32(1_024));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(10_000))),
+    ));
+    t
+}
+
+/// Binds a UDP socket with enlarged buffers (best effort: the kernel may cap them).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES).ok();
+    socket.set_send_buffer_size(SOCKET_BUFFER_BYTES).ok();
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl MeshEndpoint {
+    /// Creates the endpoint. Must run inside a tokio runtime.
+    pub fn new(
+        source: SocketSource,
+        tls: Arc<TlsState>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Self>> {
+        let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+        let socket = match source {
+            SocketSource::Bind(addr) => runtime.wrap_udp_socket(bind_udp(addr)?)?,
+            SocketSource::Custom(s) => s,
+        };
+        let transport = Arc::new(transport_config());
+        let server_config = server_config(&tls, transport.clone())?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )?;
+        Ok(Arc::new(MeshEndpoint {
+            endpoint,
+            tls,
+            transport,
+            pool: Mutex::new(HashMap::new()),
+            metrics,
+            open_streams: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The TLS state (for reloads and identity).
+    pub fn tls(&self) -> &Arc<TlsState> {
+        &self.tls
+    }
+
+    /// A connection to `addr` for `use_`, from the pool or newly dialled. With
+    /// `node`, the peer must present that node's certificate; without, any mesh
+    /// node will do.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        use_: Use,
+        node: Option<&str>,
+    ) -> Result<Connection, ConnectError> {
+        let slot = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.entry((addr, use_)).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.conn.clone() {
+            let same_node = match node {
+                None => true,
+                Some(n) => {
+                    tls::peer_identity(conn.peer_identity())
+                        .and_then(|id| id.node)
+                        .as_deref()
+                        == Some(n)
+                }
+            };
+            if conn.close_reason().is_none() && same_node {
+                slot.last_used = Some(Instant::now());
+                return Ok(conn);
+            }
+        }
+        let conn = self.dial(addr, use_, node.unwrap_or(ANY_NODE)).await?;
+        slot.conn = Some(conn.clone());
+        slot.last_used = Some(Instant::now());
+        Ok(conn)
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        use_: Use,
+        server_name: &str,
+    ) -> Result<Connection, ConnectError> {
+        let mut config = self.client_config(use_).map_err(|_| ConnectError::Closed)?;
+        config.transport_config(self.transport.clone());
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, server_name)
+            .map_err(|source| ConnectError::Start { addr, source })?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(ConnectError::Timeout { addr }),
+            Ok(Err(source)) => return Err(ConnectError::Handshake { addr, source }),
+            Ok(Ok(conn)) => conn,
+        };
+        self.metrics.connections_opened.inc();
+        tracing::debug!(%addr, ?use_, "connected to peer");
+        Ok(conn)
+    }
+
+    fn client_config(&self, use_: Use) -> Result<quinn::ClientConfig, rustls::Error> {
+        let rustls_cfg = self.tls.client_config(use_.alpn())?;
+        let quic = QuicClientConfig::try_from(rustls_cfg)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    }
+
+    /// Closes pooled connections unused for `idle` (run periodically).
+    pub fn reap_idle(&self, idle: Duration) {
+        let slots: Vec<((SocketAddr, Use), SlotRef)> = {
+            let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter().map(|(k, v)| (*k, v.clone())).collect()
+        };
+        let now = Instant::now();
+        for (key, slot) in slots {
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let stale = slot.last_used.is_none_or(|t| now.duration_since(t) >= idle);
+            let dead = slot
+                .conn
+                .as_ref()
+                .is_none_or(|c| c.close_reason().is_some());
+            if stale || dead {
+                if let Some(conn) = slot.conn.take() {
+                    conn.close(VarInt::from_u32(0), b"idle");
+                }
+                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.remove(&key);
+            }
+        }
+    }
+
+    /// Accepts inbound connections until the endpoint closes, handing each
+    /// authenticated one to the channel of its use. Handshake failures (refused
+    /// certificates among them) are logged and counted by the verifier.
+    pub async fn accept_loop(
+        self: Arc<Self>,
+        gossip: mpsc::Sender<Inbound>,
+        tunnel: mpsc::Sender<Inbound>,
+    ) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let gossip = gossip.clone();
+            let tunnel = tunnel.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "inbound handshake failed");
+                        return;
+                    }
+                };
+                let alpn = conn
+                    .handshake_data()
+                    .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|h| h.protocol);
+                let Some(peer) = tls::peer_identity(conn.peer_identity()) else {
+                    conn.close(VarInt::from_u32(1), b"no identity");
+                    return;
+                };
+                metrics.connections_accepted.inc();
+                let target = match alpn.as_deref() {
+                    Some(a) if a == ALPN_GOSSIP => gossip,
+                    Some(a) if a == ALPN_TUNNEL => tunnel,
+                    _ => {
+                        conn.close(VarInt::from_u32(2), b"unknown alpn");
+                        return;
+                    }
+                };
+                if target.send(Inbound { conn, peer }).await.is_err() {
+                    tracing::debug!(%remote, "inbound connection arrived during shutdown");
+                }
+            });
+        }
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+    }
+
+    /// Waits until every connection is closed (after [`MeshEndpoint::close`]).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+
+    /// Counts a stream opened (for drain accounting); the guard counts it closed.
+    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    /// Streams currently open through [`MeshEndpoint::stream_guard`].
+    pub fn open_streams(&self) -> usize {
+        self.open_streams.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks one stream in flight until dropped.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<MeshEndpoint>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn server_config(
+    tls: &Arc<TlsState>,
+    transport: Arc<TransportConfig>,
+) -> std::io::Result<quinn::ServerConfig> {
+    let rustls_cfg = tls
+        .server_config()
+        .map_err(|e| std::io::Error::other(format!("TLS server config: {e}")))?;
+    let quic = QuicServerConfig::try_from(rustls_cfg)
+        .map_err(|e| std::io::Error::other(format!("QUIC server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport);
+    Ok(cfg)
+}

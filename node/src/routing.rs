@@ -1,0 +1,123 @@
+//! Keeps this node's routing table current: whenever gossip reports a change in
+//! the live members, rebuild the table (`mesh_proto::routing::build_table`, a pure
+//! function) and swap it in atomically. Readers (proxies, the admin API) load the
+//! current table without locks.
+//!
+//! Which services a node may host is read from the certificate it publishes under
+//! `cert`, verified against the mesh CA here (results cached per certificate).
+//! If every peer disappears at once, the last table is kept: an isolated node keeps
+//! serving what it knew rather than nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mesh_proto::codec::decode_text;
+use mesh_proto::gossip::{CERT_KEY, NodeCertificate};
+use mesh_proto::routing::{Ignored, MemberInput, RoutingTable, build_table};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tokio::sync::watch;
+
+use crate::gossip::Gossip;
+use crate::metrics::Metrics;
+use crate::tls::TlsState;
+
+/// The shared, atomically swapped routing table.
+pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
+
+/// Verified certificates: the published value → (node, services, not_after unix).
+#[derive(Debug, Default)]
+struct CertCache {
+    verified: HashMap<String, Option<(String, Vec<String>, i64)>>,
+}
+
+impl CertCache {
+    fn services(&mut self, tls: &TlsState, value: &str, now: UnixTime) -> Option<Vec<String>> {
+        let entry = self.verified.entry(value.to_string()).or_insert_with(|| {
+            let cert = decode_text::<NodeCertificate>(value).ok()?;
+            let der = CertificateDer::from(cert.der);
+            let id = tls
+                .verify_peer(&der, &[], now, webpki::KeyUsage::server_auth())
+                .ok()?;
+            let (_, x509) = x509_parser::parse_x509_certificate(&der).ok()?;
+            Some((id.node?, id.services, x509.validity().not_after.timestamp()))
+        });
+        match entry {
+            Some((_, services, not_after)) if *not_after >= now.as_secs() as i64 => {
+                Some(services.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Rebuilds the table on every change of the live set until `stop` fires.
+pub async fn run(
+    gossip: Arc<Gossip>,
+    tls: Arc<TlsState>,
+    table: SharedTable,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let self_name = gossip.self_id().node_id.to_string();
+    let mut live = gossip.live_watcher().await;
+    let mut certs = CertCache::default();
+    let mut reported: HashSet<(String, String)> = HashSet::new();
+    loop {
+        let next = {
+            let states = live.borrow_and_update();
+            let now = UnixTime::now();
+            // The allowed services of each node, from its newest generation's certificate.
+            let mut allowed: HashMap<&str, (u64, Vec<String>)> = HashMap::new();
+            for (id, state) in states.iter() {
+                let services = state
+                    .get(CERT_KEY)
+                    .and_then(|v| certs.services(&tls, v, now))
+                    .unwrap_or_default();
+                let newer = allowed
+                    .get(&*id.node_id)
+                    .is_none_or(|(g, _)| *g < id.generation_id);
+                if newer {
+                    allowed.insert(&id.node_id, (id.generation_id, services));
+                }
+            }
+            let inputs = states.iter().map(|(id, state)| MemberInput {
+                node_id: &id.node_id,
+                generation: id.generation_id,
+                values: state.key_values().collect(),
+            });
+            let (table, ignored) = build_table(inputs, |node, service| {
+                allowed
+                    .get(node)
+                    .is_some_and(|(_, s)| s.iter().any(|x| x == service))
+            });
+            for item in ignored {
+                match item {
+                    Ignored::NotInCertificate { node, service } => {
+                        if reported.insert((node.clone(), service.clone())) {
+                            metrics.ignored_service_claims.inc();
+                            tracing::warn!(
+                                %node, %service,
+                                "ignoring a service claim the node's certificate does not allow"
+                            );
+                        }
+                    }
+                    other => tracing::debug!(?other, "ignored gossip record"),
+                }
+            }
+            table
+        };
+        let alone = next.nodes().all(|n| n.record.name == self_name);
+        let had_peers = table.load().nodes().any(|n| n.record.name != self_name);
+        if alone && had_peers {
+            tracing::warn!("lost every peer; keeping the last routing table until they return");
+        } else {
+            table.store(Arc::new(next));
+            metrics.routing_rebuilds.inc();
+        }
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Mesh TLS: this node's certificate and key (reloadable without dropping
+//! connections), the SPIFFE verifiers that both ends of every QUIC connection run,
+//! and the rustls configurations built from them.
+//!
+//! A peer is accepted only if its certificate chains to the mesh CA, is valid now,
+//! and carries exactly one `spiffe://TD/node/NAME` id of this node's trust domain.
+//! rustls' WebPKI server verifier insists on a DNS/IP SAN, which SPIFFE-only
+//! certificates lack, so both verifiers are written here (as Linkerd and ztunnel
+//! do): the chain is checked by rustls-webpki, signatures by the crypto provider,
+//! and then the SPIFFE id by [`shoal_pki::CertIdentity`].
+//!
+//! One crypto provider (ring), TLS 1.3 only.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use shoal_pki::CertIdentity;
+use thiserror::Error;
+use webpki::{EndEntityCert, KeyUsage};
+
+use crate::metrics::Metrics;
+
+/// ALPN of gossip connections.
+pub const ALPN_GOSSIP: &[u8] = b"shoal-gossip/1";
+/// ALPN of tunnel connections.
+pub const ALPN_TUNNEL: &[u8] = b"shoal-tunnel/1";
+/// The TLS server name a node dials when any mesh node will do (gossip to an
+/// address learned from a seed list). Otherwise the server name is the expected
+/// node name, and the server's certificate must carry exactly that node id.
+pub const ANY_NODE: &str = "any-node.shoal.invalid";
+
+/// The three files of a node's identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsFiles {
+    /// The node certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The mesh CA certificate (PEM).
+    pub ca: PathBuf,
+}
+
+/// Why the node's own TLS material could not be loaded.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{field}: cannot read {path}: {source}")]
+    Read {
+        /// Which config field names the file.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file does not hold what it should.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Which config field names the file.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl fmt::Display) -> TlsError {
+    TlsError::Invalid {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+/// The trust side: the mesh CA as a trust anchor, and the trust domain.
+#[derive(Debug)]
+pub struct MeshTrust {
+    trust_domain: String,
+    anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+}
+
+/// What this node presents: certificate, key, and the identity they carry.
+#[derive(Debug)]
+pub struct LocalIdentity {
+    /// The node name in the certificate.
+    pub node_name: String,
+    /// The trust domain.
+    pub trust_domain: String,
+    /// Services the certificate allows this node to host.
+    pub services: Vec<String>,
+    /// The certificate, DER.
+    pub cert_der: CertificateDer<'static>,
+    /// When the certificate expires (unix seconds).
+    pub not_after_unix: i64,
+    certified: Arc<CertifiedKey>,
+}
+
+/// Loads and checks certificate, key and CA: the certificate must be a node
+/// certificate valid now under that CA, and the key must be its key.
+pub fn load(
+    files: &TlsFiles,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(LocalIdentity, MeshTrust), TlsError> {
+    let read = |field: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            field,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read("tls.cert", &files.cert)?;
+    let key_pem = read("tls.key", &files.key)?;
+    let ca_pem = read("tls.ca", &files.ca)?;
+    let cert = CertificateDer::from_pem_slice(&cert_pem)
+        .map_err(|e| invalid("tls.cert", format!("not a PEM certificate: {e}")))?;
+    let ca = CertificateDer::from_pem_slice(&ca_pem)
+        .map_err(|e| invalid("tls.ca", format!("not a PEM certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| invalid("tls.key", format!("not a PEM private key: {e}")))?;
+
+    let ca_identity = CertIdentity::from_der(&ca).map_err(|e| invalid("tls.ca", e))?;
+    let Some(trust_domain) = ca_identity
+        .trust_domain
+        .clone()
+        .filter(|_| ca_identity.is_ca)
+    else {
+        return Err(invalid(
+            "tls.ca",
+            "not a Shoal mesh CA certificate (no CA flag or no spiffe://TRUST-DOMAIN id)",
+        ));
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let verified = shoal_pki::verify_cert(&ca, &cert, now).map_err(|e| invalid("tls.cert", e))?;
+    let Some(node_name) = verified.identity.node.clone() else {
+        return Err(invalid(
+            "tls.cert",
+            "not a node certificate (it carries no spiffe://TD/node/NAME id); issue one with `shoal-pki issue --node`",
+        ));
+    };
+    let certified = CertifiedKey::from_der(vec![cert.clone()], key, provider).map_err(|e| {
+        invalid(
+            "tls.key",
+            format!("does not match tls.cert or is not a supported key: {e}"),
+        )
+    })?;
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(&cert).map_err(|e| invalid("tls.cert", e))?;
+    let anchor = webpki::anchor_from_trusted_cert(&ca)
+        .map_err(|e| invalid("tls.ca", format!("{e:?}")))?
+        .to_owned();
+    let identity = LocalIdentity {
+        node_name,
+        trust_domain: trust_domain.clone(),
+        services: verified.identity.services.clone(),
+        not_after_unix: x509.validity().not_after.timestamp(),
+        cert_der: cert.into_owned(),
+        certified: Arc::new(certified),
+    };
+    let trust = MeshTrust {
+        trust_domain,
+        anchors: vec![anchor],
+    };
+    Ok((identity, trust))
+}
+
+/// Why a peer certificate was refused; also the `reason` label of the
+/// `shoal_rejected_peers_total` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not signed by the mesh CA.
+    OtherCa,
+    /// Expired.
+    Expired,
+    /// Not valid yet.
+    NotYetValid,
+    /// SPIFFE ids of another trust domain.
+    WrongTrustDomain,
+    /// No `spiffe://TD/node/NAME` id (an operator certificate, say).
+    NotANode,
+    /// Not the node that was dialled.
+    WrongNode,
+    /// Does not parse, or has contradictory ids.
+    Malformed,
+    /// Any other chain problem (key usage, ...).
+    Invalid,
+}
+
+impl Rejection {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::OtherCa => "other_ca",
+            Rejection::Expired => "expired",
+            Rejection::NotYetValid => "not_yet_valid",
+            Rejection::WrongTrustDomain => "wrong_trust_domain",
+            Rejection::NotANode => "not_a_node",
+            Rejection::WrongNode => "wrong_node",
+            Rejection::Malformed => "malformed",
+            Rejection::Invalid => "invalid",
+        }
+    }
+
+    fn into_rustls(self) -> rustls::Error {
+        rustls::Error::InvalidCertificate(match self {
+            Rejection::OtherCa => CertificateError::UnknownIssuer,
+            Rejection::Expired => CertificateError::Expired,
+            Rejection::NotYetValid => CertificateError::NotValidYet,
+            Rejection::Malformed => CertificateError::BadEncoding,
+            Rejection::WrongNode => CertificateError::NotValidForName,
+            Rejection::WrongTrustDomain | Rejection::NotANode | Rejection::Invalid => {
+                CertificateError::ApplicationVerificationFailure
+            }
+        })
+    }
+}
+
+/// The node's TLS state: identity and trust, each swappable on reload.
+pub struct TlsState {
+    identity: ArcSwap<LocalIdentity>,
+    trust: ArcSwap<MeshTrust>,
+    provider: Arc<CryptoProvider>,
+    algs: WebPkiSupportedAlgorithms,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsState")
+            .field("node", &self.identity.load().node_name)
+            .field("trust_domain", &self.trust.load().trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The crypto provider every Shoal TLS config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsState {
+    /// Loads the files into a new state.
+    pub fn load(files: &TlsFiles, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let (identity, trust) = load(files, &provider)?;
+        let algs = provider.signature_verification_algorithms;
+        Ok(Arc::new(TlsState {
+            identity: ArcSwap::from_pointee(identity),
+            trust: ArcSwap::from_pointee(trust),
+            provider,
+            algs,
+            metrics,
+        }))
+    }
+
+    /// Re-reads the files; new handshakes use them, established connections are
+    /// untouched. The node name and trust domain may not change.
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
+        let (identity, trust) = load(files, &self.provider)?;
+        let current = self.identity.load();
+        if identity.node_name != current.node_name {
+            return Err(invalid(
+                "tls.cert",
+                format!(
+                    "the new certificate is for node {:?}, this node is {:?}; restart to rename a node",
+                    identity.node_name, current.node_name
+                ),
+            ));
+        }
+        if identity.trust_domain != current.trust_domain {
+            return Err(invalid(
+                "tls.ca",
+                format!(
+                    "the new CA is for trust domain {:?}, this node is in {:?}",
+                    identity.trust_domain, current.trust_domain
+                ),
+            ));
+        }
+        self.identity.store(Arc::new(identity));
+        self.trust.store(Arc::new(trust));
+        Ok(())
+    }
+
+    /// The identity currently presented.
+    pub fn identity(&self) -> Arc<LocalIdentity> {
+        self.identity.load_full()
+    }
+
+    /// Checks a peer's certificate; returns its identity.
+    pub fn verify_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<CertIdentity, Rejection> {
+        let trust = self.trust.load();
+        let ee = EndEntityCert::try_from(end_entity).map_err(|_| Rejection::Malformed)?;
+        ee.verify_for_usage(
+            self.algs.all,
+            &trust.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| match e {
+            webpki::Error::CertExpired { .. } => Rejection::Expired,
+            webpki::Error::CertNotValidYet { .. } => Rejection::NotYetValid,
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                Rejection::OtherCa
+            }
+            webpki::Error::BadDer | webpki::Error::BadDerTime => Rejection::Malformed,
+            _ => Rejection::Invalid,
+        })?;
+        let id = CertIdentity::from_der(end_entity).map_err(|_| Rejection::Malformed)?;
+        if id.trust_domain.as_deref() != Some(trust.trust_domain.as_str()) {
+            return Err(Rejection::WrongTrustDomain);
+        }
+        if id.node.is_none() {
+            return Err(Rejection::NotANode);
+        }
+        Ok(id)
+    }
+
+    fn checked(
+        &self,
+        result: Result<CertIdentity, Rejection>,
+        side: &'static str,
+    ) -> Result<CertIdentity, rustls::Error> {
+        result.map_err(|r| {
+            self.metrics.reject(r.as_str());
+            tracing::warn!(
+                peer_side = side,
+                reason = r.as_str(),
+                "refused a peer certificate"
+            );
+            r.into_rustls()
+        })
+    }
+
+    /// The rustls server config of the QUIC endpoint: client certificates required,
+    /// both ALPNs offered.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, rustls::Error> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(PeerVerifier(self.clone())))
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![ALPN_GOSSIP.to_vec(), ALPN_TUNNEL.to_vec()];
+        Ok(cfg)
+    }
+
+    /// A rustls client config for dialling peers with the given ALPN.
+    pub fn client_config(
+        self: &Arc<Self>,
+        alpn: &[u8],
+    ) -> Result<rustls::ClientConfig, rustls::Error> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PeerVerifier(self.clone())))
+            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Reads the node identity out of a peer's certificate chain as quinn reports it
+/// (`Connection::peer_identity`).
+pub fn peer_identity(identity: Option<Box<dyn std::any::Any>>) -> Option<CertIdentity> {
+    let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    CertIdentity::from_der(chain.first()?).ok()
+}
+
+/// Serves the current certificate to both TLS roles.
+#[derive(Debug)]
+struct Resolver(Arc<TlsState>);
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.identity.load().certified.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.identity.load().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verifies peers in both roles.
+#[derive(Debug)]
+struct PeerVerifier(Arc<TlsState>);
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result = self
+            .0
+            .verify_peer(end_entity, intermediates, now, KeyUsage::server_auth())
+            .and_then(|id| {
+                let expected = server_name.to_str();
+                if expected != ANY_NODE && id.node.as_deref() != Some(expected.as_ref()) {
+                    Err(Rejection::WrongNode)
+                } else {
+                    Ok(id)
+                }
+            });
+        self.0
+            .checked(result, "server")
+            .map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.2 is not offered; refuse rather than verify.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints are advisory and our clients have exactly one certificate.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let result = self
+            .0
+            .verify_peer(end_entity, intermediates, now, KeyUsage::client_auth());
+        self.0
+            .checked(result, "client")
+            .map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algs.supported_schemes()
+    }
+}

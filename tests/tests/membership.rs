@@ -1,0 +1,314 @@
+//! Membership, health and the routing table across real in-process nodes with
+//! real certificates over loopback QUIC.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mesh_proto::codec::encode_text;
+use mesh_proto::gossip::{Health, ServiceRecord, service_key};
+use mesh_proto::tunnel::Protocol;
+use shoal_tests::{Check, HttpBackend, NodeSpec, Pki, TcpBackend, TestNode, eventually};
+
+fn all_alive(states: &[(String, String)], names: &[&str]) -> bool {
+    let want: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (n.to_string(), "alive".to_string()))
+        .collect();
+    states == want.as_slice()
+}
+
+/// Three nodes, one seed: n1 hosts `web` (TCP), n2 hosts `api` (HTTP), n3 nothing.
+async fn three_nodes(pki: &Pki, web: &TcpBackend, api: &HttpBackend) -> [TestNode; 3] {
+    let n1 = TestNode::start(
+        pki,
+        NodeSpec::new("n1").service("web", web.addr(), Check::Tcp),
+    )
+    .await;
+    let n2 = TestNode::start(
+        pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .service("api", api.addr(), Check::Http),
+    )
+    .await;
+    let n3 = TestNode::start(pki, NodeSpec::new("n3").seed(&n1)).await;
+    [n1, n2, n3]
+}
+
+async fn converge(nodes: &[&TestNode]) {
+    let names: Vec<&str> = nodes.iter().map(|n| n.spec.name.as_str()).collect();
+    for n in nodes {
+        eventually(
+            &format!("{} lists every member alive", n.spec.name),
+            || async { all_alive(&n.member_states().await, &names) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_from_one_seed_converge_on_members_and_services() {
+    let pki = Pki::new("mesh.test");
+    let web = TcpBackend::start().await;
+    let api = HttpBackend::start().await;
+    let nodes = three_nodes(&pki, &web, &api).await;
+    converge(&nodes.iter().collect::<Vec<_>>()).await;
+    for n in &nodes {
+        eventually(
+            &format!("{} sees web and api healthy", n.spec.name),
+            || async {
+                n.endpoint_health("web", "n1").await.as_deref() == Some("healthy")
+                    && n.endpoint_health("api", "n2").await.as_deref() == Some("healthy")
+            },
+        )
+        .await;
+        // the routing table itself, not only the admin view
+        let table = n.node.table();
+        assert_eq!(table.endpoints("web").len(), 1);
+        assert_eq!(table.endpoints("web")[0].zone, "zone-a");
+        assert_eq!(table.endpoints("api")[0].protocol, Protocol::Http);
+        assert_eq!(
+            table.endpoints("web")[0].addr,
+            nodes[0].node.bound().advertise,
+            "endpoints carry the hosting node's QUIC address"
+        );
+        // readiness: joined
+        let (status, _) = shoal_tests::http_get(n.admin(), "/readyz").await;
+        assert_eq!(status, 200);
+    }
+    // /members carries the documented fields
+    let members = nodes[2].admin_json("/members").await;
+    let n1 = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "n1")
+        .unwrap();
+    assert_eq!(n1["zone"], "zone-a");
+    assert_eq!(n1["address"], nodes[0].node.bound().advertise.to_string());
+    assert!(n1["generation"].as_u64().unwrap() > 0);
+    assert!(n1["heartbeat_age_ms"].is_u64());
+    // metrics count gossip and rebuilds
+    assert!(
+        nodes[1]
+            .metric("shoal_gossip_messages_total{direction=\"received\"}")
+            .await
+            > 0.0
+    );
+    assert!(nodes[1].metric("shoal_routing_table_rebuilds_total").await > 0.0);
+    assert!(nodes[0].metric("shoal_health_checks_total").await > 0.0);
+    assert_eq!(nodes[1].metric("shoal_members{state=\"alive\"}").await, 3.0);
+    // /config is JSON with the effective values
+    let config = nodes[0].admin_json("/config").await;
+    assert_eq!(config["node"]["name"], "n1");
+    for n in nodes {
+        n.node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_turns_unhealthy_everywhere_and_back() {
+    let pki = Pki::new("mesh.test");
+    let mut web = TcpBackend::start().await;
+    let api = HttpBackend::start().await;
+    let nodes = three_nodes(&pki, &web, &api).await;
+    converge(&nodes.iter().collect::<Vec<_>>()).await;
+    for n in &nodes {
+        eventually("web healthy", || async {
+            n.endpoint_health("web", "n1").await.as_deref() == Some("healthy")
+                && n.endpoint_health("api", "n2").await.as_deref() == Some("healthy")
+        })
+        .await;
+    }
+    // TCP backend stops listening; HTTP backend starts answering 500
+    web.stop().await;
+    api.set_healthy(false);
+    for n in &nodes {
+        eventually(&format!("{} sees both unhealthy", n.spec.name), || async {
+            n.endpoint_health("web", "n1").await.as_deref() == Some("unhealthy")
+                && n.endpoint_health("api", "n2").await.as_deref() == Some("unhealthy")
+        })
+        .await;
+    }
+    assert_eq!(
+        nodes[2].node.table().endpoints("web")[0].health,
+        Health::Unhealthy,
+        "unhealthy endpoints stay in the table, marked"
+    );
+    web.restart().await;
+    api.set_healthy(true);
+    for n in &nodes {
+        eventually(
+            &format!("{} sees both healthy again", n.spec.name),
+            || async {
+                n.endpoint_health("web", "n1").await.as_deref() == Some("healthy")
+                    && n.endpoint_health("api", "n2").await.as_deref() == Some("healthy")
+            },
+        )
+        .await;
+    }
+    assert!(
+        nodes[0]
+            .metric("shoal_health_checks_total{service=\"web\",result=\"failure\"}")
+            .await
+            > 0.0
+    );
+    for n in nodes {
+        n.node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_hard_disappears_from_every_routing_table() {
+    let pki = Pki::new("mesh.test");
+    let web = TcpBackend::start().await;
+    let api = HttpBackend::start().await;
+    let [n1, n2, n3] = three_nodes(&pki, &web, &api).await;
+    converge(&[&n1, &n2, &n3]).await;
+    for n in [&n1, &n3] {
+        eventually("api endpoint present", || async {
+            n.node.table().endpoints("api").len() == 1
+        })
+        .await;
+    }
+    n2.node.kill().await;
+    for n in [&n1, &n3] {
+        eventually(&format!("{} drops n2", n.spec.name), || async {
+            n.node.table().endpoints("api").is_empty()
+                && n.node.table().node("n2").is_none()
+                && n.member_states()
+                    .await
+                    .contains(&("n2".to_string(), "dead".to_string()))
+        })
+        .await;
+    }
+    n1.node.kill().await;
+    n3.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_gracefully_is_draining_first_then_gone() {
+    let pki = Pki::new("mesh.test");
+    let web = TcpBackend::start().await;
+    let api = HttpBackend::start().await;
+    let [n1, n2, n3] = three_nodes(&pki, &web, &api).await;
+    converge(&[&n1, &n2, &n3]).await;
+    eventually("api endpoint present on n1", || async {
+        n1.node.table().endpoints("api").len() == 1
+    })
+    .await;
+    n2.node.drain().await;
+    // n2 itself stops being ready
+    let (status, _) = shoal_tests::http_get(n2.admin(), "/readyz").await;
+    assert_eq!(status, 503);
+    for n in [&n1, &n3] {
+        eventually(&format!("{} sees n2 draining", n.spec.name), || async {
+            n.member_states()
+                .await
+                .contains(&("n2".to_string(), "draining".to_string()))
+                && n.node.table().endpoints("api").is_empty()
+        })
+        .await;
+    }
+    n2.node.shutdown().await;
+    for n in [&n1, &n3] {
+        eventually(&format!("{} sees n2 gone", n.spec.name), || async {
+            n.member_states()
+                .await
+                .contains(&("n2".to_string(), "dead".to_string()))
+                && n.node.table().node("n2").is_none()
+        })
+        .await;
+    }
+    n1.node.kill().await;
+    n3.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_the_same_node_with_a_new_generation() {
+    let pki = Pki::new("mesh.test");
+    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
+    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
+    converge(&[&n1, &n2]).await;
+    let first_gen = n1.node.table().node("n2").unwrap().generation;
+    let (spec, cert_dir, data_dir) = (n2.spec.clone(), n2.cert_dir.clone(), n2.data_dir.clone());
+    n2.node.kill().await;
+    let n2 = TestNode::start_with(spec, cert_dir, data_dir).await;
+    eventually("n1 sees the new generation of n2 alive", || async {
+        n1.node
+            .table()
+            .node("n2")
+            .is_some_and(|e| e.generation > first_gen)
+    })
+    .await;
+    let members = n1.admin_json("/members").await;
+    let alive_n2: Vec<u64> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "n2" && m["state"] == "alive")
+        .map(|m| m["generation"].as_u64().unwrap())
+        .collect();
+    assert_eq!(alive_n2.len(), 1, "exactly one live generation: {members}");
+    assert!(alive_n2[0] > first_gen);
+    n1.node.kill().await;
+    n2.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_claim_outside_the_certificate_is_ignored_and_counted() {
+    let pki = Pki::new("mesh.test");
+    let web = TcpBackend::start().await;
+    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
+    // n2's certificate allows `web` only
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .service("web", web.addr(), Check::Tcp),
+    )
+    .await;
+    converge(&[&n1, &n2]).await;
+    // n2 misbehaves: it also claims `payments`
+    let claim = ServiceRecord {
+        name: "payments".into(),
+        protocol: Protocol::Tcp,
+        weight: 100,
+        health: Health::Healthy,
+        inflight: 0,
+        tags: vec![],
+    };
+    n2.node
+        .gossip()
+        .set(&service_key("payments"), &encode_text(&claim).unwrap())
+        .await;
+    eventually("n1 counts the ignored claim", || async {
+        n1.metric("shoal_ignored_service_claims_total").await >= 1.0
+    })
+    .await;
+    let table = n1.node.table();
+    assert!(table.endpoints("payments").is_empty());
+    assert_eq!(
+        table.endpoints("web").len(),
+        1,
+        "the allowed service still counts"
+    );
+    n1.node.kill().await;
+    n2.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_a_peer_unless_alone_by_config() {
+    let pki = Pki::new("mesh.test");
+    let first = TestNode::start(&pki, NodeSpec::new("first")).await;
+    let (status, _) = shoal_tests::http_get(first.admin(), "/readyz").await;
+    assert_eq!(status, 200, "a node without seeds is ready alone");
+    // a node whose only seed does not answer is not ready
+    let mut spec = NodeSpec::new("lonely");
+    spec.seeds.push("127.0.0.1:9".into());
+    let lonely = TestNode::start(&pki, spec).await;
+    let (status, _) = shoal_tests::http_get(lonely.admin(), "/readyz").await;
+    assert_eq!(status, 503);
+    let (status, body) = shoal_tests::http_get(lonely.admin(), "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    first.node.kill().await;
+    lonely.node.kill().await;
+}
