@@ -123,7 +123,9 @@ pub struct MeshEndpoint {
 pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(16_384));
-    t.max_concurrent_uni_streams(VarInt::from_u32(1_024));
+    // Uni streams carry gossip only, one message each (at most 128 KiB), so this
+    // bounds what one peer can make this node buffer.
+    t.max_concurrent_uni_streams(VarInt::from_u32(64));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT

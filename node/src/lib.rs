@@ -1,4 +1,27 @@
-//! The Shoal node.
+//! The Shoal node: one per host. It joins the mesh's gossip cluster over an mTLS
+//! QUIC endpoint, publishes which services this host serves and how healthy they
+//! are, and derives a routing table from what every node publishes.
+//!
+//! The node is a library first: [`Node::start`] builds a running node from a
+//! validated [`Config`] and returns a handle with the addresses it actually bound
+//! ([`Bound`]) and the ways to stop it. The `shoal` binary is a thin main around it;
+//! the tests and the simulator start nodes in-process the same way, optionally on a
+//! UDP socket of their own ([`StartOptions::socket`]) to inject faults.
+//!
+//! It does not decide protocol details (frames, records, the routing rules, health
+//! thresholds): those live in `mesh-proto`, without I/O.
+//!
+//! Layout (see docs/architecture.md):
+//! - [`app`]: wiring, [`Node`];
+//! - [`config`]: the TOML file, validated into [`Config`];
+//! - [`tls`]: identity, trust, SPIFFE verifiers, reloads;
+//! - [`endpoint`]: the QUIC endpoint, ALPN dispatch, connection pool;
+//! - [`gossip`]: chitchat over the endpoint;
+//! - [`publish`]: this node's own records;
+//! - [`health`]: active checks of local backends;
+//! - [`routing`]: the routing table, rebuilt on change, swapped atomically;
+//! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports.
+
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -81,6 +81,8 @@ pub async fn run(
                     allowed.insert(&id.node_id, (id.generation_id, services));
                 }
             }
+            let current: HashSet<&str> = states.values().filter_map(|s| s.get(CERT_KEY)).collect();
+            certs.verified.retain(|k, _| current.contains(k.as_str()));
             let inputs = states.iter().map(|(id, state)| MemberInput {
                 node_id: &id.node_id,
                 generation: id.generation_id,

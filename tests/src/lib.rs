@@ -34,6 +34,17 @@ pub const TEST_GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 /// How long [`eventually`] waits by default.
 pub const EVENTUALLY: Duration = Duration::from_secs(20);
 
+/// Sends the nodes' logs to the test output when `SHOAL_TEST_LOG` is set (for
+/// example `SHOAL_TEST_LOG=debug`); safe to call many times.
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("SHOAL_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Polls `cond` every 50 ms until it holds; panics naming `what` after
 /// [`EVENTUALLY`].
 pub async fn eventually<F, Fut>(what: &str, cond: F)
@@ -233,6 +244,7 @@ impl TestNode {
 
     /// Starts a node from existing files (to restart one).
     pub async fn start_with(spec: NodeSpec, cert_dir: PathBuf, data_dir: Arc<TempDir>) -> TestNode {
+        init_logs();
         let raw = spec.raw_config(&cert_dir, data_dir.path());
         let config = Config::validate(raw, data_dir.path())
             .unwrap_or_else(|e| panic!("test config for {} is invalid:\n{e}", spec.name));

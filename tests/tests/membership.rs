@@ -312,3 +312,61 @@ async fn readiness_waits_for_a_peer_unless_alone_by_config() {
     first.node.kill().await;
     lonely.node.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_keeps_its_last_table_and_peers_rejoin_from_the_data_dir() {
+    let pki = Pki::new("mesh.test");
+    let web = TcpBackend::start().await;
+    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .service("web", web.addr(), Check::Tcp),
+    )
+    .await;
+    converge(&[&n1, &n2]).await;
+    eventually("n1 routes web to n2", || async {
+        n1.node.table().endpoints("web").len() == 1
+    })
+    .await;
+    // both remember the other in their data directory
+    let n1_addr = n1.node.bound().advertise.to_string();
+    eventually("n2 saved n1 as a known member", || async {
+        std::fs::read_to_string(n2.data_dir.path().join("members.json"))
+            .is_ok_and(|s| s.contains(&n1_addr))
+    })
+    .await;
+
+    let (mut spec, cert_dir, data_dir) =
+        (n2.spec.clone(), n2.cert_dir.clone(), n2.data_dir.clone());
+    n2.node.kill().await;
+    eventually("n1 sees n2 dead", || async {
+        n1.member_states()
+            .await
+            .contains(&("n2".to_string(), "dead".to_string()))
+    })
+    .await;
+    // alone, n1 keeps serving with what it knew
+    assert_eq!(n1.node.table().endpoints("web").len(), 1, "last table kept");
+
+    // n2 comes back with no seeds at all: its data directory knows n1
+    spec.seeds.clear();
+    let n2 = TestNode::start_with(spec, cert_dir, data_dir).await;
+    eventually("n2 rejoined n1 from its saved members", || async {
+        let mut alive: Vec<String> = n1
+            .member_states()
+            .await
+            .into_iter()
+            .filter(|(_, s)| s == "alive")
+            .map(|(n, _)| n)
+            .collect();
+        alive.dedup();
+        alive == ["n1", "n2"]
+            && n1.node.table().endpoints("web").first().map(|e| e.addr)
+                == Some(n2.node.bound().advertise)
+    })
+    .await;
+    n1.node.kill().await;
+    n2.node.kill().await;
+}

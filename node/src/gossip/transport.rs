@@ -29,7 +29,7 @@ pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// Messages waiting for one peer before new ones are dropped.
 const PEER_QUEUE: usize = 32;
 /// Messages received and not yet taken by chitchat before new ones are dropped.
-const INBOUND_QUEUE: usize = 1024;
+const INBOUND_QUEUE: usize = 256;
 /// A per-peer sender with nothing to send for this long stops.
 const PEER_IDLE: Duration = Duration::from_secs(30);
 /// After a failed dial, messages to that peer are dropped for this long.
