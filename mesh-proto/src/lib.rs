@@ -52,11 +52,19 @@
 //!   [`gossip::RouteDocument`].
 //! - [`routing`]: the routing table as a pure function of the live members' records.
 //! - [`health`]: the healthy/unhealthy state machine of one endpoint.
+//! - [`lb`]: the load-balancer pickers: candidate selection (health, panic mode,
+//!   zone preference), weighted round robin, least-request, and the ring-hash
+//!   [`lb::Ring`] for session persistence.
+//! - [`outlier`]: passive outlier detection: ejection with a doubling backoff after
+//!   consecutive failures, per endpoint ([`outlier::OutlierDetector`]) and per
+//!   service ([`outlier::OutlierSet`]).
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod gossip;
 pub mod health;
+pub mod lb;
 pub mod names;
+pub mod outlier;
 pub mod routing;
 pub mod tunnel;

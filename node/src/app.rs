@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,7 @@ use crate::config::{Config, HealthKind};
 use crate::endpoint::{self, MeshEndpoint, SocketSource};
 use crate::gossip::{Gossip, GossipError, QuicTransport, transport};
 use crate::metrics::Metrics;
+use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
 use crate::publish::Publisher;
 use crate::routing::{self, SharedTable};
 use crate::tls::{TlsError, TlsFiles, TlsState};
@@ -58,7 +59,7 @@ impl std::fmt::Debug for StartOptions {
 }
 
 /// The addresses a node actually bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
     /// The QUIC endpoint's local address.
     pub quic: SocketAddr,
@@ -66,6 +67,18 @@ pub struct Bound {
     pub advertise: SocketAddr,
     /// The admin API.
     pub admin: SocketAddr,
+    /// Each listener's name and bound address, in config order.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Bound {
+    /// The bound address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
 }
 
 /// Why a node did not start.
@@ -86,7 +99,7 @@ pub enum StartError {
     #[error("{field}: cannot bind {addr}: {source}; is another process using it?")]
     Bind {
         /// The config field of the address.
-        field: &'static str,
+        field: String,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -116,6 +129,7 @@ pub struct Node {
     table: SharedTable,
     admin: Arc<AdminState>,
     metrics: Arc<Metrics>,
+    proxy: Arc<ProxyContext>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -153,13 +167,13 @@ impl Node {
         let endpoint =
             MeshEndpoint::new(source, tls.clone(), metrics.clone()).map_err(|source| {
                 StartError::Bind {
-                    field: "node.listen",
+                    field: "node.listen".into(),
                     addr: config.node.listen,
                     source,
                 }
             })?;
         let quic = endpoint.local_addr().map_err(|source| StartError::Bind {
-            field: "node.listen",
+            field: "node.listen".into(),
             addr: config.node.listen,
             source,
         })?;
@@ -167,17 +181,34 @@ impl Node {
         let admin_listener = TcpListener::bind(config.node.admin)
             .await
             .map_err(|source| StartError::Bind {
-                field: "node.admin",
+                field: "node.admin".into(),
                 addr: config.node.admin,
                 source,
             })?;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
-                field: "node.admin",
+                field: "node.admin".into(),
                 addr: config.node.admin,
                 source,
             })?;
+
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    field: format!("listener[{i}].bind"),
+                    addr: l.bind,
+                    source,
+                })?;
+            let addr = socket.local_addr().map_err(|source| StartError::Bind {
+                field: format!("listener[{i}].bind"),
+                addr: l.bind,
+                source,
+            })?;
+            listeners.push((l.clone(), socket, addr));
+        }
 
         let generation = unix_ms();
         let node_record = NodeRecord {
@@ -211,20 +242,35 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let (gossip_conns_tx, gossip_conns_rx) = mpsc::channel(64);
-        let (tunnel_conns_tx, mut tunnel_conns_rx) = mpsc::channel::<endpoint::Inbound>(64);
+        let (tunnel_conns_tx, tunnel_conns_rx) = mpsc::channel::<endpoint::Inbound>(64);
         tasks.push(tokio::spawn(
             endpoint
                 .clone()
                 .accept_loop(gossip_conns_tx, tunnel_conns_tx),
         ));
-        // Tunnels are served by the proxy (a later part); until then they are refused.
-        tasks.push(tokio::spawn(async move {
-            while let Some(inbound) = tunnel_conns_rx.recv().await {
-                inbound
-                    .conn
-                    .close(quinn::VarInt::from_u32(3), b"tunnels not served");
-            }
-        }));
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let proxy = Arc::new(ProxyContext {
+            node_name: config.node.name.clone(),
+            zone: config.node.zone.clone(),
+            endpoint: endpoint.clone(),
+            table: table.clone(),
+            services: config
+                .services
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        LocalService {
+                            config: s.clone(),
+                            active: AtomicUsize::new(0),
+                        },
+                    )
+                })
+                .collect(),
+            metrics: metrics.clone(),
+            draining: AtomicBool::new(false),
+        });
+        tasks.push(tokio::spawn(inbound::serve(tunnel_conns_rx, proxy.clone())));
         let (transport, to_chitchat) = QuicTransport::new(endpoint.clone(), metrics.clone());
         tasks.push(tokio::spawn(transport::serve_inbound(
             gossip_conns_rx,
@@ -253,7 +299,6 @@ impl Node {
             .await?,
         );
 
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         tasks.push(tokio::spawn(routing::run(
             gossip.clone(),
             tls.clone(),
@@ -296,10 +341,18 @@ impl Node {
             stop_rx.clone(),
         )));
 
+        let mut bound_listeners = Vec::new();
+        for (cfg, socket, addr) in listeners {
+            bound_listeners.push((cfg.name.clone(), addr));
+            tracing::info!(listener = %cfg.name, bind = %addr, service = %cfg.service, "listening");
+            let listener = tcp::Listener::new(cfg, proxy.clone());
+            tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
+        }
         let bound = Bound {
             quic,
             advertise,
             admin: admin_addr,
+            listeners: bound_listeners,
         };
         tracing::info!(
             node = %config.node.name,
@@ -317,14 +370,15 @@ impl Node {
             table,
             admin,
             metrics,
+            proxy,
             stop,
             tasks,
         })
     }
 
     /// The addresses bound.
-    pub fn bound(&self) -> Bound {
-        self.bound
+    pub fn bound(&self) -> &Bound {
+        &self.bound
     }
 
     /// The node name.
@@ -372,6 +426,7 @@ impl Node {
     /// Publishes `draining`: peers stop choosing this node for new work. The node
     /// keeps serving what it has; [`Node::shutdown`] finishes the job.
     pub async fn drain(&self) {
+        self.proxy.draining.store(true, Ordering::Relaxed);
         if !self.publisher.is_draining().await {
             tracing::info!(node = %self.config.node.name, "draining");
             self.publisher.set_draining(&self.gossip).await;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use humantime_serde::re::humantime;
+pub use mesh_proto::lb::Policy;
 use mesh_proto::names::validate_name;
 pub use mesh_proto::tunnel::Protocol;
 use rustls_pki_types::CertificateDer;
@@ -61,6 +62,26 @@ pub const MIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Default `service.weight`.
 pub const DEFAULT_WEIGHT: u32 = 100;
+/// Default `max_connections` of services and listeners.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Largest `max_connections`.
+pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
+/// Default `service.connect_timeout` (to the local backend).
+pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `listener.connect_timeout` (one attempt through the mesh).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `listener.idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `listener.attempts`.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// Largest `listener.attempts`.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Default `listener.outlier.consecutive_failures`.
+pub const DEFAULT_OUTLIER_FAILURES: u32 = 3;
+/// Default `listener.outlier.base_ejection`.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(5);
+/// Default `listener.outlier.max_ejection`.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(60);
 /// Largest accepted `service.weight`.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Most tags a service may carry.
@@ -178,6 +199,9 @@ pub struct RawConfig {
     /// `[[service]]`: the local backends this node hosts.
     #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<RawService>,
+    /// `[[listener]]`: local entry points into the mesh.
+    #[serde(default, rename = "listener", skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<RawListener>,
 }
 
 /// The `[node]` table as written.
@@ -305,6 +329,96 @@ pub struct RawService {
     /// `[service.health]`: the active health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<RawHealth>,
+    /// `allow_nodes`: caller nodes allowed to reach this service (see `allow_services`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_nodes: Vec<String>,
+    /// `allow_services`: caller services allowed to reach this service. When both
+    /// lists are empty every mesh node may call it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_services: Vec<String>,
+    /// `max_connections`: tunnelled connections to this backend at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `connect_timeout`: how long connecting to the local backend may take.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// One `[[listener]]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `name`: used in metrics and logs; defaults to the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `bind`: local `IP:PORT` applications connect to (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// `service`: the mesh service connections go to (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `protocol`: `"tcp"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `lb`: `"round_robin"`, `"least_request"` or `"ring_hash"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
+    /// `source_service`: the local service callers act for (must be in the certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_service: Option<String>,
+    /// `max_connections`: accepted connections at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `connect_timeout`: time for one attempt to reach an endpoint.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// `idle_timeout`: close a connection idle this long in both directions.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// `attempts`: endpoints tried per connection before giving up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// `zone_aware`: prefer endpoints in this node's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware: Option<bool>,
+    /// `[listener.outlier]`: passive ejection of failing endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<RawOutlier>,
+}
+
+/// A `[listener.outlier]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// `consecutive_failures`: failures in a row that eject an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// `base_ejection`: the first ejection's length (doubles on each repeat).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection: Option<Duration>,
+    /// `max_ejection`: the longest ejection.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection: Option<Duration>,
 }
 
 /// A `[service.health]` table as written.
@@ -537,6 +651,8 @@ pub struct Config {
     pub gossip: GossipConfig,
     /// `[[service]]`, in file order.
     pub services: Vec<ServiceConfig>,
+    /// `[[listener]]`, in file order.
+    pub listeners: Vec<ListenerConfig>,
 }
 
 /// The validated `[node]` table.
@@ -674,6 +790,79 @@ pub struct ServiceConfig {
     pub tags: Vec<String>,
     /// The active health check.
     pub health: HealthConfig,
+    /// Caller nodes allowed (with `allow_services`; both empty: every mesh node).
+    pub allow_nodes: Vec<String>,
+    /// Caller services allowed.
+    pub allow_services: Vec<String>,
+    /// Tunnelled connections to this backend at once; beyond, callers get
+    /// `overloaded`.
+    pub max_connections: u32,
+    /// How long connecting to the backend may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl ServiceConfig {
+    /// Whether a caller (its node name, and the source service it claims and its
+    /// certificate allows) may reach this service.
+    pub fn allows(&self, node: &str, source_service: Option<&str>) -> bool {
+        if self.allow_nodes.is_empty() && self.allow_services.is_empty() {
+            return true;
+        }
+        self.allow_nodes.iter().any(|n| n == node)
+            || source_service.is_some_and(|s| self.allow_services.iter().any(|a| a == s))
+    }
+}
+
+/// A validated `[[listener]]`: a local entry point into the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Local address applications connect to.
+    pub bind: SocketAddr,
+    /// The mesh service its connections go to.
+    pub service: String,
+    /// What it proxies.
+    #[serde(serialize_with = "serialize_protocol")]
+    pub protocol: Protocol,
+    /// Load-balancing policy.
+    #[serde(serialize_with = "serialize_policy")]
+    pub lb: Policy,
+    /// The local service its callers act for (sent in the stream header).
+    pub source_service: Option<String>,
+    /// Accepted connections at once; beyond, new ones are closed at once.
+    pub max_connections: u32,
+    /// Time for one attempt (dial, stream, remote backend connect, status).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A connection idle this long in both directions is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Endpoints tried per connection before it is closed.
+    pub attempts: u32,
+    /// Prefer endpoints in this node's zone while enough of them are healthy.
+    pub zone_aware: bool,
+    /// Passive outlier detection.
+    pub outlier: OutlierConfig,
+}
+
+/// Passive outlier detection settings of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierConfig {
+    /// Consecutive failures that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection's length; each repeat doubles it.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+}
+
+fn serialize_policy<S: Serializer>(p: &Policy, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
 }
 
 /// How the hosting node checks a backend.
@@ -804,7 +993,8 @@ fn section_rank(field: &str) -> u8 {
         "tls" => 1,
         "gossip" => 2,
         "service" => 3,
-        _ => 4,
+        "listener" => 4,
+        _ => 5,
     }
 }
 
@@ -834,13 +1024,17 @@ impl Validator {
         let node = self.node(&raw.node, tls.as_ref());
         let gossip = self.gossip(&raw.gossip);
         let services = self.services(&raw.services, tls.as_ref());
-        match (node, tls, services) {
-            (Some(node), Some(tls), Some(services)) if self.errors.is_empty() => Ok(Config {
-                node,
-                tls,
-                gossip,
-                services,
-            }),
+        let listeners = self.listeners(&raw.listeners, tls.as_ref());
+        match (node, tls, services, listeners) {
+            (Some(node), Some(tls), Some(services), Some(listeners)) if self.errors.is_empty() => {
+                Ok(Config {
+                    node,
+                    tls,
+                    gossip,
+                    services,
+                    listeners,
+                })
+            }
             _ => {
                 if self.errors.is_empty() {
                     self.err(ROOT_FIELD, "invalid configuration");
@@ -1548,7 +1742,34 @@ impl Validator {
             tags_ok &= self.name(&format!("service[{i}].tags[{t}]"), "tag", tag);
         }
         let health = self.health(i, raw.health.as_ref(), protocol.unwrap_or(Protocol::Tcp));
-        if !(weight_ok && tags_ok) {
+        let mut allow_ok = true;
+        for (n, node) in raw.allow_nodes.iter().enumerate() {
+            allow_ok &= self.name(&format!("service[{i}].allow_nodes[{n}]"), "node name", node);
+        }
+        for (n, svc) in raw.allow_services.iter().enumerate() {
+            allow_ok &= self.name(
+                &format!("service[{i}].allow_services[{n}]"),
+                "service name",
+                svc,
+            );
+        }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_ok = self.count_range(
+            &f("max_connections"),
+            max_connections,
+            1,
+            MAX_MAX_CONNECTIONS,
+        );
+        let connect_timeout = raw
+            .connect_timeout
+            .unwrap_or(DEFAULT_BACKEND_CONNECT_TIMEOUT);
+        self.duration_range(
+            &f("connect_timeout"),
+            connect_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        );
+        if !(weight_ok && tags_ok && allow_ok && max_ok) {
             return None;
         }
         Some(ServiceConfig {
@@ -1558,6 +1779,212 @@ impl Validator {
             weight,
             tags: raw.tags.clone(),
             health: health?,
+            allow_nodes: raw.allow_nodes.clone(),
+            allow_services: raw.allow_services.clone(),
+            max_connections,
+            connect_timeout,
+        })
+    }
+
+    fn count_range(&mut self, field: &str, value: u32, min: u32, max: u32) -> bool {
+        if (min..=max).contains(&value) {
+            true
+        } else {
+            self.err(
+                field,
+                format!("{value} is out of range: it must be between {min} and {max}"),
+            );
+            false
+        }
+    }
+
+    // --- [[listener]] ----------------------------------------------------------
+
+    fn listeners(
+        &mut self,
+        raw: &[RawListener],
+        id: Option<&TlsConfig>,
+    ) -> Option<Vec<ListenerConfig>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        let mut binds: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for (i, l) in raw.iter().enumerate() {
+            match self.listener(i, l, id) {
+                Some(l) => {
+                    if let Some(first) = names.insert(l.name.clone(), i) {
+                        self.err(
+                            format!("listener[{i}].name"),
+                            format!(
+                                "{:?} is already the name of listener[{first}]; give each listener its own name",
+                                l.name
+                            ),
+                        );
+                        ok = false;
+                    }
+                    if l.bind.port() != 0
+                        && let Some(first) = binds.insert(l.bind, i)
+                    {
+                        self.err(
+                            format!("listener[{i}].bind"),
+                            format!("{} is already bound by listener[{first}]", l.bind),
+                        );
+                        ok = false;
+                    }
+                    out.push(l);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn listener(
+        &mut self,
+        i: usize,
+        raw: &RawListener,
+        id: Option<&TlsConfig>,
+    ) -> Option<ListenerConfig> {
+        let f = |name: &str| format!("listener[{i}].{name}");
+        let before = self.errors.len();
+        let bind = match &raw.bind {
+            None => {
+                self.err(
+                    f("bind"),
+                    "required: the local IP:PORT applications connect to, such as 127.0.0.1:9000",
+                );
+                None
+            }
+            Some(b) => self.socket_addr(&f("bind"), b),
+        };
+        let service = match &raw.service {
+            None => {
+                self.err(
+                    f("service"),
+                    "required: the mesh service this listener leads to",
+                );
+                None
+            }
+            Some(s) => self
+                .name(&f("service"), "service name", s)
+                .then(|| s.clone()),
+        };
+        let name = raw
+            .name
+            .clone()
+            .or_else(|| service.clone())
+            .unwrap_or_default();
+        if raw.name.is_some() {
+            self.name(&f("name"), "listener name", &name);
+        }
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("tcp") => Some(Protocol::Tcp),
+            Some("http") => {
+                self.err(
+                    f("protocol"),
+                    "\"http\" listeners are not available in this version; use \"tcp\" (HTTP services can be reached through a tcp listener)",
+                );
+                None
+            }
+            Some(other) => {
+                self.err(
+                    f("protocol"),
+                    format!("{other:?} is not a protocol; use \"tcp\""),
+                );
+                None
+            }
+        };
+        let lb = match raw.lb.as_deref() {
+            None => Some(Policy::RoundRobin),
+            Some(p) => match p.parse::<Policy>() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.err(
+                        f("lb"),
+                        format!(
+                            "{p:?} is not a load-balancing policy; use \"round_robin\", \"least_request\" or \"ring_hash\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let source_service = raw.source_service.clone();
+        if let Some(src) = &source_service
+            && self.name(&f("source_service"), "service name", src)
+            && let Some(id) = id
+            && !id.allowed_services.iter().any(|s| s == src)
+        {
+            self.err(
+                f("source_service"),
+                format!(
+                    "{src:?} is not in the node certificate, so peers would refuse the claim; issue a certificate with --service {src}"
+                ),
+            );
+        }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        self.count_range(
+            &f("max_connections"),
+            max_connections,
+            1,
+            MAX_MAX_CONNECTIONS,
+        );
+        let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        self.duration_range(
+            &f("connect_timeout"),
+            connect_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        );
+        let idle_timeout = raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        self.duration_range(
+            &f("idle_timeout"),
+            idle_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(7 * 24 * 3600),
+        );
+        let attempts = raw.attempts.unwrap_or(DEFAULT_ATTEMPTS);
+        self.count_range(&f("attempts"), attempts, 1, MAX_ATTEMPTS);
+        let o = raw.outlier.clone().unwrap_or_default();
+        let outlier = OutlierConfig {
+            consecutive_failures: o.consecutive_failures.unwrap_or(DEFAULT_OUTLIER_FAILURES),
+            base_ejection: o.base_ejection.unwrap_or(DEFAULT_BASE_EJECTION),
+            max_ejection: o.max_ejection.unwrap_or(DEFAULT_MAX_EJECTION),
+        };
+        self.count_range(
+            &f("outlier.consecutive_failures"),
+            outlier.consecutive_failures,
+            1,
+            1000,
+        );
+        self.duration_range(
+            &f("outlier.base_ejection"),
+            outlier.base_ejection,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        if outlier.max_ejection < outlier.base_ejection {
+            self.err(
+                f("outlier.max_ejection"),
+                "must be at least outlier.base_ejection",
+            );
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(ListenerConfig {
+            name,
+            bind: bind?,
+            service: service?,
+            protocol: protocol?,
+            lb: lb?,
+            source_service,
+            max_connections,
+            connect_timeout,
+            idle_timeout,
+            attempts,
+            zone_aware: raw.zone_aware.unwrap_or(true),
+            outlier,
         })
     }
 

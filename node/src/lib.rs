@@ -19,6 +19,7 @@
 //! - [`gossip`]: chitchat over the endpoint;
 //! - [`publish`]: this node's own records;
 //! - [`health`]: active checks of local backends;
+//! - [`proxy`]: listeners, tunnels and the inbound side;
 //! - [`routing`]: the routing table, rebuilt on change, swapped atomically;
 //! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports.
 
@@ -29,6 +30,7 @@ pub mod endpoint;
 pub mod gossip;
 pub mod health;
 pub mod metrics;
+pub mod proxy;
 pub mod publish;
 pub mod routing;
 pub mod tls;

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Direction of gossip traffic.
@@ -56,6 +57,65 @@ pub struct HealthCheckLabels {
     pub result: &'static str,
 }
 
+/// Labels: `listener`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener name.
+    pub listener: String,
+}
+
+/// Labels: `listener`, `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    /// The listener name.
+    pub listener: String,
+    /// Why (a short snake_case word).
+    pub reason: &'static str,
+}
+
+/// Labels: `listener`, `direction`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerDirectionLabels {
+    /// The listener name.
+    pub listener: String,
+    /// `upstream` (client to service) or `downstream` (service to client).
+    pub direction: &'static str,
+}
+
+/// Labels: `listener`, `node` (an upstream endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The listener name.
+    pub listener: String,
+    /// The endpoint's node.
+    pub node: String,
+}
+
+/// Labels: `service`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The local service.
+    pub service: String,
+}
+
+/// Labels: `service`, `direction`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceDirectionLabels {
+    /// The local service.
+    pub service: String,
+    /// `upstream` (caller to backend) or `downstream` (backend to caller).
+    pub direction: &'static str,
+}
+
+/// Labels: `service`, `reason` of an inbound refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceReasonLabels {
+    /// The target service named in the stream header (or `-` if unreadable).
+    pub service: String,
+    /// The refusal (`unknown_service`, `unauthorized`, ...).
+    pub reason: &'static str,
+}
+
 /// Every metric the node exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -81,6 +141,35 @@ pub struct Metrics {
     pub connections_opened: Counter,
     /// QUIC connections accepted by this node (inbound).
     pub connections_accepted: Counter,
+    /// Client connections accepted by listeners.
+    pub listener_connections: Family<ListenerLabels, Counter>,
+    /// Client connections open now.
+    pub listener_active: Family<ListenerLabels, Gauge>,
+    /// Client connections that failed, by reason.
+    pub listener_failures: Family<ListenerReasonLabels, Counter>,
+    /// Bytes proxied by listeners.
+    pub listener_bytes: Family<ListenerDirectionLabels, Counter>,
+    /// Attempts to reach an endpoint (one per try).
+    pub upstream_attempts: Family<ListenerLabels, Counter>,
+    /// Attempts after the first, for the same client connection.
+    pub upstream_retries: Family<ListenerLabels, Counter>,
+    /// Endpoints ejected by outlier detection.
+    pub outlier_ejections: Family<EndpointLabels, Counter>,
+    /// Time from a client's connection to an established upstream.
+    pub tunnel_setup_seconds: Family<ListenerLabels, Histogram>,
+    /// Tunnelled streams served by this node, by local service.
+    pub inbound_streams: Family<ServiceLabels, Counter>,
+    /// Tunnelled streams open now.
+    pub inbound_active: Family<ServiceLabels, Gauge>,
+    /// Inbound streams refused, by reason.
+    pub inbound_refusals: Family<ServiceReasonLabels, Counter>,
+    /// Bytes through inbound tunnels.
+    pub inbound_bytes: Family<ServiceDirectionLabels, Counter>,
+}
+
+fn setup_histogram() -> Histogram {
+    // 100 µs to ~3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -149,8 +238,94 @@ impl Metrics {
             "QUIC connections accepted from peers",
             connections_accepted.clone(),
         );
+        let listener_connections = Family::<ListenerLabels, Counter>::default();
+        let listener_active = Family::<ListenerLabels, Gauge>::default();
+        let listener_failures = Family::<ListenerReasonLabels, Counter>::default();
+        let listener_bytes = Family::<ListenerDirectionLabels, Counter>::default();
+        let upstream_attempts = Family::<ListenerLabels, Counter>::default();
+        let upstream_retries = Family::<ListenerLabels, Counter>::default();
+        let outlier_ejections = Family::<EndpointLabels, Counter>::default();
+        let tunnel_setup_seconds = Family::<ListenerLabels, Histogram>::new_with_constructor(
+            setup_histogram as fn() -> Histogram,
+        );
+        let inbound_streams = Family::<ServiceLabels, Counter>::default();
+        let inbound_active = Family::<ServiceLabels, Gauge>::default();
+        let inbound_refusals = Family::<ServiceReasonLabels, Counter>::default();
+        let inbound_bytes = Family::<ServiceDirectionLabels, Counter>::default();
+        registry.register(
+            "listener_connections",
+            "Client connections accepted by listeners",
+            listener_connections.clone(),
+        );
+        registry.register(
+            "listener_active_connections",
+            "Client connections open now",
+            listener_active.clone(),
+        );
+        registry.register(
+            "listener_connection_failures",
+            "Client connections that failed, by reason",
+            listener_failures.clone(),
+        );
+        registry.register(
+            "listener_bytes",
+            "Bytes proxied by listeners",
+            listener_bytes.clone(),
+        );
+        registry.register(
+            "upstream_attempts",
+            "Attempts to reach an endpoint",
+            upstream_attempts.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Attempts after the first for one client connection",
+            upstream_retries.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by passive outlier detection",
+            outlier_ejections.clone(),
+        );
+        registry.register(
+            "tunnel_setup_seconds",
+            "Time from a client connection to an established upstream",
+            tunnel_setup_seconds.clone(),
+        );
+        registry.register(
+            "inbound_streams",
+            "Tunnelled streams served, by local service",
+            inbound_streams.clone(),
+        );
+        registry.register(
+            "inbound_active_streams",
+            "Tunnelled streams open now",
+            inbound_active.clone(),
+        );
+        registry.register(
+            "inbound_refusals",
+            "Inbound tunnel streams refused, by reason",
+            inbound_refusals.clone(),
+        );
+        registry.register(
+            "inbound_bytes",
+            "Bytes through inbound tunnels",
+            inbound_bytes.clone(),
+        );
         Metrics {
             registry,
+            listener_connections,
+            listener_active,
+            listener_failures,
+            listener_bytes,
+            upstream_attempts,
+            upstream_retries,
+            outlier_ejections,
+            tunnel_setup_seconds,
+            inbound_streams,
+            inbound_active,
+            inbound_refusals,
+            inbound_bytes,
             members,
             gossip_messages,
             gossip_bytes,

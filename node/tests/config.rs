@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use shoal_node::config::{
-    Config, ConfigErrors, HealthKind, Overrides, Protocol, RawConfig, RawHealth, RawNode,
+    Config, ConfigErrors, HealthKind, Overrides, Policy, Protocol, RawConfig, RawHealth, RawNode,
     RawService, RawTls,
 };
 use shoal_pki::{CertificateAuthority, IssuedCert, Validity};
@@ -489,8 +489,17 @@ fn the_example_file_validates() {
 #[test]
 fn unknown_fields_are_named_with_their_path() {
     let f = Fixture::new();
-    let e = f.errors(&minimal_with("[[listener]]\nname = \"x\""));
-    assert_error(&e, "listener", &["unknown field `listener`", "line"]);
+    let e = f.errors(&minimal_with(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nservise = \"x\"",
+    ));
+    assert_error(
+        &e,
+        "listener[0].servise",
+        &["unknown field `servise`", "line"],
+    );
+
+    let e = f.errors(&minimal_with("[[upstream]]\nname = \"x\""));
+    assert_error(&e, "upstream", &["unknown field `upstream`", "line"]);
 
     let e = f.errors(&MINIMAL.replace("[node]", "[node]\nlisen = \"x\""));
     assert_error(
@@ -1007,4 +1016,160 @@ fn errors_display_as_field_colon_reason() {
             .starts_with("node.listen: \"nowhere\" is not an IP:PORT address"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// [[listener]] and the proxy fields of [[service]]
+// ---------------------------------------------------------------------------
+
+#[test]
+fn listeners_parse_with_defaults_and_overrides() {
+    let f = Fixture::new();
+    let c = f.ok(&minimal_with(
+        r#"
+[[service]]
+name = "web"
+address = "127.0.0.1:8080"
+allow_nodes = ["edge-1"]
+allow_services = ["api"]
+max_connections = 50
+connect_timeout = "250ms"
+
+[[listener]]
+bind = "127.0.0.1:9000"
+service = "db"
+
+[[listener]]
+name = "cache-sticky"
+bind = "127.0.0.1:9001"
+service = "cache"
+lb = "ring_hash"
+source_service = "web"
+max_connections = 10
+connect_timeout = "2s"
+idle_timeout = "10m"
+attempts = 5
+zone_aware = false
+[listener.outlier]
+consecutive_failures = 5
+base_ejection = "1s"
+max_ejection = "30s"
+"#,
+    ));
+    let web = &c.services[0];
+    assert_eq!(web.allow_nodes, ["edge-1"]);
+    assert_eq!(web.allow_services, ["api"]);
+    assert_eq!(web.max_connections, 50);
+    assert_eq!(web.connect_timeout, Duration::from_millis(250));
+    assert!(web.allows("edge-1", None));
+    assert!(web.allows("other", Some("api")));
+    assert!(!web.allows("other", Some("web")));
+    assert!(!web.allows("other", None));
+
+    let db = &c.listeners[0];
+    assert_eq!(db.name, "db", "the name defaults to the service");
+    assert_eq!(db.lb, Policy::RoundRobin);
+    assert_eq!(db.attempts, 3);
+    assert_eq!(db.max_connections, 10_000);
+    assert_eq!(db.connect_timeout, Duration::from_secs(5));
+    assert_eq!(db.idle_timeout, Duration::from_secs(3600));
+    assert!(db.zone_aware);
+    assert_eq!(db.source_service, None);
+    assert_eq!(db.outlier.consecutive_failures, 3);
+
+    let cache = &c.listeners[1];
+    assert_eq!(cache.name, "cache-sticky");
+    assert_eq!(cache.lb, Policy::RingHash);
+    assert_eq!(cache.source_service.as_deref(), Some("web"));
+    assert_eq!(cache.attempts, 5);
+    assert!(!cache.zone_aware);
+    assert_eq!(cache.idle_timeout, Duration::from_secs(600));
+    assert_eq!(cache.outlier.base_ejection, Duration::from_secs(1));
+    assert_eq!(cache.outlier.max_ejection, Duration::from_secs(30));
+}
+
+#[test]
+fn bad_listeners_name_their_field() {
+    let f = Fixture::new();
+    let e = f.errors(&minimal_with(
+        r#"
+[[listener]]
+bind = "localhost:9000"
+service = "Web"
+lb = "random"
+protocol = "udp"
+attempts = 0
+max_connections = 0
+source_service = "payments"
+
+[[listener]]
+service = "db"
+idle_timeout = "0s"
+[listener.outlier]
+base_ejection = "10s"
+max_ejection = "1s"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:9100"
+service = "x"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:9100"
+service = "y"
+protocol = "http"
+"#,
+    ));
+    assert_error(&e, "listener[0].bind", &["not an IP:PORT"]);
+    assert_error(&e, "listener[0].service", &["lowercase"]);
+    assert_error(&e, "listener[0].lb", &["round_robin", "ring_hash"]);
+    assert_error(&e, "listener[0].protocol", &["\"udp\""]);
+    assert_error(&e, "listener[0].attempts", &["between 1 and"]);
+    assert_error(&e, "listener[0].max_connections", &["between 1 and"]);
+    assert_error(
+        &e,
+        "listener[0].source_service",
+        &["not in the node certificate"],
+    );
+    assert_error(&e, "listener[1].bind", &["required"]);
+    assert_error(&e, "listener[1].idle_timeout", &["out of range"]);
+    assert_error(&e, "listener[1].outlier.max_ejection", &["base_ejection"]);
+    assert_error(&e, "listener[3].protocol", &["tcp"]);
+
+    let e = f.errors(&minimal_with(
+        r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:9100"
+service = "x"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:9100"
+service = "y"
+"#,
+    ));
+    assert_error(&e, "listener[1].name", &["already the name of listener[0]"]);
+    assert_error(&e, "listener[1].bind", &["already bound by listener[0]"]);
+}
+
+#[test]
+fn bad_service_proxy_fields_name_their_field() {
+    let f = Fixture::new();
+    let e = f.errors(&minimal_with(
+        r#"
+[[service]]
+name = "web"
+address = "127.0.0.1:8080"
+allow_nodes = ["Edge"]
+allow_services = ["api_v2"]
+max_connections = 0
+connect_timeout = "0s"
+"#,
+    ));
+    assert_error(&e, "service[0].allow_nodes[0]", &["lowercase"]);
+    assert_error(&e, "service[0].allow_services[0]", &["'_'"]);
+    assert_error(&e, "service[0].max_connections", &["between 1 and"]);
+    assert_error(&e, "service[0].connect_timeout", &["out of range"]);
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use shoal_node::config::{Config, RawConfig, RawHealth, RawService, RawTls};
+use shoal_node::config::{Config, RawConfig, RawHealth, RawListener, RawService, RawTls};
 use shoal_node::{Node, StartOptions};
 use shoal_pki::{CertificateAuthority, IssuedCert, Validity};
 use tempfile::TempDir;
@@ -126,8 +126,11 @@ pub enum Check {
     Http,
 }
 
+/// A change to a node's raw config, applied last.
+pub type Tweak = Arc<dyn Fn(&mut RawConfig) + Send + Sync>;
+
 /// What a test node should look like.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeSpec {
     /// Node name.
     pub name: String,
@@ -143,6 +146,18 @@ pub struct NodeSpec {
     pub cert_dir: Option<PathBuf>,
     /// Drain timeout.
     pub drain_timeout: Duration,
+    /// Listeners: name, service, policy.
+    pub listeners: Vec<(String, String, String)>,
+    /// Changes applied to the raw config after everything else.
+    pub tweaks: Vec<Tweak>,
+}
+
+impl std::fmt::Debug for NodeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSpec")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeSpec {
@@ -156,7 +171,23 @@ impl NodeSpec {
             zone: "zone-a".into(),
             cert_dir: None,
             drain_timeout: Duration::from_secs(5),
+            listeners: vec![],
+            tweaks: vec![],
         }
+    }
+
+    /// A TCP listener called `name` (on 127.0.0.1, port 0) for `service`, with
+    /// load-balancing `policy`, a 1 s connect timeout and 3 attempts.
+    pub fn listener(mut self, name: &str, service: &str, policy: &str) -> NodeSpec {
+        self.listeners
+            .push((name.to_string(), service.to_string(), policy.to_string()));
+        self
+    }
+
+    /// Applies `f` to the raw config last.
+    pub fn tweak(mut self, f: impl Fn(&mut RawConfig) + Send + Sync + 'static) -> NodeSpec {
+        self.tweaks.push(Arc::new(f));
+        self
     }
 
     /// Hosts `service` with its backend at `addr`, checked by `check`.
@@ -214,6 +245,22 @@ impl NodeSpec {
                 ..Default::default()
             })
             .collect();
+        raw.listeners = self
+            .listeners
+            .iter()
+            .map(|(name, service, policy)| RawListener {
+                name: Some(name.clone()),
+                bind: Some("127.0.0.1:0".into()),
+                service: Some(service.clone()),
+                lb: Some(policy.clone()),
+                connect_timeout: Some(Duration::from_secs(1)),
+                attempts: Some(3),
+                ..Default::default()
+            })
+            .collect();
+        for t in &self.tweaks {
+            t(&mut raw);
+        }
         raw
     }
 }
@@ -257,6 +304,24 @@ impl TestNode {
             cert_dir,
             data_dir,
         }
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.node
+            .bound()
+            .listener(name)
+            .unwrap_or_else(|| panic!("{} has no listener {name}", self.spec.name))
+    }
+
+    /// Number of healthy endpoints of `service` in this node's routing table.
+    pub fn healthy_endpoints(&self, service: &str) -> usize {
+        self.node
+            .table()
+            .endpoints(service)
+            .iter()
+            .filter(|e| e.health == mesh_proto::gossip::Health::Healthy)
+            .count()
     }
 
     /// The admin address.
@@ -326,28 +391,72 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A TCP backend that accepts and echoes; can be stopped and restarted on its port.
+/// A TCP backend that echoes (or, with a greeting, first writes the greeting);
+/// counts its connections; can be stopped and restarted on its port.
 pub struct TcpBackend {
     addr: SocketAddr,
+    greeting: Option<String>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TcpBackend {
-    /// Starts on a free loopback port.
+    /// An echo backend on a free loopback port.
     pub async fn start() -> TcpBackend {
+        Self::start_inner(None).await
+    }
+
+    /// A backend that reads one chunk, then resets the connection (RST).
+    pub async fn resetter() -> TcpBackend {
+        Self::start_inner(Some("\u{0}RESET".to_string())).await
+    }
+
+    /// A backend that writes `greeting` at once, then echoes.
+    pub async fn greeting(greeting: &str) -> TcpBackend {
+        Self::start_inner(Some(greeting.to_string())).await
+    }
+
+    async fn start_inner(greeting: Option<String>) -> TcpBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut b = TcpBackend { addr, task: None };
+        let mut b = TcpBackend {
+            addr,
+            greeting,
+            accepted: Arc::default(),
+            task: None,
+        };
         b.serve(listener);
         b
     }
 
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
     fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let greeting = self.greeting.clone();
+        let accepted = self.accepted.clone();
         self.task = Some(tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let greeting = greeting.clone();
                 tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if greeting.as_deref() == Some("\u{0}RESET") {
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf).await;
+                        let _ = s.set_zero_linger();
+                        return;
+                    }
+                    if let Some(g) = greeting
+                        && s.write_all(g.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
                     let (mut r, mut w) = s.split();
                     let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
                 });
             }
         }));

@@ -1,0 +1,89 @@
+//! Proxying: local listeners send each accepted TCP connection through the mesh
+//! to a healthy endpoint of their service; the endpoint's node checks the caller
+//! and hands the stream to its local backend.
+//!
+//! ```text
+//! client ─TCP─▶ listener (tcp.rs) ─ pick endpoint (mesh_proto::lb) ─┬─ same node: TCP to the backend
+//!                                                                    └─ QUIC stream: StreamHeader ▶
+//!                            inbound.rs ◀──────────────────────────────┘  ◀ StreamStatus, then bytes
+//!                              └─ checks (service, caller, allow-list, limits) ─TCP─▶ backend
+//! ```
+//!
+//! Both ends move bytes with [`splice`], which keeps half-close, resets and
+//! backpressure. A failure before any payload was sent (dial, refusal, status other
+//! than `ok`) is retried on another endpoint; the caller's outlier detection ejects
+//! endpoints that keep failing.
+
+pub mod inbound;
+pub mod splice;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::config::ServiceConfig;
+use crate::endpoint::MeshEndpoint;
+use crate::metrics::Metrics;
+use crate::routing::SharedTable;
+
+/// Longest time a peer may take to send a complete stream header.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A local service as the proxies see it: its config and how many tunnelled
+/// connections it has open.
+#[derive(Debug)]
+pub struct LocalService {
+    /// Its configuration.
+    pub config: ServiceConfig,
+    /// Connections open to its backend through the mesh.
+    pub active: AtomicUsize,
+}
+
+/// What the proxies share with the rest of the node.
+#[derive(Debug)]
+pub struct ProxyContext {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's zone.
+    pub zone: String,
+    /// The QUIC endpoint.
+    pub endpoint: Arc<MeshEndpoint>,
+    /// The routing table.
+    pub table: SharedTable,
+    /// Local services by name.
+    pub services: HashMap<String, LocalService>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set when the node drains: inbound streams are refused with `draining`.
+    pub draining: AtomicBool,
+}
+
+impl ProxyContext {
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements a counter when dropped.
+#[derive(Debug)]
+pub struct CountGuard<'a>(&'a AtomicUsize);
+
+impl<'a> CountGuard<'a> {
+    /// Increments `counter` unless it is already at `max`.
+    pub fn try_acquire(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| CountGuard(counter))
+    }
+}
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

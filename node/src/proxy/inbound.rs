@@ -1,0 +1,254 @@
+//! The receiving end of tunnels: every bidirectional stream on a
+//! `shoal-tunnel/1` connection starts with a `StreamHeader`. This node checks it —
+//! the caller's identity comes from its certificate, never from what it claims —
+//! answers with a `StreamStatus`, and on `ok` splices the stream to the local
+//! backend.
+//!
+//! Checks, in order (the first that fails decides the status):
+//! 1. the header is well-formed, of this protocol version, within its size limit
+//!    (otherwise the stream is reset; other streams of the connection go on);
+//! 2. the node is not draining (`draining`);
+//! 3. the target service is hosted here (`unknown-service`);
+//! 4. a claimed source service is named in the caller's certificate, and the
+//!    service's allow-list admits the caller (`unauthorized`, logged);
+//! 5. the service is under its connection limit (`overloaded`);
+//! 6. the backend accepts a TCP connection in time (`backend-refused`).
+
+use std::sync::Arc;
+
+use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
+use mesh_proto::tunnel::{StatusCode, StreamHeader, StreamStatus};
+use quinn::{RecvStream, SendStream};
+use shoal_pki::CertIdentity;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::splice::{self, Progress, RESET_CODE, Side};
+use super::{CountGuard, HEADER_TIMEOUT, ProxyContext};
+use crate::endpoint::Inbound;
+use crate::metrics::{ServiceDirectionLabels, ServiceLabels, ServiceReasonLabels};
+
+/// Idle timeout of inbound tunnelled connections (the caller's listener enforces
+/// its own, usually shorter, one).
+pub const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Serves inbound tunnel connections until `conns` closes.
+pub async fn serve(mut conns: mpsc::Receiver<Inbound>, ctx: Arc<ProxyContext>) {
+    while let Some(inbound) = conns.recv().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let peer = Arc::new(inbound.peer);
+            while let Ok((send, recv)) = inbound.conn.accept_bi().await {
+                let ctx = ctx.clone();
+                let peer = peer.clone();
+                tokio::spawn(async move { stream(ctx, peer, send, recv).await });
+            }
+        });
+    }
+}
+
+/// Reads one stream header. `Err` carries the refusal label.
+async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, &'static str> {
+    let mut buf = vec![0u8; FRAME_HEADER_LEN];
+    let read = async {
+        recv.read_exact(&mut buf)
+            .await
+            .map_err(|_| "truncated_header")?;
+        let total = frame_len::<StreamHeader>(&buf).map_err(|_| "bad_header")?;
+        buf.resize(total, 0);
+        recv.read_exact(&mut buf[FRAME_HEADER_LEN..])
+            .await
+            .map_err(|_| "truncated_header")?;
+        decode_exact::<StreamHeader>(&buf).map_err(|_| "bad_header")
+    };
+    tokio::time::timeout(HEADER_TIMEOUT, read)
+        .await
+        .unwrap_or(Err("header_timeout"))
+}
+
+async fn stream(
+    ctx: Arc<ProxyContext>,
+    peer: Arc<CertIdentity>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let _in_flight = ctx.endpoint.stream_guard();
+    let caller = peer.node.clone().unwrap_or_default();
+    let header = match read_header(&mut recv).await {
+        Ok(h) => h,
+        Err(reason) => {
+            ctx.metrics
+                .inbound_refusals
+                .get_or_create(&ServiceReasonLabels {
+                    service: "-".into(),
+                    reason,
+                })
+                .inc();
+            tracing::debug!(%caller, reason, "refused a tunnel stream without a valid header");
+            let _ = recv.stop(RESET_CODE);
+            let _ = send.reset(RESET_CODE);
+            return;
+        }
+    };
+    let service = header.target_service.clone();
+    let refuse = |code: StatusCode, reason: String| (code, reason);
+    let verdict = if ctx.is_draining() {
+        Err(refuse(StatusCode::Draining, "this node is draining".into()))
+    } else {
+        match ctx.services.get(&service) {
+            None => Err(refuse(
+                StatusCode::UnknownService,
+                format!("service {service:?} is not hosted on this node"),
+            )),
+            Some(local) => {
+                let claimed = header.source_service.as_deref();
+                if let Some(src) = claimed
+                    && !peer.allows_service(src)
+                {
+                    Err(refuse(
+                        StatusCode::Unauthorized,
+                        format!(
+                            "caller {caller} claims source service {src:?} its certificate does not name"
+                        ),
+                    ))
+                } else if !local.config.allows(&caller, claimed) {
+                    Err(refuse(
+                        StatusCode::Unauthorized,
+                        format!(
+                            "caller {caller} ({}) is not on the allow-list of {service}",
+                            claimed.unwrap_or("no source service")
+                        ),
+                    ))
+                } else {
+                    Ok(local)
+                }
+            }
+        }
+    };
+    let local = match verdict {
+        Ok(l) => l,
+        Err((code, reason)) => {
+            return answer_refusal(&ctx, &service, &caller, &mut send, code, reason).await;
+        }
+    };
+    let Some(_slot) = CountGuard::try_acquire(&local.active, local.config.max_connections as usize)
+    else {
+        let reason = format!(
+            "{service} is at its limit of {} connections",
+            local.config.max_connections
+        );
+        return answer_refusal(
+            &ctx,
+            &service,
+            &caller,
+            &mut send,
+            StatusCode::Overloaded,
+            reason,
+        )
+        .await;
+    };
+    let backend = match tokio::time::timeout(
+        local.config.connect_timeout,
+        TcpStream::connect(local.config.address),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = format!("backend {} refused: {e}", local.config.address);
+            return answer_refusal(
+                &ctx,
+                &service,
+                &caller,
+                &mut send,
+                StatusCode::BackendRefused,
+                reason,
+            )
+            .await;
+        }
+        Err(_) => {
+            let reason = format!(
+                "backend {} did not accept within {:?}",
+                local.config.address, local.config.connect_timeout
+            );
+            return answer_refusal(
+                &ctx,
+                &service,
+                &caller,
+                &mut send,
+                StatusCode::BackendRefused,
+                reason,
+            )
+            .await;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let Ok(ok) = encode(&StreamStatus::ok()) else {
+        return;
+    };
+    if send.write_all(&ok).await.is_err() {
+        return;
+    }
+    let labels = ServiceLabels {
+        service: service.clone(),
+    };
+    ctx.metrics.inbound_streams.get_or_create(&labels).inc();
+    let active = ctx.metrics.inbound_active.get_or_create(&labels).clone();
+    active.inc();
+    let progress = Arc::new(Progress::default());
+    let totals = splice::splice(
+        Side::quic(send, recv),
+        Side::tcp(backend),
+        INBOUND_IDLE,
+        progress,
+    )
+    .await;
+    active.dec();
+    for (direction, bytes) in [("upstream", totals.a_to_b), ("downstream", totals.b_to_a)] {
+        ctx.metrics
+            .inbound_bytes
+            .get_or_create(&ServiceDirectionLabels {
+                service: service.clone(),
+                direction,
+            })
+            .inc_by(bytes);
+    }
+}
+
+async fn answer_refusal(
+    ctx: &ProxyContext,
+    service: &str,
+    caller: &str,
+    send: &mut SendStream,
+    code: StatusCode,
+    reason: String,
+) {
+    let label = match code {
+        StatusCode::Draining => "draining",
+        StatusCode::UnknownService => "unknown_service",
+        StatusCode::Unauthorized => "unauthorized",
+        StatusCode::Overloaded => "overloaded",
+        StatusCode::BackendRefused => "backend_refused",
+        StatusCode::Ok => "ok",
+    };
+    ctx.metrics
+        .inbound_refusals
+        .get_or_create(&ServiceReasonLabels {
+            service: if ctx.services.contains_key(service) {
+                service.to_string()
+            } else {
+                "-".to_string()
+            },
+            reason: label,
+        })
+        .inc();
+    if code == StatusCode::Unauthorized {
+        tracing::warn!(%caller, %service, %reason, "refused an unauthorized caller");
+    } else {
+        tracing::debug!(%caller, %service, %reason, status = %code, "refused a tunnel stream");
+    }
+    if let Ok(frame) = encode(&StreamStatus::new(code, reason)) {
+        let _ = send.write_all(&frame).await;
+    }
+    let _ = send.finish();
+}

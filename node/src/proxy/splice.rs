@@ -1,0 +1,255 @@
+//! Moving bytes both ways between two ends of a proxied connection — a TCP
+//! socket and a QUIC stream, or two TCP sockets (local short-cut) — with the
+//! semantics an application expects of a TCP connection:
+//!
+//! - **Half-close**: when one side finishes writing, the other side's write half is
+//!   finished too, and the opposite direction keeps flowing until it ends.
+//! - **Resets**: a reset on either side resets the other (a QUIC `RESET_STREAM` /
+//!   `STOP_SENDING`, or a TCP RST via `SO_LINGER` 0), instead of looking like a clean end.
+//! - **Backpressure**: one fixed buffer per direction; nothing is read until the
+//!   previous chunk is written, so a slow reader slows the writer.
+//! - **Idle timeout**: no byte either way for the configured time closes both.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Copy buffer per direction.
+pub const BUFFER: usize = 64 * 1024;
+/// Application error code carried by QUIC resets Shoal sends.
+pub const RESET_CODE: VarInt = VarInt::from_u32(1);
+
+/// How one direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The reader reached a clean end; the writer was finished.
+    Finished,
+    /// One side reset or the connection broke.
+    Reset,
+}
+
+/// What a spliced connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Bytes from the first end (`a`) to the second (`b`).
+    pub a_to_b: u64,
+    /// Bytes from `b` to `a`.
+    pub b_to_a: u64,
+    /// Whether it ended with a reset or an idle timeout rather than two clean ends.
+    pub aborted: bool,
+}
+
+/// Live byte counters a caller can read while the splice runs (for metrics).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes `a` → `b` so far.
+    pub a_to_b: AtomicU64,
+    /// Bytes `b` → `a` so far.
+    pub b_to_a: AtomicU64,
+}
+
+/// The read side of an end.
+#[derive(Debug)]
+pub enum Reader {
+    /// A TCP read half.
+    Tcp(OwnedReadHalf),
+    /// A QUIC receive stream.
+    Quic(RecvStream),
+}
+
+/// The write side of an end.
+#[derive(Debug)]
+pub enum Writer {
+    /// A TCP write half.
+    Tcp(OwnedWriteHalf),
+    /// A QUIC send stream.
+    Quic(SendStream),
+}
+
+impl Reader {
+    /// `Ok(0)` is a clean end; `Err` a reset or broken connection.
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
+        match self {
+            Reader::Tcp(r) => r.read(buf).await.map_err(drop),
+            Reader::Quic(r) => match r.read(buf).await {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => Ok(0),
+                Err(_) => Err(()),
+            },
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Reader::Quic(r) = self {
+            let _ = r.stop(RESET_CODE);
+        }
+    }
+}
+
+impl Writer {
+    async fn write_all(&mut self, buf: &[u8]) -> Result<(), ()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(buf).await.map_err(drop),
+            Writer::Quic(w) => w.write_all(buf).await.map_err(drop),
+        }
+    }
+
+    async fn finish(&mut self) {
+        match self {
+            Writer::Tcp(w) => {
+                let _ = w.shutdown().await;
+            }
+            Writer::Quic(w) => {
+                let _ = w.finish();
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Writer::Quic(w) = self {
+            let _ = w.reset(RESET_CODE);
+        }
+    }
+}
+
+/// One end of a connection: its read and write sides.
+#[derive(Debug)]
+pub struct Side {
+    reader: Reader,
+    writer: Writer,
+}
+
+impl Side {
+    /// A TCP socket.
+    pub fn tcp(stream: TcpStream) -> Side {
+        let (r, w) = stream.into_split();
+        Side {
+            reader: Reader::Tcp(r),
+            writer: Writer::Tcp(w),
+        }
+    }
+
+    /// A QUIC bidirectional stream.
+    pub fn quic(send: SendStream, recv: RecvStream) -> Side {
+        Side {
+            reader: Reader::Quic(recv),
+            writer: Writer::Quic(send),
+        }
+    }
+
+    /// Tears the end down abruptly: QUIC streams are reset and stopped, a TCP
+    /// socket is closed with RST.
+    fn abort(self) {
+        let Side {
+            mut reader,
+            mut writer,
+        } = self;
+        reader.abort();
+        writer.abort();
+        if let (Reader::Tcp(r), Writer::Tcp(w)) = (reader, writer)
+            && let Ok(stream) = r.reunite(w)
+        {
+            // SO_LINGER 0: closing sends RST instead of FIN.
+            let _ = stream.set_zero_linger();
+        }
+    }
+}
+
+async fn pump(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    counter: &AtomicU64,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> End {
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => {
+                writer.finish().await;
+                return End::Finished;
+            }
+            Ok(n) => n,
+            Err(()) => return End::Reset,
+        };
+        if writer.write_all(&buf[..n]).await.is_err() {
+            return End::Reset;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Splices `a` and `b` until both directions end, either side resets, or nothing
+/// moves for `idle`. `progress` is updated as bytes flow.
+pub async fn splice(a: Side, b: Side, idle: Duration, progress: Arc<Progress>) -> Totals {
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let Side {
+        reader: mut a_r,
+        writer: mut a_w,
+    } = a;
+    let Side {
+        reader: mut b_r,
+        writer: mut b_w,
+    } = b;
+    let outcome = {
+        let up = pump(&mut a_r, &mut b_w, &progress.a_to_b, &last, epoch);
+        let down = pump(&mut b_r, &mut a_w, &progress.b_to_a, &last, epoch);
+        let watchdog = async {
+            loop {
+                let idle_for = epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if idle_for >= idle {
+                    return;
+                }
+                tokio::time::sleep(idle - idle_for).await;
+            }
+        };
+        tokio::pin!(up, down, watchdog);
+        let mut up_end = None;
+        let mut down_end = None;
+        loop {
+            tokio::select! {
+                e = &mut up, if up_end.is_none() => {
+                    up_end = Some(e);
+                    if e == End::Reset { break false; }
+                }
+                e = &mut down, if down_end.is_none() => {
+                    down_end = Some(e);
+                    if e == End::Reset { break false; }
+                }
+                _ = &mut watchdog => break false,
+            }
+            if up_end.is_some() && down_end.is_some() {
+                break true;
+            }
+        }
+    };
+    let totals = Totals {
+        a_to_b: progress.a_to_b.load(Ordering::Relaxed),
+        b_to_a: progress.b_to_a.load(Ordering::Relaxed),
+        aborted: !outcome,
+    };
+    let a = Side {
+        reader: a_r,
+        writer: a_w,
+    };
+    let b = Side {
+        reader: b_r,
+        writer: b_w,
+    };
+    // After two clean ends, dropping is enough: quinn keeps delivering what a
+    // finished stream has buffered while the connection lives.
+    if !outcome {
+        a.abort();
+        b.abort();
+    }
+    totals
+}

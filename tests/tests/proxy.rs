@@ -1,0 +1,699 @@
+//! TCP through the mesh: listeners, tunnels, load balancing, retries, ejection,
+//! authorization, and the inbound side's handling of bad headers — real nodes,
+//! real certificates, loopback sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::codec::encode;
+use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
+use sha2::{Digest, Sha256};
+use shoal_node::endpoint::{MeshEndpoint, SocketSource, Use};
+use shoal_node::metrics::Metrics;
+use shoal_node::tls::{TlsFiles, TlsState};
+use shoal_tests::{Check, NodeSpec, Pki, TcpBackend, TestNode, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Sends `data` through `addr` and returns what came back before EOF; writes and
+/// reads concurrently (an echo exerts backpressure) and half-closes after writing.
+async fn echo_roundtrip(addr: SocketAddr, data: Arc<Vec<u8>>) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for chunk in data.chunks(256 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    writer.await.unwrap();
+    out
+}
+
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// n1 and n2 host `echo`; n3 has a listener for it.
+async fn echo_mesh(pki: &Pki, b1: &TcpBackend, b2: &TcpBackend, policy: &str) -> [TestNode; 3] {
+    let n1 = TestNode::start(
+        pki,
+        NodeSpec::new("n1").service("echo", b1.addr(), Check::Tcp),
+    )
+    .await;
+    let n2 = TestNode::start(
+        pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .service("echo", b2.addr(), Check::Tcp),
+    )
+    .await;
+    let n3 = TestNode::start(
+        pki,
+        NodeSpec::new("n3")
+            .seed(&n1)
+            .listener("echo", "echo", policy),
+    )
+    .await;
+    eventually("n3 sees both echo endpoints healthy", || async {
+        n3.healthy_endpoints("echo") == 2
+    })
+    .await;
+    [n1, n2, n3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_cross_the_mesh_intact_in_both_directions() {
+    let pki = Pki::new("mesh.test");
+    let (b1, b2) = (TcpBackend::start().await, TcpBackend::start().await);
+    let [n1, n2, n3] = echo_mesh(&pki, &b1, &b2, "round_robin").await;
+    let addr = n3.listener("echo");
+
+    // 64 MiB of pseudo-random bytes come back identical
+    let data = Arc::new(pseudo_random(64 << 20, 7));
+    let want = Sha256::digest(&*data);
+    let got = echo_roundtrip(addr, data.clone()).await;
+    assert_eq!(got.len(), data.len());
+    assert_eq!(Sha256::digest(&got), want);
+
+    // half-close: the client shuts its write side and still reads the answer
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"hello, half-closed world").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"hello, half-closed world");
+
+    // 200 concurrent connections all complete, spread over both endpoints
+    // (counted by the serving nodes: the backends also see health checks)
+    let streams = "shoal_inbound_streams_total{service=\"echo\"}";
+    let before = (n1.metric(streams).await, n2.metric(streams).await);
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        tasks.push(tokio::spawn(async move {
+            let data = Arc::new(pseudo_random(4096, i + 1));
+            let got = echo_roundtrip(addr, data.clone()).await;
+            got == *data
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap(), "a concurrent connection lost bytes");
+    }
+    let spread = (
+        n1.metric(streams).await - before.0,
+        n2.metric(streams).await - before.1,
+    );
+    assert_eq!(spread.0 + spread.1, 200.0);
+    assert!(
+        spread.0 >= 50.0 && spread.1 >= 50.0,
+        "round robin spreads: {spread:?}"
+    );
+
+    assert_eq!(
+        n3.metric("shoal_listener_connection_failures_total").await,
+        0.0
+    );
+    assert!(
+        n3.metric("shoal_listener_bytes_total{listener=\"echo\",direction=\"upstream\"}")
+            .await
+            >= (64 << 20) as f64
+    );
+    assert!(
+        n1.metric("shoal_inbound_streams_total{service=\"echo\"}")
+            .await
+            > 0.0
+    );
+    assert!(n3.metric("shoal_tunnel_setup_seconds_count").await >= 202.0);
+    for n in [n1, n2, n3] {
+        n.node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_endpoint_is_reached_without_a_tunnel() {
+    let pki = Pki::new("mesh.test");
+    let b = TcpBackend::start().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1")
+            .service("echo", b.addr(), Check::Tcp)
+            .listener("echo", "echo", "round_robin"),
+    )
+    .await;
+    eventually("local endpoint healthy", || async {
+        n1.healthy_endpoints("echo") == 1
+    })
+    .await;
+    let got = echo_roundtrip(n1.listener("echo"), Arc::new(b"local".to_vec())).await;
+    assert_eq!(got, b"local");
+    assert_eq!(
+        n1.metric("shoal_inbound_streams_total").await,
+        0.0,
+        "no tunnel stream was used"
+    );
+    n1.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_costs_retries_not_failures() {
+    let pki = Pki::new("mesh.test");
+    let (b1, b2) = (TcpBackend::start().await, TcpBackend::start().await);
+    let [n1, n2, n3] = echo_mesh(&pki, &b1, &b2, "round_robin").await;
+    let addr = n3.listener("echo");
+    // make sure n3 holds a live connection to n1 before it dies
+    for _ in 0..4 {
+        assert_eq!(
+            echo_roundtrip(addr, Arc::new(b"warm".to_vec())).await,
+            b"warm"
+        );
+    }
+    n1.node.kill().await;
+    // connections made right away still succeed: attempts on n1 fail and are retried
+    for i in 0..10u64 {
+        let data = Arc::new(pseudo_random(1000, i + 100));
+        assert_eq!(
+            echo_roundtrip(addr, data.clone()).await,
+            *data,
+            "connection {i}"
+        );
+    }
+    eventually("gossip removes n1 from n3's table", || async {
+        n3.node.table().node("n1").is_none()
+    })
+    .await;
+    for i in 0..10u64 {
+        let data = Arc::new(pseudo_random(1000, i + 200));
+        assert_eq!(echo_roundtrip(addr, data.clone()).await, *data);
+    }
+    assert_eq!(
+        n3.metric("shoal_listener_connection_failures_total").await,
+        0.0
+    );
+    assert!(n3.metric("shoal_upstream_retries_total").await >= 1.0);
+    n2.node.kill().await;
+    n3.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
+    let pki = Pki::new("mesh.test");
+    let (mut b1, b2) = (TcpBackend::start().await, TcpBackend::start().await);
+    // health checks every minute: only passive detection can act within the test
+    let slow_checks = |raw: &mut shoal_node::config::RawConfig| {
+        for s in &mut raw.services {
+            let h = s.health.as_mut().unwrap();
+            h.interval = Some(Duration::from_secs(60));
+            h.timeout = Some(Duration::from_secs(1));
+        }
+    };
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1")
+            .service("echo", b1.addr(), Check::Tcp)
+            .tweak(slow_checks),
+    )
+    .await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .service("echo", b2.addr(), Check::Tcp)
+            .tweak(slow_checks),
+    )
+    .await;
+    let n3 = TestNode::start(
+        &pki,
+        NodeSpec::new("n3")
+            .seed(&n1)
+            .listener("echo", "echo", "round_robin"),
+    )
+    .await;
+    eventually("both endpoints healthy", || async {
+        n3.healthy_endpoints("echo") == 2
+    })
+    .await;
+    b1.stop().await;
+    let addr = n3.listener("echo");
+    for i in 0..12u64 {
+        let data = Arc::new(pseudo_random(512, i + 1));
+        assert_eq!(
+            echo_roundtrip(addr, data.clone()).await,
+            *data,
+            "connection {i}"
+        );
+    }
+    assert!(
+        n3.metric("shoal_outlier_ejections_total{listener=\"echo\",node=\"n1\"}")
+            .await
+            >= 1.0,
+        "n1 was ejected"
+    );
+    assert_eq!(
+        n3.endpoint_health("echo", "n1").await.as_deref(),
+        Some("healthy"),
+        "the health checker has not noticed yet"
+    );
+    assert_eq!(
+        n3.metric("shoal_listener_connection_failures_total").await,
+        0.0
+    );
+    // after ejection, n1 is skipped: the last connections all went to n2
+    let before = b2.accepted();
+    for i in 0..5u64 {
+        let data = Arc::new(pseudo_random(64, i + 50));
+        assert_eq!(echo_roundtrip(addr, data.clone()).await, *data);
+    }
+    assert_eq!(b2.accepted() - before, 5);
+    for n in [n1, n2, n3] {
+        n.node.kill().await;
+    }
+}
+
+async fn whoami(addr: SocketAddr, from: std::net::Ipv4Addr) -> String {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.into(), 0)).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_keeps_a_client_on_one_endpoint() {
+    let pki = Pki::new("mesh.test");
+    let backends = [
+        TcpBackend::greeting("n1").await,
+        TcpBackend::greeting("n2").await,
+        TcpBackend::greeting("n3").await,
+    ];
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1").service("who", backends[0].addr(), Check::Tcp),
+    )
+    .await;
+    let mut nodes = vec![];
+    for (i, name) in ["n2", "n3"].iter().enumerate() {
+        nodes.push(
+            TestNode::start(
+                &pki,
+                NodeSpec::new(name)
+                    .seed(&n1)
+                    .service("who", backends[i + 1].addr(), Check::Tcp),
+            )
+            .await,
+        );
+    }
+    let caller = TestNode::start(
+        &pki,
+        NodeSpec::new("caller")
+            .seed(&n1)
+            .listener("who", "who", "ring_hash"),
+    )
+    .await;
+    eventually("three endpoints", || async {
+        caller.healthy_endpoints("who") == 3
+    })
+    .await;
+    let addr = caller.listener("who");
+    let client = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let first = whoami(addr, client).await;
+    for _ in 0..100 {
+        assert_eq!(
+            whoami(addr, client).await,
+            first,
+            "the same client address sticks"
+        );
+    }
+    // different clients spread
+    let mut seen = std::collections::BTreeSet::new();
+    for last in 2..40u8 {
+        seen.insert(whoami(addr, std::net::Ipv4Addr::new(127, 0, 0, last)).await);
+    }
+    assert!(seen.len() >= 2, "clients spread over endpoints: {seen:?}");
+
+    // remove an endpoint the client does not use
+    let mut all = vec![n1];
+    all.extend(nodes);
+    let unrelated = all.iter().position(|n| n.spec.name != first).unwrap();
+    let gone = all.remove(unrelated);
+    let gone_name = gone.spec.name.clone();
+    gone.node.kill().await;
+    eventually("the caller drops the unrelated endpoint", || async {
+        caller
+            .node
+            .table()
+            .endpoints("who")
+            .iter()
+            .all(|e| e.node != gone_name)
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            whoami(addr, client).await,
+            first,
+            "an unrelated removal does not move the client"
+        );
+    }
+    for n in all {
+        n.node.kill().await;
+    }
+    caller.node.kill().await;
+}
+
+/// A tunnel client with a node certificate of `pki`, as a misbehaving or
+/// unauthorized peer would be.
+async fn raw_tunnel_client(pki: &Pki, name: &str, services: &[&str]) -> Arc<MeshEndpoint> {
+    let dir = pki.node_dir(name, services);
+    let metrics = Arc::new(Metrics::new());
+    let tls = TlsState::load(
+        &TlsFiles {
+            cert: dir.join("node.crt"),
+            key: dir.join("node.key"),
+            ca: dir.join("ca.crt"),
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    MeshEndpoint::new(
+        SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
+        tls,
+        metrics,
+    )
+    .unwrap()
+}
+
+async fn ask(conn: &quinn::Connection, header: &StreamHeader) -> StreamStatus {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(header).unwrap()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match mesh_proto::codec::decode::<StreamStatus>(&buf) {
+            Ok((status, _)) => return status,
+            Err(e) if e.is_incomplete() => {}
+            Err(e) => panic!("bad status frame: {e}"),
+        }
+        let n = recv
+            .read(&mut chunk)
+            .await
+            .unwrap()
+            .expect("stream ended before a status");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header(target: &str, source: Option<&str>) -> StreamHeader {
+    StreamHeader {
+        target_service: target.into(),
+        source_service: source.map(Into::into),
+        protocol: Protocol::Tcp,
+        request_id: RequestId(1),
+        deadline_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiving_node_answers_each_refusal_with_its_status() {
+    let pki = Pki::new("mesh.test");
+    let b = TcpBackend::start().await;
+    let mut dead = TcpBackend::start().await;
+    dead.stop().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1")
+            .service("secret", b.addr(), Check::Tcp)
+            .service("open", b.addr(), Check::Tcp)
+            .service("down", dead.addr(), Check::Tcp)
+            .tweak(|raw| {
+                raw.services[0].allow_nodes = vec!["friend".into()];
+                raw.services[0].allow_services = vec!["billing".into()];
+            }),
+    )
+    .await;
+    let addr = n1.node.bound().quic;
+    let stranger = raw_tunnel_client(&pki, "stranger", &["web"]).await;
+    let conn = stranger
+        .connect(addr, Use::Tunnel, Some("n1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(&conn, &header("nope", None)).await.code,
+        StatusCode::UnknownService
+    );
+    assert_eq!(
+        ask(&conn, &header("secret", None)).await.code,
+        StatusCode::Unauthorized
+    );
+    assert_eq!(
+        ask(&conn, &header("secret", Some("web"))).await.code,
+        StatusCode::Unauthorized
+    );
+    let lie = ask(&conn, &header("open", Some("billing"))).await;
+    assert_eq!(
+        lie.code,
+        StatusCode::Unauthorized,
+        "a source service not in the certificate"
+    );
+    assert!(lie.reason.contains("billing"), "{}", lie.reason);
+    assert_eq!(
+        ask(&conn, &header("open", Some("web"))).await.code,
+        StatusCode::Ok
+    );
+
+    let friend = raw_tunnel_client(&pki, "friend", &[]).await;
+    let conn2 = friend.connect(addr, Use::Tunnel, Some("n1")).await.unwrap();
+    assert_eq!(
+        ask(&conn2, &header("secret", None)).await.code,
+        StatusCode::Ok,
+        "allowed by node"
+    );
+    let billing = raw_tunnel_client(&pki, "biller", &["billing"]).await;
+    let conn3 = billing
+        .connect(addr, Use::Tunnel, Some("n1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(&conn3, &header("secret", Some("billing"))).await.code,
+        StatusCode::Ok,
+        "allowed by service"
+    );
+
+    // a backend that is down
+    let refused = ask(&conn, &header("down", None)).await;
+    assert_eq!(refused.code, StatusCode::BackendRefused);
+    assert!(
+        refused.reason.contains(&dead.addr().to_string()),
+        "{}",
+        refused.reason
+    );
+
+    assert_eq!(
+        n1.metric("shoal_inbound_refusals_total{service=\"secret\",reason=\"unauthorized\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        n1.metric("shoal_inbound_refusals_total{service=\"open\",reason=\"unauthorized\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        n1.metric("shoal_inbound_refusals_total{service=\"down\",reason=\"backend_refused\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        n1.metric("shoal_inbound_refusals_total{service=\"-\",reason=\"unknown_service\"}")
+            .await
+            >= 1.0
+    );
+
+    // draining: everything is refused with `draining`
+    n1.node.drain().await;
+    assert_eq!(
+        ask(&conn2, &header("secret", None)).await.code,
+        StatusCode::Draining
+    );
+    for e in [stranger, friend, billing] {
+        e.close();
+    }
+    n1.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_stream_headers_are_reset_without_harming_other_streams() {
+    let pki = Pki::new("mesh.test");
+    let b = TcpBackend::start().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1").service("echo", b.addr(), Check::Tcp),
+    )
+    .await;
+    let client = raw_tunnel_client(&pki, "client", &[]).await;
+    let conn = client
+        .connect(n1.node.bound().quic, Use::Tunnel, Some("n1"))
+        .await
+        .unwrap();
+
+    // a good stream, opened first and kept open across the bad ones
+    let (mut good_send, mut good_recv) = conn.open_bi().await.unwrap();
+    good_send
+        .write_all(&encode(&header("echo", None)).unwrap())
+        .await
+        .unwrap();
+
+    let good_header = encode(&header("echo", None)).unwrap();
+    let mut wrong_version = good_header.clone();
+    wrong_version[0] = 9;
+    let mut oversize = vec![1u8];
+    oversize.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    let mut bad_body = good_header.clone();
+    for b in &mut bad_body[5..] {
+        *b = 0xff;
+    }
+    for bad in [b"garbage!".to_vec(), wrong_version, oversize, bad_body] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bad).await.unwrap();
+        let _ = send.finish();
+        let mut buf = [0u8; 64];
+        let outcome = tokio::time::timeout(Duration::from_secs(10), recv.read(&mut buf))
+            .await
+            .expect("the node answers a bad header promptly");
+        assert!(
+            matches!(outcome, Err(quinn::ReadError::Reset(_))),
+            "a bad header resets the stream: {outcome:?}"
+        );
+    }
+    // the good stream still works, on the same connection
+    let mut status = [0u8; 64];
+    let n = good_recv.read(&mut status).await.unwrap().unwrap();
+    let (s, used) = mesh_proto::codec::decode::<StreamStatus>(&status[..n]).unwrap();
+    assert_eq!(s.code, StatusCode::Ok);
+    assert_eq!(used, n);
+    good_send.write_all(b"still here").await.unwrap();
+    good_send.finish().unwrap();
+    let echoed = good_recv.read_to_end(1024).await.unwrap();
+    assert_eq!(echoed, b"still here");
+    assert!(
+        n1.metric("shoal_inbound_refusals_total{service=\"-\",reason=\"bad_header\"}")
+            .await
+            >= 3.0
+    );
+    assert_eq!(conn.close_reason(), None, "the connection survived");
+    client.close();
+    n1.node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_limits_idle_timeout_resets_and_refusals() {
+    let pki = Pki::new("mesh.test");
+    let echo = TcpBackend::start().await;
+    let reset = TcpBackend::resetter().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1")
+            .service("echo", echo.addr(), Check::Tcp)
+            .service("reset", reset.addr(), Check::Tcp)
+            .service("private", echo.addr(), Check::Tcp)
+            .tweak(|raw| raw.services[2].allow_nodes = vec!["someone-else".into()]),
+    )
+    .await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .listener("echo", "echo", "least_request")
+            .listener("reset", "reset", "round_robin")
+            .listener("private", "private", "round_robin")
+            .tweak(|raw| {
+                raw.listeners[0].max_connections = Some(2);
+                raw.listeners[0].idle_timeout = Some(Duration::from_millis(300));
+            }),
+    )
+    .await;
+    eventually("n2 routes all three services", || async {
+        ["echo", "reset", "private"]
+            .iter()
+            .all(|s| n2.healthy_endpoints(s) == 1)
+    })
+    .await;
+
+    // max_connections: the third concurrent connection is closed at once
+    let addr = n2.listener("echo");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = third.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "refused beyond max_connections");
+    assert_eq!(
+        n2.metric(
+            "shoal_listener_connection_failures_total{listener=\"echo\",reason=\"max_connections\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // idle_timeout: held connections are closed once idle, freeing the slots
+    for mut s in held {
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "closed when idle: {closed:?}"
+        );
+    }
+    assert_eq!(
+        echo_roundtrip(addr, Arc::new(b"again".to_vec())).await,
+        b"again"
+    );
+
+    // a backend's reset reaches the client as a reset, not a clean end
+    let mut s = TcpStream::connect(n2.listener("reset")).await.unwrap();
+    s.write_all(b"please reset").await.unwrap();
+    let mut sink = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink))
+        .await
+        .expect("the reset arrives");
+    assert_eq!(
+        outcome.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "reset propagated"
+    );
+
+    // a caller not on the allow-list: the client connection is closed, not retried
+    let mut s = TcpStream::connect(n2.listener("private")).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        n2.metric(
+            "shoal_listener_connection_failures_total{listener=\"private\",reason=\"unauthorized\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        n2.metric("shoal_upstream_retries_total{listener=\"private\"}")
+            .await,
+        0.0
+    );
+    n1.node.kill().await;
+    n2.node.kill().await;
+}
