@@ -1,0 +1,742 @@
+//! Process-level tests of the real `shoal` binary: `check`, `run` and `status` as
+//! an operator uses them, signals (SIGTERM drain, SIGHUP reload) and the JSON log
+//! format. Everything runs on loopback with ports chosen by the OS, certificates
+//! minted with `shoal_pki` into a temporary directory, and every wait is a bounded
+//! poll ([`eventually`]). Each child process lives in a [`Shoal`] guard that kills
+//! it when the test ends, passed or failed, and prints its log if the test failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
+use shoal_pki::{CertificateAuthority, IssuedCert, Validity};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+const TRUST_DOMAIN: &str = "mesh.test";
+/// How long [`eventually`] polls before it gives up.
+const EVENTUALLY: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Polls `check` every 50 ms until it returns `Ok`; after [`EVENTUALLY`] panics
+/// naming `what` and the last `Err` it returned (what was seen instead).
+#[track_caller]
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {EVENTUALLY:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A temporary directory with a mesh CA; certificates and config files go in it.
+struct Fixture {
+    dir: TempDir,
+    ca: CertificateAuthority,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            ca: CertificateAuthority::create(TRUST_DOMAIN, Validity::days_from_now(30).unwrap())
+                .unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A node certificate valid for 10 days.
+    fn issue(&self, node: &str, services: &[&str]) -> IssuedCert {
+        self.issue_valid(node, services, Validity::days_from_now(10).unwrap())
+    }
+
+    fn issue_valid(&self, node: &str, services: &[&str], validity: Validity) -> IssuedCert {
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        self.ca.issue_node(node, &services, validity).unwrap()
+    }
+
+    /// Writes node.crt, node.key and ca.crt into the new directory `sub`.
+    fn save(&self, sub: &str, cert: &IssuedCert) {
+        cert.save(&self.path().join(sub), false).unwrap();
+    }
+
+    /// Replaces node.crt and node.key in `sub` the way an operator should: each
+    /// file written under a temporary name, then renamed over the old one.
+    fn replace(&self, sub: &str, cert: &IssuedCert) {
+        let dir = self.path().join(sub);
+        for (name, contents) in [("node.key", &cert.key_pem), ("node.crt", &cert.cert_pem)] {
+            let tmp = dir.join(format!(".{name}.new"));
+            std::fs::write(&tmp, contents).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A config for node `name` whose TLS files are in the directory `name`, on
+/// loopback with OS-chosen ports and fast gossip, followed by `extra`.
+fn node_config(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+[node]
+name = "{name}"
+cluster = "cli-test"
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data_dir = "{name}-data"
+drain_timeout = "2s"
+
+[tls]
+cert = "{name}/node.crt"
+key = "{name}/node.key"
+ca = "{name}/ca.crt"
+
+[gossip]
+interval = "100ms"
+initial_interval = "100ms"
+{extra}
+"#
+    )
+}
+
+/// Runs a `shoal` command to completion (bounded).
+fn shoal(args: &[&str]) -> Output {
+    let child = Command::new(SHOAL)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `wait_with_output` cannot be bounded; a watchdog kills the child if it
+    // outlives the bound.
+    let pid = child.id();
+    let done = Arc::new(Mutex::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + EVENTUALLY;
+            while Instant::now() < deadline {
+                if *done.lock().unwrap() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL);
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    *done.lock().unwrap() = true;
+    watchdog.join().unwrap();
+    assert!(
+        out.status.code().is_some(),
+        "`shoal {}` did not finish within {EVENTUALLY:?}",
+        args.join(" ")
+    );
+    out
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One plain HTTP/1.1 GET; returns the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// A TCP backend that accepts and closes connections, for TCP health checks.
+/// Dropping it stops it.
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<Mutex<bool>>,
+}
+
+impl Backend {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(Mutex::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if *flag.lock().unwrap() {
+                    return;
+                }
+                drop(conn);
+            }
+        });
+        Backend { addr, stop }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        *self.stop.lock().unwrap() = true;
+        // Wake the accept loop so it sees the flag and closes the listener.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// A `shoal` child process and its stderr, read line by line by a thread so the
+/// child never blocks on a full pipe. Dropping it kills the child; if the test
+/// is failing, the child's log is printed first.
+struct Shoal {
+    label: String,
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    quic: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Shoal {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("---- log of {} ({} lines) ----", self.label, lines.len());
+            for line in lines.iter().rev().take(200).rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Shoal {
+    fn guard(label: String, child: Child) -> Shoal {
+        let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        Shoal {
+            label,
+            child: Some(child),
+            lines: Arc::default(),
+            reader: None,
+            quic: unset,
+            admin: unset,
+        }
+    }
+
+    /// Starts `shoal --log-format json run --config CONFIG ARGS...` and waits for
+    /// its "node started" line, which gives the addresses it bound.
+    fn run(label: &str, config: &Path, args: &[&str], rust_log: Option<&str>) -> Shoal {
+        let mut cmd = Command::new(SHOAL);
+        cmd.args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut node = Shoal::guard(label.to_string(), child);
+        let lines = node.lines.clone();
+        node.reader = Some(std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                lines.lock().unwrap().push(line);
+            }
+        }));
+        let started = node.wait_for_log(0, "the \"node started\" line", |v| {
+            v["fields"]["message"] == "node started"
+        });
+        let field = |name: &str| {
+            started["fields"][name]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        node.quic = field("advertise").parse().unwrap();
+        node.admin = field("admin")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        node
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32).unwrap()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill_process(self.pid(), signal).unwrap();
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a JSON log line at index `from` or later satisfies `pred`, and
+    /// returns it. Fails at once if the process exits first.
+    #[track_caller]
+    fn wait_for_log(&mut self, from: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let label = self.label.clone();
+        eventually(&format!("{what} in the log of {label}"), || {
+            let found = self
+                .lines()
+                .iter()
+                .skip(from)
+                .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| pred(v)));
+            if let Some(v) = found {
+                return Ok(v);
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{label} exited with {status} before logging {what}");
+            }
+            Err(format!("{} lines so far", self.lines().len()))
+        })
+    }
+
+    /// Waits (bounded) for the process to exit; then every line it wrote has been
+    /// read.
+    #[track_caller]
+    fn wait_exit(&mut self) -> ExitStatus {
+        let label = self.label.clone();
+        let status = eventually(&format!("{label} to exit"), || {
+            match self.child.as_mut().unwrap().try_wait().unwrap() {
+                Some(status) => Ok(status),
+                None => Err("still running".into()),
+            }
+        });
+        self.child = None;
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        status
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(self.admin, path)
+    }
+
+    fn get_json(&self, path: &str) -> Result<Value, String> {
+        let (status, body) = self.get(path)?;
+        if status != 200 {
+            return Err(format!("GET {path} answered {status}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("GET {path}: {e}: {body}"))
+    }
+
+    /// `name`'s state (`alive`, `draining`, `dead`) in this node's `/members`,
+    /// newest generation first.
+    fn member_state(&self, name: &str) -> Result<String, String> {
+        let members = self.get_json("/members")?;
+        members
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["name"] == name)
+            .max_by_key(|m| m["generation"].as_u64())
+            .and_then(|m| m["state"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("{name} is not in /members: {members}"))
+    }
+
+    /// The value of a counter or gauge sample in `/metrics` (0 if absent).
+    fn metric(&self, sample: &str) -> Result<f64, String> {
+        let (_, body) = self.get("/metrics")?;
+        Ok(body
+            .lines()
+            .filter_map(|l| l.strip_prefix(sample))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum())
+    }
+}
+
+/// The rows of table `title` in `shoal status` output, split on whitespace.
+fn status_table(stdout: &str, title: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .skip_while(|l| l.trim() != title)
+        .skip(2) // the title and the header line
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// shoal check, and shoal run with a bad config
+// ---------------------------------------------------------------------------
+
+#[test]
+fn check_accepts_a_valid_config_and_prints_the_effective_config() {
+    let f = Fixture::new();
+    f.save("web-1", &f.issue("web-1", &["web"]));
+    let config = f.write(
+        "node.toml",
+        &node_config(
+            "web-1",
+            "[[service]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\n",
+        ),
+    );
+    let out = shoal(&["check", "--config", config.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let (first, json) = stdout.split_once('\n').unwrap();
+    assert_eq!(first, format!("{}: ok", config.display()));
+    let effective: Value = serde_json::from_str(json).expect("the effective config is JSON");
+    assert_eq!(effective["node"]["name"], "web-1");
+    assert_eq!(effective["tls"]["trust_domain"], TRUST_DOMAIN);
+    assert_eq!(effective["services"][0]["name"], "web");
+    assert_eq!(
+        effective["node"]["data_dir"],
+        f.path().join("web-1-data").to_str().unwrap(),
+        "relative paths are resolved against the config file's directory"
+    );
+}
+
+#[test]
+fn check_names_an_unknown_field_by_its_path() {
+    let f = Fixture::new();
+    f.save("web-1", &f.issue("web-1", &["web"]));
+    let extra = r#"
+[[service]]
+name = "web"
+address = "127.0.0.1:8080"
+
+[service.health]
+intervall = "2s"
+"#;
+    let config = f.write("node.toml", &node_config("web-1", extra));
+    let out = shoal(&["check", "--config", config.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("service[0].health.intervall: unknown field")),
+        "stderr: {stderr}"
+    );
+}
+
+/// A file with three independent problems (an unparseable listen address, a
+/// service the certificate does not name, an expired certificate): each is
+/// reported on its own line with its field, by `check` and identically by `run`,
+/// which starts nothing.
+#[test]
+fn check_and_run_report_every_problem_with_its_field() {
+    let f = Fixture::new();
+    let now = OffsetDateTime::now_utc();
+    let expired = Validity::between(
+        now - time::Duration::days(10),
+        now - time::Duration::days(1),
+    )
+    .unwrap();
+    f.save("web-1", &f.issue_valid("web-1", &["web"], expired));
+    let text_with_problems = node_config(
+        "web-1",
+        "[[service]]\nname = \"payments\"\naddress = \"127.0.0.1:8080\"\n",
+    )
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"localhost:7100\"");
+    let config = f.write("node.toml", &text_with_problems);
+    let config = config.to_str().unwrap();
+    let has_line = |stderr: &str, field: &str, needle: &str| {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{field}: ")) && l.contains(needle)),
+            "no line `{field}: ...{needle}...` in:\n{stderr}"
+        );
+    };
+
+    let check = shoal(&["check", "--config", config]);
+    let stderr = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "stderr: {stderr}");
+    assert!(check.stdout.is_empty());
+    assert!(stderr.starts_with(&format!("{config}: invalid configuration:\n")));
+    has_line(&stderr, "node.listen", "not an IP:PORT address");
+    has_line(&stderr, "tls.cert", "expired on");
+    // The services are not checked against a certificate that does not verify
+    // (expired here), so `service[0].name` only shows once the certificate is
+    // renewed, below.
+
+    let run = shoal(&["--log-format", "json", "run", "--config", config]);
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(
+        text(&run.stderr),
+        stderr,
+        "run reports exactly what check reports"
+    );
+    assert!(
+        !f.path().join("web-1-data").exists(),
+        "a node that refused its config must not have started (it created its data dir)"
+    );
+
+    f.replace("web-1", &f.issue("web-1", &["web"]));
+    for args in [
+        vec!["check", "--config", config],
+        vec!["run", "--config", config],
+    ] {
+        let out = shoal(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        has_line(&stderr, "node.listen", "not an IP:PORT address");
+        has_line(
+            &stderr,
+            "service[0].name",
+            "\"payments\" is not in the node certificate (it allows: web)",
+        );
+        assert!(!stderr.contains("tls.cert"), "{args:?}: {stderr}");
+    }
+    assert!(!f.path().join("web-1-data").exists());
+}
+
+#[test]
+fn check_and_run_name_a_missing_config_file() {
+    let f = Fixture::new();
+    let missing = f.path().join("nowhere.toml");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["check", "--config", missing],
+        vec!["run", "--config", missing],
+    ] {
+        let out = shoal(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{missing}: cannot read"))),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Two running nodes
+// ---------------------------------------------------------------------------
+
+/// Two `shoal run` processes, a (hosting `echo`) and b (seeded with a), go
+/// through a node's life as an operator sees it: they converge, `shoal status`
+/// shows both and a's healthy service, a's certificate is rotated by SIGHUP
+/// without breaking connections, a bad certificate is refused on SIGHUP while a
+/// keeps running, SIGTERM drains b and exits 0, and a sees b draining, then dead.
+/// Every line either wrote to stderr is JSON.
+#[test]
+fn two_nodes_converge_reload_certificates_and_drain() {
+    let f = Fixture::new();
+    let backend = Backend::start();
+    f.save("a", &f.issue("a", &["echo"]));
+    f.save("b", &f.issue("b", &[]));
+    let echo = format!(
+        r#"
+[[service]]
+name = "echo"
+address = "{}"
+protocol = "tcp"
+
+[service.health]
+kind = "tcp"
+interval = "200ms"
+timeout = "200ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+"#,
+        backend.addr
+    );
+    let a_config = f.write("a.toml", &node_config("a", &echo));
+    let b_config = f.write("b.toml", &node_config("b", ""));
+
+    let mut a = Shoal::run("a", &a_config, &[], None);
+    let seed = a.quic.to_string();
+    // b logs at debug level, so the JSON check covers every crate's records.
+    let mut b = Shoal::run("b", &b_config, &["--seed", &seed], Some("debug"));
+
+    // --- convergence --------------------------------------------------------
+    for (node, label) in [(&a, "a"), (&b, "b")] {
+        eventually(&format!("{label} to see a and b alive"), || {
+            let states = (node.member_state("a")?, node.member_state("b")?);
+            match states {
+                (x, y) if x == "alive" && y == "alive" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+    eventually("b to be ready once it has joined", || {
+        match b.get("/readyz")? {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let admin_b = b.admin.to_string();
+    let status = eventually("shoal status to show a's echo healthy", || {
+        let out = shoal(&["status", "--admin", &admin_b]);
+        let stdout = text(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("{}: {}", out.status, text(&out.stderr)));
+        }
+        let healthy = status_table(&stdout, "SERVICES")
+            .iter()
+            .any(|r| r.len() >= 5 && r[0] == "echo" && r[1] == "a" && r[4] == "healthy");
+        if healthy { Ok(stdout) } else { Err(stdout) }
+    });
+    let members = status_table(&status, "MEMBERS");
+    assert!(members.iter().any(|r| r[..2] == ["a", "alive"]), "{status}");
+    assert!(
+        members.iter().any(|r| r[..3] == ["b", "*", "alive"]),
+        "b is marked as the answering node: {status}"
+    );
+
+    // --- SIGHUP: a new certificate for the same node ---------------------------
+    let opened = |n: &Shoal| -> f64 {
+        n.metric("shoal_quic_connections_opened_total").unwrap()
+            + n.metric("shoal_quic_connections_accepted_total").unwrap()
+    };
+    let connections_before = (opened(&a), opened(&b));
+    let gossip_received = "shoal_gossip_messages_total{direction=\"received\"}";
+    let from = a.lines().len();
+    f.replace("a", &f.issue("a", &["echo"]));
+    a.signal(Signal::HUP);
+    a.wait_for_log(from, "\"reloaded TLS\"", |v| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reloaded TLS"))
+    });
+    // Gossip keeps flowing both ways over the connections it had.
+    let a_received = a.metric(gossip_received).unwrap();
+    let b_received = b.metric(gossip_received).unwrap();
+    eventually("gossip to flow after the reload", || {
+        let now = (a.metric(gossip_received)?, b.metric(gossip_received)?);
+        if now.0 >= a_received + 10.0 && now.1 >= b_received + 10.0 {
+            Ok(())
+        } else {
+            Err(format!("received (a, b): {now:?}"))
+        }
+    });
+    assert_eq!(a.member_state("b").unwrap(), "alive");
+    assert_eq!(b.member_state("a").unwrap(), "alive");
+    assert_eq!(
+        (opened(&a), opened(&b)),
+        connections_before,
+        "a certificate reload must not replace established connections"
+    );
+    let services = b.get_json("/services").unwrap();
+    assert_eq!(
+        services["echo"][0]["node"], "a",
+        "b still accepts a's service under a's new certificate: {services}"
+    );
+
+    // --- SIGHUP: a certificate for another node is refused ----------------------
+    let from = a.lines().len();
+    f.replace("a", &f.issue("intruder", &["echo"]));
+    a.signal(Signal::HUP);
+    let refused = a.wait_for_log(from, "an error about the SIGHUP reload", |v| {
+        v["level"] == "ERROR"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot reload"))
+    });
+    let reason = refused["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("tls.cert") && reason.contains("intruder"),
+        "the error says what is wrong with which file: {refused}"
+    );
+    assert_eq!(a.get("/healthz").unwrap(), (200, "ok\n".to_string()));
+    assert!(
+        a.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "a keeps running"
+    );
+    eventually("b to keep seeing a alive", || {
+        match b.member_state("a")? {
+            s if s == "alive" => Ok(()),
+            s => Err(s),
+        }
+    });
+
+    // --- SIGTERM: b drains, leaves and exits 0 ------------------------------
+    b.signal(Signal::TERM);
+    let mut seen: Vec<String> = Vec::new();
+    eventually("a to see b dead", || {
+        let state = a.member_state("b")?;
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state == "dead" {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    let exit = b.wait_exit();
+    assert!(exit.success(), "b exits 0 after SIGTERM, got {exit}");
+    let allowed = [vec!["draining", "dead"], vec!["alive", "draining", "dead"]];
+    assert!(
+        allowed.contains(&seen.iter().map(String::as_str).collect()),
+        "a sees b draining, then dead: {seen:?}"
+    );
+    a.signal(Signal::TERM);
+    let exit = a.wait_exit();
+    assert!(exit.success(), "a exits 0 after SIGTERM, got {exit}");
+
+    // --- --log-format json: every line is a JSON event -----------------------
+    for node in [&a, &b] {
+        let lines = node.lines();
+        assert!(lines.len() > 3, "{} logged: {lines:?}", node.label);
+        for line in &lines {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: a log line is not JSON ({e}): {line}", node.label));
+            assert!(
+                v["level"].is_string() && v["timestamp"].is_string() && v["fields"].is_object(),
+                "{}: not a tracing event: {line}",
+                node.label
+            );
+        }
+        let last = lines.last().unwrap();
+        assert!(last.contains("node stopped"), "{}: {last}", node.label);
+    }
+}
