@@ -261,7 +261,8 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 
 fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
-        Ok(body) => {
+        Ok(mut body) => {
+            body.push(b'\n');
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -96,22 +96,22 @@ pub enum StartError {
         config: String,
     },
     /// A socket could not be bound.
-    #[error("{field}: cannot bind {addr}: {source}; is another process using it?")]
+    #[error("{field}: cannot bind {addr}: {cause}; is another process using it?")]
     Bind {
         /// The config field of the address.
         field: String,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The data directory could not be created.
-    #[error("node.data_dir: cannot create {path}: {source}")]
+    #[error("node.data_dir: cannot create {path}: {cause}")]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// chitchat did not start.
     #[error(transparent)]
@@ -155,9 +155,9 @@ impl Node {
                 config: config.node.name.clone(),
             });
         }
-        std::fs::create_dir_all(&config.node.data_dir).map_err(|source| StartError::DataDir {
+        std::fs::create_dir_all(&config.node.data_dir).map_err(|cause| StartError::DataDir {
             path: config.node.data_dir.clone(),
-            source,
+            cause,
         })?;
 
         let source = match options.socket {
@@ -165,47 +165,47 @@ impl Node {
             None => SocketSource::Bind(config.node.listen),
         };
         let endpoint =
-            MeshEndpoint::new(source, tls.clone(), metrics.clone()).map_err(|source| {
+            MeshEndpoint::new(source, tls.clone(), metrics.clone()).map_err(|cause| {
                 StartError::Bind {
                     field: "node.listen".into(),
                     addr: config.node.listen,
-                    source,
+                    cause,
                 }
             })?;
-        let quic = endpoint.local_addr().map_err(|source| StartError::Bind {
+        let quic = endpoint.local_addr().map_err(|cause| StartError::Bind {
             field: "node.listen".into(),
             addr: config.node.listen,
-            source,
+            cause,
         })?;
         let advertise = config.node.advertise_for(quic);
         let admin_listener = TcpListener::bind(config.node.admin)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|cause| StartError::Bind {
                 field: "node.admin".into(),
                 addr: config.node.admin,
-                source,
+                cause,
             })?;
         let admin_addr = admin_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
+            .map_err(|cause| StartError::Bind {
                 field: "node.admin".into(),
                 addr: config.node.admin,
-                source,
+                cause,
             })?;
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let socket = TcpListener::bind(l.bind)
                 .await
-                .map_err(|source| StartError::Bind {
+                .map_err(|cause| StartError::Bind {
                     field: format!("listener[{i}].bind"),
                     addr: l.bind,
-                    source,
+                    cause,
                 })?;
-            let addr = socket.local_addr().map_err(|source| StartError::Bind {
+            let addr = socket.local_addr().map_err(|cause| StartError::Bind {
                 field: format!("listener[{i}].bind"),
                 addr: l.bind,
-                source,
+                cause,
             })?;
             listeners.push((l.clone(), socket, addr));
         }
@@ -465,10 +465,11 @@ impl Node {
         for t in &self.tasks {
             t.abort();
         }
-        drop(self.admin);
-        if let Ok(gossip) = Arc::try_unwrap(self.gossip) {
-            gossip.shutdown().await;
+        for t in self.tasks {
+            let _ = t.await;
         }
+        // Gossip first, while the endpoint still runs: no "transport closed" noise.
+        self.gossip.stop().await;
         self.endpoint.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
@@ -488,22 +489,24 @@ async fn reload(
     publisher: &Publisher,
     files: &TlsFiles,
 ) -> Result<(), TlsError> {
-    endpoint.tls().reload(files)?;
+    let outcome = endpoint.tls().reload(files)?;
     let identity = endpoint.tls().identity();
     publisher.set_certificate(gossip, &identity.cert_der).await;
-    tracing::info!(node = %identity.node_name, "reloaded TLS certificate, key and CA");
+    tracing::info!(
+        node = %identity.node_name,
+        ca_changed = outcome.ca_changed,
+        "reloaded TLS certificate, key and CA"
+    );
+    if outcome.ca_changed {
+        let closed = endpoint.recycle(true);
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "closed connections of peers the new CA does not trust"
+            );
+        }
+    }
     Ok(())
-}
-
-fn file_stamp(paths: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
 }
 
 /// Periodic chores: close idle pooled connections, reload TLS files when they
@@ -517,7 +520,6 @@ async fn housekeeping(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut stamp = file_stamp(&[&files.cert, &files.key, &files.ca]);
     let mut saved: Vec<SocketAddr> = Vec::new();
     loop {
         tokio::select! {
@@ -525,13 +527,12 @@ async fn housekeeping(
             _ = stop.changed() => return,
         }
         endpoint.reap_idle(endpoint::POOL_IDLE);
+        endpoint.recycle(false);
 
-        let now = file_stamp(&[&files.cert, &files.key, &files.ca]);
-        if now != stamp {
-            stamp = now;
-            if let Err(e) = reload(&endpoint, &gossip, &publisher, &files).await {
-                tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the current ones");
-            }
+        if endpoint.tls().files_changed(&files)
+            && let Err(e) = reload(&endpoint, &gossip, &publisher, &files).await
+        {
+            tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the current ones");
         }
 
         let me = gossip.self_id().gossip_advertise_addr;

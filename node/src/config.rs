@@ -24,7 +24,7 @@ pub use mesh_proto::tunnel::Protocol;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize, Serializer};
-use shoal_pki::{CertIdentity, CertKind, VerifyError};
+use shoal_pki::{CaBundle, CertIdentity, CertKind, VerifyError};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -1367,29 +1367,21 @@ impl Validator {
         let key = self.read_file("tls.key", raw.key.as_ref());
         let ca = self.read_file("tls.ca", raw.ca.as_ref());
 
-        // The CA.
+        // The CA (one, or several of one trust domain during a CA rollover).
         let ca_checked = ca.as_ref().and_then(|(path, bytes)| {
-            let der = self.pem_cert("tls.ca", path, bytes)?;
-            let not_ca = |why: String| {
-                format!(
-                    "{} is not a Shoal mesh CA certificate ({why}); use the ca.crt written by `shoal-pki ca init`",
-                    path.display()
-                )
-            };
-            match CertIdentity::from_der(&der) {
-                Ok(id) if id.is_ca => match id.trust_domain {
-                    Some(td) => Some((der, td)),
-                    None => {
-                        self.err("tls.ca", not_ca("it carries no spiffe://TRUST-DOMAIN id".into()));
-                        None
-                    }
-                },
-                Ok(id) => {
-                    self.err("tls.ca", not_ca(format!("it is a {} certificate", id.kind())));
-                    None
+            match CaBundle::from_pem(bytes) {
+                Ok(bundle) => {
+                    let td = bundle.trust_domain.clone();
+                    Some((bundle, td))
                 }
                 Err(e) => {
-                    self.err("tls.ca", not_ca(e.to_string()));
+                    self.err(
+                        "tls.ca",
+                        format!(
+                            "{} is not a Shoal mesh CA file ({e}); use the ca.crt written by `shoal-pki ca init`",
+                            path.display()
+                        ),
+                    );
                     None
                 }
             }
@@ -1478,7 +1470,11 @@ impl Validator {
             );
             return None;
         }
-        if let Err(e) = shoal_pki::verify_cert(ca_der, cert_der, self.now) {
+        if let Err(e) = ca_der.verify(cert_der, self.now) {
+            // An expired or not yet valid certificate is still this node's: keep
+            // checking the name and the services against it, so that one run of
+            // `shoal check` reports every problem.
+            let keep_going = matches!(e, VerifyError::Expired(_) | VerifyError::NotYetValid(_));
             let (field, reason) = match e {
                 VerifyError::Expired(when) => (
                     "tls.cert",
@@ -1511,7 +1507,9 @@ impl Validator {
                 ),
             };
             self.err(field, reason);
-            return None;
+            if !keep_going {
+                return None;
+            }
         }
         let not_after = x509_parser::parse_x509_certificate(cert_der)
             .map(|(_, x)| x.validity().not_after.to_datetime())

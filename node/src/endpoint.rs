@@ -33,6 +33,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pooled outbound connection unused for this long is closed.
 pub const POOL_IDLE: Duration = Duration::from_secs(60);
+/// A pooled connection whose peer certificate expires within this time is no
+/// longer handed out: new streams get a fresh handshake (and the peer's renewed
+/// certificate). Connections are closed outright when the certificate expires.
+pub const RETIRE_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 
 /// What a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +121,16 @@ pub struct MeshEndpoint {
     pool: Mutex<HashMap<(SocketAddr, Use), SlotRef>>,
     metrics: Arc<Metrics>,
     open_streams: AtomicUsize,
+    tracked: Mutex<Vec<Tracked>>,
+}
+
+/// A live connection and the certificate its peer authenticated with.
+#[derive(Debug)]
+struct Tracked {
+    conn: Connection,
+    peer_cert: rustls::pki_types::CertificateDer<'static>,
+    peer_not_after: i64,
+    pooled_as: Option<(SocketAddr, Use)>,
 }
 
 /// The transport parameters every Shoal connection uses.
@@ -176,6 +190,7 @@ impl MeshEndpoint {
             pool: Mutex::new(HashMap::new()),
             metrics,
             open_streams: AtomicUsize::new(0),
+            tracked: Mutex::new(Vec::new()),
         }))
     }
 
@@ -242,6 +257,7 @@ impl MeshEndpoint {
             Ok(Ok(conn)) => conn,
         };
         self.metrics.connections_opened.inc();
+        self.track(&conn, Some((addr, use_)));
         tracing::debug!(%addr, ?use_, "connected to peer");
         Ok(conn)
     }
@@ -251,6 +267,102 @@ impl MeshEndpoint {
         let quic = QuicClientConfig::try_from(rustls_cfg)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    }
+
+    fn track(&self, conn: &Connection, pooled_as: Option<(SocketAddr, Use)>) {
+        let Some(peer_cert) = tls::peer_cert(conn.peer_identity()) else {
+            return;
+        };
+        let peer_not_after = x509_parser::parse_x509_certificate(&peer_cert)
+            .map(|(_, x)| x.validity().not_after.timestamp())
+            .unwrap_or(i64::MAX);
+        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        tracked.retain(|t| t.conn.close_reason().is_none());
+        tracked.push(Tracked {
+            conn: conn.clone(),
+            peer_cert,
+            peer_not_after,
+            pooled_as,
+        });
+    }
+
+    /// Enforces certificate validity on live connections (QUIC cannot
+    /// re-authenticate a connection): closes every connection whose peer
+    /// certificate has expired, or — with `reverify`, after the CA changed — no
+    /// longer verifies; and stops handing out pooled connections whose peer
+    /// certificate expires soon. Returns how many connections were closed.
+    pub fn recycle(&self, reverify: bool) -> usize {
+        let now = rustls::pki_types::UnixTime::now();
+        let now_secs = now.as_secs() as i64;
+        let mut closed = 0;
+        let mut retire = Vec::new();
+        {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            tracked.retain(|t| {
+                if t.conn.close_reason().is_some() {
+                    return false;
+                }
+                let reason = if now_secs >= t.peer_not_after {
+                    Some("peer_cert_expired")
+                } else if reverify
+                    && self
+                        .tls
+                        .verify_peer(&t.peer_cert, &[], now, webpki::KeyUsage::client_auth())
+                        .is_err()
+                {
+                    Some("peer_no_longer_trusted")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    tracing::info!(peer = %t.conn.remote_address(), reason, "closing a connection whose peer certificate is no longer valid");
+                    t.conn.close(VarInt::from_u32(4), reason.as_bytes());
+                    self.metrics
+                        .connections_recycled
+                        .get_or_create(&crate::metrics::ReasonLabels { reason })
+                        .inc();
+                    closed += 1;
+                    if let Some(key) = t.pooled_as {
+                        retire.push((key, t.conn.stable_id()));
+                    }
+                    return false;
+                }
+                if let Some(key) = t.pooled_as
+                    && t.peer_not_after - now_secs < RETIRE_BEFORE_EXPIRY.as_secs() as i64
+                {
+                    retire.push((key, t.conn.stable_id()));
+                }
+                true
+            });
+        }
+        for (key, id) in retire {
+            let slot = {
+                let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.get(&key).cloned()
+            };
+            if let Some(slot) = slot
+                && let Ok(mut slot) = slot.try_lock()
+                && slot.conn.as_ref().is_some_and(|c| c.stable_id() == id)
+            {
+                slot.conn = None;
+                self.metrics
+                    .connections_recycled
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: "peer_cert_expiring",
+                    })
+                    .inc();
+            }
+        }
+        closed
+    }
+
+    /// Live connections (both directions) this endpoint tracks.
+    pub fn connection_count(&self) -> usize {
+        let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        tracked
+            .iter()
+            .filter(|t| t.conn.close_reason().is_none())
+            .count()
     }
 
     /// Closes pooled connections unused for `idle` (run periodically).
@@ -290,13 +402,13 @@ impl MeshEndpoint {
         while let Some(incoming) = self.endpoint.accept().await {
             let gossip = gossip.clone();
             let tunnel = tunnel.clone();
-            let metrics = self.metrics.clone();
+            let me = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!(%remote, error = %e, "inbound handshake failed");
+                        tracing::info!(%remote, error = %e, "inbound QUIC handshake failed");
                         return;
                     }
                 };
@@ -308,7 +420,8 @@ impl MeshEndpoint {
                     conn.close(VarInt::from_u32(1), b"no identity");
                     return;
                 };
-                metrics.connections_accepted.inc();
+                me.metrics.connections_accepted.inc();
+                me.track(&conn, None);
                 let target = match alpn.as_deref() {
                     Some(a) if a == ALPN_GOSSIP => gossip,
                     Some(a) if a == ALPN_TUNNEL => tunnel,

@@ -183,10 +183,14 @@ impl Gossip {
         let _ = self.handle.gossip(addr);
     }
 
-    /// Stops gossiping.
-    pub async fn shutdown(self) {
-        if let Err(e) = self.handle.shutdown().await {
-            tracing::debug!(error = %e, "gossip stopped with an error");
+    /// Stops gossiping and waits (briefly) for chitchat's loop to end.
+    pub async fn stop(&self) {
+        if self.handle.initiate_shutdown().is_ok() {
+            let done = self.handle.termination_watcher();
+            if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(1), done).await
+            {
+                tracing::debug!(error = %e, "gossip stopped with an error");
+            }
         }
     }
 }

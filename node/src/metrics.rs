@@ -141,6 +141,10 @@ pub struct Metrics {
     pub connections_opened: Counter,
     /// QUIC connections accepted by this node (inbound).
     pub connections_accepted: Counter,
+    /// QUIC connections closed or retired because of certificates, by reason.
+    pub connections_recycled: Family<ReasonLabels, Counter>,
+    /// When this node's certificate expires (unix seconds).
+    pub certificate_expiry: Gauge,
     /// Client connections accepted by listeners.
     pub listener_connections: Family<ListenerLabels, Counter>,
     /// Client connections open now.
@@ -237,6 +241,18 @@ impl Metrics {
             "quic_connections_accepted",
             "QUIC connections accepted from peers",
             connections_accepted.clone(),
+        );
+        let connections_recycled = Family::<ReasonLabels, Counter>::default();
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "quic_connections_recycled",
+            "QUIC connections closed or retired because of certificates, by reason",
+            connections_recycled.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this node's certificate expires (unix seconds)",
+            certificate_expiry.clone(),
         );
         let listener_connections = Family::<ListenerLabels, Counter>::default();
         let listener_active = Family::<ListenerLabels, Gauge>::default();
@@ -336,6 +352,8 @@ impl Metrics {
             ignored_service_claims,
             connections_opened,
             connections_accepted,
+            connections_recycled,
+            certificate_expiry,
         }
     }
 

@@ -23,11 +23,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use shoal_pki::CertIdentity;
+use shoal_pki::{CaBundle, CertIdentity};
 use thiserror::Error;
 use webpki::{EndEntityCert, KeyUsage};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabels};
 
 /// ALPN of gossip connections.
 pub const ALPN_GOSSIP: &[u8] = b"shoal-gossip/1";
@@ -53,14 +53,14 @@ pub struct TlsFiles {
 #[derive(Debug, Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("{field}: cannot read {path}: {source}")]
+    #[error("{field}: cannot read {path}: {cause}")]
     Read {
         /// Which config field names the file.
         field: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file does not hold what it should.
     #[error("{field}: {reason}")]
@@ -84,6 +84,8 @@ fn invalid(field: &'static str, reason: impl fmt::Display) -> TlsError {
 pub struct MeshTrust {
     trust_domain: String,
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    /// The CA certificates (DER), to tell whether a reload changed them.
+    ca_fingerprint: Vec<Vec<u8>>,
 }
 
 /// What this node presents: certificate, key, and the identity they carry.
@@ -109,10 +111,10 @@ pub fn load(
     provider: &Arc<CryptoProvider>,
 ) -> Result<(LocalIdentity, MeshTrust), TlsError> {
     let read = |field: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
+        std::fs::read(path).map_err(|cause| TlsError::Read {
             field,
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     };
     let cert_pem = read("tls.cert", &files.cert)?;
@@ -120,24 +122,15 @@ pub fn load(
     let ca_pem = read("tls.ca", &files.ca)?;
     let cert = CertificateDer::from_pem_slice(&cert_pem)
         .map_err(|e| invalid("tls.cert", format!("not a PEM certificate: {e}")))?;
-    let ca = CertificateDer::from_pem_slice(&ca_pem)
-        .map_err(|e| invalid("tls.ca", format!("not a PEM certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| invalid("tls.key", format!("not a PEM private key: {e}")))?;
 
-    let ca_identity = CertIdentity::from_der(&ca).map_err(|e| invalid("tls.ca", e))?;
-    let Some(trust_domain) = ca_identity
-        .trust_domain
-        .clone()
-        .filter(|_| ca_identity.is_ca)
-    else {
-        return Err(invalid(
-            "tls.ca",
-            "not a Shoal mesh CA certificate (no CA flag or no spiffe://TRUST-DOMAIN id)",
-        ));
-    };
+    let bundle = CaBundle::from_pem(&ca_pem).map_err(|e| invalid("tls.ca", e))?;
+    let trust_domain = bundle.trust_domain.clone();
     let now = time::OffsetDateTime::now_utc();
-    let verified = shoal_pki::verify_cert(&ca, &cert, now).map_err(|e| invalid("tls.cert", e))?;
+    let verified = bundle
+        .verify(&cert, now)
+        .map_err(|e| invalid("tls.cert", e))?;
     let Some(node_name) = verified.identity.node.clone() else {
         return Err(invalid(
             "tls.cert",
@@ -152,9 +145,15 @@ pub fn load(
     })?;
     let (_, x509) =
         x509_parser::parse_x509_certificate(&cert).map_err(|e| invalid("tls.cert", e))?;
-    let anchor = webpki::anchor_from_trusted_cert(&ca)
-        .map_err(|e| invalid("tls.ca", format!("{e:?}")))?
-        .to_owned();
+    let anchors = bundle
+        .cas
+        .iter()
+        .map(|ca| {
+            webpki::anchor_from_trusted_cert(ca)
+                .map(|a| a.to_owned())
+                .map_err(|e| invalid("tls.ca", format!("{e:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let identity = LocalIdentity {
         node_name,
         trust_domain: trust_domain.clone(),
@@ -165,7 +164,8 @@ pub fn load(
     };
     let trust = MeshTrust {
         trust_domain,
-        anchors: vec![anchor],
+        anchors,
+        ca_fingerprint: bundle.cas.iter().map(|c| c.as_ref().to_vec()).collect(),
     };
     Ok((identity, trust))
 }
@@ -193,6 +193,18 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [Rejection; 8] = [
+        Rejection::OtherCa,
+        Rejection::Expired,
+        Rejection::NotYetValid,
+        Rejection::WrongTrustDomain,
+        Rejection::NotANode,
+        Rejection::WrongNode,
+        Rejection::Malformed,
+        Rejection::Invalid,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -228,6 +240,32 @@ pub struct TlsState {
     provider: Arc<CryptoProvider>,
     algs: WebPkiSupportedAlgorithms,
     metrics: Arc<Metrics>,
+    stamp: std::sync::Mutex<FileStamp>,
+}
+
+/// Modification time and length of each TLS file, to notice changes on disk.
+pub type FileStamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+impl TlsFiles {
+    /// The files' current stamp.
+    pub fn stamp(&self) -> FileStamp {
+        [&self.cert, &self.key, &self.ca]
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The CA set differs: connections authenticated under the old one must be
+    /// checked again.
+    pub ca_changed: bool,
 }
 
 impl fmt::Debug for TlsState {
@@ -248,20 +286,42 @@ impl TlsState {
     /// Loads the files into a new state.
     pub fn load(files: &TlsFiles, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
         let provider = provider();
+        let stamp = files.stamp();
         let (identity, trust) = load(files, &provider)?;
         let algs = provider.signature_verification_algorithms;
+        metrics.certificate_expiry.set(identity.not_after_unix);
+        for r in Rejection::ALL {
+            let _ = metrics
+                .rejected_peers
+                .get_or_create(&ReasonLabels { reason: r.as_str() });
+        }
         Ok(Arc::new(TlsState {
             identity: ArcSwap::from_pointee(identity),
             trust: ArcSwap::from_pointee(trust),
             provider,
             algs,
             metrics,
+            stamp: std::sync::Mutex::new(stamp),
         }))
+    }
+
+    /// Whether the files changed on disk since they were last loaded (or last
+    /// failed to load).
+    pub fn files_changed(&self, files: &TlsFiles) -> bool {
+        let now = files.stamp();
+        let mut stamp = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *stamp == now {
+            false
+        } else {
+            *stamp = now;
+            true
+        }
     }
 
     /// Re-reads the files; new handshakes use them, established connections are
     /// untouched. The node name and trust domain may not change.
-    pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
+    pub fn reload(&self, files: &TlsFiles) -> Result<Reloaded, TlsError> {
+        *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = files.stamp();
         let (identity, trust) = load(files, &self.provider)?;
         let current = self.identity.load();
         if identity.node_name != current.node_name {
@@ -282,9 +342,11 @@ impl TlsState {
                 ),
             ));
         }
+        let ca_changed = self.trust.load().ca_fingerprint != trust.ca_fingerprint;
+        self.metrics.certificate_expiry.set(identity.not_after_unix);
         self.identity.store(Arc::new(identity));
         self.trust.store(Arc::new(trust));
-        Ok(())
+        Ok(Reloaded { ca_changed })
     }
 
     /// The identity currently presented.
@@ -334,11 +396,13 @@ impl TlsState {
         &self,
         result: Result<CertIdentity, Rejection>,
         side: &'static str,
+        cert: &CertificateDer<'_>,
     ) -> Result<CertIdentity, rustls::Error> {
         result.map_err(|r| {
             self.metrics.reject(r.as_str());
             tracing::warn!(
-                peer_side = side,
+                peer_role = side,
+                peer = %describe_cert(cert),
                 reason = r.as_str(),
                 "refused a peer certificate"
             );
@@ -370,6 +434,29 @@ impl TlsState {
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(cfg)
     }
+}
+
+/// A short description of a certificate for logs: its SPIFFE ids, else its
+/// subject and issuer.
+pub fn describe_cert(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert) {
+        Ok((_, x)) => match CertIdentity::from_x509(&x) {
+            Ok(id) if !id.ids.is_empty() => id
+                .ids
+                .iter()
+                .map(|i| i.to_uri())
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => format!("subject {} issued by {}", x.subject(), x.issuer()),
+        },
+        Err(_) => "an unparseable certificate".to_string(),
+    }
+}
+
+/// The peer's end-entity certificate as quinn reports it.
+pub fn peer_cert(identity: Option<Box<dyn std::any::Any>>) -> Option<CertificateDer<'static>> {
+    let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
 }
 
 /// Reads the node identity out of a peer's certificate chain as quinn reports it
@@ -428,7 +515,7 @@ impl ServerCertVerifier for PeerVerifier {
                 }
             });
         self.0
-            .checked(result, "server")
+            .checked(result, "server", end_entity)
             .map(|_| ServerCertVerified::assertion())
     }
 
@@ -474,7 +561,7 @@ impl ClientCertVerifier for PeerVerifier {
             .0
             .verify_peer(end_entity, intermediates, now, KeyUsage::client_auth());
         self.0
-            .checked(result, "client")
+            .checked(result, "client", end_entity)
             .map(|_| ClientCertVerified::assertion())
     }
 

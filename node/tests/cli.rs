@@ -501,9 +501,13 @@ fn check_and_run_report_every_problem_with_its_field() {
     assert!(stderr.starts_with(&format!("{config}: invalid configuration:\n")));
     has_line(&stderr, "node.listen", "not an IP:PORT address");
     has_line(&stderr, "tls.cert", "expired on");
-    // The services are not checked against a certificate that does not verify
-    // (expired here), so `service[0].name` only shows once the certificate is
-    // renewed, below.
+    // An expired certificate is still read for the node name and services, so
+    // one run reports the service problem too.
+    has_line(
+        &stderr,
+        "service[0].name",
+        "\"payments\" is not in the node certificate (it allows: web)",
+    );
 
     let run = shoal(&["--log-format", "json", "run", "--config", config]);
     assert_eq!(run.status.code(), Some(1));

@@ -775,6 +775,12 @@ fn an_expired_certificate() {
     f.write_cert(&cert);
     let e = f.errors(MINIMAL);
     assert_error(&e, "tls.cert", &["expired on"]);
+    // the name and the services are still checked against it: one run reports all
+    let e = f.errors(&minimal_with(
+        "[[service]]\nname = \"payments\"\naddress = \"127.0.0.1:9\"",
+    ));
+    assert_error(&e, "tls.cert", &["expired on"]);
+    assert_error(&e, "service[0].name", &["not in the node certificate"]);
 }
 
 #[test]

@@ -81,12 +81,12 @@ pub enum CaError {
     #[error("validity window is empty: not_after must be later than not_before")]
     EmptyValidity,
     /// A CA file could not be read.
-    #[error("cannot read {path}: {source}; is this the directory written by `shoal-pki ca init`?")]
+    #[error("cannot read {path}: {cause}; is this the directory written by `shoal-pki ca init`?")]
     Read {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `ca.crt` is not a PEM certificate.
     #[error("{0}: not a PEM certificate")]
@@ -201,7 +201,7 @@ impl CertificateAuthority {
     pub fn load(dir: &Path) -> Result<Self, CaError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            fs::read_to_string(&path).map_err(|source| CaError::Read { path, source })
+            fs::read_to_string(&path).map_err(|cause| CaError::Read { path, cause })
         };
         let cert = read(CA_CERT_FILE)?;
         let key = read(CA_KEY_FILE)?;

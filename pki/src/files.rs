@@ -28,12 +28,12 @@ pub enum FileSetError {
     #[error("{} already exist(s); pass --force to overwrite", list(.0))]
     Exists(Vec<PathBuf>),
     /// A file system operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The path being written or created.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -46,9 +46,9 @@ fn list(paths: &[PathBuf]) -> String {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileSetError + '_ {
-    move |source| FileSetError::Io {
+    move |cause| FileSetError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -116,7 +116,7 @@ fn write_all_or_nothing(
         .map(|t| t.symlink_metadata().is_err())
         .collect();
     for (i, (tmp, target)) in temps.iter().zip(targets).enumerate() {
-        if let Err(source) = fs::rename(tmp, target) {
+        if let Err(cause) = fs::rename(tmp, target) {
             for (t, was_fresh) in targets[..i].iter().zip(&fresh) {
                 if *was_fresh {
                     let _ = fs::remove_file(t);
@@ -127,7 +127,7 @@ fn write_all_or_nothing(
             }
             return Err(FileSetError::Io {
                 path: target.clone(),
-                source,
+                cause,
             });
         }
     }
@@ -182,11 +182,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), F
         private,
     };
     write_one(&tmp, &f)?;
-    if let Err(source) = fs::rename(&tmp, path) {
+    if let Err(cause) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(FileSetError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         });
     }
     File::open(dir)

@@ -36,4 +36,4 @@ pub use ca::{CaError, CertificateAuthority, Validity};
 pub use identity::{CertIdentity, CertKind, IdKind, SpiffeId};
 pub use inspect::{CertInfo, inspect_der};
 pub use issue::{IssueError, IssuedCert};
-pub use verify::{Verified, VerifyError, verify_cert};
+pub use verify::{BundleError, CaBundle, Verified, VerifyError, verify_cert};

@@ -159,3 +159,103 @@ pub fn verify_cert(
         not_after: rfc3339(na),
     })
 }
+
+/// A set of trusted mesh CAs of one trust domain: usually one; two while a CA is
+/// being replaced (old and new in one PEM file), so that certificates of either
+/// verify during the rollover.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// The CA certificates, in file order.
+    pub cas: Vec<CertificateDer<'static>>,
+    /// Their common trust domain.
+    pub trust_domain: String,
+}
+
+/// Why a CA file is not a usable bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BundleError {
+    /// No PEM certificate in it.
+    #[error("no PEM certificate in it")]
+    Empty,
+    /// A certificate that does not parse.
+    #[error("certificate {index} is malformed: {reason}")]
+    Malformed {
+        /// Position in the file (0-based).
+        index: usize,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A certificate that is not a Shoal CA.
+    #[error("certificate {index} is not a Shoal mesh CA certificate ({what})")]
+    NotACa {
+        /// Position in the file (0-based).
+        index: usize,
+        /// What it is instead.
+        what: String,
+    },
+    /// CAs of different trust domains.
+    #[error("the CAs are of different trust domains ({0:?} and {1:?}); a mesh has one")]
+    MixedTrustDomains(String, String),
+}
+
+impl CaBundle {
+    /// Reads every certificate of a PEM file; each must be a Shoal CA, all of one
+    /// trust domain.
+    pub fn from_pem(pem: &[u8]) -> Result<CaBundle, BundleError> {
+        use rustls_pki_types::pem::PemObject;
+        let mut cas = Vec::new();
+        let mut trust_domain: Option<String> = None;
+        for (index, der) in CertificateDer::pem_slice_iter(pem).enumerate() {
+            let der = der.map_err(|e| BundleError::Malformed {
+                index,
+                reason: e.to_string(),
+            })?;
+            let id = CertIdentity::from_der(&der).map_err(|e| BundleError::Malformed {
+                index,
+                reason: e.to_string(),
+            })?;
+            let what = match id.kind() {
+                CertKind::Ca => "it carries no spiffe://TRUST-DOMAIN id".to_string(),
+                CertKind::Other => "no CA flag and no spiffe:// id".to_string(),
+                kind => format!("it is a {kind} certificate"),
+            };
+            let td = match (id.is_ca, id.trust_domain) {
+                (true, Some(td)) => td,
+                _ => return Err(BundleError::NotACa { index, what }),
+            };
+            match &trust_domain {
+                Some(first) if *first != td => {
+                    return Err(BundleError::MixedTrustDomains(first.clone(), td));
+                }
+                Some(_) => {}
+                None => trust_domain = Some(td),
+            }
+            cas.push(der.into_owned());
+        }
+        let trust_domain = trust_domain.ok_or(BundleError::Empty)?;
+        Ok(CaBundle { cas, trust_domain })
+    }
+
+    /// Verifies `cert` against each CA; succeeds if any accepts it. Otherwise the
+    /// most telling reason: one about the certificate itself (expired, not yet
+    /// valid, ...) from a CA that signed it, before "another CA".
+    pub fn verify(
+        &self,
+        cert: &CertificateDer<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Verified, VerifyError> {
+        let mut best: Option<VerifyError> = None;
+        for ca in &self.cas {
+            match verify_cert(ca, cert, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let other = matches!(e, VerifyError::OtherCa { .. });
+                    if best.is_none() || !other {
+                        best = Some(e);
+                    }
+                }
+            }
+        }
+        Err(best.unwrap_or_else(|| VerifyError::Malformed("empty CA bundle".into())))
+    }
+}
