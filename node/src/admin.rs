@@ -100,7 +100,7 @@ impl AdminState {
         let self_id = self.gossip.self_id().clone();
         let mut out: Vec<MemberView> = self
             .gossip
-            .members(true)
+            .members(&[NODE_KEY])
             .await
             .into_iter()
             .map(|m| {
@@ -146,26 +146,7 @@ impl AdminState {
 
     /// The `/services` answer.
     pub fn services(&self) -> std::collections::BTreeMap<String, Vec<EndpointView>> {
-        let table = self.table.load();
-        table
-            .services()
-            .map(|(name, eps)| {
-                let eps = eps
-                    .iter()
-                    .map(|e| EndpointView {
-                        node: e.node.clone(),
-                        zone: e.zone.clone(),
-                        address: e.addr.to_string(),
-                        protocol: e.protocol.as_str().to_string(),
-                        health: e.health.as_str().to_string(),
-                        weight: e.weight,
-                        inflight: e.inflight,
-                        tags: e.tags.clone(),
-                    })
-                    .collect();
-                (name.to_string(), eps)
-            })
-            .collect()
+        services_view(&self.table.load())
     }
 
     /// Whether `/readyz` answers 200.
@@ -181,6 +162,31 @@ impl AdminState {
         }
         self.config.node.ready_alone || self.joined.load(Ordering::Relaxed)
     }
+}
+
+/// The `/services` view of a routing table: service → endpoints.
+pub fn services_view(
+    table: &mesh_proto::routing::RoutingTable,
+) -> std::collections::BTreeMap<String, Vec<EndpointView>> {
+    table
+        .services()
+        .map(|(name, eps)| {
+            let eps = eps
+                .iter()
+                .map(|e| EndpointView {
+                    node: e.node.clone(),
+                    zone: e.zone.clone(),
+                    address: e.addr.to_string(),
+                    protocol: e.protocol.as_str().to_string(),
+                    health: e.health.as_str().to_string(),
+                    weight: e.weight,
+                    inflight: e.inflight,
+                    tags: e.tags.clone(),
+                })
+                .collect();
+            (name.to_string(), eps)
+        })
+        .collect()
 }
 
 /// Serves the admin API on `listener` until `stop` fires.

@@ -262,7 +262,7 @@ impl Node {
                         s.name.clone(),
                         LocalService {
                             config: s.clone(),
-                            active: AtomicUsize::new(0),
+                            active: Arc::new(AtomicUsize::new(0)),
                         },
                     )
                 })
@@ -336,6 +336,7 @@ impl Node {
             endpoint.clone(),
             gossip.clone(),
             publisher.clone(),
+            proxy.clone(),
             files,
             config.node.data_dir.clone(),
             stop_rx.clone(),
@@ -461,6 +462,8 @@ impl Node {
     }
 
     async fn stop_everything(self) {
+        // Gossip first, while its transport still runs.
+        self.gossip.stop().await;
         let _ = self.stop.send(true);
         for t in &self.tasks {
             t.abort();
@@ -468,8 +471,6 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
-        // Gossip first, while the endpoint still runs: no "transport closed" noise.
-        self.gossip.stop().await;
         self.endpoint.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
@@ -497,6 +498,9 @@ async fn reload(
         ca_changed = outcome.ca_changed,
         "reloaded TLS certificate, key and CA"
     );
+    if outcome.cert_changed {
+        endpoint.retire_pool();
+    }
     if outcome.ca_changed {
         let closed = endpoint.recycle(true);
         if closed > 0 {
@@ -509,12 +513,14 @@ async fn reload(
     Ok(())
 }
 
-/// Periodic chores: close idle pooled connections, reload TLS files when they
-/// change on disk, and persist the last known peers.
+/// Periodic chores: close idle pooled connections and recycle those whose
+/// certificates expire, publish the local services' in-flight load, reload TLS
+/// files when they change on disk, and persist the last known peers.
 async fn housekeeping(
     endpoint: Arc<MeshEndpoint>,
     gossip: Arc<Gossip>,
     publisher: Arc<Publisher>,
+    proxy: Arc<ProxyContext>,
     files: TlsFiles,
     data_dir: PathBuf,
     mut stop: watch::Receiver<bool>,
@@ -528,6 +534,12 @@ async fn housekeeping(
         }
         endpoint.reap_idle(endpoint::POOL_IDLE);
         endpoint.recycle(false);
+        for (name, local) in &proxy.services {
+            let n = local.active.load(Ordering::Relaxed);
+            publisher
+                .set_inflight(&gossip, name, u32::try_from(n).unwrap_or(u32::MAX))
+                .await;
+        }
 
         if endpoint.tls().files_changed(&files)
             && let Err(e) = reload(&endpoint, &gossip, &publisher, &files).await
@@ -537,7 +549,7 @@ async fn housekeeping(
 
         let me = gossip.self_id().gossip_advertise_addr;
         let mut peers: Vec<SocketAddr> = gossip
-            .members(false)
+            .members(&[])
             .await
             .into_iter()
             .filter(|m| m.alive && m.addr != me)

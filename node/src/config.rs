@@ -69,7 +69,7 @@ pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
 /// Default `service.connect_timeout` (to the local backend).
 pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `listener.connect_timeout` (one attempt through the mesh).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `listener.idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `listener.attempts`.

@@ -322,9 +322,6 @@ impl MeshEndpoint {
                         .get_or_create(&crate::metrics::ReasonLabels { reason })
                         .inc();
                     closed += 1;
-                    if let Some(key) = t.pooled_as {
-                        retire.push((key, t.conn.stable_id()));
-                    }
                     return false;
                 }
                 if let Some(key) = t.pooled_as
@@ -354,6 +351,28 @@ impl MeshEndpoint {
             }
         }
         closed
+    }
+
+    /// Stops handing out every pooled connection (after this node's own
+    /// certificate changed): new streams get fresh handshakes with the new
+    /// certificate; streams already open finish on the old connections.
+    pub fn retire_pool(&self) {
+        let slots: Vec<SlotRef> = {
+            let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.values().cloned().collect()
+        };
+        for slot in slots {
+            if let Ok(mut slot) = slot.try_lock()
+                && slot.conn.take().is_some()
+            {
+                self.metrics
+                    .connections_recycled
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: "own_cert_changed",
+                    })
+                    .inc();
+            }
+        }
     }
 
     /// Live connections (both directions) this endpoint tracks.

@@ -43,7 +43,7 @@ pub struct MemberSnapshot {
     pub heartbeat: u64,
     /// Milliseconds since its heartbeat last advanced, as seen here.
     pub heartbeat_age_ms: u64,
-    /// Its key/values.
+    /// The values of the keys asked for.
     #[serde(skip)]
     pub values: Vec<(String, String)>,
 }
@@ -121,8 +121,9 @@ impl Gossip {
         self.handle.with_chitchat(|c| c.live_nodes_watcher()).await
     }
 
-    /// Every known member (live and dead), with heartbeat ages.
-    pub async fn members(&self, with_values: bool) -> Vec<MemberSnapshot> {
+    /// Every known member (live and dead), with heartbeat ages and the values of
+    /// `keys`.
+    pub async fn members(&self, keys: &[&str]) -> Vec<MemberSnapshot> {
         type Raw = (ChitchatId, bool, u64, Vec<(String, String)>);
         let raw: Vec<Raw> = self
             .handle
@@ -131,14 +132,10 @@ impl Gossip {
                 c.node_states()
                     .iter()
                     .map(|(id, state)| {
-                        let values = if with_values {
-                            state
-                                .key_values()
-                                .map(|(k, v)| (k.to_string(), v.to_string()))
-                                .collect()
-                        } else {
-                            Vec::new()
-                        };
+                        let values = keys
+                            .iter()
+                            .filter_map(|k| Some((k.to_string(), state.get(k)?.to_string())))
+                            .collect();
                         (
                             id.clone(),
                             live.contains(id),

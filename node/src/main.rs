@@ -1,5 +1,17 @@
 //! `shoal`: the per-host Shoal node. A thin main around [`shoal_node::Node`].
 
+/// `println!` that ignores a closed stdout (`shoal ... | head` must not panic).
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,8 +110,8 @@ async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Check { config } => match Config::load(&config, &Overrides::default()) {
             Ok(cfg) => {
-                println!("{}: ok", config.display());
-                println!("{}", serde_json::to_string_pretty(&cfg)?);
+                say!("{}: ok", config.display());
+                say!("{}", serde_json::to_string_pretty(&cfg)?);
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {
@@ -184,7 +196,7 @@ async fn status(admin: SocketAddr) -> Result<()> {
     let members: Vec<MemberView> = get_json(admin, "/members").await?;
     let services: std::collections::BTreeMap<String, Vec<EndpointView>> =
         get_json(admin, "/services").await?;
-    println!("MEMBERS");
+    say!("MEMBERS");
     let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
@@ -209,8 +221,8 @@ async fn status(admin: SocketAddr) -> Result<()> {
         ],
         &rows,
     );
-    println!();
-    println!("SERVICES");
+    say!();
+    say!("SERVICES");
     let rows: Vec<Vec<String>> = services
         .iter()
         .flat_map(|(name, eps)| {
@@ -255,13 +267,13 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        say!("{}", parts.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
     if rows.is_empty() {
-        println!("(none)");
+        say!("(none)");
     }
 }

@@ -382,6 +382,13 @@ impl Metrics {
             .inc_by(bytes as u64);
     }
 
+    /// Gossip bytes sent so far.
+    pub fn gossip_sent_bytes(&self) -> u64 {
+        self.gossip_bytes
+            .get_or_create(&DirectionLabels { direction: "sent" })
+            .get()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

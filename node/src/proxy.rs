@@ -36,8 +36,8 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 pub struct LocalService {
     /// Its configuration.
     pub config: ServiceConfig,
-    /// Connections open to its backend through the mesh.
-    pub active: AtomicUsize,
+    /// Connections open to its backend through the mesh (and from local listeners).
+    pub active: Arc<AtomicUsize>,
 }
 
 /// What the proxies share with the rest of the node.
@@ -68,21 +68,21 @@ impl ProxyContext {
 
 /// Decrements a counter when dropped.
 #[derive(Debug)]
-pub struct CountGuard<'a>(&'a AtomicUsize);
+pub struct CountGuard(Arc<AtomicUsize>);
 
-impl<'a> CountGuard<'a> {
+impl CountGuard {
     /// Increments `counter` unless it is already at `max`.
-    pub fn try_acquire(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+    pub fn try_acquire(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
         counter
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| CountGuard(counter))
+            .map(|_| CountGuard(counter.clone()))
     }
 }
 
-impl Drop for CountGuard<'_> {
+impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

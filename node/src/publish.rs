@@ -65,6 +65,21 @@ impl Publisher {
         }
     }
 
+    /// Publishes a local service's in-flight load if it changed.
+    pub async fn set_inflight(&self, gossip: &Gossip, service: &str, inflight: u32) {
+        let mut state = self.state.lock().await;
+        let Some(record) = state.services.get_mut(service) else {
+            return;
+        };
+        if record.inflight == inflight {
+            return;
+        }
+        record.inflight = inflight;
+        if let Ok(text) = encode_text(record) {
+            gossip.set(&service_key(service), &text).await;
+        }
+    }
+
     /// The current health of a local service.
     pub async fn health(&self, service: &str) -> Option<Health> {
         self.state

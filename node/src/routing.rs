@@ -62,6 +62,7 @@ pub async fn run(
     let self_name = gossip.self_id().node_id.to_string();
     let mut live = gossip.live_watcher().await;
     let mut certs = CertCache::default();
+    let mut trust = tls.trust_changes();
     let mut reported: HashSet<(String, String)> = HashSet::new();
     loop {
         let next = {
@@ -119,6 +120,10 @@ pub async fn run(
         }
         tokio::select! {
             changed = live.changed() => if changed.is_err() { return },
+            _ = trust.changed() => {
+                // Certificates verified under the old CA must be checked again.
+                certs.verified.clear();
+            }
             _ = stop.changed() => return,
         }
     }

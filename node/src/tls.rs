@@ -241,6 +241,7 @@ pub struct TlsState {
     algs: WebPkiSupportedAlgorithms,
     metrics: Arc<Metrics>,
     stamp: std::sync::Mutex<FileStamp>,
+    trust_generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// Modification time and length of each TLS file, to notice changes on disk.
@@ -266,6 +267,8 @@ pub struct Reloaded {
     /// The CA set differs: connections authenticated under the old one must be
     /// checked again.
     pub ca_changed: bool,
+    /// This node's own certificate differs.
+    pub cert_changed: bool,
 }
 
 impl fmt::Debug for TlsState {
@@ -302,6 +305,7 @@ impl TlsState {
             algs,
             metrics,
             stamp: std::sync::Mutex::new(stamp),
+            trust_generation: tokio::sync::watch::channel(0).0,
         }))
     }
 
@@ -343,10 +347,22 @@ impl TlsState {
             ));
         }
         let ca_changed = self.trust.load().ca_fingerprint != trust.ca_fingerprint;
+        let cert_changed = current.cert_der != identity.cert_der;
         self.metrics.certificate_expiry.set(identity.not_after_unix);
         self.identity.store(Arc::new(identity));
         self.trust.store(Arc::new(trust));
-        Ok(Reloaded { ca_changed })
+        if ca_changed {
+            self.trust_generation.send_modify(|g| *g += 1);
+        }
+        Ok(Reloaded {
+            ca_changed,
+            cert_changed,
+        })
+    }
+
+    /// Changes whenever a reload installs a different CA set.
+    pub fn trust_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust_generation.subscribe()
     }
 
     /// The identity currently presented.

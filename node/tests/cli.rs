@@ -664,10 +664,29 @@ unhealthy_threshold = 1
     });
     assert_eq!(a.member_state("b").unwrap(), "alive");
     assert_eq!(b.member_state("a").unwrap(), "alive");
-    assert_eq!(
-        (opened(&a), opened(&b)),
-        connections_before,
-        "a certificate reload must not replace established connections"
+    // Nothing was closed: a only stopped handing out its pooled connections, so
+    // new streams use fresh handshakes with its new certificate.
+    for n in [&a, &b] {
+        for reason in ["peer_cert_expired", "peer_no_longer_trusted"] {
+            let closed = n
+                .metric(&format!(
+                    "shoal_quic_connections_recycled_total{{reason=\"{reason}\"}}"
+                ))
+                .unwrap_or(0.0);
+            assert_eq!(closed, 0.0, "no connection closed for {reason}");
+        }
+    }
+    assert!(
+        a.metric("shoal_quic_connections_recycled_total{reason=\"own_cert_changed\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "a retired its pooled connections after taking its new certificate"
+    );
+    let (a_now, b_now) = (opened(&a), opened(&b));
+    assert!(
+        a_now <= connections_before.0 + 2.0 && b_now <= connections_before.1 + 2.0,
+        "only fresh handshakes for new streams: {connections_before:?} -> {:?}",
+        (a_now, b_now)
     );
     let services = b.get_json("/services").unwrap();
     assert_eq!(

@@ -1077,7 +1077,7 @@ max_ejection = "30s"
     assert_eq!(db.lb, Policy::RoundRobin);
     assert_eq!(db.attempts, 3);
     assert_eq!(db.max_connections, 10_000);
-    assert_eq!(db.connect_timeout, Duration::from_secs(5));
+    assert_eq!(db.connect_timeout, Duration::from_secs(2));
     assert_eq!(db.idle_timeout, Duration::from_secs(3600));
     assert!(db.zone_aware);
     assert_eq!(db.source_service, None);

@@ -1,5 +1,25 @@
 //! The `shoal-pki` command: see `shoal-pki --help` and docs/security.md.
 
+/// `println!` that ignores a closed stdout (`shoal ... | head` must not panic).
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! say_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -121,7 +141,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ca = CertificateAuthority::create(&trust_domain, Validity::days_from_now(days)?)?;
             let written = ca.save(&out, force)?;
             print_written(&written);
-            println!(
+            say!(
                 "created mesh CA for trust domain {trust_domain}, valid {days} days; keep {} secret",
                 out.join("ca.key").display()
             );
@@ -132,9 +152,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let info = inspect_der(&der, OffsetDateTime::now_utc())
                 .with_context(|| file.display().to_string())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                say!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                print!("{}", info.to_text());
+                say_inline!("{}", info.to_text());
             }
         }
         Command::Verify { ca, file } => {
@@ -147,7 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let der = match read_cert(&file) {
                 Ok(d) => d,
                 Err(e) => {
-                    println!("{}: {e:#}", file.display());
+                    say!("{}: {e:#}", file.display());
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -159,7 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .as_deref()
                         .or(v.identity.operator.as_deref())
                         .unwrap_or("-");
-                    println!(
+                    say!(
                         "{}: ok ({} {who}, trust domain {}, valid until {})",
                         file.display(),
                         v.kind,
@@ -168,7 +188,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 Err(e) => {
-                    println!("{}: {e}", file.display());
+                    say!("{}: {e}", file.display());
                     return Ok(ExitCode::FAILURE);
                 }
             }
@@ -188,7 +208,7 @@ fn issue(args: IssueArgs) -> Result<()> {
     let written = cert.save(&args.out, args.force)?;
     print_written(&written);
     let ids: Vec<String> = cert.ids.iter().map(|i| i.to_uri()).collect();
-    println!(
+    say!(
         "issued {} certificate: {} (valid {} days)",
         cert.kind,
         ids.join(" "),
@@ -204,6 +224,6 @@ fn read_cert(path: &Path) -> Result<rustls_pki_types::CertificateDer<'static>> {
 
 fn print_written(paths: &[PathBuf]) {
     for p in paths {
-        println!("wrote {}", p.display());
+        say!("wrote {}", p.display());
     }
 }

@@ -1,18 +1,202 @@
 //! `shoal-sim`: runs a whole Shoal mesh on one machine and reports what happened.
+//! With no arguments it runs the demo (sim/scenarios/demo.toml).
 
-use clap::Parser;
+/// `println!` that ignores a closed stdout (`shoal ... | head` must not panic).
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! say_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use shoal_sim::mesh::Mode;
+use shoal_sim::runner::{RunOptions, run};
+use shoal_sim::scenario::{Scenario, Step};
 
 /// Runs a whole Shoal mesh on one machine — real nodes, demo backends, traffic,
-/// injected faults — and reports what happened.
+/// injected faults — and reports what happened. Without a subcommand: the demo.
 #[derive(Parser, Debug)]
 #[command(name = "shoal-sim", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    demo: DemoArgs,
+    #[command(flatten)]
+    common: Common,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    println!(
-        "shoal-sim: the simulator is not built yet. When it is, this command will start five \
-         real Shoal nodes on loopback, send traffic through them, kill, partition and restart \
-         nodes, and report how the mesh coped."
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Nodes in the demo (at least 5).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Stretch or shrink the demo's fixed waits to about this many seconds in all.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE", global = true)]
+    json: Option<PathBuf>,
+    /// Run each node as a `shoal run` child process instead of in this process.
+    #[arg(long, global = true)]
+    processes: bool,
+    /// Seed for the run (overrides the scenario's).
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    /// No live status line.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a scenario file (see docs/simulator.md and sim/scenarios/).
+    Run {
+        /// The scenario.
+        file: PathBuf,
+    },
+    /// Check a scenario file without running it.
+    Check {
+        /// The scenario.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal-sim: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("shoal-sim: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo(args: &DemoArgs) -> Result<Scenario> {
+    let mut s = Scenario::parse(shoal_sim::DEMO, "demo")?;
+    if args.nodes < 5 {
+        bail!(
+            "--nodes: the demo needs at least 5 nodes, got {}",
+            args.nodes
+        );
+    }
+    for i in (s.mesh.nodes + 1)..=args.nodes {
+        for l in &mut s.mesh.listeners {
+            l.on.push(format!("n{i}"));
+        }
+    }
+    s.mesh.nodes = args.nodes;
+    if let Some(target) = args.duration {
+        if !(5.0..=3600.0).contains(&target) {
+            bail!("--duration: give between 5 and 3600 seconds, got {target}");
+        }
+        let fixed: f64 = s
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Wait {
+                    duration: Some(d), ..
+                } => Some(d.as_secs_f64()),
+                _ => None,
+            })
+            .sum();
+        // Convergence waits take a few seconds on their own; scale the fixed ones.
+        let factor = ((target - 8.0).max(1.0) / fixed.max(1.0)).max(0.1);
+        for st in &mut s.steps {
+            if let Step::Wait {
+                duration: Some(d), ..
+            } = st
+            {
+                *d = Duration::from_secs_f64(d.as_secs_f64() * factor);
+            }
+        }
+    }
+    Ok(s)
+}
+
+async fn main_async(cli: Cli) -> Result<bool> {
+    let mut scenario = match &cli.command {
+        None => demo(&cli.demo)?,
+        Some(Command::Run { file }) => Scenario::load(file)?,
+        Some(Command::Check { file }) => {
+            let s = Scenario::load(file)?;
+            say!(
+                "{}: ok ({} nodes, {} steps)",
+                file.display(),
+                s.mesh.nodes,
+                s.steps.len()
+            );
+            return Ok(true);
+        }
+    };
+    if let Some(seed) = cli.common.seed {
+        scenario.seed = seed;
+    }
+    let mode = if cli.common.processes {
+        let shoal = std::env::current_exe()?.with_file_name("shoal");
+        if !shoal.exists() {
+            bail!(
+                "--processes runs each node as `shoal run`, but {} does not exist; build it first: cargo build --release -p shoal-node",
+                shoal.display()
+            );
+        }
+        Mode::Processes { shoal }
+    } else {
+        Mode::InProcess
+    };
+    use std::io::IsTerminal;
+    let live = !cli.common.quiet && std::io::stderr().is_terminal();
+    say!(
+        "shoal-sim: running scenario {:?}: {}",
+        scenario.name,
+        scenario.description
     );
+    let report = run(&scenario, RunOptions { mode, live }).await?;
+    say_inline!("{}", report.to_text());
+    if let Some(path) = &cli.common.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        say!("report written to {}", path.display());
+    }
+    Ok(report.passed())
 }

@@ -34,7 +34,7 @@ pub struct Listener {
     cfg: ListenerConfig,
     ctx: Arc<ProxyContext>,
     labels: ListenerLabels,
-    active: AtomicUsize,
+    active: Arc<AtomicUsize>,
     counter: AtomicU64,
     rng: AtomicU64,
     outliers: Mutex<OutlierSet<String>>,
@@ -52,7 +52,8 @@ enum AttemptError {
 }
 
 enum Upstream {
-    Local(TcpStream),
+    /// The backend on this node, and its connection slot.
+    Local(TcpStream, CountGuard),
     Tunnel(SendStream, RecvStream),
 }
 
@@ -75,7 +76,7 @@ impl Listener {
             },
             cfg,
             ctx,
-            active: AtomicUsize::new(0),
+            active: Arc::new(AtomicUsize::new(0)),
             counter: AtomicU64::new(0),
             rng: AtomicU64::new(seed),
             outliers: Mutex::new(OutlierSet::new(detector)),
@@ -184,8 +185,14 @@ impl Listener {
         let active = metrics.listener_active.get_or_create(&self.labels).clone();
         active.inc();
         self.inflight_add(&endpoint.node, 1);
+        // Counted as in-flight work: a draining node waits for it.
+        let _in_flight = self.ctx.endpoint.stream_guard();
+        let mut _local_slot = None;
         let other = match upstream {
-            Upstream::Local(s) => Side::tcp(s),
+            Upstream::Local(s, slot) => {
+                _local_slot = Some(slot);
+                Side::tcp(s)
+            }
             Upstream::Tunnel(send, recv) => Side::quic(send, recv),
         };
         let progress = Arc::new(Progress::default());
@@ -291,12 +298,30 @@ impl Listener {
                     "this node does not host the service".into(),
                 ));
             };
+            // The same checks the inbound side makes, for a caller on this node.
+            if !local
+                .config
+                .allows(&self.ctx.node_name, self.cfg.source_service.as_deref())
+            {
+                return Err(AttemptError::Final(
+                    "unauthorized",
+                    format!("this node is not on the allow-list of {}", self.cfg.service),
+                ));
+            }
+            let max = local.config.max_connections as usize;
+            let Some(slot) = CountGuard::try_acquire(&local.active, max) else {
+                return Err(AttemptError::Retryable(
+                    "overloaded",
+                    format!("{} is at its limit of {max} connections", self.cfg.service),
+                ));
+            };
+            let timeout = timeout.min(local.config.connect_timeout);
             return match tokio::time::timeout(timeout, TcpStream::connect(local.config.address))
                 .await
             {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    Ok(Upstream::Local(s))
+                    Ok(Upstream::Local(s, slot))
                 }
                 Ok(Err(e)) => Err(AttemptError::Retryable(
                     "backend_refused",

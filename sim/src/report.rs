@@ -1,0 +1,157 @@
+//! What a run found: timings of what the mesh did after each event, request
+//! counts and latencies, gossip cost, memory, and the scenario's expectations —
+//! printed for people and written as JSON for machines.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::traffic::Summary;
+
+/// One measured reaction of the mesh.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    /// What happened (`killed n1`, `partition n5`, ...).
+    pub event: String,
+    /// When, seconds since the start.
+    pub at_s: f64,
+    /// What was measured (`dropped by every node`, ...).
+    pub what: String,
+    /// How long after the event, seconds; `None` if it did not happen in time.
+    pub after_s: Option<f64>,
+}
+
+/// One expectation and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expectation {
+    /// Which step.
+    pub step: usize,
+    /// What was expected.
+    pub expected: String,
+    /// What was found.
+    pub found: String,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// `in-process` or `processes`.
+    pub mode: String,
+    /// Most nodes that existed at once.
+    pub nodes: usize,
+    /// Run time, seconds.
+    pub duration_s: f64,
+    /// Events, in order, with the measured reactions.
+    pub timings: Vec<Timing>,
+    /// Every request of the run.
+    pub requests: Summary,
+    /// Gossip bytes sent per node per second, averaged over the run.
+    pub gossip_bytes_per_node_per_s: f64,
+    /// Resident memory at the end, MiB.
+    pub rss_mib: f64,
+    /// Datagrams dropped by the simulated network (in-process mode).
+    pub datagrams_dropped: u64,
+    /// Measurement resolution, milliseconds (how often the nodes were polled).
+    pub resolution_ms: u64,
+    /// Expectations.
+    pub expectations: Vec<Expectation>,
+    /// Errors that stopped or disturbed the run.
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// Whether every expectation held and nothing went wrong.
+    pub fn passed(&self) -> bool {
+        self.errors.is_empty() && self.expectations.iter().all(|e| e.passed)
+    }
+
+    /// The human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Shoal simulation: {} ({}, {} nodes, {:.1} s)",
+            self.scenario, self.mode, self.nodes, self.duration_s
+        );
+        let _ = writeln!(out, "\nwhat the mesh did:");
+        for t in &self.timings {
+            let after = match t.after_s {
+                Some(s) => format!("{s:.2} s"),
+                None => "did not happen in time".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:>7.1} s  {:<28} {:<34} {}",
+                t.at_s, t.event, t.what, after
+            );
+        }
+        let r = &self.requests;
+        let _ = writeln!(
+            out,
+            "\nrequests: {} sent, {} ok, {} failed ({:.2}%)",
+            r.sent,
+            r.ok,
+            r.failed,
+            r.failed_percent()
+        );
+        for (why, n) in &r.failed_by_reason {
+            let _ = writeln!(out, "  failed: {why}: {n}");
+        }
+        if r.ok > 0 {
+            let _ = writeln!(
+                out,
+                "  latency of successful requests: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+            );
+            let served: Vec<String> = r
+                .served_by
+                .iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect();
+            let _ = writeln!(out, "  served by: {}", served.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "\ngossip: {:.1} KB/s sent per node; memory: {:.0} MiB resident; datagrams dropped by faults: {}",
+            self.gossip_bytes_per_node_per_s / 1000.0,
+            self.rss_mib,
+            self.datagrams_dropped
+        );
+        let _ = writeln!(
+            out,
+            "(times are measured by polling every node every {} ms)",
+            self.resolution_ms
+        );
+        if !self.expectations.is_empty() {
+            let passed = self.expectations.iter().filter(|e| e.passed).count();
+            let _ = writeln!(
+                out,
+                "\nexpectations: {passed} of {} held",
+                self.expectations.len()
+            );
+            for e in &self.expectations {
+                let _ = writeln!(
+                    out,
+                    "  [{}] step {}: expected {}; found {}",
+                    if e.passed { "ok" } else { "FAILED" },
+                    e.step,
+                    e.expected,
+                    e.found
+                );
+            }
+        }
+        for e in &self.errors {
+            let _ = writeln!(out, "error: {e}");
+        }
+        let _ = writeln!(
+            out,
+            "\nresult: {}",
+            if self.passed() { "PASSED" } else { "FAILED" }
+        );
+        out
+    }
+}

@@ -1,0 +1,806 @@
+//! Runs a scenario: starts the mesh, executes the steps in order, measures how
+//! the mesh reacts to each event (by polling every node's members and routing
+//! table), drives traffic, checks expectations, and builds the report.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::{RwLock, watch};
+use tokio::task::JoinHandle;
+
+use crate::mesh::{Mesh, Mode};
+use crate::report::{Expectation, Report, Timing};
+use crate::scenario::{BackendKind, Condition, Scenario, Step};
+use crate::traffic::{Generator, Record, Stats, Summary};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// In-process or child processes.
+    pub mode: Mode,
+    /// Show a live status line (on a terminal).
+    pub live: bool,
+}
+
+type Shared = Arc<RwLock<Mesh>>;
+type Timings = Arc<Mutex<Vec<Timing>>>;
+
+/// The state of one run.
+struct Run {
+    mesh: Shared,
+    epoch: Instant,
+    stats: Arc<Stats>,
+    timings: Timings,
+    watchers: Vec<JoinHandle<()>>,
+    targets: HashMap<String, watch::Sender<Vec<(String, SocketAddr)>>>,
+    generators: HashMap<String, Generator>,
+    kinds: HashMap<String, BackendKind>,
+    faults: Vec<(Duration, Vec<String>)>,
+    expectations: Vec<Expectation>,
+    errors: Vec<String>,
+    poll: Duration,
+    max_nodes: usize,
+    bar: ProgressBar,
+}
+
+fn since(epoch: Instant) -> f64 {
+    epoch.elapsed().as_secs_f64()
+}
+
+/// Runs `scenario` and returns its report.
+pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
+    if matches!(options.mode, Mode::Processes { .. }) {
+        for (i, step) in scenario.steps.iter().enumerate() {
+            if matches!(
+                step,
+                Step::Partition { .. } | Step::Heal | Step::Loss { .. }
+            ) {
+                bail!(
+                    "step[{i}]: partitions and packet loss act on the simulated network, which only exists in in-process mode; run without --processes"
+                );
+            }
+        }
+    }
+    let mesh = Mesh::new(scenario.mesh.clone(), options.mode.clone(), scenario.seed)?;
+    let total_nodes = scenario.mesh.nodes
+        + scenario
+            .steps
+            .iter()
+            .map(|s| {
+                if let Step::Add { count } = s {
+                    *count
+                } else {
+                    0
+                }
+            })
+            .sum::<usize>();
+    let bar = if options.live {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut run = Run {
+        mesh: Arc::new(RwLock::new(mesh)),
+        epoch: Instant::now(),
+        stats: Arc::new(Stats::default()),
+        timings: Arc::default(),
+        watchers: Vec::new(),
+        targets: HashMap::new(),
+        generators: HashMap::new(),
+        kinds: scenario
+            .mesh
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.kind))
+            .collect(),
+        faults: Vec::new(),
+        expectations: Vec::new(),
+        errors: Vec::new(),
+        poll: if total_nodes <= 20 {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(200)
+        },
+        max_nodes: 0,
+        bar,
+    };
+    for l in &scenario.mesh.listeners {
+        let (tx, _) = watch::channel(Vec::new());
+        run.targets.entry(l.service.clone()).or_insert(tx);
+    }
+    let status = spawn_status(
+        run.mesh.clone(),
+        run.stats.clone(),
+        run.epoch,
+        run.bar.clone(),
+    );
+
+    run.note(&format!(
+        "starting {} nodes ({})",
+        scenario.mesh.nodes,
+        match options.mode {
+            Mode::InProcess => "in-process",
+            Mode::Processes { .. } => "processes",
+        }
+    ));
+    let start = run.epoch.elapsed();
+    for name in scenario.initial_nodes() {
+        if let Err(e) = run.mesh.write().await.add(&name).await {
+            run.errors.push(format!("starting {name}: {e:#}"));
+        }
+    }
+    run.max_nodes = scenario.mesh.nodes;
+    run.refresh_targets().await;
+    run.timings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Timing {
+            event: format!("started {} nodes", scenario.mesh.nodes),
+            at_s: start.as_secs_f64(),
+            what: "all running".into(),
+            after_s: Some((run.epoch.elapsed() - start).as_secs_f64()),
+        });
+
+    if run.errors.is_empty() {
+        for (i, step) in scenario.steps.iter().enumerate() {
+            if let Err(e) = run.step(i, step).await {
+                run.errors.push(format!("step[{i}]: {e:#}"));
+                break;
+            }
+        }
+    }
+    let finished = run.epoch.elapsed();
+    let report = run.finish(scenario, &options, finished).await;
+    status.abort();
+    Ok(report)
+}
+
+impl Run {
+    fn note(&self, what: &str) {
+        self.bar
+            .println(format!("[{:>7.1}s] {what}", since(self.epoch)));
+        if self.bar.is_hidden() {
+            tracing::info!(t = since(self.epoch), "{what}");
+        }
+    }
+
+    async fn refresh_targets(&self) {
+        let mesh = self.mesh.read().await;
+        for (service, tx) in &self.targets {
+            let _ = tx.send(mesh.listeners(service));
+        }
+    }
+
+    /// Starts a watcher that measures how long until `cond` holds.
+    fn watch<F, Fut>(&mut self, event: String, what: &str, bound: Duration, cond: F)
+    where
+        F: Fn(Shared) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let at = self.epoch.elapsed();
+        let index = {
+            let mut t = self.timings.lock().unwrap_or_else(|e| e.into_inner());
+            t.push(Timing {
+                event,
+                at_s: at.as_secs_f64(),
+                what: what.to_string(),
+                after_s: None,
+            });
+            t.len() - 1
+        };
+        let mesh = self.mesh.clone();
+        let timings = self.timings.clone();
+        let poll = self.poll;
+        let epoch = self.epoch;
+        self.watchers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + bound;
+            while Instant::now() < deadline {
+                if cond(mesh.clone()).await {
+                    let after = epoch.elapsed().saturating_sub(at);
+                    if let Some(t) = timings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(index)
+                    {
+                        t.after_s = Some(after.as_secs_f64());
+                    }
+                    return;
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }));
+    }
+
+    async fn wait_until(&mut self, cond: Condition, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let healthy = cond == Condition::Healthy;
+        while start.elapsed() < timeout {
+            if converged(&*self.mesh.read().await, healthy).await {
+                return Ok(start.elapsed());
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+        bail!(
+            "the mesh did not become {} within {:?}",
+            if healthy { "healthy" } else { "converged" },
+            timeout
+        )
+    }
+
+    async fn step(&mut self, i: usize, step: &Step) -> Result<()> {
+        match step {
+            Step::Add { count } => {
+                for _ in 0..*count {
+                    let name = format!("n{}", self.mesh.read().await.names().len() + 1);
+                    self.note(&format!("adding {name}"));
+                    self.mesh.write().await.add(&name).await?;
+                    let n = name.clone();
+                    self.watch(
+                        format!("added {name}"),
+                        "seen alive by every node",
+                        Duration::from_secs(120),
+                        move |m| {
+                            let n = n.clone();
+                            async move { alive_everywhere(&*m.read().await, &n).await }
+                        },
+                    );
+                }
+                self.max_nodes = self.max_nodes.max(self.mesh.read().await.names().len());
+                self.refresh_targets().await;
+            }
+            Step::Kill { node } => {
+                self.note(&format!("killing {node}"));
+                self.mesh.write().await.kill(node).await?;
+                self.faults.push((self.epoch.elapsed(), vec![node.clone()]));
+                self.refresh_targets().await;
+                let n = node.clone();
+                self.watch(
+                    format!("killed {node}"),
+                    "dropped by every node",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let n = n.clone();
+                        async move { gone_everywhere(&*m.read().await, &n).await }
+                    },
+                );
+            }
+            Step::Stop { node } => {
+                self.note(&format!("stopping {node} gracefully"));
+                let at = self.epoch.elapsed();
+                self.faults.push((at, vec![node.clone()]));
+                let n = node.clone();
+                self.watch(
+                    format!("stopped {node}"),
+                    "gone from every routing table",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let n = n.clone();
+                        async move { gone_everywhere(&*m.read().await, &n).await }
+                    },
+                );
+                self.mesh.write().await.stop(node).await?;
+                self.refresh_targets().await;
+            }
+            Step::Restart { node } => {
+                self.note(&format!("restarting {node}"));
+                self.mesh.write().await.start(node).await?;
+                self.refresh_targets().await;
+                let n = node.clone();
+                self.watch(
+                    format!("restarted {node}"),
+                    "seen alive by every node",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let n = n.clone();
+                        async move { alive_everywhere(&*m.read().await, &n).await }
+                    },
+                );
+            }
+            Step::Pause { node } => {
+                self.note(&format!("pausing {node}"));
+                self.mesh.write().await.pause(node).await?;
+                self.faults.push((self.epoch.elapsed(), vec![node.clone()]));
+                self.refresh_targets().await;
+                let n = node.clone();
+                self.watch(
+                    format!("paused {node}"),
+                    "seen dead by every node",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let n = n.clone();
+                        async move { gone_everywhere(&*m.read().await, &n).await }
+                    },
+                );
+            }
+            Step::Resume { node } => {
+                self.note(&format!("resuming {node}"));
+                self.mesh.write().await.resume(node).await?;
+                self.refresh_targets().await;
+                let n = node.clone();
+                self.watch(
+                    format!("resumed {node}"),
+                    "seen alive by every node",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let n = n.clone();
+                        async move { alive_everywhere(&*m.read().await, &n).await }
+                    },
+                );
+            }
+            Step::Partition { nodes } => {
+                self.note(&format!("partitioning {} from the rest", nodes.join(", ")));
+                self.mesh.read().await.partition(nodes)?;
+                self.faults.push((self.epoch.elapsed(), nodes.clone()));
+                let side = nodes.clone();
+                self.watch(
+                    format!("partition {}", nodes.join(",")),
+                    "both sides see the other dead",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let side = side.clone();
+                        async move { partition_seen(&*m.read().await, &side).await }
+                    },
+                );
+            }
+            Step::Heal => {
+                self.note("healing every partition");
+                self.mesh.read().await.heal()?;
+                self.watch(
+                    "healed".into(),
+                    "converged again",
+                    Duration::from_secs(120),
+                    |m| async move { converged(&*m.read().await, false).await },
+                );
+            }
+            Step::Loss { node, percent } => {
+                self.note(&format!("{percent}% packet loss on {node}"));
+                self.mesh.read().await.loss(node, *percent)?;
+            }
+            Step::Traffic { service, rate } => {
+                if let Some(g) = self.generators.remove(service) {
+                    g.stop();
+                }
+                if *rate > 0.0 {
+                    self.note(&format!("traffic: {rate} requests/s to {service}"));
+                    let Some(tx) = self.targets.get(service) else {
+                        bail!("no listener leads to {service}");
+                    };
+                    let kind = self
+                        .kinds
+                        .get(service)
+                        .copied()
+                        .unwrap_or(BackendKind::Echo);
+                    let g = Generator::start(
+                        service.clone(),
+                        kind,
+                        *rate,
+                        tx.subscribe(),
+                        self.stats.clone(),
+                        self.epoch,
+                    );
+                    self.generators.insert(service.clone(), g);
+                } else {
+                    self.note(&format!("traffic to {service} stopped"));
+                }
+            }
+            Step::Health {
+                service,
+                node,
+                healthy,
+            } => {
+                let state = if *healthy { "healthy" } else { "unhealthy" };
+                self.note(&format!("{service} on {node} becomes {state}"));
+                self.mesh
+                    .write()
+                    .await
+                    .set_health(service, node, *healthy)
+                    .await?;
+                let (s, n) = (service.clone(), node.clone());
+                self.watch(
+                    format!("{service}@{node} {state}"),
+                    "seen by its own node",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let (s, n) = (s.clone(), n.clone());
+                        async move { health_seen(&*m.read().await, &s, &n, state, true).await }
+                    },
+                );
+                let (s, n) = (service.clone(), node.clone());
+                self.watch(
+                    format!("{service}@{node} {state}"),
+                    "seen by every node",
+                    Duration::from_secs(120),
+                    move |m| {
+                        let (s, n) = (s.clone(), n.clone());
+                        async move { health_seen(&*m.read().await, &s, &n, state, false).await }
+                    },
+                );
+            }
+            Step::Wait {
+                duration,
+                until,
+                timeout,
+            } => {
+                if let Some(d) = duration {
+                    self.note(&format!(
+                        "waiting {}",
+                        humantime_serde::re::humantime::format_duration(*d)
+                    ));
+                    tokio::time::sleep(*d).await;
+                }
+                if let Some(cond) = until {
+                    let what = match cond {
+                        Condition::Converged => "converged",
+                        Condition::Healthy => "healthy",
+                    };
+                    self.note(&format!("waiting until the mesh is {what}"));
+                    let at = self.epoch.elapsed();
+                    let took = self.wait_until(*cond, *timeout).await?;
+                    let nodes = self.mesh.read().await.running().len();
+                    self.timings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Timing {
+                            event: format!("wait ({nodes} nodes)"),
+                            at_s: at.as_secs_f64(),
+                            what: what.to_string(),
+                            after_s: Some(took.as_secs_f64()),
+                        });
+                }
+            }
+            Step::Expect {
+                max_failed,
+                max_failed_percent,
+                min_ok,
+                converged: want_converged,
+                max_p99,
+            } => {
+                let summary = self.stats.summary(Duration::ZERO, Duration::MAX);
+                let mut check = |expected: String, found: String, passed: bool| {
+                    self.expectations.push(Expectation {
+                        step: i,
+                        expected,
+                        found,
+                        passed,
+                    });
+                };
+                if let Some(m) = max_failed {
+                    check(
+                        format!("at most {m} failed requests"),
+                        format!("{} failed", summary.failed),
+                        summary.failed <= *m,
+                    );
+                }
+                if let Some(p) = max_failed_percent {
+                    check(
+                        format!("at most {p}% failed requests"),
+                        format!(
+                            "{:.2}% failed ({} of {})",
+                            summary.failed_percent(),
+                            summary.failed,
+                            summary.sent
+                        ),
+                        summary.failed_percent() <= *p,
+                    );
+                }
+                if let Some(m) = min_ok {
+                    check(
+                        format!("at least {m} successful requests"),
+                        format!("{} ok", summary.ok),
+                        summary.ok >= *m,
+                    );
+                }
+                if let Some(p) = max_p99 {
+                    let limit = p.as_secs_f64() * 1000.0;
+                    check(
+                        format!("p99 latency at most {limit:.0} ms"),
+                        format!("p99 {:.1} ms", summary.p99_ms),
+                        summary.p99_ms <= limit,
+                    );
+                }
+                if let Some(want) = want_converged {
+                    let is = converged(&*self.mesh.read().await, false).await;
+                    check(
+                        format!("converged = {want}"),
+                        format!("converged = {is}"),
+                        is == *want,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        mut self,
+        scenario: &Scenario,
+        options: &RunOptions,
+        finished: Duration,
+    ) -> Report {
+        for (_, g) in self.generators.drain() {
+            g.stop();
+        }
+        // Let requests in flight finish (each is bounded by its own timeout).
+        let mut last = usize::MAX;
+        for _ in 0..60 {
+            let n = self.stats.records().len();
+            if n == last {
+                break;
+            }
+            last = n;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Give pending watchers a moment, then stop them.
+        for w in &self.watchers {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !w.is_finished() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            w.abort();
+        }
+        let records = self.stats.records();
+        let mut timings = self
+            .timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        timings.extend(traffic_moved(
+            &records,
+            &self.faults,
+            &self.mesh.read().await.hosts_map(),
+            finished,
+        ));
+        timings.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        let mesh = self.mesh.read().await;
+        let gossip = mesh.gossip_bytes_sent().await as f64;
+        let node_seconds = (self.max_nodes.max(1) as f64) * finished.as_secs_f64().max(0.001);
+        let report = Report {
+            scenario: scenario.name.clone(),
+            mode: match options.mode {
+                Mode::InProcess => "in-process".into(),
+                Mode::Processes { .. } => "processes".into(),
+            },
+            nodes: self.max_nodes,
+            duration_s: finished.as_secs_f64(),
+            timings,
+            requests: Summary::of(records.iter()),
+            gossip_bytes_per_node_per_s: gossip / node_seconds,
+            rss_mib: mesh.rss_bytes() as f64 / (1024.0 * 1024.0),
+            datagrams_dropped: mesh.network().map(|n| n.stats().dropped()).unwrap_or(0),
+            resolution_ms: self.poll.as_millis() as u64,
+            expectations: std::mem::take(&mut self.expectations),
+            errors: std::mem::take(&mut self.errors),
+        };
+        drop(mesh);
+        self.bar.finish_and_clear();
+        self.mesh.write().await.shutdown().await;
+        report
+    }
+}
+
+/// For each fault that took nodes hosting a service away: how long until requests
+/// to it stopped failing or stalling (slower than 10× the median of the 10 s
+/// before the fault, and at least 100 ms) — within the time until the next fault.
+fn traffic_moved(
+    records: &[Record],
+    faults: &[(Duration, Vec<String>)],
+    hosts: &HashMap<String, BTreeSet<String>>,
+    end: Duration,
+) -> Vec<Timing> {
+    let mut out = Vec::new();
+    for (i, (at, nodes)) in faults.iter().enumerate() {
+        let until = faults.get(i + 1).map(|f| f.0).unwrap_or(end);
+        let services: BTreeSet<&String> = hosts
+            .iter()
+            .filter(|(_, h)| nodes.iter().any(|n| h.contains(n)))
+            .map(|(s, _)| s)
+            .collect();
+        for service in services {
+            let of_service = |r: &&Record| r.service == *service;
+            let before = Summary::of(
+                records
+                    .iter()
+                    .filter(of_service)
+                    .filter(|r| r.at < *at && r.at + Duration::from_secs(10) >= *at),
+            );
+            let after: Vec<&Record> = records
+                .iter()
+                .filter(of_service)
+                .filter(|r| r.at >= *at && r.at < until)
+                .collect();
+            if after.is_empty() {
+                continue;
+            }
+            let slow = Duration::from_secs_f64((before.p50_ms * 10.0 / 1000.0).max(0.1));
+            let last_bad = after
+                .iter()
+                .filter(|r| r.failure.is_some() || r.latency > slow)
+                .map(|r| r.at + r.latency)
+                .max();
+            out.push(Timing {
+                event: format!("{} gone ({service})", nodes.join(",")),
+                at_s: at.as_secs_f64(),
+                what: "requests clean again".into(),
+                after_s: Some(
+                    last_bad
+                        .map(|t| t.saturating_sub(*at).as_secs_f64())
+                        .unwrap_or(0.0),
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Every running node sees exactly the running nodes alive, and exactly the
+/// endpoints hosted on running nodes (all healthy, with `healthy`).
+pub async fn converged(mesh: &Mesh, healthy: bool) -> bool {
+    let running: BTreeSet<String> = mesh.running().iter().map(|n| n.name.clone()).collect();
+    for name in &running {
+        let Some(members) = mesh.members(name).await else {
+            return false;
+        };
+        let alive: BTreeSet<String> = members
+            .iter()
+            .filter(|m| m.state == "alive")
+            .map(|m| m.name.clone())
+            .collect();
+        if alive != running {
+            return false;
+        }
+        let Some(services) = mesh.services(name).await else {
+            return false;
+        };
+        for (service, hosts) in mesh.hosts_map() {
+            let want: BTreeSet<&String> = hosts.iter().filter(|h| running.contains(*h)).collect();
+            let eps = services.get(&service).map(Vec::as_slice).unwrap_or(&[]);
+            let have: BTreeSet<&String> = eps.iter().map(|e| &e.node).collect();
+            if have != want {
+                return false;
+            }
+            if healthy && eps.iter().any(|e| e.health != "healthy") {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// No running node sees `node` alive or routes to it.
+async fn gone_everywhere(mesh: &Mesh, node: &str) -> bool {
+    for n in mesh.running() {
+        if n.name == node {
+            continue;
+        }
+        let (Some(members), Some(services)) =
+            (mesh.members(&n.name).await, mesh.services(&n.name).await)
+        else {
+            return false;
+        };
+        if members.iter().any(|m| m.name == node && m.state == "alive") {
+            return false;
+        }
+        if services.values().flatten().any(|e| e.node == node) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Every running node sees `node` alive.
+async fn alive_everywhere(mesh: &Mesh, node: &str) -> bool {
+    for n in mesh.running() {
+        let Some(members) = mesh.members(&n.name).await else {
+            return false;
+        };
+        if !members.iter().any(|m| m.name == node && m.state == "alive") {
+            return false;
+        }
+    }
+    true
+}
+
+/// Each side of a partition sees every running node of the other side dead.
+async fn partition_seen(mesh: &Mesh, side: &[String]) -> bool {
+    let running: Vec<String> = mesh.running().iter().map(|n| n.name.clone()).collect();
+    for n in &running {
+        let inside = side.contains(n);
+        let Some(members) = mesh.members(n).await else {
+            return false;
+        };
+        let others_alive = members.iter().any(|m| {
+            m.state == "alive" && running.contains(&m.name) && side.contains(&m.name) != inside
+        });
+        if others_alive {
+            return false;
+        }
+    }
+    true
+}
+
+/// The endpoint of `service` on `node` has `state` in the routing table of its
+/// own node (`own`) or of every running node.
+async fn health_seen(mesh: &Mesh, service: &str, node: &str, state: &str, own: bool) -> bool {
+    let names: Vec<String> = if own {
+        vec![node.to_string()]
+    } else {
+        mesh.running().iter().map(|n| n.name.clone()).collect()
+    };
+    for n in names {
+        let Some(services) = mesh.services(&n).await else {
+            return false;
+        };
+        let ok = services
+            .get(service)
+            .is_some_and(|eps| eps.iter().any(|e| e.node == node && e.health == state));
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn spawn_status(
+    mesh: Shared,
+    stats: Arc<Stats>,
+    epoch: Instant,
+    bar: ProgressBar,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if bar.is_hidden() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = epoch.elapsed();
+            let recent = stats.summary(now.saturating_sub(Duration::from_secs(2)), now);
+            let (running, alive) = {
+                let m = mesh.read().await;
+                let running = m.running();
+                let first = running.first().map(|n| n.name.clone());
+                let alive = match first {
+                    Some(f) => m
+                        .members(&f)
+                        .await
+                        .map(|ms| ms.iter().filter(|x| x.state == "alive").count())
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                (running.len(), alive)
+            };
+            bar.set_message(format!(
+                "t={:>5.1}s  nodes running {running}, alive as seen by the first: {alive}  |  last 2 s: {:.0} ok/s, {:.0} failed/s, p50 {:.1} ms, p99 {:.1} ms",
+                now.as_secs_f64(),
+                recent.ok as f64 / 2.0,
+                recent.failed as f64 / 2.0,
+                recent.p50_ms,
+                recent.p99_ms,
+            ));
+        }
+    })
+}
+
+impl Mesh {
+    /// Service → the nodes hosting it.
+    pub fn hosts_map(&self) -> HashMap<String, BTreeSet<String>> {
+        let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for name in self.names() {
+            if let Some(n) = self.node(name) {
+                for s in &n.services {
+                    out.entry(s.clone()).or_default().insert(name.clone());
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,546 @@
+//! Scenarios as data: a TOML file describing the mesh to start (nodes, the
+//! services they host, the listeners they offer) and a list of timed steps (add,
+//! kill, restart, pause, resume, partition, heal, loss, traffic, health, wait,
+//! expect). Parsing and checking happen here; running is `runner.rs`.
+//!
+//! ```toml
+//! name = "demo"
+//! [mesh]
+//! nodes = 5
+//! [[mesh.service]]
+//! name = "echo"
+//! on = ["n1", "n2"]
+//! [[mesh.listener]]
+//! service = "echo"
+//! on = ["n3", "n4", "n5"]
+//! [[step]]
+//! action = "wait"
+//! until = "converged"
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A scenario file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, shown in the report.
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Seed for everything random in the run (loss, traffic spacing).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// The mesh at the start.
+    pub mesh: MeshSpec,
+    /// What happens, in order.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// The mesh a scenario starts with.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSpec {
+    /// Nodes started at the beginning, named `n1` .. `nN`.
+    pub nodes: usize,
+    /// Zones, assigned round robin (`n1` gets the first).
+    #[serde(default = "default_zones")]
+    pub zones: Vec<String>,
+    /// Gossip interval of every node.
+    #[serde(default = "default_gossip", with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Health-check interval of every backend.
+    #[serde(default = "default_health", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// How many nodes every new node is given as seeds (the first ones).
+    #[serde(default = "default_seeds")]
+    pub seeds: usize,
+    /// Services and the nodes hosting them.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+    /// Listeners and the nodes offering them.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerSpec>,
+}
+
+fn default_zones() -> Vec<String> {
+    vec!["zone-a".into()]
+}
+fn default_gossip() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_health() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_seeds() -> usize {
+    1
+}
+
+/// A service of the mesh: a demo backend on each listed node.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Service name.
+    pub name: String,
+    /// `echo` (TCP: answers with the node name, then echoes) or `http` (answers
+    /// `GET` with the node name).
+    #[serde(default = "default_kind")]
+    pub kind: BackendKind,
+    /// Nodes hosting it (`"all"` for every node, including ones added later).
+    pub on: Vec<String>,
+}
+
+fn default_kind() -> BackendKind {
+    BackendKind::Echo
+}
+
+/// What a demo backend speaks.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// TCP: writes `<node>\n`, then echoes.
+    Echo,
+    /// HTTP/1.1: answers every request with `<node>\n`.
+    Http,
+}
+
+/// A listener of the mesh.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// Service it leads to.
+    pub service: String,
+    /// Nodes offering it (`"all"` for every node).
+    pub on: Vec<String>,
+    /// Load-balancing policy.
+    #[serde(default = "default_lb")]
+    pub lb: String,
+}
+
+fn default_lb() -> String {
+    "round_robin".into()
+}
+
+/// One step.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Step {
+    /// Start new nodes (named `n{N+1}`...); they host services whose `on` is `all`.
+    Add {
+        /// How many.
+        #[serde(default = "one")]
+        count: usize,
+    },
+    /// Stop a node abruptly (in processes mode: SIGKILL).
+    Kill {
+        /// The node.
+        node: String,
+    },
+    /// Start a killed or stopped node again, same name and certificate, new generation.
+    Restart {
+        /// The node.
+        node: String,
+    },
+    /// Stop a node gracefully (drain, then leave).
+    Stop {
+        /// The node.
+        node: String,
+    },
+    /// Freeze a node (in-process: its network goes silent; processes: SIGSTOP).
+    Pause {
+        /// The node.
+        node: String,
+    },
+    /// Unfreeze a node.
+    Resume {
+        /// The node.
+        node: String,
+    },
+    /// Cut these nodes off from all the others.
+    Partition {
+        /// One side; the other side is everyone else.
+        nodes: Vec<String>,
+    },
+    /// Remove every partition.
+    Heal,
+    /// Drop a share of the datagrams to and from a node (0 clears it).
+    Loss {
+        /// The node.
+        node: String,
+        /// Percent, 0 to 100.
+        percent: f64,
+    },
+    /// Start (or, with rate 0, stop) traffic to a service through its listeners.
+    Traffic {
+        /// The service.
+        service: String,
+        /// Requests per second, spread over the listener nodes.
+        rate: f64,
+    },
+    /// Make a service's backend on a node fail (or recover) its health checks and
+    /// its requests.
+    Health {
+        /// The service.
+        service: String,
+        /// The node.
+        node: String,
+        /// Healthy or not.
+        healthy: bool,
+    },
+    /// Wait a fixed time, or until a condition holds.
+    Wait {
+        /// A fixed time.
+        #[serde(default, rename = "for", with = "humantime_serde")]
+        duration: Option<Duration>,
+        /// A condition: `converged` (every running node sees every running node
+        /// alive and every endpoint), `healthy` (every running node sees every
+        /// endpoint of every service healthy).
+        #[serde(default)]
+        until: Option<Condition>,
+        /// Bound for `until`.
+        #[serde(default = "default_wait_timeout", with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// Check the run so far; a failed expectation makes the run fail.
+    Expect {
+        /// At most this many failed requests since the start.
+        #[serde(default)]
+        max_failed: Option<u64>,
+        /// At most this share (percent) of failed requests.
+        #[serde(default)]
+        max_failed_percent: Option<f64>,
+        /// At least this many successful requests.
+        #[serde(default)]
+        min_ok: Option<u64>,
+        /// The mesh is converged now.
+        #[serde(default)]
+        converged: Option<bool>,
+        /// Every running node's p99 latency of requests so far is at most this.
+        #[serde(default, with = "humantime_serde")]
+        max_p99: Option<Duration>,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn default_wait_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A condition to wait for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// Every running node sees every running node alive, every killed or stopped
+    /// node gone, and every endpoint of the running hosts.
+    Converged,
+    /// As `converged`, and every endpoint healthy.
+    Healthy,
+}
+
+/// Why a scenario is unusable.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {cause}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// TOML or schema error.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What toml says.
+        message: String,
+    },
+    /// A semantic error.
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Where.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ScenarioError::Read {
+            path: path.display().to_string(),
+            cause,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks scenario text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        scenario.check(origin)?;
+        Ok(scenario)
+    }
+
+    /// Node names at the start.
+    pub fn initial_nodes(&self) -> Vec<String> {
+        (1..=self.mesh.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ScenarioError> {
+        let bad = |field: String, reason: String| ScenarioError::Invalid {
+            path: origin.to_string(),
+            field,
+            reason,
+        };
+        if self.mesh.nodes == 0 {
+            return Err(bad("mesh.nodes".into(), "must be at least 1".into()));
+        }
+        if self.mesh.zones.is_empty() {
+            return Err(bad("mesh.zones".into(), "needs at least one zone".into()));
+        }
+        for z in &self.mesh.zones {
+            mesh_proto::names::validate_name("zone", z)
+                .map_err(|e| bad("mesh.zones".into(), e.to_string()))?;
+        }
+        // Every node name that can ever exist: initial ones plus added ones.
+        let added: usize = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Add { count } => *count,
+                _ => 0,
+            })
+            .sum();
+        let known: BTreeSet<String> = (1..=self.mesh.nodes + added)
+            .map(|i| format!("n{i}"))
+            .collect();
+        let mut services = BTreeSet::new();
+        for (i, s) in self.mesh.services.iter().enumerate() {
+            mesh_proto::names::validate_name("service name", &s.name)
+                .map_err(|e| bad(format!("mesh.service[{i}].name"), e.to_string()))?;
+            if !services.insert(s.name.clone()) {
+                return Err(bad(
+                    format!("mesh.service[{i}].name"),
+                    "listed twice".into(),
+                ));
+            }
+            for n in &s.on {
+                if n != "all" && !known.contains(n) {
+                    return Err(bad(
+                        format!("mesh.service[{i}].on"),
+                        format!("unknown node {n:?}"),
+                    ));
+                }
+            }
+        }
+        for (i, l) in self.mesh.listeners.iter().enumerate() {
+            if !services.contains(&l.service) {
+                return Err(bad(
+                    format!("mesh.listener[{i}].service"),
+                    format!("unknown service {:?}", l.service),
+                ));
+            }
+            if l.lb.parse::<mesh_proto::lb::Policy>().is_err() {
+                return Err(bad(
+                    format!("mesh.listener[{i}].lb"),
+                    format!("{:?}: use round_robin, least_request or ring_hash", l.lb),
+                ));
+            }
+            for n in &l.on {
+                if n != "all" && !known.contains(n) {
+                    return Err(bad(
+                        format!("mesh.listener[{i}].on"),
+                        format!("unknown node {n:?}"),
+                    ));
+                }
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let field = format!("step[{i}]");
+            let node_ok = |n: &String| {
+                if known.contains(n) {
+                    Ok(())
+                } else {
+                    Err(bad(field.clone(), format!("unknown node {n:?}")))
+                }
+            };
+            match step {
+                Step::Kill { node }
+                | Step::Restart { node }
+                | Step::Stop { node }
+                | Step::Pause { node }
+                | Step::Resume { node } => node_ok(node)?,
+                Step::Partition { nodes } => {
+                    if nodes.is_empty() {
+                        return Err(bad(field, "partition needs at least one node".into()));
+                    }
+                    for n in nodes {
+                        node_ok(n)?;
+                    }
+                }
+                Step::Loss { node, percent } => {
+                    node_ok(node)?;
+                    if !(0.0..=100.0).contains(percent) {
+                        return Err(bad(
+                            field,
+                            format!("percent {percent} is not between 0 and 100"),
+                        ));
+                    }
+                }
+                Step::Traffic { service, rate } => {
+                    if !services.contains(service) {
+                        return Err(bad(field, format!("unknown service {service:?}")));
+                    }
+                    if !self.mesh.listeners.iter().any(|l| l.service == *service) {
+                        return Err(bad(field, format!("no listener leads to {service:?}")));
+                    }
+                    if !(0.0..=100_000.0).contains(rate) {
+                        return Err(bad(
+                            field,
+                            format!("rate {rate} is not between 0 and 100000"),
+                        ));
+                    }
+                }
+                Step::Health { service, node, .. } => {
+                    node_ok(node)?;
+                    if !services.contains(service) {
+                        return Err(bad(field, format!("unknown service {service:?}")));
+                    }
+                }
+                Step::Wait {
+                    duration, until, ..
+                } => {
+                    if duration.is_some() == until.is_some() {
+                        return Err(bad(field, "give exactly one of `for` and `until`".into()));
+                    }
+                }
+                Step::Add { count } => {
+                    if *count == 0 {
+                        return Err(bad(field, "count must be at least 1".into()));
+                    }
+                }
+                Step::Heal | Step::Expect { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+name = "t"
+[mesh]
+nodes = 3
+[[mesh.service]]
+name = "echo"
+on = ["n1"]
+[[mesh.listener]]
+service = "echo"
+on = ["n2", "n3"]
+[[step]]
+action = "wait"
+until = "converged"
+[[step]]
+action = "traffic"
+service = "echo"
+rate = 10
+[[step]]
+action = "kill"
+node = "n1"
+[[step]]
+action = "add"
+count = 2
+[[step]]
+action = "partition"
+nodes = ["n5"]
+[[step]]
+action = "wait"
+for = "2s"
+[[step]]
+action = "expect"
+max_failed = 3
+max_p99 = "500ms"
+"#;
+
+    #[test]
+    fn parses_every_kind_of_step() {
+        let s = Scenario::parse(OK, "t.toml").unwrap();
+        assert_eq!(s.mesh.nodes, 3);
+        assert_eq!(s.steps.len(), 7);
+        assert_eq!(s.steps[3], Step::Add { count: 2 });
+        assert_eq!(
+            s.steps[5],
+            Step::Wait {
+                duration: Some(Duration::from_secs(2)),
+                until: None,
+                timeout: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(s.initial_nodes(), ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn refuses_what_cannot_run_and_names_the_place() {
+        for (text, needle) in [
+            (
+                OK.replace("node = \"n1\"", "node = \"n9\""),
+                "unknown node \"n9\"",
+            ),
+            (OK.replace("action = \"heal\"", "x"), ""),
+            (OK.replace("rate = 10", "rate = -1"), "rate -1"),
+            (
+                OK.replace(
+                    "until = \"converged\"",
+                    "until = \"converged\"\nfor = \"1s\"",
+                ),
+                "exactly one",
+            ),
+            (OK.replace("nodes = 3", "nodes = 0"), "mesh.nodes"),
+            (
+                OK.replace("action = \"kill\"", "action = \"explode\""),
+                "explode",
+            ),
+            (
+                OK.replace(
+                    "service = \"echo\"\non = [\"n2\"",
+                    "service = \"nope\"\non = [\"n2\"",
+                ),
+                "unknown service",
+            ),
+            (
+                OK.replace("name = \"t\"", "name = \"t\"\ncolor = 1"),
+                "color",
+            ),
+        ] {
+            if needle.is_empty() {
+                continue;
+            }
+            let e = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+            assert!(e.starts_with("t.toml"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The scenario runner on short scenarios: real nodes, real faults, and checks on
+//! what the report says.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use shoal_sim::mesh::Mode;
+use shoal_sim::runner::{RunOptions, run};
+use shoal_sim::scenario::Scenario;
+
+const SHORT: &str = r#"
+name = "short"
+[mesh]
+nodes = 4
+gossip_interval = "100ms"
+health_interval = "200ms"
+[[mesh.service]]
+name = "echo"
+on = ["n1", "n2"]
+[[mesh.service]]
+name = "web"
+kind = "http"
+on = ["n2"]
+[[mesh.listener]]
+service = "echo"
+on = ["n3", "n4"]
+[[mesh.listener]]
+service = "web"
+on = ["n3"]
+
+[[step]]
+action = "wait"
+until = "healthy"
+timeout = "30s"
+[[step]]
+action = "traffic"
+service = "echo"
+rate = 30
+[[step]]
+action = "traffic"
+service = "web"
+rate = 10
+[[step]]
+action = "wait"
+for = "1s"
+[[step]]
+action = "kill"
+node = "n1"
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "30s"
+[[step]]
+action = "partition"
+nodes = ["n4"]
+[[step]]
+action = "wait"
+for = "3s"
+[[step]]
+action = "heal"
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "30s"
+[[step]]
+action = "restart"
+node = "n1"
+[[step]]
+action = "wait"
+until = "healthy"
+timeout = "30s"
+[[step]]
+action = "expect"
+min_ok = 50
+converged = true
+"#;
+
+fn timing<'a>(
+    report: &'a shoal_sim::report::Report,
+    event: &str,
+    what: &str,
+) -> &'a shoal_sim::report::Timing {
+    report
+        .timings
+        .iter()
+        .find(|t| t.event.starts_with(event) && t.what == what)
+        .unwrap_or_else(|| panic!("no timing {event:?}/{what:?} in {:#?}", report.timings))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_scenario_kills_partitions_heals_and_restarts() {
+    let scenario = Scenario::parse(SHORT, "short").unwrap();
+    let report = run(
+        &scenario,
+        RunOptions {
+            mode: Mode::InProcess,
+            live: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{}", report.to_text());
+    assert!(
+        timing(&report, "killed n1", "dropped by every node")
+            .after_s
+            .is_some()
+    );
+    assert!(
+        timing(&report, "partition n4", "both sides see the other dead")
+            .after_s
+            .is_some()
+    );
+    assert!(
+        timing(&report, "healed", "converged again")
+            .after_s
+            .is_some()
+    );
+    assert!(
+        timing(&report, "restarted n1", "seen alive by every node")
+            .after_s
+            .is_some()
+    );
+    // the partitioned listener node cannot reach any backend: those requests fail,
+    // and the report says so by reason; the others succeed
+    assert!(report.requests.ok >= 50);
+    let served: u64 = report.requests.served_by.values().sum();
+    assert_eq!(served, report.requests.ok);
+    assert!(report.requests.served_by.contains_key("n2"));
+    assert!(
+        report.datagrams_dropped > 0,
+        "the partition dropped datagrams"
+    );
+    assert!(report.gossip_bytes_per_node_per_s > 0.0);
+    assert!(report.rss_mib > 0.0);
+    // the text report names every event
+    let text = report.to_text();
+    for needle in [
+        "killed n1",
+        "partition n4",
+        "healed",
+        "restarted n1",
+        "PASSED",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    // and JSON round-trips
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["scenario"], "short");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_expectation_fails_the_run() {
+    let text = r#"
+name = "impossible"
+[mesh]
+nodes = 2
+gossip_interval = "100ms"
+[[mesh.service]]
+name = "echo"
+on = ["n1"]
+[[mesh.listener]]
+service = "echo"
+on = ["n2"]
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "30s"
+[[step]]
+action = "expect"
+min_ok = 1
+"#;
+    let scenario = Scenario::parse(text, "impossible").unwrap();
+    let report = run(
+        &scenario,
+        RunOptions {
+            mode: Mode::InProcess,
+            live: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!report.passed());
+    assert!(report.to_text().contains("FAILED"));
+    assert_eq!(report.expectations.len(), 1);
+    assert!(!report.expectations[0].passed);
+}
+
+#[test]
+fn every_shipped_scenario_parses() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 4,
+        "demo, rolling restart, partition and heal, converge-100"
+    );
+    Scenario::parse(shoal_sim::DEMO, "demo").unwrap();
+}
+
+/// The `shoal` binary next to this test's target directory, if it was built
+/// (`cargo test --workspace` builds it).
+fn shoal_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?;
+    let shoal = dir.join("shoal");
+    shoal.exists().then_some(shoal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_mode_kills_pauses_and_restarts_real_processes() {
+    let Some(shoal) = shoal_binary() else {
+        eprintln!("skipped: the shoal binary is not built (cargo build -p shoal-node)");
+        return;
+    };
+    let text = r#"
+name = "processes"
+[mesh]
+nodes = 4
+gossip_interval = "100ms"
+health_interval = "200ms"
+[[mesh.service]]
+name = "echo"
+on = ["n1", "n2"]
+[[mesh.listener]]
+service = "echo"
+on = ["n3"]
+[[step]]
+action = "wait"
+until = "healthy"
+timeout = "30s"
+[[step]]
+action = "traffic"
+service = "echo"
+rate = 20
+[[step]]
+action = "kill"
+node = "n1"
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "30s"
+[[step]]
+action = "pause"
+node = "n2"
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "30s"
+[[step]]
+action = "resume"
+node = "n2"
+[[step]]
+action = "restart"
+node = "n1"
+[[step]]
+action = "wait"
+until = "healthy"
+timeout = "30s"
+[[step]]
+action = "expect"
+converged = true
+min_ok = 1
+"#;
+    let scenario = Scenario::parse(text, "processes").unwrap();
+    let report = run(
+        &scenario,
+        RunOptions {
+            mode: Mode::Processes { shoal },
+            live: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{}", report.to_text());
+    assert_eq!(report.mode, "processes");
+    assert!(
+        timing(&report, "paused n2", "seen dead by every node")
+            .after_s
+            .is_some()
+    );
+    assert!(
+        timing(&report, "resumed n2", "seen alive by every node")
+            .after_s
+            .is_some()
+    );
+    assert!(
+        timing(&report, "restarted n1", "seen alive by every node")
+            .after_s
+            .is_some()
+    );
+}
