@@ -122,6 +122,21 @@ pub struct MeshEndpoint {
     metrics: Arc<Metrics>,
     open_streams: AtomicUsize,
     tracked: Mutex<Vec<Tracked>>,
+    gossip_inbound: std::sync::OnceLock<mpsc::Sender<Inbound>>,
+}
+
+/// Raises the number of concurrent tunnel streams `conn`'s peer may open when
+/// `open` of them are in use and the current `limit` is nearly reached; returns
+/// the new limit. quinn allocates per-stream state for the whole limit, so
+/// growing on demand keeps idle connections small.
+pub fn grow_stream_limit(conn: &Connection, open: u32, limit: u32) -> u32 {
+    if open.saturating_mul(4) >= limit.saturating_mul(3) && limit < MAX_TUNNEL_STREAMS {
+        let next = limit.saturating_mul(2).min(MAX_TUNNEL_STREAMS);
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(next));
+        next
+    } else {
+        limit
+    }
 }
 
 /// A live connection and the certificate its peer authenticated with.
@@ -133,10 +148,25 @@ struct Tracked {
     pooled_as: Option<(SocketAddr, Use)>,
 }
 
-/// The transport parameters every Shoal connection uses.
-pub fn transport_config() -> TransportConfig {
+/// Bidirectional (tunnel) streams a peer may open at first on a connection this
+/// node accepted. quinn allocates state for every stream the limit allows, up
+/// front, so the limit starts small and grows with use (see
+/// [`grow_stream_limit`]).
+pub const INITIAL_TUNNEL_STREAMS: u32 = 256;
+/// The most concurrent tunnel streams one peer may have open to this node.
+pub const MAX_TUNNEL_STREAMS: u32 = 65_536;
+
+/// The transport parameters of connections this node accepts (`accepting`) or
+/// dials. Only the dialling side opens bidirectional streams (tunnels), so a
+/// dialled connection allows none from its peer; gossip uses unidirectional
+/// streams both ways.
+pub fn transport_config(accepting: bool) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(16_384));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(if accepting {
+        INITIAL_TUNNEL_STREAMS
+    } else {
+        0
+    }));
     // Uni streams carry gossip only, one message each (at most 128 KiB), so this
     // bounds what one peer can make this node buffer.
     t.max_concurrent_uni_streams(VarInt::from_u32(64));
@@ -175,8 +205,8 @@ impl MeshEndpoint {
             SocketSource::Bind(addr) => runtime.wrap_udp_socket(bind_udp(addr)?)?,
             SocketSource::Custom(s) => s,
         };
-        let transport = Arc::new(transport_config());
-        let server_config = server_config(&tls, transport.clone())?;
+        let transport = Arc::new(transport_config(false));
+        let server_config = server_config(&tls, Arc::new(transport_config(true)))?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),
@@ -191,6 +221,7 @@ impl MeshEndpoint {
             metrics,
             open_streams: AtomicUsize::new(0),
             tracked: Mutex::new(Vec::new()),
+            gossip_inbound: std::sync::OnceLock::new(),
         }))
     }
 
@@ -258,6 +289,16 @@ impl MeshEndpoint {
         };
         self.metrics.connections_opened.inc();
         self.track(&conn, Some((addr, use_)));
+        if use_ == Use::Gossip
+            && let Some(tx) = self.gossip_inbound.get()
+            && let Some(peer) = tls::peer_identity(conn.peer_identity())
+        {
+            // The peer may send its own gossip back over this connection.
+            let _ = tx.try_send(Inbound {
+                conn: conn.clone(),
+                peer,
+            });
+        }
         tracing::debug!(%addr, ?use_, "connected to peer");
         Ok(conn)
     }
@@ -384,6 +425,24 @@ impl MeshEndpoint {
             .count()
     }
 
+    /// Puts an accepted connection in the pool for outbound use, unless the pool
+    /// already holds a live one for that peer.
+    fn adopt(&self, addr: SocketAddr, use_: Use, conn: &Connection) {
+        let slot = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.entry((addr, use_)).or_default().clone()
+        };
+        if let Ok(mut slot) = slot.try_lock()
+            && slot
+                .conn
+                .as_ref()
+                .is_none_or(|c| c.close_reason().is_some())
+        {
+            slot.conn = Some(conn.clone());
+            slot.last_used = Some(Instant::now());
+        }
+    }
+
     /// Closes pooled connections unused for `idle` (run periodically).
     pub fn reap_idle(&self, idle: Duration) {
         let slots: Vec<((SocketAddr, Use), SlotRef)> = {
@@ -418,6 +477,7 @@ impl MeshEndpoint {
         gossip: mpsc::Sender<Inbound>,
         tunnel: mpsc::Sender<Inbound>,
     ) {
+        let _ = self.gossip_inbound.set(gossip.clone());
         while let Some(incoming) = self.endpoint.accept().await {
             let gossip = gossip.clone();
             let tunnel = tunnel.clone();
@@ -442,7 +502,12 @@ impl MeshEndpoint {
                 me.metrics.connections_accepted.inc();
                 me.track(&conn, None);
                 let target = match alpn.as_deref() {
-                    Some(a) if a == ALPN_GOSSIP => gossip,
+                    Some(a) if a == ALPN_GOSSIP => {
+                        // One connection per pair of nodes: gossip to this peer
+                        // reuses the connection it opened.
+                        me.adopt(conn.remote_address(), Use::Gossip, &conn);
+                        gossip
+                    }
                     Some(a) if a == ALPN_TUNNEL => tunnel,
                     _ => {
                         conn.close(VarInt::from_u32(2), b"unknown alpn");

@@ -577,14 +577,20 @@ impl Mesh {
 
     /// Stops everything.
     pub async fn shutdown(&mut self) {
+        let mut stops = Vec::new();
         for node in self.nodes.values_mut() {
             match node.handle.take() {
-                Some(Handle::InProcess(n)) => n.kill().await,
-                Some(Handle::Process(mut c)) => {
-                    let _ = c.kill().await;
+                Some(Handle::InProcess(n)) => {
+                    stops.push(tokio::spawn(async move { n.kill().await }))
                 }
+                Some(Handle::Process(mut c)) => stops.push(tokio::spawn(async move {
+                    let _ = c.kill().await;
+                })),
                 None => {}
             }
+        }
+        for s in stops {
+            let _ = s.await;
         }
         for b in self.backends.values_mut() {
             b.stop();

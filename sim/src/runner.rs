@@ -177,7 +177,7 @@ impl Run {
     async fn refresh_targets(&self) {
         let mesh = self.mesh.read().await;
         for (service, tx) in &self.targets {
-            let _ = tx.send(mesh.listeners(service));
+            tx.send_replace(mesh.listeners(service));
         }
     }
 
@@ -590,7 +590,8 @@ impl Run {
 
 /// For each fault that took nodes hosting a service away: how long until requests
 /// to it stopped failing or stalling (slower than 10× the median of the 10 s
-/// before the fault, and at least 100 ms) — within the time until the next fault.
+/// before the fault, and at least 100 ms) — counting requests that started and
+/// ended before the next fault.
 fn traffic_moved(
     records: &[Record],
     faults: &[(Duration, Vec<String>)],
@@ -622,9 +623,12 @@ fn traffic_moved(
                 continue;
             }
             let slow = Duration::from_secs_f64((before.p50_ms * 10.0 / 1000.0).max(0.1));
+            // A bad request still running when the next fault began cannot be
+            // told apart from one that fault caused: it is left out.
             let last_bad = after
                 .iter()
                 .filter(|r| r.failure.is_some() || r.latency > slow)
+                .filter(|r| r.at + r.latency <= until)
                 .map(|r| r.at + r.latency)
                 .max();
             out.push(Timing {

@@ -43,6 +43,10 @@ rate = 10
 [[step]]
 action = "wait"
 for = "1s"
+# traffic flows from the first second (30 + 10 requests/s)
+[[step]]
+action = "expect"
+min_ok = 20
 [[step]]
 action = "kill"
 node = "n1"

@@ -15,6 +15,7 @@
 //! 6. the backend accepts a TCP connection in time (`backend-refused`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
 use mesh_proto::tunnel::{StatusCode, StreamHeader, StreamStatus};
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::splice::{self, Progress, RESET_CODE, Side};
 use super::{CountGuard, HEADER_TIMEOUT, ProxyContext};
-use crate::endpoint::Inbound;
+use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
 use crate::metrics::{ServiceDirectionLabels, ServiceLabels, ServiceReasonLabels};
 
 /// Idle timeout of inbound tunnelled connections (the caller's listener enforces
@@ -38,10 +39,18 @@ pub async fn serve(mut conns: mpsc::Receiver<Inbound>, ctx: Arc<ProxyContext>) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let peer = Arc::new(inbound.peer);
+            let open = Arc::new(AtomicU32::new(0));
+            let mut limit = INITIAL_TUNNEL_STREAMS;
             while let Ok((send, recv)) = inbound.conn.accept_bi().await {
+                let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+                limit = grow_stream_limit(&inbound.conn, now_open, limit);
                 let ctx = ctx.clone();
                 let peer = peer.clone();
-                tokio::spawn(async move { stream(ctx, peer, send, recv).await });
+                let open = open.clone();
+                tokio::spawn(async move {
+                    stream(ctx, peer, send, recv).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
             }
         });
     }
