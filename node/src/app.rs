@@ -195,13 +195,11 @@ impl Node {
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let socket = TcpListener::bind(l.bind)
-                .await
-                .map_err(|cause| StartError::Bind {
-                    field: format!("listener[{i}].bind"),
-                    addr: l.bind,
-                    cause,
-                })?;
+            let socket = crate::proxy::listen(l.bind).map_err(|cause| StartError::Bind {
+                field: format!("listener[{i}].bind"),
+                addr: l.bind,
+                cause,
+            })?;
             let addr = socket.local_addr().map_err(|cause| StartError::Bind {
                 field: format!("listener[{i}].bind"),
                 addr: l.bind,

@@ -107,6 +107,8 @@ pub struct Inbound {
 #[derive(Debug, Default)]
 struct Slot {
     conn: Option<Connection>,
+    /// The node name in the pooled connection's peer certificate.
+    peer: Option<String>,
     last_used: Option<Instant>,
 }
 
@@ -133,6 +135,7 @@ pub fn grow_stream_limit(conn: &Connection, open: u32, limit: u32) -> u32 {
     if open.saturating_mul(4) >= limit.saturating_mul(3) && limit < MAX_TUNNEL_STREAMS {
         let next = limit.saturating_mul(2).min(MAX_TUNNEL_STREAMS);
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(next));
+        tracing::debug!(peer = %conn.remote_address(), open, limit = next, "raised the tunnel stream limit");
         next
     } else {
         limit
@@ -250,21 +253,14 @@ impl MeshEndpoint {
         };
         let mut slot = slot.lock().await;
         if let Some(conn) = slot.conn.clone() {
-            let same_node = match node {
-                None => true,
-                Some(n) => {
-                    tls::peer_identity(conn.peer_identity())
-                        .and_then(|id| id.node)
-                        .as_deref()
-                        == Some(n)
-                }
-            };
+            let same_node = node.is_none_or(|n| slot.peer.as_deref() == Some(n));
             if conn.close_reason().is_none() && same_node {
                 slot.last_used = Some(Instant::now());
                 return Ok(conn);
             }
         }
         let conn = self.dial(addr, use_, node.unwrap_or(ANY_NODE)).await?;
+        slot.peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
         slot.conn = Some(conn.clone());
         slot.last_used = Some(Instant::now());
         Ok(conn)
@@ -438,6 +434,7 @@ impl MeshEndpoint {
                 .as_ref()
                 .is_none_or(|c| c.close_reason().is_some())
         {
+            slot.peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
             slot.conn = Some(conn.clone());
             slot.last_used = Some(Instant::now());
         }

@@ -55,6 +55,10 @@ enum Command {
         /// Override node.admin.
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+        /// Worker threads: 1 runs everything on one thread (least CPU per byte);
+        /// more spreads connections over cores.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_THREADS)]
+        threads: usize,
     },
     /// Validate a config file (and the files it names) without starting.
     Check {
@@ -70,13 +74,24 @@ enum Command {
     },
 }
 
+/// Default `--threads`.
+const DEFAULT_THREADS: usize = 1;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match &cli.command {
+        Command::Run { threads, .. } => *threads,
+        _ => 1,
+    };
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("shoal: cannot start the async runtime: {e}");
@@ -124,6 +139,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             seeds,
             listen,
             admin,
+            threads: _,
         } => {
             let overrides = Overrides {
                 seeds,

@@ -27,6 +27,24 @@ use crate::endpoint::MeshEndpoint;
 use crate::metrics::Metrics;
 use crate::routing::SharedTable;
 
+/// Accept-queue length of listener sockets. The common default (128) overflows
+/// under bursts of new connections, and an overflow costs the client a SYN
+/// retransmission — a full second.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with [`LISTEN_BACKLOG`] (the kernel caps it at
+/// `net.core.somaxconn`).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Longest time a peer may take to send a complete stream header.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -28,7 +28,7 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend for `node` on a free loopback port.
     pub async fn start(kind: BackendKind, node: &str) -> std::io::Result<Backend> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = shoal_node::proxy::listen(([127, 0, 0, 1], 0).into())?;
         let addr = listener.local_addr()?;
         let mut b = Backend {
             kind,
@@ -69,7 +69,7 @@ impl Backend {
         self.failing.store(!healthy, Ordering::Relaxed);
         if self.kind == BackendKind::Echo {
             if healthy && self.task.is_none() {
-                let listener = TcpListener::bind(self.addr).await?;
+                let listener = shoal_node::proxy::listen(self.addr)?;
                 self.serve(listener);
             } else if !healthy && let Some(t) = self.task.take() {
                 t.abort();

@@ -9,10 +9,12 @@
 //! - [`backends`]: the demo services;
 //! - [`traffic`]: request generators and their records;
 //! - [`runner`]: executing a scenario and measuring the mesh's reactions;
-//! - [`report`]: the result, as text and JSON.
+//! - [`report`]: the result, as text and JSON;
+//! - [`memory`]: the memory benchmark of `shoal run` processes.
 
 pub mod backends;
 pub mod faults;
+pub mod memory;
 pub mod mesh;
 pub mod report;
 pub mod runner;

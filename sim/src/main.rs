@@ -82,6 +82,23 @@ enum Command {
         /// The scenario.
         file: PathBuf,
     },
+    /// Memory benchmark: RSS of `shoal run` processes idle and with many
+    /// tunnelled connections open (needs the release `shoal` binary).
+    Memory {
+        /// Concurrent tunnelled connections to hold open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// (Used by `memory`.) Open connections and hold them until stdin closes.
+    #[command(hide = true)]
+    HoldConnections {
+        /// The listener.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// How many.
+        #[arg(long)]
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,7 +174,29 @@ fn demo(args: &DemoArgs) -> Result<Scenario> {
 async fn main_async(cli: Cli) -> Result<bool> {
     let mut scenario = match &cli.command {
         None => demo(&cli.demo)?,
+        Some(Command::Memory { connections }) => {
+            let shoal = shoal_binary()?;
+            let me = std::env::current_exe()?;
+            let r = shoal_sim::memory::run(shoal, me, *connections).await?;
+            say!(
+                "memory of `shoal run` (RSS):\n  idle: caller {:.1} MiB, server {:.1} MiB\n  with {} tunnelled connections open: caller {:.1} MiB, server {:.1} MiB (opened in {:.1} s)",
+                r.caller_idle_mib,
+                r.server_idle_mib,
+                r.connections,
+                r.caller_loaded_mib,
+                r.server_loaded_mib,
+                r.open_s
+            );
+            if let Some(path) = &cli.common.json {
+                std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
+            }
+            return Ok(true);
+        }
         Some(Command::Run { file }) => Scenario::load(file)?,
+        Some(Command::HoldConnections { addr, count }) => {
+            shoal_sim::memory::hold(*addr, *count).await?;
+            return Ok(true);
+        }
         Some(Command::Check { file }) => {
             let s = Scenario::load(file)?;
             say!(
@@ -173,14 +212,9 @@ async fn main_async(cli: Cli) -> Result<bool> {
         scenario.seed = seed;
     }
     let mode = if cli.common.processes {
-        let shoal = std::env::current_exe()?.with_file_name("shoal");
-        if !shoal.exists() {
-            bail!(
-                "--processes runs each node as `shoal run`, but {} does not exist; build it first: cargo build --release -p shoal-node",
-                shoal.display()
-            );
+        Mode::Processes {
+            shoal: shoal_binary()?,
         }
-        Mode::Processes { shoal }
     } else {
         Mode::InProcess
     };
@@ -199,4 +233,16 @@ async fn main_async(cli: Cli) -> Result<bool> {
         say!("report written to {}", path.display());
     }
     Ok(report.passed())
+}
+
+/// The `shoal` binary next to this one.
+fn shoal_binary() -> Result<PathBuf> {
+    let shoal = std::env::current_exe()?.with_file_name("shoal");
+    if !shoal.exists() {
+        bail!(
+            "this needs the `shoal` binary, but {} does not exist; build it first: cargo build --release -p shoal-node",
+            shoal.display()
+        );
+    }
+    Ok(shoal)
 }

@@ -575,6 +575,14 @@ impl Mesh {
         }
     }
 
+    /// Resident memory of one node's process (processes mode), bytes.
+    pub fn node_rss(&self, name: &str) -> Option<u64> {
+        match &self.nodes.get(name)?.handle {
+            Some(Handle::Process(c)) => Some(rss_of(&c.id()?.to_string())),
+            _ => None,
+        }
+    }
+
     /// Stops everything.
     pub async fn shutdown(&mut self) {
         let mut stops = Vec::new();
@@ -691,8 +699,17 @@ async fn spawn_process(shoal: &Path, config: &Path, name: &str) -> Result<Spawne
     let (quic, admin) = tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .map_err(|_| anyhow!("{name} did not start within 30 s"))??;
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining the log so the child never blocks on a full pipe; with
+    // SHOAL_SIM_NODE_LOGS set, pass it on, prefixed with the node's name.
+    let echo = std::env::var_os("SHOAL_SIM_NODE_LOGS").is_some();
+    let prefix = name.to_string();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if echo {
+                eprintln!("{prefix}: {line}");
+            }
+        }
+    });
     Ok((Handle::Process(child), quic, admin, listeners))
 }
 

@@ -55,6 +55,9 @@ pub struct Report {
     pub rss_mib: f64,
     /// Datagrams dropped by the simulated network (in-process mode).
     pub datagrams_dropped: u64,
+    /// False deaths seen during `steady` steps: times a running node saw another
+    /// running node not alive.
+    pub false_deaths: u64,
     /// Measurement resolution, milliseconds (how often the nodes were polled).
     pub resolution_ms: u64,
     /// Expectations.
@@ -120,6 +123,11 @@ impl Report {
             self.gossip_bytes_per_node_per_s / 1000.0,
             self.rss_mib,
             self.datagrams_dropped
+        );
+        let _ = writeln!(
+            out,
+            "false deaths during steady periods: {}",
+            self.false_deaths
         );
         let _ = writeln!(
             out,

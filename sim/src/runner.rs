@@ -44,6 +44,7 @@ struct Run {
     errors: Vec<String>,
     poll: Duration,
     max_nodes: usize,
+    false_deaths: u64,
     bar: ProgressBar,
 }
 
@@ -112,6 +113,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
             Duration::from_millis(200)
         },
         max_nodes: 0,
+        false_deaths: 0,
         bar,
     };
     for l in &scenario.mesh.listeners {
@@ -458,12 +460,32 @@ impl Run {
                         });
                 }
             }
+            Step::Steady { duration } => {
+                self.note(&format!(
+                    "watching for false deaths for {}",
+                    humantime_serde::re::humantime::format_duration(*duration)
+                ));
+                let at = self.epoch.elapsed();
+                let found = self.watch_steady(*duration).await;
+                self.false_deaths += found;
+                let nodes = self.mesh.read().await.running().len();
+                self.timings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Timing {
+                        event: format!("steady ({nodes} nodes)"),
+                        at_s: at.as_secs_f64(),
+                        what: format!("false deaths: {found}"),
+                        after_s: Some(duration.as_secs_f64()),
+                    });
+            }
             Step::Expect {
                 max_failed,
                 max_failed_percent,
                 min_ok,
                 converged: want_converged,
                 max_p99,
+                max_false_deaths,
             } => {
                 let summary = self.stats.summary(Duration::ZERO, Duration::MAX);
                 let mut check = |expected: String, found: String, passed: bool| {
@@ -508,6 +530,14 @@ impl Run {
                         summary.p99_ms <= limit,
                     );
                 }
+                if let Some(m) = max_false_deaths {
+                    let found = self.false_deaths;
+                    check(
+                        format!("at most {m} false deaths"),
+                        format!("{found} false deaths"),
+                        found <= *m,
+                    );
+                }
                 if let Some(want) = want_converged {
                     let is = converged(&*self.mesh.read().await, false).await;
                     check(
@@ -519,6 +549,39 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// Polls every running node for `duration` and counts each time a running
+    /// node starts being seen not alive by another running node.
+    async fn watch_steady(&self, duration: Duration) -> u64 {
+        let end = Instant::now() + duration;
+        let mut down: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut events = 0;
+        while Instant::now() < end {
+            let mesh = self.mesh.read().await;
+            let running: BTreeSet<String> = mesh.running().iter().map(|n| n.name.clone()).collect();
+            let mut now_down = BTreeSet::new();
+            for observer in &running {
+                let Some(members) = mesh.members(observer).await else {
+                    continue;
+                };
+                let alive: BTreeSet<&String> = members
+                    .iter()
+                    .filter(|m| m.state == "alive")
+                    .map(|m| &m.name)
+                    .collect();
+                for observed in &running {
+                    if !alive.contains(observed) {
+                        now_down.insert((observer.clone(), observed.clone()));
+                    }
+                }
+            }
+            drop(mesh);
+            events += now_down.difference(&down).count() as u64;
+            down = now_down;
+            tokio::time::sleep(self.poll).await;
+        }
+        events
     }
 
     async fn finish(
@@ -578,6 +641,7 @@ impl Run {
             rss_mib: mesh.rss_bytes() as f64 / (1024.0 * 1024.0),
             datagrams_dropped: mesh.network().map(|n| n.stats().dropped()).unwrap_or(0),
             resolution_ms: self.poll.as_millis() as u64,
+            false_deaths: self.false_deaths,
             expectations: std::mem::take(&mut self.expectations),
             errors: std::mem::take(&mut self.errors),
         };

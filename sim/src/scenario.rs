@@ -212,6 +212,13 @@ pub enum Step {
         #[serde(default = "default_wait_timeout", with = "humantime_serde")]
         timeout: Duration,
     },
+    /// Watch a quiet mesh for a while and count false deaths: a running node seen
+    /// not alive by another running node.
+    Steady {
+        /// How long.
+        #[serde(rename = "for", with = "humantime_serde")]
+        duration: Duration,
+    },
     /// Check the run so far; a failed expectation makes the run fail.
     Expect {
         /// At most this many failed requests since the start.
@@ -229,6 +236,9 @@ pub enum Step {
         /// Every running node's p99 latency of requests so far is at most this.
         #[serde(default, with = "humantime_serde")]
         max_p99: Option<Duration>,
+        /// At most this many false deaths seen by `steady` steps so far.
+        #[serde(default)]
+        max_false_deaths: Option<u64>,
     },
 }
 
@@ -437,6 +447,11 @@ impl Scenario {
                 Step::Add { count } => {
                     if *count == 0 {
                         return Err(bad(field, "count must be at least 1".into()));
+                    }
+                }
+                Step::Steady { duration } => {
+                    if duration.is_zero() {
+                        return Err(bad(field, "`for` must be longer than 0".into()));
                     }
                 }
                 Step::Heal | Step::Expect { .. } => {}

@@ -417,7 +417,7 @@ impl TcpBackend {
     }
 
     async fn start_inner(greeting: Option<String>) -> TcpBackend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = shoal_node::proxy::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut b = TcpBackend {
             addr,
@@ -477,7 +477,7 @@ impl TcpBackend {
 
     /// Listens again on the same port.
     pub async fn restart(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let listener = shoal_node::proxy::listen(self.addr).unwrap();
         self.serve(listener);
     }
 }
@@ -492,7 +492,7 @@ pub struct HttpBackend {
 impl HttpBackend {
     /// Starts on a free loopback port, healthy.
     pub async fn start() -> HttpBackend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = shoal_node::proxy::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = healthy.clone();

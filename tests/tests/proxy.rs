@@ -697,3 +697,60 @@ async fn listener_limits_idle_timeout_resets_and_refusals() {
     n1.node.kill().await;
     n2.node.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_tunnels_grow_the_stream_limit() {
+    let pki = Pki::new("mesh.test");
+    let b = TcpBackend::start().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1").service("echo", b.addr(), Check::Tcp),
+    )
+    .await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .listener("echo", "echo", "round_robin"),
+    )
+    .await;
+    eventually("n2 routes echo", || async {
+        n2.healthy_endpoints("echo") == 1
+    })
+    .await;
+    let addr = n2.listener("echo");
+    // more connections held open at once than the initial per-connection stream
+    // limit (256): the serving node must raise it as they arrive; and a burst of
+    // 700 connects must not overflow an accept queue (each overflow costs a 1 s
+    // SYN retransmission, past the listener's 1 s connect timeout)
+    let total: u32 = std::env::var("N700")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(700);
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&i.to_le_bytes()).await.unwrap();
+            let mut back = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} got no echo"))
+                .unwrap();
+            assert_eq!(back, i.to_le_bytes());
+            s
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    assert_eq!(
+        n1.metric("shoal_inbound_active_streams{service=\"echo\"}")
+            .await,
+        total as f64
+    );
+    drop(held);
+    n1.node.kill().await;
+    n2.node.kill().await;
+}

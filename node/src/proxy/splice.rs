@@ -6,21 +6,26 @@
 //!   finished too, and the opposite direction keeps flowing until it ends.
 //! - **Resets**: a reset on either side resets the other (a QUIC `RESET_STREAM` /
 //!   `STOP_SENDING`, or a TCP RST via `SO_LINGER` 0), instead of looking like a clean end.
-//! - **Backpressure**: one fixed buffer per direction; nothing is read until the
-//!   previous chunk is written, so a slow reader slows the writer.
+//! - **Backpressure**: one chunk in hand per direction; nothing is read until the
+//!   previous chunk is written, so a slow reader slows the writer. Chunks move
+//!   without copies where the socket allows (QUIC chunks, TCP reads into a buffer
+//!   that is handed on).
 //! - **Idle timeout**: no byte either way for the configured time closes both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// Copy buffer per direction.
+/// Largest chunk read at once per direction.
 pub const BUFFER: usize = 64 * 1024;
+/// Smallest TCP read buffer.
+const MIN_READ: usize = 4 * 1024;
 /// Application error code carried by QUIC resets Shoal sends.
 pub const RESET_CODE: VarInt = VarInt::from_u32(1);
 
@@ -71,12 +76,37 @@ pub enum Writer {
     Quic(SendStream),
 }
 
+/// Chunks moved per read: QUIC delivers a stream as many small chunks (about one
+/// packet each); gathering them lets the TCP side write them with one `writev`.
+const MAX_CHUNKS: usize = 128;
+
 impl Reader {
-    /// `Ok(0)` is a clean end; `Err` a reset or broken connection.
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
+    /// Reads the next chunks into `chunks`; returns how many (0: a clean end), or
+    /// `Err` for a reset or a broken connection. QUIC chunks come without a copy.
+    /// A TCP read goes into a fresh buffer that is handed on whole, sized by the
+    /// previous read (small for request/response traffic, [`BUFFER`] for bulk),
+    /// and only taken once data is there: an idle connection holds no buffer.
+    async fn read_chunks(&mut self, chunks: &mut [Bytes], size: &mut usize) -> Result<usize, ()> {
         match self {
-            Reader::Tcp(r) => r.read(buf).await.map_err(drop),
-            Reader::Quic(r) => match r.read(buf).await {
+            Reader::Tcp(r) => loop {
+                r.readable().await.map_err(drop)?;
+                let mut buf = BytesMut::with_capacity(*size);
+                match r.try_read_buf(&mut buf) {
+                    Ok(0) => return Ok(0),
+                    Ok(n) => {
+                        *size = if n == *size {
+                            (*size * 4).min(BUFFER)
+                        } else {
+                            (n * 2).next_power_of_two().clamp(MIN_READ, BUFFER)
+                        };
+                        chunks[0] = buf.freeze();
+                        return Ok(1);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Err(()),
+                }
+            },
+            Reader::Quic(r) => match r.read_chunks(chunks).await {
                 Ok(Some(n)) => Ok(n),
                 Ok(None) => Ok(0),
                 Err(_) => Err(()),
@@ -92,10 +122,31 @@ impl Reader {
 }
 
 impl Writer {
-    async fn write_all(&mut self, buf: &[u8]) -> Result<(), ()> {
+    /// Writes every chunk (consuming them).
+    async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), ()> {
         match self {
-            Writer::Tcp(w) => w.write_all(buf).await.map_err(drop),
-            Writer::Quic(w) => w.write_all(buf).await.map_err(drop),
+            Writer::Tcp(w) => {
+                let mut first = 0;
+                while first < chunks.len() {
+                    let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+                        .iter()
+                        .map(|c| std::io::IoSlice::new(c))
+                        .collect();
+                    let mut written = w.write_vectored(&slices).await.map_err(drop)?;
+                    if written == 0 {
+                        return Err(());
+                    }
+                    while first < chunks.len() && written >= chunks[first].len() {
+                        written -= chunks[first].len();
+                        first += 1;
+                    }
+                    if first < chunks.len() {
+                        bytes::Buf::advance(&mut chunks[first], written);
+                    }
+                }
+                Ok(())
+            }
+            Writer::Quic(w) => w.write_all_chunks(chunks).await.map_err(drop),
         }
     }
 
@@ -167,18 +218,24 @@ async fn pump(
     last: &AtomicU64,
     epoch: Instant,
 ) -> End {
-    let mut buf = vec![0u8; BUFFER];
+    let mut size = MIN_READ;
+    let mut chunks: [Bytes; MAX_CHUNKS] = std::array::from_fn(|_| Bytes::new());
     loop {
-        let n = match reader.read(&mut buf).await {
+        let count = match reader.read_chunks(&mut chunks, &mut size).await {
             Ok(0) => {
                 writer.finish().await;
                 return End::Finished;
             }
-            Ok(n) => n,
+            Ok(c) => c,
             Err(()) => return End::Reset,
         };
-        if writer.write_all(&buf[..n]).await.is_err() {
+        let n: usize = chunks[..count].iter().map(Bytes::len).sum();
+        if writer.write_chunks(&mut chunks[..count]).await.is_err() {
             return End::Reset;
+        }
+        // Written: let go of the buffers before waiting for more.
+        for c in &mut chunks[..count] {
+            *c = Bytes::new();
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);

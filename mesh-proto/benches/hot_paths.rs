@@ -1,0 +1,149 @@
+//! Micro-benchmarks of the per-connection and per-change work Shoal does without
+//! I/O: the tunnel stream header codec, the routing-table rebuild, and the
+//! load-balancer pickers. `cargo bench -p mesh-proto`; see docs/benchmarks.md.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mesh_proto::codec::{decode_exact, encode, encode_text};
+use mesh_proto::gossip::{Health, NODE_KEY, NodeRecord, NodeState, ServiceRecord, service_key};
+use mesh_proto::lb::{self, PickContext, Policy, Ring};
+use mesh_proto::routing::{Endpoint, MemberInput, build_table};
+use mesh_proto::tunnel::{Protocol, RequestId, StreamHeader};
+
+fn header() -> StreamHeader {
+    StreamHeader {
+        target_service: "payments-api".into(),
+        source_service: Some("web-frontend".into()),
+        protocol: Protocol::Tcp,
+        request_id: RequestId(0x1234_5678_9abc_def0_1234_5678_9abc_def0),
+        deadline_ms: Some(2_000),
+    }
+}
+
+fn codec(c: &mut Criterion) {
+    let h = header();
+    let wire = encode(&h).unwrap();
+    c.bench_function("stream_header/encode", |b| {
+        b.iter(|| encode(black_box(&h)).unwrap())
+    });
+    c.bench_function("stream_header/decode", |b| {
+        b.iter(|| decode_exact::<StreamHeader>(black_box(&wire)).unwrap())
+    });
+}
+
+/// 100 nodes, each hosting 100 of 1,000 services: 1,000 services × 10 endpoints.
+fn cluster() -> Vec<(String, Vec<(String, String)>)> {
+    (0..100u32)
+        .map(|n| {
+            let name = format!("node-{n}");
+            let addr: SocketAddr = format!("10.0.{}.{}:7100", n / 250, n % 250 + 1)
+                .parse()
+                .unwrap();
+            let mut values = vec![(
+                NODE_KEY.to_string(),
+                encode_text(&NodeRecord {
+                    name: name.clone(),
+                    zone: format!("zone-{}", n % 3),
+                    cluster: "bench".into(),
+                    quic_addr: addr,
+                    version: "shoal bench".into(),
+                    started_at_ms: 1,
+                    state: NodeState::Serving,
+                })
+                .unwrap(),
+            )];
+            for k in 0..100u32 {
+                let svc = format!("svc-{}", (n * 10 + k * 10) % 1000 + n % 10);
+                values.push((
+                    service_key(&svc),
+                    encode_text(&ServiceRecord {
+                        name: svc,
+                        protocol: Protocol::Tcp,
+                        weight: 100,
+                        health: Health::Healthy,
+                        inflight: 0,
+                        tags: vec![],
+                    })
+                    .unwrap(),
+                ));
+            }
+            (name, values)
+        })
+        .collect()
+}
+
+fn routing(c: &mut Criterion) {
+    let members = cluster();
+    let (table, _) = build_table(inputs(&members), |_, _| true);
+    let endpoints: usize = table.services().map(|(_, e)| e.len()).sum();
+    assert_eq!(endpoints, 10_000);
+    assert_eq!(table.services().count(), 1_000);
+    c.bench_function("routing/rebuild_1000_services_x_10_endpoints", |b| {
+        b.iter(|| build_table(inputs(black_box(&members)), |_, _| true))
+    });
+}
+
+fn inputs(members: &[(String, Vec<(String, String)>)]) -> Vec<MemberInput<'_>> {
+    members
+        .iter()
+        .map(|(name, values)| MemberInput {
+            node_id: name,
+            generation: 1,
+            values: values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        })
+        .collect()
+}
+
+fn endpoints() -> Vec<Endpoint> {
+    (0..10u32)
+        .map(|i| Endpoint {
+            node: format!("node-{i}"),
+            generation: 1,
+            zone: format!("zone-{}", i % 2),
+            addr: format!("10.0.0.{}:7100", i + 1).parse().unwrap(),
+            protocol: Protocol::Tcp,
+            health: Health::Healthy,
+            weight: 100 + i * 10,
+            inflight: 0,
+            tags: vec![],
+        })
+        .collect()
+}
+
+fn pickers(c: &mut Criterion) {
+    let eps = endpoints();
+    let ring = Ring::build(&eps);
+    let available = |_: &Endpoint| true;
+    let inflight = |e: &Endpoint| e.weight % 7;
+    let mut counter = 0u64;
+    for policy in [Policy::RoundRobin, Policy::LeastRequest, Policy::RingHash] {
+        c.bench_function(&format!("lb/pick_{}_of_10", policy.as_str()), |b| {
+            b.iter(|| {
+                counter = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let ctx = PickContext {
+                    local_zone: Some("zone-0"),
+                    min_zone_healthy: 1,
+                    counter,
+                    random: [counter, counter.rotate_left(17)],
+                    key: counter,
+                    available: &available,
+                    inflight: &inflight,
+                    ring: Some(&ring),
+                };
+                lb::pick(policy, black_box(&eps), &ctx)
+            })
+        });
+    }
+    c.bench_function("lb/ring_build_10_endpoints", |b| {
+        b.iter(|| Ring::build(black_box(&eps)))
+    });
+}
+
+criterion_group!(benches, codec, routing, pickers);
+criterion_main!(benches);
