@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-connection and per-change work Shoal does without
-//! I/O: the tunnel stream header codec, the routing-table rebuild, and the
-//! load-balancer pickers. `cargo bench -p mesh-proto`; see docs/benchmarks.md.
+//! I/O: the tunnel stream header codec, the routing-table rebuild, the
+//! load-balancer pickers, and HTTP route lookup and merge. `cargo bench -p mesh-proto`; see docs/benchmarks.md.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_proto::codec::{decode_exact, encode, encode_text};
 use mesh_proto::gossip::{Health, NODE_KEY, NodeRecord, NodeState, ServiceRecord, service_key};
+use mesh_proto::gossip::{HlcTimestamp, RouteDocument};
 use mesh_proto::lb::{self, PickContext, Policy, Ring};
+use mesh_proto::route::{self, RouteSpec, RouteTable};
 use mesh_proto::routing::{Endpoint, MemberInput, build_table};
 use mesh_proto::tunnel::{Protocol, RequestId, StreamHeader};
 
@@ -145,5 +147,80 @@ fn pickers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, routing, pickers);
+/// 100 routes, one per host `app-<i>.example.org`, each with four rules (a header
+/// match, two path prefixes, a catch-all), plus a `*.example.org` route.
+fn route_specs() -> Vec<RouteSpec> {
+    let mut specs: Vec<RouteSpec> = (0..100)
+        .map(|i| {
+            let body = format!(
+                r#"{{"name":"app-{i}","issued_at_ms":1,"hosts":["app-{i}.example.org"],"rules":[
+                    {{"match":{{"path_prefix":"/api","headers":{{"x-canary":"1"}}}},"backends":[{{"service":"canary"}}]}},
+                    {{"match":{{"path_prefix":"/api/v2"}},"backends":[{{"service":"v2"}}]}},
+                    {{"match":{{"path_prefix":"/api"}},"backends":[{{"service":"a","weight":90}},{{"service":"b","weight":10}}]}},
+                    {{"backends":[{{"service":"web"}}]}}]}}"#
+            );
+            RouteSpec::parse_body(body.as_bytes()).unwrap()
+        })
+        .collect();
+    specs.push(
+        RouteSpec::parse_body(
+            br#"{"name":"wild","issued_at_ms":1,"hosts":["*.example.org"],"rules":[{"backends":[{"service":"w"}]}]}"#,
+        )
+        .unwrap(),
+    );
+    specs
+}
+
+fn routes(c: &mut Criterion) {
+    let specs = route_specs();
+    let table = RouteTable::new(specs.clone());
+    let header = |name: &str| (name == "x-user").then_some("bob");
+    c.bench_function("route/lookup_exact_host_of_101_routes", |b| {
+        b.iter(|| {
+            let m = table.route(
+                black_box("App-57.example.org:443"),
+                black_box("/api/orders/123?x=1"),
+                "GET",
+                header,
+            );
+            m.unwrap().rule.pick_backend(black_box(0x1234_5678))
+        })
+    });
+    c.bench_function("route/lookup_wildcard_of_101_routes", |b| {
+        b.iter(|| {
+            table.route(
+                black_box("other.example.org"),
+                black_box("/"),
+                "GET",
+                header,
+            )
+        })
+    });
+    c.bench_function("route/parse_body_4_rules", |b| {
+        let body = specs[0].to_body();
+        b.iter(|| RouteSpec::parse_body(black_box(&body)).unwrap())
+    });
+    // What every node does on a gossip change: 10 nodes each publish the same 101
+    // winners, so 1,010 documents, 101 distinct.
+    let docs: Vec<RouteDocument> = specs
+        .iter()
+        .map(|s| RouteDocument {
+            name: s.name.clone(),
+            version: HlcTimestamp {
+                wall_ms: 1,
+                logical: 0,
+                node: "node-1".into(),
+            },
+            body: s.to_body(),
+            signature: vec![0x30; 70],
+            signer_cert_der: vec![0x30; 300],
+        })
+        .collect();
+    let published: Vec<&RouteDocument> = (0..10).flat_map(|_| docs.iter()).collect();
+    c.bench_function("route/merge_1010_documents_101_routes", |b| {
+        b.iter(|| route::merge(black_box(published.iter().copied()), |_| true))
+    });
+}
+
+criterion_group!(benches, codec, routing, pickers, routes);
 criterion_main!(benches);

@@ -58,13 +58,24 @@
 //! - [`outlier`]: passive outlier detection: ejection with a doubling backoff after
 //!   consecutive failures, per endpoint ([`outlier::OutlierDetector`]) and per
 //!   service ([`outlier::OutlierSet`]).
+//! - [`hlc`]: the hybrid logical clock ([`hlc::Hlc`]) that stamps route document
+//!   versions.
+//! - [`route`]: route documents for HTTP traffic: the signed schema
+//!   ([`route::RouteSpec`]) and its validation, request matching
+//!   ([`route::RouteTable`]), the weighted split, and the merge that picks the
+//!   document in force for each route name ([`route::merge()`]).
+//! - [`retry`]: the retry budget ([`retry::RetryBudget`]) that caps retries at a
+//!   share of the traffic.
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod gossip;
 pub mod health;
+pub mod hlc;
 pub mod lb;
 pub mod names;
 pub mod outlier;
+pub mod retry;
+pub mod route;
 pub mod routing;
 pub mod tunnel;

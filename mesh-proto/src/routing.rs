@@ -96,6 +96,29 @@ impl RoutingTable {
     pub fn node(&self, name: &str) -> Option<&NodeEntry> {
         self.nodes.get(name)
     }
+
+    /// This table with everything about `node` (its entry and its endpoints)
+    /// replaced by what `fresh` says about it. A node cut off from every peer keeps
+    /// its last view of the others this way while its own state (health, draining,
+    /// services) stays current.
+    pub fn with_node_from(&self, fresh: &RoutingTable, node: &str) -> RoutingTable {
+        let mut out = self.clone();
+        out.nodes.remove(node);
+        if let Some(entry) = fresh.nodes.get(node) {
+            out.nodes.insert(node.to_string(), entry.clone());
+        }
+        for eps in out.services.values_mut() {
+            eps.retain(|e| e.node != node);
+        }
+        for (service, eps) in &fresh.services {
+            let mine = eps.iter().filter(|e| e.node == node).cloned();
+            let list = out.services.entry(service.clone()).or_default();
+            list.extend(mine);
+            list.sort_by(|a, b| a.node.cmp(&b.node));
+        }
+        out.services.retain(|_, eps| !eps.is_empty());
+        out
+    }
 }
 
 /// Something [`build_table`] left out, and why.
@@ -298,6 +321,41 @@ mod tests {
                     .collect(),
             })
             .collect()
+    }
+
+    #[test]
+    fn with_node_from_replaces_only_that_node() {
+        let before = [
+            member("a", 1, NodeState::Serving, &[("web", Health::Healthy)]),
+            member("b", 1, NodeState::Serving, &[("web", Health::Healthy)]),
+            member("c", 1, NodeState::Serving, &[("db", Health::Healthy)]),
+        ];
+        let (old, _) = build_table(inputs(&before), |_, _| true);
+        // b is alone now: it no longer sees a or c, its web went unhealthy, it added api.
+        let alone = [member(
+            "b",
+            1,
+            NodeState::Serving,
+            &[("web", Health::Unhealthy), ("api", Health::Healthy)],
+        )];
+        let (fresh, _) = build_table(inputs(&alone), |_, _| true);
+        let merged = old.with_node_from(&fresh, "b");
+        let web: Vec<_> = merged
+            .endpoints("web")
+            .iter()
+            .map(|e| (e.node.as_str(), e.health))
+            .collect();
+        assert_eq!(web, [("a", Health::Healthy), ("b", Health::Unhealthy)]);
+        assert_eq!(merged.endpoints("api").len(), 1);
+        assert_eq!(merged.endpoints("db")[0].node, "c");
+        assert_eq!(merged.nodes().count(), 3);
+
+        // b draining and serving nothing: its endpoints go, the others stay.
+        let draining = [member("b", 1, NodeState::Draining, &[])];
+        let (fresh, _) = build_table(inputs(&draining), |_, _| true);
+        let merged = old.with_node_from(&fresh, "b");
+        assert_eq!(merged.endpoints("web").len(), 1);
+        assert_eq!(merged.node("b").unwrap().record.state, NodeState::Draining);
     }
 
     #[test]

@@ -130,6 +130,20 @@ impl StatusCode {
     }
 }
 
+impl StatusCode {
+    /// The snake_case name used as a Prometheus label value (`unknown_service`).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            StatusCode::Ok => "ok",
+            StatusCode::UnknownService => "unknown_service",
+            StatusCode::Unauthorized => "unauthorized",
+            StatusCode::BackendRefused => "backend_refused",
+            StatusCode::Overloaded => "overloaded",
+            StatusCode::Draining => "draining",
+        }
+    }
+}
+
 impl fmt::Display for StatusCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -113,6 +113,14 @@ pub enum StartError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// A configured feature this build does not provide.
+    #[error("{field}: {reason}")]
+    Unsupported {
+        /// The config field.
+        field: String,
+        /// What is missing.
+        reason: String,
+    },
     /// chitchat did not start.
     #[error(transparent)]
     Gossip(#[from] GossipError),
@@ -195,6 +203,14 @@ impl Node {
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
+            if l.protocol == mesh_proto::tunnel::Protocol::Http {
+                return Err(StartError::Unsupported {
+                    field: format!("listener[{i}].protocol"),
+                    reason:
+                        "HTTP listeners are not available in this build yet; use protocol = \"tcp\""
+                            .into(),
+                });
+            }
             let socket = crate::proxy::listen(l.bind).map_err(|cause| StartError::Bind {
                 field: format!("listener[{i}].bind"),
                 addr: l.bind,
@@ -343,7 +359,7 @@ impl Node {
         let mut bound_listeners = Vec::new();
         for (cfg, socket, addr) in listeners {
             bound_listeners.push((cfg.name.clone(), addr));
-            tracing::info!(listener = %cfg.name, bind = %addr, service = %cfg.service, "listening");
+            tracing::info!(listener = %cfg.name, bind = %addr, service = %cfg.service(), "listening");
             let listener = tcp::Listener::new(cfg, proxy.clone());
             tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
         }

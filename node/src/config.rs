@@ -72,6 +72,8 @@ pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `listener.idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `listener.request_timeout` (HTTP).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `listener.attempts`.
 pub const DEFAULT_ATTEMPTS: u32 = 3;
 /// Largest `listener.attempts`.
@@ -396,6 +398,34 @@ pub struct RawListener {
     /// `[listener.outlier]`: passive ejection of failing endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier: Option<RawOutlier>,
+    /// `kind`: `"mesh"` (service-to-service) or `"ingress"` (user-facing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `[listener.tls]`: serve HTTPS with this certificate (ingress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawListenerTls>,
+    /// `access_log`: `"stdout"` or a file path (HTTP listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
+    /// `request_timeout`: whole-request timeout when no route sets one (HTTP).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_timeout: Option<Duration>,
+}
+
+/// A `[listener.tls]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// `cert`: PEM certificate chain served to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// `key`: its PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// A `[listener.outlier]` table as written.
@@ -822,8 +852,9 @@ pub struct ListenerConfig {
     pub name: String,
     /// Local address applications connect to.
     pub bind: SocketAddr,
-    /// The mesh service its connections go to.
-    pub service: String,
+    /// The mesh service its connections go to (TCP), or the default service of
+    /// requests no route matches (HTTP; optional there).
+    pub service: Option<String>,
     /// What it proxies.
     #[serde(serialize_with = "serialize_protocol")]
     pub protocol: Protocol,
@@ -846,6 +877,51 @@ pub struct ListenerConfig {
     pub zone_aware: bool,
     /// Passive outlier detection.
     pub outlier: OutlierConfig,
+    /// Service-to-service or user-facing.
+    pub kind: ListenerKind,
+    /// HTTPS certificate and key (ingress).
+    pub tls: Option<ListenerTls>,
+    /// Where the access log goes (HTTP).
+    pub access_log: Option<AccessLog>,
+    /// Whole-request timeout when no route sets one (HTTP).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl ListenerConfig {
+    /// The service name, or `""` for an HTTP listener without a default service.
+    pub fn service(&self) -> &str {
+        self.service.as_deref().unwrap_or("")
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Applications on this host calling mesh services.
+    Mesh,
+    /// User-facing traffic from outside the mesh.
+    Ingress,
+}
+
+/// An ingress listener's own certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerTls {
+    /// PEM certificate chain (absolute path).
+    pub cert: PathBuf,
+    /// PEM private key (absolute path).
+    pub key: PathBuf,
+}
+
+/// Where an HTTP listener writes one JSON line per request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file (absolute path).
+    File(PathBuf),
 }
 
 /// Passive outlier detection settings of a listener.
@@ -1855,11 +1931,24 @@ impl Validator {
             }
             Some(b) => self.socket_addr(&f("bind"), b),
         };
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("tcp") => Some(Protocol::Tcp),
+            Some("http") => Some(Protocol::Http),
+            Some(other) => {
+                self.err(
+                    f("protocol"),
+                    format!("{other:?} is not a protocol; use \"tcp\" or \"http\""),
+                );
+                None
+            }
+        };
+        let http = protocol == Some(Protocol::Http);
         let service = match &raw.service {
+            None if http => None,
             None => {
                 self.err(
                     f("service"),
-                    "required: the mesh service this listener leads to",
+                    "required for a tcp listener: the mesh service this listener leads to",
                 );
                 None
             }
@@ -1867,6 +1956,12 @@ impl Validator {
                 .name(&f("service"), "service name", s)
                 .then(|| s.clone()),
         };
+        if raw.name.is_none() && service.is_none() && raw.service.is_none() && http {
+            self.err(
+                f("name"),
+                "required for an http listener without a default service (the name labels its metrics and logs)",
+            );
+        }
         let name = raw
             .name
             .clone()
@@ -1875,23 +1970,48 @@ impl Validator {
         if raw.name.is_some() {
             self.name(&f("name"), "listener name", &name);
         }
-        let protocol = match raw.protocol.as_deref() {
-            None | Some("tcp") => Some(Protocol::Tcp),
-            Some("http") => {
-                self.err(
-                    f("protocol"),
-                    "\"http\" listeners are not available in this version; use \"tcp\" (HTTP services can be reached through a tcp listener)",
-                );
-                None
-            }
+        let kind = match raw.kind.as_deref() {
+            None | Some("mesh") => ListenerKind::Mesh,
+            Some("ingress") => ListenerKind::Ingress,
             Some(other) => {
                 self.err(
-                    f("protocol"),
-                    format!("{other:?} is not a protocol; use \"tcp\""),
+                    f("kind"),
+                    format!("{other:?} is not a listener kind; use \"mesh\" or \"ingress\""),
                 );
-                None
+                ListenerKind::Mesh
             }
         };
+        let tls = raw.tls.as_ref().and_then(|t| {
+            if kind != ListenerKind::Ingress || !http {
+                self.err(
+                    f("tls"),
+                    "only an http listener of kind = \"ingress\" serves its own certificate",
+                );
+                return None;
+            }
+            self.listener_tls(i, t)
+        });
+        let access_log = raw.access_log.as_deref().and_then(|a| {
+            if !http {
+                self.err(f("access_log"), "only http listeners write an access log");
+                return None;
+            }
+            match a {
+                "" => {
+                    self.err(f("access_log"), "is empty; use \"stdout\" or a file path");
+                    None
+                }
+                "stdout" => Some(AccessLog::Stdout),
+                path => Some(AccessLog::File(self.resolve(Path::new(path)))),
+            }
+        });
+        let request_timeout = raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        self.duration_range(
+            &f("request_timeout"),
+            request_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(24 * 3600),
+        );
         let lb = match raw.lb.as_deref() {
             None => Some(Policy::RoundRobin),
             Some(p) => match p.parse::<Policy>() {
@@ -1973,7 +2093,7 @@ impl Validator {
         Some(ListenerConfig {
             name,
             bind: bind?,
-            service: service?,
+            service,
             protocol: protocol?,
             lb: lb?,
             source_service,
@@ -1983,7 +2103,61 @@ impl Validator {
             attempts,
             zone_aware: raw.zone_aware.unwrap_or(true),
             outlier,
+            kind,
+            tls,
+            access_log,
+            request_timeout,
         })
+    }
+
+    fn listener_tls(&mut self, i: usize, raw: &RawListenerTls) -> Option<ListenerTls> {
+        let cert = self.read_file(&format!("listener[{i}].tls.cert"), raw.cert.as_ref());
+        let key = self.read_file(&format!("listener[{i}].tls.key"), raw.key.as_ref());
+        let (Some((cert_path, cert_pem)), Some((key_path, key_pem))) = (cert, key) else {
+            return None;
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .filter_map(Result::ok)
+            .collect();
+        if chain.is_empty() {
+            self.err(
+                format!("listener[{i}].tls.cert"),
+                format!("{} holds no PEM certificate", cert_path.display()),
+            );
+            return None;
+        }
+        let key_ok = std::str::from_utf8(&key_pem)
+            .ok()
+            .and_then(|k| rcgen::KeyPair::from_pem(k).ok());
+        match key_ok {
+            None => {
+                self.err(
+                    format!("listener[{i}].tls.key"),
+                    format!("{} is not a usable PEM private key", key_path.display()),
+                );
+                None
+            }
+            Some(k) => {
+                let matches = x509_parser::parse_x509_certificate(&chain[0]).is_ok_and(|(_, x)| {
+                    x.public_key().subject_public_key.data.as_ref() == k.public_key_raw()
+                });
+                if !matches {
+                    self.err(
+                        format!("listener[{i}].tls.key"),
+                        format!(
+                            "{} does not match the first certificate of {}",
+                            key_path.display(),
+                            cert_path.display()
+                        ),
+                    );
+                    return None;
+                }
+                Some(ListenerTls {
+                    cert: cert_path,
+                    key: key_path,
+                })
+            }
+        }
     }
 
     fn health(

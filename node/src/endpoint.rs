@@ -93,6 +93,16 @@ pub enum ConnectError {
     /// The endpoint is shutting down.
     #[error("the endpoint is closed")]
     Closed,
+    /// Another node than the one expected answered.
+    #[error("{addr} is node {found:?}, not {expected:?}")]
+    WrongNode {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The node expected there.
+        expected: String,
+        /// The node that answered.
+        found: String,
+    },
 }
 
 /// An accepted, authenticated inbound connection.
@@ -119,7 +129,6 @@ type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 pub struct MeshEndpoint {
     endpoint: quinn::Endpoint,
     tls: Arc<TlsState>,
-    transport: Arc<TransportConfig>,
     pool: Mutex<HashMap<(SocketAddr, Use), SlotRef>>,
     metrics: Arc<Metrics>,
     open_streams: AtomicUsize,
@@ -156,6 +165,11 @@ struct Tracked {
 /// front, so the limit starts small and grows with use (see
 /// [`grow_stream_limit`]).
 pub const INITIAL_TUNNEL_STREAMS: u32 = 256;
+/// Bytes one stream may have in flight towards this node.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
+/// Bytes all streams of one connection may have in flight towards this node.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+
 /// The most concurrent tunnel streams one peer may have open to this node.
 pub const MAX_TUNNEL_STREAMS: u32 = 65_536;
 
@@ -163,16 +177,29 @@ pub const MAX_TUNNEL_STREAMS: u32 = 65_536;
 /// dials. Only the dialling side opens bidirectional streams (tunnels), so a
 /// dialled connection allows none from its peer; gossip uses unidirectional
 /// streams both ways.
-pub fn transport_config(accepting: bool) -> TransportConfig {
+pub fn transport_config(accepting: bool, use_: Option<Use>) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(if accepting {
         INITIAL_TUNNEL_STREAMS
     } else {
         0
     }));
+    if use_ == Some(Use::Tunnel) {
+        // On a tunnel connection this node dials, the peer never opens streams.
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        return finish_transport(t);
+    }
     // Uni streams carry gossip only, one message each (at most 128 KiB), so this
     // bounds what one peer can make this node buffer.
     t.max_concurrent_uni_streams(VarInt::from_u32(64));
+    finish_transport(t)
+}
+
+fn finish_transport(mut t: TransportConfig) -> TransportConfig {
+    // Bound what one connection can make this node buffer: per stream, and for
+    // all of a connection's streams together.
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
@@ -208,8 +235,7 @@ impl MeshEndpoint {
             SocketSource::Bind(addr) => runtime.wrap_udp_socket(bind_udp(addr)?)?,
             SocketSource::Custom(s) => s,
         };
-        let transport = Arc::new(transport_config(false));
-        let server_config = server_config(&tls, Arc::new(transport_config(true)))?;
+        let server_config = server_config(&tls, Arc::new(transport_config(true, None)))?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),
@@ -219,7 +245,6 @@ impl MeshEndpoint {
         Ok(Arc::new(MeshEndpoint {
             endpoint,
             tls,
-            transport,
             pool: Mutex::new(HashMap::new()),
             metrics,
             open_streams: AtomicUsize::new(0),
@@ -259,8 +284,22 @@ impl MeshEndpoint {
                 return Ok(conn);
             }
         }
-        let conn = self.dial(addr, use_, node.unwrap_or(ANY_NODE)).await?;
-        slot.peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
+        let conn = self.dial(addr, use_, ANY_NODE).await?;
+        let peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
+        if let Some(expected) = node
+            && peer.as_deref() != Some(expected)
+        {
+            // Another node answers at this address (it moved, or someone lies
+            // about it in gossip): refuse it.
+            conn.close(VarInt::from_u32(5), b"wrong node");
+            self.metrics.reject(tls::Rejection::WrongNode.as_str());
+            return Err(ConnectError::WrongNode {
+                addr,
+                expected: expected.to_string(),
+                found: peer.unwrap_or_default(),
+            });
+        }
+        slot.peer = peer;
         slot.conn = Some(conn.clone());
         slot.last_used = Some(Instant::now());
         Ok(conn)
@@ -273,7 +312,7 @@ impl MeshEndpoint {
         server_name: &str,
     ) -> Result<Connection, ConnectError> {
         let mut config = self.client_config(use_).map_err(|_| ConnectError::Closed)?;
-        config.transport_config(self.transport.clone());
+        config.transport_config(Arc::new(transport_config(false, Some(use_))));
         let connecting = self
             .endpoint
             .connect_with(config, addr, server_name)
@@ -503,9 +542,13 @@ impl MeshEndpoint {
                         // One connection per pair of nodes: gossip to this peer
                         // reuses the connection it opened.
                         me.adopt(conn.remote_address(), Use::Gossip, &conn);
+                        refuse_streams(&conn, false);
                         gossip
                     }
-                    Some(a) if a == ALPN_TUNNEL => tunnel,
+                    Some(a) if a == ALPN_TUNNEL => {
+                        refuse_streams(&conn, true);
+                        tunnel
+                    }
                     _ => {
                         conn.close(VarInt::from_u32(2), b"unknown alpn");
                         return;
@@ -538,6 +581,25 @@ impl MeshEndpoint {
     pub fn open_streams(&self) -> usize {
         self.open_streams.load(Ordering::Relaxed)
     }
+}
+
+/// Stops every stream of the kind a connection's use never reads (gossip uses
+/// unidirectional streams, tunnels bidirectional ones), so that a peer cannot make
+/// this node buffer data nobody will read.
+fn refuse_streams(conn: &Connection, uni: bool) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        if uni {
+            while let Ok(mut s) = conn.accept_uni().await {
+                let _ = s.stop(VarInt::from_u32(6));
+            }
+        } else {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let _ = recv.stop(VarInt::from_u32(6));
+                let _ = send.reset(VarInt::from_u32(6));
+            }
+        }
+    });
 }
 
 /// Marks one stream in flight until dropped.

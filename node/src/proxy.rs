@@ -14,9 +14,11 @@
 //! than `ok`) is retried on another endpoint; the caller's outlier detection ejects
 //! endpoints that keep failing.
 
+pub mod balance;
 pub mod inbound;
 pub mod splice;
 pub mod tcp;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -5,8 +5,9 @@
 //!
 //! Which services a node may host is read from the certificate it publishes under
 //! `cert`, verified against the mesh CA here (results cached per certificate).
-//! If every peer disappears at once, the last table is kept: an isolated node keeps
-//! serving what it knew rather than nothing.
+//! If every peer disappears at once, the peers' last known entries are kept: an
+//! isolated node keeps serving what it knew rather than nothing, while its own
+//! entries (health, draining, services) stay current.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +33,16 @@ struct CertCache {
 }
 
 impl CertCache {
-    fn services(&mut self, tls: &TlsState, value: &str, now: UnixTime) -> Option<Vec<String>> {
+    /// The services `node`'s published certificate allows — only if that
+    /// certificate verifies and is `node`'s own (a member publishing another
+    /// node's public certificate gains nothing).
+    fn services(
+        &mut self,
+        tls: &TlsState,
+        node: &str,
+        value: &str,
+        now: UnixTime,
+    ) -> Option<Vec<String>> {
         let entry = self.verified.entry(value.to_string()).or_insert_with(|| {
             let cert = decode_text::<NodeCertificate>(value).ok()?;
             let der = CertificateDer::from(cert.der);
@@ -43,7 +53,9 @@ impl CertCache {
             Some((id.node?, id.services, x509.validity().not_after.timestamp()))
         });
         match entry {
-            Some((_, services, not_after)) if *not_after >= now.as_secs() as i64 => {
+            Some((owner, services, not_after))
+                if owner == node && *not_after >= now.as_secs() as i64 =>
+            {
                 Some(services.clone())
             }
             _ => None,
@@ -64,6 +76,7 @@ pub async fn run(
     let mut certs = CertCache::default();
     let mut trust = tls.trust_changes();
     let mut reported: HashSet<(String, String)> = HashSet::new();
+    let mut isolated = false;
     loop {
         let next = {
             let states = live.borrow_and_update();
@@ -73,7 +86,7 @@ pub async fn run(
             for (id, state) in states.iter() {
                 let services = state
                     .get(CERT_KEY)
-                    .and_then(|v| certs.services(&tls, v, now))
+                    .and_then(|v| certs.services(&tls, &id.node_id, v, now))
                     .unwrap_or_default();
                 let newer = allowed
                     .get(&*id.node_id)
@@ -108,16 +121,29 @@ pub async fn run(
                     other => tracing::debug!(?other, "ignored gossip record"),
                 }
             }
+            // Forget reports about nodes that left, so a returning one is reported again.
+            reported.retain(|(node, _)| allowed.contains_key(node.as_str()));
             table
         };
         let alone = next.nodes().all(|n| n.record.name == self_name);
-        let had_peers = table.load().nodes().any(|n| n.record.name != self_name);
-        if alone && had_peers {
-            tracing::warn!("lost every peer; keeping the last routing table until they return");
+        let last = table.load_full();
+        let had_peers = last.nodes().any(|n| n.record.name != self_name);
+        let next = if alone && had_peers {
+            if !isolated {
+                tracing::warn!("lost every peer; keeping their last known state until they return");
+                isolated = true;
+            }
+            // Keep the peers as last seen, but this node's own entries current.
+            last.with_node_from(&next, &self_name)
         } else {
-            table.store(Arc::new(next));
-            metrics.routing_rebuilds.inc();
-        }
+            if isolated {
+                tracing::info!("peers are back; routing from gossip again");
+                isolated = false;
+            }
+            next
+        };
+        table.store(Arc::new(next));
+        metrics.routing_rebuilds.inc();
         tokio::select! {
             changed = live.changed() => if changed.is_err() { return },
             _ = trust.changed() => {

@@ -1124,6 +1124,23 @@ service = "x"
 name = "a"
 bind = "127.0.0.1:9100"
 service = "y"
+kind = "edge"
+access_log = "stdout"
+[listener.tls]
+cert = "ingress.crt"
+key = "ingress.key"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:9101"
+protocol = "http"
+kind = "mesh"
+[listener.tls]
+cert = "ingress.crt"
+key = "ingress.key"
+
+[[listener]]
+bind = "127.0.0.1:9102"
 protocol = "http"
 "#,
     ));
@@ -1141,7 +1158,11 @@ protocol = "http"
     assert_error(&e, "listener[1].bind", &["required"]);
     assert_error(&e, "listener[1].idle_timeout", &["out of range"]);
     assert_error(&e, "listener[1].outlier.max_ejection", &["base_ejection"]);
-    assert_error(&e, "listener[3].protocol", &["tcp"]);
+    assert_error(&e, "listener[3].kind", &["\"edge\"", "ingress"]);
+    assert_error(&e, "listener[3].access_log", &["only http listeners"]);
+    assert_error(&e, "listener[3].tls", &["ingress"]);
+    assert_error(&e, "listener[4].tls", &["ingress"]);
+    assert_error(&e, "listener[5].name", &["required for an http listener"]);
 
     let e = f.errors(&minimal_with(
         r#"

@@ -370,3 +370,56 @@ async fn an_isolated_node_keeps_its_last_table_and_peers_rejoin_from_the_data_di
     n1.node.kill().await;
     n2.node.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_another_nodes_certificate_grants_nothing() {
+    use mesh_proto::gossip::{CERT_KEY, NodeCertificate};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new("mesh.test");
+    let pay = TcpBackend::start().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1").service("pay", pay.addr(), Check::Tcp),
+    )
+    .await;
+    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
+    let n3 = TestNode::start(&pki, NodeSpec::new("n3").seed(&n1)).await;
+    converge(&[&n1, &n2, &n3]).await;
+    eventually("n3 routes pay to n1", || async {
+        n3.node.table().endpoints("pay").len() == 1
+    })
+    .await;
+    // n2 publishes n1's (public) certificate as its own, and claims `pay`
+    let n1_cert = std::fs::read(n1.cert_dir.join("node.crt")).unwrap();
+    let der = CertificateDer::from_pem_slice(&n1_cert).unwrap();
+    let published = encode_text(&NodeCertificate { der: der.to_vec() }).unwrap();
+    n2.node.gossip().set(CERT_KEY, &published).await;
+    let claim = ServiceRecord {
+        name: "pay".into(),
+        protocol: Protocol::Tcp,
+        weight: 100,
+        health: Health::Healthy,
+        inflight: 0,
+        tags: vec![],
+    };
+    n2.node
+        .gossip()
+        .set(&service_key("pay"), &encode_text(&claim).unwrap())
+        .await;
+    eventually("n3 counts n2's claim as not allowed", || async {
+        n3.metric("shoal_ignored_service_claims_total").await >= 1.0
+    })
+    .await;
+    let eps: Vec<String> = n3
+        .node
+        .table()
+        .endpoints("pay")
+        .iter()
+        .map(|e| e.node.clone())
+        .collect();
+    assert_eq!(eps, ["n1"], "only n1 may host pay");
+    for n in [n1, n2, n3] {
+        n.node.kill().await;
+    }
+}

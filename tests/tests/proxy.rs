@@ -754,3 +754,31 @@ async fn many_concurrent_tunnels_grow_the_stream_limit() {
     n1.node.kill().await;
     n2.node.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_named_like_numbers_are_reachable() {
+    // "web.10" follows the naming rule but is not a valid TLS server name (its last
+    // label is numeric): tunnels must not depend on it.
+    let pki = Pki::new("mesh.test");
+    let b = TcpBackend::start().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("web.10").service("echo", b.addr(), Check::Tcp),
+    )
+    .await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("0")
+            .seed(&n1)
+            .listener("echo", "echo", "round_robin"),
+    )
+    .await;
+    eventually("n2 routes echo to web.10", || async {
+        n2.healthy_endpoints("echo") == 1
+    })
+    .await;
+    let got = echo_roundtrip(n2.listener("echo"), Arc::new(b"numeric".to_vec())).await;
+    assert_eq!(got, b"numeric");
+    n1.node.kill().await;
+    n2.node.kill().await;
+}

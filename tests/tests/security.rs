@@ -272,7 +272,7 @@ async fn dialling_a_named_node_checks_that_it_is_that_node() {
         .connect(addr, Use::Gossip, Some("someone-else"))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("handshake"), "{err}");
+    assert!(err.to_string().contains("not \"someone-else\""), "{err}");
     assert!(
         metrics
             .encode()

@@ -9,6 +9,7 @@ use mesh_proto::codec::{Frame, encode};
 use mesh_proto::gossip::{
     Health, HlcTimestamp, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
 };
+use mesh_proto::route::RouteSpec;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 
 fn write<F: Frame>(target: &str, value: &F) -> Result<(), Box<dyn std::error::Error>> {
@@ -72,10 +73,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 logical: 2,
                 node: "node-1".into(),
             },
-            body: b"split: 90/10".to_vec(),
+            body: route_spec().to_body(),
             signature: vec![0x30; 70],
             signer_cert_der: vec![0x30; 300],
         },
     )?;
+    fs::create_dir_all("corpus/route_body")?;
+    fs::write("corpus/route_body/seed", route_spec().to_body())?;
+    println!("wrote corpus/route_body/seed");
     Ok(())
+}
+
+/// A route body using most of the schema.
+fn route_spec() -> RouteSpec {
+    let body = br#"{
+      "name": "orders-split",
+      "issued_at_ms": 1700000000000,
+      "hosts": ["orders.example.org", "*.orders.example.org"],
+      "rules": [
+        {
+          "match": { "path_prefix": "/api", "headers": { "x-canary": "1" }, "methods": ["GET"] },
+          "backends": [{ "service": "orders-v2" }],
+          "session": { "type": "header", "name": "x-session-id" }
+        },
+        {
+          "backends": [{ "service": "orders", "weight": 90 }, { "service": "orders-v2", "weight": 10 }],
+          "lb": "least_request",
+          "timeout_ms": 5000,
+          "per_try_timeout_ms": 1500,
+          "retry": { "on": ["connect_failure", "5xx", "reset"], "attempts": 3 },
+          "request_headers": { "add": { "x-via": "shoal" }, "remove": ["x-debug"] },
+          "response_headers": { "remove": ["server"] },
+          "session": { "type": "cookie", "ttl_s": 3600 },
+          "allow_services": ["web"]
+        }
+      ]
+    }"#;
+    RouteSpec::parse_body(body).expect("the seed route is valid")
 }

@@ -16,9 +16,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
-use mesh_proto::tunnel::{StatusCode, StreamHeader, StreamStatus};
+use mesh_proto::tunnel::{RequestId, StatusCode, StreamHeader, StreamStatus};
 use quinn::{RecvStream, SendStream};
 use shoal_pki::CertIdentity;
 use tokio::net::TcpStream;
@@ -137,7 +138,16 @@ async fn stream(
     let local = match verdict {
         Ok(l) => l,
         Err((code, reason)) => {
-            return answer_refusal(&ctx, &service, &caller, &mut send, code, reason).await;
+            return answer_refusal(
+                &ctx,
+                &service,
+                &caller,
+                header.request_id,
+                &mut send,
+                code,
+                reason,
+            )
+            .await;
         }
     };
     let Some(_slot) = CountGuard::try_acquire(&local.active, local.config.max_connections as usize)
@@ -150,47 +160,58 @@ async fn stream(
             &ctx,
             &service,
             &caller,
+            header.request_id,
             &mut send,
             StatusCode::Overloaded,
             reason,
         )
         .await;
     };
-    let backend = match tokio::time::timeout(
-        local.config.connect_timeout,
-        TcpStream::connect(local.config.address),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = format!("backend {} refused: {e}", local.config.address);
-            return answer_refusal(
-                &ctx,
-                &service,
-                &caller,
-                &mut send,
-                StatusCode::BackendRefused,
-                reason,
-            )
-            .await;
-        }
-        Err(_) => {
-            let reason = format!(
-                "backend {} did not accept within {:?}",
-                local.config.address, local.config.connect_timeout
-            );
-            return answer_refusal(
-                &ctx,
-                &service,
-                &caller,
-                &mut send,
-                StatusCode::BackendRefused,
-                reason,
-            )
-            .await;
-        }
-    };
+    // The caller's remaining time budget, on this host's clock: work is not started
+    // (and is cut off) once the caller has given up anyway.
+    let deadline = header
+        .deadline_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(u64::from(ms)));
+    let connect_timeout = deadline.map_or(local.config.connect_timeout, |d| {
+        local
+            .config
+            .connect_timeout
+            .min(d.saturating_duration_since(tokio::time::Instant::now()))
+    });
+    let backend =
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(local.config.address)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let reason = format!("backend {} refused: {e}", local.config.address);
+                return answer_refusal(
+                    &ctx,
+                    &service,
+                    &caller,
+                    header.request_id,
+                    &mut send,
+                    StatusCode::BackendRefused,
+                    reason,
+                )
+                .await;
+            }
+            Err(_) => {
+                let reason = format!(
+                    "backend {} did not accept within {:?}",
+                    local.config.address, connect_timeout
+                );
+                return answer_refusal(
+                    &ctx,
+                    &service,
+                    &caller,
+                    header.request_id,
+                    &mut send,
+                    StatusCode::BackendRefused,
+                    reason,
+                )
+                .await;
+            }
+        };
     let _ = backend.set_nodelay(true);
     let Ok(ok) = encode(&StreamStatus::ok()) else {
         return;
@@ -204,42 +225,38 @@ async fn stream(
     ctx.metrics.inbound_streams.get_or_create(&labels).inc();
     let active = ctx.metrics.inbound_active.get_or_create(&labels).clone();
     active.inc();
-    let progress = Arc::new(Progress::default());
-    let totals = splice::splice(
-        Side::quic(send, recv),
-        Side::tcp(backend),
-        INBOUND_IDLE,
-        progress,
-    )
-    .await;
-    active.dec();
-    for (direction, bytes) in [("upstream", totals.a_to_b), ("downstream", totals.b_to_a)] {
+    let bytes = |direction| {
         ctx.metrics
             .inbound_bytes
             .get_or_create(&ServiceDirectionLabels {
                 service: service.clone(),
                 direction,
             })
-            .inc_by(bytes);
-    }
+            .clone()
+    };
+    let progress = Arc::new(Progress::counting(bytes("upstream"), bytes("downstream")));
+    tracing::trace!(%caller, %service, request_id = %header.request_id, "tunnel stream accepted");
+    splice::splice(
+        Side::quic(send, recv),
+        Side::tcp(backend),
+        INBOUND_IDLE,
+        deadline,
+        progress,
+    )
+    .await;
+    active.dec();
 }
 
 async fn answer_refusal(
     ctx: &ProxyContext,
     service: &str,
     caller: &str,
+    request_id: RequestId,
     send: &mut SendStream,
     code: StatusCode,
     reason: String,
 ) {
-    let label = match code {
-        StatusCode::Draining => "draining",
-        StatusCode::UnknownService => "unknown_service",
-        StatusCode::Unauthorized => "unauthorized",
-        StatusCode::Overloaded => "overloaded",
-        StatusCode::BackendRefused => "backend_refused",
-        StatusCode::Ok => "ok",
-    };
+    let label = code.metric_label();
     ctx.metrics
         .inbound_refusals
         .get_or_create(&ServiceReasonLabels {
@@ -252,9 +269,9 @@ async fn answer_refusal(
         })
         .inc();
     if code == StatusCode::Unauthorized {
-        tracing::warn!(%caller, %service, %reason, "refused an unauthorized caller");
+        tracing::warn!(%caller, %service, %request_id, %reason, "refused an unauthorized caller");
     } else {
-        tracing::debug!(%caller, %service, %reason, status = %code, "refused a tunnel stream");
+        tracing::debug!(%caller, %service, %request_id, %reason, status = %code, "refused a tunnel stream");
     }
     if let Ok(frame) = encode(&StreamStatus::new(code, reason)) {
         let _ = send.write_all(&frame).await;

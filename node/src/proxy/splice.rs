@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -49,13 +50,30 @@ pub struct Totals {
     pub aborted: bool,
 }
 
-/// Live byte counters a caller can read while the splice runs (for metrics).
+/// Live byte counters a caller can read while the splice runs, and metric
+/// counters the splice adds to as bytes move (so long-lived connections show up
+/// in the metrics while they run, not only when they close).
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Bytes `a` → `b` so far.
     pub a_to_b: AtomicU64,
     /// Bytes `b` → `a` so far.
     pub b_to_a: AtomicU64,
+    /// Metric for `a` → `b`, if any.
+    pub a_to_b_metric: Option<Counter>,
+    /// Metric for `b` → `a`, if any.
+    pub b_to_a_metric: Option<Counter>,
+}
+
+impl Progress {
+    /// Progress that also feeds these two metric counters.
+    pub fn counting(a_to_b: Counter, b_to_a: Counter) -> Progress {
+        Progress {
+            a_to_b_metric: Some(a_to_b),
+            b_to_a_metric: Some(b_to_a),
+            ..Progress::default()
+        }
+    }
 }
 
 /// The read side of an end.
@@ -215,6 +233,7 @@ async fn pump(
     reader: &mut Reader,
     writer: &mut Writer,
     counter: &AtomicU64,
+    metric: Option<&Counter>,
     last: &AtomicU64,
     epoch: Instant,
 ) -> End {
@@ -238,13 +257,23 @@ async fn pump(
             *c = Bytes::new();
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(m) = metric {
+            m.inc_by(n as u64);
+        }
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-/// Splices `a` and `b` until both directions end, either side resets, or nothing
-/// moves for `idle`. `progress` is updated as bytes flow.
-pub async fn splice(a: Side, b: Side, idle: Duration, progress: Arc<Progress>) -> Totals {
+/// Splices `a` and `b` until both directions end, either side resets, nothing
+/// moves for `idle`, or `deadline` passes (both sides are then reset).
+/// `progress` is updated as bytes flow.
+pub async fn splice(
+    a: Side,
+    b: Side,
+    idle: Duration,
+    deadline: Option<tokio::time::Instant>,
+    progress: Arc<Progress>,
+) -> Totals {
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let Side {
@@ -256,8 +285,22 @@ pub async fn splice(a: Side, b: Side, idle: Duration, progress: Arc<Progress>) -
         writer: mut b_w,
     } = b;
     let outcome = {
-        let up = pump(&mut a_r, &mut b_w, &progress.a_to_b, &last, epoch);
-        let down = pump(&mut b_r, &mut a_w, &progress.b_to_a, &last, epoch);
+        let up = pump(
+            &mut a_r,
+            &mut b_w,
+            &progress.a_to_b,
+            progress.a_to_b_metric.as_ref(),
+            &last,
+            epoch,
+        );
+        let down = pump(
+            &mut b_r,
+            &mut a_w,
+            &progress.b_to_a,
+            progress.b_to_a_metric.as_ref(),
+            &last,
+            epoch,
+        );
         let watchdog = async {
             loop {
                 let idle_for = epoch
@@ -283,6 +326,12 @@ pub async fn splice(a: Side, b: Side, idle: Duration, progress: Arc<Progress>) -
                     if e == End::Reset { break false; }
                 }
                 _ = &mut watchdog => break false,
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => break false,
             }
             if up_end.is_some() && down_end.is_some() {
                 break true;

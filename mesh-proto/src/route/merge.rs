@@ -1,0 +1,202 @@
+//! The route merge: from every route document gossip delivered, the one in force
+//! for each route name — the same on every node that sees the same documents, with
+//! no coordinator.
+//!
+//! Every node publishes, under `route:<name>`, the document it considers the winner
+//! for that name; [`merge()`] takes all of them (from every live member) and, per
+//! name, keeps the document that
+//! 1. carries a body that parses, validates, and names the document's route
+//!    ([`RouteSpec::parse_document`]),
+//! 2. passes the caller's `verified` check (the node checks the signature over the
+//!    body and the signer's operator certificate against the mesh CA: this crate
+//!    does no cryptography),
+//! 3. and has the highest [`Precedence`]: the signed `issued_at_ms` of its body
+//!    first, then its HLC `version` (which orders by wall time, logical count and
+//!    stamping node), then its body, signature and certificate bytes — a total
+//!    order, so every node picks the same winner whatever order the documents
+//!    arrive in.
+//!
+//! Why the signed issue time comes first: the version is stamped by whichever node
+//! accepted the document and is not covered by the signature. Were the version the
+//! first key, any mesh member could republish an old, validly signed body under a
+//! fresh version and roll the route back (or undo a deletion). The issue time is
+//! inside the signed body, so only an operator can move it forward. The cost: an
+//! operator's clock that runs behind makes a new document lose to an older one,
+//! which is why the node should refuse, at `route apply`, a document that does not
+//! beat the current winner (compare [`Precedence`]s) and say so.
+//!
+//! Documents failing rule 1 or 2 are reported as [`Rejected`] with the reason and
+//! never win. A winning tombstone (`deleted: true`) stays among the winners — it
+//! keeps beating older versions of the route — but [`Merged::table`] leaves the
+//! route out. Tombstones are never forgotten: they are small, and forgetting one
+//! would let an old version come back.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use super::{RouteError, RouteSpec, RouteTable};
+use crate::gossip::{HlcTimestamp, RouteDocument};
+
+/// The order between two valid documents of one route: the greater wins. Fields
+/// compare in declaration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence<'a> {
+    /// The signed issue time from the body ([`RouteSpec::issued_at_ms`]).
+    pub issued_at_ms: u64,
+    /// The document's HLC version.
+    pub version: &'a HlcTimestamp,
+    /// The body bytes.
+    pub body: &'a [u8],
+    /// The signature bytes.
+    pub signature: &'a [u8],
+    /// The signer certificate bytes.
+    pub signer_cert_der: &'a [u8],
+}
+
+impl<'a> Precedence<'a> {
+    /// The precedence of `document`, whose body parsed as `spec`.
+    pub fn of(document: &'a RouteDocument, spec: &RouteSpec) -> Precedence<'a> {
+        Precedence {
+            issued_at_ms: spec.issued_at_ms,
+            version: &document.version,
+            body: &document.body,
+            signature: &document.signature,
+            signer_cert_der: &document.signer_cert_der,
+        }
+    }
+}
+
+/// The document in force for one route name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Winner {
+    /// The document, to publish under `route:<name>` and store.
+    pub document: RouteDocument,
+    /// Its parsed body.
+    pub spec: RouteSpec,
+}
+
+impl Winner {
+    /// This winner's precedence.
+    pub fn precedence(&self) -> Precedence<'_> {
+        Precedence::of(&self.document, &self.spec)
+    }
+}
+
+/// Why a document was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RejectReason {
+    /// The body does not parse or validate, or names another route.
+    #[error("invalid route body: {0}")]
+    Invalid(#[from] RouteError),
+    /// The `verified` check failed: a bad signature, or a signer that is not an
+    /// operator certified by the mesh CA.
+    #[error(
+        "the signature does not verify, or the signer is not an operator of this mesh's CA; re-sign it with `shoal route apply` and an operator key"
+    )]
+    Unverified,
+}
+
+/// A document that [`merge()`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The route name the document claims.
+    pub name: String,
+    /// Its version.
+    pub version: HlcTimestamp,
+    /// Why it was refused.
+    pub reason: RejectReason,
+}
+
+/// The outcome of [`merge()`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// Per route name, the document in force, tombstones included.
+    pub winners: BTreeMap<String, Winner>,
+    /// The documents refused, each once, ordered by name and version.
+    pub rejected: Vec<Rejected>,
+}
+
+impl Merged {
+    /// The winners that are not tombstones.
+    pub fn live(&self) -> impl Iterator<Item = &Winner> {
+        self.winners.values().filter(|w| !w.spec.deleted)
+    }
+
+    /// The route table of the live winners.
+    pub fn table(&self) -> RouteTable {
+        RouteTable::new(self.live().map(|w| w.spec.clone()))
+    }
+}
+
+/// Checks one document as [`merge()`] does (body, then `verified`) and returns its
+/// spec: what the node runs on `route apply` before stamping and storing a
+/// document.
+pub fn check_document(
+    document: &RouteDocument,
+    verified: impl Fn(&RouteDocument) -> bool,
+) -> Result<RouteSpec, RejectReason> {
+    let spec = RouteSpec::parse_document(document)?;
+    if !verified(document) {
+        return Err(RejectReason::Unverified);
+    }
+    Ok(spec)
+}
+
+/// Merges route documents (see the module doc). Identical documents — every node
+/// republishes the winner — are checked once, so `verified` runs once per distinct
+/// document; the node should still cache its results, since the merge reruns on
+/// every gossip change.
+pub fn merge<'a>(
+    documents: impl IntoIterator<Item = &'a RouteDocument>,
+    verified: impl Fn(&RouteDocument) -> bool,
+) -> Merged {
+    let mut docs: Vec<&RouteDocument> = documents.into_iter().collect();
+    docs.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    docs.dedup();
+
+    let mut winners: BTreeMap<&str, (&RouteDocument, RouteSpec)> = BTreeMap::new();
+    let mut rejected = Vec::new();
+    for doc in docs {
+        match check_document(doc, &verified) {
+            Err(reason) => rejected.push(Rejected {
+                name: doc.name.clone(),
+                version: doc.version.clone(),
+                reason,
+            }),
+            Ok(spec) => match winners.get(doc.name.as_str()) {
+                Some((best, best_spec))
+                    if Precedence::of(best, best_spec) >= Precedence::of(doc, &spec) => {}
+                _ => {
+                    winners.insert(&doc.name, (doc, spec));
+                }
+            },
+        }
+    }
+    Merged {
+        winners: winners
+            .into_iter()
+            .map(|(name, (document, spec))| {
+                (
+                    name.to_string(),
+                    Winner {
+                        document: document.clone(),
+                        spec,
+                    },
+                )
+            })
+            .collect(),
+        rejected,
+    }
+}
+
+/// A total order on documents, for deduplication and a deterministic report.
+fn sort_key(d: &RouteDocument) -> (&str, &HlcTimestamp, &[u8], &[u8], &[u8]) {
+    (
+        &d.name,
+        &d.version,
+        &d.body,
+        &d.signature,
+        &d.signer_cert_der,
+    )
+}
