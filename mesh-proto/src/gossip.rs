@@ -297,9 +297,14 @@ pub struct HlcTimestamp {
 
 /// The value under `route:<name>`: a signed, versioned route document.
 ///
-/// The shape is fixed here; the contents of `body`, and how the signature is
-/// checked, are defined by the route-document work. Decoding checks only names and
-/// sizes: a decoded document is not yet trusted.
+/// The shape is fixed here. `body` is the canonical JSON of a
+/// [`crate::route::RouteSpec`] ([`crate::route::RouteSpec::to_body`], read back by
+/// [`crate::route::RouteSpec::parse_document`]); `signature` is the operator's
+/// ECDSA P-256 SHA-256 signature (DER) over exactly those bytes, checked by the
+/// node against the mesh CA (`shoal_pki::sign`); `version` is stamped by the node
+/// that accepted the document and is not signed, which is why
+/// [`crate::route::merge()`] orders by the signed `issued_at_ms` first. Decoding
+/// checks only names and sizes: a decoded document is not yet trusted.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct RouteDocument {
     /// The route's name.

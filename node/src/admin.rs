@@ -10,8 +10,11 @@
 //! | `GET /members` | JSON: every known member with state, address, zone, generation, heartbeat age |
 //! | `GET /services` | JSON: service → endpoints (node, zone, health, weight, ...) |
 //! | `GET /config` | JSON: the effective configuration |
+//! | `GET /routes` | JSON: the route documents in force (tombstones included) |
+//! | `GET /routes/rejected` | JSON: the route documents refused, with the reason |
+//! | `POST /routes` | apply a signed route document (see [`crate::routes::ApplyRequest`]) |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /` | an HTML page polling the above |
+//! | `GET /` | an HTML page polling members, services and routes |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +35,7 @@ use crate::config::Config;
 use crate::gossip::Gossip;
 use crate::metrics::{Metrics, StateLabels};
 use crate::publish::Publisher;
+use crate::routes::{ApplyRequest, MAX_APPLY_REQUEST_BYTES, RouteStore, SharedRoutes};
 use crate::routing::SharedTable;
 
 /// What the admin handlers read.
@@ -43,6 +47,10 @@ pub struct AdminState {
     pub gossip: Arc<Gossip>,
     /// The routing table.
     pub table: SharedTable,
+    /// The merged route documents' table (HTTP routing).
+    pub routes: SharedRoutes,
+    /// The route documents: `GET`/`POST /routes`.
+    pub route_store: Arc<RouteStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// This node's records (for draining).
@@ -217,10 +225,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/routes" && req.method() == Method::POST {
+        return apply_route(state, req).await;
+    }
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET (and POST /routes)\n",
+        );
     }
     match req.uri().path() {
+        "/routes" => json(&state.route_store.routes().await),
+        "/routes/rejected" => json(&state.route_store.rejected().await),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if state.ready().await {
@@ -253,6 +269,69 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /routes`: a JSON [`ApplyRequest`] of at most
+/// [`MAX_APPLY_REQUEST_BYTES`]. Answers 201 (created) or 200 with an
+/// [`crate::routes::ApplyResponse`], or an error status with `{"error": "..."}`.
+async fn apply_route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let too_large = || {
+        error_json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the request body is larger than {MAX_APPLY_REQUEST_BYTES} bytes; a route document is at most 32 KiB"
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_APPLY_REQUEST_BYTES as u64) {
+        return too_large();
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_APPLY_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+    };
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = crate::routes::ApplyError::Request(e.to_string());
+            return error_json(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    match state.route_store.apply(&request).await {
+        Ok(applied) => {
+            let mut r = json(&applied);
+            if applied.result == crate::routes::ApplyResult::Created {
+                *r.status_mut() = StatusCode::CREATED;
+            }
+            r
+        }
+        Err(e) => error_json(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            &e.to_string(),
+        ),
+    }
+}
+
+/// An error answer: `{"error": "one line"}`.
+fn error_json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut r = json(&serde_json::json!({ "error": message }));
+    *r.status_mut() = status;
+    r
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -296,6 +375,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
 <h1>shoal</h1>
 <h2>members</h2><table id="m"></table>
 <h2>services</h2><table id="s"></table>
+<h2>routes</h2><table id="r"></table>
 <script>
 const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 async function refresh() {
@@ -308,6 +388,9 @@ async function refresh() {
     for (const [name, eps] of Object.entries(s)) for (const e of eps)
       rows += `<tr><td>${esc(name)}</td><td>${esc(e.node)}</td><td>${esc(e.zone)}</td><td class="${esc(e.health)}">${esc(e.health)}</td><td>${e.weight}</td><td>${e.inflight}</td></tr>`;
     document.getElementById('s').innerHTML = rows;
+    const r = await (await fetch('/routes')).json();
+    document.getElementById('r').innerHTML = '<tr><th>route</th><th>state</th><th>hosts</th><th>rules</th><th>signer</th><th>version</th></tr>' +
+      r.map(x => `<tr><td>${esc(x.name)}</td><td class="${x.deleted ? 'dead' : 'alive'}">${x.deleted ? 'deleted' : 'active'}</td><td>${esc(x.spec.hosts.join(', '))}</td><td>${x.spec.rules.length}</td><td>${esc(x.signer)}</td><td>${x.version.wall_ms}.${x.version.logical}@${esc(x.version.node)}</td></tr>`).join('');
   } catch (e) {}
 }
 refresh(); setInterval(refresh, 1000);

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use chitchat::ChitchatId;
 use mesh_proto::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
 use mesh_proto::routing::RoutingTable;
+use mesh_proto::tunnel::Protocol;
 use quinn::AsyncUdpSocket;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -32,8 +33,11 @@ use crate::config::{Config, HealthKind};
 use crate::endpoint::{self, MeshEndpoint, SocketSource};
 use crate::gossip::{Gossip, GossipError, QuicTransport, transport};
 use crate::metrics::Metrics;
+use crate::proxy::http::HttpListener;
+use crate::proxy::ingress_tls::IngressCert;
 use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
 use crate::publish::Publisher;
+use crate::routes::{RouteStore, SharedRoutes};
 use crate::routing::{self, SharedTable};
 use crate::tls::{TlsError, TlsFiles, TlsState};
 
@@ -113,12 +117,12 @@ pub enum StartError {
         /// The OS error.
         cause: std::io::Error,
     },
-    /// A configured feature this build does not provide.
+    /// A listener cannot start (its TLS files, its access log).
     #[error("{field}: {reason}")]
-    Unsupported {
+    Listener {
         /// The config field.
         field: String,
-        /// What is missing.
+        /// What is wrong.
         reason: String,
     },
     /// chitchat did not start.
@@ -138,6 +142,8 @@ pub struct Node {
     admin: Arc<AdminState>,
     metrics: Arc<Metrics>,
     proxy: Arc<ProxyContext>,
+    routes: SharedRoutes,
+    ingress: Vec<Arc<IngressCert>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -203,14 +209,17 @@ impl Node {
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            if l.protocol == mesh_proto::tunnel::Protocol::Http {
-                return Err(StartError::Unsupported {
-                    field: format!("listener[{i}].protocol"),
-                    reason:
-                        "HTTP listeners are not available in this build yet; use protocol = \"tcp\""
-                            .into(),
-                });
-            }
+            let cert = match &l.tls {
+                Some(files) => {
+                    Some(
+                        IngressCert::load(i, files).map_err(|e| StartError::Listener {
+                            field: format!("listener[{i}].tls"),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
+                None => None,
+            };
             let socket = crate::proxy::listen(l.bind).map_err(|cause| StartError::Bind {
                 field: format!("listener[{i}].bind"),
                 addr: l.bind,
@@ -221,7 +230,7 @@ impl Node {
                 addr: l.bind,
                 cause,
             })?;
-            listeners.push((l.clone(), socket, addr));
+            listeners.push((i, l.clone(), socket, addr, cert));
         }
 
         let generation = unix_ms();
@@ -333,10 +342,29 @@ impl Node {
                 stop_rx.clone(),
             )));
         }
+        // Route documents: the merged table HTTP listeners route by.
+        let routes: SharedRoutes = Arc::default();
+        // Stored documents are loaded, merged and published before any listener
+        // starts, so a restarted node routes by them at once.
+        let route_store = RouteStore::open(
+            &config.node.data_dir,
+            tls.clone(),
+            gossip.clone(),
+            metrics.clone(),
+            routes.clone(),
+        )
+        .await
+        .map_err(|cause| StartError::DataDir {
+            path: config.node.data_dir.join(crate::routes::ROUTES_DIR),
+            cause,
+        })?;
+        tasks.push(tokio::spawn(route_store.clone().run(stop_rx.clone())));
         let admin = Arc::new(AdminState {
             config: config.clone(),
             gossip: gossip.clone(),
             table: table.clone(),
+            routes: routes.clone(),
+            route_store,
             metrics: metrics.clone(),
             publisher: publisher.clone(),
             joined: AtomicBool::new(false),
@@ -357,11 +385,32 @@ impl Node {
         )));
 
         let mut bound_listeners = Vec::new();
-        for (cfg, socket, addr) in listeners {
+        let mut ingress = Vec::new();
+        for (i, cfg, socket, addr, cert) in listeners {
             bound_listeners.push((cfg.name.clone(), addr));
-            tracing::info!(listener = %cfg.name, bind = %addr, service = %cfg.service(), "listening");
-            let listener = tcp::Listener::new(cfg, proxy.clone());
-            tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
+            tracing::info!(
+                listener = %cfg.name,
+                bind = %addr,
+                protocol = %cfg.protocol,
+                service = %cfg.service.as_deref().unwrap_or("-"),
+                "listening"
+            );
+            match cfg.protocol {
+                Protocol::Tcp => {
+                    let listener = tcp::Listener::new(cfg, proxy.clone());
+                    tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
+                }
+                Protocol::Http => {
+                    ingress.extend(cert.clone());
+                    let listener = HttpListener::new(cfg, proxy.clone(), routes.clone(), cert)
+                        .await
+                        .map_err(|reason| StartError::Listener {
+                            field: format!("listener[{i}]"),
+                            reason,
+                        })?;
+                    tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
+                }
+            }
         }
         let bound = Bound {
             quic,
@@ -386,6 +435,8 @@ impl Node {
             admin,
             metrics,
             proxy,
+            routes,
+            ingress,
             stop,
             tasks,
         })
@@ -411,6 +462,11 @@ impl Node {
         self.table.load_full()
     }
 
+    /// The current HTTP route table (merged route documents).
+    pub fn routes(&self) -> Arc<mesh_proto::route::table::RouteTable> {
+        self.routes.load_full()
+    }
+
     /// The members as `/members` reports them.
     pub async fn members(&self) -> Vec<MemberView> {
         self.admin.members().await
@@ -429,6 +485,14 @@ impl Node {
     /// Re-reads the TLS files (as on SIGHUP): new connections use the new
     /// certificate, established ones are kept; the new certificate is published.
     pub async fn reload_tls(&self) -> Result<(), TlsError> {
+        for cert in &self.ingress {
+            match cert.reload() {
+                Ok(()) => tracing::info!("reloaded an ingress certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload an ingress certificate; keeping the current one")
+                }
+            }
+        }
         reload(
             &self.endpoint,
             &self.gossip,

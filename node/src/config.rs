@@ -74,6 +74,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `listener.request_timeout` (HTTP).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `listener.header_timeout` (HTTP).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `listener.attempts`.
 pub const DEFAULT_ATTEMPTS: u32 = 3;
 /// Largest `listener.attempts`.
@@ -360,10 +362,11 @@ pub struct RawListener {
     /// `bind`: local `IP:PORT` applications connect to (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
-    /// `service`: the mesh service connections go to (required).
+    /// `service`: the mesh service connections go to (required for tcp; for http
+    /// the service of requests no route matches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    /// `protocol`: `"tcp"`.
+    /// `protocol`: `"tcp"` (default) or `"http"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// `lb`: `"round_robin"`, `"least_request"` or `"ring_hash"`.
@@ -414,6 +417,14 @@ pub struct RawListener {
         skip_serializing_if = "Option::is_none"
     )]
     pub request_timeout: Option<Duration>,
+    /// `header_timeout`: time a client has to send a request head, and the TLS
+    /// handshake (HTTP).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header_timeout: Option<Duration>,
 }
 
 /// A `[listener.tls]` table as written.
@@ -886,6 +897,9 @@ pub struct ListenerConfig {
     /// Whole-request timeout when no route sets one (HTTP).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Time a client has to send a complete request head (HTTP).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -2012,6 +2026,25 @@ impl Validator {
             Duration::from_millis(1),
             Duration::from_secs(24 * 3600),
         );
+        let header_timeout = raw.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT);
+        self.duration_range(
+            &f("header_timeout"),
+            header_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        if !http && raw.header_timeout.is_some() {
+            self.err(
+                f("header_timeout"),
+                "only http listeners read request heads",
+            );
+        }
+        if !http && raw.request_timeout.is_some() {
+            self.err(
+                f("request_timeout"),
+                "only http listeners time requests; a tcp listener has idle_timeout",
+            );
+        }
         let lb = match raw.lb.as_deref() {
             None => Some(Policy::RoundRobin),
             Some(p) => match p.parse::<Policy>() {
@@ -2107,6 +2140,7 @@ impl Validator {
             tls,
             access_log,
             request_timeout,
+            header_timeout,
         })
     }
 

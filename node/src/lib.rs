@@ -21,6 +21,7 @@
 //! - [`health`]: active checks of local backends;
 //! - [`proxy`]: listeners, tunnels and the inbound side;
 //! - [`routing`]: the routing table, rebuilt on change, swapped atomically;
+//! - [`routes`]: route documents (signed L7 rules), stored, merged, published;
 //! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports.
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;
+pub mod routes;
 pub mod routing;
 pub mod tls;
 

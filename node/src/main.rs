@@ -13,14 +13,17 @@ macro_rules! say {
 }
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mesh_proto::route::RouteSpec;
 use shoal_node::admin::{EndpointView, MemberView};
 use shoal_node::config::{Config, DEFAULT_ADMIN, Overrides};
+use shoal_node::routes::{ApplyRequest, ApplyResponse, RejectedView, RouteView, rfc3339_ms};
 use shoal_node::{Node, StartOptions};
+use shoal_pki::OperatorKey;
 
 /// The per-host Shoal node: gossip membership, mTLS QUIC tunnels, proxying.
 #[derive(Parser, Debug)]
@@ -72,6 +75,59 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Apply, list and delete route documents (signed HTTP routing rules,
+    /// cluster-wide; see docs/routing.md).
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RouteCommand {
+    /// Check a route file, sign it with an operator key and apply it through a node.
+    Apply {
+        /// The route file: TOML or JSON (by its extension, .toml or .json, else by
+        /// its content). issued_at_ms is set to now unless the file sets it.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// The node's admin address.
+        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// List the route documents in force, and any the node refused.
+    List {
+        /// The node's admin address.
+        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// Print the JSON of GET /routes instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a route: sign and apply a tombstone for it.
+    Delete {
+        /// The route's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// The node's admin address.
+        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+}
+
+/// The operator identity that signs route documents.
+#[derive(Args, Debug)]
+struct OperatorArgs {
+    /// The operator certificate (PEM), from `shoal-pki issue --operator NAME`.
+    #[arg(long, value_name = "FILE", env = "SHOAL_OPERATOR_CERT")]
+    operator_cert: PathBuf,
+    /// The operator certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "SHOAL_OPERATOR_KEY")]
+    operator_key: PathBuf,
 }
 
 /// Default `--threads`.
@@ -161,6 +217,10 @@ async fn run(command: Command) -> Result<ExitCode> {
             status(admin).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Route { command } => {
+            route(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -185,26 +245,44 @@ async fn serve_until_signalled(node: Node) -> Result<()> {
     Ok(())
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T> {
-    use http_body_util::{BodyExt, Empty};
+/// One request to the admin API; returns the status and the body.
+async fn admin_request(
+    admin: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(hyper::StatusCode, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Full};
     let stream = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| {
             format!("cannot reach the admin API at {admin}; is the node running? (--admin)")
         })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(
         hyper_util::rt::TokioIo::new(stream),
     )
     .await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, admin.to_string())
-        .body(Empty::new())?;
-    let resp = sender.send_request(req).await?;
-    if !resp.status().is_success() {
-        bail!("GET {path} answered {}", resp.status());
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, admin.to_string());
+    if !body.is_empty() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }
+    let resp = sender
+        .send_request(req.body(Full::new(bytes::Bytes::from(body)))?)
+        .await?;
+    let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T> {
+    let (status, body) = admin_request(admin, hyper::Method::GET, path, Vec::new()).await?;
+    if !status.is_success() {
+        bail!("GET {path} answered {status}");
+    }
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -268,6 +346,186 @@ async fn status(admin: SocketAddr) -> Result<()> {
         &rows,
     );
     Ok(())
+}
+
+async fn route(command: RouteCommand) -> Result<()> {
+    match command {
+        RouteCommand::Apply {
+            file,
+            operator,
+            admin,
+        } => {
+            let spec = load_route_file(&file, unix_ms())?;
+            let key = operator.load()?;
+            apply_signed(admin, &key, &spec).await
+        }
+        RouteCommand::Delete {
+            name,
+            operator,
+            admin,
+        } => {
+            let spec = RouteSpec::tombstone(name.clone(), unix_ms());
+            spec.validate()
+                .map_err(|e| anyhow!("route name {name:?}: {e}"))?;
+            let key = operator.load()?;
+            apply_signed(admin, &key, &spec).await
+        }
+        RouteCommand::List { admin, json } => {
+            if json {
+                let routes: serde_json::Value = get_json(admin, "/routes").await?;
+                say!("{}", serde_json::to_string_pretty(&routes)?);
+                return Ok(());
+            }
+            let routes: Vec<RouteView> = get_json(admin, "/routes").await?;
+            let rejected: Vec<RejectedView> = get_json(admin, "/routes/rejected").await?;
+            print_routes(&routes, &rejected);
+            Ok(())
+        }
+    }
+}
+
+impl OperatorArgs {
+    /// Reads and checks the operator certificate and key.
+    fn load(&self) -> Result<OperatorKey> {
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+        };
+        let cert = read(&self.operator_cert)?;
+        let key = read(&self.operator_key)?;
+        OperatorKey::from_pem(&cert, &key).map_err(|e| {
+            let file = match e {
+                shoal_pki::KeyError::Key(_) => self.operator_key.display().to_string(),
+                shoal_pki::KeyError::KeyMismatch => format!(
+                    "{} and {}",
+                    self.operator_cert.display(),
+                    self.operator_key.display()
+                ),
+                _ => self.operator_cert.display().to_string(),
+            };
+            anyhow!("{file}: {e}")
+        })
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Reads a route file (TOML or JSON), sets `issued_at_ms` to `now_ms` unless the
+/// file sets it, and validates it; errors name the file and the field.
+fn load_route_file(path: &Path, now_ms: u64) -> Result<RouteSpec> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))?;
+    let json = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => true,
+        Some("toml") => false,
+        _ => text.trim_start().starts_with('{'),
+    };
+    let mut value: serde_json::Value = if json {
+        serde_json::from_str(&text).map_err(|e| anyhow!("{shown}: not valid JSON: {e}"))?
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" at line {line} column {column}")
+                })
+                .unwrap_or_default();
+            anyhow!("{shown}: not valid TOML{at}: {}", e.message().trim())
+        })?
+    };
+    let Some(fields) = value.as_object_mut() else {
+        bail!("{shown}: a route is a table with name, hosts and rules (see docs/routing.md)");
+    };
+    fields
+        .entry("issued_at_ms")
+        .or_insert_with(|| serde_json::Value::from(now_ms));
+    let spec: RouteSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        if field == "." {
+            anyhow!("{shown}: {}", e.inner())
+        } else {
+            anyhow!("{shown}: {field}: {}", e.inner())
+        }
+    })?;
+    spec.validate().map_err(|e| anyhow!("{shown}: {e}"))?;
+    Ok(spec)
+}
+
+/// Signs `spec` (its canonical body) and posts it to the node; prints the outcome.
+async fn apply_signed(admin: SocketAddr, key: &OperatorKey, spec: &RouteSpec) -> Result<()> {
+    let signed = key.sign_route(spec)?;
+    let body = serde_json::to_vec(&ApplyRequest::new(&signed))?;
+    let (status, answer) = admin_request(admin, hyper::Method::POST, "/routes", body).await?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
+        bail!(
+            "the node refused route {:?} ({status}): {message}",
+            spec.name
+        );
+    }
+    let applied: ApplyResponse = serde_json::from_slice(&answer)
+        .with_context(|| format!("POST /routes answered {status} with an unexpected body"))?;
+    let r = &applied.route;
+    say!(
+        "route {} {}: version {}, issued {}, signed by {}",
+        r.name,
+        applied.result,
+        r.version,
+        rfc3339_ms(r.issued_at_ms),
+        r.signer
+    );
+    Ok(())
+}
+
+fn print_routes(routes: &[RouteView], rejected: &[RejectedView]) {
+    say!("ROUTES");
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                if r.deleted { "deleted" } else { "active" }.to_string(),
+                r.spec.hosts.join(","),
+                r.spec.rules.len().to_string(),
+                rfc3339_ms(r.issued_at_ms),
+                r.signer.clone(),
+                r.version.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME", "STATE", "HOSTS", "RULES", "ISSUED", "SIGNER", "VERSION",
+        ],
+        &rows,
+    );
+    if rejected.is_empty() {
+        return;
+    }
+    say!();
+    say!("REJECTED");
+    let rows: Vec<Vec<String>> = rejected
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.reason.clone(),
+                r.published_by.join(","),
+                r.error.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "REASON", "PUBLISHED BY", "ERROR"], &rows);
 }
 
 fn print_table(header: &[&str], rows: &[Vec<String>]) {

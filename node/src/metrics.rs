@@ -116,6 +116,32 @@ pub struct ServiceReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of HTTP request metrics: `listener`, `route`, `service`, `class`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The listener name.
+    pub listener: String,
+    /// The route document that matched (`-` for the listener's default service).
+    pub route: String,
+    /// The destination service (`-` when none was chosen).
+    pub service: String,
+    /// Status class of the response: `2xx`, `4xx`, `5xx`...
+    pub class: &'static str,
+}
+
+/// Labels of HTTP retry metrics: `listener`, `route`, `service`, `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpRetryLabels {
+    /// The listener name.
+    pub listener: String,
+    /// The route document (`-` for the listener's default service).
+    pub route: String,
+    /// The destination service.
+    pub service: String,
+    /// What the previous try ran into: `connect_failure`, `5xx`, `reset`, `timeout`.
+    pub reason: &'static str,
+}
+
 /// Every metric the node exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -145,6 +171,13 @@ pub struct Metrics {
     pub connections_recycled: Family<ReasonLabels, Counter>,
     /// When this node's certificate expires (unix seconds).
     pub certificate_expiry: Gauge,
+    /// Route documents in force (not deleted).
+    pub route_documents: Gauge,
+    /// Distinct route documents refused, by reason.
+    pub route_rejections: Family<ReasonLabels, Counter>,
+    /// When the first operator certificate that signed a route in force expires
+    /// (unix seconds; 0 without routes).
+    pub route_signer_expiry: Gauge,
     /// Client connections accepted by listeners.
     pub listener_connections: Family<ListenerLabels, Counter>,
     /// Client connections open now.
@@ -169,6 +202,14 @@ pub struct Metrics {
     pub inbound_refusals: Family<ServiceReasonLabels, Counter>,
     /// Bytes through inbound tunnels.
     pub inbound_bytes: Family<ServiceDirectionLabels, Counter>,
+    /// HTTP requests answered by listeners, by route, service and status class.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Time from a request's arrival to its response headers.
+    pub http_duration: Family<HttpLabels, Histogram>,
+    /// HTTP tries after the first, by route, service and reason.
+    pub http_retries: Family<HttpRetryLabels, Counter>,
+    /// HTTP retries refused by the listener's retry budget.
+    pub http_retry_budget_exhausted: Family<ListenerLabels, Counter>,
 }
 
 fn setup_histogram() -> Histogram {
@@ -254,6 +295,24 @@ impl Metrics {
             "When this node's certificate expires (unix seconds)",
             certificate_expiry.clone(),
         );
+        let route_documents = Gauge::default();
+        let route_rejections = Family::<ReasonLabels, Counter>::default();
+        let route_signer_expiry = Gauge::default();
+        registry.register(
+            "route_documents",
+            "Route documents in force (deleted routes not counted)",
+            route_documents.clone(),
+        );
+        registry.register(
+            "route_documents_rejected",
+            "Distinct route documents refused (bad signature, signer, body...), by reason",
+            route_rejections.clone(),
+        );
+        registry.register(
+            "route_signer_expiry_timestamp_seconds",
+            "When the first operator certificate that signed a route in force expires (unix seconds)",
+            route_signer_expiry.clone(),
+        );
         let listener_connections = Family::<ListenerLabels, Counter>::default();
         let listener_active = Family::<ListenerLabels, Gauge>::default();
         let listener_failures = Family::<ListenerReasonLabels, Counter>::default();
@@ -268,6 +327,32 @@ impl Metrics {
         let inbound_active = Family::<ServiceLabels, Gauge>::default();
         let inbound_refusals = Family::<ServiceReasonLabels, Counter>::default();
         let inbound_bytes = Family::<ServiceDirectionLabels, Counter>::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            setup_histogram as fn() -> Histogram,
+        );
+        let http_retries = Family::<HttpRetryLabels, Counter>::default();
+        let http_retry_budget_exhausted = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered by listeners, by route, service and status class",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response headers",
+            http_duration.clone(),
+        );
+        registry.register(
+            "http_retries",
+            "HTTP tries after the first, by route, service and the previous try's failure",
+            http_retries.clone(),
+        );
+        registry.register(
+            "http_retry_budget_exhausted",
+            "HTTP retries not made because the listener's retry budget was spent",
+            http_retry_budget_exhausted.clone(),
+        );
         registry.register(
             "listener_connections",
             "Client connections accepted by listeners",
@@ -342,6 +427,10 @@ impl Metrics {
             inbound_active,
             inbound_refusals,
             inbound_bytes,
+            http_requests,
+            http_duration,
+            http_retries,
+            http_retry_budget_exhausted,
             members,
             gossip_messages,
             gossip_bytes,
@@ -354,6 +443,9 @@ impl Metrics {
             connections_accepted,
             connections_recycled,
             certificate_expiry,
+            route_documents,
+            route_rejections,
+            route_signer_expiry,
         }
     }
 

@@ -14,8 +14,12 @@
 //! than `ok`) is retried on another endpoint; the caller's outlier detection ejects
 //! endpoints that keep failing.
 
+pub mod access_log;
 pub mod balance;
+pub mod headers;
+pub mod http;
 pub mod inbound;
+pub mod ingress_tls;
 pub mod splice;
 pub mod tcp;
 pub mod upstream;

@@ -1,6 +1,7 @@
 //! This node's own facts in gossip: its `node` record, its certificate, and one
-//! `svc:<name>` record per local service. The only writer of this node's key
-//! space; health checks and shutdown change state through it.
+//! `svc:<name>` record per local service. The only writer of these keys (the
+//! `route:<name>` keys are [`crate::routes`]'); health checks and shutdown
+//! change state through it.
 
 use std::collections::BTreeMap;
 

@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use shoal_pki::{CaBundle, CertIdentity};
+use shoal_pki::{CaBundle, CertIdentity, OperatorVerifier, SignatureError, Signer};
 use thiserror::Error;
 use webpki::{EndEntityCert, KeyUsage};
 
@@ -84,6 +84,8 @@ fn invalid(field: &'static str, reason: impl fmt::Display) -> TlsError {
 pub struct MeshTrust {
     trust_domain: String,
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    /// The same anchors, for operator signatures on route documents.
+    operators: OperatorVerifier,
     /// The CA certificates (DER), to tell whether a reload changed them.
     ca_fingerprint: Vec<Vec<u8>>,
 }
@@ -163,6 +165,7 @@ pub fn load(
         certified: Arc::new(certified),
     };
     let trust = MeshTrust {
+        operators: OperatorVerifier::new(trust_domain.clone(), anchors.clone()),
         trust_domain,
         anchors,
         ca_fingerprint: bundle.cas.iter().map(|c| c.as_ref().to_vec()).collect(),
@@ -406,6 +409,18 @@ impl TlsState {
             return Err(Rejection::NotANode);
         }
         Ok(id)
+    }
+
+    /// Checks the operator signature of a route document against the current
+    /// mesh CA set (see [`shoal_pki::sign`]): the signer certificate chains to it,
+    /// is valid at `now`, is an operator certificate of this trust domain, and
+    /// signed the body.
+    pub fn verify_route_document(
+        &self,
+        document: &mesh_proto::gossip::RouteDocument,
+        now: UnixTime,
+    ) -> Result<Signer, SignatureError> {
+        self.trust.load().operators.verify(document, now)
     }
 
     fn checked(

@@ -124,10 +124,33 @@ initial_interval = "100ms"
 }
 
 /// Runs a `shoal` command to completion (bounded).
+/// `shoal route VERB ARG` signed with the operator files, against `admin`.
+fn signed_route(verb: &str, arg: &str, cert: &str, key: &str, admin: &str) -> Output {
+    shoal(&[
+        "route",
+        verb,
+        arg,
+        "--operator-cert",
+        cert,
+        "--operator-key",
+        key,
+        "--admin",
+        admin,
+    ])
+}
+
 fn shoal(args: &[&str]) -> Output {
+    shoal_env(args, &[])
+}
+
+/// [`shoal`] with extra environment variables.
+fn shoal_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let child = Command::new(SHOAL)
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("SHOAL_OPERATOR_CERT")
+        .env_remove("SHOAL_OPERATOR_KEY")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -762,4 +785,254 @@ unhealthy_threshold = 1
         let last = lines.last().unwrap();
         assert!(last.contains("node stopped"), "{}: {last}", node.label);
     }
+}
+
+// ---------------------------------------------------------------------------
+// shoal route
+// ---------------------------------------------------------------------------
+
+const SHOP_TOML: &str = r#"
+name = "shop"
+hosts = ["shop.example.org", "*.shop.example.org"]
+
+[[rules]]
+match = { path_prefix = "/api", methods = ["GET"] }
+backends = [{ service = "api", weight = 90 }, { service = "api-v2", weight = 10 }]
+timeout_ms = 5000
+retry = { on = ["connect_failure", "5xx"], attempts = 3 }
+
+[[rules]]
+backends = [{ service = "web" }]
+session = { type = "cookie", ttl_s = 3600 }
+"#;
+
+/// One running node and an operator certificate (`alice/operator.crt`, `.key`).
+fn route_fixture() -> (Fixture, Shoal) {
+    let f = Fixture::new();
+    f.save("a", &f.issue("a", &[]));
+    let alice =
+        f.ca.issue_operator("alice", Validity::days_from_now(10).unwrap())
+            .unwrap();
+    alice.save(&f.path().join("alice"), false).unwrap();
+    let config = f.write("a.toml", &node_config("a", ""));
+    let node = Shoal::run("a", &config, &[], None);
+    (f, node)
+}
+
+/// The rows of `shoal route list`'s ROUTES table.
+fn route_rows(stdout: &str) -> Vec<Vec<String>> {
+    status_table(stdout, "ROUTES")
+}
+
+/// An operator applies a TOML route, updates it from a JSON file without an
+/// extension, lists it (table and JSON) and deletes it with the key given by
+/// environment variables; each step prints one line saying what happened.
+#[test]
+fn route_apply_list_and_delete_through_the_cli() {
+    let (f, node) = route_fixture();
+    let admin = node.admin.to_string();
+    let cert = f.path().join("alice/operator.crt");
+    let key = f.path().join("alice/operator.key");
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let file = f.write("shop.toml", SHOP_TOML);
+
+    let out = signed_route("apply", file.to_str().unwrap(), cert_s, key_s, &admin);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("route shop created: version ") && stdout.contains("signed by alice"),
+        "{stdout}"
+    );
+    // Applying the same file again (a new issue time, the same route) changes nothing.
+    let out = signed_route("apply", file.to_str().unwrap(), cert_s, key_s, &admin);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("route shop unchanged: "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = shoal(&["route", "list", "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let rows = route_rows(&stdout);
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!(
+        rows[0][..4],
+        ["shop", "active", "shop.example.org,*.shop.example.org", "2"],
+        "{stdout}"
+    );
+    assert_eq!(rows[0][5], "alice", "{stdout}");
+    assert!(!stdout.contains("REJECTED"), "{stdout}");
+
+    let out = shoal(&["route", "list", "--admin", &admin, "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "shop");
+    assert_eq!(listed[0]["spec"]["rules"][0]["backends"][1]["weight"], 10);
+    assert_eq!(
+        listed[0]["spec"]["rules"][1]["session"]["name"],
+        "shoal-session"
+    );
+    let first_issue = listed[0]["issued_at_ms"].as_u64().unwrap();
+    assert!(first_issue > 0, "the CLI stamped issued_at_ms: {listed}");
+
+    let update = f.write(
+        "shop-update",
+        r#"{"name": "shop", "rules": [{"backends": [{"service": "web-v2"}]}]}"#,
+    );
+    let out = signed_route("apply", update.to_str().unwrap(), cert_s, key_s, &admin);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("route shop updated: "));
+
+    let env = [
+        ("SHOAL_OPERATOR_CERT", cert.as_path()),
+        ("SHOAL_OPERATOR_KEY", key.as_path()),
+    ];
+    let out = shoal_env(&["route", "delete", "shop", "--admin", &admin], &env);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("route shop deleted: "));
+    let out = shoal(&["route", "list", "--admin", &admin]);
+    let rows = route_rows(&text(&out.stdout));
+    assert_eq!(rows[0][..2], ["shop", "deleted"], "{rows:?}");
+    let out = shoal_env(&["route", "delete", "shop", "--admin", &admin], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already deleted"));
+}
+
+/// Every refusal is one line on stderr, exit status 1, naming what to fix: a
+/// field of the file, the file itself, the operator files, the node's reason.
+#[test]
+fn route_apply_reports_each_problem_on_one_line() {
+    let (f, node) = route_fixture();
+    let admin = node.admin.to_string();
+    let alice = f.path().join("alice");
+    let apply_with = |file: &Path, cert: &Path, key: &Path, admin: &str| {
+        let out = shoal(&[
+            "route",
+            "apply",
+            file.to_str().unwrap(),
+            "--operator-cert",
+            cert.to_str().unwrap(),
+            "--operator-key",
+            key.to_str().unwrap(),
+            "--admin",
+            admin,
+        ]);
+        let stderr = text(&out.stderr);
+        (out.status.code(), stderr)
+    };
+    let (cert, key) = (alice.join("operator.crt"), alice.join("operator.key"));
+    let refused = |file: &Path, needles: &[&str]| {
+        let (code, stderr) = apply_with(file, &cert, &key, &admin);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("shoal: error: "), "{stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+        }
+    };
+
+    let zero = f.write("zero.toml", &SHOP_TOML.replace("weight = 10", "weight = 0"));
+    refused(
+        &zero,
+        &[
+            zero.to_str().unwrap(),
+            "rules[0].backends[1].weight: 0 is out of range 1..=10000",
+        ],
+    );
+    let unknown = f.write("unknown.toml", &SHOP_TOML.replace("timeout_ms", "timeout"));
+    refused(&unknown, &["rules[0]", "unknown field `timeout`"]);
+    let broken = f.write("broken.toml", "name = \"shop\"\n[[rules]\n");
+    refused(&broken, &["broken.toml: not valid TOML at line 2"]);
+    let broken_json = f.write("broken.json", "{\"name\": ");
+    refused(&broken_json, &["broken.json: not valid JSON"]);
+    let no_rules = f.write("no-rules.json", r#"{"name": "shop"}"#);
+    refused(&no_rules, &["rules: is empty"]);
+
+    // Operator files that do not fit.
+    let shop = f.write("shop.toml", SHOP_TOML);
+    let (code, stderr) = apply_with(
+        &shop,
+        &f.path().join("a/node.crt"),
+        &f.path().join("a/node.key"),
+        &admin,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("node.crt: ") && stderr.contains("not an operator certificate"),
+        "{stderr}"
+    );
+    let bob =
+        f.ca.issue_operator("bob", Validity::days_from_now(10).unwrap())
+            .unwrap();
+    bob.save(&f.path().join("bob"), false).unwrap();
+    let (code, stderr) = apply_with(&shop, &cert, &f.path().join("bob/operator.key"), &admin);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("does not belong to the operator certificate"),
+        "{stderr}"
+    );
+
+    // Refusals by the node.
+    let other = CertificateAuthority::create(TRUST_DOMAIN, Validity::days_from_now(30).unwrap())
+        .unwrap()
+        .issue_operator("mallory", Validity::days_from_now(10).unwrap())
+        .unwrap();
+    other.save(&f.path().join("mallory"), false).unwrap();
+    let (code, stderr) = apply_with(
+        &shop,
+        &f.path().join("mallory/operator.crt"),
+        &f.path().join("mallory/operator.key"),
+        &admin,
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the node refused route \"shop\" (400 Bad Request)")
+            && stderr.contains("not issued by this mesh's CA"),
+        "{stderr}"
+    );
+    let (code, stderr) = apply_with(&shop, &cert, &key, &admin);
+    assert_eq!(code, Some(0), "{stderr}");
+    let old = f.write(
+        "old.toml",
+        &format!(
+            "issued_at_ms = 1000\n{}",
+            SHOP_TOML.replace("service = \"web\"", "service = \"web-old\"")
+        ),
+    );
+    refused(&old, &["409 Conflict", "issued later", "clock"]);
+    let (code, stderr) = apply_with(&shop, &cert, &key, "127.0.0.1:1");
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("cannot reach the admin API at 127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    // No operator key at all: a usage error.
+    let out = shoal(&[
+        "route",
+        "apply",
+        shop.to_str().unwrap(),
+        "--operator-cert",
+        cert.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--operator-key"));
+    // A bad name for delete.
+    let out = shoal(&[
+        "route",
+        "delete",
+        "Not_A_Name",
+        "--operator-cert",
+        cert.to_str().unwrap(),
+        "--operator-key",
+        key.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("route name \"Not_A_Name\""));
 }

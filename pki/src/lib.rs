@@ -23,6 +23,8 @@
 //! - [`issue`]: node and operator certificates;
 //! - [`inspect`]: describing a certificate;
 //! - [`verify`]: checking a certificate against the CA;
+//! - [`sign`]: operator signatures on route documents (signing with an operator
+//!   key, verifying signer and signature against the mesh CA);
 //! - [`files`]: all-or-nothing and atomic file writes.
 
 pub mod ca;
@@ -30,10 +32,12 @@ pub mod files;
 pub mod identity;
 pub mod inspect;
 pub mod issue;
+pub mod sign;
 pub mod verify;
 
 pub use ca::{CaError, CertificateAuthority, Validity};
 pub use identity::{CertIdentity, CertKind, IdKind, SpiffeId};
 pub use inspect::{CertInfo, inspect_der};
 pub use issue::{IssueError, IssuedCert};
+pub use sign::{KeyError, OperatorKey, OperatorVerifier, SignatureError, SignedRoute, Signer};
 pub use verify::{BundleError, CaBundle, Verified, VerifyError, verify_cert};

@@ -165,17 +165,17 @@ for p in cands:
             s.close()
     if ok:
         ports.append(p)
-    if len(ports) == 16:
+    if len(ports) == 17:
         break
 print(" ".join(map(str, ports)))
 EOF
 )"
-[ ${#P[@]} -eq 16 ] || die "could not find 16 free ports"
+[ ${#P[@]} -eq 17 ] || die "could not find 17 free ports"
 NGINX_PORT=${P[0]};   SINK_PORT=${P[1]}
 HAA_HTTP=${P[2]};     HAA_BULK=${P[3]};   HAB_HTTP=${P[4]};   HAB_BULK=${P[5]}
 STA_HTTP=${P[6]};     STA_BULK=${P[7]};   STB_HTTP=${P[8]};   STB_BULK=${P[9]}
 SHA_QUIC=${P[10]};    SHA_ADMIN=${P[11]}; SHA_HTTP=${P[12]};  SHA_BULK=${P[13]}
-SHB_QUIC=${P[14]};    SHB_ADMIN=${P[15]}
+SHB_QUIC=${P[14]};    SHB_ADMIN=${P[15]}; SHA_L7=${P[16]}
 
 wait_listen() { # port what [seconds]: wait until something LISTENs on 127.0.0.1:port
     # (reads /proc/net/tcp instead of connecting, so that no proxy or backend sees a
@@ -367,6 +367,12 @@ service = "http"
 [[listener]]
 bind = "127.0.0.1:$SHA_BULK"
 service = "bulk"
+
+[[listener]]
+name = "l7"
+bind = "127.0.0.1:$SHA_L7"
+protocol = "http"
+service = "http"
 EOF
 for n in a b; do
     "$SHOAL" check --config "$H/$n/node.toml" >"$WORK/logs/check-$n.log" 2>&1 \
@@ -379,7 +385,7 @@ RUST_LOG=warn start shoal-a "$SHOAL" run --config "$H/a/node.toml"
 # ---------------------------------------------------------------- readiness
 for port_name in "$HAB_HTTP haproxy-b" "$HAB_BULK haproxy-b" "$HAA_HTTP haproxy-a" "$HAA_BULK haproxy-a" \
                  "$STB_HTTP stunnel-b" "$STB_BULK stunnel-b" "$STA_HTTP stunnel-a" "$STA_BULK stunnel-a" \
-                 "$SHB_ADMIN shoal-b" "$SHA_ADMIN shoal-a" "$SHA_HTTP shoal-a" "$SHA_BULK shoal-a"; do
+                 "$SHB_ADMIN shoal-b" "$SHA_ADMIN shoal-a" "$SHA_HTTP shoal-a" "$SHA_BULK shoal-a" "$SHA_L7 shoal-a"; do
     set -- $port_name
     wait_listen "$1" "$2" 15
 done
@@ -411,7 +417,10 @@ for hp in "direct $NGINX_PORT $SINK_PORT" "haproxy $HAA_HTTP $HAA_BULK" "stunnel
     [ "$body" = "hello world" ] || die "setup $1: wrong body through 127.0.0.1:$2: $body"
     "$BULK" send "$3" 1048576 >/dev/null || die "setup $1: 1 MiB bulk test through 127.0.0.1:$3 failed"
 done
-log "all four setups answer; measuring"
+body="$(python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$SHA_L7/', timeout=5).read().decode())" 2>&1)" \
+    || die "setup shoal http: HTTP request through 127.0.0.1:$SHA_L7 failed: $body"
+[ "$body" = "hello world" ] || die "setup shoal http: wrong body through 127.0.0.1:$SHA_L7: $body"
+log "all five setups answer; measuring"
 
 # ---------------------------------------------------------------- versions, then measure
 RESULTS="$HERE/results"
@@ -448,7 +457,9 @@ cat >"$WORK/bench.json" <<EOF
     {"name": "stunnel pair", "what": "client -> stunnel A -> TLS 1.3 mTLS -> stunnel B -> backend",
      "http_port": $STA_HTTP, "bulk_port": $STA_BULK, "proxies": {"stunnel-a": $PID_stunnel_a, "stunnel-b": $PID_stunnel_b}},
     {"name": "shoal", "what": "client -> listener on node A -> mTLS QUIC -> node B -> backend",
-     "http_port": $SHA_HTTP, "bulk_port": $SHA_BULK, "proxies": {"shoal-a": $PID_shoal_a, "shoal-b": $PID_shoal_b}}
+     "http_port": $SHA_HTTP, "bulk_port": $SHA_BULK, "proxies": {"shoal-a": $PID_shoal_a, "shoal-b": $PID_shoal_b}},
+    {"name": "shoal http", "what": "client -> HTTP listener on node A (parses, routes, one QUIC stream per request) -> node B -> backend",
+     "http_port": $SHA_L7, "bulk_port": null, "proxies": {"shoal-a": $PID_shoal_a, "shoal-b": $PID_shoal_b}}
   ],
   "backends": {"nginx": $PID_nginx, "sink": $PID_sink},
   "logs": "$WORK/logs"

@@ -567,7 +567,9 @@ def main():
         for s in cfg["setups"]:
             waited = wait_quiet(cfg, quiet_wait) if quiet_wait > 0 else 0
             h = http_phase(cfg, s)
-            b = bulk_phase(cfg, s)
+            # A setup without a bulk port (the HTTP listener) has no bulk phase.
+            b = bulk_phase(cfg, s) if s.get("bulk_port") else {
+                "skipped": True, "other_core_fraction": 0.0, "disturbed": False}
             raw.append({"round": rnd, "setup": s["name"], "waited_for_quiet_s": waited, "http": h, "bulk": b})
             print("[round %d/%d] %-13s %9s req/s  p50 %8s  p99 %8s  proxy %5s ms/1k  other %.2f%s | "
                   "bulk %7s MB/s  proxy %5s s/GiB  other %.2f%s%s" % (

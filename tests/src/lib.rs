@@ -15,6 +15,8 @@
     missing_debug_implementations
 )]
 
+pub mod web;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use shoal_node::config::{Config, RawConfig, RawHealth, RawListener, RawService, RawTls};
+
 use shoal_node::{Node, StartOptions};
 use shoal_pki::{CertificateAuthority, IssuedCert, Validity};
 use tempfile::TempDir;
@@ -184,6 +187,26 @@ impl NodeSpec {
         self
     }
 
+    /// An HTTP listener called `name` (on 127.0.0.1, port 0), routing by route
+    /// documents and sending requests no route matches to `default_service`
+    /// (404 without one); 1 s connect timeout, 3 attempts, 1 s header timeout.
+    pub fn http_listener(self, name: &str, default_service: Option<&str>) -> NodeSpec {
+        let name = name.to_string();
+        let service = default_service.map(str::to_string);
+        self.tweak(move |raw| {
+            raw.listeners.push(RawListener {
+                name: Some(name.clone()),
+                bind: Some("127.0.0.1:0".into()),
+                service: service.clone(),
+                protocol: Some("http".into()),
+                connect_timeout: Some(Duration::from_secs(1)),
+                header_timeout: Some(Duration::from_secs(1)),
+                attempts: Some(3),
+                ..Default::default()
+            });
+        })
+    }
+
     /// Applies `f` to the raw config last.
     pub fn tweak(mut self, f: impl Fn(&mut RawConfig) + Send + Sync + 'static) -> NodeSpec {
         self.tweaks.push(Arc::new(f));
@@ -291,11 +314,22 @@ impl TestNode {
 
     /// Starts a node from existing files (to restart one).
     pub async fn start_with(spec: NodeSpec, cert_dir: PathBuf, data_dir: Arc<TempDir>) -> TestNode {
+        Self::start_with_options(spec, cert_dir, data_dir, StartOptions::default()).await
+    }
+
+    /// Starts a node from existing files with start options (for example a
+    /// fault-injecting socket from `shoal_sim::faults::Network`).
+    pub async fn start_with_options(
+        spec: NodeSpec,
+        cert_dir: PathBuf,
+        data_dir: Arc<TempDir>,
+        options: StartOptions,
+    ) -> TestNode {
         init_logs();
         let raw = spec.raw_config(&cert_dir, data_dir.path());
         let config = Config::validate(raw, data_dir.path())
             .unwrap_or_else(|e| panic!("test config for {} is invalid:\n{e}", spec.name));
-        let node = Node::start(config, StartOptions::default())
+        let node = Node::start(config, options)
             .await
             .unwrap_or_else(|e| panic!("node {} did not start: {e}", spec.name));
         TestNode {
@@ -370,6 +404,68 @@ impl TestNode {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// An HTTP response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// Body, as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Sends `req` over a new HTTP/1.1 connection to `addr`; returns the response,
+/// read whole.
+pub async fn http_send(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A request builder for `http://host{path}` with method `method`.
+pub fn request(method: &str, host: &str, path: &str) -> hyper::http::request::Builder {
+    hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host)
+}
+
+/// `GET path` with `Host: host` over a new connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    http_send(
+        addr,
+        request("GET", host, path).body(Full::default()).unwrap(),
+    )
+    .await
 }
 
 /// `GET path` over HTTP/1.1; returns status and body.

@@ -1,0 +1,875 @@
+//! HTTP listeners (`protocol = "http"`): HTTP/1.1 and HTTP/2 (prior knowledge, or
+//! ALPN on a TLS ingress listener), served with hyper. Each request is matched
+//! against the route table (signed route documents shared by gossip; see
+//! docs/routing.md) or goes to the listener's default service; the destination
+//! service is chosen (weighted split), then an endpoint (session cookie, header or
+//! source-address hashing, otherwise the load-balancing policy), and the request
+//! is sent to that endpoint's node on a QUIC stream of its own, as HTTP/1.1 — the
+//! serving node splices the stream to its backend (see `inbound`). Bodies stream
+//! both ways; only requests that may be retried after they were sent keep a
+//! bounded replay buffer.
+//!
+//! Retries: a try that could not reach an endpoint (nothing was sent) is always
+//! retried elsewhere, up to the listener's `attempts` or the route's, whichever is
+//! more. A try that was sent and failed (5xx, reset, per-try timeout) is retried
+//! only if the route's retry policy says so for that method, the body fits the
+//! replay buffer, and the listener's retry budget allows. `Upgrade` (WebSocket)
+//! and `CONNECT` pass through: once the backend agrees, the two connections are
+//! spliced.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_proto::lb::{self, Policy};
+use mesh_proto::retry::{RetryBudget, RetryBudgetConfig};
+use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
+use mesh_proto::routing::Endpoint;
+use mesh_proto::tunnel::{Protocol, RequestId};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::access_log::{self, Writer};
+use super::balance::Balancer;
+use super::headers::{self, Client, UpstreamHead};
+use super::ingress_tls::IngressCert;
+use super::upstream::{self, AttemptError, Target, Upstream};
+use super::{CountGuard, ProxyContext};
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::metrics::{HttpLabels, HttpRetryLabels, ListenerLabels, ListenerReasonLabels};
+use crate::routes::SharedRoutes;
+
+/// Request bodies up to this size are kept to be sent again on a retry; larger
+/// ones stream and are not retried once sent.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// Largest request head (request line and headers) accepted; larger heads are
+/// answered `431`.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of requests sent upstream and responses sent back.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One HTTP listener.
+pub struct HttpListener {
+    cfg: ListenerConfig,
+    ctx: Arc<ProxyContext>,
+    routes: SharedRoutes,
+    balancers: Mutex<std::collections::HashMap<String, Arc<Balancer>>>,
+    budget: Mutex<RetryBudget>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    log: Option<Writer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    random: Balancer,
+}
+
+impl std::fmt::Debug for HttpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpListener")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the access log and the metrics need to know about one request.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: String,
+    service: String,
+    node: String,
+    addr: String,
+    attempts: u32,
+}
+
+/// The request's body for the tries: kept whole for replays, or streamed once.
+enum ReqBody {
+    Replay(Bytes),
+    Once(Option<Body>),
+}
+
+impl ReqBody {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            ReqBody::Replay(b) => Some(full(b.clone())),
+            ReqBody::Once(b) => b.take(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, ReqBody::Replay(_))
+    }
+}
+
+/// One request on its way: everything the tries share.
+struct Exchange {
+    parts: Parts,
+    body: ReqBody,
+    client_upgrade: Option<OnUpgrade>,
+    peer: SocketAddr,
+    request_id: String,
+    tunnel_id: RequestId,
+    upgrade: bool,
+}
+
+impl HttpListener {
+    /// A listener for `cfg`, reading routes from `routes`, serving TLS with `cert`
+    /// if it is an ingress listener with `[listener.tls]`.
+    pub async fn new(
+        cfg: ListenerConfig,
+        ctx: Arc<ProxyContext>,
+        routes: SharedRoutes,
+        cert: Option<Arc<IngressCert>>,
+    ) -> Result<Arc<Self>, String> {
+        let log = match &cfg.access_log {
+            None => None,
+            Some(target) => Some(
+                Writer::start(target)
+                    .await
+                    .map_err(|e| format!("access_log: {e}"))?,
+            ),
+        };
+        let tls = match cert {
+            Some(c) => Some(c.acceptor().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Arc::new(HttpListener {
+            budget: Mutex::new(RetryBudget::new(RetryBudgetConfig::default())),
+            balancers: Mutex::new(std::collections::HashMap::new()),
+            active: Arc::default(),
+            random: Balancer::new(&cfg.name, "-", false, cfg.outlier),
+            log,
+            tls,
+            cfg,
+            ctx,
+            routes,
+        }))
+    }
+
+    fn balancer(&self, service: &str) -> Arc<Balancer> {
+        let mut map = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(service.to_string())
+            .or_insert_with(|| {
+                Arc::new(Balancer::new(
+                    &self.cfg.name,
+                    service,
+                    self.cfg.zone_aware,
+                    self.cfg.outlier,
+                ))
+            })
+            .clone()
+    }
+
+    /// Accepts connections until `stop` fires.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off briefly.
+                        tracing::warn!(listener = %self.cfg.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let Some(slot) =
+                CountGuard::try_acquire(&self.active, self.cfg.max_connections as usize)
+            else {
+                self.count_failure("max_connections");
+                continue;
+            };
+            self.ctx
+                .metrics
+                .listener_connections
+                .get_or_create(&self.listener_labels())
+                .inc();
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let active = me
+                    .ctx
+                    .metrics
+                    .listener_active
+                    .get_or_create(&me.listener_labels())
+                    .clone();
+                active.inc();
+                match me.tls.clone() {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(me.cfg.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => me.clone().serve(TokioIo::new(tls), peer).await,
+                            Ok(Err(e)) => {
+                                me.count_failure("tls_handshake");
+                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                me.count_failure("tls_handshake");
+                                tracing::debug!(client = %peer, "TLS handshake timed out");
+                            }
+                        }
+                    }
+                    None => me.clone().serve(TokioIo::new(stream), peer).await,
+                }
+                active.dec();
+            });
+        }
+    }
+
+    fn listener_labels(&self) -> ListenerLabels {
+        ListenerLabels {
+            listener: self.cfg.name.clone(),
+        }
+    }
+
+    fn count_failure(&self, reason: &'static str) {
+        self.ctx
+            .metrics
+            .listener_failures
+            .get_or_create(&ListenerReasonLabels {
+                listener: self.cfg.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    async fn serve<I>(self: Arc<Self>, io: I, peer: SocketAddr)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let me = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.cfg.header_timeout)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(256);
+        if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+            tracing::debug!(listener = %self.cfg.name, client = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let arrived = time::OffsetDateTime::now_utc();
+        let _in_flight = self.ctx.endpoint.stream_guard();
+        let (request_id, tunnel_id) = headers::request_id(req.headers(), || self.random.random());
+        let upgrade = headers::is_upgrade(req.method(), req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let authority = headers::authority(&parts);
+        let method = parts.method.clone();
+        let version = parts.version;
+        let request_bytes = headers::content_length(&parts.headers);
+        let logged_path = parts.uri.path().to_string();
+        let mut outcome = Outcome::default();
+        let response = match headers::routable_path(&parts) {
+            Err(why) => error_response(StatusCode::BAD_REQUEST, why, &request_id),
+            Ok(path) => {
+                let matched = {
+                    let routes = self.routes.load();
+                    routes
+                        .route(&authority, &path, method.as_str(), |name| {
+                            parts.headers.get(name).and_then(|v| v.to_str().ok())
+                        })
+                        .map(|m| (m.route.name.clone(), m.rule.clone()))
+                };
+                let exchange = Exchange {
+                    parts,
+                    body: ReqBody::Once(Some(boxed(body))),
+                    client_upgrade,
+                    peer,
+                    request_id: request_id.clone(),
+                    tunnel_id,
+                    upgrade,
+                };
+                match matched {
+                    Some((route, rule)) => {
+                        outcome.route = route.clone();
+                        self.forward(exchange, Some((&route, &rule)), &mut outcome)
+                            .await
+                    }
+                    None if self.cfg.service.is_some() => {
+                        self.forward(exchange, None, &mut outcome).await
+                    }
+                    None => error_response(
+                        StatusCode::NOT_FOUND,
+                        &format!("no route matches {authority}{path}"),
+                        &request_id,
+                    ),
+                }
+            }
+        };
+        let mut response = response;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        let status = response.status();
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let labels = HttpLabels {
+            listener: self.cfg.name.clone(),
+            route: dash(&outcome.route),
+            service: dash(&outcome.service),
+            class: headers::status_class(status),
+        };
+        let metrics = &self.ctx.metrics;
+        metrics.http_requests.get_or_create(&labels).inc();
+        metrics
+            .http_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(log) = &self.log {
+            let line = access_log::Line {
+                time: shoal_pki::inspect::rfc3339(arrived),
+                listener: &self.cfg.name,
+                request_id: &request_id,
+                client: peer.to_string(),
+                protocol: version_str(version),
+                method: method.as_str(),
+                authority: &authority,
+                path: &logged_path,
+                route: &labels.route,
+                service: &labels.service,
+                status: status.as_u16(),
+                upstream_node: &dash(&outcome.node),
+                upstream_addr: &dash(&outcome.addr),
+                attempts: outcome.attempts,
+                request_bytes,
+                response_bytes: response.body().size_hint().exact(),
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            };
+            if !log.log(&line) {
+                self.count_failure("access_log_full");
+            }
+        }
+        response
+    }
+
+    fn may_spend_retry(&self) -> bool {
+        let ok = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_retry(Instant::now());
+        if !ok {
+            self.ctx
+                .metrics
+                .http_retry_budget_exhausted
+                .get_or_create(&self.listener_labels())
+                .inc();
+        }
+        ok
+    }
+
+    /// The endpoint a session cookie names, if it is still usable: searched among
+    /// every destination of the rule, so the session also keeps its side of a
+    /// traffic split.
+    fn pinned(&self, rule: &Rule, route: &str, token: &str) -> Option<(String, Endpoint)> {
+        let table = self.ctx.table.load();
+        for backend in &rule.backends {
+            for e in table.endpoints(&backend.service) {
+                if headers::session_token(route, &backend.service, &e.node) == token {
+                    return self
+                        .balancer(&backend.service)
+                        .usable(&self.ctx, &e.node)
+                        .map(|e| (backend.service.clone(), e));
+                }
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn forward(
+        &self,
+        mut ex: Exchange,
+        route: Option<(&str, &Rule)>,
+        outcome: &mut Outcome,
+    ) -> Response<Body> {
+        let rule = route.map(|(_, r)| r);
+        let route_name = route.map_or("-", |(n, _)| n);
+        let rid = ex.request_id.clone();
+        let caller = match self.cfg.kind {
+            ListenerKind::Ingress => None,
+            ListenerKind::Mesh => self.cfg.source_service.as_deref(),
+        };
+        if let Some(rule) = rule
+            && !rule.allows_caller(caller)
+        {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "route {route_name} does not allow {}",
+                    caller.map_or("callers without a service identity".to_string(), |c| {
+                        format!("service {c}")
+                    })
+                ),
+                &rid,
+            );
+        }
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_request(Instant::now());
+
+        // Session persistence, then the destination service.
+        let session = rule.and_then(|r| r.session.as_ref());
+        let mut pinned = None;
+        let mut key = None;
+        match session {
+            Some(Session::Cookie { name, .. }) => {
+                if let (Some(rule), Some(token)) = (rule, headers::cookie(&ex.parts.headers, name))
+                {
+                    pinned = self.pinned(rule, route_name, token);
+                }
+            }
+            Some(Session::Header { name }) => {
+                key = Some(match ex.parts.headers.get(name.as_str()) {
+                    Some(v) => lb::hash_key(v.as_bytes()),
+                    None => lb::hash_ip(ex.peer.ip()),
+                });
+            }
+            Some(Session::SourceIp) => key = Some(lb::hash_ip(ex.peer.ip())),
+            None => {}
+        }
+        let service = match (&pinned, rule) {
+            (Some((s, _)), _) => s.clone(),
+            (None, Some(rule)) => rule
+                .pick_backend(key.unwrap_or_else(|| self.random.random()))
+                .map(|b| b.service.clone())
+                .unwrap_or_default(),
+            (None, None) => self.cfg.service().to_string(),
+        };
+        outcome.service = service.clone();
+        let policy = if key.is_some() {
+            Policy::RingHash
+        } else {
+            rule.and_then(|r| r.lb).unwrap_or(self.cfg.lb)
+        };
+        let key = key.unwrap_or_else(|| lb::hash_ip(ex.peer.ip()));
+        let balancer = self.balancer(&service);
+
+        // Timeouts and retries.
+        let total = rule
+            .and_then(|r| r.timeout_ms)
+            .map_or(self.cfg.request_timeout, Duration::from_millis);
+        let per_try = rule
+            .and_then(|r| r.per_try_timeout_ms)
+            .map_or(total, Duration::from_millis)
+            .min(total);
+        let method = ex.parts.method.clone();
+        let replays = !ex.upgrade
+            && rule.is_some_and(|r| {
+                r.retry.as_ref().is_some_and(|p| {
+                    p.attempts > 1
+                        && (p.on.contains(&RetryOn::ServerError) || p.on.contains(&RetryOn::Reset))
+                        && (p.all_methods || is_idempotent(method.as_str()))
+                })
+            });
+        if replays && let ReqBody::Once(Some(body)) = &mut ex.body {
+            let body = std::mem::replace(body, full(Bytes::new()));
+            match buffer_for_replay(body).await {
+                Ok(b) => ex.body = b,
+                Err(e) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {e}"),
+                        &rid,
+                    );
+                }
+            }
+        }
+        let connect_tries = self.cfg.attempts.max(rule.map_or(1, Rule::max_attempts));
+        let client = (self.cfg.kind == ListenerKind::Ingress).then_some(Client {
+            addr: ex.peer,
+            tls: self.tls.is_some(),
+        });
+        let authority = headers::authority(&ex.parts);
+        let head = UpstreamHead::new(
+            &ex.parts,
+            &authority,
+            &rid,
+            client,
+            ex.upgrade,
+            rule.map(|r| &r.request_headers),
+        );
+
+        let deadline = Instant::now() + total;
+        let mut pinned = pinned.map(|(_, e)| e);
+        let repinned = session.is_some() && pinned.is_none();
+        let mut tried: Vec<String> = Vec::new();
+        let mut tries = 0u32;
+        let mut retry_reason: Option<&'static str> = None;
+        let mut last = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no endpoint of service {service:?} is available"),
+            &rid,
+        );
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                last = error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("no response within {total:?}"),
+                    &rid,
+                );
+                break;
+            }
+            // Each try goes to an endpoint not tried yet while there is one; then
+            // tried ones again (a retry of a transient failure may succeed there).
+            let endpoint = match pinned.take() {
+                Some(e) => Some(e),
+                None => balancer
+                    .pick(&self.ctx, policy, &tried, key)
+                    .or_else(|| balancer.pick(&self.ctx, policy, &[], key)),
+            };
+            let Some(endpoint) = endpoint else { break };
+            if let Some(reason) = retry_reason.take() {
+                self.ctx
+                    .metrics
+                    .http_retries
+                    .get_or_create(&HttpRetryLabels {
+                        listener: self.cfg.name.clone(),
+                        route: route_name.to_string(),
+                        service: service.clone(),
+                        reason,
+                    })
+                    .inc();
+            }
+            tries += 1;
+            tried.push(endpoint.node.clone());
+            outcome.attempts = tries;
+            outcome.node = endpoint.node.clone();
+            outcome.addr = endpoint.addr.to_string();
+            let try_timeout = per_try.min(remaining);
+            let try_deadline = tokio::time::Instant::now() + try_timeout;
+            let target = Target {
+                service: &service,
+                source_service: self.cfg.source_service.as_deref(),
+                protocol: Protocol::Http,
+                request_id: ex.tunnel_id,
+                deadline: None,
+            };
+            let up = match upstream::open(&self.ctx, &endpoint, target, try_timeout).await {
+                Ok(up) => up,
+                Err(AttemptError::Final(_, text)) => {
+                    return error_response(StatusCode::FORBIDDEN, &text, &rid);
+                }
+                Err(e) => {
+                    balancer.record(&self.ctx, &endpoint.node, false);
+                    last = error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "cannot reach service {service} on {}: {}",
+                            endpoint.node,
+                            e.text()
+                        ),
+                        &rid,
+                    );
+                    // Nothing was sent: always safe to try elsewhere.
+                    if tries < connect_tries {
+                        retry_reason = Some("connect_failure");
+                        continue;
+                    }
+                    break;
+                }
+            };
+            if let Upstream::Local(..) = up {
+                outcome.addr = self
+                    .ctx
+                    .services
+                    .get(&service)
+                    .map_or_else(String::new, |s| s.config.address.to_string());
+            }
+            let Some(body) = ex.body.take() else { break };
+            let request = head.request(body);
+            balancer.inflight_add(&endpoint.node, 1);
+            let inflight = Inflight {
+                balancer: balancer.clone(),
+                node: endpoint.node.clone(),
+            };
+            let sent =
+                tokio::time::timeout_at(try_deadline, exchange(up, request, ex.upgrade, inflight))
+                    .await;
+            let cause = match sent {
+                Ok(Ok((response, upstream_upgrade))) => {
+                    let server_error = response.status().is_server_error();
+                    balancer.record(&self.ctx, &endpoint.node, !server_error);
+                    if server_error
+                        && ex.body.replayable()
+                        && rule.is_some_and(|r| {
+                            r.may_retry(method.as_str(), RetryOn::ServerError, tries)
+                        })
+                        && self.may_spend_retry()
+                    {
+                        last = response;
+                        retry_reason = Some("5xx");
+                        continue;
+                    }
+                    let cookie = match session {
+                        Some(Session::Cookie { name, ttl_s }) if repinned || tries > 1 => Some((
+                            name.as_str(),
+                            headers::session_token(route_name, &service, &endpoint.node),
+                            *ttl_s,
+                        )),
+                        _ => None,
+                    };
+                    return self.respond(
+                        response,
+                        upstream_upgrade,
+                        ex.client_upgrade.take(),
+                        rule,
+                        cookie,
+                    );
+                }
+                Ok(Err(e)) => {
+                    balancer.record(&self.ctx, &endpoint.node, false);
+                    last = error_response(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("{} failed the request: {e}", endpoint.node),
+                        &rid,
+                    );
+                    "reset"
+                }
+                Err(_) => {
+                    balancer.record(&self.ctx, &endpoint.node, false);
+                    last = error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("{} did not answer within {try_timeout:?}", endpoint.node),
+                        &rid,
+                    );
+                    "timeout"
+                }
+            };
+            let retry = ex.body.replayable()
+                && rule.is_some_and(|r| {
+                    r.may_retry(method.as_str(), RetryOn::Reset, tries)
+                        || r.may_retry(method.as_str(), RetryOn::ServerError, tries)
+                })
+                && self.may_spend_retry();
+            if !retry {
+                break;
+            }
+            retry_reason = Some(cause);
+        }
+        last
+    }
+
+    /// The response head sent back: hop-by-hop headers removed, the route's
+    /// response header operations, the session cookie; a protocol switch or
+    /// `CONNECT` is spliced once both sides have upgraded.
+    fn respond(
+        &self,
+        mut response: Response<Body>,
+        upstream_upgrade: Option<OnUpgrade>,
+        client_upgrade: Option<OnUpgrade>,
+        rule: Option<&Rule>,
+        cookie: Option<(&str, String, Option<u64>)>,
+    ) -> Response<Body> {
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(response.headers_mut(), switching);
+        if let Some(rule) = rule {
+            headers::apply_ops(response.headers_mut(), &rule.response_headers);
+        }
+        if let Some((name, token, ttl)) = cookie
+            && let Ok(v) =
+                HeaderValue::from_str(&headers::set_cookie(name, &token, ttl, self.tls.is_some()))
+        {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            let listener = self.cfg.name.clone();
+            tokio::spawn(async move {
+                match (client.await, upstream.await) {
+                    (Ok(client), Ok(upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    (c, u) => tracing::debug!(
+                        %listener,
+                        client = ?c.err(),
+                        upstream = ?u.err(),
+                        "an upgraded connection did not complete"
+                    ),
+                }
+            });
+        }
+        response
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// Counts a request to an endpoint as in flight until its upstream connection
+/// ends (least-request balancing reads the count).
+struct Inflight {
+    balancer: Arc<Balancer>,
+    node: String,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.balancer.inflight_add(&self.node, -1);
+    }
+}
+
+/// Sends one request over an established upstream as HTTP/1.1; returns the
+/// response head (its body streams on) and, for an upgrade, the upstream side of
+/// the switched connection.
+async fn exchange(
+    up: Upstream,
+    request: Request<Body>,
+    upgrade: bool,
+    inflight: Inflight,
+) -> Result<(Response<Body>, Option<OnUpgrade>), hyper::Error> {
+    match up {
+        Upstream::Local(stream, slot) => {
+            send(TokioIo::new(stream), request, upgrade, (slot, inflight)).await
+        }
+        Upstream::Tunnel(send_half, recv_half) => {
+            send(
+                TokioIo::new(tokio::io::join(recv_half, send_half)),
+                request,
+                upgrade,
+                inflight,
+            )
+            .await
+        }
+    }
+}
+
+async fn send<I, K>(
+    io: I,
+    request: Request<Body>,
+    upgrade: bool,
+    keep: K,
+) -> Result<(Response<Body>, Option<OnUpgrade>), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    K: Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .handshake::<_, Body>(io)
+        .await?;
+    // The connection task owns the upstream (and `keep`) until the response body
+    // has been read or the connection fails.
+    tokio::spawn(async move {
+        let _keep = keep;
+        let _ = conn.with_upgrades().await;
+    });
+    let mut response = sender.send_request(request).await?;
+    let upgraded = (upgrade
+        && (response.status() == StatusCode::SWITCHING_PROTOCOLS
+            || response.status().is_success()))
+    .then(|| hyper::upgrade::on(&mut response));
+    Ok((
+        response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+        upgraded,
+    ))
+}
+
+fn boxed(body: Incoming) -> Body {
+    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Reads up to [`REPLAY_LIMIT`] bytes of `body`. If it ends within the limit (and
+/// has no trailers), it is kept for replays; otherwise what was read is sent
+/// first and the rest streams after it, without replays.
+async fn buffer_for_replay(mut body: Body) -> Result<ReqBody, BoxError> {
+    let mut frames: Vec<Frame<Bytes>> = Vec::new();
+    let mut size = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => {
+                let trailers = !frame.is_data();
+                size += frame.data_ref().map_or(0, Bytes::len);
+                frames.push(frame);
+                if size > REPLAY_LIMIT || trailers {
+                    let head = futures::stream::iter(frames.into_iter().map(Ok::<_, BoxError>));
+                    let rest = http_body_util::BodyStream::new(body);
+                    let stream = futures::StreamExt::chain(head, rest);
+                    return Ok(ReqBody::Once(Some(
+                        http_body_util::StreamBody::new(stream).boxed_unsync(),
+                    )));
+                }
+            }
+        }
+    }
+    let mut all = BytesMut::with_capacity(size);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            all.extend_from_slice(&data);
+        }
+    }
+    Ok(ReqBody::Replay(all.freeze()))
+}
+
+/// A response made by the proxy itself: the status and one line saying why, with
+/// the request id to find it in the logs.
+fn error_response(status: StatusCode, message: &str, request_id: &str) -> Response<Body> {
+    let body = format!(
+        "{} {}: {message} (request id {request_id})\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("x-shoal-error", HeaderValue::from_static("1"));
+    r
+}

@@ -1,0 +1,232 @@
+//! An HTTP application for the HTTP tests, standing in for a service's backend:
+//! it says which backend answered (`x-backend` header and in the body), echoes
+//! what it received, answers any status on request, streams uploads and downloads
+//! of any size without holding them, echoes WebSocket messages, and counts the
+//! requests it served.
+//!
+//! Paths: `/status/NNN` answers NNN; `/upload` reads the body and answers its
+//! length; `/download/N` streams N bytes; `/trailers` answers a body with
+//! trailers; `/slow/MS` answers after MS
+//! milliseconds; `/ws` is a WebSocket echo; `/healthz` answers 200 (not counted);
+//! anything else answers a JSON echo of the request.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A running application backend.
+pub struct WebApp {
+    name: String,
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebApp {
+    /// Starts the app called `name` on a free loopback port.
+    pub async fn start(name: &str) -> WebApp {
+        let listener = shoal_node::proxy::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let who: Arc<str> = Arc::from(name);
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let who = who.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(who.clone(), counter.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        WebApp {
+            name: name.to_string(),
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests served so far (health checks not counted).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for WebApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn reply(who: &str, status: StatusCode, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "x-backend",
+        who.parse().expect("backend names are header values"),
+    );
+    r
+}
+
+async fn handle(
+    who: Arc<str>,
+    counter: Arc<AtomicUsize>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Ok(reply(&who, StatusCode::OK, full("ok")));
+    }
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        return Ok(reply(&who, status, full(who.to_string())));
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms = ms.parse::<u64>().unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        return Ok(reply(&who, StatusCode::OK, full(who.to_string())));
+    }
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(e) => {
+                    return Ok(reply(
+                        &who,
+                        StatusCode::BAD_REQUEST,
+                        full(format!("body: {e}")),
+                    ));
+                }
+            }
+        }
+        return Ok(reply(&who, StatusCode::OK, full(n.to_string())));
+    }
+    if let Some(n) = path.strip_prefix("/download/") {
+        let total = n.parse::<u64>().unwrap_or(0);
+        return Ok(reply(&who, StatusCode::OK, pattern_body(total)));
+    }
+    if path == "/trailers" {
+        // A chunked body ending in trailers (as gRPC does).
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("x-checksum", "abc123".parse().unwrap());
+        let frames = vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"part one, "))),
+            Ok(Frame::data(Bytes::from_static(b"part two"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)));
+        let mut r = reply(&who, StatusCode::OK, body);
+        r.headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
+        return Ok(r);
+    }
+    if path == "/ws" {
+        let Some(key) = req.headers().get("sec-websocket-key") else {
+            return Ok(reply(&who, StatusCode::BAD_REQUEST, full("no key")));
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                let (mut tx, mut rx) = ws.split();
+                while let Some(Ok(msg)) = rx.next().await {
+                    if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = reply(&who, StatusCode::SWITCHING_PROTOCOLS, full(""));
+        let h = r.headers_mut();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("connection", "upgrade".parse().unwrap());
+        h.insert("sec-websocket-accept", accept.parse().unwrap());
+        return Ok(r);
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let echo = serde_json::json!({
+        "backend": &*who,
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.uri().query(),
+        "headers": headers,
+    });
+    Ok(reply(&who, StatusCode::OK, full(echo.to_string())))
+}
+
+/// `total` bytes of a repeating pattern, produced 64 KiB at a time as the
+/// receiver reads them (never held whole).
+pub fn pattern_body(total: u64) -> BoxBody<Bytes, std::io::Error> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            let n = CHUNK.min(total - sent);
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n as usize))),
+                sent + n,
+            ))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}

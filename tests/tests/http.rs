@@ -1,0 +1,400 @@
+//! HTTP listeners through the mesh: real nodes with real certificates on
+//! loopback, real HTTP/1.1, HTTP/2 and WebSocket clients, and application
+//! backends (`shoal_tests::web::WebApp`) that say which of them answered.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, Full};
+use shoal_tests::web::WebApp;
+use shoal_tests::{Check, NodeSpec, Pki, TestNode, eventually, get, http_send, request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A caller node `c` with an HTTP listener `web` (default service `web`) and one
+/// node `a` hosting `web`.
+async fn two_nodes(pki: &Pki) -> (TestNode, TestNode, WebApp) {
+    let app = WebApp::start("app-a").await;
+    let a = TestNode::start(
+        pki,
+        NodeSpec::new("a").service("web", app.addr(), Check::Http),
+    )
+    .await;
+    let c = TestNode::start(
+        pki,
+        NodeSpec::new("c")
+            .seed(&a)
+            .http_listener("web", Some("web"))
+            .http_listener("routes-only", None)
+            .http_listener("ghost", Some("ghost")),
+    )
+    .await;
+    eventually("c sees a healthy web endpoint", || async {
+        c.healthy_endpoints("web") == 1
+    })
+    .await;
+    (a, c, app)
+}
+
+#[tokio::test]
+async fn http1_requests_reach_the_default_service_with_a_request_id() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, app) = two_nodes(&pki).await;
+    let listener = c.listener("web");
+
+    let r = get(listener, "shop.example", "/hello?x=1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-backend"), Some("app-a"));
+    let echo = r.json();
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["headers"]["host"], "shop.example");
+    let id = r.header("x-request-id").expect("a request id is returned");
+    assert_eq!(id.len(), 32);
+    assert_eq!(echo["headers"]["x-request-id"], id, "the id is forwarded");
+
+    // A client's own request id is kept; hop-by-hop headers are not forwarded.
+    let r = http_send(
+        listener,
+        request("GET", "shop.example", "/")
+            .header("x-request-id", "client-id-7")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "secret")
+            .header("x-end-to-end", "kept")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("client-id-7"));
+    let echo = r.json();
+    assert_eq!(echo["headers"]["x-request-id"], "client-id-7");
+    assert_eq!(echo["headers"]["x-end-to-end"], "kept");
+    assert!(echo["headers"].get("x-hop").is_none(), "{echo}");
+    assert_eq!(app.requests(), 2);
+
+    // Request metrics by route, service and status class.
+    let m = c
+        .metric(
+            "shoal_http_requests_total{listener=\"web\",route=\"-\",service=\"web\",class=\"2xx\"}",
+        )
+        .await;
+    assert_eq!(m, 2.0);
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_through_the_mesh() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, _app) = two_nodes(&pki).await;
+    let mut sender = h2_client(c.listener("web")).await;
+    // Several concurrent streams on one HTTP/2 connection.
+    let mut replies = Vec::new();
+    for i in 0..8 {
+        let req = hyper::Request::get(format!("http://api.example/h2/{i}"))
+            .body(Empty::new())
+            .unwrap();
+        replies.push(sender.send_request(req));
+    }
+    for (i, reply) in futures::future::join_all(replies)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let resp = reply.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo["path"], format!("/h2/{i}"));
+        assert_eq!(echo["headers"]["host"], "api.example", "{echo}");
+    }
+}
+
+#[tokio::test]
+async fn unmatched_requests_get_404_and_a_service_without_endpoints_503() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, _app) = two_nodes(&pki).await;
+    let r = get(c.listener("routes-only"), "nowhere.example", "/x").await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body.contains("no route matches nowhere.example/x"),
+        "{}",
+        r.body
+    );
+    assert!(r.header("x-request-id").is_some());
+
+    let r = get(c.listener("ghost"), "g.example", "/").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body
+            .contains("no endpoint of service \"ghost\" is available"),
+        "{}",
+        r.body
+    );
+
+    // Dot segments are refused before routing.
+    let r = get(c.listener("web"), "shop.example", "/public/../admin").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_mesh() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, _app) = two_nodes(&pki).await;
+    let stream = TcpStream::connect(c.listener("web")).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://chat.example/ws", stream)
+        .await
+        .expect("the WebSocket handshake goes through");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok()),
+        Some("app-a")
+    );
+    for i in 0..20 {
+        let text = format!("message {i}");
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
+        let echoed = ws.next().await.expect("an echo").unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    let big = vec![7u8; 300_000];
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(big.clone()))
+        .await
+        .unwrap();
+    let echoed = ws.next().await.expect("an echo").unwrap();
+    assert_eq!(echoed.into_data().as_ref(), big.as_slice());
+    ws.close(None).await.unwrap();
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Reads what the server sends until it closes (bounded).
+async fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server did not close the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_requests_and_oversize_heads_get_4xx() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, app) = two_nodes(&pki).await;
+    let listener = c.listener("web");
+
+    let mut s = TcpStream::connect(listener).await.unwrap();
+    s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    let mut s = TcpStream::connect(listener).await.unwrap();
+    let huge = "a".repeat(100 * 1024);
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    assert_eq!(app.requests(), 0, "nothing malformed reached the backend");
+    let r = get(listener, "shop.example", "/after").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_without_affecting_others() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, _app) = two_nodes(&pki).await;
+    let listener = c.listener("web");
+
+    // Slowloris: a head that never completes, one byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(listener).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(s);
+    }
+    let trickle = tokio::spawn(async move {
+        let mut closed = 0;
+        for _ in 0..100 {
+            for s in &mut slow {
+                if s.write_all(b"X").await.is_err() {
+                    closed += 1;
+                }
+            }
+            let mut all_closed = true;
+            for s in &mut slow {
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {}
+                    _ => all_closed = false,
+                }
+            }
+            if all_closed {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = closed;
+        false
+    });
+
+    // Meanwhile, other clients are served.
+    for i in 0..20 {
+        let r = get(listener, "shop.example", &format!("/ok/{i}")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        trickle.await.unwrap(),
+        "slow clients were not disconnected after the header timeout"
+    );
+    assert!(
+        c.metric("shoal_http_requests_total").await >= 20.0,
+        "the served requests were counted"
+    );
+}
+
+/// A self-signed certificate for `name`, written as PEM into `dir`.
+fn write_ingress_cert(
+    dir: &std::path::Path,
+    name: &str,
+) -> rustls::pki_types::CertificateDer<'static> {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    std::fs::write(dir.join("ingress.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("ingress.key"), cert.signing_key.serialize_pem()).unwrap();
+    cert.cert.der().clone()
+}
+
+/// Connects with TLS (trusting only `root`), offering h2 and http/1.1; returns the
+/// negotiated ALPN and the server's certificate.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    name: &str,
+    root: &rustls::pki_types::CertificateDer<'static>,
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Option<Vec<u8>>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = connector.connect(server_name, tcp).await.unwrap();
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let presented = session.peer_certificates().unwrap()[0].clone();
+    (tls, alpn, presented)
+}
+
+#[tokio::test]
+async fn ingress_serves_its_own_certificate_with_alpn_and_reloads_it() {
+    let pki = Pki::new("mesh.test");
+    let app = WebApp::start("app-a").await;
+    let a = TestNode::start(
+        &pki,
+        NodeSpec::new("a").service("web", app.addr(), Check::Http),
+    )
+    .await;
+    let files = tempfile::tempdir().unwrap();
+    let first = write_ingress_cert(files.path(), "shop.example");
+    let dir = files.path().to_path_buf();
+    let c = TestNode::start(
+        &pki,
+        NodeSpec::new("c")
+            .seed(&a)
+            .http_listener("public", Some("web"))
+            .tweak(move |raw| {
+                let l = raw.listeners.last_mut().unwrap();
+                l.kind = Some("ingress".into());
+                l.tls = Some(shoal_node::config::RawListenerTls {
+                    cert: Some(dir.join("ingress.crt")),
+                    key: Some(dir.join("ingress.key")),
+                });
+            }),
+    )
+    .await;
+    eventually("c sees a healthy web endpoint", || async {
+        c.healthy_endpoints("web") == 1
+    })
+    .await;
+    let listener = c.listener("public");
+
+    // HTTP/2 by ALPN over the listener's own certificate.
+    let (tls, alpn, presented) = tls_connect(listener, "shop.example", &first).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(presented, first);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            hyper::Request::get("https://shop.example/secure")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    // New files and a reload: new handshakes get the new certificate.
+    let second = write_ingress_cert(files.path(), "shop.example");
+    assert_ne!(first, second);
+    c.node.reload_tls().await.unwrap();
+    let (_tls, _, presented) = tls_connect(listener, "shop.example", &second).await;
+    assert_eq!(presented, second);
+}
+
+#[tokio::test]
+async fn response_trailers_reach_an_http2_client() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, _app) = two_nodes(&pki).await;
+    let mut sender = h2_client(c.listener("web")).await;
+    let resp = sender
+        .send_request(
+            hyper::Request::get("http://grpc.example/trailers")
+                .header("te", "trailers")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["x-checksum"], "abc123");
+    assert_eq!(collected.to_bytes(), "part one, part two");
+}

@@ -1,0 +1,577 @@
+//! HTTP routing by route documents, end to end: documents signed with a real
+//! operator key are applied through one node's admin API, spread by gossip, and
+//! steer real requests on other nodes — path and header routing, weighted splits,
+//! session persistence, retries, authorization.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http_body_util::Full;
+use mesh_proto::route::RouteSpec;
+use shoal_node::routes::ApplyRequest;
+use shoal_pki::{OperatorKey, Validity};
+use shoal_tests::web::WebApp;
+use shoal_tests::{
+    Check, NodeSpec, Pki, Reply, TcpBackend, TestNode, eventually, get, http_send, request,
+};
+use std::collections::HashMap;
+
+fn operator(pki: &Pki) -> OperatorKey {
+    let issued = pki
+        .ca
+        .issue_operator("alice", Validity::days_from_now(5).unwrap())
+        .unwrap();
+    OperatorKey::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes()).unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Signs `spec` (with `issued_at_ms` now) and applies it through `node`'s admin
+/// API, then waits until every node in `all` routes by it.
+async fn apply(node: &TestNode, op: &OperatorKey, mut spec: serde_json::Value, all: &[&TestNode]) {
+    spec["issued_at_ms"] = now_ms().into();
+    let spec: RouteSpec = serde_json::from_value(spec).unwrap();
+    let signed = op.sign_route(&spec).unwrap();
+    let body = serde_json::to_vec(&ApplyRequest::new(&signed)).unwrap();
+    let r = http_send(
+        node.admin(),
+        request("POST", "admin", "/routes")
+            .header("content-type", "application/json")
+            .body(Full::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert!(r.status < 300, "apply refused: {} {}", r.status, r.body);
+    for n in all {
+        eventually(
+            &format!("{} routes by {}", n.spec.name, spec.name),
+            || async {
+                n.node
+                    .routes()
+                    .get(&spec.name)
+                    .is_some_and(|s| s.issued_at_ms == spec.issued_at_ms)
+            },
+        )
+        .await;
+    }
+}
+
+/// A mesh of backend nodes, one per (node, service, app) triple, and a caller
+/// node `edge` with an HTTP listener `web` (no default service).
+struct Mesh {
+    nodes: Vec<TestNode>,
+    edge: TestNode,
+    _apps: Vec<WebApp>,
+}
+
+async fn mesh(pki: &Pki, hosts: &[(&str, &[&str])], edge: NodeSpec) -> Mesh {
+    let mut nodes: Vec<TestNode> = Vec::new();
+    let mut apps = Vec::new();
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for (node, services) in hosts {
+        let mut spec = NodeSpec::new(node);
+        for svc in *services {
+            let app = WebApp::start(&format!("{svc}@{node}")).await;
+            spec = spec.service(svc, app.addr(), Check::Http);
+            apps.push(app);
+            *expected.entry(svc.to_string()).or_default() += 1;
+        }
+        if let Some(first) = nodes.first() {
+            spec = spec.seed(first);
+        }
+        nodes.push(TestNode::start(pki, spec).await);
+    }
+    let edge = TestNode::start(pki, edge.seed(&nodes[0])).await;
+    for (svc, n) in &expected {
+        eventually(&format!("edge sees {n} healthy {svc}"), || async {
+            edge.healthy_endpoints(svc) == *n
+        })
+        .await;
+    }
+    Mesh {
+        nodes,
+        edge,
+        _apps: apps,
+    }
+}
+
+impl Mesh {
+    fn all(&self) -> Vec<&TestNode> {
+        self.nodes.iter().chain([&self.edge]).collect()
+    }
+}
+
+fn backend(r: &Reply) -> String {
+    r.header("x-backend").unwrap_or("-").to_string()
+}
+
+#[tokio::test]
+async fn path_and_header_rules_pick_the_service() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let m = mesh(
+        &pki,
+        &[("n1", &["web", "api"]), ("n2", &["canary"])],
+        NodeSpec::new("edge").http_listener("web", None),
+    )
+    .await;
+    apply(
+        &m.nodes[0],
+        &op,
+        serde_json::json!({
+            "name": "shop",
+            "hosts": ["shop.example"],
+            "rules": [
+                {"match": {"path_prefix": "/api", "headers": {"x-canary": "1"}},
+                 "backends": [{"service": "canary"}]},
+                {"match": {"path_prefix": "/api"}, "backends": [{"service": "api"}],
+                 "request_headers": {"add": {"x-via": "shoal"}},
+                 "response_headers": {"add": {"x-route": "shop"}}},
+                {"backends": [{"service": "web"}]}
+            ]
+        }),
+        &m.all(),
+    )
+    .await;
+    let l = m.edge.listener("web");
+    let r = get(l, "shop.example", "/api/items").await;
+    assert_eq!(backend(&r), "api@n1");
+    assert_eq!(r.json()["headers"]["x-via"], "shoal");
+    assert_eq!(r.header("x-route"), Some("shop"));
+    let r = get(l, "shop.example:8080", "/").await;
+    assert_eq!(backend(&r), "web@n1");
+    let r = get(l, "shop.example", "/apiary").await;
+    assert_eq!(backend(&r), "web@n1", "prefixes match whole segments");
+    let r = http_send(
+        l,
+        request("GET", "shop.example", "/api/x")
+            .header("x-canary", "1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(backend(&r), "canary@n2");
+    let r = get(l, "other.example", "/api").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // Per-route metrics.
+    assert!(
+        m.edge
+            .metric("shoal_http_requests_total{listener=\"web\",route=\"shop\",service=\"api\",class=\"2xx\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn weighted_split_holds_within_five_percent() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let m = mesh(
+        &pki,
+        &[("n1", &["v1"]), ("n2", &["v2"])],
+        NodeSpec::new("edge").http_listener("web", None),
+    )
+    .await;
+    apply(
+        &m.nodes[1],
+        &op,
+        serde_json::json!({
+            "name": "split",
+            "rules": [{"backends": [{"service": "v1", "weight": 80}, {"service": "v2", "weight": 20}]}]
+        }),
+        &m.all(),
+    )
+    .await;
+    let l = m.edge.listener("web");
+    let mut v2 = 0usize;
+    let total = 2000usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        tasks.spawn(async move {
+            let mut hits = 0usize;
+            for i in 0..total / 8 {
+                let r = get(l, "split.example", &format!("/{worker}/{i}")).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                if backend(&r) == "v2@n2" {
+                    hits += 1;
+                }
+            }
+            hits
+        });
+    }
+    while let Some(h) = tasks.join_next().await {
+        v2 += h.unwrap();
+    }
+    let share = v2 as f64 / total as f64;
+    assert!(
+        (0.15..=0.25).contains(&share),
+        "v2 got {v2} of {total} requests ({:.1}%), expected 20% ± 5",
+        share * 100.0
+    );
+}
+
+#[tokio::test]
+async fn a_route_applied_on_one_node_steers_requests_on_another() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let m = mesh(
+        &pki,
+        &[("n1", &["old", "new"])],
+        NodeSpec::new("edge").http_listener("web", Some("old")),
+    )
+    .await;
+    let l = m.edge.listener("web");
+    assert_eq!(backend(&get(l, "app.example", "/").await), "old@n1");
+    apply(
+        &m.nodes[0],
+        &op,
+        serde_json::json!({"name": "app", "hosts": ["app.example"],
+                           "rules": [{"backends": [{"service": "new"}]}]}),
+        &m.all(),
+    )
+    .await;
+    assert_eq!(backend(&get(l, "app.example", "/").await), "new@n1");
+    assert_eq!(
+        backend(&get(l, "else.example", "/").await),
+        "old@n1",
+        "other hosts still go to the default service"
+    );
+}
+
+#[tokio::test]
+async fn cookie_sessions_stick_and_move_when_their_endpoint_dies() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let mut m = mesh(
+        &pki,
+        &[("n1", &["cart"]), ("n2", &["cart"]), ("n3", &["cart"])],
+        NodeSpec::new("edge").http_listener("web", None),
+    )
+    .await;
+    apply(
+        &m.nodes[0],
+        &op,
+        serde_json::json!({"name": "cart", "rules": [{"backends": [{"service": "cart"}],
+            "session": {"type": "cookie", "name": "sid", "ttl_s": 600}}]}),
+        &m.all(),
+    )
+    .await;
+    let l = m.edge.listener("web");
+    let first = get(l, "cart.example", "/").await;
+    let set = first
+        .header("set-cookie")
+        .expect("the first response pins a session");
+    assert!(
+        set.starts_with("sid=") && set.contains("HttpOnly") && set.contains("Max-Age=600"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(
+        !cookie.contains("n1") && !cookie.contains("127.0.0.1"),
+        "opaque: {cookie}"
+    );
+    let pinned = backend(&first);
+    for i in 0..100 {
+        let r = http_send(
+            l,
+            request("GET", "cart.example", &format!("/item/{i}"))
+                .header("cookie", format!("theme=dark; {cookie}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(backend(&r), pinned, "request {i} left its session");
+        assert!(
+            r.header("set-cookie").is_none(),
+            "no new cookie while pinned"
+        );
+    }
+
+    // Kill the pinned endpoint's node: the next request succeeds elsewhere and
+    // carries a new cookie.
+    let node = pinned.split('@').nth(1).unwrap().to_string();
+    let idx = m.nodes.iter().position(|n| n.spec.name == node).unwrap();
+    let dead = m.nodes.remove(idx);
+    dead.node.kill().await;
+    let r = http_send(
+        l,
+        request("GET", "cart.example", "/after")
+            .header("cookie", cookie.clone())
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let moved = backend(&r);
+    assert_ne!(moved, pinned);
+    let new_cookie = r.header("set-cookie").expect("re-pinned with a new cookie");
+    assert_ne!(new_cookie.split(';').next().unwrap(), cookie);
+    let again = http_send(
+        l,
+        request("GET", "cart.example", "/again")
+            .header("cookie", new_cookie.split(';').next().unwrap())
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(backend(&again), moved);
+}
+
+#[tokio::test]
+async fn header_hashing_keeps_sessions_and_moves_few_when_an_endpoint_goes() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let mut m = mesh(
+        &pki,
+        &[
+            ("n1", &["s"]),
+            ("n2", &["s"]),
+            ("n3", &["s"]),
+            ("n4", &["s"]),
+        ],
+        NodeSpec::new("edge").http_listener("web", None),
+    )
+    .await;
+    apply(
+        &m.nodes[0],
+        &op,
+        serde_json::json!({"name": "s", "rules": [{"backends": [{"service": "s"}],
+            "session": {"type": "header", "name": "x-session-id"}}]}),
+        &m.all(),
+    )
+    .await;
+    let l = m.edge.listener("web");
+    let ask = |id: usize| async move {
+        let r = http_send(
+            l,
+            request("GET", "s.example", "/")
+                .header("x-session-id", format!("user-{id}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        backend(&r)
+    };
+    let mut before = HashMap::new();
+    for id in 0..200 {
+        let b = ask(id).await;
+        assert_eq!(ask(id).await, b, "session {id} is stable");
+        before.insert(id, b);
+    }
+    let used: std::collections::HashSet<_> = before.values().collect();
+    assert!(
+        used.len() >= 3,
+        "sessions spread over the endpoints: {used:?}"
+    );
+
+    // Remove n4 gracefully; only its sessions move.
+    let gone = m.nodes.pop().unwrap();
+    gone.node.shutdown().await;
+    eventually("edge forgets n4", || async {
+        m.edge.healthy_endpoints("s") == 3
+    })
+    .await;
+    let mut moved = 0;
+    for id in 0..200 {
+        let now = ask(id).await;
+        if now != before[&id] {
+            moved += 1;
+            assert_eq!(before[&id], "s@n4", "session {id} moved without need");
+        }
+    }
+    let on_n4 = before.values().filter(|b| *b == "s@n4").count();
+    assert_eq!(moved, on_n4);
+}
+
+#[tokio::test]
+async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    // n1's backend resets every connection; n2's answers.
+    let resetter = TcpBackend::resetter().await;
+    let app = WebApp::start("ok@n2").await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1").service("flaky", resetter.addr(), Check::Tcp),
+    )
+    .await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .service("flaky", app.addr(), Check::Http),
+    )
+    .await;
+    let edge = TestNode::start(
+        &pki,
+        NodeSpec::new("edge")
+            .seed(&n1)
+            .http_listener("web", None)
+            .tweak(|raw| {
+                // Keep the resetting endpoint in rotation for this test.
+                raw.listeners.last_mut().unwrap().outlier = Some(shoal_node::config::RawOutlier {
+                    consecutive_failures: Some(1000),
+                    ..Default::default()
+                });
+            }),
+    )
+    .await;
+    eventually("edge sees both endpoints healthy", || async {
+        edge.healthy_endpoints("flaky") == 2
+    })
+    .await;
+    let all = [&n1, &n2, &edge];
+    apply(
+        &n1,
+        &op,
+        serde_json::json!({"name": "flaky", "rules": [{"backends": [{"service": "flaky"}],
+            "retry": {"on": ["reset", "5xx"], "attempts": 2}}]}),
+        &all,
+    )
+    .await;
+    let l = edge.listener("web");
+    for i in 0..20 {
+        let r = get(l, "f.example", &format!("/get/{i}")).await;
+        assert_eq!(r.status, 200, "GET {i}: {}", r.body);
+        assert_eq!(backend(&r), "ok@n2");
+    }
+    let retries = edge
+        .metric("shoal_http_retries_total{listener=\"web\",route=\"flaky\",service=\"flaky\",reason=\"reset\"}")
+        .await;
+    assert!(
+        retries >= 5.0,
+        "round robin sent GETs to the resetter first: {retries}"
+    );
+
+    // POSTs are not retried after they were sent.
+    let retry_metric =
+        "shoal_http_retries_total{listener=\"web\",route=\"flaky\",service=\"flaky\"";
+    let retries_before = edge.metric(retry_metric).await;
+    let mut failed = 0;
+    for i in 0..20 {
+        let r = http_send(
+            l,
+            request("POST", "f.example", &format!("/post/{i}"))
+                .body(Full::from("payload"))
+                .unwrap(),
+        )
+        .await;
+        if r.status == 502 {
+            failed += 1;
+        } else {
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    assert!(
+        failed >= 5,
+        "round robin sent POSTs to the resetter: {failed}"
+    );
+    assert_eq!(
+        edge.metric(retry_metric).await,
+        retries_before,
+        "no POST was retried"
+    );
+
+    // Unless the route says all methods may be retried.
+    apply(
+        &n2,
+        &op,
+        serde_json::json!({"name": "flaky", "rules": [{"backends": [{"service": "flaky"}],
+            "retry": {"on": ["reset"], "attempts": 2, "all_methods": true}}]}),
+        &all,
+    )
+    .await;
+    for i in 0..20 {
+        let r = http_send(
+            l,
+            request("POST", "f.example", &format!("/post-retried/{i}"))
+                .body(Full::from("payload"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "POST {i}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn routes_refuse_callers_outside_their_allow_list() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let app = WebApp::start("pay@n1").await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1").service("payments", app.addr(), Check::Http),
+    )
+    .await;
+    // `edge` acts for service `web` (its certificate names it); `other` for nobody.
+    let web_app = WebApp::start("web@edge").await;
+    let edge = TestNode::start(
+        &pki,
+        NodeSpec::new("edge")
+            .seed(&n1)
+            .service("web", web_app.addr(), Check::Http)
+            .http_listener("as-web", None)
+            .http_listener("anonymous", None)
+            .tweak(|raw| {
+                let n = raw.listeners.len();
+                raw.listeners[n - 2].source_service = Some("web".into());
+            }),
+    )
+    .await;
+    eventually("edge sees payments", || async {
+        edge.healthy_endpoints("payments") == 1
+    })
+    .await;
+    apply(
+        &n1,
+        &op,
+        serde_json::json!({"name": "pay", "rules": [{"backends": [{"service": "payments"}],
+            "allow_services": ["web"]}]}),
+        &[&n1, &edge],
+    )
+    .await;
+    let r = get(edge.listener("as-web"), "pay.example", "/charge").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(edge.listener("anonymous"), "pay.example", "/charge").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("route pay does not allow"), "{}", r.body);
+    assert_eq!(app.requests(), 1);
+}
+
+#[tokio::test]
+async fn per_try_and_overall_timeouts_answer_504() {
+    let pki = Pki::new("mesh.test");
+    let op = operator(&pki);
+    let m = mesh(
+        &pki,
+        &[("n1", &["slow"]), ("n2", &["slow"])],
+        NodeSpec::new("edge").http_listener("web", None),
+    )
+    .await;
+    apply(
+        &m.nodes[0],
+        &op,
+        serde_json::json!({"name": "slow", "rules": [{"backends": [{"service": "slow"}],
+            "timeout_ms": 1500, "per_try_timeout_ms": 300,
+            "retry": {"on": ["5xx"], "attempts": 3}}]}),
+        &m.all(),
+    )
+    .await;
+    let l = m.edge.listener("web");
+    // Fast enough: one try.
+    let r = get(l, "slow.example", "/slow/10").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Every try times out: three tries of 300 ms, then 504.
+    let r = get(l, "slow.example", "/slow/5000").await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.body.contains("did not answer within 300ms"), "{}", r.body);
+    assert_eq!(r.header("x-shoal-error"), Some("1"));
+    let timeouts = m
+        .edge
+        .metric("shoal_http_retries_total{listener=\"web\",route=\"slow\",service=\"slow\",reason=\"timeout\"}")
+        .await;
+    assert_eq!(timeouts, 2.0, "two retries after timed-out tries");
+}
