@@ -33,6 +33,7 @@ use crate::config::{Config, HealthKind};
 use crate::endpoint::{self, MeshEndpoint, SocketSource};
 use crate::gossip::{Gossip, GossipError, QuicTransport, transport};
 use crate::metrics::Metrics;
+use crate::proxy::backend_pool::BackendPool;
 use crate::proxy::http::HttpListener;
 use crate::proxy::ingress_tls::IngressCert;
 use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
@@ -286,6 +287,7 @@ impl Node {
                         LocalService {
                             config: s.clone(),
                             active: Arc::new(AtomicUsize::new(0)),
+                            pool: Arc::new(BackendPool::new(s.address, s.http_idle_timeout)),
                         },
                     )
                 })
@@ -294,6 +296,7 @@ impl Node {
             draining: AtomicBool::new(false),
         });
         tasks.push(tokio::spawn(inbound::serve(tunnel_conns_rx, proxy.clone())));
+        tasks.push(tokio::spawn(inbound::reap_pools(proxy.clone())));
         let (transport, to_chitchat) = QuicTransport::new(endpoint.clone(), metrics.clone());
         tasks.push(tokio::spawn(transport::serve_inbound(
             gossip_conns_rx,

@@ -116,6 +116,16 @@ pub struct ServiceReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels: `service`, `connection` (`new` or `reused`) of a tunnelled HTTP request
+/// relayed to a local backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceConnectionLabels {
+    /// The local service.
+    pub service: String,
+    /// Whether the request went over a new or a pooled keep-alive connection.
+    pub connection: &'static str,
+}
+
 /// Labels of HTTP request metrics: `listener`, `route`, `service`, `class`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -202,6 +212,8 @@ pub struct Metrics {
     pub inbound_refusals: Family<ServiceReasonLabels, Counter>,
     /// Bytes through inbound tunnels.
     pub inbound_bytes: Family<ServiceDirectionLabels, Counter>,
+    /// Tunnelled HTTP requests relayed to local backends, by connection reuse.
+    pub inbound_http_requests: Family<ServiceConnectionLabels, Counter>,
     /// HTTP requests answered by listeners, by route, service and status class.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Time from a request's arrival to its response headers.
@@ -327,6 +339,7 @@ impl Metrics {
         let inbound_active = Family::<ServiceLabels, Gauge>::default();
         let inbound_refusals = Family::<ServiceReasonLabels, Counter>::default();
         let inbound_bytes = Family::<ServiceDirectionLabels, Counter>::default();
+        let inbound_http_requests = Family::<ServiceConnectionLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
             setup_histogram as fn() -> Histogram,
@@ -413,6 +426,11 @@ impl Metrics {
             "Bytes through inbound tunnels",
             inbound_bytes.clone(),
         );
+        registry.register(
+            "inbound_http_requests",
+            "Tunnelled HTTP requests relayed to local backends, by whether the backend connection was new or reused",
+            inbound_http_requests.clone(),
+        );
         Metrics {
             registry,
             listener_connections,
@@ -427,6 +445,7 @@ impl Metrics {
             inbound_active,
             inbound_refusals,
             inbound_bytes,
+            inbound_http_requests,
             http_requests,
             http_duration,
             http_retries,

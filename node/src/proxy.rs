@@ -15,10 +15,12 @@
 //! endpoints that keep failing.
 
 pub mod access_log;
+pub mod backend_pool;
 pub mod balance;
 pub mod headers;
 pub mod http;
 pub mod inbound;
+pub mod inbound_http;
 pub mod ingress_tls;
 pub mod splice;
 pub mod tcp;
@@ -62,6 +64,8 @@ pub struct LocalService {
     pub config: ServiceConfig,
     /// Connections open to its backend through the mesh (and from local listeners).
     pub active: Arc<AtomicUsize>,
+    /// Idle keep-alive connections to its backend, for tunnelled HTTP requests.
+    pub pool: Arc<backend_pool::BackendPool>,
 }
 
 /// What the proxies share with the rest of the node.

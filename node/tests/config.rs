@@ -268,6 +268,7 @@ address = "127.0.0.1:6379"
     let web = &c.services[0];
     assert_eq!(web.weight, 100);
     assert!(web.tags.is_empty());
+    assert_eq!(web.http_idle_timeout, Duration::from_secs(4));
     assert_eq!(
         web.health.kind,
         HealthKind::Http,
@@ -1040,6 +1041,7 @@ allow_nodes = ["edge-1"]
 allow_services = ["api"]
 max_connections = 50
 connect_timeout = "250ms"
+http_idle_timeout = "30s"
 
 [[listener]]
 bind = "127.0.0.1:9000"
@@ -1067,6 +1069,7 @@ max_ejection = "30s"
     assert_eq!(web.allow_services, ["api"]);
     assert_eq!(web.max_connections, 50);
     assert_eq!(web.connect_timeout, Duration::from_millis(250));
+    assert_eq!(web.http_idle_timeout, Duration::from_secs(30));
     assert!(web.allows("edge-1", None));
     assert!(web.allows("other", Some("api")));
     assert!(!web.allows("other", Some("web")));
@@ -1193,10 +1196,12 @@ allow_nodes = ["Edge"]
 allow_services = ["api_v2"]
 max_connections = 0
 connect_timeout = "0s"
+http_idle_timeout = "2h"
 "#,
     ));
     assert_error(&e, "service[0].allow_nodes[0]", &["lowercase"]);
     assert_error(&e, "service[0].allow_services[0]", &["'_'"]);
     assert_error(&e, "service[0].max_connections", &["between 1 and"]);
     assert_error(&e, "service[0].connect_timeout", &["out of range"]);
+    assert_error(&e, "service[0].http_idle_timeout", &["out of range"]);
 }

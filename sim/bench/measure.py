@@ -344,7 +344,7 @@ def summarize(cfg, raw):
     for s in cfg["setups"]:
         name = s["name"]
         h_rows, h_fallback = usable([r["http"] for r in raw if r["setup"] == name])
-        b_rows, b_fallback = usable([r["bulk"] for r in raw if r["setup"] == name])
+        b_rows, b_fallback = usable([r["bulk"] for r in raw if r["setup"] == name and not r["bulk"].get("skipped")])
         summary[name] = {
             "rps": median_of(h_rows, "rps"),
             "p50_us": median_of(h_rows, "p50_us"),
@@ -465,6 +465,8 @@ def render(cfg, machine, raw, summary, shoal_metrics=None):
     L.append("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
     for r in raw:
         b = r["bulk"]
+        if b.get("skipped"):
+            continue
         udp = b.get("udp_errors", {})
         rd = b.get("sink_mean_read_bytes")
         L.append("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %s |" % (

@@ -8,12 +8,13 @@
 //! length; `/download/N` streams N bytes; `/trailers` answers a body with
 //! trailers; `/slow/MS` answers after MS
 //! milliseconds; `/ws` is a WebSocket echo; `/healthz` answers 200 (not counted);
-//! anything else answers a JSON echo of the request.
+//! anything else answers a JSON echo of the request. It also counts the TCP
+//! connections that carried counted requests (keep-alive reuse shows there).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -33,6 +34,7 @@ pub struct WebApp {
     name: String,
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,13 +45,20 @@ impl WebApp {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let conns = connections.clone();
         let who: Arc<str> = Arc::from(name);
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let who = who.clone();
                 let counter = counter.clone();
+                let conns = conns.clone();
+                let seen = AtomicBool::new(false);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        if req.uri().path() != "/healthz" && !seen.swap(true, Ordering::Relaxed) {
+                            conns.fetch_add(1, Ordering::Relaxed);
+                        }
                         handle(who.clone(), counter.clone(), req)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -63,6 +72,7 @@ impl WebApp {
             name: name.to_string(),
             addr,
             requests,
+            connections,
             task,
         }
     }
@@ -80,6 +90,11 @@ impl WebApp {
     /// Requests served so far (health checks not counted).
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections that carried at least one counted request.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 

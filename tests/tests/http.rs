@@ -13,15 +13,21 @@ use shoal_tests::{Check, NodeSpec, Pki, TestNode, eventually, get, http_send, re
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A caller node `c` with an HTTP listener `web` (default service `web`) and one
-/// node `a` hosting `web`.
-async fn two_nodes(pki: &Pki) -> (TestNode, TestNode, WebApp) {
+/// A node `a` hosting the service `web` with a [`WebApp`] backend `app-a`.
+async fn web_node(pki: &Pki) -> (TestNode, WebApp) {
     let app = WebApp::start("app-a").await;
     let a = TestNode::start(
         pki,
         NodeSpec::new("a").service("web", app.addr(), Check::Http),
     )
     .await;
+    (a, app)
+}
+
+/// A caller node `c` with an HTTP listener `web` (default service `web`) and one
+/// node `a` hosting `web`.
+async fn two_nodes(pki: &Pki) -> (TestNode, TestNode, WebApp) {
+    let (a, app) = web_node(pki).await;
     let c = TestNode::start(
         pki,
         NodeSpec::new("c")
@@ -81,6 +87,68 @@ async fn http1_requests_reach_the_default_service_with_a_request_id() {
         )
         .await;
     assert_eq!(m, 2.0);
+}
+
+#[tokio::test]
+async fn serving_nodes_reuse_keep_alive_connections_to_their_backend() {
+    let pki = Pki::new("mesh.test");
+    let (a, c, app) = two_nodes(&pki).await;
+    let listener = c.listener("web");
+    for i in 0..30 {
+        let r = get(listener, "shop.example", &format!("/n/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(app.requests(), 30);
+    // Each request crossed the mesh on its own stream, but the serving node
+    // relayed them over pooled keep-alive connections to its backend.
+    let metric = |connection: &str| {
+        format!("shoal_inbound_http_requests_total{{service=\"web\",connection=\"{connection}\"}}")
+    };
+    let new = a.metric(&metric("new")).await;
+    let reused = a.metric(&metric("reused")).await;
+    assert_eq!(new + reused, 30.0);
+    assert_eq!(
+        new as usize,
+        app.connections(),
+        "new connections are counted"
+    );
+    assert!(
+        app.connections() < 10,
+        "30 sequential requests needed {} backend connections",
+        app.connections()
+    );
+
+    // With `http_idle_timeout = "0s"` every request gets its own connection.
+    let app0 = WebApp::start("app-0").await;
+    let b = TestNode::start(
+        &pki,
+        NodeSpec::new("b")
+            .seed(&a)
+            .service("solo", app0.addr(), Check::Http)
+            .tweak(|raw| raw.services.last_mut().unwrap().http_idle_timeout = Some(Duration::ZERO)),
+    )
+    .await;
+    let d = TestNode::start(
+        &pki,
+        NodeSpec::new("d")
+            .seed(&a)
+            .http_listener("solo", Some("solo")),
+    )
+    .await;
+    eventually("d sees b's solo endpoint", || async {
+        d.healthy_endpoints("solo") == 1
+    })
+    .await;
+    for i in 0..5 {
+        let r = get(d.listener("solo"), "solo.example", &format!("/n/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(app0.connections(), 5);
+    assert_eq!(
+        b.metric("shoal_inbound_http_requests_total{service=\"solo\",connection=\"new\"}")
+            .await,
+        5.0
+    );
 }
 
 #[tokio::test]
@@ -315,12 +383,7 @@ async fn tls_connect(
 #[tokio::test]
 async fn ingress_serves_its_own_certificate_with_alpn_and_reloads_it() {
     let pki = Pki::new("mesh.test");
-    let app = WebApp::start("app-a").await;
-    let a = TestNode::start(
-        &pki,
-        NodeSpec::new("a").service("web", app.addr(), Check::Http),
-    )
-    .await;
+    let (a, _app) = web_node(&pki).await;
     let files = tempfile::tempdir().unwrap();
     let first = write_ingress_cert(files.path(), "shop.example");
     let dir = files.path().to_path_buf();
@@ -397,4 +460,98 @@ async fn response_trailers_reach_an_http2_client() {
     let trailers = collected.trailers().cloned().expect("trailers arrive");
     assert_eq!(trailers["x-checksum"], "abc123");
     assert_eq!(collected.to_bytes(), "part one, part two");
+}
+
+#[tokio::test]
+async fn the_access_log_has_a_line_per_request_with_what_moved() {
+    let pki = Pki::new("mesh.test");
+    let (a, _app) = web_node(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.json");
+    let target = path.to_string_lossy().to_string();
+    let c = TestNode::start(
+        &pki,
+        NodeSpec::new("c")
+            .seed(&a)
+            .http_listener("web", Some("web"))
+            .tweak(move |raw| raw.listeners.last_mut().unwrap().access_log = Some(target.clone())),
+    )
+    .await;
+    eventually("c sees a healthy web endpoint", || async {
+        c.healthy_endpoints("web") == 1
+    })
+    .await;
+    let l = c.listener("web");
+
+    // A streamed (chunked) download, an upload, and an error from the backend.
+    let r = get(l, "shop.example", "/download/100000").await;
+    assert_eq!(r.status, 200);
+    let r = http_send(
+        l,
+        request("POST", "shop.example", "/upload")
+            .body(Full::from(vec![7u8; 5000]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.body, "5000");
+    let r = get(l, "shop.example", "/status/503").await;
+    assert_eq!(r.status, 503);
+
+    let read = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+            .collect::<Vec<_>>()
+    };
+    eventually("three access-log lines are written", || async {
+        read().len() == 3
+    })
+    .await;
+    let lines = read();
+    let (down, up, err) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!(down["listener"], "web");
+    assert_eq!(down["method"], "GET");
+    assert_eq!(down["authority"], "shop.example");
+    assert_eq!(down["path"], "/download/100000");
+    assert_eq!(down["route"], "-");
+    assert_eq!(down["service"], "web");
+    assert_eq!(down["status"], 200);
+    assert_eq!(down["upstream_node"], "a");
+    assert_eq!(down["attempts"], 1);
+    assert_eq!(down["request_bytes"], 0);
+    assert_eq!(
+        down["response_bytes"], 100_000,
+        "bytes actually sent: {down}"
+    );
+    assert_eq!(down["complete"], true);
+    assert_eq!(down["request_id"].as_str().unwrap().len(), 32);
+    assert!(down["duration_ms"].as_f64().unwrap() >= down["head_ms"].as_f64().unwrap());
+    assert!(down["time"].as_str().unwrap().ends_with('Z'), "{down}");
+    assert_eq!(up["method"], "POST");
+    assert_eq!(up["request_bytes"], 5000, "{up}");
+    assert_eq!(up["response_bytes"], 4);
+    assert_eq!(err["status"], 503);
+    assert_eq!(err["complete"], true);
+
+    // A client that goes away mid-download is logged with what it got.
+    let mut raw = TcpStream::connect(l).await.unwrap();
+    raw.write_all(b"GET /download/100000000 HTTP/1.1\r\nhost: shop.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    let n = raw.read(&mut got).await.unwrap();
+    assert!(n > 0);
+    drop(raw);
+    eventually("the cut-short download is logged", || async {
+        read().len() == 4
+    })
+    .await;
+    let cut = &read()[3];
+    assert_eq!(cut["path"], "/download/100000000");
+    assert_eq!(cut["complete"], false, "{cut}");
+    assert!(
+        cut["response_bytes"].as_u64().unwrap() < 100_000_000,
+        "{cut}"
+    );
 }

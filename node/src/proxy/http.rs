@@ -19,13 +19,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Frame, Incoming};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::upgrade::OnUpgrade;
@@ -56,7 +57,8 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// answered `431`.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of requests sent upstream and responses sent back.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -286,7 +288,13 @@ impl HttpListener {
         let authority = headers::authority(&parts);
         let method = parts.method.clone();
         let version = parts.version;
-        let request_bytes = headers::content_length(&parts.headers);
+        // Request body bytes, counted as the body is read (for the access log).
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let body = if self.log.is_some() {
+            access_log::count_body(boxed(body), request_bytes.clone())
+        } else {
+            boxed(body)
+        };
         let logged_path = parts.uri.path().to_string();
         let mut outcome = Outcome::default();
         let response = match headers::routable_path(&parts) {
@@ -302,7 +310,7 @@ impl HttpListener {
                 };
                 let exchange = Exchange {
                     parts,
-                    body: ReqBody::Once(Some(boxed(body))),
+                    body: ReqBody::Once(Some(body)),
                     client_upgrade,
                     peer,
                     request_id: request_id.clone(),
@@ -350,31 +358,40 @@ impl HttpListener {
             .http_duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        if let Some(log) = &self.log {
-            let line = access_log::Line {
-                time: shoal_pki::inspect::rfc3339(arrived),
-                listener: &self.cfg.name,
-                request_id: &request_id,
-                client: peer.to_string(),
-                protocol: version_str(version),
-                method: method.as_str(),
-                authority: &authority,
-                path: &logged_path,
-                route: &labels.route,
-                service: &labels.service,
-                status: status.as_u16(),
-                upstream_node: &dash(&outcome.node),
-                upstream_addr: &dash(&outcome.addr),
-                attempts: outcome.attempts,
-                request_bytes,
-                response_bytes: response.body().size_hint().exact(),
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            };
-            if !log.log(&line) {
-                self.count_failure("access_log_full");
+        match &self.log {
+            None => response,
+            Some(log) => {
+                let line = access_log::Line {
+                    time: shoal_pki::inspect::rfc3339(arrived),
+                    listener: self.cfg.name.clone(),
+                    request_id,
+                    client: peer.to_string(),
+                    protocol: version_str(version),
+                    method: method.as_str().to_string(),
+                    authority,
+                    path: logged_path,
+                    route: labels.route,
+                    service: labels.service,
+                    status: status.as_u16(),
+                    upstream_node: dash(&outcome.node),
+                    upstream_addr: dash(&outcome.addr),
+                    attempts: outcome.attempts,
+                    request_bytes: 0,
+                    response_bytes: 0,
+                    complete: false,
+                    head_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    duration_ms: 0.0,
+                };
+                let logged = access_log::LoggedBody::new(
+                    log.clone(),
+                    line,
+                    started,
+                    request_bytes,
+                    self.ctx.metrics.clone(),
+                );
+                response.map(|body| logged.wrap(body))
             }
         }
-        response
     }
 
     fn may_spend_retry(&self) -> bool {
@@ -710,25 +727,32 @@ impl HttpListener {
             response.headers_mut().append(header::SET_COOKIE, v);
         }
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
-            let listener = self.cfg.name.clone();
-            tokio::spawn(async move {
-                match (client.await, upstream.await) {
-                    (Ok(client), Ok(upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                    (c, u) => tracing::debug!(
-                        %listener,
-                        client = ?c.err(),
-                        upstream = ?u.err(),
-                        "an upgraded connection did not complete"
-                    ),
-                }
-            });
+            splice_upgraded(client, upstream, &self.cfg.name);
         }
         response
     }
+}
+
+/// Once both sides of an exchange have switched protocols (WebSocket, `CONNECT`),
+/// copies bytes between them until both ends close. `whose` names the listener
+/// (or the inbound side) in the log line of an upgrade that did not complete.
+pub fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade, whose: &str) {
+    let whose = whose.to_string();
+    tokio::spawn(async move {
+        match (client.await, upstream.await) {
+            (Ok(client), Ok(upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            (c, u) => tracing::debug!(
+                %whose,
+                client = ?c.err(),
+                upstream = ?u.err(),
+                "an upgraded connection did not complete"
+            ),
+        }
+    });
 }
 
 fn version_str(v: Version) -> &'static str {

@@ -2,7 +2,8 @@
 //! `shoal-tunnel/1` connection starts with a `StreamHeader`. This node checks it —
 //! the caller's identity comes from its certificate, never from what it claims —
 //! answers with a `StreamStatus`, and on `ok` splices the stream to the local
-//! backend.
+//! backend — or, for an HTTP request stream, relays its one exchange over a
+//! pooled keep-alive backend connection ([`super::inbound_http`]).
 //!
 //! Checks, in order (the first that fails decides the status):
 //! 1. the header is well-formed, of this protocol version, within its size limit
@@ -12,23 +13,28 @@
 //! 4. a claimed source service is named in the caller's certificate, and the
 //!    service's allow-list admits the caller (`unauthorized`, logged);
 //! 5. the service is under its connection limit (`overloaded`);
-//! 6. the backend accepts a TCP connection in time (`backend-refused`).
+//! 6. the backend accepts a TCP connection in time, or (HTTP) a pooled keep-alive
+//!    connection is ready (`backend-refused`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
-use mesh_proto::tunnel::{RequestId, StatusCode, StreamHeader, StreamStatus};
+use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use quinn::{RecvStream, SendStream};
 use shoal_pki::CertIdentity;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::splice::{self, Progress, RESET_CODE, Side};
-use super::{CountGuard, HEADER_TIMEOUT, ProxyContext};
+use super::{CountGuard, HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
-use crate::metrics::{ServiceDirectionLabels, ServiceLabels, ServiceReasonLabels};
+use crate::metrics::{
+    ServiceConnectionLabels, ServiceDirectionLabels, ServiceLabels, ServiceReasonLabels,
+};
 
 /// Idle timeout of inbound tunnelled connections (the caller's listener enforces
 /// its own, usually shorter, one).
@@ -178,6 +184,19 @@ async fn stream(
             .connect_timeout
             .min(d.saturating_duration_since(tokio::time::Instant::now()))
     });
+    if header.protocol == Protocol::Http {
+        return http_stream(
+            &ctx,
+            local,
+            &header,
+            &caller,
+            deadline,
+            connect_timeout,
+            send,
+            recv,
+        )
+        .await;
+    }
     let backend =
         match tokio::time::timeout(connect_timeout, TcpStream::connect(local.config.address)).await
         {
@@ -213,28 +232,13 @@ async fn stream(
             }
         };
     let _ = backend.set_nodelay(true);
-    let Ok(ok) = encode(&StreamStatus::ok()) else {
+    let Some(accepted) = accept(&ctx, &service, &mut send).await else {
         return;
     };
-    if send.write_all(&ok).await.is_err() {
-        return;
-    }
-    let labels = ServiceLabels {
-        service: service.clone(),
-    };
-    ctx.metrics.inbound_streams.get_or_create(&labels).inc();
-    let active = ctx.metrics.inbound_active.get_or_create(&labels).clone();
-    active.inc();
-    let bytes = |direction| {
-        ctx.metrics
-            .inbound_bytes
-            .get_or_create(&ServiceDirectionLabels {
-                service: service.clone(),
-                direction,
-            })
-            .clone()
-    };
-    let progress = Arc::new(Progress::counting(bytes("upstream"), bytes("downstream")));
+    let progress = Arc::new(Progress::counting(
+        accepted.upstream.clone(),
+        accepted.downstream.clone(),
+    ));
     tracing::trace!(%caller, %service, request_id = %header.request_id, "tunnel stream accepted");
     splice::splice(
         Side::quic(send, recv),
@@ -244,7 +248,121 @@ async fn stream(
         progress,
     )
     .await;
-    active.dec();
+}
+
+/// An HTTP request stream: a pooled (or new) keep-alive connection to the
+/// backend, `ok`, then the exchange relayed by [`inbound_http`].
+#[allow(clippy::too_many_arguments)]
+async fn http_stream(
+    ctx: &ProxyContext,
+    local: &LocalService,
+    header: &StreamHeader,
+    caller: &str,
+    deadline: Option<tokio::time::Instant>,
+    connect_timeout: Duration,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
+    let service = &header.target_service;
+    let (sender, connection) = match local.pool.take() {
+        Some(s) => (s, "reused"),
+        None => match local.pool.connect(connect_timeout).await {
+            Ok(s) => (s, "new"),
+            Err(e) => {
+                let reason = format!("backend {} refused: {e}", local.config.address);
+                return answer_refusal(
+                    ctx,
+                    service,
+                    caller,
+                    header.request_id,
+                    &mut send,
+                    StatusCode::BackendRefused,
+                    reason,
+                )
+                .await;
+            }
+        },
+    };
+    let Some(accepted) = accept(ctx, service, &mut send).await else {
+        return;
+    };
+    ctx.metrics
+        .inbound_http_requests
+        .get_or_create(&ServiceConnectionLabels {
+            service: service.clone(),
+            connection,
+        })
+        .inc();
+    tracing::trace!(%caller, %service, request_id = %header.request_id, connection, "tunnelled HTTP request accepted");
+    let serve = inbound_http::serve(
+        local.pool.clone(),
+        sender,
+        local.config.connect_timeout,
+        send,
+        recv,
+        (accepted.upstream.clone(), accepted.downstream.clone()),
+    );
+    let result = match deadline {
+        Some(d) => tokio::time::timeout_at(d, serve).await.ok(),
+        None => Some(serve.await),
+    };
+    if let Some(Err(e)) = result {
+        tracing::debug!(%caller, %service, request_id = %header.request_id, error = %e, "tunnelled HTTP request ended with an error");
+    }
+}
+
+/// An accepted stream's metrics: counted in `shoal_inbound_streams_total`, open
+/// in `shoal_inbound_active_streams` until dropped, and its byte counters.
+struct Accepted {
+    active: Gauge,
+    upstream: Counter,
+    downstream: Counter,
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Answers `ok` on `send` and counts the stream as accepted; `None` if the
+/// caller is gone.
+async fn accept(ctx: &ProxyContext, service: &str, send: &mut SendStream) -> Option<Accepted> {
+    let ok = encode(&StreamStatus::ok()).ok()?;
+    send.write_all(&ok).await.ok()?;
+    let labels = ServiceLabels {
+        service: service.to_string(),
+    };
+    ctx.metrics.inbound_streams.get_or_create(&labels).inc();
+    let active = ctx.metrics.inbound_active.get_or_create(&labels).clone();
+    active.inc();
+    let bytes = |direction| {
+        ctx.metrics
+            .inbound_bytes
+            .get_or_create(&ServiceDirectionLabels {
+                service: service.to_string(),
+                direction,
+            })
+            .clone()
+    };
+    Some(Accepted {
+        active,
+        upstream: bytes("upstream"),
+        downstream: bytes("downstream"),
+    })
+}
+
+/// Closes pooled backend connections idle for longer than their service's
+/// `http_idle_timeout`, every second, until the node stops.
+pub async fn reap_pools(ctx: Arc<ProxyContext>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for local in ctx.services.values() {
+            local.pool.reap();
+        }
+    }
 }
 
 async fn answer_refusal(
