@@ -204,7 +204,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
+                    // Out of file descriptors, typically: back off rather than spin.
                     tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },

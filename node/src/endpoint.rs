@@ -451,15 +451,6 @@ impl MeshEndpoint {
         }
     }
 
-    /// Live connections (both directions) this endpoint tracks.
-    pub fn connection_count(&self) -> usize {
-        let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-        tracked
-            .iter()
-            .filter(|t| t.conn.close_reason().is_none())
-            .count()
-    }
-
     /// Puts an accepted connection in the pool for outbound use, unless the pool
     /// already holds a live one for that peer.
     fn adopt(&self, addr: SocketAddr, use_: Use, conn: &Connection) {

@@ -175,11 +175,6 @@ impl Gossip {
         out
     }
 
-    /// Asks chitchat to gossip with `addr` now (used to rejoin after losing all peers).
-    pub fn gossip_with(&self, addr: SocketAddr) {
-        let _ = self.handle.gossip(addr);
-    }
-
     /// Stops gossiping and waits (briefly) for chitchat's loop to end.
     pub async fn stop(&self) {
         if self.handle.initiate_shutdown().is_ok() {

@@ -237,7 +237,13 @@ async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
         &pki,
         NodeSpec::new("n3")
             .seed(&n1)
-            .listener("echo", "echo", "round_robin"),
+            .listener("echo", "echo", "round_robin")
+            .tweak(|raw| {
+                raw.listeners[0].outlier = Some(shoal_node::config::RawOutlier {
+                    base_ejection: Some(Duration::from_secs(2)),
+                    ..Default::default()
+                });
+            }),
     )
     .await;
     eventually("both endpoints healthy", || async {
@@ -276,6 +282,22 @@ async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
         assert_eq!(echo_roundtrip(addr, data.clone()).await, *data);
     }
     assert_eq!(b2.accepted() - before, 5);
+
+    // The backend comes back: once its ejection (2 s here) has run out, n1 is
+    // tried again, succeeds, and is back in rotation.
+    b1.restart().await;
+    let before = b1.accepted();
+    eventually("n1 is back in rotation after its ejection", || async {
+        let data = Arc::new(pseudo_random(64, 99));
+        assert_eq!(echo_roundtrip(addr, data.clone()).await, *data);
+        b1.accepted() > before
+    })
+    .await;
+    assert_eq!(
+        n3.metric("shoal_listener_connection_failures_total").await,
+        0.0,
+        "no client connection failed through ejection and recovery"
+    );
     for n in [n1, n2, n3] {
         n.node.kill().await;
     }
@@ -779,6 +801,129 @@ async fn nodes_named_like_numbers_are_reachable() {
     .await;
     let got = echo_roundtrip(n2.listener("echo"), Arc::new(b"numeric".to_vec())).await;
     assert_eq!(got, b"numeric");
+    n1.node.kill().await;
+    n2.node.kill().await;
+}
+
+/// A backend whose connections the test drives by hand: each accepted
+/// connection is handed over on the channel.
+async fn manual_backend() -> (SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+    let listener = shoal_node::proxy::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            if tx.send(s).await.is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+async fn next_conn(conns: &mut tokio::sync::mpsc::Receiver<TcpStream>) -> TcpStream {
+    tokio::time::timeout(Duration::from_secs(10), conns.recv())
+        .await
+        .expect("the backend gets a connection")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_resets_and_backpressure_cross_the_tunnel() {
+    let pki = Pki::new("mesh.test");
+    let (backend, mut conns) = manual_backend().await;
+    let n1 = TestNode::start(
+        &pki,
+        NodeSpec::new("n1")
+            .service("raw", backend, Check::Tcp)
+            .tweak(|raw| {
+                // One check at start, then none during the test: every later
+                // connection the backend sees is a proxied one.
+                let h = raw.services[0].health.as_mut().unwrap();
+                h.interval = Some(Duration::from_secs(300));
+                h.timeout = Some(Duration::from_secs(1));
+            }),
+    )
+    .await;
+    let n2 = TestNode::start(
+        &pki,
+        NodeSpec::new("n2")
+            .seed(&n1)
+            .listener("raw", "raw", "round_robin"),
+    )
+    .await;
+    eventually("n2 sees the raw endpoint healthy", || async {
+        n2.healthy_endpoints("raw") == 1
+    })
+    .await;
+    while conns.try_recv().is_ok() {}
+    let addr = n2.listener("raw");
+
+    // The backend speaks first and closes its side: the client reads the banner
+    // and then an end, and can still send; the backend hears it.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut server = next_conn(&mut conns).await;
+    server.write_all(b"banner").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"banner");
+    client.write_all(b"still talking").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut heard = Vec::new();
+    server.read_to_end(&mut heard).await.unwrap();
+    assert_eq!(heard, b"still talking");
+
+    // A client that resets: the backend sees a reset, not a clean end.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"x").await.unwrap();
+    let mut server = next_conn(&mut conns).await;
+    let mut one = [0u8; 1];
+    server.read_exact(&mut one).await.unwrap();
+    client.set_zero_linger().unwrap();
+    drop(client);
+    let mut rest = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), server.read_to_end(&mut rest))
+        .await
+        .expect("the reset arrives");
+    assert_eq!(
+        outcome.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the client's reset reaches the backend"
+    );
+
+    // Backpressure: while the backend does not read, the client is soon held
+    // back — the nodes do not buffer without bound — and once it reads, every
+    // byte arrives.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut server = next_conn(&mut conns).await;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0usize;
+    // Stop once a write makes no progress for a while: the pipe is full.
+    while let Ok(n) = tokio::time::timeout(Duration::from_millis(500), client.write(&chunk)).await {
+        sent += n.unwrap();
+        assert!(
+            sent < 256 << 20,
+            "{sent} bytes accepted for a backend that does not read"
+        );
+    }
+    assert!(sent > 0);
+    client.shutdown().await.unwrap();
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+            .await
+            .expect("the backend keeps receiving")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| *b == 0x5a));
+        received += n;
+    }
+    assert_eq!(received, sent, "every byte written arrives, once");
+    eprintln!("backpressure held the client at {sent} bytes in flight");
     n1.node.kill().await;
     n2.node.kill().await;
 }

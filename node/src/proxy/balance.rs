@@ -17,6 +17,9 @@ use super::ProxyContext;
 use crate::config::OutlierConfig;
 use crate::metrics::EndpointLabels;
 
+/// Outlier state kept for endpoints no longer in the table, before it is pruned.
+const PRUNE_SLACK: usize = 64;
+
 /// Endpoint choice for one service, as seen by one listener.
 #[derive(Debug)]
 pub struct Balancer {
@@ -147,6 +150,13 @@ impl Balancer {
     /// Records an attempt's outcome for outlier detection.
     pub fn record(&self, ctx: &ProxyContext, node: &str, ok: bool) {
         let mut outliers = self.outliers.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget endpoints that left the service, so the set does not grow with
+        // every node name ever seen.
+        let table = ctx.table.load();
+        let endpoints = table.endpoints(&self.service);
+        if outliers.len() > endpoints.len() + PRUNE_SLACK {
+            outliers.retain(|n| endpoints.iter().any(|e| &e.node == n));
+        }
         if outliers.record(node, ok, Instant::now()).is_some() {
             tracing::info!(listener = %self.listener, service = %self.service, %node, "ejected a failing endpoint");
             ctx.metrics
