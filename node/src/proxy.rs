@@ -22,6 +22,7 @@ pub mod http;
 pub mod inbound;
 pub mod inbound_http;
 pub mod ingress_tls;
+pub mod observed;
 pub mod splice;
 pub mod tcp;
 pub mod upstream;

@@ -554,4 +554,137 @@ async fn the_access_log_has_a_line_per_request_with_what_moved() {
         cut["response_bytes"].as_u64().unwrap() < 100_000_000,
         "{cut}"
     );
+
+    // An HTTP/2 client that cancels its request before the answer: logged as
+    // 499 (client closed request) and counted.
+    let mut h2 = h2_client(l).await;
+    let req = hyper::Request::get("http://shop.example/slow/3000")
+        .body(Empty::new())
+        .unwrap();
+    let pending = h2.send_request(req);
+    let _ = tokio::time::timeout(Duration::from_millis(300), pending).await;
+    eventually("the cancelled request is logged", || async {
+        read().len() == 5
+    })
+    .await;
+    let gone = &read()[4];
+    assert_eq!(gone["path"], "/slow/3000");
+    assert_eq!(gone["status"], 499, "{gone}");
+    assert_eq!(gone["complete"], false);
+    assert_eq!(
+        c.metric(
+            "shoal_http_requests_total{listener=\"web\",route=\"-\",service=\"web\",class=\"4xx\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+/// Waits (bounded) until the server closes `s`; panics if it does not.
+async fn closed_by_server(s: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
+            Err(_) => panic!("{what}: the server kept the connection open"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_idle_and_upgraded_connections_are_bounded() {
+    let pki = Pki::new("mesh.test");
+    let (a, _app) = web_node(&pki).await;
+    let c = TestNode::start(
+        &pki,
+        NodeSpec::new("c")
+            .seed(&a)
+            .http_listener("web", Some("web"))
+            .tweak(|raw| {
+                let l = raw.listeners.last_mut().unwrap();
+                l.max_connections = Some(2);
+                l.idle_timeout = Some(Duration::from_millis(500));
+                // header_timeout is 1 s (the harness's HTTP listener default)
+            }),
+    )
+    .await;
+    eventually("c sees a healthy web endpoint", || async {
+        c.healthy_endpoints("web") == 1
+    })
+    .await;
+    let l = c.listener("web");
+    let failures = |reason: &str| {
+        format!("shoal_listener_connection_failures_total{{listener=\"web\",reason=\"{reason}\"}}")
+    };
+
+    // A client that connects and sends nothing, and one that sends only the
+    // HTTP/2 preface, are closed once header_timeout has passed without a request.
+    let mut silent = TcpStream::connect(l).await.unwrap();
+    let mut preface = TcpStream::connect(l).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut silent, "silent client").await;
+    closed_by_server(&mut preface, "HTTP/2 preface only").await;
+    assert_eq!(c.metric(&failures("header_timeout")).await, 2.0);
+
+    // A keep-alive connection that served a request is closed once idle.
+    let mut idle = TcpStream::connect(l).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: shop.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = idle.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    closed_by_server(&mut idle, "idle keep-alive connection").await;
+
+    // A WebSocket keeps its client connection's slot in max_connections (2 here)
+    // while it is open, and is closed when idle.
+    let ws_stream = TcpStream::connect(l).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://chat.example/ws", ws_stream)
+        .await
+        .expect("the WebSocket handshake goes through");
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "hi"
+    );
+    assert_eq!(
+        c.metric("shoal_listener_active_connections{listener=\"web\"}")
+            .await,
+        1.0,
+        "the upgraded connection still counts"
+    );
+    // The WebSocket goes quiet: it is closed after idle_timeout, and its slot
+    // is free again.
+    let ended = tokio::time::timeout(Duration::from_secs(15), ws.next())
+        .await
+        .expect("the idle WebSocket is closed");
+    assert!(!matches!(
+        ended,
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
+    ));
+    eventually("the WebSocket's slot is released", || async {
+        c.metric("shoal_listener_active_connections{listener=\"web\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    let r = get(l, "shop.example", "/after").await;
+    assert_eq!(r.status, 200);
 }

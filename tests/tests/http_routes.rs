@@ -145,6 +145,18 @@ async fn path_and_header_rules_pick_the_service() {
     assert_eq!(backend(&r), "web@n1");
     let r = get(l, "shop.example", "/apiary").await;
     assert_eq!(backend(&r), "web@n1", "prefixes match whole segments");
+    // Other spellings of a path match the rule its normalised form matches, and
+    // the backend gets the normalised path; ambiguous ones are refused.
+    for spelling in ["/%61pi/items", "//api//items", "/api;v=1/items"] {
+        let r = get(l, "shop.example", spelling).await;
+        assert_eq!(backend(&r), "api@n1", "{spelling}");
+    }
+    let r = get(l, "shop.example", "/%61pi//items").await;
+    assert_eq!(r.json()["path"], "/api/items");
+    for ambiguous in ["/web/..%2Fapi", "/web/%2e%2e/api", "/web%5capi"] {
+        let r = get(l, "shop.example", ambiguous).await;
+        assert_eq!(r.status, 400, "{ambiguous}: {}", r.body);
+    }
     let r = http_send(
         l,
         request("GET", "shop.example", "/api/x")
@@ -494,6 +506,38 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
         .await;
         assert_eq!(r.status, 200, "POST {i}: {}", r.body);
     }
+
+    // A route that lists only `5xx` does not retry resets, even of GETs.
+    apply(
+        &n1,
+        &op,
+        serde_json::json!({"name": "flaky", "rules": [{"backends": [{"service": "flaky"}],
+            "retry": {"on": ["5xx"], "attempts": 2}}]}),
+        &all,
+    )
+    .await;
+    let reset_retries = edge
+        .metric("shoal_http_retries_total{listener=\"web\",route=\"flaky\",service=\"flaky\",reason=\"reset\"}")
+        .await;
+    let mut failed = 0;
+    for i in 0..20 {
+        let r = get(l, "f.example", &format!("/get-5xx-only/{i}")).await;
+        if r.status == 502 {
+            failed += 1;
+        } else {
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    assert!(
+        failed >= 5,
+        "round robin sent GETs to the resetter: {failed}"
+    );
+    assert_eq!(
+        edge.metric("shoal_http_retries_total{listener=\"web\",route=\"flaky\",service=\"flaky\",reason=\"reset\"}")
+            .await,
+        reset_retries,
+        "resets are not retried when only 5xx is listed"
+    );
 }
 
 #[tokio::test]

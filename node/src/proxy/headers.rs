@@ -96,29 +96,93 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The path to route by, or why the request target is refused. Dot segments
-/// (`/a/../b`, also percent-encoded) are refused rather than normalised: a proxy
-/// and a backend that normalise differently would let `/public/../admin` match a
-/// `/public` rule and reach `/admin`.
-pub fn routable_path(parts: &Parts) -> Result<String, &'static str> {
+/// A request path made safe to route by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutablePath {
+    /// The normalised path, sent to the backend: percent-escapes of unreserved
+    /// characters decoded (`%61` → `a`), other escapes upper-cased, runs of `/`
+    /// merged.
+    pub path: String,
+    /// What route rules match against: `path` without `;parameters` in its
+    /// segments (`/admin;x=1/a` → `/admin/a`), as servlet containers read it.
+    pub match_path: String,
+}
+
+/// The path to route by, or why the request target is refused. The path is
+/// normalised (RFC 3986 §6.2.2) so that spellings of one path match the same
+/// rule — `/%61dmin` and `//admin` are `/admin` — and what cannot be normalised
+/// safely is refused: dot segments (`/a/../b`, also percent-encoded), encoded
+/// `/` or `\`, a literal `\`, an encoded NUL. A proxy and a backend that read
+/// those differently would let `/public/../admin` match a `/public` rule and
+/// reach `/admin`.
+pub fn routable_path(parts: &Parts) -> Result<RoutablePath, &'static str> {
     if parts.method == Method::CONNECT {
-        return Ok("/".to_string());
+        return Ok(RoutablePath {
+            path: "/".into(),
+            match_path: "/".into(),
+        });
     }
     let path = parts.uri.path();
     if path == "*" {
-        return Ok("/".to_string());
+        return Ok(RoutablePath {
+            path: "*".into(),
+            match_path: "/".into(),
+        });
     }
     if !path.starts_with('/') {
         return Err("the request target must be a path starting with '/'");
     }
-    let decoded = path.replace("%2e", ".").replace("%2E", ".");
-    if decoded
+    let path = normalize_path(path)?;
+    if path
         .split('/')
         .any(|segment| segment == "." || segment == "..")
     {
         return Err("the path contains '.' or '..' segments");
     }
-    Ok(path.to_string())
+    let match_path = if path.contains(';') {
+        path.split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/")
+    } else {
+        path.clone()
+    };
+    Ok(RoutablePath { path, match_path })
+}
+
+fn normalize_path(path: &str) -> Result<String, &'static str> {
+    const BAD_ESCAPE: &str = "the path has a malformed percent-escape";
+    let bytes = path.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err("the path contains a backslash"),
+            b'%' => {
+                let hex = path.get(i + 1..i + 3).ok_or(BAD_ESCAPE)?;
+                let v = u8::from_str_radix(hex, 16).map_err(|_| BAD_ESCAPE)?;
+                match v {
+                    b'/' | b'\\' => return Err("the path contains an encoded '/' or '\\'"),
+                    0 => return Err("the path contains an encoded NUL"),
+                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                        out.push(c);
+                    }
+                    _ => {
+                        out.push(b'%');
+                        out.extend_from_slice(hex.to_ascii_uppercase().as_bytes());
+                    }
+                }
+                i += 3;
+            }
+            b'/' if out.last() == Some(&b'/') => i += 1,
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII was added to what was a valid string.
+    String::from_utf8(out).map_err(|_| BAD_ESCAPE)
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header names. With
@@ -426,17 +490,44 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_refused_also_when_encoded() {
-        for bad in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E/b"] {
+    fn paths_are_normalised_and_ambiguous_ones_refused() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E/b",
+            "/public/..%2Fadmin",
+            "/public/%2fadmin",
+            "/public/%5Cadmin",
+            "/public/..\\admin",
+            "/a%00b",
+            "/a%zz",
+            "/a%2",
+        ] {
             let p = parts("GET", bad, &[], Version::HTTP_11);
             assert!(routable_path(&p).is_err(), "{bad} was accepted");
         }
-        for good in ["/", "/a/b", "/a..b/c", "/.well-known/x"] {
-            let p = parts("GET", good, &[], Version::HTTP_11);
-            assert_eq!(routable_path(&p).unwrap(), good);
+        for (given, path, match_path) in [
+            ("/", "/", "/"),
+            ("/a/b", "/a/b", "/a/b"),
+            ("/a..b/c", "/a..b/c", "/a..b/c"),
+            ("/.well-known/x", "/.well-known/x", "/.well-known/x"),
+            ("/%61dmin", "/admin", "/admin"),
+            ("//admin///x", "/admin/x", "/admin/x"),
+            ("/a%20b/%c3%a9", "/a%20b/%C3%A9", "/a%20b/%C3%A9"),
+            ("/admin;x=1/secret", "/admin;x=1/secret", "/admin/secret"),
+        ] {
+            let p = parts("GET", given, &[], Version::HTTP_11);
+            let r = routable_path(&p).unwrap();
+            assert_eq!(
+                (r.path.as_str(), r.match_path.as_str()),
+                (path, match_path),
+                "{given}"
+            );
         }
         let p = parts("CONNECT", "db.internal:5432", &[], Version::HTTP_11);
-        assert_eq!(routable_path(&p).unwrap(), "/");
+        assert_eq!(routable_path(&p).unwrap().match_path, "/");
     }
 
     #[test]

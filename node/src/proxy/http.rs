@@ -5,9 +5,11 @@
 //! service is chosen (weighted split), then an endpoint (session cookie, header or
 //! source-address hashing, otherwise the load-balancing policy), and the request
 //! is sent to that endpoint's node on a QUIC stream of its own, as HTTP/1.1 — the
-//! serving node splices the stream to its backend (see `inbound`). Bodies stream
-//! both ways; only requests that may be retried after they were sent keep a
-//! bounded replay buffer.
+//! serving node relays it over a pooled keep-alive connection to its backend (see
+//! `inbound_http`). Bodies stream both ways; only requests that may be retried
+//! after they were sent keep a bounded replay buffer. Paths are normalised before
+//! matching (`headers::routable_path`); client connections are bounded by
+//! `header_timeout` until their first request and `idle_timeout` after.
 //!
 //! Retries: a try that could not reach an endpoint (nothing was sent) is always
 //! retried elsewhere, up to the listener's `attempts` or the route's, whichever is
@@ -19,7 +21,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,8 @@ use mesh_proto::retry::{RetryBudget, RetryBudgetConfig};
 use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
 use mesh_proto::routing::Endpoint;
 use mesh_proto::tunnel::{Protocol, RequestId};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -44,6 +48,7 @@ use super::access_log::{self, Writer};
 use super::balance::Balancer;
 use super::headers::{self, Client, UpstreamHead};
 use super::ingress_tls::IngressCert;
+use super::observed::{self, Activity};
 use super::upstream::{self, AttemptError, Target, Upstream};
 use super::{CountGuard, ProxyContext};
 use crate::config::{ListenerConfig, ListenerKind};
@@ -83,6 +88,176 @@ impl std::fmt::Debug for HttpListener {
     }
 }
 
+/// One client connection, as its requests see it. Held by the connection and by
+/// any tunnel a request of it upgraded to (WebSocket, `CONNECT`), so such a
+/// tunnel keeps its slot in the listener's `max_connections` and in
+/// `shoal_listener_active_connections` until it ends.
+struct ClientConn {
+    _slot: CountGuard,
+    active: Gauge,
+    activity: Arc<Activity>,
+    /// Requests whose head has been read, so far.
+    requests: AtomicUsize,
+    /// Requests being handled now (until their response head).
+    in_flight: AtomicUsize,
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Decrements a count when dropped.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request being handled, for its metrics and access-log line: answered with
+/// [`Pending::answer`], or — if the client goes away first (an HTTP/2 stream
+/// reset, a closed connection) — recorded when dropped, as status 499 (nginx's
+/// "client closed request").
+struct Pending<'a> {
+    listener: &'a HttpListener,
+    started: Instant,
+    arrived: time::OffsetDateTime,
+    request_id: String,
+    client: SocketAddr,
+    version: Version,
+    method: String,
+    authority: String,
+    path: String,
+    request_bytes: Arc<AtomicU64>,
+    outcome: Outcome,
+    answered: bool,
+}
+
+/// The status recorded for a request its client abandoned.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Pending<'_> {
+    fn record(&self, status: u16) -> access_log::Line {
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let l = self.listener;
+        let labels = HttpLabels {
+            listener: l.cfg.name.clone(),
+            route: dash(&self.outcome.route),
+            service: dash(&self.outcome.service),
+            class: headers::status_class(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            ),
+        };
+        let metrics = &l.ctx.metrics;
+        metrics.http_requests.get_or_create(&labels).inc();
+        metrics
+            .http_duration
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        access_log::Line {
+            time: shoal_pki::inspect::rfc3339(self.arrived),
+            listener: l.cfg.name.clone(),
+            request_id: self.request_id.clone(),
+            client: self.client.to_string(),
+            protocol: version_str(self.version),
+            method: self.method.clone(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            route: labels.route,
+            service: labels.service,
+            status,
+            upstream_node: dash(&self.outcome.node),
+            upstream_addr: dash(&self.outcome.addr),
+            attempts: self.outcome.attempts,
+            request_bytes: self.request_bytes.load(Ordering::Relaxed),
+            response_bytes: 0,
+            complete: false,
+            head_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+
+    /// Records the response and returns it, its body holding `keep` until it ends
+    /// (and completing the access-log line then).
+    fn answer(
+        mut self,
+        response: Response<Body>,
+        keep: impl Send + Unpin + 'static,
+    ) -> Response<Body> {
+        self.answered = true;
+        let line = self.record(response.status().as_u16());
+        let log = self.listener.log.clone();
+        let metrics = self.listener.ctx.metrics.clone();
+        let (started, request_bytes) = (self.started, self.request_bytes.clone());
+        response.map(move |body| {
+            let body = match log {
+                Some(log) => {
+                    access_log::LoggedBody::new(log, line, started, request_bytes, metrics)
+                        .wrap(body)
+                }
+                None => body,
+            };
+            Holding {
+                inner: body,
+                _keep: keep,
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let line = self.record(CLIENT_CLOSED);
+        if let Some(log) = &self.listener.log
+            && !log.log(&line)
+        {
+            self.listener.count_failure("access_log_full");
+        }
+    }
+}
+
+/// A body that holds `K` until it is dropped.
+struct Holding<K> {
+    inner: Body,
+    _keep: K,
+}
+
+impl<K: Unpin> hyper::body::Body for Holding<K> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long an idle client connection may take to close gracefully.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// What the access log and the metrics need to know about one request.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -114,6 +289,7 @@ impl ReqBody {
 
 /// One request on its way: everything the tries share.
 struct Exchange {
+    conn: Arc<ClientConn>,
     parts: Parts,
     body: ReqBody,
     client_upgrade: Option<OnUpgrade>,
@@ -186,21 +362,20 @@ impl HttpListener {
                 },
                 _ = stop.changed() => return,
             };
+            self.ctx
+                .metrics
+                .listener_connections
+                .get_or_create(&self.listener_labels())
+                .inc();
             let Some(slot) =
                 CountGuard::try_acquire(&self.active, self.cfg.max_connections as usize)
             else {
                 self.count_failure("max_connections");
                 continue;
             };
-            self.ctx
-                .metrics
-                .listener_connections
-                .get_or_create(&self.listener_labels())
-                .inc();
             let _ = stream.set_nodelay(true);
             let me = self.clone();
             tokio::spawn(async move {
-                let _slot = slot;
                 let active = me
                     .ctx
                     .metrics
@@ -208,12 +383,19 @@ impl HttpListener {
                     .get_or_create(&me.listener_labels())
                     .clone();
                 active.inc();
+                let conn = Arc::new(ClientConn {
+                    _slot: slot,
+                    active,
+                    activity: Arc::new(Activity::new()),
+                    requests: AtomicUsize::new(0),
+                    in_flight: AtomicUsize::new(0),
+                });
                 match me.tls.clone() {
                     Some(acceptor) => {
                         match tokio::time::timeout(me.cfg.header_timeout, acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls)) => me.clone().serve(TokioIo::new(tls), peer).await,
+                            Ok(Ok(tls)) => me.clone().serve(tls, peer, conn).await,
                             Ok(Err(e)) => {
                                 me.count_failure("tls_handshake");
                                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -224,9 +406,8 @@ impl HttpListener {
                             }
                         }
                     }
-                    None => me.clone().serve(TokioIo::new(stream), peer).await,
+                    None => me.clone().serve(stream, peer, conn).await,
                 }
-                active.dec();
             });
         }
     }
@@ -248,14 +429,22 @@ impl HttpListener {
             .inc();
     }
 
-    async fn serve<I>(self: Arc<Self>, io: I, peer: SocketAddr)
+    /// Serves one client connection. Besides hyper's own limits, a watchdog
+    /// closes it when no complete request head has arrived within
+    /// `header_timeout` of its start (a silent client, or an HTTP/2 preface and
+    /// nothing more), and closes it gracefully once no request is in flight and
+    /// no byte has moved for `idle_timeout`.
+    async fn serve<I>(self: Arc<Self>, io: I, peer: SocketAddr, conn: Arc<ClientConn>)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let io = TokioIo::new(conn.activity.watch(io));
         let me = self.clone();
+        let for_requests = conn.clone();
         let service = hyper::service::service_fn(move |req| {
             let me = me.clone();
-            async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
+            let conn = for_requests.clone();
+            async move { Ok::<_, Infallible>(me.handle(req, peer, conn).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -268,8 +457,39 @@ impl HttpListener {
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .max_concurrent_streams(256);
-        if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
-            tracing::debug!(listener = %self.cfg.name, client = %peer, error = %e, "client connection ended with an error");
+        let serving = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(serving);
+        loop {
+            let first = conn.requests.load(Ordering::Relaxed) == 0;
+            let deadline = if first {
+                conn.activity.born() + self.cfg.header_timeout
+            } else {
+                conn.activity.last() + self.cfg.idle_timeout
+            };
+            tokio::select! {
+                r = serving.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(listener = %self.cfg.name, client = %peer, error = %e, "client connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if first {
+                        if conn.requests.load(Ordering::Relaxed) == 0 {
+                            self.count_failure("header_timeout");
+                            tracing::debug!(listener = %self.cfg.name, client = %peer, "no request within header_timeout; closed");
+                            return;
+                        }
+                    } else if conn.in_flight.load(Ordering::Relaxed) == 0
+                        && conn.activity.last() + self.cfg.idle_timeout <= tokio::time::Instant::now()
+                    {
+                        tracing::debug!(listener = %self.cfg.name, client = %peer, "idle client connection closed");
+                        serving.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(GRACE, serving.as_mut()).await;
+                        return;
+                    }
+                }
+            }
         }
     }
 
@@ -277,14 +497,19 @@ impl HttpListener {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        conn: Arc<ClientConn>,
     ) -> Response<Body> {
         let started = Instant::now();
+        conn.requests.fetch_add(1, Ordering::Relaxed);
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy(&conn.in_flight);
         let arrived = time::OffsetDateTime::now_utc();
-        let _in_flight = self.ctx.endpoint.stream_guard();
+        // Counted until the response body ends: a graceful stop waits for it.
+        let in_flight = self.ctx.endpoint.stream_guard();
         let (request_id, tunnel_id) = headers::request_id(req.headers(), || self.random.random());
         let upgrade = headers::is_upgrade(req.method(), req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let authority = headers::authority(&parts);
         let method = parts.method.clone();
         let version = parts.version;
@@ -295,11 +520,33 @@ impl HttpListener {
         } else {
             boxed(body)
         };
-        let logged_path = parts.uri.path().to_string();
-        let mut outcome = Outcome::default();
-        let response = match headers::routable_path(&parts) {
-            Err(why) => error_response(StatusCode::BAD_REQUEST, why, &request_id),
-            Ok(path) => {
+        let mut pending = Pending {
+            listener: &self,
+            started,
+            arrived,
+            request_id: request_id.clone(),
+            client: peer,
+            version,
+            method: method.as_str().to_string(),
+            authority: authority.clone(),
+            path: parts.uri.path().to_string(),
+            request_bytes: request_bytes.clone(),
+            outcome: Outcome::default(),
+            answered: false,
+        };
+        let outcome = &mut pending.outcome;
+        // The backend gets the normalised path the rules matched.
+        let routable = headers::routable_path(&parts).and_then(|r| {
+            if r.path != "*" && r.path != parts.uri.path() {
+                parts.uri =
+                    with_path(&parts.uri, &r.path).ok_or("the path cannot be normalised")?;
+            }
+            Ok(r)
+        });
+        let response = match routable {
+            Err(why) => self.error_response(StatusCode::BAD_REQUEST, why, &request_id),
+            Ok(routable) => {
+                let path = routable.match_path;
                 let matched = {
                     let routes = self.routes.load();
                     routes
@@ -309,6 +556,7 @@ impl HttpListener {
                         .map(|m| (m.route.name.clone(), m.rule.clone()))
                 };
                 let exchange = Exchange {
+                    conn: conn.clone(),
                     parts,
                     body: ReqBody::Once(Some(body)),
                     client_upgrade,
@@ -320,13 +568,12 @@ impl HttpListener {
                 match matched {
                     Some((route, rule)) => {
                         outcome.route = route.clone();
-                        self.forward(exchange, Some((&route, &rule)), &mut outcome)
-                            .await
+                        self.forward(exchange, Some((&route, &rule)), outcome).await
                     }
                     None if self.cfg.service.is_some() => {
-                        self.forward(exchange, None, &mut outcome).await
+                        self.forward(exchange, None, outcome).await
                     }
-                    None => error_response(
+                    None => self.error_response(
                         StatusCode::NOT_FOUND,
                         &format!("no route matches {authority}{path}"),
                         &request_id,
@@ -338,59 +585,25 @@ impl HttpListener {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
-        let status = response.status();
-        let dash = |s: &str| {
-            if s.is_empty() {
-                "-".to_string()
-            } else {
-                s.to_string()
-            }
-        };
-        let labels = HttpLabels {
-            listener: self.cfg.name.clone(),
-            route: dash(&outcome.route),
-            service: dash(&outcome.service),
-            class: headers::status_class(status),
-        };
-        let metrics = &self.ctx.metrics;
-        metrics.http_requests.get_or_create(&labels).inc();
-        metrics
-            .http_duration
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        match &self.log {
-            None => response,
-            Some(log) => {
-                let line = access_log::Line {
-                    time: shoal_pki::inspect::rfc3339(arrived),
-                    listener: self.cfg.name.clone(),
-                    request_id,
-                    client: peer.to_string(),
-                    protocol: version_str(version),
-                    method: method.as_str().to_string(),
-                    authority,
-                    path: logged_path,
-                    route: labels.route,
-                    service: labels.service,
-                    status: status.as_u16(),
-                    upstream_node: dash(&outcome.node),
-                    upstream_addr: dash(&outcome.addr),
-                    attempts: outcome.attempts,
-                    request_bytes: 0,
-                    response_bytes: 0,
-                    complete: false,
-                    head_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    duration_ms: 0.0,
-                };
-                let logged = access_log::LoggedBody::new(
-                    log.clone(),
-                    line,
-                    started,
-                    request_bytes,
-                    self.ctx.metrics.clone(),
-                );
-                response.map(|body| logged.wrap(body))
-            }
+        pending.answer(response, in_flight)
+    }
+
+    /// A response made by the proxy itself. Ingress listeners face users, so
+    /// their 403 and 5xx answers do not name nodes, addresses or routes: the body
+    /// says only the status and the request id, and the detail goes to the log.
+    fn error_response(
+        &self,
+        status: StatusCode,
+        message: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        if self.cfg.kind == ListenerKind::Ingress
+            && (status.is_server_error() || status == StatusCode::FORBIDDEN)
+        {
+            tracing::debug!(listener = %self.cfg.name, %request_id, status = status.as_u16(), %message, "answered by the proxy");
+            plain_error(status, "see the proxy's log", request_id)
+        } else {
+            plain_error(status, message, request_id)
         }
     }
 
@@ -445,7 +658,7 @@ impl HttpListener {
         if let Some(rule) = rule
             && !rule.allows_caller(caller)
         {
-            return error_response(
+            return self.error_response(
                 StatusCode::FORBIDDEN,
                 &format!(
                     "route {route_name} does not allow {}",
@@ -515,14 +728,24 @@ impl HttpListener {
                         && (p.all_methods || is_idempotent(method.as_str()))
                 })
             });
+        // The request's whole time budget starts now, and covers reading a
+        // replayable body: a client trickling it cannot hold the request open.
+        let deadline = Instant::now() + total;
         if replays && let ReqBody::Once(Some(body)) = &mut ex.body {
             let body = std::mem::replace(body, full(Bytes::new()));
-            match buffer_for_replay(body).await {
-                Ok(b) => ex.body = b,
-                Err(e) => {
-                    return error_response(
+            match tokio::time::timeout_at(deadline.into(), buffer_for_replay(body)).await {
+                Ok(Ok(b)) => ex.body = b,
+                Ok(Err(e)) => {
+                    return self.error_response(
                         StatusCode::BAD_REQUEST,
                         &format!("reading the request body: {e}"),
+                        &rid,
+                    );
+                }
+                Err(_) => {
+                    return self.error_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!("the request body did not arrive within {total:?}"),
                         &rid,
                     );
                 }
@@ -543,13 +766,12 @@ impl HttpListener {
             rule.map(|r| &r.request_headers),
         );
 
-        let deadline = Instant::now() + total;
         let mut pinned = pinned.map(|(_, e)| e);
         let repinned = session.is_some() && pinned.is_none();
         let mut tried: Vec<String> = Vec::new();
         let mut tries = 0u32;
         let mut retry_reason: Option<&'static str> = None;
-        let mut last = error_response(
+        let mut last = self.error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no endpoint of service {service:?} is available"),
             &rid,
@@ -557,7 +779,7 @@ impl HttpListener {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                last = error_response(
+                last = self.error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!("no response within {total:?}"),
                     &rid,
@@ -597,16 +819,20 @@ impl HttpListener {
                 source_service: self.cfg.source_service.as_deref(),
                 protocol: Protocol::Http,
                 request_id: ex.tunnel_id,
-                deadline: None,
+                deadline: Some(try_timeout),
             };
-            let up = match upstream::open(&self.ctx, &endpoint, target, try_timeout).await {
+            // Reaching the endpoint (dial, stream, its node's backend connect, the
+            // status) gets the listener's connect_timeout, so a blackholed node
+            // costs that, not the whole try, before the next endpoint is tried.
+            let open_timeout = try_timeout.min(self.cfg.connect_timeout);
+            let up = match upstream::open(&self.ctx, &endpoint, target, open_timeout).await {
                 Ok(up) => up,
                 Err(AttemptError::Final(_, text)) => {
-                    return error_response(StatusCode::FORBIDDEN, &text, &rid);
+                    return self.error_response(StatusCode::FORBIDDEN, &text, &rid);
                 }
                 Err(e) => {
                     balancer.record(&self.ctx, &endpoint.node, false);
-                    last = error_response(
+                    last = self.error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!(
                             "cannot reach service {service} on {}: {}",
@@ -644,11 +870,13 @@ impl HttpListener {
                 Ok(Ok((response, upstream_upgrade))) => {
                     let server_error = response.status().is_server_error();
                     balancer.record(&self.ctx, &endpoint.node, !server_error);
+                    // A retry is only worth its budget if there is time left for it.
                     if server_error
                         && ex.body.replayable()
                         && rule.is_some_and(|r| {
                             r.may_retry(method.as_str(), RetryOn::ServerError, tries)
                         })
+                        && deadline > Instant::now()
                         && self.may_spend_retry()
                     {
                         last = response;
@@ -663,17 +891,21 @@ impl HttpListener {
                         )),
                         _ => None,
                     };
-                    return self.respond(
-                        response,
-                        upstream_upgrade,
-                        ex.client_upgrade.take(),
-                        rule,
-                        cookie,
-                    );
+                    let upgrade = match (ex.client_upgrade.take(), upstream_upgrade) {
+                        (Some(client), Some((upstream, keep))) => {
+                            Some((client, upstream, (ex.conn.clone(), keep)))
+                        }
+                        _ => None,
+                    };
+                    return self.respond(response, upgrade, rule, cookie);
                 }
                 Ok(Err(e)) => {
-                    balancer.record(&self.ctx, &endpoint.node, false);
-                    last = error_response(
+                    // A failure of the client's own request body (it went away
+                    // mid-upload) says nothing about the endpoint.
+                    if !e.is_user() {
+                        balancer.record(&self.ctx, &endpoint.node, false);
+                    }
+                    last = self.error_response(
                         StatusCode::BAD_GATEWAY,
                         &format!("{} failed the request: {e}", endpoint.node),
                         &rid,
@@ -682,7 +914,7 @@ impl HttpListener {
                 }
                 Err(_) => {
                     balancer.record(&self.ctx, &endpoint.node, false);
-                    last = error_response(
+                    last = self.error_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         &format!("{} did not answer within {try_timeout:?}", endpoint.node),
                         &rid,
@@ -690,11 +922,15 @@ impl HttpListener {
                     "timeout"
                 }
             };
+            // A reset is retried if `reset` is listed; a per-try timeout if either
+            // `reset` or `5xx` is (docs/routing.md).
             let retry = ex.body.replayable()
                 && rule.is_some_and(|r| {
                     r.may_retry(method.as_str(), RetryOn::Reset, tries)
-                        || r.may_retry(method.as_str(), RetryOn::ServerError, tries)
+                        || (cause == "timeout"
+                            && r.may_retry(method.as_str(), RetryOn::ServerError, tries))
                 })
+                && deadline > Instant::now()
                 && self.may_spend_retry();
             if !retry {
                 break;
@@ -710,8 +946,7 @@ impl HttpListener {
     fn respond(
         &self,
         mut response: Response<Body>,
-        upstream_upgrade: Option<OnUpgrade>,
-        client_upgrade: Option<OnUpgrade>,
+        upgrade: Option<(OnUpgrade, OnUpgrade, impl Send + 'static)>,
         rule: Option<&Rule>,
         cookie: Option<(&str, String, Option<u64>)>,
     ) -> Response<Body> {
@@ -726,24 +961,37 @@ impl HttpListener {
         {
             response.headers_mut().append(header::SET_COOKIE, v);
         }
-        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
-            splice_upgraded(client, upstream, &self.cfg.name);
+        if let Some((client, upstream, keep)) = upgrade {
+            splice_upgraded(
+                client,
+                upstream,
+                &self.cfg.name,
+                self.cfg.idle_timeout,
+                keep,
+            );
         }
         response
     }
 }
 
 /// Once both sides of an exchange have switched protocols (WebSocket, `CONNECT`),
-/// copies bytes between them until both ends close. `whose` names the listener
-/// (or the inbound side) in the log line of an upgrade that did not complete.
-pub fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade, whose: &str) {
+/// copies bytes between them until both ends close or nothing has moved for
+/// `idle`. `keep` (connection slots, in-flight counts) is held as long.
+/// `whose` names the listener (or the inbound side) in the log line of an
+/// upgrade that did not complete.
+pub fn splice_upgraded(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    whose: &str,
+    idle: Duration,
+    keep: impl Send + 'static,
+) {
     let whose = whose.to_string();
     tokio::spawn(async move {
+        let _keep = keep;
         match (client.await, upstream.await) {
             (Ok(client), Ok(upstream)) => {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                observed::splice_idle(TokioIo::new(client), TokioIo::new(upstream), idle).await;
             }
             (c, u) => tracing::debug!(
                 %whose,
@@ -753,6 +1001,17 @@ pub fn splice_upgraded(client: OnUpgrade, upstream: OnUpgrade, whose: &str) {
             ),
         }
     });
+}
+
+/// `uri` with its path replaced by `path` (the query kept).
+fn with_path(uri: &hyper::Uri, path: &str) -> Option<hyper::Uri> {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    hyper::Uri::from_parts(parts).ok()
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -779,40 +1038,49 @@ impl Drop for Inflight {
     }
 }
 
+/// What an upstream connection holds (its backend slot, its in-flight count):
+/// kept by the connection's task, and by the tunnel if the exchange upgrades.
+type Keep = Arc<dyn Send + Sync>;
+
 /// Sends one request over an established upstream as HTTP/1.1; returns the
 /// response head (its body streams on) and, for an upgrade, the upstream side of
-/// the switched connection.
+/// the switched connection with what it holds.
 async fn exchange(
     up: Upstream,
     request: Request<Body>,
     upgrade: bool,
     inflight: Inflight,
-) -> Result<(Response<Body>, Option<OnUpgrade>), hyper::Error> {
+) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), hyper::Error> {
     match up {
         Upstream::Local(stream, slot) => {
-            send(TokioIo::new(stream), request, upgrade, (slot, inflight)).await
+            send(
+                TokioIo::new(stream),
+                request,
+                upgrade,
+                Arc::new((slot, inflight)),
+            )
+            .await
         }
         Upstream::Tunnel(send_half, recv_half) => {
             send(
                 TokioIo::new(tokio::io::join(recv_half, send_half)),
                 request,
                 upgrade,
-                inflight,
+                Arc::new(inflight),
             )
             .await
         }
     }
 }
 
-async fn send<I, K>(
+async fn send<I>(
     io: I,
     request: Request<Body>,
     upgrade: bool,
-    keep: K,
-) -> Result<(Response<Body>, Option<OnUpgrade>), hyper::Error>
+    keep: Keep,
+) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    K: Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
@@ -820,15 +1088,16 @@ where
         .await?;
     // The connection task owns the upstream (and `keep`) until the response body
     // has been read or the connection fails.
+    let held = keep.clone();
     tokio::spawn(async move {
-        let _keep = keep;
+        let _keep = held;
         let _ = conn.with_upgrades().await;
     });
     let mut response = sender.send_request(request).await?;
     let upgraded = (upgrade
         && (response.status() == StatusCode::SWITCHING_PROTOCOLS
             || response.status().is_success()))
-    .then(|| hyper::upgrade::on(&mut response));
+    .then(|| (hyper::upgrade::on(&mut response), keep));
     Ok((
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
         upgraded,
@@ -881,7 +1150,7 @@ async fn buffer_for_replay(mut body: Body) -> Result<ReqBody, BoxError> {
 
 /// A response made by the proxy itself: the status and one line saying why, with
 /// the request id to find it in the logs.
-fn error_response(status: StatusCode, message: &str, request_id: &str) -> Response<Body> {
+fn plain_error(status: StatusCode, message: &str, request_id: &str) -> Response<Body> {
     let body = format!(
         "{} {}: {message} (request id {request_id})\n",
         status.as_u16(),

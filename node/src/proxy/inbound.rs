@@ -156,7 +156,7 @@ async fn stream(
             .await;
         }
     };
-    let Some(_slot) = CountGuard::try_acquire(&local.active, local.config.max_connections as usize)
+    let Some(slot) = CountGuard::try_acquire(&local.active, local.config.max_connections as usize)
     else {
         let reason = format!(
             "{service} is at its limit of {} connections",
@@ -194,9 +194,11 @@ async fn stream(
             connect_timeout,
             send,
             recv,
+            slot,
         )
         .await;
     }
+    let _slot = slot;
     let backend =
         match tokio::time::timeout(connect_timeout, TcpStream::connect(local.config.address)).await
         {
@@ -262,6 +264,7 @@ async fn http_stream(
     connect_timeout: Duration,
     mut send: SendStream,
     recv: RecvStream,
+    slot: CountGuard,
 ) {
     let service = &header.target_service;
     let (sender, connection) = match local.pool.take() {
@@ -286,27 +289,34 @@ async fn http_stream(
     let Some(accepted) = accept(ctx, service, &mut send).await else {
         return;
     };
-    ctx.metrics
-        .inbound_http_requests
-        .get_or_create(&ServiceConnectionLabels {
-            service: service.clone(),
-            connection,
-        })
-        .inc();
-    tracing::trace!(%caller, %service, request_id = %header.request_id, connection, "tunnelled HTTP request accepted");
-    let serve = inbound_http::serve(
-        local.pool.clone(),
-        sender,
-        local.config.connect_timeout,
-        send,
-        recv,
-        (accepted.upstream.clone(), accepted.downstream.clone()),
-    );
-    let result = match deadline {
-        Some(d) => tokio::time::timeout_at(d, serve).await.ok(),
-        None => Some(serve.await),
+    let counters = (accepted.upstream.clone(), accepted.downstream.clone());
+    let keep: Arc<dyn Send + Sync> = Arc::new((slot, accepted));
+    let requests = |connection| {
+        ctx.metrics
+            .inbound_http_requests
+            .get_or_create(&ServiceConnectionLabels {
+                service: service.clone(),
+                connection,
+            })
+            .clone()
     };
-    if let Some(Err(e)) = result {
+    let counted = inbound_http::Reuse {
+        reused: connection == "reused",
+        new: requests("new"),
+        reused_count: requests("reused"),
+    };
+    tracing::trace!(%caller, %service, request_id = %header.request_id, connection, "tunnelled HTTP request accepted");
+    let relay = inbound_http::Relay {
+        pool: local.pool.clone(),
+        sender,
+        reuse: counted,
+        connect_timeout: local.config.connect_timeout,
+        counters,
+        keep,
+        deadline,
+    };
+    let serve = inbound_http::serve(relay, send, recv);
+    if let Err(e) = serve.await {
         tracing::debug!(%caller, %service, request_id = %header.request_id, error = %e, "tunnelled HTTP request ended with an error");
     }
 }

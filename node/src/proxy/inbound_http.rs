@@ -5,10 +5,10 @@
 //! and shaped its headers; this end forwards head and body as they are, and
 //! splices the two sides when the backend switches protocols (WebSocket).
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,34 +16,83 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::HEADER_TIMEOUT;
 use super::backend_pool::{BackendPool, Sender};
 use super::headers;
 use super::http::{Body, BoxError, MAX_HEADER_BYTES, splice_upgraded};
+use super::inbound::INBOUND_IDLE;
+use super::observed::{Dir, Observed};
 
-/// Serves the one HTTP exchange on a tunnel stream with `sender`, a connection
-/// to the backend taken from (and returned to) `pool`. Counts bytes read from the
-/// stream as `upstream` and written to it as `downstream`.
-pub async fn serve(
-    pool: Arc<BackendPool>,
-    sender: Sender,
-    connect_timeout: Duration,
-    send: SendStream,
-    recv: RecvStream,
-    counters: (Counter, Counter),
-) -> Result<(), hyper::Error> {
-    let io = Counting {
-        inner: tokio::io::join(recv, send),
-        read: counters.0,
-        written: counters.1,
-    };
-    let sender = Arc::new(Mutex::new(Some(sender)));
+/// Whether the request's backend connection came from the pool, and the
+/// counters of `shoal_inbound_http_requests_total` to add the request to once
+/// it is known which connection carried it (a pooled one the backend had
+/// closed is replaced by a new one).
+#[derive(Debug)]
+pub struct Reuse {
+    /// The connection given to [`serve`] came from the pool.
+    pub reused: bool,
+    /// `connection="new"`.
+    pub new: Counter,
+    /// `connection="reused"`.
+    pub reused_count: Counter,
+}
+
+/// What relaying one tunnelled request needs besides its stream.
+#[allow(missing_debug_implementations)]
+pub struct Relay {
+    /// The backend's pool: `sender` is returned to it once the exchange is done.
+    pub pool: Arc<BackendPool>,
+    /// A connection to the backend, taken from the pool or new.
+    pub sender: Sender,
+    /// Whether `sender` came from the pool, and the counters to add to.
+    pub reuse: Reuse,
+    /// How long connecting to the backend may take, if a new connection is needed.
+    pub connect_timeout: Duration,
+    /// Bytes read from the stream (`upstream`) and written to it (`downstream`).
+    pub counters: (Counter, Counter),
+    /// Held until the exchange ends — or, if it upgrades, until the upgraded
+    /// tunnel does (the service's connection slot, the stream's metrics).
+    pub keep: Arc<dyn Send + Sync>,
+    /// The caller's deadline (from the stream header): bounds the wait for the
+    /// backend's response head.
+    pub deadline: Option<Instant>,
+}
+
+/// Serves the one HTTP exchange on a tunnel stream as `relay` says.
+pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Result<(), hyper::Error> {
+    let Relay {
+        pool,
+        sender,
+        reuse,
+        connect_timeout,
+        counters,
+        keep,
+        deadline,
+    } = relay;
+    let (read, written) = counters;
+    let io = Observed::new(tokio::io::join(recv, send), move |dir, n| {
+        match dir {
+            Dir::Read => read.inc_by(n as u64),
+            Dir::Write => written.inc_by(n as u64),
+        };
+    });
+    let sender = Arc::new(Mutex::new(Some((sender, reuse))));
     let service = hyper::service::service_fn(move |req| {
         let pool = pool.clone();
+        let keep = keep.clone();
         let sender = sender.lock().unwrap_or_else(|e| e.into_inner()).take();
-        async move { relay(pool, sender, req, connect_timeout).await }
+        async move {
+            let relayed = relay_one(pool, sender, req, connect_timeout, keep);
+            match deadline {
+                // The caller gives up at its deadline: stop waiting for the
+                // response head then (the body, once it flows, is not cut).
+                Some(d) => tokio::time::timeout_at(d, relayed)
+                    .await
+                    .unwrap_or_else(|_| Err("no response before the caller's deadline".into())),
+                None => relayed.await,
+            }
+        }
     });
     hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -55,11 +104,12 @@ pub async fn serve(
         .await
 }
 
-async fn relay(
+async fn relay_one(
     pool: Arc<BackendPool>,
-    sender: Option<Sender>,
+    sender: Option<(Sender, Reuse)>,
     mut req: Request<Incoming>,
     connect_timeout: Duration,
+    keep: Arc<dyn Send + Sync>,
 ) -> Result<Response<Body>, String> {
     let upgrade = headers::is_upgrade(req.method(), req.headers());
     let caller_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -79,12 +129,22 @@ async fn relay(
         }
     };
     let result = match sender {
-        Some(mut sender) => match sender.try_send_request(req).await {
-            Ok(response) => Ok((sender, response)),
+        Some((mut sender, reuse)) => match sender.try_send_request(req).await {
+            Ok(response) => {
+                if reuse.reused {
+                    reuse.reused_count.inc();
+                } else {
+                    reuse.new.inc();
+                }
+                Ok((sender, response))
+            }
             // The idle connection closed before the request went out on it (the
             // backend timed it out): nothing was sent, so a new one is safe.
             Err(mut e) => match e.take_message() {
-                Some(req) => fresh(req).await,
+                Some(req) => {
+                    reuse.new.inc();
+                    fresh(req).await
+                }
                 None => Err(format!(
                     "the backend failed the request: {}",
                     e.into_error()
@@ -101,71 +161,16 @@ async fn relay(
         && (response.status() == StatusCode::SWITCHING_PROTOCOLS || response.status().is_success());
     if switched {
         if let Some(caller) = caller_upgrade {
-            splice_upgraded(caller, hyper::upgrade::on(&mut response), "inbound");
+            splice_upgraded(
+                caller,
+                hyper::upgrade::on(&mut response),
+                "inbound",
+                INBOUND_IDLE,
+                keep,
+            );
         }
     } else {
         pool.give_back(sender);
     }
     Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
-}
-
-/// An I/O object that adds the bytes it reads and writes to two counters.
-struct Counting<T> {
-    inner: T,
-    read: Counter,
-    written: Counter,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.inc_by(n as u64);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written.inc_by(n as u64);
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written.inc_by(n as u64);
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
