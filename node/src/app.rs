@@ -288,6 +288,7 @@ impl Node {
                             config: s.clone(),
                             active: Arc::new(AtomicUsize::new(0)),
                             pool: Arc::new(BackendPool::new(s.address, s.http_idle_timeout)),
+                            counters: crate::metrics::ServiceCounters::new(&metrics, &s.name),
                         },
                     )
                 })

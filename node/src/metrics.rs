@@ -224,6 +224,59 @@ pub struct Metrics {
     pub http_retry_budget_exhausted: Family<ListenerLabels, Counter>,
 }
 
+/// The serving-side metric handles of one local service, looked up once at start
+/// so that a tunnelled stream or request does not look them up again.
+#[derive(Debug, Clone)]
+pub struct ServiceCounters {
+    /// `shoal_inbound_streams_total{service}`.
+    pub streams: Counter,
+    /// `shoal_inbound_active_streams{service}`.
+    pub active: Gauge,
+    /// `shoal_inbound_bytes_total{service,direction="upstream"}`.
+    pub upstream: Counter,
+    /// `shoal_inbound_bytes_total{service,direction="downstream"}`.
+    pub downstream: Counter,
+    /// `shoal_inbound_http_requests_total{service,connection="new"}`.
+    pub http_new: Counter,
+    /// `shoal_inbound_http_requests_total{service,connection="reused"}`.
+    pub http_reused: Counter,
+}
+
+impl ServiceCounters {
+    /// The handles of `service` in `metrics`.
+    pub fn new(metrics: &Metrics, service: &str) -> Self {
+        let labels = ServiceLabels {
+            service: service.to_string(),
+        };
+        let bytes = |direction| {
+            metrics
+                .inbound_bytes
+                .get_or_create(&ServiceDirectionLabels {
+                    service: service.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        let http = |connection| {
+            metrics
+                .inbound_http_requests
+                .get_or_create(&ServiceConnectionLabels {
+                    service: service.to_string(),
+                    connection,
+                })
+                .clone()
+        };
+        Self {
+            streams: metrics.inbound_streams.get_or_create(&labels).clone(),
+            active: metrics.inbound_active.get_or_create(&labels).clone(),
+            upstream: bytes("upstream"),
+            downstream: bytes("downstream"),
+            http_new: http("new"),
+            http_reused: http("reused"),
+        }
+    }
+}
+
 fn setup_histogram() -> Histogram {
     // 100 µs to ~3 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))

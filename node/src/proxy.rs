@@ -67,6 +67,8 @@ pub struct LocalService {
     pub active: Arc<AtomicUsize>,
     /// Idle keep-alive connections to its backend, for tunnelled HTTP requests.
     pub pool: Arc<backend_pool::BackendPool>,
+    /// Its serving-side metric handles.
+    pub counters: crate::metrics::ServiceCounters,
 }
 
 /// What the proxies share with the rest of the node.

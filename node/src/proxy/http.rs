@@ -124,6 +124,14 @@ impl Drop for Busy<'_> {
 struct Pending<'a> {
     listener: &'a HttpListener,
     started: Instant,
+    outcome: Outcome,
+    answered: bool,
+    /// What the access-log line needs, when the listener writes one.
+    log: Option<LogStart>,
+}
+
+/// The request's side of an access-log line, taken at its arrival.
+struct LogStart {
     arrived: time::OffsetDateTime,
     request_id: String,
     client: SocketAddr,
@@ -132,30 +140,28 @@ struct Pending<'a> {
     authority: String,
     path: String,
     request_bytes: Arc<AtomicU64>,
-    outcome: Outcome,
-    answered: bool,
 }
 
 /// The status recorded for a request its client abandoned.
 const CLIENT_CLOSED: u16 = 499;
 
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 impl Pending<'_> {
-    fn record(&self, status: u16) -> access_log::Line {
-        let dash = |s: &str| {
-            if s.is_empty() {
-                "-".to_string()
-            } else {
-                s.to_string()
-            }
-        };
+    /// Counts the request in the metrics.
+    fn count(&self, status: StatusCode) {
         let l = self.listener;
         let labels = HttpLabels {
             listener: l.cfg.name.clone(),
             route: dash(&self.outcome.route),
             service: dash(&self.outcome.service),
-            class: headers::status_class(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            ),
+            class: headers::status_class(status),
         };
         let metrics = &l.ctx.metrics;
         metrics.http_requests.get_or_create(&labels).inc();
@@ -163,26 +169,31 @@ impl Pending<'_> {
             .http_duration
             .get_or_create(&labels)
             .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    /// The access-log line as far as it is known now.
+    fn line(&self, start: &LogStart, status: u16) -> access_log::Line {
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         access_log::Line {
-            time: shoal_pki::inspect::rfc3339(self.arrived),
-            listener: l.cfg.name.clone(),
-            request_id: self.request_id.clone(),
-            client: self.client.to_string(),
-            protocol: version_str(self.version),
-            method: self.method.clone(),
-            authority: self.authority.clone(),
-            path: self.path.clone(),
-            route: labels.route,
-            service: labels.service,
+            time: shoal_pki::inspect::rfc3339(start.arrived),
+            listener: self.listener.cfg.name.clone(),
+            request_id: start.request_id.clone(),
+            client: start.client.to_string(),
+            protocol: version_str(start.version),
+            method: start.method.clone(),
+            authority: start.authority.clone(),
+            path: start.path.clone(),
+            route: dash(&self.outcome.route),
+            service: dash(&self.outcome.service),
             status,
             upstream_node: dash(&self.outcome.node),
             upstream_addr: dash(&self.outcome.addr),
             attempts: self.outcome.attempts,
-            request_bytes: self.request_bytes.load(Ordering::Relaxed),
+            request_bytes: start.request_bytes.load(Ordering::Relaxed),
             response_bytes: 0,
             complete: false,
-            head_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            head_ms: elapsed_ms,
+            duration_ms: elapsed_ms,
         }
     }
 
@@ -194,16 +205,20 @@ impl Pending<'_> {
         keep: impl Send + Unpin + 'static,
     ) -> Response<Body> {
         self.answered = true;
-        let line = self.record(response.status().as_u16());
-        let log = self.listener.log.clone();
-        let metrics = self.listener.ctx.metrics.clone();
-        let (started, request_bytes) = (self.started, self.request_bytes.clone());
+        self.count(response.status());
+        let logged = match (&self.listener.log, &self.log) {
+            (Some(writer), Some(start)) => Some(access_log::LoggedBody::new(
+                writer.clone(),
+                self.line(start, response.status().as_u16()),
+                self.started,
+                start.request_bytes.clone(),
+                self.listener.ctx.metrics.clone(),
+            )),
+            _ => None,
+        };
         response.map(move |body| {
-            let body = match log {
-                Some(log) => {
-                    access_log::LoggedBody::new(log, line, started, request_bytes, metrics)
-                        .wrap(body)
-                }
+            let body = match logged {
+                Some(logged) => logged.wrap(body),
                 None => body,
             };
             Holding {
@@ -220,9 +235,9 @@ impl Drop for Pending<'_> {
         if self.answered {
             return;
         }
-        let line = self.record(CLIENT_CLOSED);
-        if let Some(log) = &self.listener.log
-            && !log.log(&line)
+        self.count(StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST));
+        if let (Some(writer), Some(start)) = (&self.listener.log, &self.log)
+            && !writer.log(&self.line(start, CLIENT_CLOSED))
         {
             self.listener.count_failure("access_log_full");
         }
@@ -503,7 +518,6 @@ impl HttpListener {
         conn.requests.fetch_add(1, Ordering::Relaxed);
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         let _busy = Busy(&conn.in_flight);
-        let arrived = time::OffsetDateTime::now_utc();
         // Counted until the response body ends: a graceful stop waits for it.
         let in_flight = self.ctx.endpoint.stream_guard();
         let (request_id, tunnel_id) = headers::request_id(req.headers(), || self.random.random());
@@ -523,16 +537,18 @@ impl HttpListener {
         let mut pending = Pending {
             listener: &self,
             started,
-            arrived,
-            request_id: request_id.clone(),
-            client: peer,
-            version,
-            method: method.as_str().to_string(),
-            authority: authority.clone(),
-            path: parts.uri.path().to_string(),
-            request_bytes: request_bytes.clone(),
             outcome: Outcome::default(),
             answered: false,
+            log: self.log.as_ref().map(|_| LogStart {
+                arrived: time::OffsetDateTime::now_utc(),
+                request_id: request_id.clone(),
+                client: peer,
+                version,
+                method: method.as_str().to_string(),
+                authority: authority.clone(),
+                path: parts.uri.path().to_string(),
+                request_bytes: request_bytes.clone(),
+            }),
         };
         let outcome = &mut pending.outcome;
         // The backend gets the normalised path the rules matched.

@@ -32,9 +32,7 @@ use tokio::sync::mpsc;
 use super::splice::{self, Progress, RESET_CODE, Side};
 use super::{CountGuard, HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
-use crate::metrics::{
-    ServiceConnectionLabels, ServiceDirectionLabels, ServiceLabels, ServiceReasonLabels,
-};
+use crate::metrics::ServiceReasonLabels;
 
 /// Idle timeout of inbound tunnelled connections (the caller's listener enforces
 /// its own, usually shorter, one).
@@ -234,7 +232,7 @@ async fn stream(
             }
         };
     let _ = backend.set_nodelay(true);
-    let Some(accepted) = accept(&ctx, &service, &mut send).await else {
+    let Some(accepted) = accept(local, &mut send).await else {
         return;
     };
     let progress = Arc::new(Progress::counting(
@@ -286,24 +284,15 @@ async fn http_stream(
             }
         },
     };
-    let Some(accepted) = accept(ctx, service, &mut send).await else {
+    let Some(accepted) = accept(local, &mut send).await else {
         return;
     };
     let counters = (accepted.upstream.clone(), accepted.downstream.clone());
     let keep: Arc<dyn Send + Sync> = Arc::new((slot, accepted));
-    let requests = |connection| {
-        ctx.metrics
-            .inbound_http_requests
-            .get_or_create(&ServiceConnectionLabels {
-                service: service.clone(),
-                connection,
-            })
-            .clone()
-    };
     let counted = inbound_http::Reuse {
         reused: connection == "reused",
-        new: requests("new"),
-        reused_count: requests("reused"),
+        new: local.counters.http_new.clone(),
+        reused_count: local.counters.http_reused.clone(),
     };
     tracing::trace!(%caller, %service, request_id = %header.request_id, connection, "tunnelled HTTP request accepted");
     let relay = inbound_http::Relay {
@@ -337,28 +326,16 @@ impl Drop for Accepted {
 
 /// Answers `ok` on `send` and counts the stream as accepted; `None` if the
 /// caller is gone.
-async fn accept(ctx: &ProxyContext, service: &str, send: &mut SendStream) -> Option<Accepted> {
+async fn accept(local: &LocalService, send: &mut SendStream) -> Option<Accepted> {
     let ok = encode(&StreamStatus::ok()).ok()?;
     send.write_all(&ok).await.ok()?;
-    let labels = ServiceLabels {
-        service: service.to_string(),
-    };
-    ctx.metrics.inbound_streams.get_or_create(&labels).inc();
-    let active = ctx.metrics.inbound_active.get_or_create(&labels).clone();
-    active.inc();
-    let bytes = |direction| {
-        ctx.metrics
-            .inbound_bytes
-            .get_or_create(&ServiceDirectionLabels {
-                service: service.to_string(),
-                direction,
-            })
-            .clone()
-    };
+    let c = &local.counters;
+    c.streams.inc();
+    c.active.inc();
     Some(Accepted {
-        active,
-        upstream: bytes("upstream"),
-        downstream: bytes("downstream"),
+        active: c.active.clone(),
+        upstream: c.upstream.clone(),
+        downstream: c.downstream.clone(),
     })
 }
 
