@@ -140,6 +140,7 @@ pub async fn run(
             service: "echo".into(),
             on: vec!["n2".into()],
             lb: "round_robin".into(),
+            protocol: Default::default(),
         }],
     };
     let mut mesh = Mesh::new(spec, Mode::Processes { shoal }, 1)?;

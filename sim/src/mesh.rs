@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 
 use crate::backends::Backend;
 use crate::faults::Network;
-use crate::scenario::{BackendKind, MeshSpec};
+use crate::scenario::{BackendKind, ListenerProtocol, MeshSpec};
 
 /// How nodes run.
 #[derive(Debug, Clone)]
@@ -75,7 +75,8 @@ pub struct SimNode {
     handle: Option<Handle>,
     cert_dir: PathBuf,
     data_dir: PathBuf,
-    listener_lb: BTreeMap<String, String>,
+    /// Per listener (named after its service): load-balancing policy and protocol.
+    listener_lb: BTreeMap<String, (String, ListenerProtocol)>,
 }
 
 impl std::fmt::Debug for SimNode {
@@ -164,12 +165,12 @@ impl Mesh {
             .filter(|s| hosts(&s.on))
             .map(|s| (s.name.clone(), s.kind))
             .collect();
-        let listener_lb: BTreeMap<String, String> = self
+        let listener_lb: BTreeMap<String, (String, ListenerProtocol)> = self
             .spec
             .listeners
             .iter()
             .filter(|l| hosts(&l.on))
-            .map(|l| (l.service.clone(), l.lb.clone()))
+            .map(|l| (l.service.clone(), (l.lb.clone(), l.protocol)))
             .collect();
         let names: Vec<String> = services.iter().map(|(s, _)| s.clone()).collect();
         let cert = self
@@ -273,11 +274,12 @@ impl Mesh {
         raw.listeners = node
             .listener_lb
             .iter()
-            .map(|(service, lb)| RawListener {
+            .map(|(service, (lb, protocol))| RawListener {
                 name: Some(service.clone()),
                 bind: Some("127.0.0.1:0".into()),
                 service: Some(service.clone()),
                 lb: Some(lb.clone()),
+                protocol: Some(protocol.as_str().into()),
                 connect_timeout: Some(Duration::from_secs(1)),
                 attempts: Some(3),
                 ..Default::default()

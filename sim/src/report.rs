@@ -49,6 +49,8 @@ pub struct Report {
     pub timings: Vec<Timing>,
     /// Every request of the run.
     pub requests: Summary,
+    /// The same, per service.
+    pub by_service: std::collections::BTreeMap<String, Summary>,
     /// Gossip bytes sent per node per second, averaged over the run.
     pub gossip_bytes_per_node_per_s: f64,
     /// Resident memory at the end, MiB.
@@ -116,6 +118,19 @@ impl Report {
                 .map(|(n, c)| format!("{n} {c}"))
                 .collect();
             let _ = writeln!(out, "  served by: {}", served.join(", "));
+        }
+        if self.by_service.len() > 1 {
+            for (service, r) in &self.by_service {
+                let _ = writeln!(
+                    out,
+                    "  {service}: {} sent, {} failed ({:.2}%), p50 {:.1} ms, p99 {:.1} ms",
+                    r.sent,
+                    r.failed,
+                    r.failed_percent(),
+                    r.p50_ms,
+                    r.p99_ms
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -637,6 +637,19 @@ impl Run {
             duration_s: finished.as_secs_f64(),
             timings,
             requests: Summary::of(records.iter()),
+            by_service: {
+                let services: std::collections::BTreeSet<&str> =
+                    records.iter().map(|r| r.service.as_str()).collect();
+                services
+                    .into_iter()
+                    .map(|svc| {
+                        (
+                            svc.to_string(),
+                            Summary::of(records.iter().filter(|r| r.service == svc)),
+                        )
+                    })
+                    .collect()
+            },
             gossip_bytes_per_node_per_s: gossip / node_seconds,
             rss_mib: mesh.rss_bytes() as f64 / (1024.0 * 1024.0),
             datagrams_dropped: mesh.network().map(|n| n.stats().dropped()).unwrap_or(0),

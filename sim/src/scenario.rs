@@ -126,6 +126,32 @@ pub struct ListenerSpec {
     /// Load-balancing policy.
     #[serde(default = "default_lb")]
     pub lb: String,
+    /// What the listener speaks: `tcp` (default; carries each connection as
+    /// bytes) or `http` (parses each request and sends it on a stream of its
+    /// own; the service must be an `http` one).
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// A TCP listener.
+    #[default]
+    Tcp,
+    /// An HTTP listener.
+    Http,
+}
+
+impl ListenerProtocol {
+    /// The node config's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Http => "http",
+        }
+    }
 }
 
 fn default_lb() -> String {
@@ -370,6 +396,21 @@ impl Scenario {
                     format!("unknown service {:?}", l.service),
                 ));
             }
+            if l.protocol == ListenerProtocol::Http
+                && self
+                    .mesh
+                    .services
+                    .iter()
+                    .any(|s| s.name == l.service && s.kind != BackendKind::Http)
+            {
+                return Err(bad(
+                    format!("mesh.listener[{i}].protocol"),
+                    format!(
+                        "an http listener needs an http service; {:?} is not one",
+                        l.service
+                    ),
+                ));
+            }
             if l.lb.parse::<mesh_proto::lb::Policy>().is_err() {
                 return Err(bad(
                     format!("mesh.listener[{i}].lb"),
@@ -499,6 +540,17 @@ action = "expect"
 max_failed = 3
 max_p99 = "500ms"
 "#;
+
+    #[test]
+    fn an_http_listener_needs_an_http_service() {
+        let bad = OK.replace(
+            "[[mesh.listener]]\nservice = \"echo\"",
+            "[[mesh.listener]]\nservice = \"echo\"\nprotocol = \"http\"",
+        );
+        let e = Scenario::parse(&bad, "t").unwrap_err().to_string();
+        assert!(e.contains("mesh.listener[0].protocol"), "{e}");
+        assert!(e.contains("needs an http service"), "{e}");
+    }
 
     #[test]
     fn parses_every_kind_of_step() {

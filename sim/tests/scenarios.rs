@@ -20,13 +20,14 @@ on = ["n1", "n2"]
 [[mesh.service]]
 name = "web"
 kind = "http"
-on = ["n2"]
+on = ["n1", "n2"]
 [[mesh.listener]]
 service = "echo"
 on = ["n3", "n4"]
 [[mesh.listener]]
 service = "web"
 on = ["n3"]
+protocol = "http"
 
 [[step]]
 action = "wait"
@@ -130,6 +131,12 @@ async fn a_short_scenario_kills_partitions_heals_and_restarts() {
     let served: u64 = report.requests.served_by.values().sum();
     assert_eq!(served, report.requests.ok);
     assert!(report.requests.served_by.contains_key("n2"));
+    // the HTTP service, through an HTTP listener on n3 (never partitioned),
+    // carried on through n1's death
+    let web = &report.by_service["web"];
+    assert!(web.ok >= 20, "{}", report.to_text());
+    assert!(web.served_by.contains_key("n2"));
+    assert!(web.failed_percent() < 5.0, "{}", report.to_text());
     assert!(
         report.datagrams_dropped > 0,
         "the partition dropped datagrams"
