@@ -7,7 +7,8 @@
 //! Paths: `/status/NNN` answers NNN; `/upload` reads the body and answers its
 //! length; `/download/N` streams N bytes; `/trailers` answers a body with
 //! trailers; `/slow/MS` answers after MS
-//! milliseconds; `/ws` is a WebSocket echo; `/healthz` answers 200 (not counted);
+//! milliseconds; `/ws` is a WebSocket echo; `CONNECT host:port` opens a tunnel
+//! that echoes what it gets, prefixed with `host:port:`; `/healthz` answers 200 (not counted);
 //! anything else answers a JSON echo of the request. It also counts the TCP
 //! connections that carried counted requests (keep-alive reuse shows there).
 
@@ -130,6 +131,34 @@ async fn handle(
         return Ok(reply(&who, StatusCode::OK, full("ok")));
     }
     counter.fetch_add(1, Ordering::Relaxed);
+    if req.method() == hyper::Method::CONNECT {
+        // A tunnel to "anywhere": answers 200, then echoes what comes through,
+        // prefixed with the authority it was asked for.
+        let target = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut out = format!("{target}:").into_bytes();
+                    out.extend_from_slice(&buf[..n]);
+                    if io.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(reply(&who, StatusCode::OK, full("")));
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         let status = code
             .parse::<u16>()

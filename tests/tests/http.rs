@@ -688,3 +688,39 @@ async fn silent_idle_and_upgraded_connections_are_bounded() {
     let r = get(l, "shop.example", "/after").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn connect_tunnels_through_the_mesh() {
+    let pki = Pki::new("mesh.test");
+    let (_a, c, _app) = two_nodes(&pki).await;
+    let mut s = TcpStream::connect(c.listener("web")).await.unwrap();
+    s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nhost: db.internal:5432\r\n\r\n")
+        .await
+        .unwrap();
+    // The response head, then the tunnel.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let want = b"db.internal:5432:ping";
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+        .await
+        .expect("the echo through the tunnel")
+        .unwrap();
+    assert_eq!(&got, want);
+}

@@ -101,7 +101,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 pub struct RoutablePath {
     /// The normalised path, sent to the backend: percent-escapes of unreserved
     /// characters decoded (`%61` → `a`), other escapes upper-cased, runs of `/`
-    /// merged.
+    /// merged. Empty for `CONNECT` (its target is an authority, left as it is).
     pub path: String,
     /// What route rules match against: `path` without `;parameters` in its
     /// segments (`/admin;x=1/a` → `/admin/a`), as servlet containers read it.
@@ -117,8 +117,9 @@ pub struct RoutablePath {
 /// reach `/admin`.
 pub fn routable_path(parts: &Parts) -> Result<RoutablePath, &'static str> {
     if parts.method == Method::CONNECT {
+        // An authority (`host:port`), not a path: nothing to normalise or send on.
         return Ok(RoutablePath {
-            path: "/".into(),
+            path: String::new(),
             match_path: "/".into(),
         });
     }
@@ -140,10 +141,21 @@ pub fn routable_path(parts: &Parts) -> Result<RoutablePath, &'static str> {
         return Err("the path contains '.' or '..' segments");
     }
     let match_path = if path.contains(';') {
-        path.split('/')
+        // What a servlet container would read: each segment without its
+        // parameters. `/p/..;/admin` is `/p/../admin` there and `/;/admin` is
+        // `//admin`, so a segment that is only parameters, or a dot segment with
+        // them, is refused like the plain dot segments above.
+        let segments: Vec<&str> = path
+            .split('/')
             .map(|segment| segment.split(';').next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("/")
+            .collect();
+        let bare = path.split('/').zip(&segments).skip(1);
+        for (segment, name) in bare {
+            if segment.contains(';') && (name.is_empty() || *name == "." || *name == "..") {
+                return Err("the path has a '.', '..' or empty segment with ';' parameters");
+            }
+        }
+        segments.join("/")
     } else {
         path.clone()
     };
@@ -160,6 +172,9 @@ fn normalize_path(path: &str) -> Result<String, &'static str> {
             b'\\' => return Err("the path contains a backslash"),
             b'%' => {
                 let hex = path.get(i + 1..i + 3).ok_or(BAD_ESCAPE)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(BAD_ESCAPE);
+                }
                 let v = u8::from_str_radix(hex, 16).map_err(|_| BAD_ESCAPE)?;
                 match v {
                     b'/' | b'\\' => return Err("the path contains an encoded '/' or '\\'"),
@@ -504,6 +519,11 @@ mod tests {
             "/a%00b",
             "/a%zz",
             "/a%2",
+            "/a%+F",
+            "/public/..;/admin",
+            "/public/.;x/admin",
+            "/;/admin",
+            "/a/;x=1/b",
         ] {
             let p = parts("GET", bad, &[], Version::HTTP_11);
             assert!(routable_path(&p).is_err(), "{bad} was accepted");

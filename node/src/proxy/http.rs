@@ -98,7 +98,8 @@ struct ClientConn {
     activity: Arc<Activity>,
     /// Requests whose head has been read, so far.
     requests: AtomicUsize,
-    /// Requests being handled now (until their response head).
+    /// Requests being handled now: from their head until their response body
+    /// has ended (or was abandoned).
     in_flight: AtomicUsize,
 }
 
@@ -108,12 +109,19 @@ impl Drop for ClientConn {
     }
 }
 
-/// Decrements a count when dropped.
-struct Busy<'a>(&'a AtomicUsize);
+/// One request in flight on a client connection, until dropped.
+struct Busy(Arc<ClientConn>);
 
-impl Drop for Busy<'_> {
+impl Busy {
+    fn new(conn: &Arc<ClientConn>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(conn.clone())
+    }
+}
+
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -474,12 +482,15 @@ impl HttpListener {
             .max_concurrent_streams(256);
         let serving = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(serving);
+        // While requests are in flight, the idle check is put off by a whole
+        // idle_timeout at a time (never a deadline in the past).
+        let mut not_before = tokio::time::Instant::now();
         loop {
             let first = conn.requests.load(Ordering::Relaxed) == 0;
             let deadline = if first {
                 conn.activity.born() + self.cfg.header_timeout
             } else {
-                conn.activity.last() + self.cfg.idle_timeout
+                (conn.activity.last() + self.cfg.idle_timeout).max(not_before)
             };
             tokio::select! {
                 r = serving.as_mut() => {
@@ -495,8 +506,10 @@ impl HttpListener {
                             tracing::debug!(listener = %self.cfg.name, client = %peer, "no request within header_timeout; closed");
                             return;
                         }
-                    } else if conn.in_flight.load(Ordering::Relaxed) == 0
-                        && conn.activity.last() + self.cfg.idle_timeout <= tokio::time::Instant::now()
+                    } else if conn.in_flight.load(Ordering::Relaxed) > 0 {
+                        not_before = tokio::time::Instant::now() + self.cfg.idle_timeout;
+                    } else if conn.activity.last() + self.cfg.idle_timeout
+                        <= tokio::time::Instant::now()
                     {
                         tracing::debug!(listener = %self.cfg.name, client = %peer, "idle client connection closed");
                         serving.as_mut().graceful_shutdown();
@@ -516,8 +529,7 @@ impl HttpListener {
     ) -> Response<Body> {
         let started = Instant::now();
         conn.requests.fetch_add(1, Ordering::Relaxed);
-        conn.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _busy = Busy(&conn.in_flight);
+        let busy = Busy::new(&conn);
         // Counted until the response body ends: a graceful stop waits for it.
         let in_flight = self.ctx.endpoint.stream_guard();
         let (request_id, tunnel_id) = headers::request_id(req.headers(), || self.random.random());
@@ -553,7 +565,7 @@ impl HttpListener {
         let outcome = &mut pending.outcome;
         // The backend gets the normalised path the rules matched.
         let routable = headers::routable_path(&parts).and_then(|r| {
-            if r.path != "*" && r.path != parts.uri.path() {
+            if !r.path.is_empty() && r.path != "*" && r.path != parts.uri.path() {
                 parts.uri =
                     with_path(&parts.uri, &r.path).ok_or("the path cannot be normalised")?;
             }
@@ -601,7 +613,8 @@ impl HttpListener {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
-        pending.answer(response, in_flight)
+        // Both stay until the response body has ended.
+        pending.answer(response, (in_flight, busy))
     }
 
     /// A response made by the proxy itself. Ingress listeners face users, so

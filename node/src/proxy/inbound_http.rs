@@ -142,8 +142,11 @@ async fn relay_one(
             // backend timed it out): nothing was sent, so a new one is safe.
             Err(mut e) => match e.take_message() {
                 Some(req) => {
-                    reuse.new.inc();
-                    fresh(req).await
+                    let relayed = fresh(req).await;
+                    if relayed.is_ok() {
+                        reuse.new.inc();
+                    }
+                    relayed
                 }
                 None => Err(format!(
                     "the backend failed the request: {}",
