@@ -149,6 +149,32 @@ async fn serving_nodes_reuse_keep_alive_connections_to_their_backend() {
             .await,
         5.0
     );
+
+    // A listener whose endpoint is on its own node reuses connections too.
+    let app_l = WebApp::start("app-l").await;
+    let e = TestNode::start(
+        &pki,
+        NodeSpec::new("e")
+            .seed(&a)
+            .service("near", app_l.addr(), Check::Http)
+            .http_listener("near", Some("near")),
+    )
+    .await;
+    eventually("e sees its own near endpoint", || async {
+        e.healthy_endpoints("near") == 1
+    })
+    .await;
+    for i in 0..20 {
+        let r = get(e.listener("near"), "near.example", &format!("/n/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-backend"), Some("app-l"));
+    }
+    assert_eq!(app_l.requests(), 20);
+    assert!(
+        app_l.connections() < 10,
+        "20 local requests needed {} backend connections",
+        app_l.connections()
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -124,8 +126,78 @@ impl BackendPool {
             .retain(|e| now.duration_since(e.since) < self.idle_timeout && !e.sender.is_closed());
     }
 
+    /// Sends `req` on `sender` — or, when that connection turns out to have been
+    /// closed by the backend before the request was written (so nothing was
+    /// sent), on a new one (connected within `connect_timeout`). A new connection
+    /// is used from the start when `sender` is `None`. The caller gives the
+    /// returned sender back ([`BackendPool::give_back`]) unless the exchange
+    /// upgraded.
+    pub async fn send(
+        &self,
+        sender: Option<Sender>,
+        req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Sent, SendError> {
+        let req = match sender {
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(response) => {
+                    return Ok(Sent {
+                        sender,
+                        response,
+                        on_given: true,
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            },
+            None => req,
+        };
+        let mut sender = self
+            .connect(connect_timeout)
+            .await
+            .map_err(SendError::Connect)?;
+        let response = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok(Sent {
+            sender,
+            response,
+            on_given: false,
+        })
+    }
+
     /// Connections idle in the pool now.
     pub fn idle_count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// A request sent by [`BackendPool::send`], with its response head.
+#[derive(Debug)]
+pub struct Sent {
+    /// The connection that carried it.
+    pub sender: Sender,
+    /// The response head (its body streams on).
+    pub response: Response<Incoming>,
+    /// Whether the connection given to `send` carried it (rather than a new one).
+    pub on_given: bool,
+}
+
+/// Why [`BackendPool::send`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No new connection could be made to the backend.
+    #[error("backend refused: {0}")]
+    Connect(std::io::Error),
+    /// The exchange failed.
+    #[error("the backend failed the request: {0}")]
+    Http(hyper::Error),
+}
+
+impl SendError {
+    /// Whether the failure was the request body's own (the client went away
+    /// mid-upload) rather than the backend's.
+    pub fn is_user(&self) -> bool {
+        matches!(self, SendError::Http(e) if e.is_user())
     }
 }

@@ -45,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::access_log::{self, Writer};
+use super::backend_pool::{SendError, Sent};
 use super::balance::Balancer;
 use super::headers::{self, Client, UpstreamHead};
 use super::ingress_tls::IngressCert;
@@ -878,7 +879,7 @@ impl HttpListener {
                     break;
                 }
             };
-            if let Upstream::Local(..) = up {
+            if let Upstream::Local(..) | Upstream::LocalHttp(..) = up {
                 outcome.addr = self
                     .ctx
                     .services
@@ -1072,34 +1073,59 @@ impl Drop for Inflight {
 type Keep = Arc<dyn Send + Sync>;
 
 /// Sends one request over an established upstream as HTTP/1.1; returns the
-/// response head (its body streams on) and, for an upgrade, the upstream side of
-/// the switched connection with what it holds.
+/// response head (its body streams on, holding what the upstream holds until it
+/// ends) and, for an upgrade, the upstream side of the switched connection with
+/// what it holds.
 async fn exchange(
     up: Upstream,
     request: Request<Body>,
     upgrade: bool,
     inflight: Inflight,
-) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), hyper::Error> {
+) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), SendError> {
     match up {
-        Upstream::Local(stream, slot) => {
-            send(
-                TokioIo::new(stream),
-                request,
-                upgrade,
-                Arc::new((slot, inflight)),
-            )
-            .await
+        Upstream::Local(stream, slot) => send(
+            TokioIo::new(stream),
+            request,
+            upgrade,
+            Arc::new((slot, inflight)),
+        )
+        .await
+        .map_err(SendError::Http),
+        Upstream::LocalHttp(sender, pool, connect_timeout, slot) => {
+            let Sent {
+                sender,
+                mut response,
+                ..
+            } = pool.send(Some(sender), request, connect_timeout).await?;
+            let keep: Keep = Arc::new((slot, inflight));
+            let upgraded = (upgrade && switched(&response))
+                .then(|| (hyper::upgrade::on(&mut response), keep.clone()));
+            if upgraded.is_none() {
+                pool.give_back(sender);
+            }
+            let response = response.map(|b| {
+                Holding {
+                    inner: boxed(b),
+                    _keep: keep,
+                }
+                .boxed_unsync()
+            });
+            Ok((response, upgraded))
         }
-        Upstream::Tunnel(send_half, recv_half) => {
-            send(
-                TokioIo::new(tokio::io::join(recv_half, send_half)),
-                request,
-                upgrade,
-                Arc::new(inflight),
-            )
-            .await
-        }
+        Upstream::Tunnel(send_half, recv_half) => send(
+            TokioIo::new(tokio::io::join(recv_half, send_half)),
+            request,
+            upgrade,
+            Arc::new(inflight),
+        )
+        .await
+        .map_err(SendError::Http),
     }
+}
+
+/// Whether a response agrees to an upgrade (`101`, or `2xx` to `CONNECT`).
+fn switched(response: &Response<Incoming>) -> bool {
+    response.status() == StatusCode::SWITCHING_PROTOCOLS || response.status().is_success()
 }
 
 async fn send<I>(
@@ -1123,10 +1149,8 @@ where
         let _ = conn.with_upgrades().await;
     });
     let mut response = sender.send_request(request).await?;
-    let upgraded = (upgrade
-        && (response.status() == StatusCode::SWITCHING_PROTOCOLS
-            || response.status().is_success()))
-    .then(|| (hyper::upgrade::on(&mut response), keep));
+    let upgraded =
+        (upgrade && switched(&response)).then(|| (hyper::upgrade::on(&mut response), keep));
     Ok((
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
         upgraded,

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream};
 
 use super::HEADER_TIMEOUT;
-use super::backend_pool::{BackendPool, Sender};
+use super::backend_pool::{BackendPool, Sender, Sent};
 use super::headers;
 use super::http::{Body, BoxError, MAX_HEADER_BYTES, splice_upgraded};
 use super::inbound::INBOUND_IDLE;
@@ -114,52 +114,29 @@ async fn relay_one(
     let upgrade = headers::is_upgrade(req.method(), req.headers());
     let caller_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
-    let fresh = |req| {
-        let pool = pool.clone();
-        async move {
-            let mut sender = pool
-                .connect(connect_timeout)
-                .await
-                .map_err(|e| format!("backend refused: {e}"))?;
-            let response = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("the backend failed the request: {e}"))?;
-            Ok::<_, String>((sender, response))
+    let (sender, reuse) = match sender {
+        Some((sender, reuse)) => (Some(sender), Some(reuse)),
+        None => (None, None),
+    };
+    let sent = pool
+        .send(sender, req, connect_timeout)
+        .await
+        .map_err(|e| e.to_string());
+    if let (Ok(sent), Some(reuse)) = (&sent, reuse) {
+        if sent.on_given && reuse.reused {
+            reuse.reused_count.inc();
+        } else {
+            reuse.new.inc();
         }
-    };
-    let result = match sender {
-        Some((mut sender, reuse)) => match sender.try_send_request(req).await {
-            Ok(response) => {
-                if reuse.reused {
-                    reuse.reused_count.inc();
-                } else {
-                    reuse.new.inc();
-                }
-                Ok((sender, response))
-            }
-            // The idle connection closed before the request went out on it (the
-            // backend timed it out): nothing was sent, so a new one is safe.
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    let relayed = fresh(req).await;
-                    if relayed.is_ok() {
-                        reuse.new.inc();
-                    }
-                    relayed
-                }
-                None => Err(format!(
-                    "the backend failed the request: {}",
-                    e.into_error()
-                )),
-            },
-        },
-        None => fresh(req).await,
-    };
+    }
     // A backend that fails the request ends the stream without a response, as a
     // reset backend connection would: the caller's listener sees the failure as
     // such (its retry policy's `reset`, its outlier detection).
-    let (sender, mut response) = result?;
+    let Sent {
+        sender,
+        mut response,
+        ..
+    } = sent?;
     let switched = upgrade
         && (response.status() == StatusCode::SWITCHING_PROTOCOLS || response.status().is_success());
     if switched {

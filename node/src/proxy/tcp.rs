@@ -152,6 +152,12 @@ impl Listener {
                 Side::tcp(s)
             }
             Upstream::Tunnel(send, recv) => Side::quic(send, recv),
+            // Only asked for with `Protocol::Http`, which TCP listeners never use.
+            Upstream::LocalHttp(..) => {
+                self.balancer.inflight_add(&endpoint.node, -1);
+                active.dec();
+                return;
+            }
         };
         let bytes = |direction| {
             metrics

@@ -4,6 +4,7 @@
 //! inbound side applies (allow-lists, connection limit, connect timeout). Shared
 //! by TCP and HTTP listeners.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
@@ -12,6 +13,7 @@ use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamSt
 use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 
+use super::backend_pool::{BackendPool, Sender};
 use super::{CountGuard, ProxyContext};
 use crate::endpoint::Use;
 
@@ -46,6 +48,9 @@ impl AttemptError {
 pub enum Upstream {
     /// The backend on this node, and its connection slot.
     Local(TcpStream, CountGuard),
+    /// The HTTP backend on this node: a keep-alive connection from its pool (or
+    /// a new one), the pool, the backend's connect timeout, and the slot.
+    LocalHttp(Sender, Arc<BackendPool>, Duration, CountGuard),
     /// A tunnel stream to the endpoint's node, past its `ok`.
     Tunnel(SendStream, RecvStream),
 }
@@ -157,6 +162,25 @@ async fn open_local(
         ));
     };
     let timeout = timeout.min(local.config.connect_timeout);
+    if target.protocol == Protocol::Http {
+        // An HTTP request goes over a pooled keep-alive connection, as on the
+        // serving side of a tunnel.
+        let sender = match local.pool.take() {
+            Some(s) => s,
+            None => local.pool.connect(timeout).await.map_err(|e| {
+                AttemptError::Retryable(
+                    "backend_refused",
+                    format!("local backend {}: {e}", local.config.address),
+                )
+            })?,
+        };
+        return Ok(Upstream::LocalHttp(
+            sender,
+            local.pool.clone(),
+            local.config.connect_timeout,
+            slot,
+        ));
+    }
     match tokio::time::timeout(timeout, TcpStream::connect(local.config.address)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
