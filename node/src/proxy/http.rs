@@ -750,6 +750,7 @@ impl HttpListener {
             .map_or(total, Duration::from_millis)
             .min(total);
         let method = ex.parts.method.clone();
+        let is_connect = method == hyper::Method::CONNECT;
         let replays = !ex.upgrade
             && rule.is_some_and(|r| {
                 r.retry.as_ref().is_some_and(|p| {
@@ -893,9 +894,11 @@ impl HttpListener {
                 balancer: balancer.clone(),
                 node: endpoint.node.clone(),
             };
-            let sent =
-                tokio::time::timeout_at(try_deadline, exchange(up, request, ex.upgrade, inflight))
-                    .await;
+            let sent = tokio::time::timeout_at(
+                try_deadline,
+                exchange(up, request, ex.upgrade.then_some(is_connect), inflight),
+            )
+            .await;
             let cause = match sent {
                 Ok(Ok((response, upstream_upgrade))) => {
                     let server_error = response.status().is_server_error();
@@ -929,6 +932,22 @@ impl HttpListener {
                     };
                     return self.respond(response, upgrade, rule, cookie);
                 }
+                Ok(Err(e @ SendError::Connect(_))) => {
+                    // A pooled local connection had closed and no new one could
+                    // be made: nothing was sent. (A streamed body is gone with
+                    // the request, so then the next try does not happen.)
+                    balancer.record(&self.ctx, &endpoint.node, false);
+                    last = self.error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("cannot reach service {service} on {}: {e}", endpoint.node),
+                        &rid,
+                    );
+                    if tries < connect_tries {
+                        retry_reason = Some("connect_failure");
+                        continue;
+                    }
+                    break;
+                }
                 Ok(Err(e)) => {
                     // A failure of the client's own request body (it went away
                     // mid-upload) says nothing about the endpoint.
@@ -937,7 +956,7 @@ impl HttpListener {
                     }
                     last = self.error_response(
                         StatusCode::BAD_GATEWAY,
-                        &format!("{} failed the request: {e}", endpoint.node),
+                        &format!("{}: {e}", endpoint.node),
                         &rid,
                     );
                     "reset"
@@ -1079,7 +1098,7 @@ type Keep = Arc<dyn Send + Sync>;
 async fn exchange(
     up: Upstream,
     request: Request<Body>,
-    upgrade: bool,
+    upgrade: Option<bool>,
     inflight: Inflight,
 ) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), SendError> {
     match up {
@@ -1098,7 +1117,7 @@ async fn exchange(
                 ..
             } = pool.send(Some(sender), request, connect_timeout).await?;
             let keep: Keep = Arc::new((slot, inflight));
-            let upgraded = (upgrade && switched(&response))
+            let upgraded = switched(&response, upgrade)
                 .then(|| (hyper::upgrade::on(&mut response), keep.clone()));
             if upgraded.is_none() {
                 pool.give_back(sender);
@@ -1123,15 +1142,23 @@ async fn exchange(
     }
 }
 
-/// Whether a response agrees to an upgrade (`101`, or `2xx` to `CONNECT`).
-fn switched(response: &Response<Incoming>) -> bool {
-    response.status() == StatusCode::SWITCHING_PROTOCOLS || response.status().is_success()
+/// Whether a response agrees to the upgrade asked for (`upgrade`: `None` for a
+/// plain request, `Some(true)` for `CONNECT`, `Some(false)` for an `Upgrade`
+/// such as WebSocket): `101`, or `2xx` to `CONNECT`.
+pub fn switched<B>(response: &Response<B>, upgrade: Option<bool>) -> bool {
+    match upgrade {
+        None => false,
+        Some(connect) => {
+            response.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (connect && response.status().is_success())
+        }
+    }
 }
 
 async fn send<I>(
     io: I,
     request: Request<Body>,
-    upgrade: bool,
+    upgrade: Option<bool>,
     keep: Keep,
 ) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), hyper::Error>
 where
@@ -1149,8 +1176,7 @@ where
         let _ = conn.with_upgrades().await;
     });
     let mut response = sender.send_request(request).await?;
-    let upgraded =
-        (upgrade && switched(&response)).then(|| (hyper::upgrade::on(&mut response), keep));
+    let upgraded = switched(&response, upgrade).then(|| (hyper::upgrade::on(&mut response), keep));
     Ok((
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
         upgraded,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream};
@@ -20,7 +20,7 @@ use quinn::{RecvStream, SendStream};
 use super::HEADER_TIMEOUT;
 use super::backend_pool::{BackendPool, Sender, Sent};
 use super::headers;
-use super::http::{Body, BoxError, MAX_HEADER_BYTES, splice_upgraded};
+use super::http::{Body, BoxError, MAX_HEADER_BYTES, splice_upgraded, switched};
 use super::inbound::INBOUND_IDLE;
 use super::observed::{Dir, Observed};
 
@@ -111,8 +111,9 @@ async fn relay_one(
     connect_timeout: Duration,
     keep: Arc<dyn Send + Sync>,
 ) -> Result<Response<Body>, String> {
-    let upgrade = headers::is_upgrade(req.method(), req.headers());
-    let caller_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upgrade = headers::is_upgrade(req.method(), req.headers())
+        .then_some(req.method() == hyper::Method::CONNECT);
+    let caller_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
     let (sender, reuse) = match sender {
         Some((sender, reuse)) => (Some(sender), Some(reuse)),
@@ -137,9 +138,7 @@ async fn relay_one(
         mut response,
         ..
     } = sent?;
-    let switched = upgrade
-        && (response.status() == StatusCode::SWITCHING_PROTOCOLS || response.status().is_success());
-    if switched {
+    if switched(&response, upgrade) {
         if let Some(caller) = caller_upgrade {
             splice_upgraded(
                 caller,

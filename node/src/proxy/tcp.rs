@@ -154,6 +154,7 @@ impl Listener {
             Upstream::Tunnel(send, recv) => Side::quic(send, recv),
             // Only asked for with `Protocol::Http`, which TCP listeners never use.
             Upstream::LocalHttp(..) => {
+                tracing::error!(listener = %self.cfg.name, "a TCP listener was given an HTTP upstream; connection dropped");
                 self.balancer.inflight_add(&endpoint.node, -1);
                 active.dec();
                 return;

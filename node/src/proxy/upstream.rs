@@ -168,8 +168,13 @@ async fn open_local(
         let sender = match local.pool.take() {
             Some(s) => s,
             None => local.pool.connect(timeout).await.map_err(|e| {
+                let label = if e.kind() == std::io::ErrorKind::TimedOut {
+                    "timeout"
+                } else {
+                    "backend_refused"
+                };
                 AttemptError::Retryable(
-                    "backend_refused",
+                    label,
                     format!("local backend {}: {e}", local.config.address),
                 )
             })?,
