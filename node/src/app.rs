@@ -267,6 +267,9 @@ impl Node {
         let mut tasks = Vec::new();
         let (gossip_conns_tx, gossip_conns_rx) = mpsc::channel(64);
         let (tunnel_conns_tx, tunnel_conns_rx) = mpsc::channel::<endpoint::Inbound>(64);
+        // Before any task runs: gossip may dial a seed at once, and the
+        // connection it opens must be read from its first reply on.
+        endpoint.set_gossip_reader(gossip_conns_tx.clone());
         tasks.push(tokio::spawn(
             endpoint
                 .clone()

@@ -328,11 +328,16 @@ impl MeshEndpoint {
             && let Some(tx) = self.gossip_inbound.get()
             && let Some(peer) = tls::peer_identity(conn.peer_identity())
         {
-            // The peer may send its own gossip back over this connection.
-            let _ = tx.try_send(Inbound {
-                conn: conn.clone(),
-                peer,
-            });
+            // The peer may send its own gossip back over this connection (it
+            // adopts it for that): it must be read, or the peer's replies are
+            // lost for as long as the connection lives. So the reader is never
+            // skipped — waiting for room if the channel is full.
+            let _ = tx
+                .send(Inbound {
+                    conn: conn.clone(),
+                    peer,
+                })
+                .await;
         }
         tracing::debug!(%addr, ?use_, "connected to peer");
         Ok(conn)
@@ -494,6 +499,14 @@ impl MeshEndpoint {
                 pool.remove(&key);
             }
         }
+    }
+
+    /// Where the gossip streams of connections this endpoint dials are read (see
+    /// [`MeshEndpoint::accept_loop`]). Must be set before gossip dials anyone:
+    /// a gossip connection dialled without it is never read, and the peer's
+    /// replies over it are lost.
+    pub fn set_gossip_reader(&self, gossip: mpsc::Sender<Inbound>) {
+        let _ = self.gossip_inbound.set(gossip);
     }
 
     /// Accepts inbound connections until the endpoint closes, handing each
