@@ -423,3 +423,72 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
         n.node.kill().await;
     }
 }
+
+/// A mesh endpoint for `name`, with certificates from `pki`, on a free port.
+fn endpoint_for(pki: &Pki, name: &str) -> std::sync::Arc<shoal_node::endpoint::MeshEndpoint> {
+    use shoal_node::tls::{TlsFiles, TlsState};
+    let dir = pki.node_dir(name, &[]);
+    let metrics = std::sync::Arc::new(shoal_node::metrics::Metrics::new());
+    let tls = TlsState::load(
+        &TlsFiles {
+            cert: dir.join("node.crt"),
+            key: dir.join("node.key"),
+            ca: dir.join("ca.crt"),
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    shoal_node::endpoint::MeshEndpoint::new(
+        shoal_node::endpoint::SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
+        tls,
+        metrics,
+    )
+    .unwrap()
+}
+
+/// One connection per pair of nodes: the peer answers gossip over the connection
+/// this node dialled, so that connection must be read from the start. (A node
+/// that dialled a seed before its reader was registered never read the seed's
+/// replies: the other node saw it alive, it never saw the other.)
+#[tokio::test]
+async fn the_peer_answers_over_the_gossip_connection_this_node_dialled() {
+    use shoal_node::endpoint::Use;
+    use std::time::Duration;
+    let pki = Pki::new("mesh.test");
+    let (a, b) = (endpoint_for(&pki, "a"), endpoint_for(&pki, "b"));
+    let (reader_tx, mut reader) = tokio::sync::mpsc::channel(4);
+    a.set_gossip_reader(reader_tx);
+    let (b_gossip_tx, mut b_gossip) = tokio::sync::mpsc::channel(4);
+    let (b_tunnel_tx, _b_tunnel) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(b.clone().accept_loop(b_gossip_tx, b_tunnel_tx));
+    let b_addr = b.local_addr().unwrap();
+
+    let conn = a.connect(b_addr, Use::Gossip, Some("b")).await.unwrap();
+    // a's reader gets the connection it dialled ...
+    let registered = tokio::time::timeout(Duration::from_secs(10), reader.recv())
+        .await
+        .expect("the dialled connection is handed to the reader")
+        .unwrap();
+    assert_eq!(registered.conn.stable_id(), conn.stable_id());
+    assert_eq!(registered.peer.node.as_deref(), Some("b"));
+    // ... and what b sends back over it arrives.
+    conn.open_uni()
+        .await
+        .unwrap()
+        .write_all(b"syn")
+        .await
+        .unwrap();
+    let at_b = tokio::time::timeout(Duration::from_secs(10), b_gossip.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reply = at_b.conn.open_uni().await.unwrap();
+    reply.write_all(b"synack").await.unwrap();
+    reply.finish().unwrap();
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), registered.conn.accept_uni())
+        .await
+        .expect("b's reply arrives on a's connection")
+        .unwrap();
+    let got = stream.read_to_end(64).await.unwrap();
+    assert_eq!(got, b"synack");
+}
