@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mesh_proto::codec::{decode_exact, encode, encode_text};
-use mesh_proto::gossip::{Health, NODE_KEY, NodeRecord, NodeState, ServiceRecord, service_key};
-use mesh_proto::gossip::{HlcTimestamp, RouteDocument};
+use mesh_proto::codec::{decode_exact, encode};
+use mesh_proto::gossip::RouteDocument;
+use mesh_proto::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
 use mesh_proto::lb::{self, PickContext, Policy, Ring};
 use mesh_proto::route::{self, RouteSpec, RouteTable};
 use mesh_proto::routing::{Endpoint, MemberInput, build_table};
@@ -36,68 +36,62 @@ fn codec(c: &mut Criterion) {
     });
 }
 
+/// One member of the benchmark cluster: name, node record, services, allowed.
+type Member = (String, NodeRecord, Vec<ServiceRecord>, Vec<String>);
+
 /// 100 nodes, each hosting 100 of 1,000 services: 1,000 services × 10 endpoints.
-fn cluster() -> Vec<(String, Vec<(String, String)>)> {
+fn cluster() -> Vec<Member> {
     (0..100u32)
         .map(|n| {
             let name = format!("node-{n}");
             let addr: SocketAddr = format!("10.0.{}.{}:7100", n / 250, n % 250 + 1)
                 .parse()
                 .unwrap();
-            let mut values = vec![(
-                NODE_KEY.to_string(),
-                encode_text(&NodeRecord {
-                    name: name.clone(),
-                    zone: format!("zone-{}", n % 3),
-                    cluster: "bench".into(),
-                    quic_addr: addr,
-                    version: "shoal bench".into(),
-                    started_at_ms: 1,
-                    state: NodeState::Serving,
+            let node = NodeRecord {
+                name: name.clone(),
+                zone: format!("zone-{}", n % 3),
+                cluster: "bench".into(),
+                quic_addr: addr,
+                version: "shoal bench".into(),
+                started_at_ms: 1,
+                state: NodeState::Serving,
+            };
+            let services: Vec<ServiceRecord> = (0..100u32)
+                .map(|k| ServiceRecord {
+                    name: format!("svc-{}", (n * 10 + k * 10) % 1000 + n % 10),
+                    protocol: Protocol::Tcp,
+                    weight: 100,
+                    health: Health::Healthy,
+                    inflight: 0,
+                    tags: vec![],
                 })
-                .unwrap(),
-            )];
-            for k in 0..100u32 {
-                let svc = format!("svc-{}", (n * 10 + k * 10) % 1000 + n % 10);
-                values.push((
-                    service_key(&svc),
-                    encode_text(&ServiceRecord {
-                        name: svc,
-                        protocol: Protocol::Tcp,
-                        weight: 100,
-                        health: Health::Healthy,
-                        inflight: 0,
-                        tags: vec![],
-                    })
-                    .unwrap(),
-                ));
-            }
-            (name, values)
+                .collect();
+            let allowed = services.iter().map(|s| s.name.clone()).collect();
+            (name, node, services, allowed)
         })
         .collect()
 }
 
 fn routing(c: &mut Criterion) {
     let members = cluster();
-    let (table, _) = build_table(inputs(&members), |_, _| true);
+    let (table, _) = build_table(inputs(&members));
     let endpoints: usize = table.services().map(|(_, e)| e.len()).sum();
     assert_eq!(endpoints, 10_000);
     assert_eq!(table.services().count(), 1_000);
     c.bench_function("routing/rebuild_1000_services_x_10_endpoints", |b| {
-        b.iter(|| build_table(inputs(black_box(&members)), |_, _| true))
+        b.iter(|| build_table(inputs(black_box(&members))))
     });
 }
 
-fn inputs(members: &[(String, Vec<(String, String)>)]) -> Vec<MemberInput<'_>> {
+fn inputs(members: &[Member]) -> Vec<MemberInput<'_>> {
     members
         .iter()
-        .map(|(name, values)| MemberInput {
-            node_id: name,
+        .map(|(name, node, services, allowed)| MemberInput {
+            name,
             generation: 1,
-            values: values
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
+            node: Some(node),
+            services,
+            allowed,
         })
         .collect()
 }
@@ -206,11 +200,6 @@ fn routes(c: &mut Criterion) {
         .iter()
         .map(|s| RouteDocument {
             name: s.name.clone(),
-            version: HlcTimestamp {
-                wall_ms: 1,
-                logical: 0,
-                node: "node-1".into(),
-            },
             body: s.to_body(),
             signature: vec![0x30; 70],
             signer_cert_der: vec![0x30; 300],

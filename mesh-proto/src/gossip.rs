@@ -1,9 +1,9 @@
-//! What a node publishes in its own chitchat key space (design §4): the key names
-//! and the three records stored under them. Each node writes only facts about
-//! itself: its [`NodeRecord`] under [`NODE_KEY`], one [`ServiceRecord`] per local
-//! service under `svc:<name>`, and each [`RouteDocument`] it accepted under
-//! `route:<name>`. Values travel as [`crate::codec::encode_text`] strings, since
-//! chitchat values are strings.
+//! What a node publishes about itself in gossip (design §4): the key names and
+//! the records stored under them — its [`NodeCertificate`] under [`CERT_KEY`], its
+//! [`NodeRecord`] under [`NODE_KEY`], one [`ServiceRecord`] per local service
+//! under `svc:<name>` — each carried, signed by the node, in a
+//! [`crate::membership::SignedRecord`]; and the operator-signed
+//! [`RouteDocument`]s shared by the whole mesh.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -280,37 +280,21 @@ impl Frame for ServiceRecord {
 }
 impl_frame_body!(ServiceRecord);
 
-/// A hybrid logical clock reading: the version of a route document.
+/// A signed route document, exactly as the operator signed it.
 ///
-/// Ordered by `wall_ms`, then `logical`, then `node` (the derived order follows the
-/// field order), so "highest version wins" is a plain `max`, and two nodes that
-/// stamp the same instant are still ordered the same way everywhere.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
-pub struct HlcTimestamp {
-    /// Physical part: milliseconds since the Unix epoch.
-    pub wall_ms: u64,
-    /// Logical counter, for events within the same millisecond.
-    pub logical: u32,
-    /// Name of the node that took the reading: the final tie-breaker.
-    pub node: String,
-}
-
-/// The value under `route:<name>`: a signed, versioned route document.
-///
-/// The shape is fixed here. `body` is the canonical JSON of a
-/// [`crate::route::RouteSpec`] ([`crate::route::RouteSpec::to_body`], read back by
+/// `body` is the canonical JSON of a [`crate::route::RouteSpec`]
+/// ([`crate::route::RouteSpec::to_body`], read back by
 /// [`crate::route::RouteSpec::parse_document`]); `signature` is the operator's
 /// ECDSA P-256 SHA-256 signature (DER) over exactly those bytes, checked by the
-/// node against the mesh CA (`shoal_pki::sign`); `version` is stamped by the node
-/// that accepted the document and is not signed, which is why
-/// [`crate::route::merge()`] orders by the signed `issued_at_ms` first. Decoding
-/// checks only names and sizes: a decoded document is not yet trusted.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// node against the mesh CA (`shoal_pki::sign`). Nothing else is carried: no
+/// field a relay could change. Of two documents for one route, the one with the
+/// higher [`crate::route::Precedence`] wins (the signed issue time, then the
+/// signed bytes). Decoding checks only names and sizes: a decoded document is not
+/// yet trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct RouteDocument {
     /// The route's name.
     pub name: String,
-    /// The version; of two valid documents with the same name, the higher wins.
-    pub version: HlcTimestamp,
     /// The signed document bytes, at most [`RouteDocument::MAX_DOCUMENT_LEN`].
     pub body: Vec<u8>,
     /// The operator's signature over `body`, at most
@@ -336,28 +320,88 @@ impl Frame for RouteDocument {
 
     fn validate(&self) -> Result<(), FieldError> {
         validate_name("route name", &self.name)?;
-        validate_name("route version node", &self.version.node)?;
-        for (field, len, max) in [
-            ("route body", self.body.len(), Self::MAX_DOCUMENT_LEN),
-            (
-                "route signature",
-                self.signature.len(),
-                Self::MAX_SIGNATURE_LEN,
-            ),
-            (
-                "route signer certificate",
-                self.signer_cert_der.len(),
-                Self::MAX_SIGNER_CERT_LEN,
-            ),
-        ] {
-            if len > max {
-                return Err(FieldError::TooLong { field, len, max });
-            }
-        }
-        Ok(())
+        validate_document_sizes(&self.body, &self.signature, &self.signer_cert_der)
     }
 }
 impl_frame_body!(RouteDocument);
+
+fn validate_document_sizes(
+    body: &[u8],
+    signature: &[u8],
+    signer_cert_der: &[u8],
+) -> Result<(), FieldError> {
+    for (field, len, max) in [
+        ("route body", body.len(), RouteDocument::MAX_DOCUMENT_LEN),
+        (
+            "route signature",
+            signature.len(),
+            RouteDocument::MAX_SIGNATURE_LEN,
+        ),
+        (
+            "route signer certificate",
+            signer_cert_der.len(),
+            RouteDocument::MAX_SIGNER_CERT_LEN,
+        ),
+    ] {
+        if len > max {
+            return Err(FieldError::TooLong { field, len, max });
+        }
+    }
+    Ok(())
+}
+
+/// The layout route documents had before they were relayed as signed: with a
+/// version stamped by the node that accepted the document (not signed). Nodes
+/// kept such documents on disk; this type reads them, and
+/// [`From<LegacyRouteDocument>`] drops the version. Never sent.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LegacyRouteDocument {
+    /// The route's name.
+    pub name: String,
+    /// The version stamped by the accepting node, ignored.
+    pub version: LegacyVersion,
+    /// The signed document bytes.
+    pub body: Vec<u8>,
+    /// The operator's signature over `body`.
+    pub signature: Vec<u8>,
+    /// The operator certificate (DER).
+    pub signer_cert_der: Vec<u8>,
+}
+
+/// The node-stamped version of a [`LegacyRouteDocument`] (a hybrid logical
+/// clock reading).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LegacyVersion {
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+    /// Logical counter.
+    pub logical: u32,
+    /// The stamping node.
+    pub node: String,
+}
+
+impl Frame for LegacyRouteDocument {
+    const NAME: &'static str = "route document (layout with a version)";
+    const MAX_BODY_LEN: usize = 32 * 1024;
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate_name("route name", &self.name)?;
+        validate_name("route version node", &self.version.node)?;
+        validate_document_sizes(&self.body, &self.signature, &self.signer_cert_der)
+    }
+}
+impl_frame_body!(LegacyRouteDocument);
+
+impl From<LegacyRouteDocument> for RouteDocument {
+    fn from(old: LegacyRouteDocument) -> RouteDocument {
+        RouteDocument {
+            name: old.name,
+            body: old.body,
+            signature: old.signature,
+            signer_cert_der: old.signer_cert_der,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -395,18 +439,31 @@ mod tests {
     }
 
     #[test]
-    fn hlc_orders_by_wall_then_logical_then_node() {
-        let t = |wall_ms, logical, node: &str| HlcTimestamp {
-            wall_ms,
-            logical,
-            node: node.to_string(),
+    fn documents_stored_with_a_version_are_read_back_without_it() {
+        use crate::codec::{decode_text, encode_text};
+        let old = LegacyRouteDocument {
+            name: "shop".into(),
+            version: LegacyVersion {
+                wall_ms: 1_767_225_600_000,
+                logical: 1,
+                node: "n1".into(),
+            },
+            body: b"{}".to_vec(),
+            signature: vec![1, 2],
+            signer_cert_der: vec![3],
         };
-        assert!(t(2, 0, "a") > t(1, 99, "z"));
-        assert!(t(1, 2, "a") > t(1, 1, "z"));
-        assert!(t(1, 1, "b") > t(1, 1, "a"));
-        assert_eq!(t(1, 1, "a").cmp(&t(1, 1, "a")), std::cmp::Ordering::Equal);
-        let versions = [t(5, 0, "n2"), t(5, 0, "n1"), t(4, 7, "n3")];
-        assert_eq!(versions.iter().max(), Some(&t(5, 0, "n2")));
+        let text = encode_text(&old).unwrap();
+        let doc: RouteDocument = decode_text::<LegacyRouteDocument>(&text).unwrap().into();
+        assert_eq!(doc.name, "shop");
+        assert_eq!(doc.body, b"{}");
+        assert_eq!(doc.signature, [1, 2]);
+        assert_eq!(doc.signer_cert_der, [3]);
+        // The old layout never passes for the new one (the version's wall clock
+        // reads as a body length of terabytes), so readers try the new layout
+        // first and fall back.
+        assert!(decode_text::<RouteDocument>(&text).is_err());
+        let new = encode_text(&doc).unwrap();
+        assert_eq!(decode_text::<RouteDocument>(&new).unwrap(), doc);
     }
 
     #[test]

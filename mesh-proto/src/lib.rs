@@ -18,8 +18,9 @@
 //!
 //! What it does not do: I/O. There are no sockets, no async runtime and no clock
 //! here (code that needs the time takes `now` as an argument); the `shoal-node`
-//! crate drives these types over QUIC and chitchat. Nor does it check signatures or
-//! certificates: a decoded [`gossip::RouteDocument`] is well-formed, not trusted.
+//! crate drives these types over QUIC. Nor does it do cryptography: the membership
+//! protocol signs and verifies through a [`membership::Crypto`] its driver
+//! provides, and a decoded [`gossip::RouteDocument`] is well-formed, not trusted.
 //!
 //! ```
 //! use mesh_proto::codec::{decode, encode};
@@ -47,9 +48,11 @@
 //!   (base64, for gossip values) encoding and decoding, and their errors.
 //! - [`tunnel`]: [`tunnel::StreamHeader`] and [`tunnel::StreamStatus`], the frames
 //!   that open a tunnel stream.
-//! - [`gossip`]: the chitchat key names and the records stored under them:
-//!   [`gossip::NodeRecord`], [`gossip::NodeCertificate`], [`gossip::ServiceRecord`],
-//!   [`gossip::RouteDocument`].
+//! - [`gossip`]: the key names and the records each node publishes about itself:
+//!   [`gossip::NodeRecord`], [`gossip::NodeCertificate`], [`gossip::ServiceRecord`];
+//!   and the operator-signed [`gossip::RouteDocument`].
+//! - [`membership`]: the membership protocol, sans-IO: signed records, liveness
+//!   that no member can forge, anti-entropy, and a simulator.
 //! - [`routing`]: the routing table as a pure function of the live members' records.
 //! - [`health`]: the healthy/unhealthy state machine of one endpoint.
 //! - [`lb`]: the load-balancer pickers: candidate selection (health, panic mode,
@@ -58,8 +61,6 @@
 //! - [`outlier`]: passive outlier detection: ejection with a doubling backoff after
 //!   consecutive failures, per endpoint ([`outlier::OutlierDetector`]) and per
 //!   service ([`outlier::OutlierSet`]).
-//! - [`hlc`]: the hybrid logical clock ([`hlc::Hlc`]) that stamps route document
-//!   versions.
 //! - [`route`]: route documents for HTTP traffic: the signed schema
 //!   ([`route::RouteSpec`]) and its validation, request matching
 //!   ([`route::RouteTable`]), the weighted split, and the merge that picks the
@@ -71,8 +72,8 @@
 pub mod codec;
 pub mod gossip;
 pub mod health;
-pub mod hlc;
 pub mod lb;
+pub mod membership;
 pub mod names;
 pub mod outlier;
 pub mod retry;

@@ -1,38 +1,40 @@
 //! The routing table: for each service, the endpoints that may receive its
-//! traffic — as a pure function of the cluster state gossip delivered.
+//! traffic — as a pure function of the members the membership protocol holds.
 //!
-//! The node feeds [`build_table`] the live members (their chitchat key/values,
-//! borrowed) and a predicate saying which services each node's certificate allows;
-//! it gets back the table and a report of what it ignored and why. No clock, no
-//! I/O: the same state always gives the same table, which the node swaps in
-//! atomically.
+//! The node feeds [`build_table`] the members it believes up (alive or suspect),
+//! with their verified, decoded records ([`crate::membership::View`]) and the
+//! services their certificates allow now; it gets back the table and a report of
+//! what it ignored and why. No clock, no I/O: the same state always gives the
+//! same table, which the node swaps in atomically.
 //!
 //! Rules, in order:
-//! 1. Of several generations of one node (a restart the failure detector has not
-//!    yet forgotten), only the highest counts.
-//! 2. A member without a valid [`NodeRecord`] under [`NODE_KEY`] naming itself is
-//!    skipped (reported as invalid): callers cannot reach it.
+//! 1. Of several generations of one node, only the highest counts.
+//! 2. A member without a node record naming itself is skipped (reported):
+//!    callers cannot reach it.
 //! 3. A draining node is listed but contributes no endpoints.
-//! 4. Each `svc:<name>` record must decode, name the key's service, and be allowed
-//!    by the node's certificate; otherwise it is ignored and reported.
+//! 4. A service record must be allowed by the node's certificate (a certificate
+//!    renewed without a service drops it); otherwise it is ignored and reported.
 //! 5. Endpoints are ordered by node name, so pickers see a stable order.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crate::codec::decode_text;
-use crate::gossip::{Health, Key, NODE_KEY, NodeRecord, NodeState, ServiceRecord, parse_key};
+use crate::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
 use crate::tunnel::Protocol;
 
-/// One live member, as gossip delivered it.
+/// One member that is up, with its verified records.
 #[derive(Debug, Clone)]
 pub struct MemberInput<'a> {
-    /// The node id (its name).
-    pub node_id: &'a str,
+    /// The node name.
+    pub name: &'a str,
     /// Its generation (start time); higher is newer.
     pub generation: u64,
-    /// Its key/value pairs.
-    pub values: Vec<(&'a str, &'a str)>,
+    /// Its node record, if received.
+    pub node: Option<&'a NodeRecord>,
+    /// Its service records.
+    pub services: &'a [ServiceRecord],
+    /// The services its certificate allows now (none once it expired).
+    pub allowed: &'a [String],
 }
 
 /// One place a service can be reached.
@@ -131,100 +133,59 @@ pub enum Ignored {
         /// The claimed service.
         service: String,
     },
-    /// A value that does not decode or contradicts its key.
+    /// A node record that names another node.
     InvalidRecord {
         /// The node.
         node: String,
-        /// The key.
-        key: String,
         /// What is wrong.
         reason: String,
     },
-    /// A member without a usable node record.
+    /// A member without a node record.
     NoNodeRecord {
         /// The node.
         node: String,
     },
 }
 
-/// Builds the table from the live members. `allowed(node, service)` says whether
-/// the node's certificate names the service.
+/// Builds the table from the members that are up (see the module documentation).
 pub fn build_table<'a>(
     members: impl IntoIterator<Item = MemberInput<'a>>,
-    allowed: impl Fn(&str, &str) -> bool,
 ) -> (RoutingTable, Vec<Ignored>) {
     // Rule 1: newest generation per node.
     let mut newest: BTreeMap<&str, MemberInput<'a>> = BTreeMap::new();
     for m in members {
-        match newest.get(m.node_id) {
+        match newest.get(m.name) {
             Some(existing) if existing.generation >= m.generation => {}
             _ => {
-                newest.insert(m.node_id, m);
+                newest.insert(m.name, m);
             }
         }
     }
-
     let mut table = RoutingTable::default();
     let mut ignored = Vec::new();
-    for (node_id, member) in newest {
-        let record = member
-            .values
-            .iter()
-            .find(|(k, _)| *k == NODE_KEY)
-            .map(|(_, v)| decode_text::<NodeRecord>(v));
-        let record = match record {
-            Some(Ok(r)) if r.name == node_id => r,
-            Some(Ok(r)) => {
+    for (name, member) in newest {
+        let record = match member.node {
+            Some(r) if r.name == name => r.clone(),
+            Some(r) => {
                 ignored.push(Ignored::InvalidRecord {
-                    node: node_id.to_string(),
-                    key: NODE_KEY.to_string(),
-                    reason: format!("record names node {:?}", r.name),
-                });
-                continue;
-            }
-            Some(Err(e)) => {
-                ignored.push(Ignored::InvalidRecord {
-                    node: node_id.to_string(),
-                    key: NODE_KEY.to_string(),
-                    reason: e.to_string(),
+                    node: name.to_string(),
+                    reason: format!("node record names node {:?}", r.name),
                 });
                 continue;
             }
             None => {
                 ignored.push(Ignored::NoNodeRecord {
-                    node: node_id.to_string(),
+                    node: name.to_string(),
                 });
                 continue;
             }
         };
         let serving = record.state == NodeState::Serving;
-        for (key, value) in &member.values {
-            let Some(Key::Service(service)) = parse_key(key) else {
-                continue;
-            };
-            let svc = match decode_text::<ServiceRecord>(value) {
-                Ok(s) if s.name == service => s,
-                Ok(s) => {
-                    ignored.push(Ignored::InvalidRecord {
-                        node: node_id.to_string(),
-                        key: key.to_string(),
-                        reason: format!("record names service {:?}", s.name),
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    ignored.push(Ignored::InvalidRecord {
-                        node: node_id.to_string(),
-                        key: key.to_string(),
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            if !allowed(node_id, service) {
+        for svc in member.services {
+            if !member.allowed.contains(&svc.name) {
                 ignored.push(Ignored::NotInCertificate {
-                    node: node_id.to_string(),
-                    service: service.to_string(),
+                    node: name.to_string(),
+                    service: svc.name.clone(),
                 });
                 continue;
             }
@@ -236,7 +197,7 @@ pub fn build_table<'a>(
                 .entry(svc.name.clone())
                 .or_default()
                 .push(Endpoint {
-                    node: node_id.to_string(),
+                    node: name.to_string(),
                     generation: member.generation,
                     zone: record.zone.clone(),
                     addr: record.quic_addr,
@@ -244,11 +205,11 @@ pub fn build_table<'a>(
                     health: svc.health,
                     weight: svc.weight,
                     inflight: svc.inflight,
-                    tags: svc.tags,
+                    tags: svc.tags.clone(),
                 });
         }
         table.nodes.insert(
-            node_id.to_string(),
+            name.to_string(),
             NodeEntry {
                 record,
                 generation: member.generation,
@@ -262,11 +223,9 @@ pub fn build_table<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::encode_text;
-    use crate::gossip::service_key;
 
-    fn node(name: &str, state: NodeState) -> String {
-        encode_text(&NodeRecord {
+    fn node(name: &str, state: NodeState) -> NodeRecord {
+        NodeRecord {
             name: name.into(),
             zone: "z1".into(),
             cluster: "c".into(),
@@ -274,37 +233,35 @@ mod tests {
             version: "test".into(),
             started_at_ms: 1,
             state,
-        })
-        .unwrap()
+        }
     }
 
-    fn svc(name: &str, health: Health) -> String {
-        encode_text(&ServiceRecord {
+    fn svc(name: &str, health: Health) -> ServiceRecord {
+        ServiceRecord {
             name: name.into(),
             protocol: Protocol::Tcp,
             weight: 100,
             health,
             inflight: 0,
             tags: vec![],
-        })
-        .unwrap()
+        }
     }
 
     struct Owned {
         id: String,
         generation: u64,
-        values: Vec<(String, String)>,
+        node: Option<NodeRecord>,
+        services: Vec<ServiceRecord>,
+        allowed: Vec<String>,
     }
 
     fn member(id: &str, generation: u64, state: NodeState, services: &[(&str, Health)]) -> Owned {
-        let mut values = vec![(NODE_KEY.to_string(), node(id, state))];
-        for (s, h) in services {
-            values.push((service_key(s), svc(s, *h)));
-        }
         Owned {
             id: id.into(),
             generation,
-            values,
+            node: Some(node(id, state)),
+            services: services.iter().map(|(s, h)| svc(s, *h)).collect(),
+            allowed: services.iter().map(|(s, _)| s.to_string()).collect(),
         }
     }
 
@@ -312,13 +269,11 @@ mod tests {
         members
             .iter()
             .map(|m| MemberInput {
-                node_id: &m.id,
+                name: &m.id,
                 generation: m.generation,
-                values: m
-                    .values
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
+                node: m.node.as_ref(),
+                services: &m.services,
+                allowed: &m.allowed,
             })
             .collect()
     }
@@ -330,7 +285,7 @@ mod tests {
             member("b", 1, NodeState::Serving, &[("web", Health::Healthy)]),
             member("c", 1, NodeState::Serving, &[("db", Health::Healthy)]),
         ];
-        let (old, _) = build_table(inputs(&before), |_, _| true);
+        let (old, _) = build_table(inputs(&before));
         // b is alone now: it no longer sees a or c, its web went unhealthy, it added api.
         let alone = [member(
             "b",
@@ -338,7 +293,7 @@ mod tests {
             NodeState::Serving,
             &[("web", Health::Unhealthy), ("api", Health::Healthy)],
         )];
-        let (fresh, _) = build_table(inputs(&alone), |_, _| true);
+        let (fresh, _) = build_table(inputs(&alone));
         let merged = old.with_node_from(&fresh, "b");
         let web: Vec<_> = merged
             .endpoints("web")
@@ -352,7 +307,7 @@ mod tests {
 
         // b draining and serving nothing: its endpoints go, the others stay.
         let draining = [member("b", 1, NodeState::Draining, &[])];
-        let (fresh, _) = build_table(inputs(&draining), |_, _| true);
+        let (fresh, _) = build_table(inputs(&draining));
         let merged = old.with_node_from(&fresh, "b");
         assert_eq!(merged.endpoints("web").len(), 1);
         assert_eq!(merged.node("b").unwrap().record.state, NodeState::Draining);
@@ -370,7 +325,7 @@ mod tests {
             ),
             member("b", 1, NodeState::Serving, &[]),
         ];
-        let (table, ignored) = build_table(inputs(&members), |_, _| true);
+        let (table, ignored) = build_table(inputs(&members));
         assert!(ignored.is_empty(), "{ignored:?}");
         let web: Vec<_> = table
             .endpoints("web")
@@ -386,13 +341,15 @@ mod tests {
 
     #[test]
     fn claims_outside_the_certificate_are_ignored_and_reported() {
-        let members = [member(
+        let mut m = member(
             "a",
             1,
             NodeState::Serving,
             &[("web", Health::Healthy), ("payments", Health::Healthy)],
-        )];
-        let (table, ignored) = build_table(inputs(&members), |_, s| s == "web");
+        );
+        m.allowed = vec!["web".into()];
+        let members = [m];
+        let (table, ignored) = build_table(inputs(&members));
         assert_eq!(table.endpoints("web").len(), 1);
         assert!(table.endpoints("payments").is_empty());
         assert_eq!(
@@ -412,7 +369,7 @@ mod tests {
             NodeState::Draining,
             &[("web", Health::Healthy)],
         )];
-        let (table, _) = build_table(inputs(&members), |_, _| true);
+        let (table, _) = build_table(inputs(&members));
         assert!(table.endpoints("web").is_empty());
         assert_eq!(table.node("a").unwrap().record.state, NodeState::Draining);
     }
@@ -423,40 +380,26 @@ mod tests {
             member("a", 5, NodeState::Serving, &[("new", Health::Healthy)]),
             member("a", 2, NodeState::Serving, &[("old", Health::Healthy)]),
         ];
-        let (table, _) = build_table(inputs(&members), |_, _| true);
+        let (table, _) = build_table(inputs(&members));
         assert_eq!(table.endpoints("new")[0].generation, 5);
         assert!(table.endpoints("old").is_empty());
     }
 
     #[test]
-    fn bad_records_are_skipped_with_a_reason() {
-        let mut m = member("a", 1, NodeState::Serving, &[("web", Health::Healthy)]);
-        m.values.push(("svc:db".into(), "not base64!".into()));
-        m.values
-            .push(("svc:api".into(), svc("web", Health::Healthy)));
-        let imposter = member("b", 1, NodeState::Serving, &[]);
-        let mut imposter_values = imposter.values;
-        imposter_values[0].1 = node("someone-else", NodeState::Serving);
-        let no_record = Owned {
-            id: "c".into(),
-            generation: 1,
-            values: vec![],
-        };
+    fn members_without_a_usable_node_record_are_skipped_with_a_reason() {
+        let mut imposter = member("b", 1, NodeState::Serving, &[("web", Health::Healthy)]);
+        imposter.node = Some(node("someone-else", NodeState::Serving));
+        let mut no_record = member("c", 1, NodeState::Serving, &[("web", Health::Healthy)]);
+        no_record.node = None;
         let members = [
-            m,
-            Owned {
-                id: "b".into(),
-                generation: 1,
-                values: imposter_values,
-            },
+            member("a", 1, NodeState::Serving, &[("web", Health::Healthy)]),
+            imposter,
             no_record,
         ];
-        let (table, ignored) = build_table(inputs(&members), |_, _| true);
+        let (table, ignored) = build_table(inputs(&members));
         assert_eq!(table.endpoints("web").len(), 1);
-        assert!(table.endpoints("db").is_empty());
-        assert!(table.endpoints("api").is_empty());
-        assert_eq!(ignored.len(), 4, "{ignored:?}");
         assert!(table.node("b").is_none());
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
         assert!(ignored.contains(&Ignored::NoNodeRecord { node: "c".into() }));
     }
 
@@ -468,9 +411,6 @@ mod tests {
         ];
         let mut reversed = inputs(&members);
         reversed.reverse();
-        assert_eq!(
-            build_table(inputs(&members), |_, _| true).0,
-            build_table(reversed, |_, _| true).0
-        );
+        assert_eq!(build_table(inputs(&members)).0, build_table(reversed).0);
     }
 }

@@ -6,8 +6,8 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process runs |
-//! | `GET /readyz` | `200` once joined (or alone by config) and not draining, else `503` |
-//! | `GET /members` | JSON: every known member with state, address, zone, generation, heartbeat age |
+//! | `GET /readyz` | `200` once joined (or alone by config), not draining and with every task running, else `503` naming why |
+//! | `GET /members` | JSON: every known member with state (`alive`, `suspect`, `draining`, `dead`), accusers, address, zone, generation, time since last heard |
 //! | `GET /services` | JSON: service → endpoints (node, zone, health, weight, ...) |
 //! | `GET /config` | JSON: the effective configuration |
 //! | `GET /routes` | JSON: the route documents in force (tombstones included) |
@@ -25,8 +25,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use mesh_proto::codec::decode_text;
-use mesh_proto::gossip::{NODE_KEY, NodeRecord, NodeState};
+use mesh_proto::gossip::NodeState;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +36,7 @@ use crate::metrics::{Metrics, StateLabels};
 use crate::publish::Publisher;
 use crate::routes::{ApplyRequest, MAX_APPLY_REQUEST_BYTES, RouteStore, SharedRoutes};
 use crate::routing::SharedTable;
+use crate::supervisor::TaskHealth;
 
 /// What the admin handlers read.
 #[derive(Debug)]
@@ -57,6 +57,8 @@ pub struct AdminState {
     pub publisher: Arc<Publisher>,
     /// Set once a peer was seen.
     pub joined: AtomicBool,
+    /// Which supervised tasks are down.
+    pub tasks: TaskHealth,
 }
 
 /// One member in `/members`.
@@ -64,16 +66,21 @@ pub struct AdminState {
 pub struct MemberView {
     /// Node name.
     pub name: String,
-    /// `alive`, `draining` or `dead`.
+    /// `alive`, `suspect` (accused, not yet declared dead by this node),
+    /// `draining` or `dead`.
     pub state: String,
+    /// The members accusing it of not answering, if any.
+    #[serde(default)]
+    pub accused_by: Vec<String>,
     /// QUIC address.
     pub address: String,
     /// Zone (empty if its record is unknown).
     pub zone: String,
     /// Generation (start time in ms).
     pub generation: u64,
-    /// Milliseconds since its heartbeat last advanced.
-    pub heartbeat_age_ms: u64,
+    /// Milliseconds since this node last heard from it or of it (a message, an
+    /// answer to a probe, a newer signed record); `null` if never.
+    pub last_heard_ms: Option<u64>,
     /// Software version.
     pub version: String,
     /// Whether this is the answering node.
@@ -103,46 +110,40 @@ pub struct EndpointView {
 }
 
 impl AdminState {
-    /// The `/members` answer, sorted by name then generation.
+    /// The `/members` answer, sorted by name.
     pub async fn members(&self) -> Vec<MemberView> {
-        let self_id = self.gossip.self_id().clone();
-        let mut out: Vec<MemberView> = self
-            .gossip
-            .members(&[NODE_KEY])
-            .await
-            .into_iter()
+        let view = self.gossip.view();
+        let out: Vec<MemberView> = view
+            .members
+            .iter()
             .map(|m| {
-                let record = m
-                    .values
-                    .iter()
-                    .find(|(k, _)| k == NODE_KEY)
-                    .and_then(|(_, v)| decode_text::<NodeRecord>(v).ok());
-                let state = match (&record, m.alive) {
-                    (_, false) => "dead",
-                    (Some(r), true) if r.state == NodeState::Draining => "draining",
-                    _ => "alive",
+                let draining = m
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.state == NodeState::Draining);
+                let state = match m.health {
+                    "dead" => "dead",
+                    _ if draining => "draining",
+                    h => h,
                 };
                 MemberView {
-                    is_self: m.name == *self_id.node_id && m.generation == self_id.generation_id,
-                    name: m.name,
+                    name: m.name.clone(),
                     state: state.to_string(),
-                    address: m.addr.to_string(),
-                    zone: record.as_ref().map(|r| r.zone.clone()).unwrap_or_default(),
+                    accused_by: m.accusers.clone(),
+                    address: m.addr().map(|a| a.to_string()).unwrap_or_default(),
+                    zone: m.node.as_ref().map(|n| n.zone.clone()).unwrap_or_default(),
                     generation: m.generation,
-                    heartbeat_age_ms: m.heartbeat_age_ms,
-                    version: record.map(|r| r.version).unwrap_or_default(),
+                    last_heard_ms: (m.last_heard_ms != u64::MAX).then_some(m.last_heard_ms),
+                    version: m
+                        .node
+                        .as_ref()
+                        .map(|n| n.version.clone())
+                        .unwrap_or_default(),
+                    is_self: m.is_self,
                 }
             })
             .collect();
-        out.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
-        // An older generation of a node that restarted is gone, whatever the failure
-        // detector has concluded so far.
-        for i in 1..out.len() {
-            if out[i].name == out[i - 1].name {
-                out[i - 1].state = "dead".to_string();
-            }
-        }
-        for state in ["alive", "draining", "dead"] {
+        for state in ["alive", "suspect", "draining", "dead"] {
             let n = out.iter().filter(|m| m.state == state).count();
             self.metrics
                 .members
@@ -157,18 +158,31 @@ impl AdminState {
         services_view(&self.table.load())
     }
 
-    /// Whether `/readyz` answers 200.
-    pub async fn ready(&self) -> bool {
+    /// Why `/readyz` answers 503, or `None` when it answers 200.
+    pub async fn not_ready(&self) -> Option<String> {
         if self.publisher.is_draining().await {
-            return false;
+            return Some("draining".into());
+        }
+        let down = self.tasks.down();
+        if !down.is_empty() {
+            return Some(format!("restarting: {}", down.join(", ")));
         }
         if !self.joined.load(Ordering::Relaxed) {
-            let me = self.gossip.self_id().node_id.to_string();
+            let me = self.gossip.name();
             if self.table.load().nodes().any(|n| n.record.name != me) {
                 self.joined.store(true, Ordering::Relaxed);
             }
         }
-        self.config.node.ready_alone || self.joined.load(Ordering::Relaxed)
+        if self.config.node.ready_alone || self.joined.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some("no peer seen yet".into())
+        }
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn ready(&self) -> bool {
+        self.not_ready().await.is_none()
     }
 }
 
@@ -198,7 +212,11 @@ pub fn services_view(
 }
 
 /// Serves the admin API on `listener` until `stop` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: Arc<TcpListener>,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -240,13 +258,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         "/routes" => json(&state.route_store.routes().await),
         "/routes/rejected" => json(&state.route_store.rejected().await),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            if state.ready().await {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        "/readyz" => match state.not_ready().await {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
         "/members" => json(&state.members().await),
         "/services" => json(&state.services()),
         "/config" => json(&*state.config),
@@ -372,7 +390,7 @@ const DASHBOARD: &str = r#"<!doctype html>
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin-bottom:2em}
 td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
-.dead,.unhealthy{color:#b00}.draining,.unknown{color:#a60}.alive,.healthy{color:#070}
+.dead,.unhealthy{color:#b00}.draining,.unknown,.suspect{color:#a60}.alive,.healthy{color:#070}
 </style></head><body>
 <h1>shoal</h1>
 <h2>members</h2><table id="m"></table>
@@ -383,16 +401,16 @@ const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':
 async function refresh() {
   try {
     const m = await (await fetch('/members')).json();
-    document.getElementById('m').innerHTML = '<tr><th>name</th><th>state</th><th>address</th><th>zone</th><th>generation</th><th>heartbeat age</th></tr>' +
-      m.map(x => `<tr><td>${esc(x.name)}${x.self ? ' (this node)' : ''}</td><td class="${esc(x.state)}">${esc(x.state)}</td><td>${esc(x.address)}</td><td>${esc(x.zone)}</td><td>${x.generation}</td><td>${x.heartbeat_age_ms} ms</td></tr>`).join('');
+    document.getElementById('m').innerHTML = '<tr><th>name</th><th>state</th><th>address</th><th>zone</th><th>generation</th><th>last heard</th></tr>' +
+      m.map(x => `<tr><td>${esc(x.name)}${x.self ? ' (this node)' : ''}</td><td class="${esc(x.state)}">${esc(x.state)}${x.accused_by.length ? ' (accused by ' + esc(x.accused_by.join(', ')) + ')' : ''}</td><td>${esc(x.address)}</td><td>${esc(x.zone)}</td><td>${x.generation}</td><td>${x.last_heard_ms === null ? '—' : x.last_heard_ms + ' ms'}</td></tr>`).join('');
     const s = await (await fetch('/services')).json();
     let rows = '<tr><th>service</th><th>node</th><th>zone</th><th>health</th><th>weight</th><th>in flight</th></tr>';
     for (const [name, eps] of Object.entries(s)) for (const e of eps)
       rows += `<tr><td>${esc(name)}</td><td>${esc(e.node)}</td><td>${esc(e.zone)}</td><td class="${esc(e.health)}">${esc(e.health)}</td><td>${e.weight}</td><td>${e.inflight}</td></tr>`;
     document.getElementById('s').innerHTML = rows;
     const r = await (await fetch('/routes')).json();
-    document.getElementById('r').innerHTML = '<tr><th>route</th><th>state</th><th>hosts</th><th>rules</th><th>signer</th><th>version</th></tr>' +
-      r.map(x => `<tr><td>${esc(x.name)}</td><td class="${x.deleted ? 'dead' : 'alive'}">${x.deleted ? 'deleted' : 'active'}</td><td>${esc(x.spec.hosts.join(', '))}</td><td>${x.spec.rules.length}</td><td>${esc(x.signer)}</td><td>${x.version.wall_ms}.${x.version.logical}@${esc(x.version.node)}</td></tr>`).join('');
+    document.getElementById('r').innerHTML = '<tr><th>route</th><th>state</th><th>hosts</th><th>rules</th><th>signer</th><th>issued</th></tr>' +
+      r.map(x => `<tr><td>${esc(x.name)}</td><td class="${x.deleted ? 'dead' : 'alive'}">${x.deleted ? 'deleted' : 'active'}</td><td>${esc(x.spec.hosts.join(', '))}</td><td>${x.spec.rules.length}</td><td>${esc(x.signer)}${x.signer_expired ? ' (expired)' : ''}</td><td>${new Date(x.issued_at_ms).toISOString()}</td></tr>`).join('');
   } catch (e) {}
 }
 refresh(); setInterval(refresh, 1000);

@@ -3,13 +3,16 @@
 //! use port 0) and the ways to stop it. `shoal run` is a thin main around this.
 //!
 //! ```text
-//!  UDP socket ─ MeshEndpoint ─┬─ shoal-gossip/1 ─ QuicTransport ─ chitchat ─┐
-//!                             └─ shoal-tunnel/1 ─ (proxying)                │ live members
-//!  health checks ─ Publisher ─────────────── own keys ──────────────────────┤
-//!                                                    routing::run ◀─────────┘
-//!                                                         │ ArcSwap<RoutingTable>
-//!                                              admin API ◀┘
+//!  UDP socket ─ MeshEndpoint ─┬─ shoal-gossip/2 ─ fair queue ─ Gossip ───────┐
+//!                             └─ shoal-tunnel/1 ─ (proxying)   (membership)  │ View
+//!  health checks ─ Publisher ─────────── signed own records ────────────────┤
+//!                                        routing::run, RouteStore::run ◀────┘
+//!                                              │ ArcSwap<RoutingTable>, ArcSwap<RouteTable>
+//!                                   admin API ◀┘
 //! ```
+//!
+//! Every long-running task runs under the [`Supervisor`]: one that ends
+//! unexpectedly is logged, counted and restarted, and `/readyz` says so.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,20 +21,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use chitchat::ChitchatId;
 use mesh_proto::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
+use mesh_proto::membership::{Config as MembershipConfig, Membership};
 use mesh_proto::routing::RoutingTable;
 use mesh_proto::tunnel::Protocol;
 use quinn::AsyncUdpSocket;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, MemberView};
 use crate::config::{Config, HealthKind};
 use crate::endpoint::{self, MeshEndpoint, SocketSource};
-use crate::gossip::{Gossip, GossipError, QuicTransport, transport};
+use crate::gossip::{self, FairQueue, Gossip, NodeCrypto, Outbound, Wiring, transport};
 use crate::metrics::Metrics;
 use crate::proxy::backend_pool::BackendPool;
 use crate::proxy::http::HttpListener;
@@ -40,6 +42,7 @@ use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
 use crate::publish::Publisher;
 use crate::routes::{RouteStore, SharedRoutes};
 use crate::routing::{self, SharedTable};
+use crate::supervisor::Supervisor;
 use crate::tls::{TlsError, TlsFiles, TlsState};
 
 /// The software version published in the node record.
@@ -126,9 +129,10 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
-    /// chitchat did not start.
-    #[error(transparent)]
-    Gossip(#[from] GossipError),
+    /// This node's own records could not be published (its certificate or key
+    /// is unusable for signing).
+    #[error("tls.cert: cannot publish this node's records: {0}")]
+    Gossip(#[from] mesh_proto::membership::PublishError),
 }
 
 /// A running node.
@@ -146,7 +150,7 @@ pub struct Node {
     routes: SharedRoutes,
     ingress: Vec<Arc<IngressCert>>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    supervisor: Supervisor,
 }
 
 fn unix_ms() -> u64 {
@@ -174,185 +178,76 @@ impl Node {
             path: config.node.data_dir.clone(),
             cause,
         })?;
-
-        let source = match options.socket {
-            Some(s) => SocketSource::Custom(s),
-            None => SocketSource::Bind(config.node.listen),
-        };
-        let endpoint =
-            MeshEndpoint::new(source, tls.clone(), metrics.clone()).map_err(|cause| {
-                StartError::Bind {
-                    field: "node.listen".into(),
-                    addr: config.node.listen,
-                    cause,
-                }
-            })?;
-        let quic = endpoint.local_addr().map_err(|cause| StartError::Bind {
-            field: "node.listen".into(),
-            addr: config.node.listen,
-            cause,
-        })?;
-        let advertise = config.node.advertise_for(quic);
-        let admin_listener = TcpListener::bind(config.node.admin)
-            .await
-            .map_err(|cause| StartError::Bind {
-                field: "node.admin".into(),
-                addr: config.node.admin,
-                cause,
-            })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|cause| StartError::Bind {
-                field: "node.admin".into(),
-                addr: config.node.admin,
-                cause,
-            })?;
-
-        let mut listeners = Vec::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            let cert = match &l.tls {
-                Some(files) => {
-                    Some(
-                        IngressCert::load(i, files).map_err(|e| StartError::Listener {
-                            field: format!("listener[{i}].tls"),
-                            reason: e.to_string(),
-                        })?,
-                    )
-                }
-                None => None,
-            };
-            let socket = crate::proxy::listen(l.bind).map_err(|cause| StartError::Bind {
-                field: format!("listener[{i}].bind"),
-                addr: l.bind,
-                cause,
-            })?;
-            let addr = socket.local_addr().map_err(|cause| StartError::Bind {
-                field: format!("listener[{i}].bind"),
-                addr: l.bind,
-                cause,
-            })?;
-            listeners.push((i, l.clone(), socket, addr, cert));
-        }
-
+        let sockets = bind(&config, options, &tls, &metrics).await?;
         let generation = unix_ms();
-        let node_record = NodeRecord {
-            name: config.node.name.clone(),
-            zone: config.node.zone.clone(),
-            cluster: config.node.cluster.clone(),
-            quic_addr: advertise,
-            version: VERSION.to_string(),
-            started_at_ms: generation,
-            state: NodeState::Serving,
-        };
-        let services = config
-            .services
-            .iter()
-            .map(|s| ServiceRecord {
-                name: s.name.clone(),
-                protocol: s.protocol,
-                weight: s.weight,
-                health: if s.health.kind == HealthKind::None {
-                    Health::Healthy
-                } else {
-                    Health::Unknown
-                },
-                inflight: 0,
-                tags: s.tags.clone(),
-            })
-            .collect();
-        let publisher = Arc::new(Publisher::new(node_record, services));
-        let initial = publisher.initial_values(&identity.cert_der).await;
-
+        let publisher = Arc::new(publisher_for(&config, sockets.advertise, generation));
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut supervisor = Supervisor::new(metrics.clone(), stop_rx.clone());
+
         let (gossip_conns_tx, gossip_conns_rx) = mpsc::channel(64);
         let (tunnel_conns_tx, tunnel_conns_rx) = mpsc::channel::<endpoint::Inbound>(64);
         // Before any task runs: gossip may dial a seed at once, and the
         // connection it opens must be read from its first reply on.
+        let endpoint = sockets.endpoint.clone();
         endpoint.set_gossip_reader(gossip_conns_tx.clone());
-        tasks.push(tokio::spawn(
-            endpoint
-                .clone()
-                .accept_loop(gossip_conns_tx, tunnel_conns_tx),
-        ));
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
-        let proxy = Arc::new(ProxyContext {
-            node_name: config.node.name.clone(),
-            zone: config.node.zone.clone(),
-            endpoint: endpoint.clone(),
-            table: table.clone(),
-            services: config
-                .services
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        LocalService {
-                            config: s.clone(),
-                            active: Arc::new(AtomicUsize::new(0)),
-                            pool: Arc::new(BackendPool::new(s.address, s.http_idle_timeout)),
-                            counters: crate::metrics::ServiceCounters::new(&metrics, &s.name),
-                        },
-                    )
-                })
-                .collect(),
-            metrics: metrics.clone(),
-            draining: AtomicBool::new(false),
-        });
-        tasks.push(tokio::spawn(inbound::serve(tunnel_conns_rx, proxy.clone())));
-        tasks.push(tokio::spawn(inbound::reap_pools(proxy.clone())));
-        let (transport, to_chitchat) = QuicTransport::new(endpoint.clone(), metrics.clone());
-        tasks.push(tokio::spawn(transport::serve_inbound(
-            gossip_conns_rx,
-            to_chitchat,
-            metrics.clone(),
-        )));
-
-        let mut seeds = config.node.seeds.clone();
-        for addr in read_members_file(&config.node.data_dir) {
-            let s = addr.to_string();
-            if !seeds.contains(&s) {
-                seeds.push(s);
+        supervisor.spawn("accept", {
+            let endpoint = endpoint.clone();
+            move || {
+                endpoint
+                    .clone()
+                    .accept_loop(gossip_conns_tx.clone(), tunnel_conns_tx.clone())
             }
-        }
-        seeds.retain(|s| s.parse::<SocketAddr>().ok() != Some(advertise));
-        let self_id = ChitchatId::new(config.node.name.clone(), generation, advertise);
-        let gossip = Arc::new(
-            Gossip::start(
-                self_id,
-                &config.node.cluster,
-                seeds,
-                &config.gossip,
-                initial,
-                &transport,
-            )
-            .await?,
-        );
+        });
+        let gossip = start_gossip(
+            &config,
+            &tls,
+            &metrics,
+            &endpoint,
+            sockets.advertise,
+            generation,
+            gossip_conns_rx,
+            &mut supervisor,
+        )
+        .await;
+        publisher.publish_all(&gossip, &identity.cert_der).await?;
+        supervisor.spawn("gossip", {
+            let (gossip, stop) = (gossip.clone(), stop_rx.clone());
+            move || gossip.clone().run(stop.clone())
+        });
 
-        tasks.push(tokio::spawn(routing::run(
-            gossip.clone(),
-            tls.clone(),
-            table.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
-        for svc in config
-            .services
-            .iter()
-            .filter(|s| s.health.kind != HealthKind::None)
-        {
-            tasks.push(tokio::spawn(crate::health::run(
-                svc.clone(),
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let proxy = proxy_context(&config, &endpoint, &table, &metrics);
+        let tunnel_conns = Arc::new(tokio::sync::Mutex::new(tunnel_conns_rx));
+        supervisor.spawn("tunnel-inbound", {
+            let proxy = proxy.clone();
+            move || inbound::serve(tunnel_conns.clone(), proxy.clone())
+        });
+        supervisor.spawn("backend-pools", {
+            let proxy = proxy.clone();
+            move || inbound::reap_pools(proxy.clone())
+        });
+        supervisor.spawn("routing", {
+            let (gossip, table, metrics, stop) = (
                 gossip.clone(),
-                publisher.clone(),
+                table.clone(),
                 metrics.clone(),
                 stop_rx.clone(),
-            )));
-        }
-        // Route documents: the merged table HTTP listeners route by.
+            );
+            move || routing::run(gossip.clone(), table.clone(), metrics.clone(), stop.clone())
+        });
+        spawn_health_checks(
+            &config,
+            &gossip,
+            &publisher,
+            &metrics,
+            &stop_rx,
+            &mut supervisor,
+        );
+
+        // Route documents: the table HTTP listeners route by. Stored documents
+        // are put in force before any listener starts, so a restarted node routes
+        // by them at once.
         let routes: SharedRoutes = Arc::default();
-        // Stored documents are loaded, merged and published before any listener
-        // starts, so a restarted node routes by them at once.
         let route_store = RouteStore::open(
             &config.node.data_dir,
             tls.clone(),
@@ -365,7 +260,10 @@ impl Node {
             path: config.node.data_dir.join(crate::routes::ROUTES_DIR),
             cause,
         })?;
-        tasks.push(tokio::spawn(route_store.clone().run(stop_rx.clone())));
+        supervisor.spawn("routes", {
+            let (store, stop) = (route_store.clone(), stop_rx.clone());
+            move || store.clone().run(stop.clone())
+        });
         let admin = Arc::new(AdminState {
             config: config.clone(),
             gossip: gossip.clone(),
@@ -375,61 +273,43 @@ impl Node {
             metrics: metrics.clone(),
             publisher: publisher.clone(),
             joined: AtomicBool::new(false),
+            tasks: supervisor.health(),
         });
-        tasks.push(tokio::spawn(admin::serve(
-            admin_listener,
-            admin.clone(),
-            stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(housekeeping(
-            endpoint.clone(),
-            gossip.clone(),
-            publisher.clone(),
-            proxy.clone(),
-            files,
-            config.node.data_dir.clone(),
-            stop_rx.clone(),
-        )));
-
-        let mut bound_listeners = Vec::new();
-        let mut ingress = Vec::new();
-        for (i, cfg, socket, addr, cert) in listeners {
-            bound_listeners.push((cfg.name.clone(), addr));
-            tracing::info!(
-                listener = %cfg.name,
-                bind = %addr,
-                protocol = %cfg.protocol,
-                service = %cfg.service.as_deref().unwrap_or("-"),
-                "listening"
-            );
-            match cfg.protocol {
-                Protocol::Tcp => {
-                    let listener = tcp::Listener::new(cfg, proxy.clone());
-                    tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
-                }
-                Protocol::Http => {
-                    ingress.extend(cert.clone());
-                    let listener = HttpListener::new(cfg, proxy.clone(), routes.clone(), cert)
-                        .await
-                        .map_err(|reason| StartError::Listener {
-                            field: format!("listener[{i}]"),
-                            reason,
-                        })?;
-                    tasks.push(tokio::spawn(listener.run(socket, stop_rx.clone())));
-                }
-            }
-        }
+        supervisor.spawn("admin", {
+            let (listener, admin, stop) = (sockets.admin.clone(), admin.clone(), stop_rx.clone());
+            move || admin::serve(listener.clone(), admin.clone(), stop.clone())
+        });
+        supervisor.spawn("housekeeping", {
+            let chores = Arc::new(Chores {
+                endpoint: endpoint.clone(),
+                gossip: gossip.clone(),
+                publisher: publisher.clone(),
+                proxy: proxy.clone(),
+                files,
+                data_dir: config.node.data_dir.clone(),
+            });
+            let stop = stop_rx.clone();
+            move || housekeeping(chores.clone(), stop.clone())
+        });
+        let (bound_listeners, ingress) = start_listeners(
+            sockets.listeners,
+            &proxy,
+            &routes,
+            &stop_rx,
+            &mut supervisor,
+        )
+        .await?;
         let bound = Bound {
-            quic,
-            advertise,
-            admin: admin_addr,
+            quic: sockets.quic,
+            advertise: sockets.advertise,
+            admin: sockets.admin_addr,
             listeners: bound_listeners,
         };
         tracing::info!(
             node = %config.node.name,
-            quic = %quic,
-            advertise = %advertise,
-            admin = %admin::describe(admin_addr),
+            quic = %bound.quic,
+            advertise = %bound.advertise,
+            admin = %admin::describe(bound.admin),
             "node started"
         );
         Ok(Node {
@@ -445,7 +325,7 @@ impl Node {
             routes,
             ingress,
             stop,
-            tasks,
+            supervisor,
         })
     }
 
@@ -479,7 +359,7 @@ impl Node {
         self.admin.members().await
     }
 
-    /// The gossip layer: writes go to this node's own key space only.
+    /// The gossip layer: this node publishes only its own records through it.
     pub fn gossip(&self) -> &Arc<Gossip> {
         &self.gossip
     }
@@ -546,19 +426,300 @@ impl Node {
         self.stop_everything().await;
     }
 
+    /// The supervisor of this node's tasks (to see which are down, or to
+    /// abort one as a crash would, in tests).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
     async fn stop_everything(self) {
-        // Gossip first, while its transport still runs.
-        self.gossip.stop().await;
         let _ = self.stop.send(true);
-        for t in &self.tasks {
-            t.abort();
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.supervisor.shutdown().await;
         self.endpoint.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+}
+
+/// What [`bind`] bound.
+struct Sockets {
+    endpoint: Arc<MeshEndpoint>,
+    quic: SocketAddr,
+    advertise: SocketAddr,
+    admin: Arc<TcpListener>,
+    admin_addr: SocketAddr,
+    listeners: Vec<BoundListener>,
+}
+
+/// A listener's index, config, socket, bound address and ingress certificate.
+type BoundListener = (
+    usize,
+    crate::config::ListenerConfig,
+    TcpListener,
+    SocketAddr,
+    Option<Arc<IngressCert>>,
+);
+
+/// Binds the QUIC endpoint, the admin API and every listener (ports may be 0).
+async fn bind(
+    config: &Config,
+    options: StartOptions,
+    tls: &Arc<TlsState>,
+    metrics: &Arc<Metrics>,
+) -> Result<Sockets, StartError> {
+    let bind_err = |field: &str, addr: SocketAddr| {
+        let field = field.to_string();
+        move |cause| StartError::Bind { field, addr, cause }
+    };
+    let source = match options.socket {
+        Some(s) => SocketSource::Custom(s),
+        None => SocketSource::Bind(config.node.listen),
+    };
+    let listen = config.node.listen;
+    let endpoint = MeshEndpoint::new(source, tls.clone(), metrics.clone())
+        .map_err(bind_err("node.listen", listen))?;
+    let quic = endpoint
+        .local_addr()
+        .map_err(bind_err("node.listen", listen))?;
+    let admin = TcpListener::bind(config.node.admin)
+        .await
+        .map_err(bind_err("node.admin", config.node.admin))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(bind_err("node.admin", config.node.admin))?;
+    let mut listeners = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let cert = match &l.tls {
+            Some(files) => Some(
+                IngressCert::load(i, files).map_err(|e| StartError::Listener {
+                    field: format!("listener[{i}].tls"),
+                    reason: e.to_string(),
+                })?,
+            ),
+            None => None,
+        };
+        let field = format!("listener[{i}].bind");
+        let socket = crate::proxy::listen(l.bind).map_err(bind_err(&field, l.bind))?;
+        let addr = socket.local_addr().map_err(bind_err(&field, l.bind))?;
+        listeners.push((i, l.clone(), socket, addr, cert));
+    }
+    Ok(Sockets {
+        endpoint,
+        quic,
+        advertise: config.node.advertise_for(quic),
+        admin: Arc::new(admin),
+        admin_addr,
+        listeners,
+    })
+}
+
+/// The publisher of this node's records as the config describes them.
+fn publisher_for(config: &Config, advertise: SocketAddr, generation: u64) -> Publisher {
+    let node_record = NodeRecord {
+        name: config.node.name.clone(),
+        zone: config.node.zone.clone(),
+        cluster: config.node.cluster.clone(),
+        quic_addr: advertise,
+        version: VERSION.to_string(),
+        started_at_ms: generation,
+        state: NodeState::Serving,
+    };
+    let services = config
+        .services
+        .iter()
+        .map(|s| ServiceRecord {
+            name: s.name.clone(),
+            protocol: s.protocol,
+            weight: s.weight,
+            health: if s.health.kind == HealthKind::None {
+                Health::Healthy
+            } else {
+                Health::Unknown
+            },
+            inflight: 0,
+            tags: s.tags.clone(),
+        })
+        .collect();
+    Publisher::new(node_record, services)
+}
+
+/// The membership state machine and its driver, with the tasks that read
+/// gossip connections (started here, under `supervisor`).
+#[allow(clippy::too_many_arguments)]
+async fn start_gossip(
+    config: &Config,
+    tls: &Arc<TlsState>,
+    metrics: &Arc<Metrics>,
+    endpoint: &Arc<MeshEndpoint>,
+    advertise: SocketAddr,
+    generation: u64,
+    conns: mpsc::Receiver<endpoint::Inbound>,
+    supervisor: &mut Supervisor,
+) -> Arc<Gossip> {
+    let membership = Membership::new(
+        MembershipConfig {
+            cluster: config.node.cluster.clone(),
+            name: config.node.name.clone(),
+            generation,
+            timing: config.gossip.timing(),
+            limits: config.gossip.limits(),
+        },
+        NodeCrypto::new(tls.clone()),
+        seeds(config, advertise).await,
+        generation ^ u64::from(advertise.port()),
+        std::time::Instant::now(),
+    );
+    let inbound = Arc::new(FairQueue::new(
+        gossip::PEER_INBOUND_QUEUE,
+        gossip::INBOUND_QUEUE_BYTES,
+    ));
+    let (unreachable_tx, unreachable) = mpsc::channel(256);
+    let outbound = Outbound::new(endpoint.clone(), metrics.clone(), unreachable_tx);
+    let conns = Arc::new(tokio::sync::Mutex::new(conns));
+    supervisor.spawn("gossip-inbound", {
+        let (queue, metrics) = (inbound.clone(), metrics.clone());
+        move || transport::serve_inbound(conns.clone(), queue.clone(), metrics.clone())
+    });
+    Gossip::new(
+        membership,
+        advertise,
+        Wiring {
+            inbound,
+            outbound,
+            unreachable,
+        },
+        metrics.clone(),
+    )
+}
+
+/// The seed addresses: `node.seeds` resolved (names included), then the peers
+/// saved in the data directory, without this node's own address.
+async fn seeds(config: &Config, advertise: SocketAddr) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for seed in &config.node.seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => tracing::warn!(%seed, error = %e, "cannot resolve a seed; skipping it"),
+        }
+    }
+    for addr in read_members_file(&config.node.data_dir) {
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out.retain(|a| *a != advertise);
+    out
+}
+
+/// The proxy's shared context: the local services and their pools.
+fn proxy_context(
+    config: &Config,
+    endpoint: &Arc<MeshEndpoint>,
+    table: &SharedTable,
+    metrics: &Arc<Metrics>,
+) -> Arc<ProxyContext> {
+    Arc::new(ProxyContext {
+        node_name: config.node.name.clone(),
+        zone: config.node.zone.clone(),
+        endpoint: endpoint.clone(),
+        table: table.clone(),
+        services: config
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    LocalService {
+                        config: s.clone(),
+                        active: Arc::new(AtomicUsize::new(0)),
+                        pool: Arc::new(BackendPool::new(s.address, s.http_idle_timeout)),
+                        counters: crate::metrics::ServiceCounters::new(metrics, &s.name),
+                    },
+                )
+            })
+            .collect(),
+        metrics: metrics.clone(),
+        draining: AtomicBool::new(false),
+    })
+}
+
+/// One health-check task per checked service.
+fn spawn_health_checks(
+    config: &Config,
+    gossip: &Arc<Gossip>,
+    publisher: &Arc<Publisher>,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+    supervisor: &mut Supervisor,
+) {
+    for svc in config
+        .services
+        .iter()
+        .filter(|s| s.health.kind != HealthKind::None)
+    {
+        let (svc, gossip, publisher, metrics, stop) = (
+            svc.clone(),
+            gossip.clone(),
+            publisher.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        supervisor.spawn(format!("health:{}", svc.name), move || {
+            crate::health::run(
+                svc.clone(),
+                gossip.clone(),
+                publisher.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )
+        });
+    }
+}
+
+/// Starts every listener; returns their bound addresses and the ingress
+/// certificates to reload on SIGHUP.
+async fn start_listeners(
+    listeners: Vec<BoundListener>,
+    proxy: &Arc<ProxyContext>,
+    routes: &SharedRoutes,
+    stop: &watch::Receiver<bool>,
+    supervisor: &mut Supervisor,
+) -> Result<(Vec<(String, SocketAddr)>, Vec<Arc<IngressCert>>), StartError> {
+    let mut bound = Vec::new();
+    let mut ingress = Vec::new();
+    for (i, cfg, socket, addr, cert) in listeners {
+        bound.push((cfg.name.clone(), addr));
+        tracing::info!(
+            listener = %cfg.name,
+            bind = %addr,
+            protocol = %cfg.protocol,
+            service = %cfg.service.as_deref().unwrap_or("-"),
+            "listening"
+        );
+        let socket = Arc::new(socket);
+        let task = format!("listener:{}", cfg.name);
+        let stop = stop.clone();
+        match cfg.protocol {
+            Protocol::Tcp => {
+                let listener = tcp::Listener::new(cfg, proxy.clone());
+                supervisor.spawn(task, move || {
+                    listener.clone().run(socket.clone(), stop.clone())
+                });
+            }
+            Protocol::Http => {
+                ingress.extend(cert.clone());
+                let listener = HttpListener::new(cfg, proxy.clone(), routes.clone(), cert)
+                    .await
+                    .map_err(|reason| StartError::Listener {
+                        field: format!("listener[{i}]"),
+                        reason,
+                    })?;
+                supervisor.spawn(task, move || {
+                    listener.clone().run(socket.clone(), stop.clone())
+                });
+            }
+        }
+    }
+    Ok((bound, ingress))
 }
 
 fn tls_files(config: &Config) -> TlsFiles {
@@ -577,7 +738,9 @@ async fn reload(
 ) -> Result<(), TlsError> {
     let outcome = endpoint.tls().reload(files)?;
     let identity = endpoint.tls().identity();
-    publisher.set_certificate(gossip, &identity.cert_der).await;
+    if let Err(e) = publisher.set_certificate(gossip, &identity.cert_der).await {
+        tracing::error!(error = %e, "cannot publish the reloaded certificate");
+    }
     tracing::info!(
         node = %identity.node_name,
         ca_changed = outcome.ca_changed,
@@ -587,6 +750,7 @@ async fn reload(
         endpoint.retire_pool();
     }
     if outcome.ca_changed {
+        gossip.recheck_trust();
         let closed = endpoint.recycle(true);
         if closed > 0 {
             tracing::warn!(
@@ -598,52 +762,59 @@ async fn reload(
     Ok(())
 }
 
-/// Periodic chores: close idle pooled connections and recycle those whose
-/// certificates expire, publish the local services' in-flight load, reload TLS
-/// files when they change on disk, and persist the last known peers.
-async fn housekeeping(
+/// What the periodic chores work on.
+struct Chores {
     endpoint: Arc<MeshEndpoint>,
     gossip: Arc<Gossip>,
     publisher: Arc<Publisher>,
     proxy: Arc<ProxyContext>,
     files: TlsFiles,
     data_dir: PathBuf,
-    mut stop: watch::Receiver<bool>,
-) {
+}
+
+/// Periodic chores: close idle pooled connections and recycle those whose
+/// certificates expire, publish the local services' in-flight load, reload TLS
+/// files when they change on disk, and persist the last known peers.
+async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut saved: Vec<SocketAddr> = Vec::new();
+    let mut saved: Vec<SocketAddr> = read_members_file(&chores.data_dir);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let Chores {
+            endpoint,
+            gossip,
+            publisher,
+            proxy,
+            files,
+            data_dir,
+        } = &*chores;
         endpoint.reap_idle(endpoint::POOL_IDLE);
         endpoint.recycle(false);
         for (name, local) in &proxy.services {
             let n = local.active.load(Ordering::Relaxed);
             publisher
-                .set_inflight(&gossip, name, u32::try_from(n).unwrap_or(u32::MAX))
+                .set_inflight(gossip, name, u32::try_from(n).unwrap_or(u32::MAX))
                 .await;
         }
-
-        if endpoint.tls().files_changed(&files)
-            && let Err(e) = reload(&endpoint, &gossip, &publisher, &files).await
+        if endpoint.tls().files_changed(files)
+            && let Err(e) = reload(endpoint, gossip, publisher, files).await
         {
             tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the current ones");
         }
-
-        let me = gossip.self_id().gossip_advertise_addr;
         let mut peers: Vec<SocketAddr> = gossip
-            .members(&[])
-            .await
-            .into_iter()
-            .filter(|m| m.alive && m.addr != me)
-            .map(|m| m.addr)
+            .view()
+            .members
+            .iter()
+            .filter(|m| m.is_up() && !m.is_self)
+            .filter_map(|m| m.addr())
             .collect();
         peers.sort();
         peers.dedup();
         if !peers.is_empty() && peers != saved {
-            write_members_file(&data_dir, &peers);
+            write_members_file(data_dir, &peers);
             saved = peers;
         }
     }

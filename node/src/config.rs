@@ -43,22 +43,66 @@ pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 pub const MIN_GOSSIP_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest accepted `gossip.interval`.
 pub const MAX_GOSSIP_INTERVAL: Duration = Duration::from_secs(10);
-/// Default `gossip.phi_threshold`.
-pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
-/// Default `gossip.max_interval`.
-pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(10);
-/// Longest accepted `gossip.max_interval`.
-pub const MAX_MAX_INTERVAL: Duration = Duration::from_secs(3600);
-/// Default `gossip.sampling_window`.
-pub const DEFAULT_SAMPLING_WINDOW: u32 = 100;
-/// Accepted range of `gossip.sampling_window`.
-pub const SAMPLING_WINDOW_RANGE: std::ops::RangeInclusive<u32> = 2..=10_000;
+/// `gossip.probe_timeout` by default: this many intervals.
+pub const PROBE_TIMEOUT_INTERVALS: u32 = 4;
+/// `gossip.suspicion_timeout` by default: this many intervals.
+pub const SUSPICION_TIMEOUT_INTERVALS: u32 = 20;
+/// `gossip.suspicion_timeout_min` by default: this many intervals.
+pub const SUSPICION_TIMEOUT_MIN_INTERVALS: u32 = 6;
+/// Longest accepted `gossip.probe_timeout`.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest accepted `gossip.suspicion_timeout`.
+pub const MAX_SUSPICION_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default `gossip.dead_node_grace`.
 pub const DEFAULT_DEAD_NODE_GRACE: Duration = Duration::from_secs(300);
-/// Default `gossip.deletion_grace`.
-pub const DEFAULT_DELETION_GRACE: Duration = Duration::from_secs(300);
-/// Shortest accepted `gossip.dead_node_grace` and `gossip.deletion_grace`.
+/// Shortest accepted `gossip.dead_node_grace`.
 pub const MIN_GRACE: Duration = Duration::from_secs(1);
+/// Default `gossip.max_clock_skew`.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = mesh_proto::membership::config::DEFAULT_MAX_CLOCK_SKEW;
+/// Accepted range of `gossip.max_clock_skew`.
+pub const CLOCK_SKEW_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+/// Default `gossip.max_members`.
+pub const DEFAULT_MAX_MEMBERS: usize = mesh_proto::membership::config::DEFAULT_MAX_MEMBERS;
+/// Accepted range of `gossip.max_members`.
+pub const MAX_MEMBERS_RANGE: std::ops::RangeInclusive<usize> = 2..=1_000_000;
+/// Default `gossip.max_services_per_member`.
+pub const DEFAULT_MAX_SERVICES_PER_MEMBER: usize =
+    mesh_proto::membership::config::DEFAULT_MAX_SERVICES_PER_MEMBER;
+/// Accepted range of `gossip.max_services_per_member`.
+pub const MAX_SERVICES_RANGE: std::ops::RangeInclusive<usize> = 1..=1024;
+/// Default `gossip.max_state_bytes`.
+pub const DEFAULT_MAX_STATE_BYTES: usize = mesh_proto::membership::config::DEFAULT_MAX_STATE_BYTES;
+/// Accepted range of `gossip.max_state_bytes`.
+pub const MAX_STATE_BYTES_RANGE: std::ops::RangeInclusive<usize> = (1 << 20)..=(4 << 30);
+/// Default `gossip.max_documents`.
+pub const DEFAULT_MAX_DOCUMENTS: usize = mesh_proto::membership::config::DEFAULT_MAX_DOCUMENTS;
+/// Accepted range of `gossip.max_documents`.
+pub const MAX_DOCUMENTS_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
+/// `[gossip]` settings of the chitchat-based membership that no longer exist,
+/// with what replaces each.
+pub const REMOVED_GOSSIP_FIELDS: [(&str, &str); 5] = [
+    (
+        "phi_threshold",
+        "liveness no longer uses a phi-accrual detector; see gossip.suspicion_timeout",
+    ),
+    (
+        "initial_interval",
+        "liveness no longer uses heartbeat statistics; see gossip.probe_timeout",
+    ),
+    (
+        "max_interval",
+        "liveness no longer uses heartbeat statistics; see gossip.probe_timeout",
+    ),
+    (
+        "sampling_window",
+        "liveness no longer uses heartbeat statistics; see gossip.suspicion_timeout",
+    ),
+    (
+        "deletion_grace",
+        "records are no longer deleted; dead members are forgotten after gossip.dead_node_grace",
+    ),
+];
 
 /// Default `service.weight`.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -204,7 +248,7 @@ pub struct RawConfig {
     /// `[tls]`: the node's certificate, key and mesh CA (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
-    /// `[gossip]`: chitchat tuning.
+    /// `[gossip]`: the membership protocol's timing and caps.
     #[serde(default)]
     pub gossip: RawGossip,
     /// `[[service]]`: the local backends this node hosts.
@@ -271,9 +315,10 @@ pub struct RawTls {
     pub ca: Option<PathBuf>,
 }
 
-/// The `[gossip]` table as written: every field optional.
+/// The `[gossip]` table as written: every field optional. Unknown settings are
+/// collected (not refused by the parser) so validation can name them and say
+/// what replaced the ones that were removed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawGossip {
     /// `interval`: time between gossip rounds.
     #[serde(
@@ -282,26 +327,28 @@ pub struct RawGossip {
         skip_serializing_if = "Option::is_none"
     )]
     pub interval: Option<Duration>,
-    /// `phi_threshold`: failure-detector threshold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phi_threshold: Option<f64>,
-    /// `initial_interval`: assumed heartbeat interval of a just-seen node.
+    /// `probe_timeout`: how long a probe waits for its answer.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
-    pub initial_interval: Option<Duration>,
-    /// `max_interval`: heartbeat gaps longer than this are not sampled.
+    pub probe_timeout: Option<Duration>,
+    /// `suspicion_timeout`: how long an accused member has to refute, with one
+    /// accuser.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
-    pub max_interval: Option<Duration>,
-    /// `sampling_window`: heartbeat intervals remembered per peer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling_window: Option<u32>,
+    pub suspicion_timeout: Option<Duration>,
+    /// `suspicion_timeout_min`: the same with three or more accusers.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub suspicion_timeout_min: Option<Duration>,
     /// `dead_node_grace`: how long a dead node's state is kept.
     #[serde(
         default,
@@ -309,13 +356,29 @@ pub struct RawGossip {
         skip_serializing_if = "Option::is_none"
     )]
     pub dead_node_grace: Option<Duration>,
-    /// `deletion_grace`: how long deleted keys' tombstones are kept.
+    /// `max_clock_skew`: how far members' clocks may differ.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
-    pub deletion_grace: Option<Duration>,
+    pub max_clock_skew: Option<Duration>,
+    /// `max_members`: most members held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_members: Option<usize>,
+    /// `max_services_per_member`: most service records per member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_services_per_member: Option<usize>,
+    /// `max_state_bytes`: most bytes of records held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_state_bytes: Option<usize>,
+    /// `max_documents`: most route documents held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<usize>,
+    /// Settings that no longer exist ([`REMOVED_GOSSIP_FIELDS`]): read only to
+    /// say so.
+    #[serde(flatten, skip_serializing)]
+    pub removed: std::collections::BTreeMap<String, toml::Value>,
 }
 
 /// One `[[service]]` table as written.
@@ -717,7 +780,7 @@ pub struct Config {
 pub struct NodeConfig {
     /// The node name (from the file or from the certificate; they agree).
     pub name: String,
-    /// The cluster name (chitchat's cluster id): nodes of different clusters ignore
+    /// The cluster name (bound into every gossip signature): nodes of different clusters ignore
     /// each other's gossip.
     pub cluster: String,
     /// The zone this node is in, for zone-aware load balancing.
@@ -775,57 +838,82 @@ pub struct TlsConfig {
     pub cert_not_after: OffsetDateTime,
 }
 
-/// The validated `[gossip]` table: chitchat's tuning.
+/// The validated `[gossip]` table: the membership protocol's timing and caps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct GossipConfig {
     /// Time between gossip rounds.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// A peer is declared dead once its silence exceeds this many mean heartbeat
-    /// intervals.
-    pub phi_threshold: f64,
-    /// The heartbeat interval assumed for a peer before any is measured.
+    /// How long a probe waits for its answer before the prober accuses.
     #[serde(with = "humantime_serde")]
-    pub initial_interval: Duration,
-    /// Heartbeat gaps longer than this are left out of the statistics.
+    pub probe_timeout: Duration,
+    /// How long an accused member has to refute, with one accuser.
     #[serde(with = "humantime_serde")]
-    pub max_interval: Duration,
-    /// Heartbeat intervals remembered per peer.
-    pub sampling_window: u32,
+    pub suspicion_timeout: Duration,
+    /// The same once three members accuse it.
+    #[serde(with = "humantime_serde")]
+    pub suspicion_timeout_min: Duration,
     /// How long a dead node's state is kept before it is forgotten.
     #[serde(with = "humantime_serde")]
     pub dead_node_grace: Duration,
-    /// How long deleted keys' tombstones are kept.
+    /// How far members' clocks may differ.
     #[serde(with = "humantime_serde")]
-    pub deletion_grace: Duration,
+    pub max_clock_skew: Duration,
+    /// Most members held.
+    pub max_members: usize,
+    /// Most service records one member may publish.
+    pub max_services_per_member: usize,
+    /// Most bytes of records held.
+    pub max_state_bytes: usize,
+    /// Most route documents held.
+    pub max_documents: usize,
 }
 
 impl GossipConfig {
-    /// The chitchat failure-detector settings these values stand for.
-    pub fn failure_detector_config(&self) -> chitchat::FailureDetectorConfig {
-        chitchat::FailureDetectorConfig::new(
-            self.phi_threshold,
-            self.sampling_window as usize,
-            self.max_interval,
-            self.initial_interval,
-            self.dead_node_grace,
-        )
+    /// The defaults for a round `interval`.
+    pub fn with_interval(interval: Duration) -> GossipConfig {
+        GossipConfig {
+            interval,
+            probe_timeout: interval * PROBE_TIMEOUT_INTERVALS,
+            suspicion_timeout: interval * SUSPICION_TIMEOUT_INTERVALS,
+            suspicion_timeout_min: interval * SUSPICION_TIMEOUT_MIN_INTERVALS,
+            dead_node_grace: DEFAULT_DEAD_NODE_GRACE,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            max_members: DEFAULT_MAX_MEMBERS,
+            max_services_per_member: DEFAULT_MAX_SERVICES_PER_MEMBER,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_documents: DEFAULT_MAX_DOCUMENTS,
+        }
+    }
+
+    /// The membership protocol's timing these values stand for.
+    pub fn timing(&self) -> mesh_proto::membership::Timing {
+        let mut t = mesh_proto::membership::Timing::from_interval(self.interval);
+        t.probe_timeout = self.probe_timeout;
+        t.suspicion_max = self.suspicion_timeout;
+        t.suspicion_min = self.suspicion_timeout_min;
+        t.dead_grace = self.dead_node_grace;
+        t.max_clock_skew = self.max_clock_skew;
+        t
+    }
+
+    /// The membership protocol's caps these values stand for.
+    pub fn limits(&self) -> mesh_proto::membership::Limits {
+        mesh_proto::membership::Limits {
+            max_members: self.max_members,
+            max_services_per_member: self.max_services_per_member,
+            max_state_bytes: self.max_state_bytes,
+            max_documents: self.max_documents,
+            ..mesh_proto::membership::Limits::default()
+        }
     }
 }
 
 impl Default for GossipConfig {
     /// The documented defaults.
     fn default() -> Self {
-        GossipConfig {
-            interval: DEFAULT_GOSSIP_INTERVAL,
-            phi_threshold: DEFAULT_PHI_THRESHOLD,
-            initial_interval: DEFAULT_GOSSIP_INTERVAL,
-            max_interval: DEFAULT_MAX_INTERVAL,
-            sampling_window: DEFAULT_SAMPLING_WINDOW,
-            dead_node_grace: DEFAULT_DEAD_NODE_GRACE,
-            deletion_grace: DEFAULT_DELETION_GRACE,
-        }
+        GossipConfig::with_interval(DEFAULT_GOSSIP_INTERVAL)
     }
 }
 
@@ -1658,6 +1746,15 @@ impl Validator {
     }
 
     fn gossip(&mut self, raw: &RawGossip) -> GossipConfig {
+        for field in raw.removed.keys() {
+            match REMOVED_GOSSIP_FIELDS.iter().find(|(f, _)| f == field) {
+                Some((_, why)) => self.err(
+                    format!("gossip.{field}"),
+                    format!("no longer exists: {why}; remove it (docs/config.md)"),
+                ),
+                None => self.err(format!("gossip.{field}"), "unknown setting"),
+            }
+        }
         let interval = raw.interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
         self.duration_range(
             "gossip.interval",
@@ -1665,53 +1762,97 @@ impl Validator {
             MIN_GOSSIP_INTERVAL,
             MAX_GOSSIP_INTERVAL,
         );
-        let phi_threshold = raw.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
-        if !(phi_threshold.is_finite() && phi_threshold > 0.0) {
-            self.err(
-                "gossip.phi_threshold",
-                format!("{phi_threshold} must be a number greater than 0 (the default is {DEFAULT_PHI_THRESHOLD})"),
-            );
-        }
-        let max_interval = raw.max_interval.unwrap_or(DEFAULT_MAX_INTERVAL);
+        let d = GossipConfig::with_interval(interval);
+        let probe_timeout = raw.probe_timeout.unwrap_or(d.probe_timeout);
         self.duration_range(
-            "gossip.max_interval",
-            max_interval,
-            interval.max(MIN_GOSSIP_INTERVAL),
-            MAX_MAX_INTERVAL,
+            "gossip.probe_timeout",
+            probe_timeout,
+            interval,
+            MAX_PROBE_TIMEOUT.max(interval),
         );
-        let initial_interval = raw.initial_interval.unwrap_or(interval);
-        if raw.initial_interval.is_some() {
-            self.duration_range(
-                "gossip.initial_interval",
-                initial_interval,
-                MIN_GOSSIP_INTERVAL,
-                max_interval.max(MIN_GOSSIP_INTERVAL),
-            );
+        let suspicion_timeout_min = raw.suspicion_timeout_min.unwrap_or(d.suspicion_timeout_min);
+        self.duration_range(
+            "gossip.suspicion_timeout_min",
+            suspicion_timeout_min,
+            interval,
+            MAX_SUSPICION_TIMEOUT,
+        );
+        let suspicion_timeout = raw.suspicion_timeout.unwrap_or(d.suspicion_timeout).max(
+            if raw.suspicion_timeout.is_some() {
+                Duration::ZERO
+            } else {
+                suspicion_timeout_min
+            },
+        );
+        self.duration_range(
+            "gossip.suspicion_timeout",
+            suspicion_timeout,
+            suspicion_timeout_min,
+            MAX_SUSPICION_TIMEOUT,
+        );
+        let dead_node_grace = raw.dead_node_grace.unwrap_or(DEFAULT_DEAD_NODE_GRACE);
+        self.at_least("gossip.dead_node_grace", dead_node_grace, MIN_GRACE);
+        let max_clock_skew = raw.max_clock_skew.unwrap_or(DEFAULT_MAX_CLOCK_SKEW);
+        self.duration_range(
+            "gossip.max_clock_skew",
+            max_clock_skew,
+            CLOCK_SKEW_RANGE.0,
+            CLOCK_SKEW_RANGE.1,
+        );
+        GossipConfig {
+            interval,
+            probe_timeout,
+            suspicion_timeout,
+            suspicion_timeout_min,
+            dead_node_grace,
+            max_clock_skew,
+            max_members: self.count_in(
+                "gossip.max_members",
+                raw.max_members,
+                DEFAULT_MAX_MEMBERS,
+                &MAX_MEMBERS_RANGE,
+            ),
+            max_services_per_member: self.count_in(
+                "gossip.max_services_per_member",
+                raw.max_services_per_member,
+                DEFAULT_MAX_SERVICES_PER_MEMBER,
+                &MAX_SERVICES_RANGE,
+            ),
+            max_state_bytes: self.count_in(
+                "gossip.max_state_bytes",
+                raw.max_state_bytes,
+                DEFAULT_MAX_STATE_BYTES,
+                &MAX_STATE_BYTES_RANGE,
+            ),
+            max_documents: self.count_in(
+                "gossip.max_documents",
+                raw.max_documents,
+                DEFAULT_MAX_DOCUMENTS,
+                &MAX_DOCUMENTS_RANGE,
+            ),
         }
-        let sampling_window = raw.sampling_window.unwrap_or(DEFAULT_SAMPLING_WINDOW);
-        if !SAMPLING_WINDOW_RANGE.contains(&sampling_window) {
+    }
+
+    /// `value` (or `default`), checked against `range`.
+    fn count_in(
+        &mut self,
+        field: &str,
+        value: Option<usize>,
+        default: usize,
+        range: &std::ops::RangeInclusive<usize>,
+    ) -> usize {
+        let v = value.unwrap_or(default);
+        if !range.contains(&v) {
             self.err(
-                "gossip.sampling_window",
+                field,
                 format!(
-                    "{sampling_window} is out of range: it must be between {} and {}",
-                    SAMPLING_WINDOW_RANGE.start(),
-                    SAMPLING_WINDOW_RANGE.end()
+                    "{v} is out of range: it must be between {} and {} (the default is {default})",
+                    range.start(),
+                    range.end()
                 ),
             );
         }
-        let dead_node_grace = raw.dead_node_grace.unwrap_or(DEFAULT_DEAD_NODE_GRACE);
-        self.at_least("gossip.dead_node_grace", dead_node_grace, MIN_GRACE);
-        let deletion_grace = raw.deletion_grace.unwrap_or(DEFAULT_DELETION_GRACE);
-        self.at_least("gossip.deletion_grace", deletion_grace, MIN_GRACE);
-        GossipConfig {
-            interval,
-            phi_threshold,
-            initial_interval,
-            max_interval,
-            sampling_window,
-            dead_node_grace,
-            deletion_grace,
-        }
+        v
     }
 
     fn at_least(&mut self, field: &str, d: Duration, min: Duration) {
@@ -2346,8 +2487,8 @@ mod tests {
 
     #[test]
     fn raw_config_accepts_integers_for_floats() {
-        let raw = RawConfig::from_toml("[gossip]\nphi_threshold = 9\n").unwrap();
-        assert_eq!(raw.gossip.phi_threshold, Some(9.0));
+        let raw = RawConfig::from_toml("[gossip]\nprobe_timeout = \"2s\"\n").unwrap();
+        assert_eq!(raw.gossip.probe_timeout, Some(Duration::from_secs(2)));
     }
 
     #[test]

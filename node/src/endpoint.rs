@@ -41,7 +41,7 @@ pub const RETIRE_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// What a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Use {
-    /// chitchat gossip (`shoal-gossip/1`).
+    /// Gossip (`shoal-gossip/2`).
     Gossip,
     /// Proxied traffic (`shoal-tunnel/1`).
     Tunnel,

@@ -1,187 +1,410 @@
-//! Gossip membership: chitchat running over the QUIC endpoint, this node's own
-//! records in it, and snapshots of the cluster for the routing table and the
-//! admin API.
+//! Gossip membership: the membership state machine
+//! ([`mesh_proto::membership::Membership`]) driven over the QUIC endpoint, this
+//! node's own records published through it, and the view of the mesh it yields.
 //!
-//! Tuning (see docs/config.md, "gossip"): the chitchat generation id is the start
-//! time in milliseconds, so a restarted node is a new generation of the same node;
-//! the failure detector's `initial_interval` is the gossip interval (chitchat's 5 s
-//! default makes a node that just joined take ~40 s to be declared dead); dead
-//! nodes are forgotten after minutes, not chitchat's 24 h, so dead generations do
-//! not pile up in every digest; and the compressed digest format (V1) is used.
+//! The state machine decides everything (what to accept, who is alive, what to
+//! send); this module moves bytes and time: a driver loop ([`Gossip::run`]) takes
+//! received messages from a per-peer fair queue, decodes them (size-limited),
+//! hands them over, wakes the machine when it asks, sends what it emits, logs and
+//! counts its events, and publishes a fresh [`View`] whenever it changed. The
+//! state lives outside the loop, so a supervised restart of the loop loses
+//! nothing.
 
+pub mod crypto;
+pub mod fair_queue;
 pub mod transport;
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, ProtocolVersion, spawn_chitchat};
-use thiserror::Error;
-use tokio::sync::{Mutex, watch};
+use mesh_proto::codec::{decode_exact, encode};
+use mesh_proto::gossip::RouteDocument;
+use mesh_proto::membership::documents::{DocumentApplied, DocumentRefusal, document_id};
+use mesh_proto::membership::{
+    Config as MembershipConfig, Event, GossipMessage, Membership, PublishError, Refusal, View,
+};
+use tokio::sync::{Notify, mpsc, watch};
 
-pub use transport::QuicTransport;
+pub use crypto::NodeCrypto;
+pub use fair_queue::FairQueue;
+pub use transport::{Outbound, Received};
 
-use crate::config::GossipConfig;
+use crate::metrics::Metrics;
 
-/// chitchat refused to start.
-#[derive(Debug, Error)]
-#[error("gossip failed to start: {0}")]
-pub struct GossipError(String);
+/// Messages one peer may have waiting for the state machine.
+pub const PEER_INBOUND_QUEUE: usize = 32;
+/// Bytes all peers together may have waiting.
+pub const INBOUND_QUEUE_BYTES: usize = 32 << 20;
+/// Messages handled per turn of the loop before timers and output get a turn.
+const BATCH: usize = 64;
 
-/// A member as seen by this node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MemberSnapshot {
-    /// The node name.
-    pub name: String,
-    /// Its generation (start time, ms).
-    pub generation: u64,
-    /// Its gossip (QUIC) address.
-    pub addr: SocketAddr,
-    /// Whether the failure detector thinks it alive.
-    pub alive: bool,
-    /// Its heartbeat counter.
-    pub heartbeat: u64,
-    /// Milliseconds since its heartbeat last advanced, as seen here.
-    pub heartbeat_age_ms: u64,
-    /// The values of the keys asked for.
-    #[serde(skip)]
-    pub values: Vec<(String, String)>,
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// The running gossip layer of one node.
 pub struct Gossip {
-    handle: ChitchatHandle,
-    self_id: ChitchatId,
-    heartbeats: Mutex<HashMap<ChitchatId, (u64, Instant)>>,
+    name: String,
+    generation: u64,
+    advertise: SocketAddr,
+    state: Mutex<Membership<NodeCrypto>>,
+    view: watch::Sender<Arc<View>>,
+    wake: Notify,
+    inbound: Arc<FairQueue<Received>>,
+    outbound: Arc<Outbound>,
+    unreachable: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    refused_documents: Mutex<RefusedDocuments>,
+    metrics: Arc<Metrics>,
 }
+
+/// Route documents peers sent that were refused, for `GET /routes/rejected`:
+/// the most recent, each once.
+#[derive(Debug, Default)]
+struct RefusedDocuments {
+    recent: std::collections::VecDeque<RefusedDocument>,
+    seen: std::collections::HashSet<[u8; 16]>,
+}
+
+/// A route document a peer sent that was refused.
+#[derive(Debug, Clone)]
+pub struct RefusedDocument {
+    /// The document.
+    pub document: RouteDocument,
+    /// Why (the label of `shoal_route_documents_rejected_total`).
+    pub reason: &'static str,
+    /// The peers that sent it.
+    pub senders: Vec<String>,
+}
+
+/// Refused documents remembered for the admin API.
+const MAX_REFUSED_DOCUMENTS: usize = 64;
+/// Refused document ids remembered as counted.
+const MAX_REFUSED_IDS: usize = 4096;
 
 impl std::fmt::Debug for Gossip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gossip")
-            .field("self", &self.self_id)
+            .field("name", &self.name)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }
 
+/// What [`Gossip::new`] needs besides the state machine.
+#[derive(Debug)]
+pub struct Wiring {
+    /// Where received messages wait.
+    pub inbound: Arc<FairQueue<Received>>,
+    /// Where messages to send go.
+    pub outbound: Arc<Outbound>,
+    /// Names of members that could not be dialled.
+    pub unreachable: mpsc::Receiver<String>,
+}
+
 impl Gossip {
-    /// Starts chitchat as `self_id` in `cluster`, with `seeds` and this node's
-    /// initial key/values.
-    pub async fn start(
-        self_id: ChitchatId,
-        cluster: &str,
-        seeds: Vec<String>,
-        params: &GossipConfig,
-        initial: Vec<(String, String)>,
-        transport: &QuicTransport,
-    ) -> Result<Self, GossipError> {
-        let config = ChitchatConfig {
-            chitchat_id: self_id.clone(),
-            cluster_id: cluster.to_string(),
-            gossip_interval: params.interval,
-            listen_addr: self_id.gossip_advertise_addr,
-            seed_nodes: seeds,
-            failure_detector_config: params.failure_detector_config(),
-            marked_for_deletion_grace_period: params.deletion_grace,
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V1,
-        };
-        let handle = spawn_chitchat(config, initial, transport)
-            .await
-            .map_err(|e| GossipError(format!("{e:#}")))?;
-        Ok(Gossip {
-            handle,
-            self_id,
-            heartbeats: Mutex::new(HashMap::new()),
+    /// The gossip layer around `membership` (whose own records are published
+    /// already). Nothing runs until [`Gossip::run`].
+    pub fn new(
+        membership: Membership<NodeCrypto>,
+        advertise: SocketAddr,
+        wiring: Wiring,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Gossip> {
+        let config: &MembershipConfig = membership.config();
+        let (name, generation) = (config.name.clone(), config.generation);
+        for r in Refusal::ALL {
+            let _ = metrics.gossip_rejected(r.as_str());
+        }
+        let view = membership.view(Instant::now(), wall_ms());
+        Arc::new(Gossip {
+            name,
+            generation,
+            advertise,
+            state: Mutex::new(membership),
+            view: watch::channel(Arc::new(view)).0,
+            wake: Notify::new(),
+            inbound: wiring.inbound,
+            outbound: wiring.outbound,
+            unreachable: tokio::sync::Mutex::new(wiring.unreachable),
+            refused_documents: Mutex::new(RefusedDocuments::default()),
+            metrics,
         })
     }
 
-    /// This node's chitchat id.
-    pub fn self_id(&self) -> &ChitchatId {
-        &self.self_id
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Sets one of this node's own keys.
-    pub async fn set(&self, key: &str, value: &str) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(key, value))
-            .await;
+    /// This node's generation (its start time, ms).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    /// Deletes one of this node's own keys.
-    pub async fn delete(&self, key: &str) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().delete(key))
-            .await;
+    /// The address this node advertises.
+    pub fn advertise(&self) -> SocketAddr {
+        self.advertise
     }
 
-    /// Watches the live members' states; changes whenever the live set or any live
-    /// member's values change.
-    pub async fn live_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>> {
-        self.handle.with_chitchat(|c| c.live_nodes_watcher()).await
+    fn lock(&self) -> MutexGuard<'_, Membership<NodeCrypto>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every known member (live and dead), with heartbeat ages and the values of
-    /// `keys`.
-    pub async fn members(&self, keys: &[&str]) -> Vec<MemberSnapshot> {
-        type Raw = (ChitchatId, bool, u64, Vec<(String, String)>);
-        let raw: Vec<Raw> = self
-            .handle
-            .with_chitchat(|c| {
-                let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
-                c.node_states()
-                    .iter()
-                    .map(|(id, state)| {
-                        let values = keys
-                            .iter()
-                            .filter_map(|k| Some((k.to_string(), state.get(k)?.to_string())))
-                            .collect();
-                        (
-                            id.clone(),
-                            live.contains(id),
-                            u64::from(state.heartbeat()),
-                            values,
-                        )
-                    })
-                    .collect()
-            })
-            .await;
-        let now = Instant::now();
-        let mut seen = self.heartbeats.lock().await;
-        let mut out = Vec::with_capacity(raw.len());
-        for (id, alive, heartbeat, values) in raw {
-            let entry = seen.entry(id.clone()).or_insert((heartbeat, now));
-            if entry.0 != heartbeat {
-                *entry = (heartbeat, now);
-            }
-            let age = if id == self.self_id {
-                0
-            } else {
-                now.duration_since(entry.1).as_millis() as u64
-            };
-            out.push(MemberSnapshot {
-                name: id.node_id.to_string(),
-                generation: id.generation_id,
-                addr: id.gossip_advertise_addr,
-                alive,
-                heartbeat,
-                heartbeat_age_ms: age,
-                values,
-            });
+    /// The current view of the mesh.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// Changes whenever the view does.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.view.subscribe()
+    }
+
+    /// Publishes one of this node's records (`node` or `svc:<name>`).
+    pub fn publish(&self, key: &str, value: Vec<u8>) -> Result<(), PublishError> {
+        let result = self.lock().publish(key, value, Instant::now(), wall_ms());
+        self.after_local_change();
+        result
+    }
+
+    /// Publishes this node's (new) certificate and signs every record again.
+    pub fn publish_certificate(&self, der: &[u8]) -> Result<(), PublishError> {
+        let result = self
+            .lock()
+            .publish_certificate(der, Instant::now(), wall_ms());
+        self.after_local_change();
+        result
+    }
+
+    /// Puts a route document in force here and gossips it (from the admin API,
+    /// or this node's disk).
+    pub fn publish_document(&self, doc: RouteDocument) -> Result<DocumentApplied, DocumentRefusal> {
+        let result = self.lock().publish_document(doc, wall_ms());
+        self.after_local_change();
+        result
+    }
+
+    /// After the mesh CA changed: drops what no longer checks out.
+    pub fn recheck_trust(&self) {
+        {
+            let mut state = self.lock();
+            state.crypto().clear_cache();
+            state.recheck_trust(Instant::now(), wall_ms());
         }
-        let known: std::collections::HashSet<(String, u64)> =
-            out.iter().map(|m| (m.name.clone(), m.generation)).collect();
-        seen.retain(|id, _| known.contains(&(id.node_id.to_string(), id.generation_id)));
-        out
+        self.after_local_change();
     }
 
-    /// Stops gossiping and waits (briefly) for chitchat's loop to end.
-    pub async fn stop(&self) {
-        if self.handle.initiate_shutdown().is_ok() {
-            let done = self.handle.termination_watcher();
-            if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(1), done).await
-            {
-                tracing::debug!(error = %e, "gossip stopped with an error");
+    /// Replaces the seed addresses.
+    pub fn set_seeds(&self, seeds: Vec<SocketAddr>) {
+        self.lock().set_seeds(seeds);
+    }
+
+    /// Bytes of records held.
+    pub fn state_bytes(&self) -> usize {
+        self.lock().state_bytes()
+    }
+
+    /// The signed records held of member `name`, as received.
+    pub fn signed_records(&self, name: &str) -> Vec<mesh_proto::membership::SignedRecord> {
+        self.lock().signed_records(name)
+    }
+
+    fn after_local_change(&self) {
+        self.refresh_view();
+        self.wake.notify_one();
+    }
+
+    fn refresh_view(&self) {
+        let state = self.lock();
+        if state.view_version() != self.view.borrow().version {
+            let view = Arc::new(state.view(Instant::now(), wall_ms()));
+            drop(state);
+            self.view.send_replace(view);
+        }
+    }
+
+    /// The driver loop: runs until `stop` fires. Safe to run again after it
+    /// ended (the state is kept in `self`).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut unreachable = self.unreachable.lock().await;
+        loop {
+            let deadline = self.lock().poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.inbound.ready() => {}
+                _ = self.wake.notified() => {}
+                _ = sleep => {}
+                name = unreachable.recv() => {
+                    if let Some(name) = name {
+                        self.lock().peer_unreachable(&name, Instant::now(), wall_ms());
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            self.turn();
+        }
+    }
+
+    /// One turn: a batch of received messages (decoded before the state is
+    /// locked), due timers, then output.
+    fn turn(&self) {
+        let batch: Vec<_> = std::iter::from_fn(|| self.inbound.pop())
+            .take(BATCH)
+            .map(|(_, (peer, bytes))| (peer, decode_exact::<GossipMessage>(&bytes)))
+            .collect();
+        let mut state = self.lock();
+        for (peer, decoded) in batch {
+            let (now, wall) = (Instant::now(), wall_ms());
+            match decoded {
+                Ok(msg) => state.handle_message(peer, msg, now, wall),
+                Err(e) => {
+                    tracing::debug!(peer = %peer.name, error = %e, "dropped a malformed gossip message");
+                    state.refuse_malformed(&peer.name);
+                }
+            }
+        }
+        let now = Instant::now();
+        if state.poll_timeout().is_some_and(|t| t <= now) {
+            state.handle_timeout(now, wall_ms());
+        }
+        while let Some(t) = state.poll_transmit() {
+            match encode(&t.message) {
+                Ok(bytes) => self.outbound.send(&t.to, bytes),
+                Err(e) => tracing::error!(error = %e, "cannot encode a gossip message"),
+            }
+        }
+        while let Some(e) = state.poll_event() {
+            self.report(e);
+        }
+        self.metrics
+            .gossip_state_bytes
+            .set(state.state_bytes() as i64);
+        drop(state);
+        if !self.inbound.is_empty() {
+            self.wake.notify_one();
+        }
+        self.refresh_view();
+    }
+
+    /// The route documents peers sent that were refused, most recent last.
+    pub fn refused_documents(&self) -> Vec<RefusedDocument> {
+        let r = self
+            .refused_documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        r.recent.iter().cloned().collect()
+    }
+
+    /// Counts a refused route document in `shoal_route_documents_rejected_total`,
+    /// once per distinct document (whether gossip or the admin API brought it);
+    /// returns whether it was new.
+    pub fn count_refused_document(&self, document: &RouteDocument, label: &'static str) -> bool {
+        let mut r = self
+            .refused_documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Self::count_in(&mut r, &self.metrics, document, label)
+    }
+
+    fn count_in(
+        r: &mut RefusedDocuments,
+        metrics: &Metrics,
+        document: &RouteDocument,
+        label: &'static str,
+    ) -> bool {
+        if r.seen.len() >= MAX_REFUSED_IDS {
+            r.seen.clear();
+        }
+        let new = r.seen.insert(document_id(document));
+        if new {
+            metrics
+                .route_rejections
+                .get_or_create(&crate::metrics::ReasonLabels { reason: label })
+                .inc();
+        }
+        new
+    }
+
+    fn document_refused(&self, document: RouteDocument, label: &'static str, sender: String) {
+        let id = document_id(&document);
+        let mut r = self
+            .refused_documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = r.recent.iter_mut().find(|d| document_id(&d.document) == id) {
+            if !known.senders.contains(&sender) {
+                known.senders.push(sender);
+            }
+            return;
+        }
+        if Self::count_in(&mut r, &self.metrics, &document, label) {
+            tracing::warn!(route = %document.name, reason = label, %sender, "refused a route document from gossip");
+        }
+        if r.recent.len() >= MAX_REFUSED_DOCUMENTS {
+            r.recent.pop_front();
+        }
+        r.recent.push_back(RefusedDocument {
+            document,
+            reason: label,
+            senders: vec![sender],
+        });
+    }
+
+    fn report(&self, event: Event) {
+        match event {
+            Event::Refused {
+                reason,
+                sender,
+                origin,
+            } => {
+                self.metrics.gossip_rejected(reason.as_str()).inc();
+                let origin = origin.unwrap_or_default();
+                if reason.is_benign() {
+                    tracing::debug!(%sender, %origin, %reason, "refused a gossip item");
+                } else {
+                    tracing::warn!(%sender, %origin, %reason, "refused a gossip item");
+                }
+            }
+            Event::Joined { name, generation } => {
+                tracing::info!(member = %name, generation, "member joined")
+            }
+            Event::Accused { target, accuser } => {
+                self.metrics.gossip_suspicions.inc();
+                tracing::info!(member = %target, %accuser, "member suspected");
+            }
+            Event::Died { name, accusers } => {
+                tracing::warn!(member = %name, accusers = %accusers.join(","), "member declared dead")
+            }
+            Event::Revived { name } => tracing::info!(member = %name, "member alive again"),
+            Event::Forgotten { name } => tracing::info!(member = %name, "dead member forgotten"),
+            Event::Refuted { accuser } => {
+                self.metrics.gossip_refutations.inc();
+                tracing::warn!(%accuser, "this node was suspected; refuted");
+            }
+            Event::Quarantined { peer } => {
+                self.metrics.gossip_quarantines.inc();
+                tracing::warn!(%peer, "peer sent a bad signature; ignoring it for a while");
+            }
+            Event::DocumentRefused {
+                document,
+                label,
+                sender,
+            } => self.document_refused(*document, label, sender),
+            Event::DocumentInForce { name } => {
+                tracing::debug!(route = %name, "route document in force")
+            }
+            Event::SigningFailed { key } => {
+                tracing::error!(%key, "cannot sign this node's record with its key")
             }
         }
     }

@@ -16,12 +16,14 @@
 //! - [`config`]: the TOML file, validated into [`Config`];
 //! - [`tls`]: identity, trust, SPIFFE verifiers, reloads;
 //! - [`endpoint`]: the QUIC endpoint, ALPN dispatch, connection pool;
-//! - [`gossip`]: chitchat over the endpoint;
+//! - [`gossip`]: the membership protocol (`mesh_proto::membership`) driven over
+//!   the endpoint, with per-peer fair queues and the node's crypto;
 //! - [`publish`]: this node's own records;
 //! - [`health`]: active checks of local backends;
 //! - [`proxy`]: listeners, tunnels and the inbound side;
 //! - [`routing`]: the routing table, rebuilt on change, swapped atomically;
-//! - [`routes`]: route documents (signed L7 rules), stored, merged, published;
+//! - [`routes`]: route documents (operator-signed L7 rules) in force, stored;
+//! - [`supervisor`]: long-running tasks, restarted when they end unexpectedly;
 //! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports.
 
 pub mod admin;
@@ -35,6 +37,7 @@ pub mod proxy;
 pub mod publish;
 pub mod routes;
 pub mod routing;
+pub mod supervisor;
 pub mod tls;
 
 pub use app::{Bound, Node, StartError, StartOptions};

@@ -296,11 +296,16 @@ async fn status(admin: SocketAddr) -> Result<()> {
         .map(|m| {
             vec![
                 format!("{}{}", m.name, if m.is_self { " *" } else { "" }),
-                m.state.clone(),
+                if m.accused_by.is_empty() {
+                    m.state.clone()
+                } else {
+                    format!("{} (accused by {})", m.state, m.accused_by.join(","))
+                },
                 m.address.clone(),
                 m.zone.clone(),
                 m.generation.to_string(),
-                format!("{} ms", m.heartbeat_age_ms),
+                m.last_heard_ms
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms")),
             ]
         })
         .collect();
@@ -311,7 +316,7 @@ async fn status(admin: SocketAddr) -> Result<()> {
             "ADDRESS",
             "ZONE",
             "GENERATION",
-            "HEARTBEAT AGE",
+            "LAST HEARD",
         ],
         &rows,
     );
@@ -477,10 +482,10 @@ async fn apply_signed(admin: SocketAddr, key: &OperatorKey, spec: &RouteSpec) ->
         .with_context(|| format!("POST /routes answered {status} with an unexpected body"))?;
     let r = &applied.route;
     say!(
-        "route {} {}: version {}, issued {}, signed by {}",
+        "route {} {}: document {}, issued {}, signed by {}",
         r.name,
         applied.result,
-        r.version,
+        r.id,
         rfc3339_ms(r.issued_at_ms),
         r.signer
     );
@@ -498,15 +503,17 @@ fn print_routes(routes: &[RouteView], rejected: &[RejectedView]) {
                 r.spec.hosts.join(","),
                 r.spec.rules.len().to_string(),
                 rfc3339_ms(r.issued_at_ms),
-                r.signer.clone(),
-                r.version.to_string(),
+                if r.signer_expired {
+                    format!("{} (expired)", r.signer)
+                } else {
+                    r.signer.clone()
+                },
+                r.id.clone(),
             ]
         })
         .collect();
     print_table(
-        &[
-            "NAME", "STATE", "HOSTS", "RULES", "ISSUED", "SIGNER", "VERSION",
-        ],
+        &["NAME", "STATE", "HOSTS", "RULES", "ISSUED", "SIGNER", "ID"],
         &rows,
     );
     if rejected.is_empty() {

@@ -41,6 +41,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels: `task`, a long-running task of the node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The task's name (`gossip`, `routing`, `routes`, `health:<service>`...).
+    pub task: String,
+}
+
 /// Labels: `state` of a member.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StateLabels {
@@ -160,10 +167,22 @@ pub struct Metrics {
     pub members: Family<StateLabels, Gauge>,
     /// Gossip messages sent / received.
     pub gossip_messages: Family<DirectionLabels, Counter>,
-    /// Gossip bytes sent / received (chitchat message bytes, before QUIC framing).
+    /// Gossip bytes sent / received (message bytes, before QUIC framing).
     pub gossip_bytes: Family<DirectionLabels, Counter>,
-    /// Gossip messages dropped, by reason.
+    /// Gossip messages dropped by the transport, by reason.
     pub gossip_dropped: Family<ReasonLabels, Counter>,
+    /// Gossip items refused by the membership protocol, by reason.
+    pub gossip_rejected: Family<ReasonLabels, Counter>,
+    /// Accusations (suspicions) accepted.
+    pub gossip_suspicions: Counter,
+    /// Accusations of this node it refuted.
+    pub gossip_refutations: Counter,
+    /// Peers quarantined for sending a bad signature.
+    pub gossip_quarantines: Counter,
+    /// Bytes of signed records held.
+    pub gossip_state_bytes: Gauge,
+    /// Long-running tasks restarted after they ended unexpectedly, by task.
+    pub task_restarts: Family<TaskLabels, Counter>,
     /// Peers refused during the TLS handshake, by reason.
     pub rejected_peers: Family<ReasonLabels, Counter>,
     /// Active health checks of local backends, by service and result.
@@ -188,6 +207,8 @@ pub struct Metrics {
     /// When the first operator certificate that signed a route in force expires
     /// (unix seconds; 0 without routes).
     pub route_signer_expiry: Gauge,
+    /// Route documents in force whose signer's certificate has expired.
+    pub route_documents_expired: Gauge,
     /// Client connections accepted by listeners.
     pub listener_connections: Family<ListenerLabels, Counter>,
     /// Client connections open now.
@@ -360,6 +381,7 @@ impl Metrics {
             "When this node's certificate expires (unix seconds)",
             certificate_expiry.clone(),
         );
+        let membership = register_membership(&mut registry);
         let route_documents = Gauge::default();
         let route_rejections = Family::<ReasonLabels, Counter>::default();
         let route_signer_expiry = Gauge::default();
@@ -518,6 +540,13 @@ impl Metrics {
             route_documents,
             route_rejections,
             route_signer_expiry,
+            gossip_rejected: membership.rejected,
+            gossip_suspicions: membership.suspicions,
+            gossip_refutations: membership.refutations,
+            gossip_quarantines: membership.quarantines,
+            gossip_state_bytes: membership.state_bytes,
+            route_documents_expired: membership.documents_expired,
+            task_restarts: membership.task_restarts,
         }
     }
 
@@ -525,6 +554,22 @@ impl Metrics {
     pub fn reject(&self, reason: &'static str) {
         self.rejected_peers
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The counter of gossip items refused for `reason`.
+    pub fn gossip_rejected(&self, reason: &'static str) -> Counter {
+        self.gossip_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
+    }
+
+    /// Counts one restart of `task`.
+    pub fn task_restarted(&self, task: &str) {
+        self.task_restarts
+            .get_or_create(&TaskLabels {
+                task: task.to_string(),
+            })
             .inc();
     }
 
@@ -561,4 +606,63 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The membership protocol's and the supervisor's families.
+struct MembershipFamilies {
+    rejected: Family<ReasonLabels, Counter>,
+    suspicions: Counter,
+    refutations: Counter,
+    quarantines: Counter,
+    state_bytes: Gauge,
+    documents_expired: Gauge,
+    task_restarts: Family<TaskLabels, Counter>,
+}
+
+fn register_membership(registry: &mut Registry) -> MembershipFamilies {
+    let f = MembershipFamilies {
+        rejected: Family::default(),
+        suspicions: Counter::default(),
+        refutations: Counter::default(),
+        quarantines: Counter::default(),
+        state_bytes: Gauge::default(),
+        documents_expired: Gauge::default(),
+        task_restarts: Family::default(),
+    };
+    registry.register(
+        "route_documents_expired",
+        "Route documents in force whose operator certificate has expired (they stay in force until replaced)",
+        f.documents_expired.clone(),
+    );
+    registry.register(
+        "gossip_rejected",
+        "Gossip items refused by the membership protocol (bad signature, not the origin's, from the future, over a cap, ...), by reason",
+        f.rejected.clone(),
+    );
+    registry.register(
+        "gossip_suspicions",
+        "Accusations that a member stopped answering, accepted",
+        f.suspicions.clone(),
+    );
+    registry.register(
+        "gossip_refutations",
+        "Accusations of this node that it refuted",
+        f.refutations.clone(),
+    );
+    registry.register(
+        "gossip_quarantines",
+        "Peers ignored for a while after sending a bad signature",
+        f.quarantines.clone(),
+    );
+    registry.register(
+        "gossip_state_bytes",
+        "Bytes of signed records held",
+        f.state_bytes.clone(),
+    );
+    registry.register(
+        "task_restarts",
+        "Long-running tasks restarted after they ended unexpectedly, by task",
+        f.task_restarts.clone(),
+    );
+    f
 }

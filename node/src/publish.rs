@@ -1,14 +1,12 @@
 //! This node's own facts in gossip: its `node` record, its certificate, and one
-//! `svc:<name>` record per local service. The only writer of these keys (the
-//! `route:<name>` keys are [`crate::routes`]'); health checks and shutdown
-//! change state through it.
+//! `svc:<name>` record per local service — each signed with this node's key by
+//! the membership protocol. The only writer of these keys; health checks,
+//! certificate reloads and shutdown change state through it.
 
 use std::collections::BTreeMap;
 
-use mesh_proto::codec::encode_text;
-use mesh_proto::gossip::{
-    CERT_KEY, Health, NODE_KEY, NodeCertificate, NodeRecord, NodeState, ServiceRecord, service_key,
-};
+use mesh_proto::codec::encode;
+use mesh_proto::gossip::{Health, NODE_KEY, NodeRecord, NodeState, ServiceRecord, service_key};
 use tokio::sync::Mutex;
 
 use crate::gossip::Gossip;
@@ -36,22 +34,19 @@ impl Publisher {
         }
     }
 
-    /// The key/values to start chitchat with: node record, certificate, services.
-    pub async fn initial_values(&self, cert_der: &[u8]) -> Vec<(String, String)> {
+    /// Publishes the certificate and every record: what a node does at start.
+    pub async fn publish_all(
+        &self,
+        gossip: &Gossip,
+        cert_der: &[u8],
+    ) -> Result<(), mesh_proto::membership::PublishError> {
         let state = self.state.lock().await;
-        let mut out = Vec::new();
-        push(&mut out, NODE_KEY.to_string(), &state.node);
-        push(
-            &mut out,
-            CERT_KEY.to_string(),
-            &NodeCertificate {
-                der: cert_der.to_vec(),
-            },
-        );
+        gossip.publish_certificate(cert_der)?;
+        gossip.publish(NODE_KEY, frame(&state.node))?;
         for s in state.services.values() {
-            push(&mut out, service_key(&s.name), s);
+            gossip.publish(&service_key(&s.name), frame(s))?;
         }
-        out
+        Ok(())
     }
 
     /// Records a health change of a local service and publishes it.
@@ -61,9 +56,7 @@ impl Publisher {
             return;
         };
         record.health = health;
-        if let Ok(text) = encode_text(record) {
-            gossip.set(&service_key(service), &text).await;
-        }
+        publish(gossip, &service_key(service), &*record);
     }
 
     /// Publishes a local service's in-flight load if it changed.
@@ -76,9 +69,7 @@ impl Publisher {
             return;
         }
         record.inflight = inflight;
-        if let Ok(text) = encode_text(record) {
-            gossip.set(&service_key(service), &text).await;
-        }
+        publish(gossip, &service_key(service), &*record);
     }
 
     /// The current health of a local service.
@@ -95,19 +86,18 @@ impl Publisher {
     pub async fn set_draining(&self, gossip: &Gossip) {
         let mut state = self.state.lock().await;
         state.node.state = NodeState::Draining;
-        if let Ok(text) = encode_text(&state.node) {
-            gossip.set(NODE_KEY, &text).await;
-        }
+        publish(gossip, NODE_KEY, &state.node);
     }
 
-    /// Publishes a new certificate (after a reload).
-    pub async fn set_certificate(&self, gossip: &Gossip, cert_der: &[u8]) {
-        let record = NodeCertificate {
-            der: cert_der.to_vec(),
-        };
-        if let Ok(text) = encode_text(&record) {
-            gossip.set(CERT_KEY, &text).await;
-        }
+    /// Publishes a new certificate (after a reload); every record is signed
+    /// again with the new key.
+    pub async fn set_certificate(
+        &self,
+        gossip: &Gossip,
+        cert_der: &[u8],
+    ) -> Result<(), mesh_proto::membership::PublishError> {
+        let _state = self.state.lock().await;
+        gossip.publish_certificate(cert_der)
     }
 
     /// Whether this node publishes `draining`.
@@ -116,9 +106,13 @@ impl Publisher {
     }
 }
 
-fn push<F: mesh_proto::codec::Frame>(out: &mut Vec<(String, String)>, key: String, frame: &F) {
-    match encode_text(frame) {
-        Ok(text) => out.push((key, text)),
-        Err(e) => tracing::error!(%key, error = %e, "cannot encode own record"),
+fn frame<F: mesh_proto::codec::Frame>(record: &F) -> Vec<u8> {
+    // This node's own records are built from validated config: they always encode.
+    encode(record).unwrap_or_default()
+}
+
+fn publish<F: mesh_proto::codec::Frame>(gossip: &Gossip, key: &str, record: &F) {
+    if let Err(e) = gossip.publish(key, frame(record)) {
+        tracing::error!(%key, error = %e, "cannot publish this node's record");
     }
 }

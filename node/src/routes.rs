@@ -1,32 +1,29 @@
-//! Route documents (design §4): the store of signed documents this node accepted,
-//! their merge with what gossip delivers, and the route table HTTP listeners read.
+//! Route documents (design §4): the operator-signed documents in force, this
+//! node's durable copy of them, and the route table HTTP listeners read.
 //!
-//! Every node keeps the documents in force in `<data_dir>/routes/<name>.route`
-//! (one file per route, written atomically) and publishes each under
-//! `route:<name>` in its own gossip key space. Whenever gossip changes,
-//! [`RouteStore::refresh`] collects the `route:*` values of every live member
-//! and this node's stored documents, checks each distinct document once (body
-//! by `mesh_proto::route`, operator signature by [`TlsState`]; verdicts are
-//! cached by a hash of signature, body and certificate), and lets
-//! [`mesh_proto::route::merge()`] pick the winner per name. Then it
+//! The documents themselves live in the membership protocol's shared state, one
+//! per route name, exactly as the operator signed them
+//! ([`mesh_proto::membership::documents`]): relayed by every node, republished
+//! by none, checked by each against the mesh CA. This module
 //!
-//! - swaps the [`SharedRoutes`] table if the winners changed (readers never wait);
-//! - *adopts* winners it does not hold yet — stores them and publishes them under
-//!   its own keys — so a document survives the loss of any node, and a node that
-//!   was away picks up what changed meanwhile; a stored document that lost is
-//!   overwritten by the winner, and keys it published for names without a valid
-//!   document any more are deleted;
-//! - reports every refused document once (log and
-//!   `shoal_route_documents_rejected_total{reason}`) and never applies it.
+//! - puts the documents stored in `<data_dir>/routes/<name>.route` in force at
+//!   start (one file per route, written atomically), so a restarted node routes
+//!   by them at once, and an older document replayed later never beats the one
+//!   on disk: the stored winner is the route's durable high-water mark;
+//! - watches the membership view: whenever the documents in force change it
+//!   swaps the [`SharedRoutes`] table (readers never wait) and stores the new
+//!   winners;
+//! - says when the operator certificate that signed a document in force has
+//!   expired: the document stays in force (it fails closed: its allow-lists keep
+//!   denying) until a newer one replaces it, and a warning and the
+//!   `shoal_route_documents_expired` gauge say so;
+//! - lists the documents peers sent that were refused (`GET /routes/rejected`).
 //!
-//! [`RouteStore::apply`] is `POST /routes`: it checks a signed route, refuses one
-//! that would not beat the document in force (an operator clock running behind),
-//! stamps it with this node's hybrid logical clock, stores it and publishes it.
-//! The decisions (validation, order, merge) live in `mesh_proto::route`; this
-//! module moves documents between gossip, disk and the table.
+//! [`RouteStore::apply`] is `POST /routes`: it checks a signed route, refuses
+//! one that would not beat the document in force (an operator clock running
+//! behind), and puts it in force, which stores and gossips it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,18 +31,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chitchat::{ChitchatId, NodeState};
 use mesh_proto::codec::{decode_text, encode_text};
-use mesh_proto::gossip::{
-    HlcTimestamp, Key, ROUTE_KEY_PREFIX, RouteDocument, parse_key, route_key,
-};
-use mesh_proto::hlc::Hlc;
+use mesh_proto::gossip::{LegacyRouteDocument, RouteDocument};
+use mesh_proto::membership::documents::{DocumentApplied, HeldDocument};
 use mesh_proto::route::table::RouteTable;
-use mesh_proto::route::{Precedence, RouteError, RouteSpec, Winner, merge};
+use mesh_proto::route::{Precedence, RouteError, RouteSpec};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use shoal_pki::{SignatureError, Signer};
+use shoal_pki::SignatureError;
 use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 
@@ -53,81 +46,26 @@ use crate::gossip::Gossip;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::tls::{TlsState, describe_cert};
 
-/// The route table HTTP listeners read, swapped atomically when the merged set of
-/// route documents changes (readers never block, in-flight requests keep the table
-/// they started with).
+/// The route table HTTP listeners read, swapped atomically when the set of
+/// route documents in force changes (readers never block, in-flight requests
+/// keep the table they started with).
 pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
 
 /// The directory under `node.data_dir` holding the stored documents.
 pub const ROUTES_DIR: &str = "routes";
 /// Suffix of a stored document's file: `<route name>.route`, holding the
-/// document's gossip text (base64 of its frame).
+/// document's text form (base64 of its frame).
 pub const ROUTE_FILE_SUFFIX: &str = ".route";
 /// Largest `POST /routes` request body, in bytes (a route document is at most
 /// 32 KiB; base64 makes that about 43 KiB).
 pub const MAX_APPLY_REQUEST_BYTES: usize = 64 * 1024;
-/// How often the merge runs even if gossip did not change: signer certificates
-/// expire, and a failed write is retried.
+/// How often the documents in force are looked at even if nothing changed:
+/// signer certificates expire, and a failed write is retried.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Reasons of `shoal_route_documents_rejected_total` besides the signature ones
 /// ([`SignatureError::REASONS`]).
-pub const BODY_REASONS: [&str; 3] = ["malformed", "key_mismatch", "invalid_body"];
-
-/// The live members' gossip states, as chitchat's watcher delivers them.
-type LiveStates = std::collections::BTreeMap<ChitchatId, NodeState>;
-
-/// A SHA-256 over length-prefixed parts.
-type Digest32 = [u8; 32];
-
-/// One `route:*` value in gossip: (member, key, value).
-type MemberValue = (String, String, String);
-
-/// What checking one document found: its spec and signer, or the refusal's
-/// reason label and message.
-type Check = Result<(RouteSpec, Signer), (&'static str, String)>;
-
-fn digest(parts: &[&[u8]]) -> Digest32 {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
-/// What the signature check depends on: signature, body, certificate.
-fn signature_id(doc: &RouteDocument) -> Digest32 {
-    digest(&[&doc.signature, &doc.body, &doc.signer_cert_der])
-}
-
-/// A refused document, for reporting it once: name and the signed parts (not
-/// the version, which any member can change).
-fn report_id(doc: &RouteDocument) -> Digest32 {
-    digest(&[
-        doc.name.as_bytes(),
-        &doc.signature,
-        &doc.body,
-        &doc.signer_cert_der,
-    ])
-}
-
-/// Refused documents remembered as reported; past this many the memory is
-/// cleared (and documents still around are reported again).
-const MAX_REPORTED: usize = 4096;
-
-/// One distinct document: name, version and the signed parts.
-fn document_id(doc: &RouteDocument) -> Digest32 {
-    digest(&[
-        doc.name.as_bytes(),
-        &doc.version.wall_ms.to_be_bytes(),
-        &doc.version.logical.to_be_bytes(),
-        doc.version.node.as_bytes(),
-        &doc.signature,
-        &doc.body,
-        &doc.signer_cert_der,
-    ])
-}
+pub const BODY_REASONS: [&str; 3] = ["invalid_body", "from_the_future", "too_many_documents"];
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -148,12 +86,29 @@ pub fn rfc3339_ms(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
+fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn view_of(held: &HeldDocument, now_ms: u64) -> RouteView {
+    RouteView {
+        name: held.document.name.clone(),
+        id: hex_id(&held.id),
+        issued_at_ms: held.spec.issued_at_ms,
+        signer: held.signer.operator.clone(),
+        signer_not_after: i64::try_from(held.signer.not_after_ms / 1000).unwrap_or(i64::MAX),
+        signer_expired: held.signer_expired(now_ms),
+        deleted: held.spec.deleted,
+        spec: held.spec.clone(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Admin API types
 // ---------------------------------------------------------------------------
 
 /// The JSON body of `POST /routes`: a signed route, each field base64 (standard
-/// alphabet, padded). The node stamps the version; the signer does not.
+/// alphabet, padded): exactly what gossip carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyRequest {
@@ -201,47 +156,23 @@ pub struct SignedParts {
     pub signer_cert_der: Vec<u8>,
 }
 
-/// A document version (its HLC reading), in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct VersionView {
-    /// Wall-clock part, ms since the Unix epoch.
-    pub wall_ms: u64,
-    /// Logical counter.
-    pub logical: u32,
-    /// The node that stamped it.
-    pub node: String,
-}
-
-impl From<&HlcTimestamp> for VersionView {
-    fn from(v: &HlcTimestamp) -> Self {
-        VersionView {
-            wall_ms: v.wall_ms,
-            logical: v.logical,
-            node: v.node.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for VersionView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}@{}", self.wall_ms, self.logical, self.node)
-    }
-}
-
 /// One route document in force, as `GET /routes` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteView {
     /// The route name.
     pub name: String,
-    /// The version stamped by the node that accepted it.
-    pub version: VersionView,
+    /// The document's id: the first 16 bytes of a SHA-256 over its name and
+    /// signed parts, hex. Equal on every node that holds the same document.
+    pub id: String,
     /// When the operator issued it (signed), ms since the Unix epoch.
     pub issued_at_ms: u64,
     /// The operator who signed it.
     pub signer: String,
-    /// When the signer's certificate expires (Unix seconds): the document stops
-    /// verifying then, unless replaced.
+    /// When the signer's certificate expires (Unix seconds). The document stays
+    /// in force after that (it fails closed) until a newer one replaces it.
     pub signer_not_after: i64,
+    /// Whether the signer's certificate has expired.
+    pub signer_expired: bool,
     /// A tombstone: the route is deleted.
     pub deleted: bool,
     /// The route itself.
@@ -251,18 +182,16 @@ pub struct RouteView {
 /// One refused document, as `GET /routes/rejected` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedView {
-    /// The route name it claims (its key's name for undecodable values).
+    /// The route name it claims.
     pub name: String,
-    /// Its version, if it decoded.
-    pub version: Option<VersionView>,
-    /// The metric label: `malformed`, `key_mismatch`, `invalid_body`, or a
-    /// signature reason (`bad_signature`, `not_an_operator`, `other_ca`, ...).
+    /// The metric label: `invalid_body`, `from_the_future`, `too_many_documents`,
+    /// or a signature reason (`bad_signature`, `not_an_operator`, `other_ca`, ...).
     pub reason: String,
     /// What is wrong, in words.
     pub error: String,
     /// The signer certificate's identity, if it parses.
     pub signer: Option<String>,
-    /// The members publishing it.
+    /// The members that sent it (this node's own name for its data directory).
     pub published_by: Vec<String>,
     /// Whether this node holds it in its data directory.
     pub stored: bool,
@@ -274,9 +203,9 @@ pub struct RejectedView {
 pub enum ApplyResult {
     /// The route did not exist (or was deleted): answered with 201.
     Created,
-    /// A new version replaced the one in force.
+    /// A document issued later replaced the one in force.
     Updated,
-    /// A tombstone replaced the version in force.
+    /// A tombstone replaced the document in force.
     Deleted,
     /// The document (or the same route, signed with the same certificate) is
     /// already in force; nothing changed.
@@ -364,6 +293,14 @@ pub enum ApplyError {
         /// The route.
         name: String,
     },
+    /// The membership protocol refused the document (too many documents, say).
+    #[error("route {name:?}: refused ({reason}); see docs/routing.md")]
+    Refused {
+        /// The route.
+        name: String,
+        /// The refusal's label.
+        reason: &'static str,
+    },
     /// The document could not be written to disk.
     #[error(
         "route {name:?}: cannot store it in {path}: {cause}; check node.data_dir (free space, permissions)"
@@ -388,6 +325,7 @@ impl ApplyError {
             | ApplyError::FromTheFuture { .. } => 400,
             ApplyError::NotNewer { .. } => 409,
             ApplyError::NoSuchRoute { .. } | ApplyError::AlreadyDeleted { .. } => 404,
+            ApplyError::Refused { .. } => 409,
             ApplyError::Store { .. } => 500,
         }
     }
@@ -397,57 +335,26 @@ impl ApplyError {
 // The store
 // ---------------------------------------------------------------------------
 
-/// A document in force, with what the checks found.
-#[derive(Debug, Clone)]
-struct InForce {
-    id: Digest32,
-    winner: Winner,
-    signer: Signer,
-}
-
-impl InForce {
-    fn view(&self) -> RouteView {
-        RouteView {
-            name: self.winner.document.name.clone(),
-            version: (&self.winner.document.version).into(),
-            issued_at_ms: self.winner.spec.issued_at_ms,
-            signer: self.signer.operator.clone(),
-            signer_not_after: self.signer.not_after,
-            deleted: self.winner.spec.deleted,
-            spec: self.winner.spec.clone(),
-        }
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct State {
-    hlc: Hlc,
     /// The documents in `<data_dir>/routes/`, by name.
     stored: BTreeMap<String, RouteDocument>,
-    /// Names this node published under `route:<name>`.
-    published: HashSet<String>,
-    /// Signature verdicts by [`signature_id`] (time-independent ones only).
-    verdicts: HashMap<Digest32, Result<Signer, SignatureError>>,
-    /// Refused documents already logged and counted ([`report_id`], or a hash of
-    /// an undecodable value), at most [`MAX_REPORTED`].
-    reported: HashSet<Digest32>,
-    /// The documents in force after the last merge.
-    in_force: BTreeMap<String, InForce>,
-    /// The documents refused by the last merge.
-    rejected: Vec<RejectedView>,
-    /// A hash of the gossip input of the last merge.
-    fingerprint: Option<u64>,
+    /// The ids of the documents in force at the last refresh, by name.
+    in_force: BTreeMap<String, [u8; 16]>,
+    /// Documents of this node's data directory that were refused.
+    refused_locally: Vec<RejectedView>,
+    /// Ids of documents whose signer expired, already reported.
+    expired_reported: HashSet<[u8; 16]>,
 }
 
-/// This node's route documents: stored, merged with gossip, published. See the
-/// module documentation.
+/// This node's route documents: stored, watched, applied. See the module
+/// documentation.
 pub struct RouteStore {
     dir: PathBuf,
     tls: Arc<TlsState>,
     gossip: Arc<Gossip>,
     metrics: Arc<Metrics>,
     table: SharedRoutes,
-    live: watch::Receiver<LiveStates>,
     state: Mutex<State>,
 }
 
@@ -459,17 +366,10 @@ impl std::fmt::Debug for RouteStore {
     }
 }
 
-/// One document offered to the merge, and who offers it.
-struct Candidate {
-    doc: RouteDocument,
-    published_by: Vec<String>,
-    stored: bool,
-}
-
 impl RouteStore {
-    /// Opens the store in `<data_dir>/routes/` (created if missing), loads the
-    /// documents saved there (unreadable files are logged and skipped), merges them
-    /// with what gossip already has, publishes the winners and fills `table`.
+    /// Opens the store in `<data_dir>/routes/` (created if missing), puts the
+    /// documents saved there in force (unreadable or refused ones are logged and
+    /// listed as rejected) and fills `table`.
     pub async fn open(
         data_dir: &Path,
         tls: Arc<TlsState>,
@@ -492,342 +392,168 @@ impl RouteStore {
                 .route_rejections
                 .get_or_create(&ReasonLabels { reason });
         }
-        let node = gossip.self_id().node_id.to_string();
-        let live = gossip.live_watcher().await;
+        let mut refused_locally = Vec::new();
+        for doc in stored.values() {
+            if let Err(r) = gossip.publish_document(doc.clone()) {
+                gossip.count_refused_document(doc, r.label);
+                tracing::warn!(route = %doc.name, reason = r.label, "a stored route document is refused; it is not in force");
+                refused_locally.push(rejected_view(doc, r.label, gossip.name(), true));
+            }
+        }
         let store = Arc::new(RouteStore {
             dir,
             tls,
             gossip,
             metrics,
             table,
-            live,
             state: Mutex::new(State {
-                hlc: Hlc::new(node),
                 stored,
-                published: HashSet::new(),
-                verdicts: HashMap::new(),
-                reported: HashSet::new(),
-                in_force: BTreeMap::new(),
-                rejected: Vec::new(),
-                fingerprint: None,
+                refused_locally,
+                ..State::default()
             }),
         });
-        store.refresh(true).await;
+        store.refresh().await;
         Ok(store)
     }
 
     /// The documents in force (tombstones included), by name.
     pub async fn routes(&self) -> Vec<RouteView> {
-        let st = self.state.lock().await;
-        st.in_force.values().map(InForce::view).collect()
+        let now = unix_ms();
+        self.gossip
+            .view()
+            .documents
+            .iter()
+            .map(|d| view_of(d, now))
+            .collect()
     }
 
-    /// The documents refused by the last merge.
+    /// The documents refused: from peers (the most recent), and from this
+    /// node's data directory.
     pub async fn rejected(&self) -> Vec<RejectedView> {
-        self.state.lock().await.rejected.clone()
+        let mut out: Vec<RejectedView> = self
+            .gossip
+            .refused_documents()
+            .into_iter()
+            .map(|r| {
+                let mut v = rejected_view(&r.document, r.reason, "", false);
+                v.published_by = r.senders;
+                v.published_by.sort();
+                v
+            })
+            .collect();
+        out.extend(self.state.lock().await.refused_locally.iter().cloned());
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
-    /// Re-runs the merge on every gossip change, on a CA change, and every
-    /// 30 s (certificates expire), until `stop` fires.
+    /// Follows the documents in force until `stop` fires; looks again every
+    /// 30 s (signer certificates expire, failed writes are retried).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut live = self.gossip.live_watcher().await;
+        let mut views = self.gossip.watch();
         let mut trust = self.tls.trust_changes();
         let mut tick = tokio::time::interval(RECHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         loop {
             tokio::select! {
-                changed = live.changed() => {
+                changed = views.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    self.refresh(false).await;
                 }
-                _ = trust.changed() => {
-                    // Verdicts reached under the old CA set must be reached again.
-                    self.state.lock().await.verdicts.clear();
-                    self.refresh(true).await;
-                }
-                _ = tick.tick() => self.refresh(true).await,
+                _ = trust.changed() => self.gossip.recheck_trust(),
+                _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
+            self.refresh().await;
         }
     }
 
-    /// Merges the live members' `route:*` values with the stored documents (see the
-    /// module documentation). Without `force`, does nothing if the gossip values
-    /// are those of the last merge.
-    pub async fn refresh(&self, force: bool) {
-        let self_id = self.gossip.self_id().clone();
-        // (member, key, value) of every route key of every live member, and this
-        // node's own route values as gossip holds them.
-        let (values, own): (Vec<MemberValue>, HashMap<String, String>) = {
-            let states = self.live.borrow();
-            let values = states
-                .iter()
-                .flat_map(|(id, state)| {
-                    state
-                        .iter_prefix(ROUTE_KEY_PREFIX)
-                        .map(|(k, v)| (id.node_id.to_string(), k.to_string(), v.value.clone()))
-                })
-                .collect();
-            let own = states
-                .get(&self_id)
-                .map(|s| {
-                    s.iter_prefix(ROUTE_KEY_PREFIX)
-                        .map(|(k, v)| (k.to_string(), v.value.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (values, own)
-        };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        values.hash(&mut hasher);
-        let fingerprint = hasher.finish();
-
+    /// Brings the table and the stored copies in line with the documents in
+    /// force.
+    pub async fn refresh(&self) {
+        let view = self.gossip.view();
+        let now = unix_ms();
         let mut st = self.state.lock().await;
-        if !force && st.fingerprint == Some(fingerprint) {
-            return;
-        }
-        st.fingerprint = Some(fingerprint);
-        let now = UnixTime::now();
-        let now_ms = unix_ms();
-
-        // Decode every value; refuse those that are not documents of their key.
-        let mut candidates: BTreeMap<Digest32, Candidate> = BTreeMap::new();
-        let mut refused: Vec<(Digest32, RejectedView)> = Vec::new();
-        for (member, key, value) in values {
-            let key_name = key
-                .strip_prefix(ROUTE_KEY_PREFIX)
-                .unwrap_or(&key)
-                .to_string();
-            let refuse = |reason: &str, error: String| {
-                (
-                    digest(&[member.as_bytes(), key.as_bytes(), value.as_bytes()]),
-                    RejectedView {
-                        name: key_name.clone(),
-                        version: None,
-                        reason: reason.to_string(),
-                        error,
-                        signer: None,
-                        published_by: vec![member.clone()],
-                        stored: false,
-                    },
-                )
-            };
-            let Some(Key::Route(name)) = parse_key(&key) else {
-                refused.push(refuse(
-                    "malformed",
-                    format!("{key:?} is not a valid route key (route:<name>)"),
-                ));
-                continue;
-            };
-            let doc = match decode_text::<RouteDocument>(&value) {
-                Ok(doc) => doc,
-                Err(e) => {
-                    refused.push(refuse(
-                        "malformed",
-                        format!("the value of {key:?} is not a route document: {e}"),
-                    ));
-                    continue;
-                }
-            };
-            if doc.name != name {
-                let (id, mut view) = refuse(
-                    "key_mismatch",
-                    format!(
-                        "published under {key:?} but the document is for route {:?}",
-                        doc.name
-                    ),
-                );
-                view.version = Some((&doc.version).into());
-                refused.push((id, view));
-                continue;
-            }
-            candidates
-                .entry(document_id(&doc))
-                .or_insert_with(|| Candidate {
-                    doc,
-                    published_by: Vec::new(),
-                    stored: false,
-                })
-                .published_by
-                .push(member);
-        }
-        for doc in st.stored.values() {
-            candidates
-                .entry(document_id(doc))
-                .or_insert_with(|| Candidate {
-                    doc: doc.clone(),
-                    published_by: Vec::new(),
-                    stored: false,
-                })
-                .stored = true;
-        }
-
-        // Check each distinct document once: body, then signature.
-        let mut checked: HashMap<Digest32, Check> = HashMap::new();
-        for (id, c) in &candidates {
-            let result = match RouteSpec::parse_document(&c.doc) {
-                Err(e) => Err(("invalid_body", format!("invalid route body: {e}"))),
-                Ok(spec) => match verdict(&self.tls, &mut st.verdicts, &c.doc, now) {
-                    Ok(signer) => Ok((spec, signer)),
-                    Err(e) => Err((e.reason(), e.to_string())),
-                },
-            };
-            checked.insert(*id, result);
-        }
-        let live_signatures: HashSet<Digest32> =
-            candidates.values().map(|c| signature_id(&c.doc)).collect();
-        st.verdicts.retain(|k, _| live_signatures.contains(k));
-
-        let merged = merge(candidates.values().map(|c| &c.doc), |d| {
-            checked.get(&document_id(d)).is_some_and(|r| r.is_ok())
-        });
-
-        // Report refusals, each once while it is around.
-        for (id, c) in &candidates {
-            if let Some(Err((reason, error))) = checked.get(id) {
-                let mut published_by = c.published_by.clone();
-                published_by.sort();
-                published_by.dedup();
-                refused.push((
-                    report_id(&c.doc),
-                    RejectedView {
-                        name: c.doc.name.clone(),
-                        version: Some((&c.doc.version).into()),
-                        reason: reason.to_string(),
-                        error: error.clone(),
-                        signer: Some(describe_cert(&CertificateDer::from(
-                            c.doc.signer_cert_der.as_slice(),
-                        ))),
-                        published_by,
-                        stored: c.stored,
-                    },
-                ));
-            }
-        }
-        if st.reported.len() > MAX_REPORTED {
-            st.reported.clear();
-        }
-        for (id, view) in &refused {
-            if st.reported.insert(*id) {
-                self.metrics
-                    .route_rejections
-                    .get_or_create(&ReasonLabels {
-                        reason: reason_label(&view.reason),
-                    })
-                    .inc();
-                tracing::warn!(
-                    route = %view.name,
-                    version = %view.version.as_ref().map(ToString::to_string).unwrap_or_default(),
-                    reason = %view.reason,
-                    published_by = %view.published_by.join(","),
-                    error = %view.error,
-                    "refused a route document"
-                );
-            }
-        }
-        refused.sort_by(|a, b| (&a.1.name, &a.1.version).cmp(&(&b.1.name, &b.1.version)));
-        st.rejected = refused.into_iter().map(|(_, v)| v).collect();
-
-        // The documents in force.
-        let mut in_force = BTreeMap::new();
-        for (name, winner) in merged.winners {
-            let id = document_id(&winner.document);
-            let Some(Ok((_, signer))) = checked.get(&id) else {
-                continue;
-            };
-            in_force.insert(
-                name,
-                InForce {
-                    id,
-                    signer: signer.clone(),
-                    winner,
-                },
-            );
-        }
-        let changed = in_force.len() != st.in_force.len()
-            || in_force
-                .iter()
-                .zip(st.in_force.iter())
-                .any(|((n1, a), (n2, b))| n1 != n2 || a.id != b.id);
-        for (name, f) in &in_force {
-            if st.in_force.get(name).map(|old| old.id) == Some(f.id) {
-                continue;
-            }
-            if let Err(e) = st.hlc.observe(&f.winner.document.version, now_ms) {
-                tracing::warn!(route = %name, error = %e, "not adopting a route version's clock reading");
-            }
-            tracing::info!(
-                route = %name,
-                version = %VersionView::from(&f.winner.document.version),
-                issued_at = %rfc3339_ms(f.winner.spec.issued_at_ms),
-                signer = %f.signer.operator,
-                deleted = f.winner.spec.deleted,
-                "route document in force"
-            );
-        }
-        for name in st.in_force.keys() {
-            if !in_force.contains_key(name) {
-                tracing::warn!(route = %name, "route has no valid document any more; it is removed");
-            }
-        }
-
-        // Adopt: store and publish every winner.
-        for (name, f) in &in_force {
-            let doc = &f.winner.document;
-            if st.stored.get(name) != Some(doc) {
-                match self.persist(doc).await {
-                    Ok(()) => {
-                        st.stored.insert(name.clone(), doc.clone());
-                    }
-                    Err(e) => {
-                        tracing::error!(route = %name, error = %e, "cannot store a route document")
-                    }
-                }
-            }
-            match encode_text(doc) {
-                Ok(text) => {
-                    let key = route_key(name);
-                    if own.get(&key) != Some(&text) {
-                        self.gossip.set(&key, &text).await;
-                    }
-                    st.published.insert(name.clone());
-                }
-                Err(e) => {
-                    tracing::error!(route = %name, error = %e, "cannot encode a route document")
-                }
-            }
-        }
-        let withdrawn: Vec<String> = st
-            .published
+        let in_force: BTreeMap<String, [u8; 16]> = view
+            .documents
             .iter()
-            .filter(|n| !in_force.contains_key(*n))
-            .cloned()
+            .map(|d| (d.document.name.clone(), d.id))
             .collect();
-        for name in withdrawn {
-            self.gossip.delete(&route_key(&name)).await;
-            st.published.remove(&name);
+        let changed = in_force != st.in_force;
+        for d in &view.documents {
+            if st.in_force.get(&d.document.name) != Some(&d.id) {
+                tracing::info!(
+                    route = %d.document.name,
+                    id = %hex_id(&d.id),
+                    issued_at = %rfc3339_ms(d.spec.issued_at_ms),
+                    signer = %d.signer.operator,
+                    deleted = d.spec.deleted,
+                    "route document in force"
+                );
+            }
+            self.store_winner(&mut st, &d.document).await;
         }
-
+        self.report_expired(&mut st, &view.documents, now);
         if changed {
             let table = RouteTable::new(
-                in_force
-                    .values()
-                    .filter(|f| !f.winner.spec.deleted)
-                    .map(|f| f.winner.spec.clone()),
+                view.documents
+                    .iter()
+                    .filter(|d| !d.spec.deleted)
+                    .map(|d| d.spec.clone()),
             );
             self.metrics.route_documents.set(table.len() as i64);
             self.table.store(Arc::new(table));
-            let expiry = in_force.values().map(|f| f.signer.not_after).min();
-            self.metrics.route_signer_expiry.set(expiry.unwrap_or(0));
+            let expiry = view
+                .documents
+                .iter()
+                .map(|d| d.signer.not_after_ms / 1000)
+                .min();
+            self.metrics
+                .route_signer_expiry
+                .set(expiry.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)));
         }
         st.in_force = in_force;
     }
 
+    /// Stores `doc` unless it is what the data directory already holds.
+    async fn store_winner(&self, st: &mut State, doc: &RouteDocument) {
+        if st.stored.get(&doc.name) == Some(doc) {
+            return;
+        }
+        match self.persist(doc).await {
+            Ok(()) => {
+                st.stored.insert(doc.name.clone(), doc.clone());
+            }
+            Err(e) => {
+                tracing::error!(route = %doc.name, error = %e, "cannot store a route document")
+            }
+        }
+    }
+
+    /// Warns once per document whose signer's certificate expired, and keeps the
+    /// gauge of such documents.
+    fn report_expired(&self, st: &mut State, docs: &[HeldDocument], now: u64) {
+        let expired: Vec<&HeldDocument> = docs.iter().filter(|d| d.signer_expired(now)).collect();
+        self.metrics
+            .route_documents_expired
+            .set(expired.len() as i64);
+        for d in &expired {
+            if st.expired_reported.insert(d.id) {
+                tracing::warn!(
+                    route = %d.document.name,
+                    signer = %d.signer.operator,
+                    expired = %rfc3339_ms(d.signer.not_after_ms),
+                    "the operator certificate that signed this route document has expired; the document stays in force (its allow-lists keep denying) until a newer one is applied: sign it again with a valid operator certificate"
+                );
+            }
+        }
+        let current: HashSet<[u8; 16]> = expired.iter().map(|d| d.id).collect();
+        st.expired_reported.retain(|id| current.contains(id));
+    }
+
     /// `POST /routes`: checks a signed route, refuses it if it would not beat the
-    /// document in force, stamps its version, stores and publishes it.
+    /// document in force, and puts it in force (which stores and gossips it).
     pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse, ApplyError> {
         let SignedParts {
             body,
@@ -837,128 +563,96 @@ impl RouteStore {
         let spec = match RouteSpec::parse_body(&body) {
             Ok(spec) => spec,
             Err(e) => {
-                if self.state.lock().await.reported.insert(digest(&[&body])) {
-                    self.metrics
-                        .route_rejections
-                        .get_or_create(&ReasonLabels {
-                            reason: "invalid_body",
-                        })
-                        .inc();
-                }
+                let doc = RouteDocument {
+                    name: String::new(),
+                    body,
+                    signature,
+                    signer_cert_der,
+                };
+                self.gossip.count_refused_document(&doc, "invalid_body");
                 return Err(ApplyError::Invalid(e));
             }
         };
         let name = spec.name.clone();
         let now_ms = unix_ms();
-        let max_drift = Hlc::DEFAULT_MAX_DRIFT_MS;
-        if spec.issued_at_ms > now_ms.saturating_add(max_drift) {
+        let max_skew = mesh_proto::membership::config::DEFAULT_MAX_CLOCK_SKEW.as_millis() as u64;
+        if spec.issued_at_ms > now_ms.saturating_add(max_skew) {
             return Err(ApplyError::FromTheFuture {
                 name,
                 issued: rfc3339_ms(spec.issued_at_ms),
                 ahead_s: (spec.issued_at_ms - now_ms) / 1000,
-                max_s: max_drift / 1000,
+                max_s: max_skew / 1000,
             });
         }
-        // Merge what gossip has now, so "in force" is as current as it can be.
-        self.refresh(false).await;
-        let mut st = self.state.lock().await;
-        let node = st.hlc.node().to_string();
-        let mut doc = RouteDocument {
+        let doc = RouteDocument {
             name: name.clone(),
-            version: HlcTimestamp {
-                wall_ms: 0,
-                logical: 0,
-                node,
-            },
             body,
             signature,
             signer_cert_der,
         };
-        let signer = match verdict(&self.tls, &mut st.verdicts, &doc, UnixTime::now()) {
-            Ok(signer) => signer,
-            Err(error) => {
-                if st.reported.insert(report_id(&doc)) {
-                    self.metrics
-                        .route_rejections
-                        .get_or_create(&ReasonLabels {
-                            reason: error.reason(),
-                        })
-                        .inc();
-                }
+        // The signer must be valid now to apply (relaying only needs it valid
+        // when the document was issued).
+        let signer = self
+            .tls
+            .verify_route_document(&doc, UnixTime::now())
+            .map_err(|error| {
+                self.gossip.count_refused_document(&doc, error.reason());
                 tracing::warn!(route = %name, reason = error.reason(), %error, "refused a route document from the admin API");
-                return Err(ApplyError::Signature { name, error });
+                ApplyError::Signature {
+                    name: name.clone(),
+                    error,
+                }
+            })?;
+        let current = self
+            .gossip
+            .view()
+            .documents
+            .iter()
+            .find(|d| d.document.name == name)
+            .cloned();
+        let result = judge_against(&doc, &spec, &signer.operator, current.as_ref())?;
+        if result == ApplyResult::Unchanged {
+            let cur = current.as_ref().map(|c| view_of(c, now_ms));
+            if let Some(route) = cur {
+                return Ok(ApplyResponse { result, route });
             }
-        };
-        let current = st.in_force.get(&name).cloned();
-        if let Some(cur) = &current {
-            let d = &cur.winner.document;
-            if d.body == doc.body
-                && d.signature == doc.signature
-                && d.signer_cert_der == doc.signer_cert_der
-            {
-                return Ok(ApplyResponse {
-                    result: ApplyResult::Unchanged,
-                    route: cur.view(),
-                });
-            }
-            if spec.deleted && cur.winner.spec.deleted {
-                return Err(ApplyError::AlreadyDeleted { name });
-            }
-            // The same route signed again with the same certificate (a pipeline
-            // applying every route on each deploy): keep the document in force.
-            // Another certificate (a renewed one) makes a new version.
-            let same_content = RouteSpec {
-                issued_at_ms: cur.winner.spec.issued_at_ms,
-                ..spec.clone()
-            } == cur.winner.spec;
-            if same_content && d.signer_cert_der == doc.signer_cert_der {
-                return Ok(ApplyResponse {
-                    result: ApplyResult::Unchanged,
-                    route: cur.view(),
-                });
-            }
-            if spec.issued_at_ms < cur.winner.spec.issued_at_ms {
-                return Err(not_newer(&spec, cur));
-            }
-        } else if spec.deleted {
-            return Err(ApplyError::NoSuchRoute { name });
         }
-        let result = match &current {
-            _ if spec.deleted => ApplyResult::Deleted,
-            Some(cur) if !cur.winner.spec.deleted => ApplyResult::Updated,
-            _ => ApplyResult::Created,
-        };
-        doc.version = st.hlc.now(now_ms);
-        if let Some(cur) = &current
-            && Precedence::of(&doc, &spec) <= cur.winner.precedence()
-        {
-            return Err(not_newer(&spec, cur));
+        match self.gossip.publish_document(doc.clone()) {
+            Ok(DocumentApplied::InForce) => {}
+            Ok(DocumentApplied::Stale) => {
+                return Err(ApplyError::NotNewer {
+                    name,
+                    issued: rfc3339_ms(spec.issued_at_ms),
+                    current: current
+                        .map(|c| rfc3339_ms(c.spec.issued_at_ms))
+                        .unwrap_or_default(),
+                    signer: signer.operator,
+                });
+            }
+            Err(r) => {
+                self.gossip.count_refused_document(&doc, r.label);
+                return Err(ApplyError::Refused {
+                    name,
+                    reason: r.label,
+                });
+            }
         }
         self.persist(&doc).await?;
-        tracing::info!(
-            route = %name,
-            version = %VersionView::from(&doc.version),
-            signer = %signer.operator,
-            %result,
-            "accepted a route document from the admin API"
-        );
-        st.stored.insert(name.clone(), doc.clone());
-        drop(st);
-        self.refresh(true).await;
-        let st = self.state.lock().await;
-        let route = match st.in_force.get(&name) {
-            Some(f) => f.view(),
-            // Only a concurrent, newer apply can get here; report what was stored.
-            None => InForce {
-                id: document_id(&doc),
-                winner: Winner {
-                    document: doc,
-                    spec,
-                },
-                signer,
-            }
-            .view(),
-        };
+        self.state
+            .lock()
+            .await
+            .stored
+            .insert(name.clone(), doc.clone());
+        tracing::info!(route = %name, signer = %signer.operator, %result, "accepted a route document from the admin API");
+        self.refresh().await;
+        let route = self
+            .gossip
+            .view()
+            .documents
+            .iter()
+            .find(|d| d.document.name == name)
+            .map(|d| view_of(d, now_ms))
+            .ok_or(ApplyError::NoSuchRoute { name })?;
         Ok(ApplyResponse { result, route })
     }
 
@@ -981,52 +675,93 @@ impl RouteStore {
     }
 }
 
-fn not_newer(spec: &RouteSpec, current: &InForce) -> ApplyError {
-    ApplyError::NotNewer {
-        name: spec.name.clone(),
-        issued: rfc3339_ms(spec.issued_at_ms),
-        current: rfc3339_ms(current.winner.spec.issued_at_ms),
-        signer: current.signer.operator.clone(),
-    }
-}
-
-/// The signature verdict for `doc` at `now`, from the cache when it has one
-/// (re-checking the signer's validity window, which depends on `now`).
-fn verdict(
-    tls: &TlsState,
-    cache: &mut HashMap<Digest32, Result<Signer, SignatureError>>,
+/// What applying `doc` would do against the document in force: the result, or
+/// the refusal an operator should see.
+fn judge_against(
     doc: &RouteDocument,
-    now: UnixTime,
-) -> Result<Signer, SignatureError> {
-    let id = signature_id(doc);
-    if let Some(cached) = cache.get(&id) {
-        let signer = cached.clone()?;
-        signer.valid_at(now)?;
-        return Ok(signer);
+    spec: &RouteSpec,
+    signer: &str,
+    current: Option<&HeldDocument>,
+) -> Result<ApplyResult, ApplyError> {
+    let name = spec.name.clone();
+    let Some(cur) = current else {
+        return if spec.deleted {
+            Err(ApplyError::NoSuchRoute { name })
+        } else {
+            Ok(ApplyResult::Created)
+        };
+    };
+    let d = &cur.document;
+    if d.body == doc.body
+        && d.signature == doc.signature
+        && d.signer_cert_der == doc.signer_cert_der
+    {
+        return Ok(ApplyResult::Unchanged);
     }
-    let result = tls.verify_route_document(doc, now);
-    if !matches!(
-        result,
-        Err(SignatureError::Expired { .. } | SignatureError::NotYetValid { .. })
-    ) {
-        cache.insert(id, result.clone());
+    if spec.deleted && cur.spec.deleted {
+        return Err(ApplyError::AlreadyDeleted { name });
     }
-    result
+    // The same route signed again with the same certificate (a pipeline applying
+    // every route on each deploy): keep the document in force. Another
+    // certificate (a renewed one) makes a new document.
+    let same_content = RouteSpec {
+        issued_at_ms: cur.spec.issued_at_ms,
+        ..spec.clone()
+    } == cur.spec;
+    if same_content && d.signer_cert_der == doc.signer_cert_der {
+        return Ok(ApplyResult::Unchanged);
+    }
+    if Precedence::of(doc, spec) <= cur.precedence() {
+        return Err(ApplyError::NotNewer {
+            name,
+            issued: rfc3339_ms(spec.issued_at_ms),
+            current: rfc3339_ms(cur.spec.issued_at_ms),
+            signer: signer.to_string(),
+        });
+    }
+    Ok(match () {
+        _ if spec.deleted => ApplyResult::Deleted,
+        _ if cur.spec.deleted => ApplyResult::Created,
+        _ => ApplyResult::Updated,
+    })
 }
 
-/// The `'static` label for a reason string produced by this module.
-fn reason_label(reason: &str) -> &'static str {
-    SignatureError::REASONS
-        .iter()
-        .chain(BODY_REASONS.iter())
-        .find(|r| **r == reason)
-        .copied()
-        .unwrap_or("malformed")
+fn rejected_view(doc: &RouteDocument, reason: &str, sender: &str, stored: bool) -> RejectedView {
+    RejectedView {
+        name: doc.name.clone(),
+        reason: reason.to_string(),
+        error: reason_sentence(reason),
+        signer: Some(describe_cert(&CertificateDer::from(
+            doc.signer_cert_der.as_slice(),
+        ))),
+        published_by: if sender.is_empty() {
+            Vec::new()
+        } else {
+            vec![sender.to_string()]
+        },
+        stored,
+    }
 }
 
-/// Reads every `<name>.route` file of `dir`. Files that do not decode, or whose
-/// document is for another name, are logged and skipped; temporary files left by
-/// an interrupted write are removed.
+/// A sentence for a refusal label.
+fn reason_sentence(reason: &str) -> String {
+    match reason {
+        "invalid_body" => "the body does not parse, validate or name its route".into(),
+        "from_the_future" => "issued_at_ms is ahead of this node's clock by more than the allowed skew; check the signer's clock (NTP)".into(),
+        "too_many_documents" => "the mesh holds as many route documents as gossip.max_documents allows".into(),
+        "bad_signature" => "the signature does not match the document body".into(),
+        "other_ca" => "the signer certificate was not issued by this mesh's CA".into(),
+        "not_an_operator" => "the signer certificate is not an operator certificate".into(),
+        "expired" => "the signer certificate had expired when the document was issued".into(),
+        "not_yet_valid" => "the signer certificate was not valid yet when the document was issued".into(),
+        other => format!("refused: {other}"),
+    }
+}
+
+/// Reads every `<name>.route` file of `dir` (documents written before route
+/// documents lost their node-stamped version are read too). Files that do not
+/// decode, or whose document is for another name, are logged and skipped;
+/// temporary files left by an interrupted write are removed.
 fn load_dir(dir: &Path) -> BTreeMap<String, RouteDocument> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
@@ -1050,7 +785,7 @@ fn load_dir(dir: &Path) -> BTreeMap<String, RouteDocument> {
         };
         let doc = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
-            .and_then(|text| decode_text::<RouteDocument>(text.trim()).map_err(|e| e.to_string()));
+            .and_then(|text| decode_stored(text.trim()));
         match doc {
             Ok(doc) if doc.name == stem => {
                 out.insert(doc.name.clone(), doc);
@@ -1070,21 +805,47 @@ fn load_dir(dir: &Path) -> BTreeMap<String, RouteDocument> {
     out
 }
 
+/// A stored document's text, in the current layout or the one with a version.
+fn decode_stored(text: &str) -> Result<RouteDocument, String> {
+    match decode_text::<RouteDocument>(text) {
+        Ok(doc) => Ok(doc),
+        Err(current) => decode_text::<LegacyRouteDocument>(text)
+            .map(RouteDocument::from)
+            .map_err(|_| current.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use mesh_proto::membership::documents::document_id;
+
     use super::*;
 
     fn doc(name: &str) -> RouteDocument {
         RouteDocument {
             name: name.to_string(),
-            version: HlcTimestamp {
-                wall_ms: 7,
-                logical: 1,
-                node: "n1".into(),
-            },
             body: b"{}".to_vec(),
             signature: vec![1, 2, 3],
             signer_cert_der: vec![4, 5],
+        }
+    }
+
+    fn held(spec: &RouteSpec, signature: u8, cert: u8) -> HeldDocument {
+        let document = RouteDocument {
+            name: spec.name.clone(),
+            body: spec.to_body(),
+            signature: vec![signature],
+            signer_cert_der: vec![cert],
+        };
+        HeldDocument {
+            id: document_id(&document),
+            document,
+            spec: spec.clone(),
+            signer: mesh_proto::membership::DocumentSigner {
+                operator: "alice".into(),
+                not_before_ms: 0,
+                not_after_ms: u64::MAX,
+            },
         }
     }
 
@@ -1145,28 +906,76 @@ mod tests {
     }
 
     #[test]
-    fn ids_separate_what_they_should() {
-        let a = doc("shop");
-        let mut restamped = a.clone();
-        restamped.version.logical += 1;
-        assert_eq!(signature_id(&a), signature_id(&restamped));
-        assert_eq!(report_id(&a), report_id(&restamped));
-        assert_ne!(document_id(&a), document_id(&restamped));
-        let mut moved = a.clone();
-        moved.name = "other".into();
-        assert_eq!(signature_id(&a), signature_id(&moved));
-        assert_ne!(report_id(&a), report_id(&moved));
-        // Length prefixes: bytes moved between fields change the digest.
-        let mut shifted = a.clone();
-        shifted.signature = vec![1, 2];
-        shifted.signer_cert_der = vec![3, 4, 5];
-        assert_ne!(signature_id(&a), signature_id(&shifted));
+    fn applying_is_judged_against_the_document_in_force() {
+        let v1 = RouteSpec::tombstone("shop", 1_000);
+        let live = RouteSpec::parse_body(
+            br#"{"name":"shop","issued_at_ms":1000,"rules":[{"backends":[{"service":"web"}]}]}"#,
+        )
+        .unwrap();
+        let cur = held(&live, 1, 9);
+        let doc_of = |h: &HeldDocument| h.document.clone();
+        // Nothing in force: created; a tombstone for nothing: 404.
+        assert_eq!(
+            judge_against(&doc_of(&cur), &live, "alice", None).unwrap(),
+            ApplyResult::Created
+        );
+        assert_eq!(
+            judge_against(&doc_of(&held(&v1, 1, 9)), &v1, "alice", None)
+                .unwrap_err()
+                .status(),
+            404
+        );
+        // The same document, or the same route re-signed with the same
+        // certificate: unchanged.
+        assert_eq!(
+            judge_against(&doc_of(&cur), &live, "alice", Some(&cur)).unwrap(),
+            ApplyResult::Unchanged
+        );
+        let mut resigned = live.clone();
+        resigned.issued_at_ms = 2_000;
+        let again = held(&resigned, 2, 9);
+        assert_eq!(
+            judge_against(&doc_of(&again), &resigned, "alice", Some(&cur)).unwrap(),
+            ApplyResult::Unchanged
+        );
+        // Issued later by another certificate: an update; earlier: 409.
+        let renewed = held(&resigned, 2, 8);
+        assert_eq!(
+            judge_against(&doc_of(&renewed), &resigned, "alice", Some(&cur)).unwrap(),
+            ApplyResult::Updated
+        );
+        let mut older = live.clone();
+        older.issued_at_ms = 500;
+        let err =
+            judge_against(&doc_of(&held(&older, 3, 8)), &older, "alice", Some(&cur)).unwrap_err();
+        assert_eq!(err.status(), 409, "{err}");
+        // A later tombstone deletes; a second one is 404.
+        let mut gone = v1.clone();
+        gone.issued_at_ms = 3_000;
+        assert_eq!(
+            judge_against(&doc_of(&held(&gone, 4, 9)), &gone, "alice", Some(&cur)).unwrap(),
+            ApplyResult::Deleted
+        );
+        let deleted = held(&gone, 4, 9);
+        let mut again = gone.clone();
+        again.issued_at_ms = 4_000;
+        assert_eq!(
+            judge_against(
+                &doc_of(&held(&again, 5, 8)),
+                &again,
+                "alice",
+                Some(&deleted)
+            )
+            .unwrap_err()
+            .status(),
+            404
+        );
     }
 
     #[test]
-    fn every_reason_is_a_metric_label() {
+    fn every_reason_has_a_sentence() {
         for reason in SignatureError::REASONS.iter().chain(BODY_REASONS.iter()) {
-            assert_eq!(reason_label(reason), *reason);
+            assert!(!reason_sentence(reason).is_empty());
         }
         assert_eq!(rfc3339_ms(1_767_225_600_120), "2026-01-01T00:00:00.12Z");
     }

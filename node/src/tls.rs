@@ -29,8 +29,10 @@ use webpki::{EndEntityCert, KeyUsage};
 
 use crate::metrics::{Metrics, ReasonLabels};
 
-/// ALPN of gossip connections.
-pub const ALPN_GOSSIP: &[u8] = b"shoal-gossip/1";
+/// ALPN of gossip connections: the membership protocol of
+/// `mesh_proto::membership` (version 2; version 1 was chitchat's, which nodes no
+/// longer speak).
+pub const ALPN_GOSSIP: &[u8] = b"shoal-gossip/2";
 /// ALPN of tunnel connections.
 pub const ALPN_TUNNEL: &[u8] = b"shoal-tunnel/1";
 /// The TLS server name every node dials. Which node must answer is checked after
@@ -409,6 +411,19 @@ impl TlsState {
             return Err(Rejection::NotANode);
         }
         Ok(id)
+    }
+
+    /// Signs `message` with this node's current private key, for the records it
+    /// publishes in gossip (ECDSA P-256 with SHA-256 for shoal-pki keys; P-384 and
+    /// Ed25519 keys are supported too). `None` if the key cannot sign.
+    pub fn sign(&self, message: &[u8]) -> Option<Vec<u8>> {
+        let identity = self.identity.load();
+        let signer = identity.certified.key.choose_scheme(&[
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            SignatureScheme::ECDSA_NISTP384_SHA384,
+            SignatureScheme::ED25519,
+        ])?;
+        signer.sign(message).ok()
     }
 
     /// Checks the operator signature of a route document against the current

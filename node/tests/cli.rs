@@ -117,7 +117,6 @@ ca = "{name}/ca.crt"
 
 [gossip]
 interval = "100ms"
-initial_interval = "100ms"
 {extra}
 "#
     )
@@ -840,7 +839,7 @@ fn route_apply_list_and_delete_through_the_cli() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert!(
-        stdout.starts_with("route shop created: version ") && stdout.contains("signed by alice"),
+        stdout.starts_with("route shop created: document ") && stdout.contains("signed by alice"),
         "{stdout}"
     );
     // Applying the same file again (a new issue time, the same route) changes nothing.

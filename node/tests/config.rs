@@ -136,12 +136,15 @@ ca = "tls/ca.crt"
 
 [gossip]
 interval = "100ms"
-phi_threshold = 10.5
-initial_interval = "200ms"
-max_interval = "20s"
-sampling_window = 500
+probe_timeout = "300ms"
+suspicion_timeout = "4s"
+suspicion_timeout_min = "1s"
 dead_node_grace = "10m"
-deletion_grace = "2m"
+max_clock_skew = "30s"
+max_members = 5000
+max_services_per_member = 8
+max_state_bytes = 16777216
+max_documents = 50
 
 [[service]]
 name = "web"
@@ -199,16 +202,28 @@ kind = "none"
 
     let g = &c.gossip;
     assert_eq!(g.interval, Duration::from_millis(100));
-    assert_eq!(g.phi_threshold, 10.5);
-    assert_eq!(g.initial_interval, Duration::from_millis(200));
-    assert_eq!(g.max_interval, Duration::from_secs(20));
-    assert_eq!(g.sampling_window, 500);
+    assert_eq!(g.probe_timeout, Duration::from_millis(300));
+    assert_eq!(g.suspicion_timeout, Duration::from_secs(4));
+    assert_eq!(g.suspicion_timeout_min, Duration::from_secs(1));
     assert_eq!(g.dead_node_grace, Duration::from_secs(600));
-    assert_eq!(g.deletion_grace, Duration::from_secs(120));
-    let fd = g.failure_detector_config();
-    assert_eq!(fd.sampling_window_size, 500);
-    assert_eq!(fd.initial_interval, Duration::from_millis(200));
-    assert_eq!(fd.dead_node_grace_period, Duration::from_secs(600));
+    assert_eq!(g.max_clock_skew, Duration::from_secs(30));
+    assert_eq!(
+        (
+            g.max_members,
+            g.max_services_per_member,
+            g.max_state_bytes,
+            g.max_documents
+        ),
+        (5000, 8, 16 << 20, 50)
+    );
+    let t = g.timing();
+    assert_eq!(t.probe_timeout, Duration::from_millis(300));
+    assert_eq!(t.suspicion_max, Duration::from_secs(4));
+    assert_eq!(t.suspicion_min, Duration::from_secs(1));
+    assert_eq!(t.dead_grace, Duration::from_secs(600));
+    assert_eq!(t.max_clock_skew, Duration::from_secs(30));
+    let l = g.limits();
+    assert_eq!((l.max_members, l.max_documents), (5000, 50));
 
     assert_eq!(c.services.len(), 2);
     let web = &c.services[0];
@@ -258,12 +273,15 @@ address = "127.0.0.1:6379"
 
     let g = &c.gossip;
     assert_eq!(g.interval, Duration::from_millis(250));
-    assert_eq!(g.phi_threshold, 8.0);
-    assert_eq!(g.initial_interval, g.interval);
-    assert_eq!(g.max_interval, Duration::from_secs(10));
-    assert_eq!(g.sampling_window, 100);
+    assert_eq!(g.probe_timeout, Duration::from_secs(1));
+    assert_eq!(g.suspicion_timeout, Duration::from_secs(5));
+    assert_eq!(g.suspicion_timeout_min, Duration::from_millis(1500));
     assert_eq!(g.dead_node_grace, Duration::from_secs(300));
-    assert_eq!(g.deletion_grace, Duration::from_secs(300));
+    assert_eq!(g.max_clock_skew, Duration::from_secs(60));
+    assert_eq!(g.max_members, 16_384);
+    assert_eq!(g.max_services_per_member, 64);
+    assert_eq!(g.max_state_bytes, 64 << 20);
+    assert_eq!(g.max_documents, 1024);
 
     let web = &c.services[0];
     assert_eq!(web.weight, 100);
@@ -289,10 +307,12 @@ address = "127.0.0.1:6379"
 }
 
 #[test]
-fn gossip_initial_interval_follows_interval() {
+fn gossip_timeouts_follow_the_interval() {
     let f = Fixture::new();
     let c = f.ok(&minimal_with("[gossip]\ninterval = \"400ms\""));
-    assert_eq!(c.gossip.initial_interval, Duration::from_millis(400));
+    assert_eq!(c.gossip.probe_timeout, Duration::from_millis(1600));
+    assert_eq!(c.gossip.suspicion_timeout, Duration::from_secs(8));
+    assert_eq!(c.gossip.suspicion_timeout_min, Duration::from_millis(2400));
 }
 
 #[test]
@@ -520,7 +540,7 @@ fn unknown_fields_are_named_with_their_path() {
     assert_error(&e, "service[1].health.helth", &["unknown field `helth`"]);
 
     let e = f.errors(&minimal_with("[gossip]\nfanout = 3"));
-    assert_error(&e, "gossip.fanout", &["unknown field"]);
+    assert_error(&e, "gossip.fanout", &["unknown setting"]);
 }
 
 #[test]
@@ -537,8 +557,8 @@ fn wrong_types_are_named_with_their_path() {
     let e = f.errors(&minimal_with("[gossip]\ninterval = \"fast\""));
     assert_error(&e, "gossip.interval", &[]);
 
-    let e = f.errors(&minimal_with("[gossip]\nsampling_window = -5"));
-    assert_error(&e, "gossip.sampling_window", &[]);
+    let e = f.errors(&minimal_with("[gossip]\nmax_members = -5"));
+    assert_error(&e, "gossip.max_members", &[]);
 }
 
 #[test]
@@ -932,18 +952,32 @@ fn gossip_rules() {
     let e = f.errors(&minimal_with("[gossip]\ninterval = \"11s\""));
     assert_error(&e, "gossip.interval", &["out of range"]);
     let e = f.errors(&minimal_with(
-        "[gossip]\nphi_threshold = 0.0\nsampling_window = 1\ndead_node_grace = \"0s\"\ndeletion_grace = \"500ms\"",
+        "[gossip]\nmax_members = 1\nmax_documents = 0\ndead_node_grace = \"0s\"\nmax_clock_skew = \"2h\"",
     ));
-    assert_error(&e, "gossip.phi_threshold", &["greater than 0"]);
-    assert_error(&e, "gossip.sampling_window", &["between 2 and 10000"]);
+    assert_error(&e, "gossip.max_members", &["between 2 and 1000000"]);
+    assert_error(&e, "gossip.max_documents", &["between 1 and 100000"]);
     assert_error(&e, "gossip.dead_node_grace", &["at least 1s"]);
-    assert_error(&e, "gossip.deletion_grace", &["at least 1s"]);
+    assert_error(&e, "gossip.max_clock_skew", &["out of range"]);
     let e = f.errors(&minimal_with(
-        "[gossip]\ninterval = \"1s\"\nmax_interval = \"500ms\"",
+        "[gossip]\ninterval = \"1s\"\nprobe_timeout = \"500ms\"",
     ));
-    assert_error(&e, "gossip.max_interval", &["out of range"]);
-    let e = f.errors(&minimal_with("[gossip]\ninitial_interval = \"1m\""));
-    assert_error(&e, "gossip.initial_interval", &["out of range"]);
+    assert_error(&e, "gossip.probe_timeout", &["out of range"]);
+    let e = f.errors(&minimal_with(
+        "[gossip]\nsuspicion_timeout = \"1s\"\nsuspicion_timeout_min = \"2s\"",
+    ));
+    assert_error(&e, "gossip.suspicion_timeout", &["out of range"]);
+    // Settings of the chitchat-based membership say what replaced them.
+    let e = f.errors(&minimal_with(
+        "[gossip]\nphi_threshold = 8.0\ndeletion_grace = \"1m\"",
+    ));
+    assert_error(
+        &e,
+        "gossip.phi_threshold",
+        &["no longer exists", "suspicion_timeout"],
+    );
+    assert_error(&e, "gossip.deletion_grace", &["no longer exists"]);
+    let e = f.errors(&minimal_with("[gossip]\nfanout = 3"));
+    assert_error(&e, "gossip.fanout", &["unknown setting"]);
 }
 
 #[test]

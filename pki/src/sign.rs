@@ -15,14 +15,14 @@
 //!
 //! The signature is ECDSA P-256 with SHA-256, DER-encoded (ASN.1), over the body
 //! bytes exactly — what `openssl dgst -sha256 -sign operator.key body.json`
-//! writes, so a document can be signed with other tools too. The document's HLC
-//! `version` is *not* signed: the node that accepts the document stamps it.
+//! writes, so a document can be signed with other tools too. The document carries
+//! nothing else: it is gossiped exactly as signed.
 //!
 //! This module signs with [`OperatorKey`] (the CLI side) and verifies with
 //! [`OperatorVerifier`] (the node side). It never reads a clock: callers pass
 //! `now`.
 
-use mesh_proto::gossip::{HlcTimestamp, RouteDocument};
+use mesh_proto::gossip::RouteDocument;
 use mesh_proto::route::RouteSpec;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, SigningKey};
 use rustls_pki_types::pem::PemObject;
@@ -85,8 +85,7 @@ impl std::fmt::Debug for OperatorKey {
     }
 }
 
-/// A route body with its operator signature and the signer's certificate: a
-/// [`RouteDocument`] without its version, which the accepting node stamps.
+/// A route body with its operator signature and the signer's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedRoute {
     /// The route name (from the body).
@@ -100,11 +99,10 @@ pub struct SignedRoute {
 }
 
 impl SignedRoute {
-    /// The route document with this signature, stamped with `version`.
-    pub fn document(&self, version: HlcTimestamp) -> RouteDocument {
+    /// The route document with this signature.
+    pub fn document(&self) -> RouteDocument {
         RouteDocument {
             name: self.name.clone(),
-            version,
             body: self.body.clone(),
             signature: self.signature.clone(),
             signer_cert_der: self.signer_cert_der.clone(),
@@ -475,14 +473,6 @@ mod tests {
         .unwrap()
     }
 
-    fn version() -> HlcTimestamp {
-        HlcTimestamp {
-            wall_ms: 5,
-            logical: 0,
-            node: "n1".into(),
-        }
-    }
-
     #[test]
     fn a_document_signed_by_an_operator_verifies() {
         let ca = ca("mesh.test");
@@ -495,22 +485,18 @@ mod tests {
             spec().to_body(),
             "the canonical body is signed"
         );
-        let doc = signed.document(version());
+        let doc = signed.document();
         assert_eq!(doc.name, "shop");
         let signer = verifier(&ca).verify(&doc, UnixTime::now()).unwrap();
         assert_eq!(signer.operator, "alice");
         assert!(signer.valid_at(UnixTime::now()).is_ok());
-        // The version is not signed: the accepting node stamps it.
-        let mut restamped = doc.clone();
-        restamped.version.wall_ms = 99;
-        assert!(verifier(&ca).verify(&restamped, UnixTime::now()).is_ok());
     }
 
     #[test]
     fn a_tampered_body_or_a_foreign_signature_is_refused() {
         let ca = ca("mesh.test");
         let (_, key) = operator(&ca, "alice");
-        let mut doc = key.sign_route(&spec()).unwrap().document(version());
+        let mut doc = key.sign_route(&spec()).unwrap().document();
         let at = doc.body.len() - 5;
         doc.body[at] ^= 1;
         let err = verifier(&ca).verify(&doc, UnixTime::now()).unwrap_err();
@@ -519,7 +505,7 @@ mod tests {
 
         // Bob's signature shipped with Alice's certificate.
         let (_, bob) = operator(&ca, "bob");
-        let mut doc = key.sign_route(&spec()).unwrap().document(version());
+        let mut doc = key.sign_route(&spec()).unwrap().document();
         doc.signature = bob.sign(&doc.body).unwrap();
         assert_eq!(
             verifier(&ca).verify(&doc, UnixTime::now()),
@@ -551,7 +537,6 @@ mod tests {
         let body = spec().to_body();
         let doc = RouteDocument {
             name: "shop".into(),
-            version: version(),
             signature: node_key.sign(&body).unwrap(),
             body,
             signer_cert_der: node.cert_der.to_vec(),
@@ -575,7 +560,7 @@ mod tests {
         let ours = ca("mesh.test");
         let theirs = ca("mesh.test");
         let (_, key) = operator(&theirs, "mallory");
-        let doc = key.sign_route(&spec()).unwrap().document(version());
+        let doc = key.sign_route(&spec()).unwrap().document();
         let err = verifier(&ours).verify(&doc, UnixTime::now()).unwrap_err();
         assert_eq!(err.reason(), "other_ca", "{err}");
         assert!(err.to_string().contains("not issued by this mesh's CA"));
@@ -587,7 +572,7 @@ mod tests {
         // Another trust domain's CA does not vouch for this mesh's operators.
         let other_td = ca("other.test");
         let (_, key) = operator(&other_td, "eve");
-        let doc = key.sign_route(&spec()).unwrap().document(version());
+        let doc = key.sign_route(&spec()).unwrap().document();
         let v = OperatorVerifier::new(
             "mesh.test",
             vec![
@@ -616,12 +601,12 @@ mod tests {
             .unwrap();
         let key =
             OperatorKey::from_pem(expired.cert_pem.as_bytes(), expired.key_pem.as_bytes()).unwrap();
-        let doc = key.sign_route(&spec()).unwrap().document(version());
+        let doc = key.sign_route(&spec()).unwrap().document();
         let err = verifier(&ca).verify(&doc, UnixTime::now()).unwrap_err();
         assert_eq!(err.reason(), "expired", "{err}");
 
         let (_, key) = operator(&ca, "alice");
-        let doc = key.sign_route(&spec()).unwrap().document(version());
+        let doc = key.sign_route(&spec()).unwrap().document();
         let signer = verifier(&ca).verify(&doc, UnixTime::now()).unwrap();
         let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             u64::try_from(signer.not_after).unwrap() + 1,
@@ -656,7 +641,7 @@ mod tests {
     fn garbage_certificates_are_malformed_not_panics() {
         let ca = ca("mesh.test");
         let (_, key) = operator(&ca, "alice");
-        let mut doc = key.sign_route(&spec()).unwrap().document(version());
+        let mut doc = key.sign_route(&spec()).unwrap().document();
         for cert in [vec![], vec![0x30], b"not a certificate".to_vec()] {
             doc.signer_cert_der = cert;
             let err = verifier(&ca).verify(&doc, UnixTime::now()).unwrap_err();

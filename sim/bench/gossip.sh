@@ -2,10 +2,12 @@
 # Gossip and memory at scale: runs the simulator (in-process nodes) at several mesh
 # sizes and tabulates time to full membership, time for a health change to reach
 # every node, time for a killed node to leave every routing table, false deaths in
-# a steady period, gossip bytes per node per second and process memory.
+# a steady period, gossip bytes per node per second and process memory, and what
+# a quiet mesh costs (gossip bytes and process CPU per node per second, measured
+# over a period in which nothing changes and the simulator does not poll).
 #
 #   sim/bench/gossip.sh [--sizes "10 100 250 500 1000"] [--interval 250ms]
-#                       [--steady 60s] [--timeout 180s]
+#                       [--steady 60s] [--quiet 30s] [--timeout 180s]
 #
 # Stops at the first size that does not converge within --timeout and says so.
 # Needs the release simulator: cargo build --release -p shoal-sim
@@ -15,14 +17,16 @@ cd "$(dirname "$0")/../.."
 SIZES="10 100 250 500 1000"
 INTERVAL="250ms"
 STEADY="60s"
+QUIET="30s"
 TIMEOUT="180s"
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) SIZES="$2"; shift 2 ;;
         --interval) INTERVAL="$2"; shift 2 ;;
         --steady) STEADY="$2"; shift 2 ;;
+        --quiet) QUIET="$2"; shift 2 ;;
         --timeout) TIMEOUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "gossip.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,6 +64,9 @@ timeout = "$TIMEOUT"
 [[step]]
 action = "steady"
 for = "$STEADY"
+[[step]]
+action = "quiet"
+for = "$QUIET"
 [[step]]
 action = "health"
 service = "echo"
@@ -103,8 +110,11 @@ for path in sorted(glob.glob(f"{out}/gossip-{stamp}-n*.json"), key=lambda p: int
     own, every = t("echo@n1", "seen by its own node"), t("echo@n1", "seen by every node")
     prop = None if own is None or every is None else every - own
     killed = next((x["after_s"] for x in r["timings"] if x["event"].startswith("killed")), None)
-    rows.append(f"| {r['nodes']} | {fmt(conv)} | {fmt(every)} ({fmt(prop)} after its node) | {fmt(killed)} | {r['false_deaths']} | {r['gossip_bytes_per_node_per_s']/1000:.1f} KB/s | {r['rss_mib']:.0f} MiB | {'passed' if not r['errors'] else 'FAILED: ' + '; '.join(r['errors'])} |")
-table = ["| nodes | full membership | health change everywhere | killed node gone everywhere | false deaths (steady) | gossip / node | memory (process) | run |", "|--:|--:|--:|--:|--:|--:|--:|---|"] + rows
+    q = r.get("quiet") or {}
+    qbytes = "—" if not q else f"{q['gossip_bytes_per_node_per_s']/1000:.2f} KB/s"
+    qcpu = "—" if q.get("cpu_ms_per_node_per_s") is None else f"{q['cpu_ms_per_node_per_s']:.2f} ms/s"
+    rows.append(f"| {r['nodes']} | {fmt(conv)} | {fmt(every)} ({fmt(prop)} after its node) | {fmt(killed)} | {r['false_deaths']} | {r['gossip_bytes_per_node_per_s']/1000:.1f} KB/s | {qbytes} | {qcpu} | {r['rss_mib']:.0f} MiB | {'passed' if not r['errors'] else 'FAILED: ' + '; '.join(r['errors'])} |")
+table = ["| nodes | full membership | health change everywhere | killed node gone everywhere | false deaths (steady) | gossip / node (run) | quiet: gossip / node | quiet: CPU / node | memory (process) | run |", "|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"] + rows
 text = f"# Gossip at scale {stamp}\n\nCommand: `sim/bench/gossip.sh` (in-process nodes, gossip every {interval}).\n\n" + "\n".join(table) + "\n"
 open(f"{out}/gossip-{stamp}.md", "w").write(text)
 print(text)

@@ -247,7 +247,6 @@ impl Mesh {
             ca: Some(node.cert_dir.join("ca.crt")),
         });
         raw.gossip.interval = Some(self.spec.gossip_interval);
-        raw.gossip.initial_interval = Some(self.spec.gossip_interval);
         let interval = self.spec.health_interval;
         raw.services = node
             .services

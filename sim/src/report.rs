@@ -60,12 +60,28 @@ pub struct Report {
     /// False deaths seen during `steady` steps: times a running node saw another
     /// running node not alive.
     pub false_deaths: u64,
+    /// What membership cost during `quiet` steps (the last one, if several).
+    pub quiet: Option<QuietCost>,
     /// Measurement resolution, milliseconds (how often the nodes were polled).
     pub resolution_ms: u64,
     /// Expectations.
     pub expectations: Vec<Expectation>,
     /// Errors that stopped or disturbed the run.
     pub errors: Vec<String>,
+}
+
+/// What a quiet mesh cost: gossip and CPU per node per second over a `quiet` step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuietCost {
+    /// Running nodes.
+    pub nodes: usize,
+    /// Length of the step, seconds.
+    pub seconds: f64,
+    /// Gossip bytes sent per node per second.
+    pub gossip_bytes_per_node_per_s: f64,
+    /// CPU time (user + system) of the whole process per node per second, in
+    /// milliseconds; `None` in processes mode.
+    pub cpu_ms_per_node_per_s: Option<f64>,
 }
 
 impl Report {
@@ -139,6 +155,19 @@ impl Report {
             self.rss_mib,
             self.datagrams_dropped
         );
+        if let Some(q) = &self.quiet {
+            let cpu = q
+                .cpu_ms_per_node_per_s
+                .map(|c| format!("{c:.2} ms CPU"))
+                .unwrap_or_else(|| "CPU not measured".into());
+            let _ = writeln!(
+                out,
+                "quiet mesh ({} nodes, {:.0} s): {:.2} KB/s gossip and {cpu} per node per second",
+                q.nodes,
+                q.seconds,
+                q.gossip_bytes_per_node_per_s / 1000.0
+            );
+        }
         let _ = writeln!(
             out,
             "false deaths during steady periods: {}",

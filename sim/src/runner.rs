@@ -13,7 +13,7 @@ use tokio::sync::{RwLock, watch};
 use tokio::task::JoinHandle;
 
 use crate::mesh::{Mesh, Mode};
-use crate::report::{Expectation, Report, Timing};
+use crate::report::{Expectation, QuietCost, Report, Timing};
 use crate::scenario::{BackendKind, Condition, Scenario, Step};
 use crate::traffic::{Generator, Record, Stats, Summary};
 
@@ -45,6 +45,7 @@ struct Run {
     poll: Duration,
     max_nodes: usize,
     false_deaths: u64,
+    quiet: Option<QuietCost>,
     bar: ProgressBar,
 }
 
@@ -114,6 +115,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
         },
         max_nodes: 0,
         false_deaths: 0,
+        quiet: None,
         bar,
     };
     for l in &scenario.mesh.listeners {
@@ -479,6 +481,51 @@ impl Run {
                         after_s: Some(duration.as_secs_f64()),
                     });
             }
+            Step::Quiet { duration } => {
+                self.note(&format!(
+                    "measuring a quiet mesh for {}",
+                    humantime_serde::re::humantime::format_duration(*duration)
+                ));
+                let (nodes, bytes0, in_process) = {
+                    let mesh = self.mesh.read().await;
+                    let in_process = mesh.network().is_some();
+                    (
+                        mesh.running().len(),
+                        mesh.gossip_bytes_sent().await,
+                        in_process,
+                    )
+                };
+                let cpu0 = process_cpu_ms();
+                let start = Instant::now();
+                tokio::time::sleep(*duration).await;
+                let seconds = start.elapsed().as_secs_f64();
+                let cpu1 = process_cpu_ms();
+                let bytes1 = self.mesh.read().await.gossip_bytes_sent().await;
+                let node_seconds = nodes.max(1) as f64 * seconds;
+                let cost = QuietCost {
+                    nodes,
+                    seconds,
+                    gossip_bytes_per_node_per_s: bytes1.saturating_sub(bytes0) as f64
+                        / node_seconds,
+                    cpu_ms_per_node_per_s: match (in_process, cpu0, cpu1) {
+                        (true, Some(a), Some(b)) => Some((b - a) / node_seconds),
+                        _ => None,
+                    },
+                };
+                self.timings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Timing {
+                        event: format!("quiet ({nodes} nodes)"),
+                        at_s: self.epoch.elapsed().as_secs_f64() - seconds,
+                        what: format!(
+                            "{:.2} KB/s gossip per node",
+                            cost.gossip_bytes_per_node_per_s / 1000.0
+                        ),
+                        after_s: Some(seconds),
+                    });
+                self.quiet = Some(cost);
+            }
             Step::Expect {
                 max_failed,
                 max_failed_percent,
@@ -655,6 +702,7 @@ impl Run {
             datagrams_dropped: mesh.network().map(|n| n.stats().dropped()).unwrap_or(0),
             resolution_ms: self.poll.as_millis() as u64,
             false_deaths: self.false_deaths,
+            quiet: self.quiet.take(),
             expectations: std::mem::take(&mut self.expectations),
             errors: std::mem::take(&mut self.errors),
         };
@@ -884,4 +932,16 @@ impl Mesh {
         }
         out
     }
+}
+
+/// User + system CPU time of this process so far, in milliseconds (Linux).
+fn process_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    Some((utime + stime) * 1000.0 / ticks)
 }

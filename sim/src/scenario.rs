@@ -245,6 +245,14 @@ pub enum Step {
         #[serde(rename = "for", with = "humantime_serde")]
         duration: Duration,
     },
+    /// Leave the mesh alone for a while, without polling it, and measure what
+    /// membership costs when nothing changes: gossip bytes sent and process CPU
+    /// time (in-process mode), per node per second.
+    Quiet {
+        /// How long.
+        #[serde(rename = "for", with = "humantime_serde")]
+        duration: Duration,
+    },
     /// Check the run so far; a failed expectation makes the run fail.
     Expect {
         /// At most this many failed requests since the start.
@@ -490,7 +498,7 @@ impl Scenario {
                         return Err(bad(field, "count must be at least 1".into()));
                     }
                 }
-                Step::Steady { duration } => {
+                Step::Steady { duration } | Step::Quiet { duration } => {
                     if duration.is_zero() {
                         return Err(bad(field, "`for` must be longer than 0".into()));
                     }

@@ -15,6 +15,7 @@
     missing_debug_implementations
 )]
 
+pub mod rogue;
 pub mod web;
 
 use std::future::Future;
@@ -103,6 +104,38 @@ impl Pki {
             .issue_node(node, &services, Validity::days_from_now(10).unwrap())
             .unwrap();
         self.write(node, &cert)
+    }
+
+    /// A QUIC endpoint of the mesh on a free loopback port, with a fresh node
+    /// certificate for `node` allowing `services`, and its TLS state: what a
+    /// peer that is not a full node (a probe, a rogue member) dials with.
+    pub fn endpoint(
+        &self,
+        node: &str,
+        services: &[&str],
+    ) -> (
+        Arc<shoal_node::endpoint::MeshEndpoint>,
+        Arc<shoal_node::tls::TlsState>,
+    ) {
+        use shoal_node::tls::{TlsFiles, TlsState};
+        let dir = self.node_dir(node, services);
+        let metrics = Arc::new(shoal_node::metrics::Metrics::new());
+        let tls = TlsState::load(
+            &TlsFiles {
+                cert: dir.join("node.crt"),
+                key: dir.join("node.key"),
+                ca: dir.join("ca.crt"),
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let endpoint = shoal_node::endpoint::MeshEndpoint::new(
+            shoal_node::endpoint::SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
+            tls.clone(),
+            metrics,
+        )
+        .unwrap();
+        (endpoint, tls)
     }
 
     /// Writes an issued certificate into `<dir>/<label>-<n>/` and returns that directory.
@@ -249,7 +282,6 @@ impl NodeSpec {
             ca: Some(cert_dir.join("ca.crt")),
         });
         raw.gossip.interval = Some(TEST_GOSSIP_INTERVAL);
-        raw.gossip.initial_interval = Some(TEST_GOSSIP_INTERVAL);
         raw.services = self
             .services
             .iter()

@@ -2,9 +2,11 @@
 //! real certificates over loopback QUIC.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mesh_proto::codec::encode_text;
+use mesh_proto::codec::encode;
 use mesh_proto::gossip::{Health, ServiceRecord, service_key};
+use mesh_proto::membership::wire::{Body, Items};
 use mesh_proto::tunnel::Protocol;
+use shoal_tests::rogue::Rogue;
 use shoal_tests::{Check, HttpBackend, NodeSpec, Pki, TcpBackend, TestNode, eventually};
 
 fn all_alive(states: &[(String, String)], names: &[&str]) -> bool {
@@ -31,6 +33,19 @@ async fn three_nodes(pki: &Pki, web: &TcpBackend, api: &HttpBackend) -> [TestNod
     .await;
     let n3 = TestNode::start(pki, NodeSpec::new("n3").seed(&n1)).await;
     [n1, n2, n3]
+}
+
+/// The encoded record of a healthy TCP service `name`.
+fn healthy_tcp_service(name: &str) -> Vec<u8> {
+    encode(&ServiceRecord {
+        name: name.into(),
+        protocol: Protocol::Tcp,
+        weight: 100,
+        health: Health::Healthy,
+        inflight: 0,
+        tags: vec![],
+    })
+    .unwrap()
 }
 
 async fn converge(nodes: &[&TestNode]) {
@@ -85,7 +100,8 @@ async fn three_nodes_from_one_seed_converge_on_members_and_services() {
     assert_eq!(n1["zone"], "zone-a");
     assert_eq!(n1["address"], nodes[0].node.bound().advertise.to_string());
     assert!(n1["generation"].as_u64().unwrap() > 0);
-    assert!(n1["heartbeat_age_ms"].is_u64());
+    assert!(n1["last_heard_ms"].is_u64(), "{n1}");
+    assert_eq!(n1["accused_by"], serde_json::json!([]));
     // metrics count gossip and rebuilds
     assert!(
         nodes[1]
@@ -253,35 +269,33 @@ async fn a_restarted_node_is_the_same_node_with_a_new_generation() {
     n2.node.kill().await;
 }
 
+/// A member (with a valid certificate allowing `web` only) also claims
+/// `payments`, signing the record itself: every node refuses it, counts it, and
+/// routes `payments` nowhere; the allowed service still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_claim_outside_the_certificate_is_ignored_and_counted() {
+async fn a_service_claim_outside_the_certificate_is_refused_and_counted() {
     let pki = Pki::new("mesh.test");
     let web = TcpBackend::start().await;
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    // n2's certificate allows `web` only
-    let n2 = TestNode::start(
+    let n1 = TestNode::start(
         &pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .service("web", web.addr(), Check::Tcp),
+        NodeSpec::new("n1").service("web", web.addr(), Check::Tcp),
     )
     .await;
-    converge(&[&n1, &n2]).await;
-    // n2 misbehaves: it also claims `payments`
-    let claim = ServiceRecord {
-        name: "payments".into(),
-        protocol: Protocol::Tcp,
-        weight: 100,
-        health: Health::Healthy,
-        inflight: 0,
-        tags: vec![],
-    };
-    n2.node
-        .gossip()
-        .set(&service_key("payments"), &encode_text(&claim).unwrap())
+    let member = Rogue::join(&pki, "n2", &["web"], &[&n1]).await;
+    let claim = member.own(&service_key("payments"), healthy_tcp_service("payments"));
+    member
+        .send(
+            &n1,
+            Body::Items(Items {
+                records: vec![claim],
+                ..Items::default()
+            }),
+        )
         .await;
-    eventually("n1 counts the ignored claim", || async {
-        n1.metric("shoal_ignored_service_claims_total").await >= 1.0
+    eventually("n1 counts the refused claim", || async {
+        n1.metric("shoal_gossip_rejected_total{reason=\"service_not_in_certificate\"}")
+            .await
+            >= 1.0
     })
     .await;
     let table = n1.node.table();
@@ -292,7 +306,6 @@ async fn a_service_claim_outside_the_certificate_is_ignored_and_counted() {
         "the allowed service still counts"
     );
     n1.node.kill().await;
-    n2.node.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +384,9 @@ async fn an_isolated_node_keeps_its_last_table_and_peers_rejoin_from_the_data_di
     n2.node.kill().await;
 }
 
+/// A member publishes n1's (public) certificate as its own and claims `pay`:
+/// the certificate names another node (refused), and without a certificate of
+/// its own allowing `pay` the claim is refused too. Only n1 hosts `pay`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_another_nodes_certificate_grants_nothing() {
     use mesh_proto::gossip::{CERT_KEY, NodeCertificate};
@@ -383,32 +399,39 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
         NodeSpec::new("n1").service("pay", pay.addr(), Check::Tcp),
     )
     .await;
-    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
     let n3 = TestNode::start(&pki, NodeSpec::new("n3").seed(&n1)).await;
-    converge(&[&n1, &n2, &n3]).await;
+    converge(&[&n1, &n3]).await;
     eventually("n3 routes pay to n1", || async {
         n3.node.table().endpoints("pay").len() == 1
     })
     .await;
-    // n2 publishes n1's (public) certificate as its own, and claims `pay`
+    let member = Rogue::join(&pki, "n2", &[], &[&n1, &n3]).await;
     let n1_cert = std::fs::read(n1.cert_dir.join("node.crt")).unwrap();
     let der = CertificateDer::from_pem_slice(&n1_cert).unwrap();
-    let published = encode_text(&NodeCertificate { der: der.to_vec() }).unwrap();
-    n2.node.gossip().set(CERT_KEY, &published).await;
-    let claim = ServiceRecord {
-        name: "pay".into(),
-        protocol: Protocol::Tcp,
-        weight: 100,
-        health: Health::Healthy,
-        inflight: 0,
-        tags: vec![],
-    };
-    n2.node
-        .gossip()
-        .set(&service_key("pay"), &encode_text(&claim).unwrap())
+    let mut stolen = member.own(
+        CERT_KEY,
+        encode(&NodeCertificate { der: der.to_vec() }).unwrap(),
+    );
+    stolen.generation += 1; // a new generation needs a certificate record
+    let stolen = member.sign(stolen);
+    let claim = member.own(&service_key("pay"), healthy_tcp_service("pay"));
+    member
+        .send(
+            &n3,
+            Body::Items(Items {
+                records: vec![stolen, claim],
+                ..Items::default()
+            }),
+        )
         .await;
-    eventually("n3 counts n2's claim as not allowed", || async {
-        n3.metric("shoal_ignored_service_claims_total").await >= 1.0
+    eventually("n3 refuses both", || async {
+        n3.metric("shoal_gossip_rejected_total{reason=\"certificate_mismatch\"}")
+            .await
+            >= 1.0
+            && n3
+                .metric("shoal_gossip_rejected_total{reason=\"service_not_in_certificate\"}")
+                .await
+                >= 1.0
     })
     .await;
     let eps: Vec<String> = n3
@@ -419,31 +442,14 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
         .map(|e| e.node.clone())
         .collect();
     assert_eq!(eps, ["n1"], "only n1 may host pay");
-    for n in [n1, n2, n3] {
+    for n in [n1, n3] {
         n.node.kill().await;
     }
 }
 
 /// A mesh endpoint for `name`, with certificates from `pki`, on a free port.
 fn endpoint_for(pki: &Pki, name: &str) -> std::sync::Arc<shoal_node::endpoint::MeshEndpoint> {
-    use shoal_node::tls::{TlsFiles, TlsState};
-    let dir = pki.node_dir(name, &[]);
-    let metrics = std::sync::Arc::new(shoal_node::metrics::Metrics::new());
-    let tls = TlsState::load(
-        &TlsFiles {
-            cert: dir.join("node.crt"),
-            key: dir.join("node.key"),
-            ca: dir.join("ca.crt"),
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    shoal_node::endpoint::MeshEndpoint::new(
-        shoal_node::endpoint::SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
-        tls,
-        metrics,
-    )
-    .unwrap()
+    pki.endpoint(name, &[]).0
 }
 
 /// One connection per pair of nodes: the peer answers gossip over the connection

@@ -10,9 +10,7 @@ use std::time::Duration;
 use mesh_proto::codec::encode;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use sha2::{Digest, Sha256};
-use shoal_node::endpoint::{MeshEndpoint, SocketSource, Use};
-use shoal_node::metrics::Metrics;
-use shoal_node::tls::{TlsFiles, TlsState};
+use shoal_node::endpoint::{MeshEndpoint, Use};
 use shoal_tests::{Check, NodeSpec, Pki, TcpBackend, TestNode, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -397,23 +395,7 @@ async fn ring_hash_keeps_a_client_on_one_endpoint() {
 /// A tunnel client with a node certificate of `pki`, as a misbehaving or
 /// unauthorized peer would be.
 async fn raw_tunnel_client(pki: &Pki, name: &str, services: &[&str]) -> Arc<MeshEndpoint> {
-    let dir = pki.node_dir(name, services);
-    let metrics = Arc::new(Metrics::new());
-    let tls = TlsState::load(
-        &TlsFiles {
-            cert: dir.join("node.crt"),
-            key: dir.join("node.key"),
-            ca: dir.join("ca.crt"),
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    MeshEndpoint::new(
-        SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
-        tls,
-        metrics,
-    )
-    .unwrap()
+    pki.endpoint(name, services).0
 }
 
 async fn ask(conn: &quinn::Connection, header: &StreamHeader) -> StreamStatus {

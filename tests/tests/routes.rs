@@ -10,8 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use mesh_proto::codec::{decode_text, encode_text};
-use mesh_proto::gossip::{HlcTimestamp, RouteDocument, route_key};
+use mesh_proto::codec::decode_text;
+use mesh_proto::gossip::RouteDocument;
+use mesh_proto::membership::wire::{Body, Items};
 use mesh_proto::route::RouteSpec;
 use rcgen::SigningKey as _;
 use serde_json::Value;
@@ -19,6 +20,7 @@ use shoal_node::StartOptions;
 use shoal_node::routes::{ApplyRequest, RejectedView, RouteView};
 use shoal_pki::{CertificateAuthority, OperatorKey, SignedRoute, Validity};
 use shoal_sim::faults::Network;
+use shoal_tests::rogue::Rogue;
 use shoal_tests::{NodeSpec, Pki, TestNode, eventually};
 
 // ---------------------------------------------------------------------------
@@ -154,16 +156,13 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["result"], "created");
     assert_eq!(answer["route"]["signer"], "alice");
-    assert_eq!(
-        answer["route"]["version"]["node"], "n2",
-        "the accepting node stamps the version: {answer}"
-    );
+    let id = answer["route"]["id"].as_str().unwrap().to_string();
     wait_in_force(&nodes.iter().collect::<Vec<_>>(), &v1).await;
     for n in &nodes {
         let r = in_force(n, "shop").await.unwrap();
         assert_eq!(r.signer, "alice");
         assert_eq!(r.issued_at_ms, v1.issued_at_ms);
-        assert_eq!(r.version.node, "n2", "every node has the same document");
+        assert_eq!(r.id, id, "every node has the same document");
         eventually("the gauge counts one route", || async {
             n.metric("shoal_route_documents ").await == 1.0
         })
@@ -176,7 +175,7 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
         (status, &answer["result"]),
         (200, &Value::from("unchanged"))
     );
-    assert_eq!(answer["route"]["version"]["node"], "n2");
+    assert_eq!(answer["route"]["id"], id.as_str());
 
     // A document issued before the one in force (an operator clock behind).
     let stale = route("shop", "web-old", v1.issued_at_ms - 60_000);
@@ -194,8 +193,8 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
     assert_eq!((status, &answer["result"]), (200, &Value::from("updated")));
     wait_in_force(&nodes.iter().collect::<Vec<_>>(), &v2).await;
     // The same route signed again later with the same certificate (a pipeline
-    // re-applying everything) keeps the version in force; another operator's
-    // signature (a renewed certificate, say) makes a new version.
+    // re-applying everything) keeps the document in force; another operator's
+    // signature (a renewed certificate, say) makes a new one.
     let resigned = route("shop", "web-v2", v2.issued_at_ms + 10);
     let (status, answer) = apply(&nodes[0], &alice.sign_route(&resigned).unwrap()).await;
     assert_eq!(
@@ -243,9 +242,9 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
 
 /// Documents signed by a node certificate, with a tampered body, or by an
 /// operator of another CA are refused by the admin API with a reason — and,
-/// injected straight into gossip by a member, refused by every node, listed in
-/// `GET /routes/rejected` and counted by reason, never applied. So are values
-/// that are not documents, or are published under another route's key.
+/// sent straight into gossip by a member, refused by every node, listed in
+/// `GET /routes/rejected` with the member that sent them and counted by reason,
+/// never applied or stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_documents_are_rejected_everywhere() {
     let pki = Pki::new("mesh.test");
@@ -297,35 +296,27 @@ async fn forged_documents_are_rejected_everywhere() {
         assert!(error.contains(words), "{}: {error}", signed.name);
     }
 
-    // A member publishes them anyway, plus a document under another route's key
-    // and a value that is not a document at all.
-    let version = HlcTimestamp {
-        wall_ms: now,
-        logical: 0,
-        node: "n2".into(),
-    };
-    let gossip = nodes[1].node.gossip();
-    for (signed, _, _) in &cases {
-        let doc = signed.document(version.clone());
-        gossip
-            .set(&route_key(&doc.name), &encode_text(&doc).unwrap())
+    // A member sends them anyway, to every node.
+    let member = Rogue::join(&pki, "member", &[], &nodes.iter().collect::<Vec<_>>()).await;
+    for n in &nodes {
+        let docs = cases
+            .iter()
+            .map(|(signed, _, _)| signed.document())
+            .collect();
+        member
+            .send(
+                n,
+                Body::Items(Items {
+                    documents: docs,
+                    ..Items::default()
+                }),
+            )
             .await;
     }
-    let elsewhere = alice
-        .sign_route(&route("real", "web", now))
-        .unwrap()
-        .document(version.clone());
-    gossip
-        .set(&route_key("hijack"), &encode_text(&elsewhere).unwrap())
-        .await;
-    gossip.set(&route_key("garbage"), "not a document").await;
-
     let expected = [
         ("by-node", "not_an_operator"),
         ("tampered", "bad_signature"),
         ("foreign", "other_ca"),
-        ("hijack", "key_mismatch"),
-        ("garbage", "malformed"),
     ];
     for n in &nodes {
         eventually(
@@ -333,9 +324,9 @@ async fn forged_documents_are_rejected_everywhere() {
             || async {
                 let rejected = rejected(n).await;
                 expected.iter().all(|(name, reason)| {
-                    rejected
-                        .iter()
-                        .any(|r| r.name == *name && r.reason == *reason && r.published_by == ["n2"])
+                    rejected.iter().any(|r| {
+                        r.name == *name && r.reason == *reason && r.published_by == ["member"]
+                    })
                 })
             },
         )

@@ -7,7 +7,7 @@ use std::fs;
 
 use mesh_proto::codec::{Frame, encode};
 use mesh_proto::gossip::{
-    Health, HlcTimestamp, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
+    Health, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
 };
 use mesh_proto::route::RouteSpec;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
@@ -68,11 +68,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "route_document",
         &RouteDocument {
             name: "orders-split".into(),
-            version: HlcTimestamp {
-                wall_ms: 1_700_000_000_123,
-                logical: 2,
-                node: "node-1".into(),
-            },
             body: route_spec().to_body(),
             signature: vec![0x30; 70],
             signer_cert_der: vec![0x30; 300],

@@ -1,29 +1,23 @@
-//! The route merge: from every route document gossip delivered, the one in force
-//! for each route name — the same on every node that sees the same documents, with
-//! no coordinator.
+//! The route merge: from a set of route documents, the one in force for each
+//! route name — the same on every node that sees the same documents, with no
+//! coordinator.
 //!
-//! Every node publishes, under `route:<name>`, the document it considers the winner
-//! for that name; [`merge()`] takes all of them (from every live member) and, per
-//! name, keeps the document that
+//! Per name, [`merge()`] keeps the document that
 //! 1. carries a body that parses, validates, and names the document's route
 //!    ([`RouteSpec::parse_document`]),
 //! 2. passes the caller's `verified` check (the node checks the signature over the
 //!    body and the signer's operator certificate against the mesh CA: this crate
 //!    does no cryptography),
 //! 3. and has the highest [`Precedence`]: the signed `issued_at_ms` of its body
-//!    first, then its HLC `version` (which orders by wall time, logical count and
-//!    stamping node), then its body, signature and certificate bytes — a total
-//!    order, so every node picks the same winner whatever order the documents
-//!    arrive in.
+//!    first, then its body, signature and certificate bytes — a total order over
+//!    signed parts only, so every node picks the same winner whatever order the
+//!    documents arrive in, and no member can reorder documents (nothing a relay
+//!    could change takes part).
 //!
-//! Why the signed issue time comes first: the version is stamped by whichever node
-//! accepted the document and is not covered by the signature. Were the version the
-//! first key, any mesh member could republish an old, validly signed body under a
-//! fresh version and roll the route back (or undo a deletion). The issue time is
-//! inside the signed body, so only an operator can move it forward. The cost: an
-//! operator's clock that runs behind makes a new document lose to an older one,
-//! which is why the node should refuse, at `route apply`, a document that does not
-//! beat the current winner (compare [`Precedence`]s) and say so.
+//! The cost of ordering by the operator's issue time: an operator's clock that
+//! runs behind makes a new document lose to an older one, which is why the node
+//! refuses, at `route apply`, a document that does not beat the current winner
+//! (compare [`Precedence`]s) and says so.
 //!
 //! Documents failing rule 1 or 2 are reported as [`Rejected`] with the reason and
 //! never win. A winning tombstone (`deleted: true`) stays among the winners — it
@@ -36,7 +30,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use super::{RouteError, RouteSpec, RouteTable};
-use crate::gossip::{HlcTimestamp, RouteDocument};
+use crate::gossip::RouteDocument;
 
 /// The order between two valid documents of one route: the greater wins. Fields
 /// compare in declaration order.
@@ -44,8 +38,6 @@ use crate::gossip::{HlcTimestamp, RouteDocument};
 pub struct Precedence<'a> {
     /// The signed issue time from the body ([`RouteSpec::issued_at_ms`]).
     pub issued_at_ms: u64,
-    /// The document's HLC version.
-    pub version: &'a HlcTimestamp,
     /// The body bytes.
     pub body: &'a [u8],
     /// The signature bytes.
@@ -59,7 +51,6 @@ impl<'a> Precedence<'a> {
     pub fn of(document: &'a RouteDocument, spec: &RouteSpec) -> Precedence<'a> {
         Precedence {
             issued_at_ms: spec.issued_at_ms,
-            version: &document.version,
             body: &document.body,
             signature: &document.signature,
             signer_cert_der: &document.signer_cert_der,
@@ -102,8 +93,6 @@ pub enum RejectReason {
 pub struct Rejected {
     /// The route name the document claims.
     pub name: String,
-    /// Its version.
-    pub version: HlcTimestamp,
     /// Why it was refused.
     pub reason: RejectReason,
 }
@@ -113,7 +102,7 @@ pub struct Rejected {
 pub struct Merged {
     /// Per route name, the document in force, tombstones included.
     pub winners: BTreeMap<String, Winner>,
-    /// The documents refused, each once, ordered by name and version.
+    /// The documents refused, each once, ordered by name and signed bytes.
     pub rejected: Vec<Rejected>,
 }
 
@@ -130,8 +119,7 @@ impl Merged {
 }
 
 /// Checks one document as [`merge()`] does (body, then `verified`) and returns its
-/// spec: what the node runs on `route apply` before stamping and storing a
-/// document.
+/// spec.
 pub fn check_document(
     document: &RouteDocument,
     verified: impl Fn(&RouteDocument) -> bool,
@@ -143,10 +131,8 @@ pub fn check_document(
     Ok(spec)
 }
 
-/// Merges route documents (see the module doc). Identical documents — every node
-/// republishes the winner — are checked once, so `verified` runs once per distinct
-/// document; the node should still cache its results, since the merge reruns on
-/// every gossip change.
+/// Merges route documents (see the module doc). Identical documents are checked
+/// once, so `verified` runs once per distinct document.
 pub fn merge<'a>(
     documents: impl IntoIterator<Item = &'a RouteDocument>,
     verified: impl Fn(&RouteDocument) -> bool,
@@ -161,7 +147,6 @@ pub fn merge<'a>(
         match check_document(doc, &verified) {
             Err(reason) => rejected.push(Rejected {
                 name: doc.name.clone(),
-                version: doc.version.clone(),
                 reason,
             }),
             Ok(spec) => match winners.get(doc.name.as_str()) {
@@ -191,12 +176,6 @@ pub fn merge<'a>(
 }
 
 /// A total order on documents, for deduplication and a deterministic report.
-fn sort_key(d: &RouteDocument) -> (&str, &HlcTimestamp, &[u8], &[u8], &[u8]) {
-    (
-        &d.name,
-        &d.version,
-        &d.body,
-        &d.signature,
-        &d.signer_cert_der,
-    )
+fn sort_key(d: &RouteDocument) -> (&str, &[u8], &[u8], &[u8]) {
+    (&d.name, &d.body, &d.signature, &d.signer_cert_der)
 }

@@ -9,7 +9,6 @@ use proptest::prelude::*;
 
 use super::table::normalize_host;
 use super::*;
-use crate::gossip::HlcTimestamp;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -291,7 +290,7 @@ fn parse_body_checks_the_size_before_parsing() {
 #[test]
 fn parse_document_requires_the_document_name() {
     let spec = route("b", &["*"], vec![rule("/", &[("s", 1)])]);
-    let doc = document("a", &spec.to_body(), (1, 0, "n1"), true);
+    let doc = document("a", &spec.to_body(), "n1", true);
     let err = RouteSpec::parse_document(&doc).unwrap_err();
     assert_eq!(err.field(), Some("name"));
     assert!(matches!(
@@ -301,7 +300,7 @@ fn parse_document_requires_the_document_name() {
             ..
         }
     ));
-    let doc = document("b", &spec.to_body(), (1, 0, "n1"), true);
+    let doc = document("b", &spec.to_body(), "n1", true);
     assert_eq!(RouteSpec::parse_document(&doc).unwrap(), spec);
 }
 
@@ -1188,31 +1187,29 @@ fn the_full_example_routes_as_documented() {
 // Merge
 // ---------------------------------------------------------------------------
 
-fn document(name: &str, body: &[u8], version: (u64, u32, &str), signed: bool) -> RouteDocument {
+/// A document; `tag` makes its signature (and so the document) distinct.
+fn document(name: &str, body: &[u8], tag: &str, signed: bool) -> RouteDocument {
+    let mut signature = if signed {
+        b"good-".to_vec()
+    } else {
+        b"forged-".to_vec()
+    };
+    signature.extend_from_slice(tag.as_bytes());
     RouteDocument {
         name: name.to_string(),
-        version: HlcTimestamp {
-            wall_ms: version.0,
-            logical: version.1,
-            node: version.2.to_string(),
-        },
         body: body.to_vec(),
-        signature: if signed {
-            b"good".to_vec()
-        } else {
-            b"forged".to_vec()
-        },
+        signature,
         signer_cert_der: b"operator".to_vec(),
     }
 }
 
 /// A document for `spec`, under its own name.
-fn doc_for(spec: &RouteSpec, version: (u64, u32, &str)) -> RouteDocument {
-    document(&spec.name, &spec.to_body(), version, true)
+fn doc_for(spec: &RouteSpec, tag: &str) -> RouteDocument {
+    document(&spec.name, &spec.to_body(), tag, true)
 }
 
 fn verified(d: &RouteDocument) -> bool {
-    d.signature == b"good"
+    d.signature.starts_with(b"good-")
 }
 
 fn issued(name: &str, issued_at_ms: u64, service: &str) -> RouteSpec {
@@ -1230,9 +1227,9 @@ fn winner_service(merged: &Merged, name: &str) -> Option<String> {
 }
 
 #[test]
-fn the_latest_issued_document_wins_whatever_its_version() {
-    let old = doc_for(&issued("r", 100, "old"), (9_000, 5, "n9"));
-    let new = doc_for(&issued("r", 200, "new"), (1_000, 0, "n1"));
+fn the_latest_issued_document_wins() {
+    let old = doc_for(&issued("r", 100, "old"), "z-old");
+    let new = doc_for(&issued("r", 200, "new"), "a-new");
     let merged = merge([&old, &new], verified);
     assert_eq!(winner_service(&merged, "r").as_deref(), Some("new"));
     assert!(merged.rejected.is_empty());
@@ -1240,60 +1237,29 @@ fn the_latest_issued_document_wins_whatever_its_version() {
 }
 
 #[test]
-fn the_hlc_version_breaks_issue_time_ties() {
+fn equal_issue_times_are_broken_by_the_signed_bytes_the_same_everywhere() {
     let spec_a = issued("r", 100, "a");
     let spec_b = issued("r", 100, "b");
-    let merged = merge(
-        [
-            &doc_for(&spec_a, (5, 2, "n1")),
-            &doc_for(&spec_b, (5, 1, "n9")),
-        ],
-        verified,
-    );
-    assert_eq!(
-        winner_service(&merged, "r").as_deref(),
-        Some("a"),
-        "logical count"
-    );
-    let merged = merge(
-        [
-            &doc_for(&spec_a, (5, 1, "n1")),
-            &doc_for(&spec_b, (5, 1, "n2")),
-        ],
-        verified,
-    );
-    assert_eq!(
-        winner_service(&merged, "r").as_deref(),
-        Some("b"),
-        "node name"
-    );
-    let merged = merge(
-        [
-            &doc_for(&spec_a, (6, 0, "n1")),
-            &doc_for(&spec_b, (5, 9, "n2")),
-        ],
-        verified,
-    );
-    assert_eq!(
-        winner_service(&merged, "r").as_deref(),
-        Some("a"),
-        "wall time"
-    );
-    // Same issue time and version: the body bytes decide, the same way everywhere.
-    let a = doc_for(&spec_a, (5, 1, "n1"));
-    let b = doc_for(&spec_b, (5, 1, "n1"));
+    let a = doc_for(&spec_a, "n1");
+    let b = doc_for(&spec_b, "n1");
     let ab = merge([&a, &b], verified);
     let ba = merge([&b, &a], verified);
     assert_eq!(ab, ba);
+    // The bodies differ only in the service name: "b" sorts after "a".
     assert_eq!(winner_service(&ab, "r").as_deref(), Some("b"));
+    // Same body: the signature bytes decide.
+    let a1 = doc_for(&spec_a, "1");
+    let a2 = doc_for(&spec_a, "2");
+    assert_eq!(merge([&a1, &a2], verified).winners["r"].document, a2);
+    assert_eq!(merge([&a2, &a1], verified).winners["r"].document, a2);
 }
 
 #[test]
-fn a_replayed_old_body_with_a_fresh_version_loses() {
-    let current = doc_for(&issued("r", 200, "current"), (2_000, 0, "n1"));
+fn a_replayed_old_document_loses() {
+    let current = doc_for(&issued("r", 200, "current"), "n1");
     let old_body = issued("r", 100, "rolled-back").to_body();
-    // A member republishes the old, validly signed body with a newer version.
-    let replay = document("r", &old_body, (u64::MAX, u32::MAX, "zz"), true);
+    // A member sends an old, validly signed body again, with any signature bytes.
+    let replay = document("r", &old_body, "zzzz", true);
     let merged = merge([&replay, &current], verified);
     assert_eq!(winner_service(&merged, "r").as_deref(), Some("current"));
     assert!(
@@ -1304,47 +1270,34 @@ fn a_replayed_old_body_with_a_fresh_version_loses() {
 
 #[test]
 fn unverified_and_misnamed_documents_are_rejected_and_never_win() {
-    let good = doc_for(&issued("r", 100, "good"), (1, 0, "n1"));
-    let forged = document(
-        "r",
-        &issued("r", 999, "forged").to_body(),
-        (9, 0, "n2"),
-        false,
-    );
-    let misnamed = document(
-        "r",
-        &issued("other", 999, "x").to_body(),
-        (9, 0, "n3"),
-        true,
-    );
-    let garbage = document("r", b"{not json", (9, 0, "n4"), true);
+    let good = doc_for(&issued("r", 100, "good"), "n1");
+    let forged = document("r", &issued("r", 999, "forged").to_body(), "n2", false);
+    let misnamed = document("r", &issued("other", 999, "x").to_body(), "n3", true);
+    let garbage = document("r", b"{not json", "n4", true);
     let invalid = {
         let mut s = issued("r", 999, "x");
         s.rules[0].backends[0].weight = 0;
-        document("r", &s.to_body(), (9, 0, "n5"), true)
+        document("r", &s.to_body(), "n5", true)
     };
     let merged = merge([&forged, &misnamed, &good, &garbage, &invalid], verified);
     assert_eq!(winner_service(&merged, "r").as_deref(), Some("good"));
     assert_eq!(merged.winners.len(), 1);
-    let reasons: BTreeMap<&str, &RejectReason> = merged
-        .rejected
-        .iter()
-        .map(|r| (r.version.node.as_str(), &r.reason))
-        .collect();
+    let reasons: Vec<&RejectReason> = merged.rejected.iter().map(|r| &r.reason).collect();
     assert_eq!(reasons.len(), 4);
-    assert_eq!(reasons["n2"], &RejectReason::Unverified);
-    assert!(matches!(
-        reasons["n3"],
+    assert!(reasons.contains(&&RejectReason::Unverified));
+    assert!(reasons.iter().any(|r| matches!(
+        r,
         RejectReason::Invalid(RouteError::Invalid { field, problem: Problem::NameMismatch { .. } }) if field == "name"
-    ));
-    assert!(matches!(
-        reasons["n4"],
-        RejectReason::Invalid(RouteError::Syntax { .. })
-    ));
-    assert!(matches!(
-        reasons["n5"],
+    )));
+    assert!(
+        reasons
+            .iter()
+            .any(|r| matches!(r, RejectReason::Invalid(RouteError::Syntax { .. })))
+    );
+    assert!(reasons.iter().any(|r| matches!(
+        r,
         RejectReason::Invalid(RouteError::Invalid { field, .. }) if field == "rules[0].backends[0].weight"
-    ));
+    )));
     for r in &merged.rejected {
         assert_eq!(r.name, "r");
         assert!(!r.reason.to_string().is_empty());
@@ -1366,9 +1319,9 @@ fn unverified_and_misnamed_documents_are_rejected_and_never_win() {
 
 #[test]
 fn a_tombstone_wins_hides_the_route_and_keeps_beating_older_versions() {
-    let v1 = doc_for(&issued("r", 100, "v1"), (1, 0, "n1"));
-    let other = doc_for(&issued("keep", 100, "k"), (1, 0, "n1"));
-    let tomb = doc_for(&RouteSpec::tombstone("r", 200), (2, 0, "n2"));
+    let v1 = doc_for(&issued("r", 100, "v1"), "n1");
+    let other = doc_for(&issued("keep", 100, "k"), "n1");
+    let tomb = doc_for(&RouteSpec::tombstone("r", 200), "n2");
     let merged = merge([&v1, &tomb, &other], verified);
     assert!(merged.winners["r"].spec.deleted);
     assert_eq!(merged.live().count(), 1);
@@ -1376,13 +1329,13 @@ fn a_tombstone_wins_hides_the_route_and_keeps_beating_older_versions() {
     assert!(table.get("r").is_none());
     assert!(table.get("keep").is_some());
 
-    // An old version republished later, with a fresh version, still loses.
-    let replay = document("r", &v1.body, (50, 0, "n3"), true);
+    // An old version sent again later, with other signature bytes, still loses.
+    let replay = document("r", &v1.body, "n3", true);
     let merged = merge([&tomb, &replay], verified);
     assert!(merged.winners["r"].spec.deleted);
 
     // Re-creating the route takes a newer issue time.
-    let v2 = doc_for(&issued("r", 300, "v2"), (3, 0, "n1"));
+    let v2 = doc_for(&issued("r", 300, "v2"), "n1");
     let merged = merge([&tomb, &v2, &replay], verified);
     assert_eq!(winner_service(&merged, "r").as_deref(), Some("v2"));
     assert!(merged.table().get("r").is_some());
@@ -1390,8 +1343,8 @@ fn a_tombstone_wins_hides_the_route_and_keeps_beating_older_versions() {
 
 #[test]
 fn identical_documents_are_verified_once() {
-    let d = doc_for(&issued("r", 100, "s"), (1, 0, "n1"));
-    let e = doc_for(&issued("q", 100, "s"), (1, 0, "n1"));
+    let d = doc_for(&issued("r", 100, "s"), "n1");
+    let e = doc_for(&issued("q", 100, "s"), "n1");
     let calls = Cell::new(0);
     let merged = merge([&d, &d, &e, &d, &e, &d], |doc: &RouteDocument| {
         calls.set(calls.get() + 1);
@@ -1399,7 +1352,7 @@ fn identical_documents_are_verified_once() {
     });
     assert_eq!(calls.get(), 2);
     assert_eq!(merged.winners.len(), 2);
-    let forged = document("r", &d.body, (1, 0, "n1"), false);
+    let forged = document("r", &d.body, "n1", false);
     let merged = merge([&forged, &forged, &forged], verified);
     assert_eq!(merged.rejected.len(), 1);
 }
@@ -1408,8 +1361,8 @@ fn identical_documents_are_verified_once() {
 fn precedence_orders_issue_time_first() {
     let a_spec = issued("r", 100, "a");
     let b_spec = issued("r", 101, "b");
-    let a = doc_for(&a_spec, (999, 0, "n"));
-    let b = doc_for(&b_spec, (1, 0, "n"));
+    let a = doc_for(&a_spec, "n");
+    let b = doc_for(&b_spec, "n");
     assert!(Precedence::of(&b, &b_spec) > Precedence::of(&a, &a_spec));
     let merged = merge([&a], verified);
     assert_eq!(
@@ -1613,37 +1566,30 @@ mod props {
     }
 
     /// A document for the merge property: one of three names, an issue time and a
-    /// version from small ranges (so ties happen), signed or not, sometimes with a
-    /// body for another name.
+    /// signature tag from small ranges (so ties happen), signed or not, sometimes
+    /// with a body for another name.
     fn merge_doc() -> impl Strategy<Value = RouteDocument> {
         (
             0..3usize,
             0..3usize,
             0..4u64,
-            (0..3u64, 0..2u32, 0..2usize),
+            0..3usize,
             any::<bool>(),
             0..4u8,
             any::<bool>(),
         )
-            .prop_map(
-                |(n, body_n, issued_at, (wall, logical, node), signed, service, deleted)| {
-                    let names = ["a", "b", "c"];
-                    // Mostly the document's own name; sometimes another.
-                    let body_name = if body_n == 0 {
-                        names[(n + 1) % 3]
-                    } else {
-                        names[n]
-                    };
-                    let mut spec = issued(body_name, issued_at, &format!("s{service}"));
-                    spec.deleted = deleted && service == 0;
-                    document(
-                        names[n],
-                        &spec.to_body(),
-                        (wall, logical, ["n1", "n2"][node]),
-                        signed,
-                    )
-                },
-            )
+            .prop_map(|(n, body_n, issued_at, tag, signed, service, deleted)| {
+                let names = ["a", "b", "c"];
+                // Mostly the document's own name; sometimes another.
+                let body_name = if body_n == 0 {
+                    names[(n + 1) % 3]
+                } else {
+                    names[n]
+                };
+                let mut spec = issued(body_name, issued_at, &format!("s{service}"));
+                spec.deleted = deleted && service == 0;
+                document(names[n], &spec.to_body(), ["t1", "t2", "t3"][tag], signed)
+            })
     }
 
     proptest! {
@@ -1679,7 +1625,7 @@ mod props {
                 .collect();
             prop_assert_eq!(merged.rejected.len(), failing.len());
             for d in failing {
-                prop_assert!(merged.rejected.iter().any(|r| r.name == d.name && r.version == d.version));
+                prop_assert!(merged.rejected.iter().any(|r| r.name == d.name));
                 prop_assert!(merged.winners.get(&d.name).is_none_or(|w| &w.document != d));
             }
         }

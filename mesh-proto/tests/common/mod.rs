@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, PROTOCOL_VERSION};
 use mesh_proto::gossip::{
-    Health, HlcTimestamp, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
+    Health, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
 };
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use proptest::collection::vec;
@@ -118,24 +118,16 @@ pub fn service_record() -> impl Strategy<Value = ServiceRecord> {
 pub fn route_document() -> impl Strategy<Value = RouteDocument> {
     (
         name(),
-        (any::<u64>(), any::<u32>(), name()),
         vec(any::<u8>(), 0..=4096),
         vec(any::<u8>(), 0..=RouteDocument::MAX_SIGNATURE_LEN),
         vec(any::<u8>(), 0..=1024),
     )
-        .prop_map(
-            |(name, (wall_ms, logical, node), body, signature, signer_cert_der)| RouteDocument {
-                name,
-                version: HlcTimestamp {
-                    wall_ms,
-                    logical,
-                    node,
-                },
-                body,
-                signature,
-                signer_cert_der,
-            },
-        )
+        .prop_map(|(name, body, signature, signer_cert_der)| RouteDocument {
+            name,
+            body,
+            signature,
+            signer_cert_der,
+        })
 }
 
 /// Byte strings worth throwing at a decoder: arbitrary bytes, a correct header in
@@ -219,11 +211,6 @@ pub fn sample_service() -> ServiceRecord {
 pub fn sample_route() -> RouteDocument {
     RouteDocument {
         name: "orders-split".into(),
-        version: HlcTimestamp {
-            wall_ms: 1_700_000_000_123,
-            logical: 2,
-            node: "node-1".into(),
-        },
         body: b"split: 90/10".to_vec(),
         signature: vec![0x30; 70],
         signer_cert_der: vec![0x30; 500],

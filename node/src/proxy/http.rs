@@ -372,7 +372,7 @@ impl HttpListener {
     }
 
     /// Accepts connections until `stop` fires.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, listener: Arc<TcpListener>, mut stop: watch::Receiver<bool>) {
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {

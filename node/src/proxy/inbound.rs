@@ -38,8 +38,13 @@ use crate::metrics::ServiceReasonLabels;
 /// its own, usually shorter, one).
 pub const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Serves inbound tunnel connections until `conns` closes.
-pub async fn serve(mut conns: mpsc::Receiver<Inbound>, ctx: Arc<ProxyContext>) {
+/// Serves inbound tunnel connections until `conns` closes (a restarted run
+/// takes over the receiver).
+pub async fn serve(
+    conns: Arc<tokio::sync::Mutex<mpsc::Receiver<Inbound>>>,
+    ctx: Arc<ProxyContext>,
+) {
+    let mut conns = conns.lock().await;
     while let Some(inbound) = conns.recv().await {
         let ctx = ctx.clone();
         tokio::spawn(async move {

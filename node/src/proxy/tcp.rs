@@ -47,7 +47,7 @@ impl Listener {
     }
 
     /// Accepts connections until `stop` fires.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, listener: Arc<TcpListener>, mut stop: watch::Receiver<bool>) {
         loop {
             let (client, peer) = tokio::select! {
                 r = listener.accept() => match r {

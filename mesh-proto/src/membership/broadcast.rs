@@ -1,0 +1,215 @@
+//! New items waiting to be pushed to peers (rumour mongering): each is sent in
+//! the next few rounds, to a few random peers each round, then dropped; anti-
+//! entropy catches whoever the rumour missed. A newer item replaces an older one
+//! of the same key, so a flapping record costs one slot.
+
+use std::collections::BTreeMap;
+
+use crate::gossip::RouteDocument;
+
+use super::wire::{Items, SignedRecord, Suspicion, TARGET_MESSAGE_BYTES};
+
+/// What a queued item is about; one slot per key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    Record { origin: String, key: String },
+    Suspicion { target: String, accuser: String },
+    Document { name: String },
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    Record(SignedRecord),
+    Suspicion(Suspicion),
+    Document(RouteDocument),
+}
+
+impl Item {
+    fn weight(&self) -> usize {
+        match self {
+            Item::Record(r) => r.weight(),
+            Item::Suspicion(s) => s.weight(),
+            Item::Document(d) => {
+                d.name.len() + d.body.len() + d.signature.len() + d.signer_cert_der.len() + 16
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    item: Item,
+    rounds_left: u32,
+    /// Queue order, so older items go first when a round cannot take them all.
+    seq: u64,
+}
+
+/// The items to push.
+#[derive(Debug, Default)]
+pub struct TransmitQueue {
+    slots: BTreeMap<Slot, Queued>,
+    seq: u64,
+}
+
+impl TransmitQueue {
+    /// How many items wait.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn put(&mut self, slot: Slot, item: Item, rounds: u32) {
+        self.seq += 1;
+        self.slots.insert(
+            slot,
+            Queued {
+                item,
+                rounds_left: rounds.max(1),
+                seq: self.seq,
+            },
+        );
+    }
+
+    /// Queues a record for `rounds` rounds (replacing an older one of its key).
+    pub fn record(&mut self, r: SignedRecord, rounds: u32) {
+        let slot = Slot::Record {
+            origin: r.origin.clone(),
+            key: r.key.clone(),
+        };
+        self.put(slot, Item::Record(r), rounds);
+    }
+
+    /// Queues a suspicion.
+    pub fn suspicion(&mut self, s: Suspicion, rounds: u32) {
+        let slot = Slot::Suspicion {
+            target: s.target.clone(),
+            accuser: s.accuser.clone(),
+        };
+        self.put(slot, Item::Suspicion(s), rounds);
+    }
+
+    /// Queues a route document.
+    pub fn document(&mut self, d: RouteDocument, rounds: u32) {
+        let slot = Slot::Document {
+            name: d.name.clone(),
+        };
+        self.put(slot, Item::Document(d), rounds);
+    }
+
+    /// Drops every queued item about `origin` (it was forgotten or replaced).
+    pub fn forget_origin(&mut self, origin: &str) {
+        self.slots.retain(|slot, _| match slot {
+            Slot::Record { origin: o, .. } => o != origin,
+            Slot::Suspicion { target, .. } => target != origin,
+            Slot::Document { .. } => true,
+        });
+    }
+
+    /// The items of this round, oldest first, up to a message's worth; each taken
+    /// item has one round less to go.
+    pub fn next_round(&mut self) -> Items {
+        let mut order: Vec<(u64, Slot)> = self
+            .slots
+            .iter()
+            .map(|(slot, q)| (q.seq, slot.clone()))
+            .collect();
+        order.sort();
+        let mut items = Items::default();
+        let mut bytes = 0;
+        for (_, slot) in order {
+            let Some(q) = self.slots.get_mut(&slot) else {
+                continue;
+            };
+            let w = q.item.weight();
+            if bytes + w > TARGET_MESSAGE_BYTES && bytes > 0 {
+                break;
+            }
+            let full = match &q.item {
+                Item::Record(_) => items.records.len() >= super::wire::MAX_RECORDS_PER_MESSAGE,
+                Item::Suspicion(_) => {
+                    items.suspicions.len() >= super::wire::MAX_SUSPICIONS_PER_MESSAGE
+                }
+                Item::Document(_) => {
+                    items.documents.len() >= super::wire::MAX_DOCUMENTS_PER_MESSAGE
+                }
+            };
+            if full {
+                continue;
+            }
+            bytes += w;
+            match &q.item {
+                Item::Record(r) => items.records.push(r.clone()),
+                Item::Suspicion(s) => items.suspicions.push(s.clone()),
+                Item::Document(d) => items.documents.push(d.clone()),
+            }
+            q.rounds_left -= 1;
+            if q.rounds_left == 0 {
+                self.slots.remove(&slot);
+            }
+        }
+        // Certificates first, so a receiver that meets an origin in this message
+        // can check its other records.
+        items
+            .records
+            .sort_by_key(|r| r.key != crate::gossip::CERT_KEY);
+        items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(origin: &str, key: &str, version: u64) -> SignedRecord {
+        SignedRecord {
+            origin: origin.into(),
+            generation: 1,
+            version,
+            signed_at_ms: 0,
+            key: key.into(),
+            value: vec![0; 10],
+            signature: vec![1; 64],
+        }
+    }
+
+    #[test]
+    fn items_go_out_for_their_rounds_then_leave() {
+        let mut q = TransmitQueue::default();
+        q.record(record("a", "node", 1), 2);
+        assert_eq!(q.next_round().records.len(), 1);
+        assert_eq!(q.next_round().records.len(), 1);
+        assert!(q.next_round().is_empty());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_newer_record_replaces_the_queued_one_and_certificates_lead() {
+        let mut q = TransmitQueue::default();
+        q.record(record("a", "svc:web", 1), 3);
+        q.record(record("a", "svc:web", 2), 3);
+        q.record(record("a", "cert", 3), 3);
+        let items = q.next_round();
+        assert_eq!(items.records.len(), 2);
+        assert_eq!(items.records[0].key, "cert");
+        assert_eq!(items.records[1].version, 2);
+    }
+
+    #[test]
+    fn a_round_fits_one_message() {
+        let mut q = TransmitQueue::default();
+        for i in 0..2000 {
+            let mut r = record(&format!("n{i}"), "node", 1);
+            r.value = vec![0; 200];
+            q.record(r, 1);
+        }
+        let first = q.next_round();
+        let bytes: usize = first.records.iter().map(SignedRecord::weight).sum();
+        assert!(bytes <= TARGET_MESSAGE_BYTES, "{bytes}");
+        assert!(first.records.len() <= crate::membership::wire::MAX_RECORDS_PER_MESSAGE);
+        assert!(!q.is_empty(), "the rest waits for later rounds");
+    }
+}

@@ -1,0 +1,403 @@
+//! Who is alive, decided so that no member can forge it.
+//!
+//! A member is alive until accused. An accusation is a [`Suspicion`] signed by
+//! the accuser (a member whose probe went unanswered), naming the highest version
+//! of the target it held. Each node that accepts an accusation starts its *own*
+//! timer — the Lifeguard timeout, shorter the more distinct accusers agree — and
+//! declares the target dead when it expires. Nobody's "dead" is ever taken from a
+//! peer.
+//!
+//! The target cancels every accusation by signing a newer record (a refutation):
+//! a record with a higher version than the accused one, signed no earlier than
+//! the accusation minus the allowed clock skew. Only the target can sign it, so:
+//!
+//! - a hostile member can accuse, but its accusations are refuted by the live
+//!   target, and its budget (a token bucket per accuser) bounds how often;
+//! - a hostile member cannot keep a dead node alive: it cannot sign for it, an
+//!   accusation naming a version this node never saw is refused (so nobody can
+//!   make an accusation that cannot be refuted), and old records it may have held
+//!   back are too old to refute a recent accusation;
+//! - a dead member that comes back (a healed partition) refutes and is alive
+//!   again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::config::{Limits, Timing};
+use super::records::RecordStore;
+use super::refusal::Refusal;
+use super::signing::{Crypto, suspicion_payload};
+use super::wire::{Suspicion, SuspicionId};
+
+/// A member's liveness, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not accused (or every accusation refuted).
+    Alive,
+    /// Accused; declared dead at `deadline` unless refuted.
+    Suspect {
+        /// When this node will declare it dead.
+        deadline: Instant,
+    },
+    /// Declared dead by this node's own timer.
+    Dead {
+        /// Since when.
+        since: Instant,
+    },
+}
+
+impl Health {
+    /// Whether the member should be treated as reachable (alive or suspect).
+    pub fn is_up(self) -> bool {
+        !matches!(self, Health::Dead { .. })
+    }
+
+    /// The lowercase name used in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Alive => "alive",
+            Health::Suspect { .. } => "suspect",
+            Health::Dead { .. } => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Accusation {
+    suspicion: Suspicion,
+    received: Instant,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Target {
+    generation: u64,
+    accusations: BTreeMap<String, Accusation>,
+    dead_since: Option<Instant>,
+}
+
+impl Target {
+    fn first_received(&self) -> Option<Instant> {
+        self.accusations.values().map(|a| a.received).min()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    tokens: f64,
+    at: Instant,
+}
+
+/// What a change of liveness was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Declared dead by this node's timer.
+    Died {
+        /// The member.
+        name: String,
+        /// Its generation.
+        generation: u64,
+        /// Who accused it.
+        accusers: Vec<String>,
+    },
+    /// Came back (every accusation refuted after it was declared dead).
+    Revived {
+        /// The member.
+        name: String,
+    },
+}
+
+/// Accusations, timers and verdicts.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    targets: HashMap<String, Target>,
+    budgets: HashMap<String, Budget>,
+    open: usize,
+}
+
+/// What accepting a suspicion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// New: relay it.
+    New,
+    /// Already held, or already refuted.
+    Stale,
+}
+
+impl Liveness {
+    /// The liveness of `name` (generation `generation`).
+    pub fn health(&self, name: &str, generation: u64, timing: &Timing) -> Health {
+        let Some(t) = self
+            .targets
+            .get(name)
+            .filter(|t| t.generation == generation)
+        else {
+            return Health::Alive;
+        };
+        if let Some(since) = t.dead_since {
+            return Health::Dead { since };
+        }
+        match t.first_received() {
+            Some(first) => Health::Suspect {
+                deadline: first + timing.suspicion_timeout(t.accusations.len()),
+            },
+            None => Health::Alive,
+        }
+    }
+
+    /// The accusers of `name`, if accused.
+    pub fn accusers(&self, name: &str) -> Vec<String> {
+        self.targets
+            .get(name)
+            .map(|t| t.accusations.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every suspicion held.
+    pub fn suspicions(&self) -> impl Iterator<Item = &Suspicion> {
+        self.targets
+            .values()
+            .flat_map(|t| t.accusations.values().map(|a| &a.suspicion))
+    }
+
+    /// Whether a suspicion with this id is held.
+    pub fn holds(&self, id: &SuspicionId) -> bool {
+        self.targets
+            .get(&id.target)
+            .and_then(|t| t.accusations.get(&id.accuser))
+            .is_some_and(|a| a.suspicion.target_version >= id.target_version)
+    }
+
+    /// How many suspicions are held.
+    pub fn len(&self) -> usize {
+        self.open
+    }
+
+    /// Whether no suspicion is held.
+    pub fn is_empty(&self) -> bool {
+        self.open == 0
+    }
+
+    /// Judges a suspicion (from a peer, or this node's own with `own = true`,
+    /// which skips the signature check) and holds it if it passes. A suspicion
+    /// about this node itself is not held: the caller refutes it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept<C: Crypto>(
+        &mut self,
+        s: Suspicion,
+        records: &RecordStore<C::PublicKey>,
+        crypto: &C,
+        cluster: &str,
+        timing: &Timing,
+        limits: &Limits,
+        now: Instant,
+        wall_ms: u64,
+        own: bool,
+    ) -> Result<Accepted, Refusal> {
+        if s.accuser == s.target {
+            return Err(Refusal::SelfAccusation);
+        }
+        let skew = millis(timing.max_clock_skew);
+        if s.issued_at_ms > wall_ms.saturating_add(skew) {
+            return Err(Refusal::FromTheFuture);
+        }
+        if s.issued_at_ms
+            .saturating_add(millis(timing.suspicion_ttl()))
+            < wall_ms
+        {
+            return Err(Refusal::SuspicionTooOld);
+        }
+        let accuser = records
+            .get(&s.accuser)
+            .filter(|o| o.generation == s.accuser_generation)
+            .ok_or(Refusal::UnknownAccuser)?;
+        let target = records.get(&s.target).ok_or(Refusal::UnknownTarget)?;
+        if target.generation != s.target_generation {
+            return Err(if s.target_generation < target.generation {
+                Refusal::StaleGeneration
+            } else {
+                Refusal::UnknownTarget
+            });
+        }
+        if s.target_version > target.max_version {
+            return Err(Refusal::UnknownVersion);
+        }
+        if refutes(target.max_version, target.max_signed_at_ms, &s, skew) {
+            return Ok(Accepted::Stale);
+        }
+        let held = self
+            .targets
+            .get(&s.target)
+            .filter(|t| t.generation == s.target_generation)
+            .and_then(|t| t.accusations.get(&s.accuser));
+        if held.is_some_and(|a| {
+            (a.suspicion.target_version, a.suspicion.issued_at_ms)
+                >= (s.target_version, s.issued_at_ms)
+        }) {
+            return Ok(Accepted::Stale);
+        }
+        if held.is_none() && self.open >= limits.max_suspicions {
+            return Err(Refusal::SuspicionLimit);
+        }
+        if !own {
+            if !self.has_budget(&s.accuser, timing, limits, now) {
+                return Err(Refusal::AccuserRateLimited);
+            }
+            let payload = suspicion_payload(cluster, &s);
+            if !crypto.verify(&accuser.cert.key, &payload, &s.signature) {
+                return Err(Refusal::BadSignature);
+            }
+        }
+        self.spend(&s.accuser, timing, limits, now);
+        let t = self.targets.entry(s.target.clone()).or_default();
+        if t.generation != s.target_generation {
+            self.open -= t.accusations.len();
+            *t = Target {
+                generation: s.target_generation,
+                ..Target::default()
+            };
+        }
+        let replaced = t.accusations.insert(
+            s.accuser.clone(),
+            Accusation {
+                suspicion: s,
+                received: now,
+            },
+        );
+        if replaced.is_none() {
+            self.open += 1;
+        }
+        Ok(Accepted::New)
+    }
+
+    fn refill(&mut self, accuser: &str, timing: &Timing, limits: &Limits, now: Instant) -> f64 {
+        let cap = f64::from(limits.suspicion_burst.max(1));
+        let b = self.budgets.entry(accuser.to_string()).or_insert(Budget {
+            tokens: cap,
+            at: now,
+        });
+        let refill = timing.suspicion_refill.as_secs_f64().max(0.001);
+        let gained = now.saturating_duration_since(b.at).as_secs_f64() / refill;
+        b.tokens = (b.tokens + gained).min(cap);
+        b.at = now;
+        b.tokens
+    }
+
+    fn has_budget(
+        &mut self,
+        accuser: &str,
+        timing: &Timing,
+        limits: &Limits,
+        now: Instant,
+    ) -> bool {
+        self.refill(accuser, timing, limits, now) >= 1.0
+    }
+
+    fn spend(&mut self, accuser: &str, timing: &Timing, limits: &Limits, now: Instant) {
+        self.refill(accuser, timing, limits, now);
+        if let Some(b) = self.budgets.get_mut(accuser) {
+            b.tokens = (b.tokens - 1.0).max(0.0);
+        }
+    }
+
+    /// Whether this node may raise another accusation of its own now (it keeps to
+    /// the budget its peers hold it to).
+    pub fn may_accuse(&mut self, me: &str, timing: &Timing, limits: &Limits, now: Instant) -> bool {
+        self.has_budget(me, timing, limits, now)
+    }
+
+    /// After `name` signed something new: drops the accusations it refutes;
+    /// returns a transition if it was dead and is not any more.
+    pub fn on_record(
+        &mut self,
+        name: &str,
+        generation: u64,
+        max_version: u64,
+        max_signed_at_ms: u64,
+        timing: &Timing,
+    ) -> Option<Transition> {
+        let skew = millis(timing.max_clock_skew);
+        let t = self.targets.get_mut(name)?;
+        if t.generation != generation {
+            return None;
+        }
+        let before = t.accusations.len();
+        t.accusations
+            .retain(|_, a| !refutes(max_version, max_signed_at_ms, &a.suspicion, skew));
+        self.open -= before - t.accusations.len();
+        if !t.accusations.is_empty() {
+            return None;
+        }
+        let was_dead = t.dead_since.is_some();
+        self.targets.remove(name);
+        was_dead.then(|| Transition::Revived {
+            name: name.to_string(),
+        })
+    }
+
+    /// Forgets everything about `name` (it left the records store, or a new
+    /// generation replaced the accused one).
+    pub fn forget(&mut self, name: &str) {
+        if let Some(t) = self.targets.remove(name) {
+            self.open -= t.accusations.len();
+        }
+    }
+
+    /// Runs the timers: declares dead every suspect whose deadline passed.
+    pub fn tick(&mut self, now: Instant, timing: &Timing) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for (name, t) in &mut self.targets {
+            if t.dead_since.is_some() {
+                continue;
+            }
+            let Some(first) = t.first_received() else {
+                continue;
+            };
+            if now >= first + timing.suspicion_timeout(t.accusations.len()) {
+                t.dead_since = Some(now);
+                out.push(Transition::Died {
+                    name: name.clone(),
+                    generation: t.generation,
+                    accusers: t.accusations.keys().cloned().collect(),
+                });
+            }
+        }
+        self.budgets
+            .retain(|_, b| now.saturating_duration_since(b.at) < timing.suspicion_refill * 64);
+        out
+    }
+
+    /// The next time [`Liveness::tick`] has something to do.
+    pub fn next_deadline(&self, timing: &Timing) -> Option<Instant> {
+        self.targets
+            .values()
+            .filter(|t| t.dead_since.is_none())
+            .filter_map(|t| {
+                t.first_received()
+                    .map(|f| f + timing.suspicion_timeout(t.accusations.len()))
+            })
+            .min()
+    }
+
+    /// Members dead for longer than `grace`: to be forgotten.
+    pub fn dead_longer_than(&self, grace: Duration, now: Instant) -> Vec<String> {
+        self.targets
+            .iter()
+            .filter(|(_, t)| {
+                t.dead_since
+                    .is_some_and(|d| now.saturating_duration_since(d) >= grace)
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Whether the target's freshest record (version `max_version`, signed at
+/// `signed_at_ms`) refutes `s`: newer than the accused version, and signed no
+/// earlier than the accusation minus the allowed skew.
+fn refutes(max_version: u64, signed_at_ms: u64, s: &Suspicion, skew_ms: u64) -> bool {
+    max_version > s.target_version && signed_at_ms.saturating_add(skew_ms) >= s.issued_at_ms
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,484 @@
+//! A discrete-event network of [`Membership`] state machines on a simulated
+//! clock: the real protocol code, thousands of nodes in one process, seconds of
+//! simulated time in milliseconds of real time, and the same run every time for
+//! the same seed.
+//!
+//! Messages are encoded and decoded as on the wire (so the codec and its limits
+//! take part), delivered after a fixed latency, and dropped by partitions, by
+//! dead nodes and by a seeded random loss. Nodes use the insecure [`ToyCrypto`];
+//! a test plays a hostile member by injecting messages in a member's name with
+//! [`Network::inject`].
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::codec::{decode_exact, encode};
+use crate::gossip::{Health, NODE_KEY, NodeRecord, NodeState, ServiceRecord, service_key};
+use crate::tunnel::Protocol;
+
+use super::config::{Config, Limits, Timing};
+use super::state::{Destination, Event, Membership, Peer};
+use super::toy::ToyCrypto;
+use super::wire::GossipMessage;
+
+/// The simulated epoch in wall-clock milliseconds (2026-01-01).
+pub const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
+/// Certificates issued by [`Network::add`] expire this long after the epoch.
+const CERT_LIFETIME_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Its state machine.
+    pub membership: Membership<ToyCrypto>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Whether it runs (a killed node neither sends nor receives).
+    pub running: bool,
+    /// Events it produced, oldest first (kept when `record_events` is on).
+    pub events: Vec<(Duration, Event)>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    /// Reversed ordering: the heap pops the earliest delivery first.
+    at: std::cmp::Reverse<(Duration, u64)>,
+    from: String,
+    to_addr: SocketAddr,
+    to_name: Option<String>,
+    bytes: Vec<u8>,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages sent.
+    pub messages: u64,
+    /// Bytes sent (encoded frames).
+    pub bytes: u64,
+    /// Messages dropped (loss, partitions, dead or unknown receivers).
+    pub dropped: u64,
+}
+
+/// The simulated network.
+#[derive(Debug)]
+pub struct Network {
+    base: Instant,
+    elapsed: Duration,
+    ca_secret: u64,
+    cluster: String,
+    timing: Timing,
+    limits: Limits,
+    latency: Duration,
+    loss_per_million: u64,
+    rng: u64,
+    seq: u64,
+    nodes: BTreeMap<String, SimNode>,
+    by_addr: HashMap<SocketAddr, String>,
+    cut: BTreeSet<(String, String)>,
+    queue: BinaryHeap<InFlight>,
+    /// Keep every event of every node (tests) or not (large runs).
+    pub record_events: bool,
+    /// Counters.
+    pub stats: Stats,
+    next_ip: u32,
+}
+
+impl Network {
+    /// An empty network whose nodes gossip with `timing`; `seed` fixes every
+    /// random choice.
+    pub fn new(timing: Timing, seed: u64) -> Network {
+        Network {
+            base: Instant::now(),
+            elapsed: Duration::ZERO,
+            ca_secret: seed ^ 0x5eed,
+            cluster: "sim".into(),
+            timing,
+            limits: Limits::default(),
+            latency: Duration::from_millis(1),
+            loss_per_million: 0,
+            rng: seed | 1,
+            seq: 0,
+            nodes: BTreeMap::new(),
+            by_addr: HashMap::new(),
+            cut: BTreeSet::new(),
+            queue: BinaryHeap::new(),
+            record_events: true,
+            stats: Stats::default(),
+            next_ip: 1,
+        }
+    }
+
+    /// The simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// The simulated monotonic clock.
+    pub fn now(&self) -> Instant {
+        self.base + self.elapsed
+    }
+
+    /// The simulated wall clock, ms since the Unix epoch.
+    pub fn wall_ms(&self) -> u64 {
+        WALL_EPOCH_MS + super::liveness::millis(self.elapsed)
+    }
+
+    /// Sets the one-way latency of every message.
+    pub fn set_latency(&mut self, latency: Duration) {
+        self.latency = latency;
+    }
+
+    /// Drops each message with probability `loss` (0 to 1).
+    pub fn set_loss(&mut self, loss: f64) {
+        self.loss_per_million = (loss.clamp(0.0, 1.0) * 1e6) as u64;
+    }
+
+    /// The crypto of the simulated CA acting as `name` (what a member holding
+    /// `name`'s key would have).
+    pub fn crypto_of(&self, name: &str) -> ToyCrypto {
+        ToyCrypto::new(self.ca_secret, name)
+    }
+
+    /// The cluster name.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    fn random(&mut self) -> u64 {
+        super::state::splitmix64(&mut self.rng)
+    }
+
+    /// Starts a node called `name`, hosting `services` (healthy), seeded with the
+    /// first node of the network (if any). Returns its address.
+    pub fn add(&mut self, name: &str, services: &[&str]) -> SocketAddr {
+        let seeds: Vec<SocketAddr> = self.nodes.values().take(3).map(|n| n.addr).collect();
+        self.add_with_seeds(name, services, seeds)
+    }
+
+    /// [`Network::add`] with explicit seeds.
+    pub fn add_with_seeds(
+        &mut self,
+        name: &str,
+        services: &[&str],
+        seeds: Vec<SocketAddr>,
+    ) -> SocketAddr {
+        let addr = match self.nodes.get(name) {
+            Some(n) => n.addr,
+            None => {
+                let ip = Ipv4Addr::from(0x0a00_0000 + self.next_ip);
+                self.next_ip += 1;
+                SocketAddr::new(IpAddr::V4(ip), 7100)
+            }
+        };
+        let generation = self.wall_ms();
+        let config = Config {
+            cluster: self.cluster.clone(),
+            name: name.to_string(),
+            generation,
+            timing: self.timing.clone(),
+            limits: self.limits.clone(),
+        };
+        let crypto = self.crypto_of(name);
+        let cert = crypto.issue_node(name, services, WALL_EPOCH_MS + CERT_LIFETIME_MS);
+        let seed = self.random();
+        let (now, wall) = (self.now(), self.wall_ms());
+        let mut m = Membership::new(config, crypto, seeds, seed, now);
+        let started = m
+            .publish_certificate(&cert, now, wall)
+            .and_then(|()| m.publish(NODE_KEY, node_record(name, addr, generation), now, wall));
+        debug_assert!(started.is_ok(), "{started:?}");
+        for s in services {
+            let _ = m.publish(
+                &service_key(s),
+                service_record(s, Health::Healthy),
+                now,
+                wall,
+            );
+        }
+        self.by_addr.insert(addr, name.to_string());
+        self.nodes.insert(
+            name.to_string(),
+            SimNode {
+                membership: m,
+                addr,
+                running: true,
+                events: Vec::new(),
+            },
+        );
+        addr
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&SimNode> {
+        self.nodes.get(name)
+    }
+
+    /// The node called `name`, to change it.
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut SimNode> {
+        self.nodes.get_mut(name)
+    }
+
+    /// The names of every node, running or not.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Stops `name` abruptly.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.running = false;
+        }
+    }
+
+    /// Cuts every link between `side` and the other nodes.
+    pub fn partition(&mut self, side: &[&str]) {
+        let names = self.names();
+        for a in side {
+            for b in &names {
+                if !side.contains(&b.as_str()) {
+                    self.cut.insert((a.to_string(), b.clone()));
+                    self.cut.insert((b.clone(), a.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Publishes a health change of `service` on `name`.
+    pub fn set_health(&mut self, name: &str, service: &str, health: Health) {
+        let (now, wall) = (self.now(), self.wall_ms());
+        if let Some(n) = self.nodes.get_mut(name) {
+            let _ = n.membership.publish(
+                &service_key(service),
+                service_record(service, health),
+                now,
+                wall,
+            );
+        }
+    }
+
+    /// Delivers `msg` to `to` as if `from` (a member's certificate name) had sent
+    /// it from `from_addr`: how a test plays a hostile member.
+    pub fn inject(&mut self, from: &str, from_addr: SocketAddr, to: &str, msg: &GossipMessage) {
+        let Ok(bytes) = encode(msg) else {
+            return;
+        };
+        let (now, wall) = (self.now(), self.wall_ms());
+        let elapsed = self.elapsed;
+        let record = self.record_events;
+        let Some(node) = self.nodes.get_mut(to) else {
+            return;
+        };
+        let peer = Peer {
+            name: from.to_string(),
+            addr: from_addr,
+        };
+        match decode_exact::<GossipMessage>(&bytes) {
+            Ok(m) => node.membership.handle_message(peer, m, now, wall),
+            Err(_) => node.membership.refuse_malformed(from),
+        }
+        drain_events(node, elapsed, record);
+        self.flush(to);
+    }
+
+    /// Runs the network for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.elapsed + d;
+        while let Some(next) = self.next_event_time() {
+            if next > end {
+                break;
+            }
+            self.elapsed = self.elapsed.max(next);
+            self.step();
+        }
+        self.elapsed = end;
+    }
+
+    /// Runs until `cond` holds or `limit` of simulated time passed; returns
+    /// whether it held, checking every `interval`/2.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&Network) -> bool) -> bool {
+        let tick = (self.timing.interval / 2).max(Duration::from_millis(1));
+        let end = self.elapsed + limit;
+        while self.elapsed < end {
+            if cond(self) {
+                return true;
+            }
+            self.run_for(tick);
+        }
+        cond(self)
+    }
+
+    fn next_event_time(&self) -> Option<Duration> {
+        let msg = self.queue.peek().map(|m| m.at.0.0);
+        let timer = self
+            .nodes
+            .values()
+            .filter(|n| n.running)
+            .filter_map(|n| n.membership.poll_timeout())
+            .map(|t| t.saturating_duration_since(self.base))
+            .min();
+        match (msg, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn step(&mut self) {
+        let (now, wall) = (self.now(), self.wall_ms());
+        let elapsed = self.elapsed;
+        let record = self.record_events;
+        while self.queue.peek().is_some_and(|m| m.at.0.0 <= elapsed) {
+            let Some(m) = self.queue.pop() else { break };
+            self.deliver(m, now, wall);
+        }
+        let due: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.running)
+            .filter(|(_, n)| n.membership.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in due {
+            if let Some(n) = self.nodes.get_mut(&name) {
+                n.membership.handle_timeout(now, wall);
+                drain_events(n, elapsed, record);
+            }
+            self.flush(&name);
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight, now: Instant, wall: u64) {
+        let elapsed = self.elapsed;
+        let record = self.record_events;
+        let Some(to) = self.by_addr.get(&m.to_addr).cloned() else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let wrong_node = m.to_name.as_ref().is_some_and(|n| *n != to);
+        let cut = self.cut.contains(&(m.from.clone(), to.clone()));
+        let from_addr = self.nodes.get(&m.from).map(|n| n.addr);
+        let Some(node) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        if wrong_node || cut || !node.running || from_addr.is_none() {
+            self.stats.dropped += 1;
+            return;
+        }
+        let peer = Peer {
+            name: m.from.clone(),
+            addr: from_addr.unwrap_or(m.to_addr),
+        };
+        match decode_exact::<GossipMessage>(&m.bytes) {
+            Ok(msg) => node.membership.handle_message(peer, msg, now, wall),
+            Err(_) => node.membership.refuse_malformed(&m.from),
+        }
+        drain_events(node, elapsed, record);
+        self.flush(&to);
+    }
+
+    /// Moves `name`'s outgoing messages onto the wire.
+    fn flush(&mut self, name: &str) {
+        let mut out = Vec::new();
+        if let Some(n) = self.nodes.get_mut(name) {
+            if !n.running {
+                while n.membership.poll_transmit().is_some() {}
+                return;
+            }
+            while let Some(t) = n.membership.poll_transmit() {
+                out.push(t);
+            }
+        }
+        for t in out {
+            let Ok(bytes) = encode(&t.message) else {
+                continue;
+            };
+            self.stats.messages += 1;
+            self.stats.bytes += bytes.len() as u64;
+            if self.loss_per_million > 0 && self.random() % 1_000_000 < self.loss_per_million {
+                self.stats.dropped += 1;
+                continue;
+            }
+            let (to_addr, to_name) = match t.to {
+                Destination::Member(p) => (p.addr, Some(p.name)),
+                Destination::Seed(a) => (a, None),
+            };
+            self.seq += 1;
+            self.queue.push(InFlight {
+                at: std::cmp::Reverse((self.elapsed + self.latency, self.seq)),
+                from: name.to_string(),
+                to_addr,
+                to_name,
+                bytes,
+            });
+        }
+    }
+
+    /// Whether every running node sees every other running node up and no
+    /// stopped node up.
+    pub fn converged(&self) -> bool {
+        let running: BTreeSet<&String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.running)
+            .map(|(k, _)| k)
+            .collect();
+        self.nodes.values().filter(|n| n.running).all(|n| {
+            let view = n.membership.view(self.now(), self.wall_ms());
+            let up: BTreeSet<&String> = view
+                .members
+                .iter()
+                .filter(|m| m.is_up())
+                .map(|m| &m.name)
+                .collect();
+            running.iter().all(|r| up.contains(r)) && up.iter().all(|u| running.contains(u))
+        })
+    }
+
+    /// How `observer` sees `name`: `alive`, `suspect`, `dead`, or `None` if it
+    /// does not know it.
+    pub fn health_seen(&self, observer: &str, name: &str) -> Option<&'static str> {
+        let n = self.nodes.get(observer)?;
+        n.membership.health(name).map(|h| h.as_str())
+    }
+}
+
+fn drain_events(node: &mut SimNode, at: Duration, record: bool) {
+    while let Some(e) = node.membership.poll_event() {
+        if record {
+            node.events.push((at, e));
+        }
+    }
+}
+
+/// The encoded node record of a simulated node.
+pub fn node_record(name: &str, addr: SocketAddr, generation: u64) -> Vec<u8> {
+    encode(&NodeRecord {
+        name: name.to_string(),
+        zone: "zone-a".into(),
+        cluster: "sim".into(),
+        quic_addr: addr,
+        version: "sim".into(),
+        started_at_ms: generation,
+        state: NodeState::Serving,
+    })
+    .unwrap_or_default()
+}
+
+/// The encoded record of a simulated service.
+pub fn service_record(name: &str, health: Health) -> Vec<u8> {
+    encode(&ServiceRecord {
+        name: name.to_string(),
+        protocol: Protocol::Tcp,
+        weight: 1,
+        health,
+        inflight: 0,
+        tags: vec![],
+    })
+    .unwrap_or_default()
+}

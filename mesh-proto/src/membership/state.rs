@@ -1,0 +1,1086 @@
+//! The membership state machine: messages and time in, messages and events out.
+//!
+//! The driver (the node, or a simulator) feeds it what peers sent
+//! ([`Membership::handle_message`]) and wakes it when [`Membership::poll_timeout`]
+//! says ([`Membership::handle_timeout`]); it then drains
+//! [`Membership::poll_transmit`] and [`Membership::poll_event`]. It never touches
+//! a socket or a clock, so thousands of copies run in one process on a simulated
+//! clock. Each round it
+//!
+//! 1. probes one member (round robin over a shuffled list); a probe unanswered
+//!    within `probe_timeout` becomes a signed accusation ([`super::liveness`]);
+//! 2. pushes the items it learnt recently to `fanout` random members
+//!    ([`super::broadcast`]);
+//! 3. every `sync_every` rounds, exchanges digests with one random member
+//!    (anti-entropy over one range of origin names; [`super::sync`]), now and then
+//!    with a member it believes dead or with a seed, so partitions heal;
+//! 4. forgets members dead for longer than `dead_grace`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::codec::encode;
+use crate::gossip::{CERT_KEY, NODE_KEY, NodeCertificate, RouteDocument};
+
+use super::broadcast::TransmitQueue;
+use super::config::Config;
+use super::documents::{DocumentApplied, DocumentRefusal, DocumentStore};
+use super::liveness::{Accepted, Health, Liveness, Transition, millis};
+use super::records::{Applied, Judge, RecordStore};
+use super::refusal::Refusal;
+use super::signing::{Crypto, record_payload, suspicion_payload};
+use super::sync;
+use super::view::{MemberView, View};
+use super::wire::{Body, GossipMessage, Items, SignedRecord, Suspicion};
+
+/// How long a peer that sent a bad signature is ignored.
+pub const QUARANTINE: Duration = Duration::from_secs(30);
+/// Every this many anti-entropy exchanges, one goes to a member believed dead
+/// (so a healed partition is noticed) and one to a seed.
+const SYNC_WIDER_EVERY: u64 = 4;
+
+/// The next number of a splitmix64 sequence whose state is `state`: the state
+/// machine's and the simulator's reproducible randomness.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A peer: its certificate's node name and its address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// The node name of its certificate.
+    pub name: String,
+    /// The address its connection comes from.
+    pub addr: SocketAddr,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A member, at the address its signed node record gives (or the address it
+    /// wrote from, for an answer). The driver checks the name on connect.
+    Member(Peer),
+    /// A seed address: any mesh node may answer.
+    Seed(SocketAddr),
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where.
+    pub to: Destination,
+    /// What.
+    pub message: GossipMessage,
+}
+
+/// Something the driver may want to log or count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An item was refused.
+    Refused {
+        /// Why.
+        reason: Refusal,
+        /// The peer that sent it.
+        sender: String,
+        /// The node the item claimed to come from, if any.
+        origin: Option<String>,
+    },
+    /// A new member, or a new generation of one, was admitted.
+    Joined {
+        /// Its name.
+        name: String,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A member was accused (a new accusation was accepted).
+    Accused {
+        /// The accused.
+        target: String,
+        /// The accuser.
+        accuser: String,
+    },
+    /// This node's timer declared a member dead.
+    Died {
+        /// The member.
+        name: String,
+        /// Who accused it.
+        accusers: Vec<String>,
+    },
+    /// A member declared dead refuted and is alive again.
+    Revived {
+        /// The member.
+        name: String,
+    },
+    /// A dead member was forgotten.
+    Forgotten {
+        /// The member.
+        name: String,
+    },
+    /// This node was accused and refuted the accusation.
+    Refuted {
+        /// The accuser.
+        accuser: String,
+    },
+    /// A peer is ignored for [`QUARANTINE`] after sending a bad signature.
+    Quarantined {
+        /// The peer.
+        peer: String,
+    },
+    /// A route document was refused (also reported as [`Event::Refused`]).
+    DocumentRefused {
+        /// The document.
+        document: Box<RouteDocument>,
+        /// The finer reason ([`DocumentRefusal::label`]).
+        label: &'static str,
+        /// The peer that sent it (this node's own name for local input).
+        sender: String,
+    },
+    /// A route document is now in force.
+    DocumentInForce {
+        /// The route.
+        name: String,
+    },
+    /// This node could not sign a record of its own.
+    SigningFailed {
+        /// The key it tried to publish.
+        key: String,
+    },
+}
+
+/// Why this node's own input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The value is not a valid record of its key, or the key is not this node's.
+    #[error("cannot publish {key}: {reason}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The crypto provider could not sign.
+    #[error("cannot sign {key} with this node's key")]
+    Signing {
+        /// The key.
+        key: String,
+    },
+    /// This node's own certificate does not check out.
+    #[error("this node's certificate is refused: {0}")]
+    Certificate(String),
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    target: String,
+    nonce: u64,
+    deadline: Instant,
+}
+
+/// One node's membership protocol state. See the module documentation.
+#[derive(Debug)]
+pub struct Membership<C: Crypto> {
+    config: Config,
+    crypto: C,
+    records: RecordStore<C::PublicKey>,
+    liveness: Liveness,
+    documents: DocumentStore,
+    queue: TransmitQueue,
+    seeds: Vec<SocketAddr>,
+    rng: u64,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    view_version: u64,
+    next_round: Option<Instant>,
+    round: u64,
+    syncs: u64,
+    probe: Option<Probe>,
+    probe_order: Vec<String>,
+    sync_cursor: String,
+    heard: HashMap<String, Instant>,
+    quarantine: HashMap<String, Instant>,
+    own_version: u64,
+    last_signed_ms: u64,
+}
+
+impl<C: Crypto> Membership<C> {
+    /// A node that knows nobody yet but `seeds`, whose first round is due at
+    /// `now`; `rng_seed` makes its random choices reproducible.
+    pub fn new(
+        config: Config,
+        crypto: C,
+        seeds: Vec<SocketAddr>,
+        rng_seed: u64,
+        now: Instant,
+    ) -> Self {
+        Membership {
+            config,
+            crypto,
+            records: RecordStore::default(),
+            liveness: Liveness::default(),
+            documents: DocumentStore::default(),
+            queue: TransmitQueue::default(),
+            seeds,
+            rng: rng_seed | 1,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            view_version: 1,
+            next_round: Some(now),
+            round: 0,
+            syncs: 0,
+            probe: None,
+            probe_order: Vec::new(),
+            sync_cursor: String::new(),
+            heard: HashMap::new(),
+            quarantine: HashMap::new(),
+            own_version: 0,
+            last_signed_ms: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The crypto provider.
+    pub fn crypto(&self) -> &C {
+        &self.crypto
+    }
+
+    /// Replaces the seeds.
+    pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>) {
+        self.seeds = seeds;
+    }
+
+    fn random(&mut self) -> u64 {
+        splitmix64(&mut self.rng)
+    }
+
+    fn pick<T: Clone>(&mut self, from: &[T]) -> Option<T> {
+        if from.is_empty() {
+            return None;
+        }
+        let i = (self.random() % from.len() as u64) as usize;
+        from.get(i).cloned()
+    }
+
+    fn changed(&mut self) {
+        self.view_version = self.view_version.wrapping_add(1);
+    }
+
+    /// Bumped whenever the [`View`] may differ.
+    pub fn view_version(&self) -> u64 {
+        self.view_version
+    }
+
+    // ------------------------------------------------------------------
+    // This node's own records
+    // ------------------------------------------------------------------
+
+    /// Publishes this node's certificate (DER): checked like a peer's, signed
+    /// with the key the crypto provider holds now. Every other record of this
+    /// node is signed again after it, so peers can check them with the new key.
+    pub fn publish_certificate(
+        &mut self,
+        der: &[u8],
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<(), PublishError> {
+        let cert = self
+            .crypto
+            .node_certificate(der, wall_ms)
+            .map_err(|r| PublishError::Certificate(r.detail))?;
+        if cert.node != self.config.name {
+            return Err(PublishError::Certificate(format!(
+                "it is node {:?}'s, this node is {:?}",
+                cert.node, self.config.name
+            )));
+        }
+        let value =
+            encode(&NodeCertificate { der: der.to_vec() }).map_err(|e| PublishError::Invalid {
+                key: CERT_KEY.into(),
+                reason: e.to_string(),
+            })?;
+        let record = self.sign_own(CERT_KEY, value, wall_ms)?;
+        let others: Vec<(String, Vec<u8>)> = self
+            .records
+            .get(&self.config.name)
+            .filter(|o| o.generation == self.config.generation)
+            .map(|o| {
+                o.records
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != CERT_KEY)
+                    .map(|(k, r)| (k.clone(), r.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.records.insert_own(record.clone(), Some(cert), now);
+        self.queue.record(record, self.rounds());
+        for (key, value) in others {
+            self.publish(&key, value, now, wall_ms)?;
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Publishes one of this node's records (`node` or `svc:<name>`), with the
+    /// next version. The certificate must have been published first.
+    pub fn publish(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<(), PublishError> {
+        if key == CERT_KEY {
+            return Err(PublishError::Invalid {
+                key: key.into(),
+                reason: "use publish_certificate".into(),
+            });
+        }
+        let held = self
+            .records
+            .get(&self.config.name)
+            .filter(|o| o.generation == self.config.generation);
+        let Some(own) = held else {
+            return Err(PublishError::Invalid {
+                key: key.into(),
+                reason: "publish the certificate first".into(),
+            });
+        };
+        let probe = SignedRecord {
+            origin: self.config.name.clone(),
+            generation: self.config.generation,
+            version: 0,
+            signed_at_ms: 0,
+            key: key.to_string(),
+            value: value.clone(),
+            signature: vec![0],
+        };
+        super::records::check_own_value(&probe, own, &self.config.cluster).map_err(|reason| {
+            PublishError::Invalid {
+                key: key.into(),
+                reason,
+            }
+        })?;
+        let record = self.sign_own(key, value, wall_ms)?;
+        self.records.insert_own(record.clone(), None, now);
+        self.queue.record(record, self.rounds());
+        self.changed();
+        Ok(())
+    }
+
+    fn sign_own(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        wall_ms: u64,
+    ) -> Result<SignedRecord, PublishError> {
+        self.own_version = self.own_version.saturating_add(1);
+        self.last_signed_ms = self.last_signed_ms.max(wall_ms);
+        let mut record = SignedRecord {
+            origin: self.config.name.clone(),
+            generation: self.config.generation,
+            version: self.own_version,
+            signed_at_ms: self.last_signed_ms,
+            key: key.to_string(),
+            value,
+            signature: Vec::new(),
+        };
+        let payload = record_payload(&self.config.cluster, &record);
+        match self.crypto.sign(&payload) {
+            Some(sig) => {
+                record.signature = sig;
+                Ok(record)
+            }
+            None => {
+                self.events
+                    .push_back(Event::SigningFailed { key: key.into() });
+                Err(PublishError::Signing { key: key.into() })
+            }
+        }
+    }
+
+    /// Refutes accusations against this node: signs its node record again with a
+    /// new version.
+    fn refute(&mut self, now: Instant, wall_ms: u64) {
+        let value = self
+            .records
+            .get(&self.config.name)
+            .and_then(|o| o.records.get(NODE_KEY))
+            .map(|r| r.value.clone());
+        if let Some(value) = value {
+            let _ = self.publish(NODE_KEY, value, now, wall_ms);
+        }
+    }
+
+    /// Puts a route document in force locally (from the admin API or this node's
+    /// disk), under the same rules as one from a peer.
+    pub fn publish_document(
+        &mut self,
+        document: RouteDocument,
+        wall_ms: u64,
+    ) -> Result<DocumentApplied, DocumentRefusal> {
+        let applied = self.documents.apply(
+            document.clone(),
+            &self.crypto,
+            wall_ms,
+            millis(self.config.timing.max_clock_skew),
+            self.config.limits.max_documents,
+        )?;
+        if applied == DocumentApplied::InForce {
+            self.events.push_back(Event::DocumentInForce {
+                name: document.name.clone(),
+            });
+            self.queue.document(document, self.rounds());
+            self.changed();
+        }
+        Ok(applied)
+    }
+
+    /// After the mesh CA changed: drops members and documents whose certificates
+    /// no longer check out.
+    pub fn recheck_trust(&mut self, now: Instant, wall_ms: u64) {
+        let gone = self
+            .records
+            .recheck_certificates(&self.crypto, wall_ms, &self.config.name);
+        for name in gone {
+            // Not buried: once the trust allows it again, it is welcome back.
+            self.records.remove_unburied(&name);
+            self.forget(&name, now);
+        }
+        if !self.documents.recheck(&self.crypto).is_empty() {
+            self.changed();
+        }
+    }
+
+    fn forget(&mut self, name: &str, now: Instant) {
+        self.records.remove(name, now);
+        self.liveness.forget(name);
+        self.queue.forget_origin(name);
+        self.heard.remove(name);
+        self.events.push_back(Event::Forgotten {
+            name: name.to_string(),
+        });
+        self.changed();
+    }
+
+    // ------------------------------------------------------------------
+    // Input
+    // ------------------------------------------------------------------
+
+    /// Whether messages from `peer` are being ignored.
+    pub fn is_quarantined(&self, peer: &str, now: Instant) -> bool {
+        self.quarantine.get(peer).is_some_and(|until| now < *until)
+    }
+
+    /// Reports a message that did not decode (the driver's refusal).
+    pub fn refuse_malformed(&mut self, peer: &str) {
+        self.refused(Refusal::Malformed, peer, None);
+    }
+
+    fn refused(&mut self, reason: Refusal, sender: &str, origin: Option<String>) {
+        self.events.push_back(Event::Refused {
+            reason,
+            sender: sender.to_string(),
+            origin,
+        });
+    }
+
+    /// Handles one message from `from`.
+    pub fn handle_message(&mut self, from: Peer, msg: GossipMessage, now: Instant, wall_ms: u64) {
+        if msg.cluster != self.config.cluster {
+            self.refused(Refusal::WrongCluster, &from.name, None);
+            return;
+        }
+        if self.is_quarantined(&from.name, now) {
+            self.refused(Refusal::Quarantined, &from.name, None);
+            return;
+        }
+        self.heard.insert(from.name.clone(), now);
+        match msg.body {
+            Body::Ping(nonce) => self.send(Destination::Member(from), Body::Ack(nonce)),
+            Body::Ack(nonce) => {
+                if self
+                    .probe
+                    .as_ref()
+                    .is_some_and(|p| p.target == from.name && p.nonce == nonce)
+                {
+                    self.probe = None;
+                }
+            }
+            Body::Sync(digest) => {
+                let items = sync::answer(
+                    &digest,
+                    &self.records,
+                    &self.liveness,
+                    &self.documents,
+                    &self.config.timing,
+                );
+                if !items.is_empty() {
+                    self.send(Destination::Member(from.clone()), Body::Items(items));
+                }
+                if digest.reply {
+                    let mine = sync::digest_of_range(
+                        digest.range.clone(),
+                        &self.records,
+                        &self.liveness,
+                        &self.documents,
+                        false,
+                    );
+                    self.send(Destination::Member(from), Body::Sync(mine));
+                }
+            }
+            Body::Items(items) => self.handle_items(&from, items, now, wall_ms),
+        }
+    }
+
+    fn handle_items(&mut self, from: &Peer, items: Items, now: Instant, wall_ms: u64) {
+        for record in items.records {
+            if !self.handle_record(from, record, now, wall_ms) {
+                return;
+            }
+        }
+        for s in items.suspicions {
+            if !self.handle_suspicion(from, s, now, wall_ms) {
+                return;
+            }
+        }
+        for d in items.documents {
+            let copy = d.clone();
+            if let Err(r) = self.publish_document(d, wall_ms) {
+                self.refused(r.refusal, &from.name, Some(copy.name.clone()));
+                self.events.push_back(Event::DocumentRefused {
+                    document: Box::new(copy),
+                    label: r.label,
+                    sender: from.name.clone(),
+                });
+            }
+        }
+    }
+
+    /// Applies one record; `false` if the sender is now quarantined.
+    fn handle_record(
+        &mut self,
+        from: &Peer,
+        record: SignedRecord,
+        now: Instant,
+        wall_ms: u64,
+    ) -> bool {
+        let origin = record.origin.clone();
+        let copy = record.clone();
+        let judge = Judge {
+            cluster: &self.config.cluster,
+            self_name: &self.config.name,
+            now,
+            wall_ms,
+            max_skew_ms: millis(self.config.timing.max_clock_skew),
+            crypto: &self.crypto,
+            limits: &self.config.limits,
+        };
+        match self.records.apply(record, &judge) {
+            Ok(Applied::Stale) => true,
+            Ok(Applied::Changed { new_generation }) => {
+                self.on_new_record(copy, new_generation, now);
+                true
+            }
+            Err(reason) => self.on_refusal(reason, from, origin, now),
+        }
+    }
+
+    fn on_new_record(&mut self, record: SignedRecord, new_generation: bool, now: Instant) {
+        let origin = record.origin.clone();
+        self.heard.insert(origin.clone(), now);
+        if new_generation {
+            self.liveness.forget(&origin);
+            self.events.push_back(Event::Joined {
+                name: origin.clone(),
+                generation: record.generation,
+            });
+        }
+        if let Some(o) = self.records.get(&origin) {
+            let (generation, v, at) = (o.generation, o.max_version, o.max_signed_at_ms);
+            if let Some(Transition::Revived { name }) =
+                self.liveness
+                    .on_record(&origin, generation, v, at, &self.config.timing)
+            {
+                self.events.push_back(Event::Revived { name });
+            }
+        }
+        let rounds = self.rounds();
+        self.queue.record(record, rounds);
+        self.changed();
+    }
+
+    /// Reports a refusal; quarantines the sender if it proves it faulty. Returns
+    /// whether to go on with the sender's message.
+    fn on_refusal(&mut self, reason: Refusal, from: &Peer, origin: String, now: Instant) -> bool {
+        self.refused(reason, &from.name, Some(origin));
+        if reason.proves_sender_faulty() {
+            self.quarantine.insert(from.name.clone(), now + QUARANTINE);
+            self.events.push_back(Event::Quarantined {
+                peer: from.name.clone(),
+            });
+            return false;
+        }
+        true
+    }
+
+    fn handle_suspicion(&mut self, from: &Peer, s: Suspicion, now: Instant, wall_ms: u64) -> bool {
+        let target = s.target.clone();
+        if s.target == self.config.name {
+            return match self.judge_self_suspicion(&s, now, wall_ms) {
+                Ok(()) => true,
+                Err(reason) => self.on_refusal(reason, from, target, now),
+            };
+        }
+        let copy = s.clone();
+        let result = self.accept_suspicion(s, now, wall_ms, false);
+        match result {
+            Ok(Accepted::Stale) => true,
+            Ok(Accepted::New) => {
+                self.events.push_back(Event::Accused {
+                    target: copy.target.clone(),
+                    accuser: copy.accuser.clone(),
+                });
+                let rounds = self.rounds();
+                self.queue.suspicion(copy, rounds);
+                self.changed();
+                true
+            }
+            Err(reason) => self.on_refusal(reason, from, target, now),
+        }
+    }
+
+    /// Hands a suspicion to the liveness rules (`own`: this node's, not checked).
+    fn accept_suspicion(
+        &mut self,
+        s: Suspicion,
+        now: Instant,
+        wall_ms: u64,
+        own: bool,
+    ) -> Result<Accepted, Refusal> {
+        self.liveness.accept(
+            s,
+            &self.records,
+            &self.crypto,
+            &self.config.cluster,
+            &self.config.timing,
+            &self.config.limits,
+            now,
+            wall_ms,
+            own,
+        )
+    }
+
+    /// An accusation of this node: checked like any other, then refuted.
+    fn judge_self_suspicion(
+        &mut self,
+        s: &Suspicion,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<(), Refusal> {
+        let timing = &self.config.timing;
+        let skew = millis(timing.max_clock_skew);
+        if s.issued_at_ms > wall_ms.saturating_add(skew) {
+            return Err(Refusal::FromTheFuture);
+        }
+        let own = self
+            .records
+            .get(&self.config.name)
+            .ok_or(Refusal::UnknownTarget)?;
+        if s.target_generation != own.generation {
+            return Ok(());
+        }
+        if s.target_version > own.max_version {
+            return Err(Refusal::UnknownVersion);
+        }
+        if own.max_version > s.target_version
+            && own.max_signed_at_ms.saturating_add(skew) >= s.issued_at_ms
+        {
+            return Ok(()); // already refuted
+        }
+        let accuser = self
+            .records
+            .get(&s.accuser)
+            .filter(|o| o.generation == s.accuser_generation)
+            .ok_or(Refusal::UnknownAccuser)?;
+        let payload = suspicion_payload(&self.config.cluster, s);
+        if !self
+            .crypto
+            .verify(&accuser.cert.key, &payload, &s.signature)
+        {
+            return Err(Refusal::BadSignature);
+        }
+        if !self
+            .liveness
+            .may_accuse(&s.accuser, timing, &self.config.limits, now)
+        {
+            return Err(Refusal::AccuserRateLimited);
+        }
+        self.events.push_back(Event::Refuted {
+            accuser: s.accuser.clone(),
+        });
+        self.refute(now, wall_ms);
+        Ok(())
+    }
+
+    /// Tells the state machine that `peer` could not be reached (a dial or a
+    /// write failed): a pending probe of it fails at once.
+    pub fn peer_unreachable(&mut self, peer: &str, now: Instant, wall_ms: u64) {
+        if self.probe.as_ref().is_some_and(|p| p.target == peer) {
+            self.probe = None;
+            self.accuse(peer, now, wall_ms);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Time
+    // ------------------------------------------------------------------
+
+    /// When [`Membership::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.next_round,
+            self.probe.as_ref().map(|p| p.deadline),
+            self.liveness.next_deadline(&self.config.timing),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs whatever is due at `now`: probe timeouts, suspicion timers, rounds.
+    pub fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
+        if let Some(p) = &self.probe
+            && now >= p.deadline
+        {
+            let target = p.target.clone();
+            self.probe = None;
+            self.accuse(&target, now, wall_ms);
+        }
+        for t in self.liveness.tick(now, &self.config.timing) {
+            if let Transition::Died { name, accusers, .. } = t {
+                self.events.push_back(Event::Died { name, accusers });
+                self.changed();
+            }
+        }
+        let due = self.next_round.is_none_or(|t| now >= t);
+        if due {
+            self.next_round = Some(now + self.config.timing.interval);
+            self.round(now, wall_ms);
+        }
+    }
+
+    fn round(&mut self, now: Instant, wall_ms: u64) {
+        self.round = self.round.wrapping_add(1);
+        if self.probe.is_none() {
+            self.start_probe(now);
+        }
+        self.push_round();
+        let sync_every = u64::from(self.config.timing.sync_every.max(1));
+        if self.round % sync_every == 1 || sync_every == 1 {
+            self.sync_round();
+        }
+        for name in self
+            .liveness
+            .dead_longer_than(self.config.timing.dead_grace, now)
+        {
+            self.forget(&name, now);
+        }
+        let timing = &self.config.timing;
+        self.records.expire_tombstones(
+            now,
+            timing.tombstone_ttl,
+            self.config.limits.max_tombstones,
+        );
+        self.quarantine.retain(|_, until| now < *until);
+        let _ = wall_ms;
+    }
+
+    /// Members other than this node that are up and have an address.
+    fn up_peers(&self) -> Vec<Peer> {
+        self.peers(true)
+    }
+
+    /// Members other than this node believed dead, not yet forgotten.
+    fn dead_peers(&self) -> Vec<Peer> {
+        self.peers(false)
+    }
+
+    fn peers(&self, up: bool) -> Vec<Peer> {
+        self.records
+            .origins()
+            .filter(|o| o.name != self.config.name)
+            .filter(|o| {
+                self.liveness
+                    .health(&o.name, o.generation, &self.config.timing)
+                    .is_up()
+                    == up
+            })
+            .filter_map(|o| {
+                o.node.as_ref().map(|n| Peer {
+                    name: o.name.clone(),
+                    addr: n.quic_addr,
+                })
+            })
+            .collect()
+    }
+
+    /// How many rounds a new item is pushed for: enough for `fanout` pushes per
+    /// round to reach every member with high probability, anti-entropy doing the
+    /// rest.
+    fn rounds(&self) -> u32 {
+        let n = self.records.len().max(1) as f64;
+        let base = (self.config.timing.fanout.max(1) + 1) as f64;
+        ((n + 1.0).ln() / base.ln()).ceil() as u32 + 1
+    }
+
+    fn start_probe(&mut self, now: Instant) {
+        let up = self.up_peers();
+        let target = loop {
+            let Some(name) = self.probe_order.pop() else {
+                if up.is_empty() {
+                    return;
+                }
+                let mut names: Vec<String> = up.iter().map(|p| p.name.clone()).collect();
+                for i in (1..names.len()).rev() {
+                    let j = (self.random() % (i as u64 + 1)) as usize;
+                    names.swap(i, j);
+                }
+                self.probe_order = names;
+                continue;
+            };
+            if let Some(peer) = up.iter().find(|p| p.name == name) {
+                break peer.clone();
+            }
+        };
+        let nonce = self.random();
+        self.probe = Some(Probe {
+            target: target.name.clone(),
+            nonce,
+            deadline: now + self.config.timing.probe_timeout,
+        });
+        self.send(Destination::Member(target), Body::Ping(nonce));
+    }
+
+    /// Accuses `target`: a signed suspicion, held here, pushed to everyone and
+    /// sent to the target so it can refute at once.
+    fn accuse(&mut self, target: &str, now: Instant, wall_ms: u64) {
+        let Some(t) = self.records.get(target) else {
+            return;
+        };
+        let (generation, version, addr) = (
+            t.generation,
+            t.max_version,
+            t.node.as_ref().map(|n| n.quic_addr),
+        );
+        let me = self.config.name.clone();
+        if !self
+            .liveness
+            .may_accuse(&me, &self.config.timing, &self.config.limits, now)
+        {
+            return;
+        }
+        let mut s = Suspicion {
+            accuser: me,
+            accuser_generation: self.config.generation,
+            target: target.to_string(),
+            target_generation: generation,
+            target_version: version,
+            issued_at_ms: wall_ms,
+            signature: Vec::new(),
+        };
+        let Some(sig) = self
+            .crypto
+            .sign(&suspicion_payload(&self.config.cluster, &s))
+        else {
+            self.events.push_back(Event::SigningFailed {
+                key: format!("suspicion of {target}"),
+            });
+            return;
+        };
+        s.signature = sig;
+        let accepted = self.accept_suspicion(s.clone(), now, wall_ms, true);
+        if accepted != Ok(Accepted::New) {
+            return;
+        }
+        self.events.push_back(Event::Accused {
+            target: target.to_string(),
+            accuser: s.accuser.clone(),
+        });
+        if let Some(addr) = addr {
+            let items = Items {
+                suspicions: vec![s.clone()],
+                ..Items::default()
+            };
+            let to = Destination::Member(Peer {
+                name: target.to_string(),
+                addr,
+            });
+            self.send(to, Body::Items(items));
+        }
+        let rounds = self.rounds();
+        self.queue.suspicion(s, rounds);
+        self.changed();
+    }
+
+    fn push_round(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let up = self.up_peers();
+        if up.is_empty() {
+            return;
+        }
+        let items = self.queue.next_round();
+        if items.is_empty() {
+            return;
+        }
+        let fanout = self.config.timing.fanout.min(up.len());
+        let mut chosen: Vec<Peer> = Vec::with_capacity(fanout);
+        while chosen.len() < fanout {
+            if let Some(p) = self.pick(&up)
+                && !chosen.contains(&p)
+            {
+                chosen.push(p);
+            }
+        }
+        for peer in chosen {
+            self.send(Destination::Member(peer), Body::Items(items.clone()));
+        }
+    }
+
+    fn sync_round(&mut self) {
+        self.syncs = self.syncs.wrapping_add(1);
+        let up = self.up_peers();
+        let wider = self.syncs.is_multiple_of(SYNC_WIDER_EVERY);
+        let mut targets: Vec<Destination> = Vec::new();
+        if let Some(p) = self.pick(&up) {
+            targets.push(Destination::Member(p));
+        }
+        if wider || up.is_empty() {
+            let dead = self.dead_peers();
+            if let Some(p) = self.pick(&dead) {
+                targets.push(Destination::Member(p));
+            }
+            let seeds = self.seeds.clone();
+            if let Some(s) = self.pick(&seeds) {
+                targets.push(Destination::Seed(s));
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let digest = sync::next_digest(
+            &mut self.sync_cursor,
+            &self.records,
+            &self.liveness,
+            &self.documents,
+        );
+        for to in targets {
+            self.send(to, Body::Sync(digest.clone()));
+        }
+    }
+
+    fn send(&mut self, to: Destination, body: Body) {
+        self.outbox.push_back(Transmit {
+            to,
+            message: GossipMessage {
+                cluster: self.config.cluster.clone(),
+                sender_generation: self.config.generation,
+                body,
+            },
+        });
+    }
+
+    // ------------------------------------------------------------------
+    // Output
+    // ------------------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The liveness of `name` as this node sees it.
+    pub fn health(&self, name: &str) -> Option<Health> {
+        if name == self.config.name {
+            return Some(Health::Alive);
+        }
+        let o = self.records.get(name)?;
+        Some(
+            self.liveness
+                .health(name, o.generation, &self.config.timing),
+        )
+    }
+
+    /// The signed records held of `name`, as received (certificate first).
+    pub fn signed_records(&self, name: &str) -> Vec<SignedRecord> {
+        self.records
+            .get(name)
+            .map(|o| o.records_after(0).into_iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Bytes of records held.
+    pub fn state_bytes(&self) -> usize {
+        self.records.bytes()
+    }
+
+    /// The shared state as this node sees it now.
+    pub fn view(&self, now: Instant, wall_ms: u64) -> View {
+        let members = self
+            .records
+            .origins()
+            .map(|o| {
+                let is_self = o.name == self.config.name;
+                let health = if is_self {
+                    Health::Alive
+                } else {
+                    self.liveness
+                        .health(&o.name, o.generation, &self.config.timing)
+                };
+                let cert_valid = o.cert.not_after_ms >= wall_ms;
+                MemberView {
+                    name: o.name.clone(),
+                    generation: o.generation,
+                    is_self,
+                    health: health.as_str(),
+                    accusers: self.liveness.accusers(&o.name),
+                    node: o.node.clone(),
+                    services: o.services.values().cloned().collect(),
+                    allowed_services: if cert_valid {
+                        o.cert.services.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    cert_not_after_ms: o.cert.not_after_ms,
+                    version: o.max_version,
+                    last_heard_ms: if is_self {
+                        0
+                    } else {
+                        self.heard
+                            .get(&o.name)
+                            .map_or(u64::MAX, |t| millis(now.saturating_duration_since(*t)))
+                    },
+                }
+            })
+            .collect();
+        View {
+            version: self.view_version,
+            members,
+            documents: self.documents.iter().cloned().collect(),
+        }
+    }
+}

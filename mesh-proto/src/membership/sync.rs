@@ -1,0 +1,190 @@
+//! Anti-entropy: digests of what a node holds, and the answer to a peer's digest
+//! (what it lacks). A digest lists the origins of one range of names with the
+//! generation and highest version held of each, so its size is bounded whatever
+//! the number of members; successive exchanges walk the ranges. The answer sends
+//! only records newer than the peer's, so its cost follows the difference.
+//!
+//! Members this node believes dead are not handed to a peer that does not know
+//! them (a new node should not learn of the dead as if alive), but their records
+//! are still updated for peers that hold them, and the accusations are shared, so
+//! a member wrongly believed dead learns it was accused and refutes.
+
+use std::collections::{HashMap, HashSet};
+
+use super::config::Timing;
+use super::documents::DocumentStore;
+use super::liveness::Liveness;
+use super::records::RecordStore;
+use super::wire::{
+    Digest, DocumentSummary, Items, MAX_DIGEST_IDS, MAX_DIGEST_ORIGINS, MAX_DOCUMENTS_PER_MESSAGE,
+    MAX_RECORDS_PER_MESSAGE, MAX_SUSPICIONS_PER_MESSAGE, NameRange, OriginSummary, SuspicionId,
+    TARGET_MESSAGE_BYTES,
+};
+
+/// Bytes of origin summaries one digest carries at most.
+const DIGEST_BUDGET: usize = 40 * 1024;
+
+fn summary_weight(s: &OriginSummary) -> usize {
+    s.name.len() + 28
+}
+
+/// The digest of the next range of names, starting at `cursor`, which moves on
+/// (wrapping around) so that successive digests cover every origin.
+pub fn next_digest<K: Clone + std::fmt::Debug>(
+    cursor: &mut String,
+    records: &RecordStore<K>,
+    liveness: &Liveness,
+    documents: &DocumentStore,
+) -> Digest {
+    let start = NameRange {
+        from: cursor.clone(),
+        to: None,
+    };
+    let mut origins = Vec::new();
+    let mut bytes = 0;
+    let mut next: Option<String> = None;
+    for o in records.in_range(&start) {
+        let s = o.summary();
+        if origins.len() >= MAX_DIGEST_ORIGINS || bytes + summary_weight(&s) > DIGEST_BUDGET {
+            next = Some(o.name.clone());
+            break;
+        }
+        bytes += summary_weight(&s);
+        origins.push(s);
+    }
+    let range = match (&next, cursor.is_empty()) {
+        (None, true) => NameRange::all(),
+        (to, _) => NameRange {
+            from: cursor.clone(),
+            to: to.clone(),
+        },
+    };
+    *cursor = next.unwrap_or_default();
+    Digest {
+        range,
+        origins,
+        suspicions: suspicion_ids(liveness),
+        documents: document_summaries(documents),
+        reply: true,
+    }
+}
+
+/// The digest of exactly `range` (the answer to a peer's digest of it).
+pub fn digest_of_range<K: Clone + std::fmt::Debug>(
+    range: NameRange,
+    records: &RecordStore<K>,
+    liveness: &Liveness,
+    documents: &DocumentStore,
+    reply: bool,
+) -> Digest {
+    let mut origins = Vec::new();
+    let mut bytes = 0;
+    for o in records.in_range(&range) {
+        let s = o.summary();
+        if origins.len() >= MAX_DIGEST_ORIGINS || bytes + summary_weight(&s) > DIGEST_BUDGET {
+            break;
+        }
+        bytes += summary_weight(&s);
+        origins.push(s);
+    }
+    Digest {
+        range,
+        origins,
+        suspicions: suspicion_ids(liveness),
+        documents: document_summaries(documents),
+        reply,
+    }
+}
+
+fn suspicion_ids(liveness: &Liveness) -> Vec<SuspicionId> {
+    let mut ids: Vec<SuspicionId> = liveness.suspicions().map(|s| s.id()).collect();
+    ids.sort();
+    ids.truncate(MAX_DIGEST_IDS);
+    ids
+}
+
+fn document_summaries(documents: &DocumentStore) -> Vec<DocumentSummary> {
+    let mut d = documents.summaries();
+    d.truncate(MAX_DIGEST_IDS);
+    d
+}
+
+/// What the sender of `digest` lacks of what this node holds, up to one
+/// message's worth.
+pub fn answer<K: Clone + std::fmt::Debug>(
+    digest: &Digest,
+    records: &RecordStore<K>,
+    liveness: &Liveness,
+    documents: &DocumentStore,
+    timing: &Timing,
+) -> Items {
+    let mut items = Items::default();
+    let mut bytes = 0;
+    answer_records(digest, records, liveness, timing, &mut items, &mut bytes);
+    let theirs: HashSet<&SuspicionId> = digest.suspicions.iter().collect();
+    for s in liveness.suspicions() {
+        if items.suspicions.len() >= MAX_SUSPICIONS_PER_MESSAGE || bytes > TARGET_MESSAGE_BYTES {
+            break;
+        }
+        if !theirs.contains(&s.id()) {
+            bytes += s.weight();
+            items.suspicions.push(s.clone());
+        }
+    }
+    for d in documents.iter() {
+        if items.documents.len() >= MAX_DOCUMENTS_PER_MESSAGE || bytes > TARGET_MESSAGE_BYTES {
+            break;
+        }
+        let known = digest
+            .documents
+            .iter()
+            .any(|x| x.name == d.document.name && x.id == d.id);
+        if !known {
+            bytes += d.document.body.len() + d.document.signer_cert_der.len();
+            items.documents.push(d.document.clone());
+        }
+    }
+    items
+}
+
+fn answer_records<K: Clone + std::fmt::Debug>(
+    digest: &Digest,
+    records: &RecordStore<K>,
+    liveness: &Liveness,
+    timing: &Timing,
+    items: &mut Items,
+    bytes: &mut usize,
+) {
+    let theirs: HashMap<&str, &OriginSummary> = digest
+        .origins
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    for o in records.in_range(&digest.range) {
+        let after = match theirs.get(o.name.as_str()) {
+            None => {
+                if !liveness.health(&o.name, o.generation, timing).is_up() {
+                    continue;
+                }
+                None
+            }
+            Some(s) if s.generation < o.generation => None,
+            Some(s) if s.generation > o.generation => continue,
+            // Same generation: they are behind (send what is newer), or equally
+            // far but missing something in between (send it all: they keep what
+            // they have), or ahead (their answer to this node's digest helps).
+            Some(s) if s.max_version < o.max_version => Some(s.max_version),
+            Some(s) if s.max_version == o.max_version && s.fingerprint != o.fingerprint() => None,
+            Some(_) => continue,
+        };
+        for r in o.records_after(after.unwrap_or(0)) {
+            if items.records.len() >= MAX_RECORDS_PER_MESSAGE
+                || (*bytes + r.weight() > TARGET_MESSAGE_BYTES && *bytes > 0)
+            {
+                return;
+            }
+            *bytes += r.weight();
+            items.records.push(r.clone());
+        }
+    }
+}
