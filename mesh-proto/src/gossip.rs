@@ -350,16 +350,29 @@ fn validate_document_sizes(
     Ok(())
 }
 
-/// The layout route documents had before they were relayed as signed: with a
-/// version stamped by the node that accepted the document (not signed). Nodes
-/// kept such documents on disk; this type reads them, and
-/// [`From<LegacyRouteDocument>`] drops the version. Never sent.
+/// A route document in the layout nodes used before documents were relayed as
+/// signed (v1): after the name, a `version` that the node accepting the document
+/// stamped (a hybrid logical clock reading, not covered by the signature). Nodes
+/// stored documents on disk as [`crate::codec::encode_text`] of that layout; this
+/// type reads them back, and [`From<LegacyRouteDocument>`] drops the version. It is
+/// never sent, and the version cannot be read or set: only decoding makes one.
+///
+/// Read a stored text as a [`RouteDocument`] first and fall back to this type.
+/// Both layouts are plain bincode structs with no tag, so neither decoder
+/// recognises the other's layout as foreign; the order is what is safe:
+/// - a v1 text never decodes as a [`RouteDocument`]: the new decoder reads the
+///   version's wall clock as the body's length, and any wall clock of 32 768 ms or
+///   more (any reading after 1970-01-01T00:00:32.768Z) claims more bytes than a
+///   frame holds;
+/// - the converse is not guaranteed: a document in the new layout whose body is
+///   a route's canonical JSON never decodes as this type (the bytes read as the
+///   version's node begin `name":"`, never a valid name), but a crafted one can.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct LegacyRouteDocument {
     /// The route's name.
     pub name: String,
-    /// The version stamped by the accepting node, ignored.
-    pub version: LegacyVersion,
+    /// The version stamped by the accepting node: decoded, checked, then dropped.
+    version: LegacyHlc,
     /// The signed document bytes.
     pub body: Vec<u8>,
     /// The operator's signature over `body`.
@@ -368,20 +381,20 @@ pub struct LegacyRouteDocument {
     pub signer_cert_der: Vec<u8>,
 }
 
-/// The node-stamped version of a [`LegacyRouteDocument`] (a hybrid logical
-/// clock reading).
+/// The version of a [`LegacyRouteDocument`]: the v1 hybrid logical clock reading,
+/// in its v1 field order.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct LegacyVersion {
+struct LegacyHlc {
     /// Milliseconds since the Unix epoch.
-    pub wall_ms: u64,
-    /// Logical counter.
-    pub logical: u32,
+    wall_ms: u64,
+    /// Logical counter within the millisecond.
+    logical: u32,
     /// The stamping node.
-    pub node: String,
+    node: String,
 }
 
 impl Frame for LegacyRouteDocument {
-    const NAME: &'static str = "route document (layout with a version)";
+    const NAME: &'static str = "route document (v1 layout)";
     const MAX_BODY_LEN: usize = 32 * 1024;
 
     fn validate(&self) -> Result<(), FieldError> {
@@ -406,6 +419,7 @@ impl From<LegacyRouteDocument> for RouteDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{DecodeError, InvalidFrame, MalformedReason, decode_text, encode_text};
 
     #[test]
     fn parse_key_recognises_every_kind() {
@@ -438,32 +452,195 @@ mod tests {
         }
     }
 
-    #[test]
-    fn documents_stored_with_a_version_are_read_back_without_it() {
-        use crate::codec::{decode_text, encode_text};
-        let old = LegacyRouteDocument {
+    /// A route body as the operator signs it: canonical JSON.
+    fn signed_body() -> Vec<u8> {
+        crate::route::RouteSpec::tombstone("shop", 1_767_225_600_000).to_body()
+    }
+
+    /// A document in the v1 layout, stamped at `wall_ms`.
+    fn v1(wall_ms: u64) -> LegacyRouteDocument {
+        LegacyRouteDocument {
             name: "shop".into(),
-            version: LegacyVersion {
-                wall_ms: 1_767_225_600_000,
-                logical: 1,
+            version: LegacyHlc {
+                wall_ms,
+                logical: 3,
                 node: "n1".into(),
             },
-            body: b"{}".to_vec(),
-            signature: vec![1, 2],
-            signer_cert_der: vec![3],
+            body: signed_body(),
+            signature: vec![0x30, 0x45, 1, 2],
+            signer_cert_der: vec![0x30, 0x82, 3],
+        }
+    }
+
+    /// What a node reads from a stored text: the current layout, else v1.
+    fn read_stored(text: &str) -> Option<RouteDocument> {
+        decode_text::<RouteDocument>(text)
+            .or_else(|_| decode_text::<LegacyRouteDocument>(text).map(RouteDocument::from))
+            .ok()
+    }
+
+    /// `encode_text` of `v1(1_767_225_600_123)`, written by the v1 code (the
+    /// `RouteDocument` with an `HlcTimestamp` version, before it was removed).
+    const V1_TEXT: &str = "AQAAAHAEc2hvcP17qNp2mwEAAAMCbjFUeyJuYW1lIjoic2hvcCIsImlzc3VlZF9hdF9tcyI6MTc2NzIyNTYwMDAwMCwiZGVsZXRlZCI6dHJ1ZSwiaG9zdHMiOlsiKiJdLCJydWxlcyI6W119BDBFAQIDMIID";
+
+    #[test]
+    fn a_stored_v1_text_decodes_as_legacy_and_converts_without_the_version() {
+        let old = decode_text::<LegacyRouteDocument>(V1_TEXT).unwrap();
+        assert_eq!(old, v1(1_767_225_600_123));
+        assert_eq!(
+            encode_text(&old).unwrap(),
+            V1_TEXT,
+            "the v1 layout, byte for byte"
+        );
+        let doc = RouteDocument::from(old);
+        assert_eq!(
+            doc,
+            RouteDocument {
+                name: "shop".into(),
+                body: signed_body(),
+                signature: vec![0x30, 0x45, 1, 2],
+                signer_cert_der: vec![0x30, 0x82, 3],
+            }
+        );
+        assert_eq!(read_stored(V1_TEXT), Some(doc.clone()));
+        // Stored again, it is in the current layout.
+        let text = encode_text(&doc).unwrap();
+        assert_eq!(decode_text::<RouteDocument>(&text), Ok(doc.clone()));
+        assert_eq!(read_stored(&text), Some(doc));
+    }
+
+    #[test]
+    fn a_v1_text_never_decodes_in_the_current_layout() {
+        // The current decoder reads the wall clock as the body length. Over the
+        // bincode memory limit (twice the 32 KiB frame limit, less what the name
+        // already claimed) it is refused before anything is allocated; below it,
+        // the frame ends first.
+        for (wall_ms, why) in [
+            (1_767_225_600_123, "LimitExceeded"),
+            (u64::MAX, "LimitExceeded"),
+            (65_536, "LimitExceeded"),
+            (32_768, "UnexpectedEnd"),
+        ] {
+            let text = encode_text(&v1(wall_ms)).unwrap();
+            let err = decode_text::<RouteDocument>(&text).unwrap_err();
+            match &err {
+                DecodeError::Invalid(InvalidFrame::Malformed {
+                    frame: "route document",
+                    reason: MalformedReason::Body(message),
+                }) => assert!(message.starts_with(why), "{wall_ms}: {err}"),
+                _ => panic!("{wall_ms}: {err:?}"),
+            }
+            assert_eq!(read_stored(&text), Some(RouteDocument::from(v1(wall_ms))));
+        }
+        // Only a wall clock in the first 32 s of 1970 could be read as a body
+        // length the frame can satisfy; even then this document does not decode
+        // (the bytes after the misread body announce a 123-byte signature).
+        let err = decode_text::<RouteDocument>(&encode_text(&v1(5)).unwrap()).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Invalid(InvalidFrame::Malformed {
+                frame: "route document",
+                reason: MalformedReason::Body("UnexpectedEnd { additional: 31 }".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn a_current_text_is_not_read_as_v1_unless_crafted() {
+        // A real document: the v1 decoder reads the body length as the wall clock,
+        // `{` as the logical counter, `"` (34) as the length of the node name
+        // (`name":"shop","issued_at_ms":176722`), then runs out of bytes.
+        let doc = RouteDocument::from(v1(1_767_225_600_123));
+        let text = encode_text(&doc).unwrap();
+        let err = decode_text::<LegacyRouteDocument>(&text).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Invalid(InvalidFrame::Malformed {
+                frame: "route document (v1 layout)",
+                reason: MalformedReason::Body("UnexpectedEnd { additional: 46 }".into()),
+            })
+        );
+
+        // A crafted one decodes as v1, as something else entirely: the body
+        // `[0, 1, 'a', 0]` reads as logical 0, node "a" and an empty body, and
+        // the (empty) signature and certificate as themselves. Hence the order:
+        // the current layout first.
+        let crafted = RouteDocument {
+            name: "r".into(),
+            body: vec![0, 1, b'a', 0],
+            signature: vec![],
+            signer_cert_der: vec![],
         };
-        let text = encode_text(&old).unwrap();
-        let doc: RouteDocument = decode_text::<LegacyRouteDocument>(&text).unwrap().into();
-        assert_eq!(doc.name, "shop");
-        assert_eq!(doc.body, b"{}");
-        assert_eq!(doc.signature, [1, 2]);
-        assert_eq!(doc.signer_cert_der, [3]);
-        // The old layout never passes for the new one (the version's wall clock
-        // reads as a body length of terabytes), so readers try the new layout
-        // first and fall back.
-        assert!(decode_text::<RouteDocument>(&text).is_err());
-        let new = encode_text(&doc).unwrap();
-        assert_eq!(decode_text::<RouteDocument>(&new).unwrap(), doc);
+        let text = encode_text(&crafted).unwrap();
+        let misread = decode_text::<LegacyRouteDocument>(&text).unwrap();
+        assert_eq!(
+            misread.version,
+            LegacyHlc {
+                wall_ms: 4,
+                logical: 0,
+                node: "a".into()
+            }
+        );
+        assert_eq!(misread.name, "r");
+        assert!(misread.body.is_empty() && misread.signature.is_empty());
+        assert!(misread.signer_cert_der.is_empty());
+        assert_eq!(read_stored(&text), Some(crafted));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stored_texts_of_either_layout_read_back(
+            wall_ms in 32_768u64..,
+            logical: u32,
+            node in "[a-z][a-z0-9-]{0,8}[a-z0-9]",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            signature in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let old = LegacyRouteDocument {
+                name: "shop".into(),
+                version: LegacyHlc { wall_ms, logical, node },
+                body,
+                signature,
+                signer_cert_der: vec![0x30],
+            };
+            let doc = RouteDocument::from(old.clone());
+            let old_text = encode_text(&old).unwrap();
+            proptest::prop_assert!(decode_text::<RouteDocument>(&old_text).is_err());
+            proptest::prop_assert_eq!(read_stored(&old_text), Some(doc.clone()));
+            let text = encode_text(&doc).unwrap();
+            proptest::prop_assert_eq!(read_stored(&text), Some(doc));
+        }
+
+        #[test]
+        fn the_v1_decoder_never_panics_and_accepts_only_valid_documents(
+            wall_ms: u64,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            at: proptest::sample::Index,
+            byte: u8,
+            cut: proptest::sample::Index,
+            text in "[A-Za-z0-9_-]{0,200}",
+        ) {
+            use crate::codec::{decode, encode};
+            let mut old = v1(wall_ms);
+            old.body = body;
+            let wire = encode(&old).unwrap();
+            // One byte changed, then cut short somewhere: hostile bytes near the
+            // v1 layout.
+            let mut hostile = wire.clone();
+            hostile[at.index(wire.len())] = byte;
+            hostile.truncate(crate::codec::FRAME_HEADER_LEN + cut.index(wire.len()));
+            for input in [&wire, &hostile] {
+                if let Ok((read, used)) = decode::<LegacyRouteDocument>(input) {
+                    proptest::prop_assert!(used <= input.len());
+                    proptest::prop_assert_eq!(read.validate(), Ok(()));
+                    proptest::prop_assert_eq!(RouteDocument::from(read).validate(), Ok(()));
+                }
+            }
+            proptest::prop_assert_eq!(decode::<LegacyRouteDocument>(&wire), Ok((old, wire.len())));
+            if let Ok(read) = decode_text::<LegacyRouteDocument>(&text) {
+                proptest::prop_assert_eq!(read.validate(), Ok(()));
+            }
+        }
     }
 
     #[test]

@@ -50,7 +50,8 @@
 //!   that open a tunnel stream.
 //! - [`gossip`]: the key names and the records each node publishes about itself:
 //!   [`gossip::NodeRecord`], [`gossip::NodeCertificate`], [`gossip::ServiceRecord`];
-//!   and the operator-signed [`gossip::RouteDocument`].
+//!   and the operator-signed [`gossip::RouteDocument`], relayed exactly as signed
+//!   ([`gossip::LegacyRouteDocument`] reads the v1 layout nodes stored on disk).
 //! - [`membership`]: the membership protocol, sans-IO: signed records, liveness
 //!   that no member can forge, anti-entropy, and a simulator.
 //! - [`routing`]: the routing table as a pure function of the live members' records.

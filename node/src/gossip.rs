@@ -38,6 +38,8 @@ pub const PEER_INBOUND_QUEUE: usize = 32;
 pub const INBOUND_QUEUE_BYTES: usize = 32 << 20;
 /// Messages handled per turn of the loop before timers and output get a turn.
 const BATCH: usize = 64;
+/// Shortest time between two views published by the driver loop.
+pub const VIEW_COALESCE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
@@ -59,6 +61,7 @@ pub struct Gossip {
     outbound: Arc<Outbound>,
     unreachable: tokio::sync::Mutex<mpsc::Receiver<String>>,
     refused_documents: Mutex<RefusedDocuments>,
+    view_at: Mutex<Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -132,6 +135,7 @@ impl Gossip {
             outbound: wiring.outbound,
             unreachable: tokio::sync::Mutex::new(wiring.unreachable),
             refused_documents: Mutex::new(RefusedDocuments::default()),
+            view_at: Mutex::new(Instant::now()),
             metrics,
         })
     }
@@ -226,14 +230,37 @@ impl Gossip {
             drop(state);
             self.view.send_replace(view);
         }
+        *self.view_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Publishes the view if it changed, at most once per [`VIEW_COALESCE`]
+    /// (during a burst of changes — nodes joining — readers rebuild their tables
+    /// once per period, not once per message). Returns when a pending change is
+    /// due, if one waits.
+    fn coalesce_view(&self) -> Option<Instant> {
+        let changed = self.lock().view_version() != self.view.borrow().version;
+        if !changed {
+            return None;
+        }
+        let due = *self.view_at.lock().unwrap_or_else(|e| e.into_inner()) + VIEW_COALESCE;
+        if Instant::now() >= due {
+            self.refresh_view();
+            None
+        } else {
+            Some(due)
+        }
     }
 
     /// The driver loop: runs until `stop` fires. Safe to run again after it
     /// ended (the state is kept in `self`).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut unreachable = self.unreachable.lock().await;
+        let mut view_due: Option<Instant> = None;
         loop {
-            let deadline = self.lock().poll_timeout();
+            let deadline = [self.lock().poll_timeout(), view_due]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -252,6 +279,7 @@ impl Gossip {
                 _ = stop.changed() => return,
             }
             self.turn();
+            view_due = self.coalesce_view();
         }
     }
 
@@ -293,7 +321,6 @@ impl Gossip {
         if !self.inbound.is_empty() {
             self.wake.notify_one();
         }
-        self.refresh_view();
     }
 
     /// The route documents peers sent that were refused, most recent last.

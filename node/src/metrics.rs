@@ -181,6 +181,8 @@ pub struct Metrics {
     pub gossip_quarantines: Counter,
     /// Bytes of signed records held.
     pub gossip_state_bytes: Gauge,
+    /// The membership protocol's local health multiplier (0: healthy).
+    pub gossip_local_health: Gauge,
     /// Long-running tasks restarted after they ended unexpectedly, by task.
     pub task_restarts: Family<TaskLabels, Counter>,
     /// Peers refused during the TLS handshake, by reason.
@@ -545,6 +547,7 @@ impl Metrics {
             gossip_refutations: membership.refutations,
             gossip_quarantines: membership.quarantines,
             gossip_state_bytes: membership.state_bytes,
+            gossip_local_health: membership.local_health,
             route_documents_expired: membership.documents_expired,
             task_restarts: membership.task_restarts,
         }
@@ -615,6 +618,7 @@ struct MembershipFamilies {
     refutations: Counter,
     quarantines: Counter,
     state_bytes: Gauge,
+    local_health: Gauge,
     documents_expired: Gauge,
     task_restarts: Family<TaskLabels, Counter>,
 }
@@ -626,6 +630,7 @@ fn register_membership(registry: &mut Registry) -> MembershipFamilies {
         refutations: Counter::default(),
         quarantines: Counter::default(),
         state_bytes: Gauge::default(),
+        local_health: Gauge::default(),
         documents_expired: Gauge::default(),
         task_restarts: Family::default(),
     };
@@ -658,6 +663,11 @@ fn register_membership(registry: &mut Registry) -> MembershipFamilies {
         "gossip_state_bytes",
         "Bytes of signed records held",
         f.state_bytes.clone(),
+    );
+    registry.register(
+        "gossip_local_health",
+        "Lifeguard's local health multiplier: 0 when healthy, up to 8 when this node misses answers, wakes late or is accused (its probes then wait longer)",
+        f.local_health.clone(),
     );
     registry.register(
         "task_restarts",

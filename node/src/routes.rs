@@ -341,6 +341,9 @@ struct State {
     stored: BTreeMap<String, RouteDocument>,
     /// The ids of the documents in force at the last refresh, by name.
     in_force: BTreeMap<String, [u8; 16]>,
+    /// The documents the route table was last built from (what `GET /routes`
+    /// lists, so that it agrees with the table).
+    documents: Vec<HeldDocument>,
     /// Documents of this node's data directory that were refused.
     refused_locally: Vec<RejectedView>,
     /// Ids of documents whose signer expired, already reported.
@@ -416,15 +419,12 @@ impl RouteStore {
         Ok(store)
     }
 
-    /// The documents in force (tombstones included), by name.
+    /// The documents in force (tombstones included), by name: those the route
+    /// table was last built from.
     pub async fn routes(&self) -> Vec<RouteView> {
         let now = unix_ms();
-        self.gossip
-            .view()
-            .documents
-            .iter()
-            .map(|d| view_of(d, now))
-            .collect()
+        let st = self.state.lock().await;
+        st.documents.iter().map(|d| view_of(d, now)).collect()
     }
 
     /// The documents refused: from peers (the most recent), and from this
@@ -514,6 +514,7 @@ impl RouteStore {
                 .set(expiry.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)));
         }
         st.in_force = in_force;
+        st.documents = view.documents.clone();
     }
 
     /// Stores `doc` unless it is what the data directory already holds.

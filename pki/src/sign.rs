@@ -15,8 +15,10 @@
 //!
 //! The signature is ECDSA P-256 with SHA-256, DER-encoded (ASN.1), over the body
 //! bytes exactly — what `openssl dgst -sha256 -sign operator.key body.json`
-//! writes, so a document can be signed with other tools too. The document carries
-//! nothing else: it is gossiped exactly as signed.
+//! writes, so a document can be signed with other tools too. Besides the route
+//! name (which must equal the name inside the signed body) the document carries
+//! nothing but the body, the signature and the certificate: nodes relay it exactly
+//! as signed, with no field of their own.
 //!
 //! This module signs with [`OperatorKey`] (the CLI side) and verifies with
 //! [`OperatorVerifier`] (the node side). It never reads a clock: callers pass
@@ -99,7 +101,7 @@ pub struct SignedRoute {
 }
 
 impl SignedRoute {
-    /// The route document with this signature.
+    /// The route document with this signature: exactly what is gossiped.
     pub fn document(&self) -> RouteDocument {
         RouteDocument {
             name: self.name.clone(),
@@ -339,7 +341,7 @@ impl OperatorVerifier {
 
     /// Checks `document`'s signer certificate and signature at time `now` (see
     /// the module documentation); returns who signed it. Does not look at the
-    /// body's contents or the version.
+    /// body's contents (the route merge reads and checks them).
     pub fn verify(
         &self,
         document: &RouteDocument,
@@ -486,10 +488,24 @@ mod tests {
             "the canonical body is signed"
         );
         let doc = signed.document();
-        assert_eq!(doc.name, "shop");
+        // The document is the signed parts and the name, nothing else.
+        assert_eq!(
+            doc,
+            RouteDocument {
+                name: "shop".into(),
+                body: signed.body.clone(),
+                signature: signed.signature.clone(),
+                signer_cert_der: signed.signer_cert_der.clone(),
+            }
+        );
         let signer = verifier(&ca).verify(&doc, UnixTime::now()).unwrap();
         assert_eq!(signer.operator, "alice");
         assert!(signer.valid_at(UnixTime::now()).is_ok());
+        // A signature changed in transit is refused.
+        let mut relayed = doc.clone();
+        let last = relayed.signature.len() - 1;
+        relayed.signature[last] ^= 1;
+        assert!(verifier(&ca).verify(&relayed, UnixTime::now()).is_err());
     }
 
     #[test]

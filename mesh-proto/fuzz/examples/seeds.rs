@@ -5,9 +5,10 @@
 
 use std::fs;
 
-use mesh_proto::codec::{Frame, encode};
+use mesh_proto::codec::{Frame, decode_text, encode};
 use mesh_proto::gossip::{
-    Health, NodeCertificate, NodeRecord, NodeState, RouteDocument, ServiceRecord,
+    Health, LegacyRouteDocument, NodeCertificate, NodeRecord, NodeState, RouteDocument,
+    ServiceRecord,
 };
 use mesh_proto::route::RouteSpec;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
@@ -72,6 +73,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             signature: vec![0x30; 70],
             signer_cert_der: vec![0x30; 300],
         },
+    )?;
+    // The v1 layout cannot be built outside mesh-proto, only decoded: a document a
+    // v1 node stored (route "shop", a tombstone, stamped by node "n1").
+    write(
+        "legacy_route_document",
+        &decode_text::<LegacyRouteDocument>(
+            "AQAAAHAEc2hvcP17qNp2mwEAAAMCbjFUeyJuYW1lIjoic2hvcCIsImlzc3VlZF9hdF9tcyI6MTc2NzIyNTYwMDAwMCwiZGVsZXRlZCI6dHJ1ZSwiaG9zdHMiOlsiKiJdLCJydWxlcyI6W119BDBFAQIDMIID",
+        )?,
     )?;
     fs::create_dir_all("corpus/route_body")?;
     fs::write("corpus/route_body/seed", route_spec().to_body())?;

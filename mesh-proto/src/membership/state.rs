@@ -36,6 +36,11 @@ use super::wire::{Body, GossipMessage, Items, SignedRecord, Suspicion};
 
 /// How long a peer that sent a bad signature is ignored.
 pub const QUARANTINE: Duration = Duration::from_secs(30);
+/// Highest [`Membership::local_health`].
+pub const MAX_LOCAL_HEALTH: u32 = 8;
+/// Fewest rounds a new item is pushed for (a node that just joined knows few
+/// members yet, but its news must still travel).
+const MIN_PUSH_ROUNDS: u32 = 2;
 /// Every this many anti-entropy exchanges, one goes to a member believed dead
 /// (so a healed partition is noticed) and one to a seed.
 const SYNC_WIDER_EVERY: u64 = 4;
@@ -198,6 +203,8 @@ pub struct Membership<C: Crypto> {
     next_round: Option<Instant>,
     round: u64,
     syncs: u64,
+    catching_up: bool,
+    local_health: u32,
     probe: Option<Probe>,
     probe_order: Vec<String>,
     sync_cursor: String,
@@ -232,6 +239,8 @@ impl<C: Crypto> Membership<C> {
             next_round: Some(now),
             round: 0,
             syncs: 0,
+            catching_up: false,
+            local_health: 0,
             probe: None,
             probe_order: Vec::new(),
             sync_cursor: String::new(),
@@ -512,9 +521,29 @@ impl<C: Crypto> Membership<C> {
                     .is_some_and(|p| p.target == from.name && p.nonce == nonce)
                 {
                     self.probe = None;
+                    self.local_health = self.local_health.saturating_sub(1);
+                }
+            }
+            Body::SyncHash(theirs) => {
+                let mine = sync::range_hash(
+                    theirs.range.clone(),
+                    &self.records,
+                    &self.liveness,
+                    &self.documents,
+                );
+                if mine != theirs {
+                    let digest = sync::digest_of_range(
+                        theirs.range,
+                        &self.records,
+                        &self.liveness,
+                        &self.documents,
+                        true,
+                    );
+                    self.send(Destination::Member(from), Body::Sync(digest));
                 }
             }
             Body::Sync(digest) => {
+                self.catching_up = true;
                 let items = sync::answer(
                     &digest,
                     &self.records,
@@ -726,8 +755,21 @@ impl<C: Crypto> Membership<C> {
         self.events.push_back(Event::Refuted {
             accuser: s.accuser.clone(),
         });
+        self.worse_local_health();
         self.refute(now, wall_ms);
         Ok(())
+    }
+
+    /// Lifeguard's local health multiplier: 0 when this node is healthy, up to
+    /// [`MAX_LOCAL_HEALTH`] when it keeps missing answers, waking late or being
+    /// accused. Its probes wait `probe_timeout × (1 + local_health)`, so an
+    /// overloaded node stops accusing healthy peers of its own slowness.
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    fn worse_local_health(&mut self) {
+        self.local_health = (self.local_health + 1).min(MAX_LOCAL_HEALTH);
     }
 
     /// Tells the state machine that `peer` could not be reached (a dial or a
@@ -757,11 +799,20 @@ impl<C: Crypto> Membership<C> {
 
     /// Runs whatever is due at `now`: probe timeouts, suspicion timers, rounds.
     pub fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
+        if let Some(t) = self.next_round
+            && now > t + self.config.timing.interval
+        {
+            // Woken more than a round late: this node is starved (CPU, GC,
+            // a paused VM), and its probes' silence says more about it than
+            // about its peers.
+            self.worse_local_health();
+        }
         if let Some(p) = &self.probe
             && now >= p.deadline
         {
             let target = p.target.clone();
             self.probe = None;
+            self.worse_local_health();
             self.accuse(&target, now, wall_ms);
         }
         for t in self.liveness.tick(now, &self.config.timing) {
@@ -784,7 +835,10 @@ impl<C: Crypto> Membership<C> {
         }
         self.push_round();
         let sync_every = u64::from(self.config.timing.sync_every.max(1));
-        if self.round % sync_every == 1 || sync_every == 1 {
+        // While the last exchange found differences (a node catching up, a
+        // partition healing), exchange every round; else every `sync_every`.
+        if self.catching_up || self.round % sync_every == 1 || sync_every == 1 {
+            self.catching_up = false;
             self.sync_round();
         }
         for name in self
@@ -836,9 +890,16 @@ impl<C: Crypto> Membership<C> {
     /// round to reach every member with high probability, anti-entropy doing the
     /// rest.
     fn rounds(&self) -> u32 {
+        // Each node that learns an item pushes it to `fanout` peers a round, for
+        // this many rounds: a node then receives about fanout × rounds copies, so
+        // one misses an item with probability about e^-(fanout × rounds) (e^-6 at
+        // least), and anti-entropy catches it up. More rounds only repeat what
+        // the epidemic already spreads (every receiver pushes on).
         let n = self.records.len().max(1) as f64;
         let base = (self.config.timing.fanout.max(1) + 1) as f64;
-        ((n + 1.0).ln() / base.ln()).ceil() as u32 + 1
+        (((n + 1.0).ln() / base.ln()).ceil() as u32)
+            .saturating_sub(1)
+            .max(MIN_PUSH_ROUNDS)
     }
 
     fn start_probe(&mut self, now: Instant) {
@@ -864,7 +925,7 @@ impl<C: Crypto> Membership<C> {
         self.probe = Some(Probe {
             target: target.name.clone(),
             nonce,
-            deadline: now + self.config.timing.probe_timeout,
+            deadline: now + self.config.timing.probe_timeout * (1 + self.local_health),
         });
         self.send(Destination::Member(target), Body::Ping(nonce));
     }
@@ -977,14 +1038,10 @@ impl<C: Crypto> Membership<C> {
         if targets.is_empty() {
             return;
         }
-        let digest = sync::next_digest(
-            &mut self.sync_cursor,
-            &self.records,
-            &self.liveness,
-            &self.documents,
-        );
+        let range = sync::next_range(&mut self.sync_cursor, &self.records);
+        let hash = sync::range_hash(range, &self.records, &self.liveness, &self.documents);
         for to in targets {
-            self.send(to, Body::Sync(digest.clone()));
+            self.send(to, Body::SyncHash(hash.clone()));
         }
     }
 

@@ -1,8 +1,11 @@
-//! Anti-entropy: digests of what a node holds, and the answer to a peer's digest
-//! (what it lacks). A digest lists the origins of one range of names with the
-//! generation and highest version held of each, so its size is bounded whatever
-//! the number of members; successive exchanges walk the ranges. The answer sends
-//! only records newer than the peer's, so its cost follows the difference.
+//! Anti-entropy: range hashes, digests of what a node holds, and the answer to a
+//! peer's digest (what it lacks). A [`RangeHash`] summarises one range of origin
+//! names (and every suspicion and document) in a few dozen bytes; only when the
+//! receiver's differs does a full digest follow. A digest lists the origins of
+//! the range with the generation, highest version and fingerprint held of each,
+//! so its size is bounded whatever the number of members; successive exchanges
+//! walk the ranges. The answer sends only records newer than the peer's, so its
+//! cost follows the difference.
 //!
 //! Members this node believes dead are not handed to a peer that does not know
 //! them (a new node should not learn of the dead as if alive), but their records
@@ -17,9 +20,15 @@ use super::liveness::Liveness;
 use super::records::RecordStore;
 use super::wire::{
     Digest, DocumentSummary, Items, MAX_DIGEST_IDS, MAX_DIGEST_ORIGINS, MAX_DOCUMENTS_PER_MESSAGE,
-    MAX_RECORDS_PER_MESSAGE, MAX_SUSPICIONS_PER_MESSAGE, NameRange, OriginSummary, SuspicionId,
-    TARGET_MESSAGE_BYTES,
+    MAX_RECORDS_PER_MESSAGE, MAX_SUSPICIONS_PER_MESSAGE, NameRange, OriginSummary, RangeHash,
+    SuspicionId, TARGET_MESSAGE_BYTES,
 };
+
+/// Bytes of records one answer carries at most: a node catching up exchanges
+/// with several peers at once, and what they answer overlaps, so answers are
+/// kept small and the next exchange (with the requester's newer digest) brings
+/// the rest.
+const ANSWER_BYTES: usize = 16 * 1024;
 
 /// Bytes of origin summaries one digest carries at most.
 const DIGEST_BUDGET: usize = 40 * 1024;
@@ -28,29 +37,27 @@ fn summary_weight(s: &OriginSummary) -> usize {
     s.name.len() + 28
 }
 
-/// The digest of the next range of names, starting at `cursor`, which moves on
-/// (wrapping around) so that successive digests cover every origin.
-pub fn next_digest<K: Clone + std::fmt::Debug>(
+/// The next range of names to reconcile, starting at `cursor`, which moves on
+/// (wrapping around) so that successive ranges cover every origin; a range holds
+/// at most one digest's worth of origins.
+pub fn next_range<K: Clone + std::fmt::Debug>(
     cursor: &mut String,
     records: &RecordStore<K>,
-    liveness: &Liveness,
-    documents: &DocumentStore,
-) -> Digest {
+) -> NameRange {
     let start = NameRange {
         from: cursor.clone(),
         to: None,
     };
-    let mut origins = Vec::new();
-    let mut bytes = 0;
+    let (mut count, mut bytes) = (0, 0);
     let mut next: Option<String> = None;
     for o in records.in_range(&start) {
-        let s = o.summary();
-        if origins.len() >= MAX_DIGEST_ORIGINS || bytes + summary_weight(&s) > DIGEST_BUDGET {
+        let w = o.name.len() + 28;
+        if count >= MAX_DIGEST_ORIGINS || bytes + w > DIGEST_BUDGET {
             next = Some(o.name.clone());
             break;
         }
-        bytes += summary_weight(&s);
-        origins.push(s);
+        count += 1;
+        bytes += w;
     }
     let range = match (&next, cursor.is_empty()) {
         (None, true) => NameRange::all(),
@@ -60,12 +67,41 @@ pub fn next_digest<K: Clone + std::fmt::Debug>(
         },
     };
     *cursor = next.unwrap_or_default();
-    Digest {
+    range
+}
+
+fn mix(h: u64) -> u64 {
+    let mut state = h;
+    super::state::splitmix64(&mut state)
+}
+
+/// The hash of what this node holds in `range` (and of all its suspicions and
+/// documents).
+pub fn range_hash<K: Clone + std::fmt::Debug>(
+    range: NameRange,
+    records: &RecordStore<K>,
+    liveness: &Liveness,
+    documents: &DocumentStore,
+) -> RangeHash {
+    let (mut count, mut origins) = (0u32, 0u64);
+    for o in records.in_range(&range) {
+        count = count.saturating_add(1);
+        let name = xxhash_rust::xxh3::xxh3_64(o.name.as_bytes());
+        origins ^= mix(name ^ mix(o.generation ^ mix(o.fingerprint())));
+    }
+    let suspicions = liveness.suspicions().fold(0, |acc, s| {
+        let id = xxhash_rust::xxh3::xxh3_64(format!("{}\0{}", s.target, s.accuser).as_bytes());
+        acc ^ mix(id ^ mix(s.target_version))
+    });
+    let documents = documents
+        .iter()
+        .fold(0, |acc, d| acc ^ mix(xxhash_rust::xxh3::xxh3_64(&d.id)));
+    RangeHash {
         range,
+        count,
         origins,
-        suspicions: suspicion_ids(liveness),
-        documents: document_summaries(documents),
-        reply: true,
+        suspicions,
+        documents,
     }
 }
 
@@ -179,7 +215,7 @@ fn answer_records<K: Clone + std::fmt::Debug>(
         };
         for r in o.records_after(after.unwrap_or(0)) {
             if items.records.len() >= MAX_RECORDS_PER_MESSAGE
-                || (*bytes + r.weight() > TARGET_MESSAGE_BYTES && *bytes > 0)
+                || (*bytes + r.weight() > ANSWER_BYTES && *bytes > 0)
             {
                 return;
             }

@@ -221,6 +221,24 @@ pub struct Digest {
     pub reply: bool,
 }
 
+/// A summary of everything a node holds in one range of origin names, and of
+/// its suspicions and documents: the cheap first step of anti-entropy. The
+/// receiver compares it with its own; only if they differ does it send a full
+/// [`Digest`]. A quiet mesh exchanges little more than these.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RangeHash {
+    /// The origins covered.
+    pub range: NameRange,
+    /// How many origins the sender holds in the range.
+    pub count: u32,
+    /// An order-independent hash of (name, generation, fingerprint) of each.
+    pub origins: u64,
+    /// The same over the suspicions held.
+    pub suspicions: u64,
+    /// The same over the route documents held.
+    pub documents: u64,
+}
+
 /// Items to apply: records, suspicions, documents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
 pub struct Items {
@@ -246,7 +264,9 @@ pub enum Body {
     Ping(u64),
     /// The answer to a [`Body::Ping`].
     Ack(u64),
-    /// Anti-entropy.
+    /// Anti-entropy, first step: is anything different?
+    SyncHash(RangeHash),
+    /// Anti-entropy: what the sender holds.
     Sync(Digest),
     /// Items pushed (new changes) or answering a digest.
     Items(Items),
@@ -277,14 +297,21 @@ fn too_many(field: &'static str, count: usize, max: usize) -> Result<(), FieldEr
     Ok(())
 }
 
-impl Digest {
+impl NameRange {
     fn validate(&self) -> Result<(), FieldError> {
-        if !self.range.from.is_empty() {
-            validate_name("digest range start", &self.range.from)?;
+        if !self.from.is_empty() {
+            validate_name("digest range start", &self.from)?;
         }
-        if let Some(to) = &self.range.to {
+        if let Some(to) = &self.to {
             validate_name("digest range end", to)?;
         }
+        Ok(())
+    }
+}
+
+impl Digest {
+    fn validate(&self) -> Result<(), FieldError> {
+        self.range.validate()?;
         too_many("digest origins", self.origins.len(), MAX_DIGEST_ORIGINS)?;
         too_many("digest suspicions", self.suspicions.len(), MAX_DIGEST_IDS)?;
         too_many("digest documents", self.documents.len(), MAX_DIGEST_IDS)?;
@@ -332,6 +359,7 @@ impl Frame for GossipMessage {
         validate_name("cluster", &self.cluster)?;
         match &self.body {
             Body::Ping(_) | Body::Ack(_) => Ok(()),
+            Body::SyncHash(h) => h.range.validate(),
             Body::Sync(d) => d.validate(),
             Body::Items(items) => items.validate(),
         }

@@ -9,10 +9,17 @@
 //!    body and the signer's operator certificate against the mesh CA: this crate
 //!    does no cryptography),
 //! 3. and has the highest [`Precedence`]: the signed `issued_at_ms` of its body
-//!    first, then its body, signature and certificate bytes — a total order over
-//!    signed parts only, so every node picks the same winner whatever order the
-//!    documents arrive in, and no member can reorder documents (nothing a relay
-//!    could change takes part).
+//!    first, then its body, signature and certificate bytes — a total order, so
+//!    every node picks the same winner whatever order the documents arrive in.
+//!
+//! The order uses only what the operator signed: documents are relayed exactly as
+//! signed and carry no field a node stamps, so no member can reorder documents. A
+//! member that sends an old, validly signed document again cannot make it beat a
+//! newer one, nor undo a deletion: only an operator can issue a document that
+//! wins. The signature and certificate bytes decide only between documents with
+//! the same body — the same route, to the byte — so even a relay that makes
+//! another valid signature of a body (ECDSA signatures are malleable) only picks
+//! which copy of identical content is in force.
 //!
 //! The cost of ordering by the operator's issue time: an operator's clock that
 //! runs behind makes a new document lose to an older one, which is why the node
@@ -33,7 +40,8 @@ use super::{RouteError, RouteSpec, RouteTable};
 use crate::gossip::RouteDocument;
 
 /// The order between two valid documents of one route: the greater wins. Fields
-/// compare in declaration order.
+/// compare in declaration order; all of them come from what the operator signed
+/// (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Precedence<'a> {
     /// The signed issue time from the body ([`RouteSpec::issued_at_ms`]).

@@ -1369,6 +1369,46 @@ fn precedence_orders_issue_time_first() {
         merged.winners["r"].precedence(),
         Precedence::of(&a, &a_spec)
     );
+
+    // The issue time beats the bytes: "99" sorts after "100", yet 100 wins.
+    let late_spec = issued("r", 100, "a");
+    let early_spec = issued("r", 99, "z");
+    let late = doc_for(&late_spec, "a");
+    let early = doc_for(&early_spec, "z");
+    assert!(early.body > late.body && early.signature > late.signature);
+    assert!(Precedence::of(&late, &late_spec) > Precedence::of(&early, &early_spec));
+    assert_eq!(merge([&early, &late], verified).winners["r"].document, late);
+}
+
+#[test]
+fn precedence_is_a_total_order_over_the_signed_parts_only() {
+    let spec = issued("r", 100, "a");
+    let doc = doc_for(&spec, "n");
+    fn of(d: &RouteDocument) -> Precedence<'_> {
+        Precedence::of(d, &RouteSpec::parse_document(d).unwrap())
+    }
+    // Equal issue times: the body bytes, then the signature, then the certificate.
+    let other_body = doc_for(&issued("r", 100, "b"), "a");
+    assert!(other_body.body > doc.body);
+    assert!(of(&other_body) > of(&doc));
+    let mut other_sig = doc.clone();
+    other_sig.signature.push(0);
+    assert!(of(&other_sig) > of(&doc));
+    let mut other_cert = doc.clone();
+    other_cert.signer_cert_der.push(0);
+    assert!(of(&other_cert) > of(&doc));
+    // Nothing but the document decides: equal documents, equal precedence.
+    let copy = doc.clone();
+    assert_eq!(of(&copy), of(&doc));
+    assert_eq!(
+        Precedence::of(&doc, &spec),
+        Precedence {
+            issued_at_ms: 100,
+            body: &doc.body,
+            signature: &doc.signature,
+            signer_cert_der: &doc.signer_cert_der,
+        }
+    );
 }
 
 // ---------------------------------------------------------------------------
