@@ -197,6 +197,36 @@ fn a_partitioned_node_is_dead_then_alive_again_after_the_heal() {
 }
 
 #[test]
+fn a_partition_longer_than_the_dead_grace_still_heals() {
+    let mut t = timing();
+    t.dead_grace = Duration::from_secs(5);
+    let mut net = Network::new(t, 9);
+    for n in ["n1", "n2", "n3", "n4"] {
+        net.add(n, &["web"]);
+    }
+    assert!(net.run_until(Duration::from_secs(10), Network::converged));
+    net.partition(&["n1", "n2"]);
+    // Long enough for each side to declare the other dead and forget it.
+    net.run_for(Duration::from_secs(15));
+    assert_eq!(net.health_seen("n3", "n1"), None, "forgotten");
+    assert_eq!(net.health_seen("n1", "n3"), None, "forgotten");
+    net.heal();
+    // n3 and n4 still have n1 as a seed (the first nodes); their old records
+    // are refused, but each side signs again when a peer's digest lacks it.
+    assert!(
+        net.run_until(Duration::from_secs(60), Network::converged),
+        "the mesh did not heal"
+    );
+    assert!(
+        net.node("n1")
+            .unwrap()
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Reannounced))
+    );
+}
+
+#[test]
 fn a_restarted_node_replaces_its_old_generation() {
     let mut net = mesh(5);
     let old = generation(&net, "n5");
@@ -662,6 +692,36 @@ fn garbage_and_other_clusters_change_nothing() {
         .membership
         .view(net.now(), net.wall_ms());
     assert_eq!(before.members, after.members);
+}
+
+#[test]
+fn anti_entropy_requests_from_one_peer_are_answered_at_most_once_per_half_round() {
+    use mesh_proto::membership::wire::{NameRange, RangeHash};
+    let mut net = with_evil();
+    let from = addr(&net, "evil");
+    let hash = Body::SyncHash(RangeHash {
+        range: NameRange::all(),
+        count: 0,
+        origins: 1,
+        suspicions: 0,
+        documents: 0,
+    });
+    let sent = net.stats.messages;
+    for _ in 0..50 {
+        let m = msg(&net, hash.clone());
+        net.inject("evil", from, "n1", &m);
+    }
+    // One digest answered; 49 refused, each counted, none costing a digest.
+    assert_eq!(refusals(&net, "n1", Refusal::SyncRateLimited), 49);
+    assert_eq!(net.stats.messages - sent, 1);
+    // Spaced by more than half a round, requests are answered again (evil's own,
+    // honest, exchanges with n1 may take one of the slots).
+    for _ in 0..3 {
+        net.run_for(Duration::from_millis(60));
+        let m = msg(&net, hash.clone());
+        net.inject("evil", from, "n1", &m);
+    }
+    assert!(refusals(&net, "n1", Refusal::SyncRateLimited) <= 50);
 }
 
 #[test]

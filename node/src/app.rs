@@ -250,6 +250,7 @@ impl Node {
         let routes: SharedRoutes = Arc::default();
         let route_store = RouteStore::open(
             &config.node.data_dir,
+            config.gossip.max_clock_skew,
             tls.clone(),
             gossip.clone(),
             metrics.clone(),

@@ -430,6 +430,11 @@ impl Gossip {
             Event::DocumentInForce { name } => {
                 tracing::debug!(route = %name, "route document in force")
             }
+            Event::Reannounced => {
+                tracing::info!(
+                    "a peer did not know this node (it had been away longer than gossip.dead_node_grace); signed every record again"
+                )
+            }
             Event::SigningFailed { key } => {
                 tracing::error!(%key, "cannot sign this node's record with its key")
             }

@@ -267,7 +267,7 @@ pub enum ApplyError {
     },
     /// The document would not beat the one in force.
     #[error(
-        "route {name:?}: refused, the version in force was issued later ({current}, signed by {signer}) than this document ({issued}); an update must be issued after the version it replaces. Check the clock of the machine that signed it (it may be behind), or leave issued_at_ms out of the file so that `shoal route apply` sets it"
+        "route {name:?}: refused, the document in force was issued later ({current}, signed by {signer}) than this one ({issued}); an update must be issued after the document it replaces. Check the clock of the machine that signed it (it may be behind), or leave issued_at_ms out of the file so that `shoal route apply` sets it"
     )]
     NotNewer {
         /// The route.
@@ -354,6 +354,7 @@ struct State {
 /// documentation.
 pub struct RouteStore {
     dir: PathBuf,
+    max_skew: Duration,
     tls: Arc<TlsState>,
     gossip: Arc<Gossip>,
     metrics: Arc<Metrics>,
@@ -375,6 +376,7 @@ impl RouteStore {
     /// listed as rejected) and fills `table`.
     pub async fn open(
         data_dir: &Path,
+        max_skew: Duration,
         tls: Arc<TlsState>,
         gossip: Arc<Gossip>,
         metrics: Arc<Metrics>,
@@ -405,6 +407,7 @@ impl RouteStore {
         }
         let store = Arc::new(RouteStore {
             dir,
+            max_skew,
             tls,
             gossip,
             metrics,
@@ -576,7 +579,7 @@ impl RouteStore {
         };
         let name = spec.name.clone();
         let now_ms = unix_ms();
-        let max_skew = mesh_proto::membership::config::DEFAULT_MAX_CLOCK_SKEW.as_millis() as u64;
+        let max_skew = u64::try_from(self.max_skew.as_millis()).unwrap_or(u64::MAX);
         if spec.issued_at_ms > now_ms.saturating_add(max_skew) {
             return Err(ApplyError::FromTheFuture {
                 name,

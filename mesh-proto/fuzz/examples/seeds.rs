@@ -82,6 +82,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "AQAAAHAEc2hvcP17qNp2mwEAAAMCbjFUeyJuYW1lIjoic2hvcCIsImlzc3VlZF9hdF9tcyI6MTc2NzIyNTYwMDAwMCwiZGVsZXRlZCI6dHJ1ZSwiaG9zdHMiOlsiKiJdLCJydWxlcyI6W119BDBFAQIDMIID",
         )?,
     )?;
+    let gossip = mesh_proto_fuzz::seed_message();
+    write("gossip_message", &gossip)?;
+    write("gossip_apply", &gossip)?;
     fs::create_dir_all("corpus/route_body")?;
     fs::write("corpus/route_body/seed", route_spec().to_body())?;
     println!("wrote corpus/route_body/seed");

@@ -37,10 +37,9 @@ fn check_text<F: Frame + PartialEq + Debug>(text: &str) {
     }
 }
 
-/// The mesh [`apply`] feeds: three honest nodes and `evil`, converged once and
-/// cloned for each input would be ideal; the simulator is cheap enough to build
-/// per input at this size.
-fn mesh() -> mesh_proto::membership::sim::Network {
+/// The mesh [`apply`] feeds: three honest nodes and `evil`, converged (built per
+/// input: the simulator is deterministic and cheap at this size).
+pub fn mesh() -> mesh_proto::membership::sim::Network {
     use std::time::Duration;
     let timing = mesh_proto::membership::Timing::from_interval(Duration::from_millis(100));
     let mut net = mesh_proto::membership::sim::Network::new(timing, 1);
@@ -75,4 +74,41 @@ pub fn apply(data: &[u8]) {
     net.inject("evil", evil, "n1", &msg);
     let after: Vec<_> = ["n2", "n3"].iter().map(|n| signed_state(&net, "n1", n)).collect();
     assert_eq!(before, after, "a hostile message changed another node's signed state");
+}
+
+/// A realistic message for [`apply`]'s seed corpus: what `n1` holds of `n2`,
+/// relayed by `evil`, with an accusation of `n2` signed by `evil` — valid
+/// signatures the fuzzer can then mutate.
+pub fn seed_message() -> mesh_proto::membership::GossipMessage {
+    use mesh_proto::membership::Crypto as _;
+    use mesh_proto::membership::signing::suspicion_payload;
+    use mesh_proto::membership::wire::{Body, Items};
+    let net = mesh();
+    let n1 = &net.node("n1").expect("n1 runs").membership;
+    let records = n1.signed_records("n2");
+    let version = records.iter().map(|r| r.version).max().unwrap_or(0);
+    let generation = records.first().map(|r| r.generation).unwrap_or(0);
+    let evil = net.node("evil").expect("evil runs").membership.config().generation;
+    let mut s = mesh_proto::membership::Suspicion {
+        accuser: "evil".into(),
+        accuser_generation: evil,
+        target: "n2".into(),
+        target_generation: generation,
+        target_version: version,
+        issued_at_ms: net.wall_ms(),
+        signature: vec![],
+    };
+    s.signature = net
+        .crypto_of("evil")
+        .sign(&suspicion_payload(net.cluster(), &s))
+        .unwrap_or_default();
+    mesh_proto::membership::GossipMessage {
+        cluster: net.cluster().into(),
+        sender_generation: evil,
+        body: Body::Items(Items {
+            records,
+            suspicions: vec![s],
+            documents: vec![],
+        }),
+    }
 }

@@ -128,6 +128,8 @@ pub struct Judge<'a, C> {
 struct Tombstone {
     generation: u64,
     at: Instant,
+    /// Wall-clock time of the burial, ms since the Unix epoch.
+    wall_ms: u64,
 }
 
 /// The verified records of every member.
@@ -262,12 +264,18 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         key: Kind,
         judge: &Judge<'_, C>,
     ) -> Result<Applied, Refusal> {
-        if self
-            .tombstones
-            .get(&record.origin)
-            .is_some_and(|t| record.generation <= t.generation)
+        // A buried generation stays refused (a dead node's records cannot be
+        // replayed back to life), unless its node signed again after the burial:
+        // it was alive all along (a partition longer than the grace), and
+        // re-announced itself.
+        if let Some(t) = self.tombstones.get(&record.origin)
+            && record.generation <= t.generation
         {
-            return Err(Refusal::StaleGeneration);
+            let fresh = record.generation == t.generation
+                && record.signed_at_ms.saturating_add(judge.max_skew_ms) >= t.wall_ms;
+            if !fresh {
+                return Err(Refusal::StaleGeneration);
+            }
         }
         if key != Kind::Cert {
             return Err(Refusal::UnknownOrigin);
@@ -284,7 +292,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         let replaced = self.origins.remove(&record.origin);
         if let Some(old) = replaced {
             self.bytes -= old.bytes;
-            self.bury(&old.name, old.generation, judge.now);
+            self.bury(&old.name, old.generation, judge.now, judge.wall_ms);
         }
         let mut origin = empty_origin(&record, cert, judge.now);
         let decoded = decode_value(&record, &record.origin, None);
@@ -354,10 +362,11 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         })
     }
 
-    /// Forgets `name` (its generation stays refused for `tombstone_ttl`).
-    pub fn remove(&mut self, name: &str, now: Instant) -> Option<Origin<K>> {
+    /// Forgets `name`: its generation stays refused for `tombstone_ttl`, unless
+    /// records it signs after now arrive.
+    pub fn remove(&mut self, name: &str, now: Instant, wall_ms: u64) -> Option<Origin<K>> {
         let origin = self.remove_unburied(name)?;
-        self.bury(name, origin.generation, now);
+        self.bury(name, origin.generation, now, wall_ms);
         Some(origin)
     }
 
@@ -369,19 +378,15 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         Some(origin)
     }
 
-    fn bury(&mut self, name: &str, generation: u64, now: Instant) {
-        let t = self
-            .tombstones
-            .entry(name.to_string())
-            .or_insert(Tombstone {
-                generation,
-                at: now,
-            });
+    fn bury(&mut self, name: &str, generation: u64, now: Instant, wall_ms: u64) {
+        let stone = Tombstone {
+            generation,
+            at: now,
+            wall_ms,
+        };
+        let t = self.tombstones.entry(name.to_string()).or_insert(stone);
         if generation >= t.generation {
-            *t = Tombstone {
-                generation,
-                at: now,
-            };
+            *t = stone;
         }
     }
 

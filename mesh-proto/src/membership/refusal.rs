@@ -65,11 +65,14 @@ pub enum Refusal {
     DocumentLimit,
     /// A message from a peer in quarantine (it sent a bad signature).
     Quarantined,
+    /// An anti-entropy request from a peer that sent one less than half a round
+    /// ago (each costs this node a digest).
+    SyncRateLimited,
 }
 
 impl Refusal {
     /// Every reason, for metrics.
-    pub const ALL: [Refusal; 25] = [
+    pub const ALL: [Refusal; 26] = [
         Refusal::Malformed,
         Refusal::WrongCluster,
         Refusal::AboutSelf,
@@ -95,6 +98,7 @@ impl Refusal {
         Refusal::DocumentSignature,
         Refusal::DocumentLimit,
         Refusal::Quarantined,
+        Refusal::SyncRateLimited,
     ];
 
     /// The metric label.
@@ -125,6 +129,7 @@ impl Refusal {
             Refusal::DocumentSignature => "document_signature",
             Refusal::DocumentLimit => "document_limit",
             Refusal::Quarantined => "quarantined",
+            Refusal::SyncRateLimited => "sync_rate_limited",
         }
     }
 

@@ -36,6 +36,9 @@ use super::wire::{Body, GossipMessage, Items, SignedRecord, Suspicion};
 
 /// How long a peer that sent a bad signature is ignored.
 pub const QUARANTINE: Duration = Duration::from_secs(30);
+/// Peers whose last anti-entropy request is remembered before old entries are
+/// dropped.
+const MAX_SYNC_PEERS: usize = 4096;
 /// Highest [`Membership::local_health`].
 pub const MAX_LOCAL_HEALTH: u32 = 8;
 /// Fewest rounds a new item is pushed for (a node that just joined knows few
@@ -150,6 +153,9 @@ pub enum Event {
         /// The route.
         name: String,
     },
+    /// A peer had forgotten this node (or never heard of it), which signed all
+    /// its records again.
+    Reannounced,
     /// This node could not sign a record of its own.
     SigningFailed {
         /// The key it tried to publish.
@@ -210,8 +216,10 @@ pub struct Membership<C: Crypto> {
     sync_cursor: String,
     heard: HashMap<String, Instant>,
     quarantine: HashMap<String, Instant>,
+    sync_answered: HashMap<(String, bool), Instant>,
     own_version: u64,
     last_signed_ms: u64,
+    last_announce_ms: u64,
 }
 
 impl<C: Crypto> Membership<C> {
@@ -246,8 +254,10 @@ impl<C: Crypto> Membership<C> {
             sync_cursor: String::new(),
             heard: HashMap::new(),
             quarantine: HashMap::new(),
+            sync_answered: HashMap::new(),
             own_version: 0,
             last_signed_ms: 0,
+            last_announce_ms: 0,
         }
     }
 
@@ -330,6 +340,7 @@ impl<C: Crypto> Membership<C> {
             .unwrap_or_default();
         self.records.insert_own(record.clone(), Some(cert), now);
         self.queue.record(record, self.rounds());
+        self.last_announce_ms = wall_ms;
         for (key, value) in others {
             self.publish(&key, value, now, wall_ms)?;
         }
@@ -415,6 +426,36 @@ impl<C: Crypto> Membership<C> {
         }
     }
 
+    /// A peer's digest covers this node's name but lacks its generation: the
+    /// peer never heard of it, or forgot it (a partition longer than
+    /// `dead_grace`) and now refuses its old records. Signing every record again
+    /// (at most once per `dead_grace`) lets it back in.
+    fn reannounce_if_unknown(&mut self, digest: &super::wire::Digest, now: Instant, wall_ms: u64) {
+        let me = &self.config.name;
+        let known = digest
+            .origins
+            .iter()
+            .any(|o| o.name == *me && o.generation == self.config.generation);
+        let grace = millis(self.config.timing.dead_grace);
+        if known
+            || !digest.range.contains(me)
+            || wall_ms < self.last_announce_ms.saturating_add(grace)
+        {
+            return;
+        }
+        let der = self
+            .records
+            .get(me)
+            .and_then(|o| o.records.get(CERT_KEY))
+            .and_then(|r| crate::codec::decode_exact::<NodeCertificate>(&r.value).ok())
+            .map(|c| c.der);
+        if let Some(der) = der
+            && self.publish_certificate(&der, now, wall_ms).is_ok()
+        {
+            self.events.push_back(Event::Reannounced);
+        }
+    }
+
     /// Refutes accusations against this node: signs its node record again with a
     /// new version.
     fn refute(&mut self, now: Instant, wall_ms: u64) {
@@ -461,15 +502,15 @@ impl<C: Crypto> Membership<C> {
         for name in gone {
             // Not buried: once the trust allows it again, it is welcome back.
             self.records.remove_unburied(&name);
-            self.forget(&name, now);
+            self.forget(&name, now, wall_ms);
         }
         if !self.documents.recheck(&self.crypto).is_empty() {
             self.changed();
         }
     }
 
-    fn forget(&mut self, name: &str, now: Instant) {
-        self.records.remove(name, now);
+    fn forget(&mut self, name: &str, now: Instant, wall_ms: u64) {
+        self.records.remove(name, now, wall_ms);
         self.liveness.forget(name);
         self.queue.forget_origin(name);
         self.heard.remove(name);
@@ -525,6 +566,9 @@ impl<C: Crypto> Membership<C> {
                 }
             }
             Body::SyncHash(theirs) => {
+                if !self.may_answer_sync(&from.name, now, false) {
+                    return;
+                }
                 let mine = sync::range_hash(
                     theirs.range.clone(),
                     &self.records,
@@ -543,7 +587,11 @@ impl<C: Crypto> Membership<C> {
                 }
             }
             Body::Sync(digest) => {
+                if digest.reply && !self.may_answer_sync(&from.name, now, true) {
+                    return;
+                }
                 self.catching_up = true;
+                self.reannounce_if_unknown(&digest, now, wall_ms);
                 let items = sync::answer(
                     &digest,
                     &self.records,
@@ -567,6 +615,28 @@ impl<C: Crypto> Membership<C> {
             }
             Body::Items(items) => self.handle_items(&from, items, now, wall_ms),
         }
+    }
+
+    /// Whether `peer`'s anti-entropy request (a range hash, or a digest asking for
+    /// one back) is answered: at most one of each kind per peer per half round,
+    /// since each costs this node a digest.
+    fn may_answer_sync(&mut self, peer: &str, now: Instant, digest: bool) -> bool {
+        let key = (peer.to_string(), digest);
+        let spacing = self.config.timing.interval / 2;
+        let allowed = self
+            .sync_answered
+            .get(&key)
+            .is_none_or(|at| now.saturating_duration_since(*at) >= spacing);
+        if allowed {
+            if self.sync_answered.len() >= MAX_SYNC_PEERS {
+                self.sync_answered
+                    .retain(|_, at| now.saturating_duration_since(*at) < spacing);
+            }
+            self.sync_answered.insert(key, now);
+        } else {
+            self.refused(Refusal::SyncRateLimited, peer, None);
+        }
+        allowed
     }
 
     fn handle_items(&mut self, from: &Peer, items: Items, now: Instant, wall_ms: u64) {
@@ -845,7 +915,7 @@ impl<C: Crypto> Membership<C> {
             .liveness
             .dead_longer_than(self.config.timing.dead_grace, now)
         {
-            self.forget(&name, now);
+            self.forget(&name, now, wall_ms);
         }
         let timing = &self.config.timing;
         self.records.expire_tombstones(
@@ -854,7 +924,9 @@ impl<C: Crypto> Membership<C> {
             self.config.limits.max_tombstones,
         );
         self.quarantine.retain(|_, until| now < *until);
-        let _ = wall_ms;
+        let spacing = self.config.timing.interval;
+        self.sync_answered
+            .retain(|_, at| now.saturating_duration_since(*at) < spacing);
     }
 
     /// Members other than this node that are up and have an address.
