@@ -178,6 +178,24 @@ fn a_node_whose_probes_go_unanswered_trusts_itself_less_then_recovers() {
 }
 
 #[test]
+fn a_node_killed_in_a_small_mesh_dies_although_its_probers_keep_accusing_it() {
+    // Three nodes at the default interval: two accusers, whose probes of the
+    // dead node keep failing (every ~1.25 s), while the two-accuser timeout is
+    // 2.8 s. Accusing again must not restart the timers.
+    let mut net = Network::new(Timing::default(), 3);
+    for n in ["n1", "n2", "n3"] {
+        net.add(n, &["web"]);
+    }
+    assert!(net.run_until(Duration::from_secs(10), Network::converged));
+    net.kill("n2");
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| all_see(n, "n2", "dead")),
+        "n2 is still {:?} on n1",
+        net.health_seen("n1", "n2")
+    );
+}
+
+#[test]
 fn a_partitioned_node_is_dead_then_alive_again_after_the_heal() {
     let mut net = mesh(6);
     net.partition(&["n2"]);
@@ -217,12 +235,20 @@ fn a_partition_longer_than_the_dead_grace_still_heals() {
         net.run_until(Duration::from_secs(60), Network::converged),
         "the mesh did not heal"
     );
-    assert!(
-        net.node("n1")
+    let reannounced = |name: &str| {
+        net.node(name)
             .unwrap()
             .events
             .iter()
             .any(|(_, e)| matches!(e, Event::Reannounced))
+    };
+    assert!(
+        reannounced("n1") || reannounced("n2"),
+        "side one signed again"
+    );
+    assert!(
+        reannounced("n3") || reannounced("n4"),
+        "side two signed again"
     );
 }
 

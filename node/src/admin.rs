@@ -112,7 +112,7 @@ pub struct EndpointView {
 impl AdminState {
     /// The `/members` answer, sorted by name.
     pub async fn members(&self) -> Vec<MemberView> {
-        let view = self.gossip.view();
+        let view = self.gossip.current_view();
         let out: Vec<MemberView> = view
             .members
             .iter()

@@ -164,6 +164,12 @@ impl Gossip {
         self.view.borrow().clone()
     }
 
+    /// A view built now, with `last_heard_ms` current (the published [`View`]
+    /// is rebuilt only when something changed): for the admin API.
+    pub fn current_view(&self) -> View {
+        self.lock().view(Instant::now(), wall_ms())
+    }
+
     /// Changes whenever the view does.
     pub fn watch(&self) -> watch::Receiver<Arc<View>> {
         self.view.subscribe()

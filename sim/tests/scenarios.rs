@@ -58,9 +58,11 @@ timeout = "30s"
 [[step]]
 action = "partition"
 nodes = ["n4"]
+# Long enough for the node cut off to accuse both others (it trusts its own
+# probes less with every one that fails: Lifeguard) even in a debug build.
 [[step]]
 action = "wait"
-for = "3s"
+for = "6s"
 [[step]]
 action = "heal"
 [[step]]

@@ -229,10 +229,11 @@ impl Liveness {
             .get(&s.target)
             .filter(|t| t.generation == s.target_generation)
             .and_then(|t| t.accusations.get(&s.accuser));
-        if held.is_some_and(|a| {
-            (a.suspicion.target_version, a.suspicion.issued_at_ms)
-                >= (s.target_version, s.issued_at_ms)
-        }) {
+        // One accusation per accuser and accused version: the same accuser
+        // accusing again (its next probe failed too) changes nothing — in
+        // particular it does not restart anyone's timer. Only an accusation of a
+        // newer version (the target refuted, then went silent again) replaces it.
+        if held.is_some_and(|a| a.suspicion.target_version >= s.target_version) {
             return Ok(Accepted::Stale);
         }
         if held.is_none() && self.open >= limits.max_suspicions {

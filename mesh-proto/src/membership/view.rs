@@ -33,7 +33,8 @@ pub struct MemberView {
     /// The highest version held.
     pub version: u64,
     /// Milliseconds since this node last heard from it or of it (an answer, a
-    /// message, a newer record).
+    /// message, a newer record), as of when the view was built; `u64::MAX` if
+    /// never.
     pub last_heard_ms: u64,
 }
 
