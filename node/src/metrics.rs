@@ -666,7 +666,7 @@ fn register_membership(registry: &mut Registry) -> MembershipFamilies {
     );
     registry.register(
         "gossip_local_health",
-        "Lifeguard's local health multiplier: 0 when healthy, up to 8 when this node misses answers, wakes late or is accused (its probes then wait longer)",
+        "Lifeguard's local health multiplier: 0 when healthy, up to 8 when this node wakes late (CPU starvation) or is accused (its probes then wait longer)",
         f.local_health.clone(),
     );
     registry.register(

@@ -39,6 +39,8 @@ pub const QUARANTINE: Duration = Duration::from_secs(30);
 /// Peers whose last anti-entropy request is remembered before old entries are
 /// dropped.
 const MAX_SYNC_PEERS: usize = 4096;
+/// Probes that timed out remembered, to notice their late answers.
+const TIMED_OUT_REMEMBERED: usize = 8;
 /// Highest [`Membership::local_health`].
 pub const MAX_LOCAL_HEALTH: u32 = 8;
 /// Fewest rounds a new item is pushed for (a node that just joined knows few
@@ -211,6 +213,7 @@ pub struct Membership<C: Crypto> {
     syncs: u64,
     catching_up: bool,
     local_health: u32,
+    timed_out: VecDeque<(String, u64)>,
     probe: Option<Probe>,
     probe_order: Vec<String>,
     sync_cursor: String,
@@ -249,6 +252,7 @@ impl<C: Crypto> Membership<C> {
             syncs: 0,
             catching_up: false,
             local_health: 0,
+            timed_out: VecDeque::new(),
             probe: None,
             probe_order: Vec::new(),
             sync_cursor: String::new(),
@@ -563,6 +567,15 @@ impl<C: Crypto> Membership<C> {
                 {
                     self.probe = None;
                     self.local_health = self.local_health.saturating_sub(1);
+                } else if let Some(i) = self
+                    .timed_out
+                    .iter()
+                    .position(|(t, n)| *t == from.name && *n == nonce)
+                {
+                    // An answer after the probe gave up: the peer was alive and
+                    // this node's wait too short (it, or the path, is slow).
+                    self.timed_out.remove(i);
+                    self.worse_local_health();
                 }
             }
             Body::SyncHash(theirs) => {
@@ -831,9 +844,13 @@ impl<C: Crypto> Membership<C> {
     }
 
     /// Lifeguard's local health multiplier: 0 when this node is healthy, up to
-    /// [`MAX_LOCAL_HEALTH`] when it keeps missing answers, waking late or being
-    /// accused. Its probes wait `probe_timeout × (1 + local_health)`, so an
-    /// overloaded node stops accusing healthy peers of its own slowness.
+    /// [`MAX_LOCAL_HEALTH`] when it wakes late (starved of CPU), gets answers to
+    /// probes it had given up on (it waits too little for how slow it or its
+    /// paths are), or is accused (others could not reach it). Each answered
+    /// probe lowers it by one. Its
+    /// probes wait `probe_timeout × (1 + local_health)`, so an overloaded node
+    /// stops accusing healthy peers of its own slowness. (An unanswered probe
+    /// alone says nothing about this node: the peer may well be dead.)
     pub fn local_health(&self) -> u32 {
         self.local_health
     }
@@ -880,9 +897,12 @@ impl<C: Crypto> Membership<C> {
         if let Some(p) = &self.probe
             && now >= p.deadline
         {
-            let target = p.target.clone();
+            let (target, nonce) = (p.target.clone(), p.nonce);
             self.probe = None;
-            self.worse_local_health();
+            if self.timed_out.len() >= TIMED_OUT_REMEMBERED {
+                self.timed_out.pop_front();
+            }
+            self.timed_out.push_back((target.clone(), nonce));
             self.accuse(&target, now, wall_ms);
         }
         for t in self.liveness.tick(now, &self.config.timing) {
