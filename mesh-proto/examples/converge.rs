@@ -11,7 +11,7 @@ use std::time::Duration;
 use mesh_proto::gossip::Health;
 use mesh_proto::membership::{Timing, sim::Network};
 fn main() {
-    for n in [10usize, 100, 300] {
+    for n in [10usize, 100, 300, 1000] {
         let mut net = Network::new(Timing::default(), 1);
         net.set_latency(Duration::from_millis(5));
         net.record_events = false;

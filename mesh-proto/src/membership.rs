@@ -33,7 +33,8 @@
 //! - [`records`]: the verified records of every member and the rules to apply one.
 //! - [`liveness`]: accusations, refutations and each node's verdicts.
 //! - [`documents`]: route documents in force.
-//! - [`broadcast`]: new items pushed to random peers for a few rounds.
+//! - [`overlay`]: the few neighbours a node talks to, whatever the mesh size.
+//! - [`broadcast`]: new items flooded to the neighbours.
 //! - [`sync`]: anti-entropy digests and answers.
 //! - [`state`]: the [`Membership`] state machine tying them together.
 //! - [`view`]: the plain-data snapshot readers get.
@@ -46,6 +47,7 @@ pub mod broadcast;
 pub mod config;
 pub mod documents;
 pub mod liveness;
+pub mod overlay;
 pub mod records;
 pub mod refusal;
 pub mod signing;

@@ -319,6 +319,83 @@ fn a_quiet_mesh_costs_almost_nothing_whatever_its_size() {
     assert!(large < small * 1.5, "{small} at 10 nodes, {large} at 60");
 }
 
+#[test]
+fn gossip_connections_stay_bounded_whatever_the_mesh_size() {
+    // Each node talks to its neighbours on 4 rings (at most 8): after the mesh
+    // settles, no node exchanges messages with more, at 30 nodes as at 150.
+    // Were peers picked at random, every node would talk to all of them.
+    for n in [30, 150] {
+        let mut net = Network::new(Timing::default(), 7);
+        net.record_events = false;
+        for i in 1..=n {
+            net.add(&format!("n{i}"), &["web"]);
+        }
+        assert!(net.run_until(Duration::from_secs(60), Network::converged));
+        net.run_for(Duration::from_secs(10));
+        net.reset_connections();
+        net.run_for(Duration::from_secs(60));
+        let most = net.max_connections();
+        // 8 neighbours, plus the seeds: about one exchange with a seed every
+        // 4 s in the whole mesh (so a seed meets ~5 more peers in the 60 s the
+        // pool keeps a connection, whatever the size), the target's 16 at most.
+        assert!(most <= 16, "{n} nodes: a node talked to {most} peers");
+    }
+}
+
+#[test]
+fn one_lost_ping_is_not_an_accusation() {
+    // n2 is cut off for half a probe timeout: pings (or their answers) are
+    // lost, but their retries, a probe timeout later, get through: nobody is
+    // accused.
+    let mut net = mesh(3);
+    let before = accusations(&net);
+    net.partition(&["n2"]);
+    net.run_for(timing().probe_timeout / 2);
+    net.heal();
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(
+        accusations(&net),
+        before,
+        "a single loss became an accusation"
+    );
+    assert!(all_see(&net, "n2", "alive"));
+}
+
+fn accusations(net: &Network) -> usize {
+    net.names()
+        .iter()
+        .map(|n| {
+            net.node(n)
+                .unwrap()
+                .events
+                .iter()
+                .filter(|(_, e)| matches!(e, Event::Accused { .. }))
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn a_node_joining_a_large_mesh_pulls_the_whole_state_in_a_few_exchanges() {
+    // 400 members' records are more than one anti-entropy answer's worth of
+    // messages: the joiner gets them in bulk answers, and holds exactly what an
+    // old member holds within a couple of seconds.
+    let mut net = Network::new(Timing::default(), 3);
+    net.record_events = false;
+    for i in 1..=400 {
+        net.add(&format!("n{i:03}"), &["web"]);
+    }
+    assert!(net.run_until(Duration::from_secs(60), Network::converged));
+    let seeds = vec![addr(&net, "n007"), addr(&net, "n211")];
+    net.add_with_seeds("joiner", &["web"], seeds);
+    let caught_up = net.run_until(Duration::from_secs(2), |net| {
+        let j = net.node("joiner").unwrap().membership.state_summary();
+        let old = net.node("n100").unwrap().membership.state_summary();
+        j == old && j.0 == 401
+    });
+    assert!(caught_up, "the joiner did not catch up in 2 s");
+}
+
 // ---------------------------------------------------------------------------
 // A hostile member with a valid certificate ("evil", one of the mesh)
 // ---------------------------------------------------------------------------

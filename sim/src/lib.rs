@@ -10,12 +10,15 @@
 //! - [`traffic`]: request generators and their records;
 //! - [`runner`]: executing a scenario and measuring the mesh's reactions;
 //! - [`report`]: the result, as text and JSON;
-//! - [`memory`]: the memory benchmark of `shoal run` processes.
+//! - [`memory`]: the memory benchmark of `shoal run` processes;
+//! - [`model`]: the membership protocol of thousands of nodes on a simulated
+//!   clock (`shoal-sim model`).
 
 pub mod backends;
 pub mod faults;
 pub mod memory;
 pub mod mesh;
+pub mod model;
 pub mod report;
 pub mod runner;
 pub mod scenario;

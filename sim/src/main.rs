@@ -82,6 +82,26 @@ enum Command {
         /// The scenario.
         file: PathBuf,
     },
+    /// The membership protocol of thousands of nodes on a simulated clock
+    /// (cold start, quiet, join, broadcasts, kills, a partition, a steady
+    /// period), checked against the scaling targets. See docs/simulator.md.
+    Model {
+        /// Nodes in the mesh.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Probability that a message is lost, for the whole run.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Length of the steady phase (simulated), e.g. 60s or 10m.
+        #[arg(long, default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        duration: Duration,
+        /// Length of the quiet phase (simulated).
+        #[arg(long, default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        quiet_period: Duration,
+        /// Fraction of the nodes cut off in the partition phase (0: none).
+        #[arg(long, default_value_t = 0.1)]
+        partition: f64,
+    },
     /// Memory benchmark: RSS of `shoal run` processes idle and with many
     /// tunnelled connections open (needs the release `shoal` binary).
     Memory {
@@ -191,6 +211,33 @@ async fn main_async(cli: Cli) -> Result<bool> {
                 std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
             }
             return Ok(true);
+        }
+        Some(Command::Model {
+            nodes,
+            loss,
+            duration,
+            quiet_period,
+            partition,
+        }) => {
+            let opts = shoal_sim::model::ModelOptions {
+                nodes: *nodes,
+                loss: *loss,
+                steady: *duration,
+                quiet: *quiet_period,
+                partition: *partition,
+                seed: cli.common.seed.unwrap_or(1),
+                progress: !cli.common.quiet,
+                ..shoal_sim::model::ModelOptions::default()
+            };
+            let report = tokio::task::spawn_blocking(move || shoal_sim::model::run(opts)).await??;
+            say_inline!("{}", report.to_text());
+            if let Some(path) = &cli.common.json {
+                let json = serde_json::to_string_pretty(&report)?;
+                std::fs::write(path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                say!("report written to {}", path.display());
+            }
+            return Ok(report.passed());
         }
         Some(Command::Run { file }) => Scenario::load(file)?,
         Some(Command::HoldConnections { addr, count }) => {

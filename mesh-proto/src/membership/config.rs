@@ -5,8 +5,6 @@ use std::time::Duration;
 
 /// Default time between gossip rounds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
-/// Default peers each round's new items are pushed to.
-pub const DEFAULT_FANOUT: usize = 3;
 /// Default rounds between two anti-entropy exchanges.
 pub const DEFAULT_SYNC_EVERY: u32 = 4;
 /// Default bound on how far ahead of this node's clock a signing time or a
@@ -40,7 +38,7 @@ pub const DEFAULT_CONFIRMATIONS_FOR_MIN: u32 = 2;
 /// the interval ([`Timing::from_interval`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timing {
-    /// Time between rounds: one probe, one push of new items.
+    /// Time between rounds: one probe, one push of what is still queued.
     pub interval: Duration,
     /// How long a probe waits for its answer before the prober accuses.
     pub probe_timeout: Duration,
@@ -52,8 +50,9 @@ pub struct Timing {
     pub confirmations_for_min: u32,
     /// Rounds between two anti-entropy exchanges.
     pub sync_every: u32,
-    /// Peers each round's new items are pushed to.
-    pub fanout: usize,
+    /// Rings of the overlay ([`super::overlay`]): a node talks to at most
+    /// `2 × rings` neighbours.
+    pub rings: usize,
     /// How long a dead member is kept before it is forgotten.
     pub dead_grace: Duration,
     /// How long a forgotten or replaced generation stays refused.
@@ -75,7 +74,7 @@ impl Timing {
             suspicion_min: interval * 6,
             confirmations_for_min: DEFAULT_CONFIRMATIONS_FOR_MIN,
             sync_every: DEFAULT_SYNC_EVERY,
-            fanout: DEFAULT_FANOUT,
+            rings: super::overlay::DEFAULT_RINGS,
             dead_grace: DEFAULT_DEAD_GRACE,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,

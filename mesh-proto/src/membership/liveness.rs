@@ -20,7 +20,7 @@
 //! - a dead member that comes back (a healed partition) refutes and is alive
 //!   again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::config::{Limits, Timing};
@@ -109,8 +109,8 @@ pub enum Transition {
 /// Accusations, timers and verdicts.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    targets: HashMap<String, Target>,
-    budgets: HashMap<String, Budget>,
+    targets: BTreeMap<String, Target>,
+    budgets: BTreeMap<String, Budget>,
     open: usize,
 }
 

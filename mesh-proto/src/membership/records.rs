@@ -54,6 +54,10 @@ pub struct Origin<K> {
     pub bytes: usize,
     /// When a record of it was last applied here.
     pub changed_at: Instant,
+    /// [`Origin::fingerprint`], kept up to date by every change.
+    fingerprint: u64,
+    /// [`Origin::summary_hash`], likewise.
+    summary_hash: u64,
 }
 
 impl<K> Origin<K> {
@@ -69,13 +73,25 @@ impl<K> Origin<K> {
 
     /// A hash of every (key, version) held.
     pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// A hash of the name, generation and fingerprint: what anti-entropy's range
+    /// hashes combine.
+    pub fn summary_hash(&self) -> u64 {
+        self.summary_hash
+    }
+
+    fn rehash(&mut self) {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for (k, r) in &self.records {
             h.update(&(k.len() as u64).to_be_bytes());
             h.update(k.as_bytes());
             h.update(&r.version.to_be_bytes());
         }
-        h.digest()
+        self.fingerprint = h.digest();
+        let name = xxhash_rust::xxh3::xxh3_64(self.name.as_bytes());
+        self.summary_hash = mix(name ^ mix(self.generation ^ mix(self.fingerprint)));
     }
 
     /// Its records with a version above `after`: the certificate first, then by
@@ -538,7 +554,14 @@ fn empty_origin<K>(record: &SignedRecord, cert: NodeCert<K>, now: Instant) -> Or
         max_signed_at_ms: 0,
         bytes: 0,
         changed_at: now,
+        fingerprint: 0,
+        summary_hash: 0,
     }
+}
+
+fn mix(h: u64) -> u64 {
+    let mut state = h;
+    super::state::splitmix64(&mut state)
 }
 
 fn store<K>(
@@ -567,4 +590,5 @@ fn store<K>(
     origin.bytes += weight;
     *total += weight;
     origin.changed_at = now;
+    origin.rehash();
 }

@@ -50,6 +50,11 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
+/// How long a gossip connection that carries nothing stays open: the node's
+/// pool idle time. Two nodes that exchanged a message within this long count as
+/// connected.
+pub const CONNECTION_IDLE: Duration = Duration::from_secs(60);
+
 /// Counters of a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -59,6 +64,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Messages dropped (loss, partitions, dead or unknown receivers).
     pub dropped: u64,
+    /// Times a node declared a running node dead.
+    pub deaths_of_running: u64,
 }
 
 /// The simulated network.
@@ -78,6 +85,12 @@ pub struct Network {
     by_addr: HashMap<SocketAddr, String>,
     cut: BTreeSet<(String, String)>,
     queue: BinaryHeap<InFlight>,
+    links: HashMap<(SocketAddr, SocketAddr), Duration>,
+    /// Each running node's next timer, and a heap of them (entries that no
+    /// longer match `timer_of` are stale and skipped).
+    timer_of: HashMap<String, Duration>,
+    timers: BinaryHeap<std::cmp::Reverse<(Duration, String)>>,
+    touched: Vec<String>,
     /// Keep every event of every node (tests) or not (large runs).
     pub record_events: bool,
     /// Counters.
@@ -104,6 +117,10 @@ impl Network {
             by_addr: HashMap::new(),
             cut: BTreeSet::new(),
             queue: BinaryHeap::new(),
+            links: HashMap::new(),
+            timer_of: HashMap::new(),
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
             record_events: true,
             stats: Stats::default(),
             next_ip: 1,
@@ -207,6 +224,7 @@ impl Network {
                 events: Vec::new(),
             },
         );
+        self.schedule(name);
         addr
     }
 
@@ -215,8 +233,10 @@ impl Network {
         self.nodes.get(name)
     }
 
-    /// The node called `name`, to change it.
+    /// The node called `name`, to change it (what it then sends goes out on
+    /// the next step).
     pub fn node_mut(&mut self, name: &str) -> Option<&mut SimNode> {
+        self.touched.push(name.to_string());
         self.nodes.get_mut(name)
     }
 
@@ -261,6 +281,7 @@ impl Network {
                 wall,
             );
         }
+        self.flush(name);
     }
 
     /// Delivers `msg` to `to` as if `from` (a member's certificate name) had sent
@@ -283,7 +304,8 @@ impl Network {
             Ok(m) => node.membership.handle_message(peer, m, now, wall),
             Err(_) => node.membership.refuse_malformed(from),
         }
-        drain_events(node, elapsed, record);
+        let died = drain_events(node, elapsed, record);
+        self.count_deaths(died);
         self.flush(to);
     }
 
@@ -314,15 +336,44 @@ impl Network {
         cond(self)
     }
 
-    fn next_event_time(&self) -> Option<Duration> {
+    /// Files `name`'s next timer (after anything may have changed it).
+    fn schedule(&mut self, name: &str) {
+        let Some(n) = self.nodes.get(name) else {
+            return;
+        };
+        let at = n
+            .membership
+            .poll_timeout()
+            .filter(|_| n.running)
+            .map(|t| t.saturating_duration_since(self.base));
+        match at {
+            Some(at) if self.timer_of.get(name) != Some(&at) => {
+                self.timer_of.insert(name.to_string(), at);
+                self.timers.push(std::cmp::Reverse((at, name.to_string())));
+            }
+            Some(_) => {}
+            None => {
+                self.timer_of.remove(name);
+            }
+        }
+    }
+
+    fn next_timer(&mut self) -> Option<Duration> {
+        while let Some(std::cmp::Reverse((at, name))) = self.timers.peek() {
+            if self.timer_of.get(name) == Some(at) {
+                return Some(*at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    fn next_event_time(&mut self) -> Option<Duration> {
+        for name in std::mem::take(&mut self.touched) {
+            self.flush(&name);
+        }
         let msg = self.queue.peek().map(|m| m.at.0.0);
-        let timer = self
-            .nodes
-            .values()
-            .filter(|n| n.running)
-            .filter_map(|n| n.membership.poll_timeout())
-            .map(|t| t.saturating_duration_since(self.base))
-            .min();
+        let timer = self.next_timer();
         match (msg, timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -337,18 +388,25 @@ impl Network {
             let Some(m) = self.queue.pop() else { break };
             self.deliver(m, now, wall);
         }
-        let due: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.running)
-            .filter(|(_, n)| n.membership.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut due: Vec<String> = Vec::new();
+        while let Some(at) = self.next_timer()
+            && at <= elapsed
+        {
+            if let Some(std::cmp::Reverse((_, name))) = self.timers.pop() {
+                self.timer_of.remove(&name);
+                due.push(name);
+            }
+        }
         for name in due {
+            if !self.nodes.get(&name).is_some_and(|n| n.running) {
+                continue;
+            }
+            let mut died = Vec::new();
             if let Some(n) = self.nodes.get_mut(&name) {
                 n.membership.handle_timeout(now, wall);
-                drain_events(n, elapsed, record);
+                died = drain_events(n, elapsed, record);
             }
+            self.count_deaths(died);
             self.flush(&name);
         }
     }
@@ -378,12 +436,46 @@ impl Network {
             Ok(msg) => node.membership.handle_message(peer, msg, now, wall),
             Err(_) => node.membership.refuse_malformed(&m.from),
         }
-        drain_events(node, elapsed, record);
+        let died = drain_events(node, elapsed, record);
+        let to_addr = node.addr;
+        if let Some(from_addr) = from_addr {
+            let pair = (from_addr.min(to_addr), from_addr.max(to_addr));
+            self.links.insert(pair, elapsed);
+        }
+        self.count_deaths(died);
         self.flush(&to);
+    }
+
+    fn count_deaths(&mut self, died: Vec<String>) {
+        for name in died {
+            if self.nodes.get(&name).is_some_and(|n| n.running) {
+                self.stats.deaths_of_running += 1;
+            }
+        }
+    }
+
+    /// The most gossip connections any node has: peers it exchanged a message
+    /// with in the last [`CONNECTION_IDLE`] (a message delivered either way).
+    pub fn max_connections(&mut self) -> usize {
+        let now = self.elapsed;
+        self.links
+            .retain(|_, at| now.saturating_sub(*at) < CONNECTION_IDLE);
+        let mut per: HashMap<SocketAddr, usize> = HashMap::new();
+        for (a, b) in self.links.keys() {
+            *per.entry(*a).or_default() += 1;
+            *per.entry(*b).or_default() += 1;
+        }
+        per.values().copied().max().unwrap_or(0)
+    }
+
+    /// Forgets every connection (to measure from now on).
+    pub fn reset_connections(&mut self) {
+        self.links.clear();
     }
 
     /// Moves `name`'s outgoing messages onto the wire.
     fn flush(&mut self, name: &str) {
+        self.schedule(name);
         let mut out = Vec::new();
         if let Some(n) = self.nodes.get_mut(name) {
             if !n.running {
@@ -448,12 +540,19 @@ impl Network {
     }
 }
 
-fn drain_events(node: &mut SimNode, at: Duration, record: bool) {
+/// Moves `node`'s events to its log (if `record`); returns the names it
+/// declared dead.
+fn drain_events(node: &mut SimNode, at: Duration, record: bool) -> Vec<String> {
+    let mut died = Vec::new();
     while let Some(e) = node.membership.poll_event() {
+        if let Event::Died { name, .. } = &e {
+            died.push(name.clone());
+        }
         if record {
             node.events.push((at, e));
         }
     }
+    died
 }
 
 /// The encoded node record of a simulated node.

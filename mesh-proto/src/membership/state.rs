@@ -5,15 +5,18 @@
 //! says ([`Membership::handle_timeout`]); it then drains
 //! [`Membership::poll_transmit`] and [`Membership::poll_event`]. It never touches
 //! a socket or a clock, so thousands of copies run in one process on a simulated
-//! clock. Each round it
+//! clock. A node talks to its few neighbours on the overlay ([`super::overlay`]),
+//! whatever the size of the mesh. Each round it
 //!
-//! 1. probes one member (round robin over a shuffled list); a probe unanswered
-//!    within `probe_timeout` becomes a signed accusation ([`super::liveness`]);
-//! 2. pushes the items it learnt recently to `fanout` random members
-//!    ([`super::broadcast`]);
-//! 3. every `sync_every` rounds, exchanges digests with one random member
-//!    (anti-entropy over one range of origin names; [`super::sync`]), now and then
-//!    with a member it believes dead or with a seed, so partitions heal;
+//! 1. probes one neighbour (round robin over a shuffled list); a probe unanswered
+//!    within `probe_timeout` is sent again, and unanswered for half as long once
+//!    more becomes a signed accusation ([`super::liveness`]);
+//! 2. floods what is still queued to its neighbours ([`super::broadcast`]) — news
+//!    is flooded as soon as it arrives, so the round only catches up what did not
+//!    fit in a message;
+//! 3. every `sync_every` rounds, reconciles one range of origin names with one
+//!    neighbour ([`super::sync`]), and now and then with a member it believes
+//!    dead or with a seed, so partitions heal and a new node pulls the state;
 //! 4. forgets members dead for longer than `dead_grace`.
 
 use std::collections::{HashMap, VecDeque};
@@ -43,9 +46,18 @@ const MAX_SYNC_PEERS: usize = 4096;
 const TIMED_OUT_REMEMBERED: usize = 8;
 /// Highest [`Membership::local_health`].
 pub const MAX_LOCAL_HEALTH: u32 = 8;
-/// Fewest rounds a new item is pushed for (a node that just joined knows few
-/// members yet, but its news must still travel).
-const MIN_PUSH_ROUNDS: u32 = 2;
+/// Floods of this node's own news: the second, a round later, covers a loss on
+/// the first hop, where a flood has no redundancy yet.
+const OWN_FLOODS: u32 = 2;
+/// Floods of news from others (each neighbour floods it too).
+const RELAY_FLOODS: u32 = 1;
+/// Items signed longer ago than this are not flooded on when they arrive: they
+/// are old state a node is catching up on (by anti-entropy), not news.
+pub const FLOOD_FRESHNESS: Duration = Duration::from_secs(10);
+/// Rounds after which the neighbours are computed again even if the membership
+/// seems unchanged.
+const NEIGHBOURS_REFRESH_ROUNDS: u64 = 16;
+
 /// Every this many anti-entropy exchanges, one goes to a member believed dead
 /// (so a healed partition is noticed) and one to a seed.
 const SYNC_WIDER_EVERY: u64 = 4;
@@ -190,8 +202,12 @@ pub enum PublishError {
 #[derive(Debug, Clone)]
 struct Probe {
     target: String,
+    addr: SocketAddr,
     nonce: u64,
     deadline: Instant,
+    /// Whether the ping was sent a second time: one lost datagram must not
+    /// become an accusation that every member hears and the target refutes.
+    retried: bool,
 }
 
 /// One node's membership protocol state. See the module documentation.
@@ -216,6 +232,10 @@ pub struct Membership<C: Crypto> {
     timed_out: VecDeque<(String, u64)>,
     probe: Option<Probe>,
     probe_order: Vec<String>,
+    neighbours: Vec<Peer>,
+    topology: u64,
+    neighbours_of: Option<(u64, u64, u64)>,
+
     sync_cursor: String,
     heard: HashMap<String, Instant>,
     quarantine: HashMap<String, Instant>,
@@ -255,6 +275,10 @@ impl<C: Crypto> Membership<C> {
             timed_out: VecDeque::new(),
             probe: None,
             probe_order: Vec::new(),
+            neighbours: Vec::new(),
+            topology: 0,
+            neighbours_of: None,
+
             sync_cursor: String::new(),
             heard: HashMap::new(),
             quarantine: HashMap::new(),
@@ -343,12 +367,13 @@ impl<C: Crypto> Membership<C> {
             })
             .unwrap_or_default();
         self.records.insert_own(record.clone(), Some(cert), now);
-        self.queue.record(record, self.rounds());
+        self.queue.record(record, OWN_FLOODS);
         self.last_announce_ms = wall_ms;
         for (key, value) in others {
             self.publish(&key, value, now, wall_ms)?;
         }
         self.changed();
+        self.push_round();
         Ok(())
     }
 
@@ -394,8 +419,9 @@ impl<C: Crypto> Membership<C> {
         })?;
         let record = self.sign_own(key, value, wall_ms)?;
         self.records.insert_own(record.clone(), None, now);
-        self.queue.record(record, self.rounds());
+        self.queue.record(record, OWN_FLOODS);
         self.changed();
+        self.push_round();
         Ok(())
     }
 
@@ -491,7 +517,7 @@ impl<C: Crypto> Membership<C> {
             self.events.push_back(Event::DocumentInForce {
                 name: document.name.clone(),
             });
-            self.queue.document(document, self.rounds());
+            self.queue.document(document, RELAY_FLOODS);
             self.changed();
         }
         Ok(applied)
@@ -514,6 +540,7 @@ impl<C: Crypto> Membership<C> {
     }
 
     fn forget(&mut self, name: &str, now: Instant, wall_ms: u64) {
+        self.topology_changed();
         self.records.remove(name, now, wall_ms);
         self.liveness.forget(name);
         self.queue.forget_origin(name);
@@ -605,14 +632,14 @@ impl<C: Crypto> Membership<C> {
                 }
                 self.catching_up = true;
                 self.reannounce_if_unknown(&digest, now, wall_ms);
-                let items = sync::answer(
+                let answer = sync::answer(
                     &digest,
                     &self.records,
                     &self.liveness,
                     &self.documents,
                     &self.config.timing,
                 );
-                if !items.is_empty() {
+                for items in answer {
                     self.send(Destination::Member(from.clone()), Body::Items(items));
                 }
                 if digest.reply {
@@ -626,7 +653,11 @@ impl<C: Crypto> Membership<C> {
                     self.send(Destination::Member(from), Body::Sync(mine));
                 }
             }
-            Body::Items(items) => self.handle_items(&from, items, now, wall_ms),
+            Body::Items(items) => {
+                self.handle_items(&from, items, now, wall_ms);
+                // News goes on at once: a flood waits for no round.
+                self.push_round();
+            }
         }
     }
 
@@ -698,16 +729,25 @@ impl<C: Crypto> Membership<C> {
         match self.records.apply(record, &judge) {
             Ok(Applied::Stale) => true,
             Ok(Applied::Changed { new_generation }) => {
-                self.on_new_record(copy, new_generation, now);
+                self.on_new_record(copy, new_generation, now, wall_ms);
                 true
             }
             Err(reason) => self.on_refusal(reason, from, origin, now),
         }
     }
 
-    fn on_new_record(&mut self, record: SignedRecord, new_generation: bool, now: Instant) {
+    fn on_new_record(
+        &mut self,
+        record: SignedRecord,
+        new_generation: bool,
+        now: Instant,
+        wall_ms: u64,
+    ) {
         let origin = record.origin.clone();
         self.heard.insert(origin.clone(), now);
+        if new_generation || record.key == NODE_KEY {
+            self.topology_changed();
+        }
         if new_generation {
             self.liveness.forget(&origin);
             self.events.push_back(Event::Joined {
@@ -721,11 +761,13 @@ impl<C: Crypto> Membership<C> {
                 self.liveness
                     .on_record(&origin, generation, v, at, &self.config.timing)
             {
+                self.topology_changed();
                 self.events.push_back(Event::Revived { name });
             }
         }
-        let rounds = self.rounds();
-        self.queue.record(record, rounds);
+        if is_fresh(record.signed_at_ms, wall_ms) {
+            self.queue.record(record, RELAY_FLOODS);
+        }
         self.changed();
     }
 
@@ -760,8 +802,9 @@ impl<C: Crypto> Membership<C> {
                     target: copy.target.clone(),
                     accuser: copy.accuser.clone(),
                 });
-                let rounds = self.rounds();
-                self.queue.suspicion(copy, rounds);
+                if is_fresh(copy.issued_at_ms, wall_ms) {
+                    self.queue.suspicion(copy, RELAY_FLOODS);
+                }
                 self.changed();
                 true
             }
@@ -894,6 +937,21 @@ impl<C: Crypto> Membership<C> {
             // about its peers.
             self.worse_local_health();
         }
+        if let Some(p) = self.probe.as_mut()
+            && now >= p.deadline
+            && !p.retried
+        {
+            p.retried = true;
+            p.deadline = now + self.config.timing.probe_timeout / 2 * (1 + self.local_health);
+            let (to, nonce) = (
+                Peer {
+                    name: p.target.clone(),
+                    addr: p.addr,
+                },
+                p.nonce,
+            );
+            self.send(Destination::Member(to), Body::Ping(nonce));
+        }
         if let Some(p) = &self.probe
             && now >= p.deadline
         {
@@ -907,6 +965,7 @@ impl<C: Crypto> Membership<C> {
         }
         for t in self.liveness.tick(now, &self.config.timing) {
             if let Transition::Died { name, accusers, .. } = t {
+                self.topology_changed();
                 self.events.push_back(Event::Died { name, accusers });
                 self.changed();
             }
@@ -949,25 +1008,16 @@ impl<C: Crypto> Membership<C> {
             .retain(|_, at| now.saturating_duration_since(*at) < spacing);
     }
 
-    /// Members other than this node that are up and have an address.
-    fn up_peers(&self) -> Vec<Peer> {
-        self.peers(true)
-    }
-
     /// Members other than this node believed dead, not yet forgotten.
     fn dead_peers(&self) -> Vec<Peer> {
-        self.peers(false)
-    }
-
-    fn peers(&self, up: bool) -> Vec<Peer> {
         self.records
             .origins()
             .filter(|o| o.name != self.config.name)
             .filter(|o| {
-                self.liveness
+                !self
+                    .liveness
                     .health(&o.name, o.generation, &self.config.timing)
                     .is_up()
-                    == up
             })
             .filter_map(|o| {
                 o.node.as_ref().map(|n| Peer {
@@ -978,24 +1028,61 @@ impl<C: Crypto> Membership<C> {
             .collect()
     }
 
-    /// How many rounds a new item is pushed for: enough for `fanout` pushes per
-    /// round to reach every member with high probability, anti-entropy doing the
-    /// rest.
-    fn rounds(&self) -> u32 {
-        // Each node that learns an item pushes it to `fanout` peers a round, for
-        // this many rounds: a node then receives about fanout × rounds copies, so
-        // one misses an item with probability about e^-(fanout × rounds) (e^-6 at
-        // least), and anti-entropy catches it up. More rounds only repeat what
-        // the epidemic already spreads (every receiver pushes on).
-        let n = self.records.len().max(1) as f64;
-        let base = (self.config.timing.fanout.max(1) + 1) as f64;
-        (((n + 1.0).ln() / base.ln()).ceil() as u32)
-            .saturating_sub(1)
-            .max(MIN_PUSH_ROUNDS)
+    /// The set of members up, or their addresses, may have changed: the
+    /// neighbours are computed again when next needed.
+    fn topology_changed(&mut self) {
+        self.topology = self.topology.wrapping_add(1);
+    }
+
+    /// This node's neighbours on the overlay ([`super::overlay`]), among the
+    /// members it believes up.
+    ///
+    /// Computed again at most once a round (a partition changes the membership
+    /// many times a round), and every [`NEIGHBOURS_REFRESH_ROUNDS`] anyway; a
+    /// node in its first [`NEIGHBOURS_REFRESH_ROUNDS`] keeps its first ones.
+    fn neighbours(&mut self) -> Vec<Peer> {
+        let epoch = self.round / NEIGHBOURS_REFRESH_ROUNDS;
+        // A node that just started sees a partial membership that grows with
+        // every answer: it keeps its first neighbours until the next refresh
+        // rather than talk to a new set each round.
+        let young = epoch == 0 && !self.neighbours.is_empty();
+        let stale = match self.neighbours_of {
+            None => true,
+            Some((round, topology, at_epoch)) => {
+                at_epoch != epoch || (topology != self.topology && round != self.round && !young)
+            }
+        };
+        if stale {
+            let (me, timing) = (&self.config.name, &self.config.timing);
+            let up: Vec<(&str, SocketAddr)> = self
+                .records
+                .origins()
+                .filter(|o| o.name != *me)
+                .filter(|o| self.liveness.health(&o.name, o.generation, timing).is_up())
+                .filter_map(|o| o.node.as_ref().map(|n| (o.name.as_str(), n.quic_addr)))
+                .collect();
+            let names: Vec<&str> = up.iter().map(|(n, _)| *n).collect();
+            let chosen: Vec<Peer> = super::overlay::neighbours(me, &names, timing.rings)
+                .into_iter()
+                .filter_map(|i| up.get(i))
+                .map(|(name, addr)| Peer {
+                    name: name.to_string(),
+                    addr: *addr,
+                })
+                .collect();
+            self.neighbours = chosen;
+            self.neighbours_of = Some((self.round, self.topology, epoch));
+        }
+        self.neighbours.clone()
+    }
+
+    /// The peers this node talks to in rounds (its neighbours), by name.
+    pub fn neighbour_names(&mut self) -> Vec<String> {
+        self.neighbours().into_iter().map(|p| p.name).collect()
     }
 
     fn start_probe(&mut self, now: Instant) {
-        let up = self.up_peers();
+        let up = self.neighbours();
         let target = loop {
             let Some(name) = self.probe_order.pop() else {
                 if up.is_empty() {
@@ -1016,8 +1103,10 @@ impl<C: Crypto> Membership<C> {
         let nonce = self.random();
         self.probe = Some(Probe {
             target: target.name.clone(),
+            addr: target.addr,
             nonce,
             deadline: now + self.config.timing.probe_timeout * (1 + self.local_health),
+            retried: false,
         });
         self.send(Destination::Member(target), Body::Ping(nonce));
     }
@@ -1078,40 +1167,32 @@ impl<C: Crypto> Membership<C> {
             });
             self.send(to, Body::Items(items));
         }
-        let rounds = self.rounds();
-        self.queue.suspicion(s, rounds);
+        self.queue.suspicion(s, OWN_FLOODS);
         self.changed();
+        self.push_round();
     }
 
+    /// Floods what is queued to every neighbour.
     fn push_round(&mut self) {
         if self.queue.is_empty() {
             return;
         }
-        let up = self.up_peers();
-        if up.is_empty() {
+        let neighbours = self.neighbours();
+        if neighbours.is_empty() {
             return;
         }
         let items = self.queue.next_round();
         if items.is_empty() {
             return;
         }
-        let fanout = self.config.timing.fanout.min(up.len());
-        let mut chosen: Vec<Peer> = Vec::with_capacity(fanout);
-        while chosen.len() < fanout {
-            if let Some(p) = self.pick(&up)
-                && !chosen.contains(&p)
-            {
-                chosen.push(p);
-            }
-        }
-        for peer in chosen {
+        for peer in neighbours {
             self.send(Destination::Member(peer), Body::Items(items.clone()));
         }
     }
 
     fn sync_round(&mut self) {
         self.syncs = self.syncs.wrapping_add(1);
-        let up = self.up_peers();
+        let up = self.neighbours();
         let wider = self.syncs.is_multiple_of(SYNC_WIDER_EVERY);
         let mut targets: Vec<Destination> = Vec::new();
         if let Some(p) = self.pick(&up) {
@@ -1122,6 +1203,14 @@ impl<C: Crypto> Membership<C> {
             if let Some(p) = self.pick(&dead) {
                 targets.push(Destination::Member(p));
             }
+        }
+        let members = self.records.len().max(1) as u64;
+        if up.is_empty() || (wider && self.random().is_multiple_of(members)) {
+            // A seed while this node knows no live member; else rarely (about
+            // one wider exchange in the whole mesh at a time), so that sides
+            // of a partition longer than `dead_grace`, which forgot each other,
+            // still meet again, while the seeds do not end up talking to the
+            // whole mesh.
             let seeds = self.seeds.clone();
             if let Some(s) = self.pick(&seeds) {
                 targets.push(Destination::Seed(s));
@@ -1151,6 +1240,35 @@ impl<C: Crypto> Membership<C> {
     // ------------------------------------------------------------------
     // Output
     // ------------------------------------------------------------------
+
+    /// How many members (this node included) this node believes up.
+    pub fn up_members(&self) -> usize {
+        self.records
+            .origins()
+            .filter(|o| {
+                self.liveness
+                    .health(&o.name, o.generation, &self.config.timing)
+                    .is_up()
+            })
+            .count()
+    }
+
+    /// A summary of everything this node holds about members: how many, and a
+    /// hash of their generations and records. Two nodes with equal summaries
+    /// hold the same records.
+    pub fn state_summary(&self) -> (u32, u64) {
+        let all = super::wire::NameRange::all();
+        let h = sync::range_hash(all, &self.records, &self.liveness, &self.documents);
+        (h.count, h.origins)
+    }
+
+    /// The version of `origin`'s record `key` held here, if any.
+    pub fn record_version(&self, origin: &str, key: &str) -> Option<u64> {
+        self.records
+            .get(origin)
+            .and_then(|o| o.records.get(key))
+            .map(|r| r.version)
+    }
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -1232,4 +1350,10 @@ impl<C: Crypto> Membership<C> {
             documents: self.documents.iter().cloned().collect(),
         }
     }
+}
+
+/// Whether an item signed at `signed_ms` is news at `wall_ms` (see
+/// [`FLOOD_FRESHNESS`]).
+fn is_fresh(signed_ms: u64, wall_ms: u64) -> bool {
+    signed_ms.saturating_add(super::liveness::millis(FLOOD_FRESHNESS)) >= wall_ms
 }

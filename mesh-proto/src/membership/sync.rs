@@ -24,11 +24,14 @@ use super::wire::{
     SuspicionId, TARGET_MESSAGE_BYTES,
 };
 
-/// Bytes of records one answer carries at most: a node catching up exchanges
-/// with several peers at once, and what they answer overlaps, so answers are
-/// kept small and the next exchange (with the requester's newer digest) brings
-/// the rest.
-const ANSWER_BYTES: usize = 16 * 1024;
+/// Bytes of records one message of an answer carries at most.
+const ANSWER_CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes of records one answer carries at most, in messages of
+/// [`ANSWER_CHUNK_BYTES`]: a node pulling the whole state (it just joined)
+/// gets it in a few exchanges, and a node a few changes behind gets only those.
+/// The requester reconciles with one neighbour a round, so answers overlap
+/// little; the next exchange, with its newer digest, brings the rest.
+pub const ANSWER_BYTES: usize = 256 * 1024;
 
 /// Bytes of origin summaries one digest carries at most.
 const DIGEST_BUDGET: usize = 40 * 1024;
@@ -86,11 +89,11 @@ pub fn range_hash<K: Clone + std::fmt::Debug>(
     let (mut count, mut origins) = (0u32, 0u64);
     for o in records.in_range(&range) {
         count = count.saturating_add(1);
-        let name = xxhash_rust::xxh3::xxh3_64(o.name.as_bytes());
-        origins ^= mix(name ^ mix(o.generation ^ mix(o.fingerprint())));
+        origins ^= o.summary_hash();
     }
     let suspicions = liveness.suspicions().fold(0, |acc, s| {
-        let id = xxhash_rust::xxh3::xxh3_64(format!("{}\0{}", s.target, s.accuser).as_bytes());
+        let target = xxhash_rust::xxh3::xxh3_64(s.target.as_bytes());
+        let id = xxhash_rust::xxh3::xxh3_64_with_seed(s.accuser.as_bytes(), target);
         acc ^ mix(id ^ mix(s.target_version))
     });
     let documents = documents
@@ -145,30 +148,44 @@ fn document_summaries(documents: &DocumentStore) -> Vec<DocumentSummary> {
     d
 }
 
-/// What the sender of `digest` lacks of what this node holds, up to one
-/// message's worth.
+/// What the sender of `digest` lacks of what this node holds, up to
+/// [`ANSWER_BYTES`], as messages to send (none if it lacks nothing).
 pub fn answer<K: Clone + std::fmt::Debug>(
     digest: &Digest,
     records: &RecordStore<K>,
     liveness: &Liveness,
     documents: &DocumentStore,
     timing: &Timing,
-) -> Items {
-    let mut items = Items::default();
+) -> Vec<Items> {
+    let mut chunks = answer_records(digest, records, liveness, timing);
+    let mut first = Items::default();
     let mut bytes = 0;
-    answer_records(digest, records, liveness, timing, &mut items, &mut bytes);
+    answer_others(digest, liveness, documents, &mut first, &mut bytes);
+    if !first.is_empty() {
+        chunks.insert(0, first);
+    }
+    chunks
+}
+
+fn answer_others(
+    digest: &Digest,
+    liveness: &Liveness,
+    documents: &DocumentStore,
+    items: &mut Items,
+    bytes: &mut usize,
+) {
     let theirs: HashSet<&SuspicionId> = digest.suspicions.iter().collect();
     for s in liveness.suspicions() {
-        if items.suspicions.len() >= MAX_SUSPICIONS_PER_MESSAGE || bytes > TARGET_MESSAGE_BYTES {
+        if items.suspicions.len() >= MAX_SUSPICIONS_PER_MESSAGE || *bytes > TARGET_MESSAGE_BYTES {
             break;
         }
         if !theirs.contains(&s.id()) {
-            bytes += s.weight();
+            *bytes += s.weight();
             items.suspicions.push(s.clone());
         }
     }
     for d in documents.iter() {
-        if items.documents.len() >= MAX_DOCUMENTS_PER_MESSAGE || bytes > TARGET_MESSAGE_BYTES {
+        if items.documents.len() >= MAX_DOCUMENTS_PER_MESSAGE || *bytes > TARGET_MESSAGE_BYTES {
             break;
         }
         let known = digest
@@ -176,21 +193,23 @@ pub fn answer<K: Clone + std::fmt::Debug>(
             .iter()
             .any(|x| x.name == d.document.name && x.id == d.id);
         if !known {
-            bytes += d.document.body.len() + d.document.signer_cert_der.len();
+            *bytes += d.document.body.len() + d.document.signer_cert_der.len();
             items.documents.push(d.document.clone());
         }
     }
-    items
 }
 
+/// The records the sender of `digest` lacks, in messages of at most
+/// [`ANSWER_CHUNK_BYTES`], [`ANSWER_BYTES`] in all.
 fn answer_records<K: Clone + std::fmt::Debug>(
     digest: &Digest,
     records: &RecordStore<K>,
     liveness: &Liveness,
     timing: &Timing,
-    items: &mut Items,
-    bytes: &mut usize,
-) {
+) -> Vec<Items> {
+    let mut chunks: Vec<Items> = Vec::new();
+    let mut items = Items::default();
+    let (mut bytes, mut total) = (0usize, 0usize);
     let theirs: HashMap<&str, &OriginSummary> = digest
         .origins
         .iter()
@@ -213,14 +232,25 @@ fn answer_records<K: Clone + std::fmt::Debug>(
             Some(s) if s.max_version == o.max_version && s.fingerprint != o.fingerprint() => None,
             Some(_) => continue,
         };
-        for r in o.records_after(after.unwrap_or(0)) {
-            if items.records.len() >= MAX_RECORDS_PER_MESSAGE
-                || (*bytes + r.weight() > ANSWER_BYTES && *bytes > 0)
-            {
-                return;
-            }
-            *bytes += r.weight();
-            items.records.push(r.clone());
+        // An origin's records stay in one message, its certificate first, so
+        // the receiver can check them whatever order the messages arrive in.
+        let theirs_new = o.records_after(after.unwrap_or(0));
+        let weight: usize = theirs_new.iter().map(|r| r.weight()).sum();
+        if total + weight > ANSWER_BYTES && total > 0 {
+            break;
         }
+        if items.records.len() + theirs_new.len() > MAX_RECORDS_PER_MESSAGE
+            || (bytes + weight > ANSWER_CHUNK_BYTES && bytes > 0)
+        {
+            chunks.push(std::mem::take(&mut items));
+            bytes = 0;
+        }
+        bytes += weight;
+        total += weight;
+        items.records.extend(theirs_new.into_iter().cloned());
     }
+    if !items.is_empty() {
+        chunks.push(items);
+    }
+    chunks
 }
