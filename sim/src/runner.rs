@@ -225,6 +225,19 @@ impl Run {
         }));
     }
 
+    /// Records now as the time of the watched `event`, if not recorded yet.
+    fn settle(&self, event: &str) {
+        let now = self.epoch.elapsed().as_secs_f64();
+        let mut t = self.timings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = t
+            .iter_mut()
+            .rev()
+            .find(|t| t.event == event && t.after_s.is_none())
+        {
+            t.after_s = Some((now - t.at_s).max(0.0));
+        }
+    }
+
     async fn wait_until(&mut self, cond: Condition, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         let healthy = cond == Condition::Healthy;
@@ -327,6 +340,12 @@ impl Run {
                 );
             }
             Step::Resume { node } => {
+                // The pause's watcher polls; if the node is seen dead now,
+                // record it before the resume ends that, whatever the poll's
+                // phase.
+                if gone_everywhere(&*self.mesh.read().await, node).await {
+                    self.settle(&format!("paused {node}"));
+                }
                 self.note(&format!("resuming {node}"));
                 self.mesh.write().await.resume(node).await?;
                 self.refresh_targets().await;
