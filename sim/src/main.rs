@@ -229,15 +229,7 @@ async fn main_async(cli: Cli) -> Result<bool> {
                 progress: !cli.common.quiet,
                 ..shoal_sim::model::ModelOptions::default()
             };
-            let report = tokio::task::spawn_blocking(move || shoal_sim::model::run(opts)).await??;
-            say_inline!("{}", report.to_text());
-            if let Some(path) = &cli.common.json {
-                let json = serde_json::to_string_pretty(&report)?;
-                std::fs::write(path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                say!("report written to {}", path.display());
-            }
-            return Ok(report.passed());
+            return run_model(opts, cli.common.json.as_deref()).await;
         }
         Some(Command::Run { file }) => Scenario::load(file)?,
         Some(Command::HoldConnections { addr, count }) => {
@@ -277,6 +269,22 @@ async fn main_async(cli: Cli) -> Result<bool> {
     if let Some(path) = &cli.common.json {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        say!("report written to {}", path.display());
+    }
+    Ok(report.passed())
+}
+
+/// `shoal-sim model`: runs the membership model, prints and optionally saves
+/// its report; whether every target was met.
+async fn run_model(
+    opts: shoal_sim::model::ModelOptions,
+    json: Option<&std::path::Path>,
+) -> Result<bool> {
+    let report = tokio::task::spawn_blocking(move || shoal_sim::model::run(opts)).await??;
+    say_inline!("{}", report.to_text());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         say!("report written to {}", path.display());
     }
     Ok(report.passed())

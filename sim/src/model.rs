@@ -41,6 +41,8 @@ const BROADCASTS: usize = 10;
 const KILLS: usize = 3;
 /// Simulated time a phase may take before the run gives up on it.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
+/// Most nodes a model may have: one less than a node's default member cap.
+const MAX_NODES: usize = mesh_proto::membership::config::DEFAULT_MAX_MEMBERS - 1;
 /// Nodes started together in the cold start, every [`START_SPACING`].
 const START_BATCH: usize = 50;
 /// See [`START_BATCH`].
@@ -257,9 +259,9 @@ struct Model {
 
 /// Runs the model.
 pub fn run(opts: ModelOptions) -> Result<ModelReport> {
-    if opts.nodes < 20 {
+    if !(20..=MAX_NODES).contains(&opts.nodes) {
         bail!(
-            "--nodes: the model needs at least 20 nodes, got {}",
+            "--nodes: the model runs 20 to {MAX_NODES} nodes (the members a node admits by default), got {}",
             opts.nodes
         );
     }

@@ -605,59 +605,48 @@ impl<C: Crypto> Membership<C> {
                     self.worse_local_health();
                 }
             }
-            Body::SyncHash(theirs) => {
-                if !self.may_answer_sync(&from.name, now, false) {
-                    return;
-                }
-                let mine = sync::range_hash(
-                    theirs.range.clone(),
-                    &self.records,
-                    &self.liveness,
-                    &self.documents,
-                );
-                if mine != theirs {
-                    let digest = sync::digest_of_range(
-                        theirs.range,
-                        &self.records,
-                        &self.liveness,
-                        &self.documents,
-                        true,
-                    );
-                    self.send(Destination::Member(from), Body::Sync(digest));
-                }
-            }
-            Body::Sync(digest) => {
-                if digest.reply && !self.may_answer_sync(&from.name, now, true) {
-                    return;
-                }
-                self.catching_up = true;
-                self.reannounce_if_unknown(&digest, now, wall_ms);
-                let answer = sync::answer(
-                    &digest,
-                    &self.records,
-                    &self.liveness,
-                    &self.documents,
-                    &self.config.timing,
-                );
-                for items in answer {
-                    self.send(Destination::Member(from.clone()), Body::Items(items));
-                }
-                if digest.reply {
-                    let mine = sync::digest_of_range(
-                        digest.range.clone(),
-                        &self.records,
-                        &self.liveness,
-                        &self.documents,
-                        false,
-                    );
-                    self.send(Destination::Member(from), Body::Sync(mine));
-                }
-            }
+            Body::SyncHash(theirs) => self.handle_sync_hash(from, theirs, now),
+            Body::Sync(digest) => self.handle_sync(from, digest, now, wall_ms),
             Body::Items(items) => {
                 self.handle_items(&from, items, now, wall_ms);
                 // News goes on at once: a flood waits for no round.
                 self.push_round();
             }
+        }
+    }
+
+    /// A peer's range hash: answered with this node's digest of the range if
+    /// they differ.
+    fn handle_sync_hash(&mut self, from: Peer, theirs: super::wire::RangeHash, now: Instant) {
+        if !self.may_answer_sync(&from.name, now, false) {
+            return;
+        }
+        let (records, liveness, documents) = (&self.records, &self.liveness, &self.documents);
+        let mine = sync::range_hash(theirs.range.clone(), records, liveness, documents);
+        if mine != theirs {
+            let digest = sync::digest_of_range(theirs.range, records, liveness, documents, true);
+            self.send(Destination::Member(from), Body::Sync(digest));
+        }
+    }
+
+    /// A peer's digest: answered with what it lacks, and with this node's own
+    /// digest of the range if it asked for one.
+    fn handle_sync(&mut self, from: Peer, digest: super::wire::Digest, now: Instant, wall_ms: u64) {
+        if digest.reply && !self.may_answer_sync(&from.name, now, true) {
+            return;
+        }
+        self.catching_up = true;
+        self.reannounce_if_unknown(&digest, now, wall_ms);
+        let (records, liveness, documents) = (&self.records, &self.liveness, &self.documents);
+        let answer = sync::answer(&digest, records, liveness, documents, &self.config.timing);
+        let mine = digest.reply.then(|| {
+            sync::digest_of_range(digest.range.clone(), records, liveness, documents, false)
+        });
+        for items in answer {
+            self.send(Destination::Member(from.clone()), Body::Items(items));
+        }
+        if let Some(mine) = mine {
+            self.send(Destination::Member(from), Body::Sync(mine));
         }
     }
 
