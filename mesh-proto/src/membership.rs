@@ -48,6 +48,7 @@ pub mod config;
 pub mod documents;
 pub mod liveness;
 pub mod overlay;
+pub mod probe;
 pub mod records;
 pub mod refusal;
 pub mod signing;

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use mesh_proto::codec::encode;
 use mesh_proto::gossip::{Health, NodeCertificate};
-use mesh_proto::membership::signing::{record_payload, suspicion_payload};
+use mesh_proto::membership::signing::{indirect_ack_payload, record_payload, suspicion_payload};
 use mesh_proto::membership::sim::{Network, node_record, service_record};
 use mesh_proto::membership::wire::{
-    Body, Digest, DocumentSummary, Items, NameRange, OriginSummary, SuspicionId,
+    Body, Digest, DocumentSummary, IndirectAck, IndirectPing, Items, NameRange, OriginSummary,
+    PingReq, SuspicionId,
 };
 use mesh_proto::membership::{Crypto, GossipMessage, MemberView, SignedRecord, Suspicion, Timing};
 use proptest::prelude::*;
@@ -66,6 +67,11 @@ enum Plan {
     Sync(Vec<(usize, usize, usize, u64)>, bool),
     Ping(u64),
     Ack(u64),
+    /// Indirect probing: a ping-req for a name, an indirect ping on behalf of
+    /// a name, an indirect ack (target, requester) signed by evil or garbage.
+    PingReq(usize, u64),
+    IndirectPing(usize, u64),
+    IndirectAck(usize, usize, u64, Sig),
     Bytes(Vec<u8>),
 }
 
@@ -155,6 +161,10 @@ fn plan() -> impl Strategy<Value = Plan> {
             .prop_map(|(o, r)| Plan::Sync(o, r)),
         1 => any::<u64>().prop_map(Plan::Ping),
         1 => any::<u64>().prop_map(Plan::Ack),
+        1 => (0..NAMES.len(), any::<u64>()).prop_map(|(t, n)| Plan::PingReq(t, n)),
+        1 => (0..NAMES.len(), any::<u64>()).prop_map(|(r, n)| Plan::IndirectPing(r, n)),
+        1 => (0..NAMES.len(), 0..NAMES.len(), any::<u64>(), sig())
+            .prop_map(|(t, r, n, s)| Plan::IndirectAck(t, r, n, s)),
         1 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(Plan::Bytes),
     ]
 }
@@ -327,6 +337,24 @@ impl World {
             }),
             Plan::Ping(n) => Body::Ping(*n),
             Plan::Ack(n) => Body::Ack(*n),
+            Plan::PingReq(t, nonce) => Body::PingReq(PingReq {
+                nonce: *nonce,
+                target: NAMES[*t].into(),
+            }),
+            Plan::IndirectPing(r, nonce) => Body::IndirectPing(IndirectPing {
+                nonce: *nonce,
+                requester: NAMES[*r].into(),
+            }),
+            Plan::IndirectAck(t, r, nonce, sig) => {
+                let mut ack = IndirectAck {
+                    nonce: *nonce,
+                    requester: NAMES[*r].into(),
+                    target: NAMES[*t].into(),
+                    signature: vec![],
+                };
+                ack.signature = self.sign(&indirect_ack_payload(self.net.cluster(), &ack), sig);
+                Body::IndirectAck(ack)
+            }
             Plan::Bytes(_) => return None,
         };
         Some(GossipMessage {

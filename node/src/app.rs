@@ -792,7 +792,7 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
             files,
             data_dir,
         } = &*chores;
-        endpoint.reap_idle(endpoint::POOL_IDLE);
+        endpoint.reap_idle();
         endpoint.recycle(false);
         for (name, local) in &proxy.services {
             let n = local.active.load(Ordering::Relaxed);

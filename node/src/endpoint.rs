@@ -31,8 +31,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// QUIC idle timeout.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A pooled outbound connection unused for this long is closed.
+/// A pooled tunnel connection unused for this long is closed.
 pub const POOL_IDLE: Duration = Duration::from_secs(60);
+/// A pooled gossip connection this node sent nothing on for this long is
+/// closed. A neighbour on the overlay gets a probe or an exchange every few
+/// seconds, so only connections to former neighbours, seeds and members
+/// reached once (an indirect probe, a dead member's check) close: the
+/// connections a node holds follow its overlay neighbours.
+pub const GOSSIP_POOL_IDLE: Duration = Duration::from_secs(15);
 /// A pooled connection whose peer certificate expires within this time is no
 /// longer handed out: new streams get a fresh handshake (and the peer's renewed
 /// certificate). Connections are closed outright when the certificate expires.
@@ -48,6 +54,15 @@ pub enum Use {
 }
 
 impl Use {
+    /// How long a pooled connection of this use may go unused before it is
+    /// closed.
+    pub fn pool_idle(self) -> Duration {
+        match self {
+            Use::Gossip => GOSSIP_POOL_IDLE,
+            Use::Tunnel => POOL_IDLE,
+        }
+    }
+
     fn alpn(self) -> &'static [u8] {
         match self {
             Use::Gossip => ALPN_GOSSIP,
@@ -475,8 +490,9 @@ impl MeshEndpoint {
         }
     }
 
-    /// Closes pooled connections unused for `idle` (run periodically).
-    pub fn reap_idle(&self, idle: Duration) {
+    /// Closes pooled connections unused for their use's [`Use::pool_idle`]
+    /// (run periodically).
+    pub fn reap_idle(&self) {
         let slots: Vec<((SocketAddr, Use), SlotRef)> = {
             let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.iter().map(|(k, v)| (*k, v.clone())).collect()
@@ -486,6 +502,7 @@ impl MeshEndpoint {
             let Ok(mut slot) = slot.try_lock() else {
                 continue;
             };
+            let idle = key.1.pool_idle();
             let stale = slot.last_used.is_none_or(|t| now.duration_since(t) >= idle);
             let dead = slot
                 .conn

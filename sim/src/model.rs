@@ -24,7 +24,7 @@
 //! its heal, when the cut side talks to members it believed dead, are counted
 //! apart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -120,6 +120,9 @@ pub struct ModelReport {
     /// Gossip bytes sent per node per second in the quiet phase (anti-entropy
     /// and probes included).
     pub bytes_per_node_per_s: f64,
+    /// The same, by message kind (`ping`, `ack`, `sync_hash`, `sync`, `records`,
+    /// `suspicions`, `documents`).
+    pub quiet_bytes_by_kind: BTreeMap<String, f64>,
     /// Most peers any node exchanged messages with within the connection idle
     /// time, after the cold start.
     pub max_connections_per_node: usize,
@@ -298,7 +301,7 @@ impl Model {
         self.net.run_for(Duration::from_secs(10));
         self.net.reset_connections();
         let mut max_conn = 0;
-        let bytes_per_node_per_s = self.quiet(&mut max_conn);
+        let (bytes_per_node_per_s, quiet_bytes_by_kind) = self.quiet(&mut max_conn);
         let join_converged_s = self.join();
         let (broadcast_p50_s, broadcast_p99_s) = self.broadcasts();
         max_conn = max_conn.max(self.net.max_connections());
@@ -321,6 +324,7 @@ impl Model {
             dead_detected_p99_s,
             false_deaths,
             bytes_per_node_per_s,
+            quiet_bytes_by_kind,
             max_connections_per_node: max_conn,
             max_connections_partition,
             wall_s: self.wall.elapsed().as_secs_f64(),
@@ -410,8 +414,10 @@ impl Model {
         t
     }
 
-    fn quiet(&mut self, max_conn: &mut usize) -> f64 {
+    /// Bytes per node per second in the quiet phase, in all and by message kind.
+    fn quiet(&mut self, max_conn: &mut usize) -> (f64, BTreeMap<String, f64>) {
         let b0 = self.net.stats.bytes;
+        let kinds0 = self.net.stats.bytes_by_kind.clone();
         let end = self.net.elapsed() + self.opts.quiet;
         while self.net.elapsed() < end {
             self.net
@@ -419,12 +425,23 @@ impl Model {
             *max_conn = (*max_conn).max(self.net.max_connections());
         }
         let bytes = (self.net.stats.bytes - b0) as f64;
-        let per = bytes / self.opts.nodes as f64 / self.opts.quiet.as_secs_f64().max(1e-9);
+        let scale = self.opts.nodes as f64 * self.opts.quiet.as_secs_f64().max(1e-9);
+        let per = bytes / scale;
+        let by_kind = self
+            .net
+            .stats
+            .bytes_by_kind
+            .iter()
+            .map(|(k, b)| {
+                let before = kinds0.get(k).copied().unwrap_or(0);
+                (k.to_string(), ((b - before) as f64 / scale).round())
+            })
+            .collect();
         self.progress(&format!(
-            "quiet: {per:.0} B/s per node, {} connections at most",
+            "quiet: {per:.0} B/s per node ({by_kind:?}), {} connections at most",
             *max_conn
         ));
-        per
+        (per, by_kind)
     }
 
     fn join(&mut self) -> f64 {
@@ -454,8 +471,9 @@ impl Model {
         } else {
             f64::INFINITY
         };
+        let conns = self.net.max_connections();
         self.progress(&format!(
-            "join: the joiner holds the full state after {}",
+            "join: the joiner holds the full state after {}; {conns} connections at most",
             secs(t)
         ));
         t
@@ -533,7 +551,11 @@ impl Model {
             delays.extend(waiting.iter().map(|_| f64::INFINITY));
         }
         let p99 = percentile(&mut delays, 0.99);
-        self.progress(&format!("kill: dead in every view, p99 {}", secs(p99)));
+        let conns = self.net.max_connections();
+        self.progress(&format!(
+            "kill: dead in every view, p99 {}; {conns} connections at most",
+            secs(p99)
+        ));
         p99
     }
 
@@ -599,8 +621,8 @@ impl Model {
             }
         }
         self.progress(&format!(
-            "steady: {} false deaths in all",
-            self.net.stats.deaths_of_running
+            "steady: {} false deaths in all; {} connections at most",
+            self.net.stats.deaths_of_running, *max_conn
         ));
     }
 }

@@ -144,6 +144,14 @@ impl Liveness {
         }
     }
 
+    /// The members declared dead, with the generation each was declared dead in.
+    pub fn dead(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.targets
+            .iter()
+            .filter(|(_, t)| t.dead_since.is_some())
+            .map(|(name, t)| (name.as_str(), t.generation))
+    }
+
     /// The accusers of `name`, if accused.
     pub fn accusers(&self, name: &str) -> Vec<String> {
         self.targets

@@ -68,11 +68,15 @@ pub enum Refusal {
     /// An anti-entropy request from a peer that sent one less than half a round
     /// ago (each costs this node a digest).
     SyncRateLimited,
+    /// An indirect probe this node will not help with: a ping-req for a member
+    /// it does not hold (or for itself or the requester), beyond the relay caps,
+    /// or an indirect ping beyond this round's answer budget.
+    IndirectProbeRefused,
 }
 
 impl Refusal {
     /// Every reason, for metrics.
-    pub const ALL: [Refusal; 26] = [
+    pub const ALL: [Refusal; 27] = [
         Refusal::Malformed,
         Refusal::WrongCluster,
         Refusal::AboutSelf,
@@ -99,6 +103,7 @@ impl Refusal {
         Refusal::DocumentLimit,
         Refusal::Quarantined,
         Refusal::SyncRateLimited,
+        Refusal::IndirectProbeRefused,
     ];
 
     /// The metric label.
@@ -130,6 +135,7 @@ impl Refusal {
             Refusal::DocumentLimit => "document_limit",
             Refusal::Quarantined => "quarantined",
             Refusal::SyncRateLimited => "sync_rate_limited",
+            Refusal::IndirectProbeRefused => "indirect_probe_refused",
         }
     }
 

@@ -10,12 +10,14 @@
 
 use crate::gossip::RouteDocument;
 
-use super::wire::{SignedRecord, Suspicion};
+use super::wire::{IndirectAck, SignedRecord, Suspicion};
 
 /// Tag of record payloads.
 const RECORD_TAG: &[u8] = b"shoal/gossip-record/v1\0";
 /// Tag of suspicion payloads.
 const SUSPICION_TAG: &[u8] = b"shoal/gossip-suspicion/v1\0";
+/// Tag of indirect-ack payloads.
+const INDIRECT_ACK_TAG: &[u8] = b"shoal/gossip-indirect-ack/v1\0";
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
@@ -48,6 +50,18 @@ pub fn suspicion_payload(cluster: &str, s: &Suspicion) -> Vec<u8> {
     out.extend_from_slice(&s.target_generation.to_be_bytes());
     out.extend_from_slice(&s.target_version.to_be_bytes());
     out.extend_from_slice(&s.issued_at_ms.to_be_bytes());
+    out
+}
+
+/// The bytes `ack.target` signs to answer an indirect ping: proof, to the
+/// requester, that the target itself answered its nonce.
+pub fn indirect_ack_payload(cluster: &str, ack: &IndirectAck) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(INDIRECT_ACK_TAG);
+    put_bytes(&mut out, cluster.as_bytes());
+    put_bytes(&mut out, ack.target.as_bytes());
+    put_bytes(&mut out, ack.requester.as_bytes());
+    out.extend_from_slice(&ack.nonce.to_be_bytes());
     out
 }
 

@@ -20,7 +20,7 @@ use crate::tunnel::Protocol;
 use super::config::{Config, Limits, Timing};
 use super::state::{Destination, Event, Membership, Peer};
 use super::toy::ToyCrypto;
-use super::wire::GossipMessage;
+use super::wire::{Body, GossipMessage};
 
 /// The simulated epoch in wall-clock milliseconds (2026-01-01).
 pub const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
@@ -51,9 +51,13 @@ struct InFlight {
 }
 
 /// How long a gossip connection that carries nothing stays open: the node's
-/// pool idle time. Two nodes that exchanged a message within this long count as
-/// connected.
-pub const CONNECTION_IDLE: Duration = Duration::from_secs(60);
+/// gossip pool idle time (`GOSSIP_POOL_IDLE` in the node's endpoint). Two nodes
+/// that exchanged a message within this long count as connected.
+pub const CONNECTION_IDLE: Duration = Duration::from_secs(15);
+
+/// How long a connection to a node that stopped stays open: the node's QUIC
+/// idle timeout (its keep-alives go unanswered).
+pub const DEAD_CONNECTION_IDLE: Duration = Duration::from_secs(10);
 
 /// Counters of a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,6 +70,26 @@ pub struct Stats {
     pub dropped: u64,
     /// Times a node declared a running node dead.
     pub deaths_of_running: u64,
+    /// Bytes sent, by what the message carried ([`kind_of`]).
+    pub bytes_by_kind: BTreeMap<&'static str, u64>,
+}
+
+/// What a message is, for [`Stats::bytes_by_kind`]: `ping`, `ack`, `sync_hash`,
+/// `sync`, `ping_req`, `indirect_ping`, `indirect_ack`, or for items what they
+/// carry (`records` if any, else `suspicions` if any, else `documents`).
+pub fn kind_of(body: &Body) -> &'static str {
+    match body {
+        Body::Ping(_) => "ping",
+        Body::Ack(_) => "ack",
+        Body::SyncHash(_) => "sync_hash",
+        Body::Sync(_) => "sync",
+        Body::Items(i) if !i.records.is_empty() => "records",
+        Body::Items(i) if !i.suspicions.is_empty() => "suspicions",
+        Body::Items(_) => "documents",
+        Body::PingReq(_) => "ping_req",
+        Body::IndirectPing(_) => "indirect_ping",
+        Body::IndirectAck(_) => "indirect_ack",
+    }
 }
 
 /// The simulated network.
@@ -265,6 +289,13 @@ impl Network {
         }
     }
 
+    /// Cuts the link between `a` and `b` only (both ways): a broken path, while
+    /// both still reach everyone else.
+    pub fn cut_link(&mut self, a: &str, b: &str) {
+        self.cut.insert((a.to_string(), b.to_string()));
+        self.cut.insert((b.to_string(), a.to_string()));
+    }
+
     /// Removes every partition.
     pub fn heal(&mut self) {
         self.cut.clear();
@@ -456,10 +487,26 @@ impl Network {
 
     /// The most gossip connections any node has: peers it exchanged a message
     /// with in the last [`CONNECTION_IDLE`] (a message delivered either way).
+    ///
+    /// A connection to a node that stopped closes sooner, after
+    /// [`DEAD_CONNECTION_IDLE`] (QUIC's idle timeout: keep-alives go
+    /// unanswered).
     pub fn max_connections(&mut self) -> usize {
         let now = self.elapsed;
-        self.links
-            .retain(|_, at| now.saturating_sub(*at) < CONNECTION_IDLE);
+        let stopped: BTreeSet<SocketAddr> = self
+            .nodes
+            .values()
+            .filter(|n| !n.running)
+            .map(|n| n.addr)
+            .collect();
+        self.links.retain(|(a, b), at| {
+            let idle = if stopped.contains(a) || stopped.contains(b) {
+                DEAD_CONNECTION_IDLE
+            } else {
+                CONNECTION_IDLE
+            };
+            now.saturating_sub(*at) < idle
+        });
         let mut per: HashMap<SocketAddr, usize> = HashMap::new();
         for (a, b) in self.links.keys() {
             *per.entry(*a).or_default() += 1;
@@ -492,6 +539,11 @@ impl Network {
             };
             self.stats.messages += 1;
             self.stats.bytes += bytes.len() as u64;
+            *self
+                .stats
+                .bytes_by_kind
+                .entry(kind_of(&t.message.body))
+                .or_default() += bytes.len() as u64;
             if self.loss_per_million > 0 && self.random() % 1_000_000 < self.loss_per_million {
                 self.stats.dropped += 1;
                 continue;

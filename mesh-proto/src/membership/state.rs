@@ -9,8 +9,10 @@
 //! whatever the size of the mesh. Each round it
 //!
 //! 1. probes one neighbour (round robin over a shuffled list); a probe unanswered
-//!    within `probe_timeout` is sent again, and unanswered for half as long once
-//!    more becomes a signed accusation ([`super::liveness`]);
+//!    within `probe_timeout` is sent again, then other neighbours are asked to
+//!    ping the target for it (SWIM's indirect probe, answered with the target's
+//!    signature), and only when all of that stays unanswered does it become a
+//!    signed accusation ([`super::probe`], [`super::liveness`]);
 //! 2. floods what is still queued to its neighbours ([`super::broadcast`]) — news
 //!    is flooded as soon as it arrives, so the round only catches up what did not
 //!    fit in a message;
@@ -30,12 +32,15 @@ use super::broadcast::TransmitQueue;
 use super::config::Config;
 use super::documents::{DocumentApplied, DocumentRefusal, DocumentStore};
 use super::liveness::{Accepted, Health, Liveness, Transition, millis};
+use super::probe::{AckBudget, INDIRECT_PROBES, Next, Probe, Relays};
 use super::records::{Applied, Judge, RecordStore};
 use super::refusal::Refusal;
-use super::signing::{Crypto, record_payload, suspicion_payload};
+use super::signing::{Crypto, indirect_ack_payload, record_payload, suspicion_payload};
 use super::sync;
 use super::view::{MemberView, View};
-use super::wire::{Body, GossipMessage, Items, SignedRecord, Suspicion};
+use super::wire::{
+    Body, GossipMessage, IndirectAck, IndirectPing, Items, PingReq, SignedRecord, Suspicion,
+};
 
 /// How long a peer that sent a bad signature is ignored.
 pub const QUARANTINE: Duration = Duration::from_secs(30);
@@ -57,10 +62,18 @@ pub const FLOOD_FRESHNESS: Duration = Duration::from_secs(10);
 /// Rounds after which the neighbours are computed again even if the membership
 /// seems unchanged.
 const NEIGHBOURS_REFRESH_ROUNDS: u64 = 16;
+/// Rounds a new node waits at most for its view to stop growing before it
+/// chooses its first neighbours.
+const FIRST_CHOICE_ROUNDS: u64 = 2;
 
 /// Every this many anti-entropy exchanges, one goes to a member believed dead
 /// (so a healed partition is noticed) and one to a seed.
 const SYNC_WIDER_EVERY: u64 = 4;
+/// How rarely a wider exchange goes to a seed: with probability
+/// `1 / (members × SEED_SYNC_RARITY)`, so the whole mesh contacts a seed about
+/// once every `SEED_SYNC_RARITY` wider rounds (16 s at the default interval),
+/// whatever its size.
+const SEED_SYNC_RARITY: u64 = 4;
 
 /// The next number of a splitmix64 sequence whose state is `state`: the state
 /// machine's and the simulator's reproducible randomness.
@@ -199,17 +212,6 @@ pub enum PublishError {
     Certificate(String),
 }
 
-#[derive(Debug, Clone)]
-struct Probe {
-    target: String,
-    addr: SocketAddr,
-    nonce: u64,
-    deadline: Instant,
-    /// Whether the ping was sent a second time: one lost datagram must not
-    /// become an accusation that every member hears and the target refutes.
-    retried: bool,
-}
-
 /// One node's membership protocol state. See the module documentation.
 #[derive(Debug)]
 pub struct Membership<C: Crypto> {
@@ -231,9 +233,13 @@ pub struct Membership<C: Crypto> {
     local_health: u32,
     timed_out: VecDeque<(String, u64)>,
     probe: Option<Probe>,
+    relays: Relays,
+    ack_budget: AckBudget,
     probe_order: Vec<String>,
     neighbours: Vec<Peer>,
     topology: u64,
+    /// The last round in which a new member (or generation) was learned.
+    learned_round: u64,
     neighbours_of: Option<(u64, u64, u64)>,
 
     sync_cursor: String,
@@ -274,9 +280,12 @@ impl<C: Crypto> Membership<C> {
             local_health: 0,
             timed_out: VecDeque::new(),
             probe: None,
+            relays: Relays::default(),
+            ack_budget: AckBudget::default(),
             probe_order: Vec::new(),
             neighbours: Vec::new(),
             topology: 0,
+            learned_round: 0,
             neighbours_of: None,
 
             sync_cursor: String::new(),
@@ -543,6 +552,7 @@ impl<C: Crypto> Membership<C> {
         self.topology_changed();
         self.records.remove(name, now, wall_ms);
         self.liveness.forget(name);
+        self.relays.forget(name);
         self.queue.forget_origin(name);
         self.heard.remove(name);
         self.events.push_back(Event::Forgotten {
@@ -612,6 +622,84 @@ impl<C: Crypto> Membership<C> {
                 // News goes on at once: a flood waits for no round.
                 self.push_round();
             }
+            Body::PingReq(req) => self.handle_ping_req(from, req, now),
+            Body::IndirectPing(ping) => self.handle_indirect_ping(from, ping),
+            Body::IndirectAck(ack) => self.handle_indirect_ack(from, ack, now),
+        }
+    }
+
+    /// A neighbour asks this node to ping `req.target` for it: pinged by name,
+    /// at the address this node holds, within the relay caps.
+    fn handle_ping_req(&mut self, from: Peer, req: PingReq, now: Instant) {
+        let addr = (req.target != self.config.name && req.target != from.name)
+            .then(|| self.node_addr(&req.target))
+            .flatten();
+        let until = now + self.config.timing.probe_timeout;
+        let Some(addr) =
+            addr.filter(|_| self.relays.admit(&from, req.nonce, &req.target, now, until))
+        else {
+            self.refused(Refusal::IndirectProbeRefused, &from.name, Some(req.target));
+            return;
+        };
+        let to = Peer {
+            name: req.target,
+            addr,
+        };
+        let ping = IndirectPing {
+            nonce: req.nonce,
+            requester: from.name,
+        };
+        self.send(Destination::Member(to), Body::IndirectPing(ping));
+    }
+
+    /// Pinged on behalf of another member: answered with a signed ack, within
+    /// this round's budget (each answer costs a signature).
+    fn handle_indirect_ping(&mut self, from: Peer, ping: IndirectPing) {
+        if !self.ack_budget.take(self.round) {
+            self.refused(Refusal::IndirectProbeRefused, &from.name, None);
+            return;
+        }
+        let mut ack = IndirectAck {
+            nonce: ping.nonce,
+            requester: ping.requester,
+            target: self.config.name.clone(),
+            signature: Vec::new(),
+        };
+        let Some(signature) = self
+            .crypto
+            .sign(&indirect_ack_payload(&self.config.cluster, &ack))
+        else {
+            self.events.push_back(Event::SigningFailed {
+                key: "indirect ack".to_string(),
+            });
+            return;
+        };
+        ack.signature = signature;
+        self.send(Destination::Member(from), Body::IndirectAck(ack));
+    }
+
+    /// A signed answer to an indirect ping: it ends this node's own probe, or
+    /// is relayed to the requester this node pinged for. The target's signature
+    /// is checked first (honest members relay nothing unchecked, so a bad one
+    /// quarantines the sender); one for a member this node does not hold, or
+    /// that answers nothing pending, is dropped.
+    fn handle_indirect_ack(&mut self, from: Peer, ack: IndirectAck, now: Instant) {
+        let Some(target) = self.records.get(&ack.target) else {
+            return;
+        };
+        let payload = indirect_ack_payload(&self.config.cluster, &ack);
+        if !self
+            .crypto
+            .verify(&target.cert.key, &payload, &ack.signature)
+        {
+            self.on_refusal(Refusal::BadSignature, &from, ack.target, now);
+            return;
+        }
+        let me = self.config.name.as_str();
+        if self.probe.as_ref().is_some_and(|p| p.answered_by(&ack, me)) {
+            self.probe = None;
+        } else if let Some(requester) = self.relays.take(&ack, &from.name, now) {
+            self.send(Destination::Member(requester), Body::IndirectAck(ack));
         }
     }
 
@@ -696,6 +784,12 @@ impl<C: Crypto> Membership<C> {
         }
     }
 
+    /// The QUIC address `origin`'s node record gives, if one is held.
+    fn node_addr(&self, origin: &str) -> Option<SocketAddr> {
+        let o = self.records.get(origin)?;
+        o.node.as_ref().map(|n| n.quic_addr)
+    }
+
     /// Applies one record; `false` if the sender is now quarantined.
     fn handle_record(
         &mut self,
@@ -704,8 +798,9 @@ impl<C: Crypto> Membership<C> {
         now: Instant,
         wall_ms: u64,
     ) -> bool {
-        let origin = record.origin.clone();
-        let copy = record.clone();
+        let (origin, key) = (record.origin.clone(), record.key.clone());
+        let node_record = key == NODE_KEY;
+        let addr_before = node_record.then(|| self.node_addr(&origin)).flatten();
         let judge = Judge {
             cluster: &self.config.cluster,
             self_name: &self.config.name,
@@ -718,7 +813,18 @@ impl<C: Crypto> Membership<C> {
         match self.records.apply(record, &judge) {
             Ok(Applied::Stale) => true,
             Ok(Applied::Changed { new_generation }) => {
-                self.on_new_record(copy, new_generation, now, wall_ms);
+                // The overlay depends on who is up and where: a re-signed node
+                // record at the same address leaves it as it is.
+                if new_generation || (node_record && self.node_addr(&origin) != addr_before) {
+                    self.topology_changed();
+                }
+                if new_generation {
+                    self.learned_round = self.round;
+                }
+                let stored = self.records.get(&origin).and_then(|o| o.records.get(&key));
+                if let Some(record) = stored.cloned() {
+                    self.on_new_record(record, new_generation, now, wall_ms);
+                }
                 true
             }
             Err(reason) => self.on_refusal(reason, from, origin, now),
@@ -734,9 +840,6 @@ impl<C: Crypto> Membership<C> {
     ) {
         let origin = record.origin.clone();
         self.heard.insert(origin.clone(), now);
-        if new_generation || record.key == NODE_KEY {
-            self.topology_changed();
-        }
         if new_generation {
             self.liveness.forget(&origin);
             self.events.push_back(Event::Joined {
@@ -894,10 +997,15 @@ impl<C: Crypto> Membership<C> {
     /// Tells the state machine that `peer` could not be reached (a dial or a
     /// write failed): a pending probe of it fails at once.
     pub fn peer_unreachable(&mut self, peer: &str, now: Instant, wall_ms: u64) {
-        if self.probe.as_ref().is_some_and(|p| p.target == peer) {
-            self.probe = None;
-            self.accuse(peer, now, wall_ms);
+        let wait = self.stage_wait();
+        let Some(p) = self.probe.as_mut().filter(|p| p.target == peer) else {
+            return;
+        };
+        if p.stage == super::probe::Stage::Indirect {
+            return;
         }
+        p.skip_to_indirect(now, wait);
+        self.ask_intermediaries(now, wall_ms);
     }
 
     // ------------------------------------------------------------------
@@ -926,32 +1034,7 @@ impl<C: Crypto> Membership<C> {
             // about its peers.
             self.worse_local_health();
         }
-        if let Some(p) = self.probe.as_mut()
-            && now >= p.deadline
-            && !p.retried
-        {
-            p.retried = true;
-            p.deadline = now + self.config.timing.probe_timeout / 2 * (1 + self.local_health);
-            let (to, nonce) = (
-                Peer {
-                    name: p.target.clone(),
-                    addr: p.addr,
-                },
-                p.nonce,
-            );
-            self.send(Destination::Member(to), Body::Ping(nonce));
-        }
-        if let Some(p) = &self.probe
-            && now >= p.deadline
-        {
-            let (target, nonce) = (p.target.clone(), p.nonce);
-            self.probe = None;
-            if self.timed_out.len() >= TIMED_OUT_REMEMBERED {
-                self.timed_out.pop_front();
-            }
-            self.timed_out.push_back((target.clone(), nonce));
-            self.accuse(&target, now, wall_ms);
-        }
+        self.advance_probe(now, wall_ms);
         for t in self.liveness.tick(now, &self.config.timing) {
             if let Transition::Died { name, accusers, .. } = t {
                 self.topology_changed();
@@ -963,6 +1046,64 @@ impl<C: Crypto> Membership<C> {
         if due {
             self.next_round = Some(now + self.config.timing.interval);
             self.round(now, wall_ms);
+        }
+    }
+
+    /// How long each stage of a probe after the first waits: half a probe
+    /// timeout, stretched by the local health.
+    fn stage_wait(&self) -> Duration {
+        self.config.timing.probe_timeout / 2 * (1 + self.local_health)
+    }
+
+    /// Moves this node's probe on if its stage timed out: a retry, then
+    /// indirect probes, then an accusation.
+    fn advance_probe(&mut self, now: Instant, wall_ms: u64) {
+        let wait = self.stage_wait();
+        let Some(p) = self.probe.as_mut().filter(|p| now >= p.deadline) else {
+            return;
+        };
+        match p.advance(now, wait) {
+            Next::Retry => {
+                let (to, nonce) = (p.peer(), p.nonce);
+                self.send(Destination::Member(to), Body::Ping(nonce));
+            }
+            Next::Indirect => self.ask_intermediaries(now, wall_ms),
+            Next::Accuse => {
+                let (target, nonce) = (p.target.clone(), p.nonce);
+                self.probe = None;
+                if self.timed_out.len() >= TIMED_OUT_REMEMBERED {
+                    self.timed_out.pop_front();
+                }
+                self.timed_out.push_back((target.clone(), nonce));
+                self.accuse(&target, now, wall_ms);
+            }
+        }
+    }
+
+    /// Asks up to [`INDIRECT_PROBES`] other neighbours to ping the probe's
+    /// target; with none to ask, accuses at once.
+    fn ask_intermediaries(&mut self, now: Instant, wall_ms: u64) {
+        let Some((target, nonce)) = self.probe.as_ref().map(|p| (p.target.clone(), p.nonce)) else {
+            return;
+        };
+        let mut others: Vec<Peer> = self
+            .neighbours()
+            .into_iter()
+            .filter(|n| n.name != target)
+            .collect();
+        if others.is_empty() {
+            self.probe = None;
+            self.accuse(&target, now, wall_ms);
+            return;
+        }
+        for _ in 0..INDIRECT_PROBES.min(others.len()) {
+            let i = (self.random() % others.len() as u64) as usize;
+            let via = others.swap_remove(i);
+            let req = PingReq {
+                nonce,
+                target: target.clone(),
+            };
+            self.send(Destination::Member(via), Body::PingReq(req));
         }
     }
 
@@ -999,16 +1140,14 @@ impl<C: Crypto> Membership<C> {
 
     /// Members other than this node believed dead, not yet forgotten.
     fn dead_peers(&self) -> Vec<Peer> {
-        self.records
-            .origins()
-            .filter(|o| o.name != self.config.name)
-            .filter(|o| {
-                !self
-                    .liveness
-                    .health(&o.name, o.generation, &self.config.timing)
-                    .is_up()
-            })
-            .filter_map(|o| {
+        self.liveness
+            .dead()
+            .filter(|(name, _)| *name != self.config.name)
+            .filter_map(|(name, generation)| {
+                let o = self
+                    .records
+                    .get(name)
+                    .filter(|o| o.generation == generation)?;
                 o.node.as_ref().map(|n| Peer {
                     name: o.name.clone(),
                     addr: n.quic_addr,
@@ -1035,6 +1174,14 @@ impl<C: Crypto> Membership<C> {
         // every answer: it keeps its first neighbours until the next refresh
         // rather than talk to a new set each round.
         let young = epoch == 0 && !self.neighbours.is_empty();
+        // Nor does it choose its first ones while its view still grows (a
+        // joiner pulls the whole state in a round or two; neighbours chosen
+        // from its first answer would all be replaced), unless the whole mesh
+        // is starting and views grow for longer.
+        let growing = self.learned_round + 1 >= self.round;
+        if self.neighbours.is_empty() && growing && self.round <= FIRST_CHOICE_ROUNDS {
+            return Vec::new();
+        }
         let stale = match self.neighbours_of {
             None => true,
             Some((round, topology, at_epoch)) => {
@@ -1090,13 +1237,8 @@ impl<C: Crypto> Membership<C> {
             }
         };
         let nonce = self.random();
-        self.probe = Some(Probe {
-            target: target.name.clone(),
-            addr: target.addr,
-            nonce,
-            deadline: now + self.config.timing.probe_timeout * (1 + self.local_health),
-            retried: false,
-        });
+        let wait = self.config.timing.probe_timeout * (1 + self.local_health);
+        self.probe = Some(Probe::new(&target, nonce, now, wait));
         self.send(Destination::Member(target), Body::Ping(nonce));
     }
 
@@ -1194,12 +1336,12 @@ impl<C: Crypto> Membership<C> {
             }
         }
         let members = self.records.len().max(1) as u64;
-        if up.is_empty() || (wider && self.random().is_multiple_of(members)) {
-            // A seed while this node knows no live member; else rarely (about
-            // one wider exchange in the whole mesh at a time), so that sides
-            // of a partition longer than `dead_grace`, which forgot each other,
-            // still meet again, while the seeds do not end up talking to the
-            // whole mesh.
+        if up.is_empty() || (wider && self.random().is_multiple_of(members * SEED_SYNC_RARITY)) {
+            // A seed while this node knows no live member; else rarely (one
+            // exchange with a seed in the whole mesh every SEED_SYNC_RARITY
+            // wider rounds), so that sides of a partition longer than
+            // `dead_grace`, which forgot each other, still meet again, while
+            // the seeds keep few more connections than anyone else.
             let seeds = self.seeds.clone();
             if let Some(s) = self.pick(&seeds) {
                 targets.push(Destination::Seed(s));

@@ -270,6 +270,49 @@ pub enum Body {
     Sync(Digest),
     /// Items pushed (new changes) or answering a digest.
     Items(Items),
+    /// SWIM's indirect probe: "my pings of `target` went unanswered; ping it
+    /// for me". The receiver pings the member by name, at the address it holds
+    /// (never one the requester gives), with [`Body::IndirectPing`].
+    PingReq(PingReq),
+    /// A ping on behalf of `requester`, answered with a signed
+    /// [`Body::IndirectAck`] to the intermediary.
+    IndirectPing(IndirectPing),
+    /// The target's signed answer to an indirect ping, relayed unchanged by the
+    /// intermediary to the requester, who checks the target's signature: an
+    /// intermediary cannot vouch for a dead node.
+    IndirectAck(IndirectAck),
+}
+
+/// See [`Body::PingReq`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PingReq {
+    /// The requester's probe nonce.
+    pub nonce: u64,
+    /// The member to ping.
+    pub target: String,
+}
+
+/// See [`Body::IndirectPing`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct IndirectPing {
+    /// The requester's probe nonce.
+    pub nonce: u64,
+    /// Who asked for the ping.
+    pub requester: String,
+}
+
+/// See [`Body::IndirectAck`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct IndirectAck {
+    /// The requester's probe nonce.
+    pub nonce: u64,
+    /// Who asked for the ping.
+    pub requester: String,
+    /// The member that answered (and signed).
+    pub target: String,
+    /// The target's signature over
+    /// [`super::signing::indirect_ack_payload`].
+    pub signature: Vec<u8>,
 }
 
 /// One gossip message.
@@ -362,6 +405,17 @@ impl Frame for GossipMessage {
             Body::SyncHash(h) => h.range.validate(),
             Body::Sync(d) => d.validate(),
             Body::Items(items) => items.validate(),
+            Body::PingReq(r) => Ok(validate_name("ping-req target", &r.target)?),
+            Body::IndirectPing(p) => Ok(validate_name("indirect ping requester", &p.requester)?),
+            Body::IndirectAck(a) => {
+                validate_name("indirect ack requester", &a.requester)?;
+                validate_name("indirect ack target", &a.target)?;
+                too_long(
+                    "indirect ack signature",
+                    a.signature.len(),
+                    MAX_SIGNATURE_LEN,
+                )
+            }
         }
     }
 }
