@@ -135,7 +135,13 @@ struct Slot {
     /// The node name in the pooled connection's peer certificate.
     peer: Option<String>,
     last_used: Option<Instant>,
+    /// When this node dialled the connection (`None` if it was accepted).
+    dialled_at: Option<Instant>,
 }
+
+/// Two nodes whose connections to each other were both established within this
+/// long dialled each other at once (see `MeshEndpoint::adopt`).
+const DIAL_RACE: Duration = Duration::from_secs(5);
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 
@@ -173,6 +179,7 @@ struct Tracked {
     peer_cert: rustls::pki_types::CertificateDer<'static>,
     peer_not_after: i64,
     pooled_as: Option<(SocketAddr, Use)>,
+    gossip: bool,
 }
 
 /// Bidirectional (tunnel) streams a peer may open at first on a connection this
@@ -317,6 +324,7 @@ impl MeshEndpoint {
         slot.peer = peer;
         slot.conn = Some(conn.clone());
         slot.last_used = Some(Instant::now());
+        slot.dialled_at = slot.last_used;
         Ok(conn)
     }
 
@@ -338,7 +346,7 @@ impl MeshEndpoint {
             Ok(Ok(conn)) => conn,
         };
         self.metrics.connections_opened.inc();
-        self.track(&conn, Some((addr, use_)));
+        self.track(&conn, Some((addr, use_)), use_ == Use::Gossip);
         if use_ == Use::Gossip
             && let Some(tx) = self.gossip_inbound.get()
             && let Some(peer) = tls::peer_identity(conn.peer_identity())
@@ -365,7 +373,7 @@ impl MeshEndpoint {
         Ok(quinn::ClientConfig::new(Arc::new(quic)))
     }
 
-    fn track(&self, conn: &Connection, pooled_as: Option<(SocketAddr, Use)>) {
+    fn track(&self, conn: &Connection, pooled_as: Option<(SocketAddr, Use)>, gossip: bool) {
         let Some(peer_cert) = tls::peer_cert(conn.peer_identity()) else {
             return;
         };
@@ -379,6 +387,7 @@ impl MeshEndpoint {
             peer_cert,
             peer_not_after,
             pooled_as,
+            gossip,
         });
     }
 
@@ -472,26 +481,59 @@ impl MeshEndpoint {
     }
 
     /// Puts an accepted connection in the pool for outbound use, unless the pool
-    /// already holds a live one for that peer.
-    fn adopt(&self, addr: SocketAddr, use_: Use, conn: &Connection) {
+    /// already holds a live one for that peer. If that one was dialled within
+    /// [`DIAL_RACE`] (both nodes dialled each other at once), keeps the one the
+    /// node with the smaller name dialled and closes the other.
+    async fn adopt(self: Arc<Self>, addr: SocketAddr, use_: Use, conn: Connection) {
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.entry((addr, use_)).or_default().clone()
         };
-        if let Ok(mut slot) = slot.try_lock()
-            && slot
-                .conn
-                .as_ref()
-                .is_none_or(|c| c.close_reason().is_some())
-        {
-            slot.peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
-            slot.conn = Some(conn.clone());
+        // Waits for a dial of this peer in progress: its connection and this one
+        // must not both stay open.
+        let mut slot = slot.lock().await;
+        let peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
+        let held = slot.conn.clone().filter(|c| c.close_reason().is_none());
+        let Some(mine) = held else {
+            slot.peer = peer;
+            slot.conn = Some(conn);
             slot.last_used = Some(Instant::now());
+            slot.dialled_at = None;
+            return;
+        };
+        let race = slot.dialled_at.is_some_and(|t| t.elapsed() < DIAL_RACE);
+        if mine.stable_id() == conn.stable_id() || !race {
+            // An older connection of this node's stays in the pool; the peer's
+            // new one (after it renewed its certificate, say) stays open for
+            // the peer's use and closes once unused.
+            return;
+        }
+        // Both nodes dialled each other at once: one connection per pair is
+        // kept, the one the node with the smaller name dialled. Both sides
+        // decide alike, so both close the same one.
+        let me = self.tls.identity().node_name.clone();
+        if peer.as_deref().is_some_and(|p| p < me.as_str()) {
+            slot.peer = peer;
+            slot.conn = Some(conn);
+            slot.last_used = Some(Instant::now());
+            slot.dialled_at = None;
+            mine.close(VarInt::from_u32(0), b"duplicate");
+        } else {
+            conn.close(VarInt::from_u32(0), b"duplicate");
         }
     }
 
+    /// Open QUIC connections carrying gossip, dialled or accepted.
+    pub fn gossip_connections(&self) -> usize {
+        let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        tracked
+            .iter()
+            .filter(|t| t.gossip && t.conn.close_reason().is_none())
+            .count()
+    }
+
     /// Closes pooled connections unused for their use's [`Use::pool_idle`]
-    /// (run periodically).
+    /// (run periodically), and updates `shoal_gossip_connections`.
     pub fn reap_idle(&self) {
         let slots: Vec<((SocketAddr, Use), SlotRef)> = {
             let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -516,6 +558,8 @@ impl MeshEndpoint {
                 pool.remove(&key);
             }
         }
+        let open = i64::try_from(self.gossip_connections()).unwrap_or(i64::MAX);
+        self.metrics.gossip_connections.set(open);
     }
 
     /// Where the gossip streams of connections this endpoint dials are read (see
@@ -557,12 +601,16 @@ impl MeshEndpoint {
                     return;
                 };
                 me.metrics.connections_accepted.inc();
-                me.track(&conn, None);
+                me.track(&conn, None, alpn.as_deref() == Some(ALPN_GOSSIP));
                 let target = match alpn.as_deref() {
                     Some(a) if a == ALPN_GOSSIP => {
                         // One connection per pair of nodes: gossip to this peer
                         // reuses the connection it opened.
-                        me.adopt(conn.remote_address(), Use::Gossip, &conn);
+                        tokio::spawn(me.clone().adopt(
+                            conn.remote_address(),
+                            Use::Gossip,
+                            conn.clone(),
+                        ));
                         refuse_streams(&conn, false);
                         gossip
                     }

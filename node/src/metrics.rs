@@ -183,6 +183,8 @@ pub struct Metrics {
     pub gossip_state_bytes: Gauge,
     /// The membership protocol's local health multiplier (0: healthy).
     pub gossip_local_health: Gauge,
+    /// Open QUIC connections carrying gossip (dialled or accepted).
+    pub gossip_connections: Gauge,
     /// Long-running tasks restarted after they ended unexpectedly, by task.
     pub task_restarts: Family<TaskLabels, Counter>,
     /// Peers refused during the TLS handshake, by reason.
@@ -548,6 +550,7 @@ impl Metrics {
             gossip_quarantines: membership.quarantines,
             gossip_state_bytes: membership.state_bytes,
             gossip_local_health: membership.local_health,
+            gossip_connections: membership.connections,
             route_documents_expired: membership.documents_expired,
             task_restarts: membership.task_restarts,
         }
@@ -619,6 +622,7 @@ struct MembershipFamilies {
     quarantines: Counter,
     state_bytes: Gauge,
     local_health: Gauge,
+    connections: Gauge,
     documents_expired: Gauge,
     task_restarts: Family<TaskLabels, Counter>,
 }
@@ -631,6 +635,7 @@ fn register_membership(registry: &mut Registry) -> MembershipFamilies {
         quarantines: Counter::default(),
         state_bytes: Gauge::default(),
         local_health: Gauge::default(),
+        connections: Gauge::default(),
         documents_expired: Gauge::default(),
         task_restarts: Family::default(),
     };
@@ -668,6 +673,11 @@ fn register_membership(registry: &mut Registry) -> MembershipFamilies {
         "gossip_local_health",
         "Lifeguard's local health multiplier: 0 when healthy, up to 8 when this node wakes late (CPU starvation) or is accused (its probes then wait longer)",
         f.local_health.clone(),
+    );
+    registry.register(
+        "gossip_connections",
+        "Open QUIC connections carrying gossip, dialled or accepted: about one per overlay neighbour (at most 8), plus the members reached in the last 15 s",
+        f.connections.clone(),
     );
     registry.register(
         "task_restarts",

@@ -498,3 +498,48 @@ async fn the_peer_answers_over_the_gossip_connection_this_node_dialled() {
     let got = stream.read_to_end(64).await.unwrap();
     assert_eq!(got, b"synack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
+    // 20 real nodes joining through one seed: at first every node talks to the
+    // seed, which then holds a connection to each (19). Once the overlay has
+    // settled, each node keeps about one connection per neighbour (at most 8,
+    // a few more while views differ) and the seed's others close when unused
+    // (15 s). All pairs would be 19.
+    let pki = Pki::new("mesh.test");
+    let seed = TestNode::start(&pki, NodeSpec::new("n00")).await;
+    let mut nodes = vec![];
+    for i in 1..20 {
+        let spec = NodeSpec::new(&format!("n{i:02}")).seed(&seed);
+        nodes.push(TestNode::start(&pki, spec).await);
+    }
+    nodes.insert(0, seed);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    converge(&all).await;
+    let counts = || async {
+        let mut counts = vec![];
+        for n in &nodes {
+            counts.push(n.metric("shoal_gossip_connections").await);
+        }
+        counts
+    };
+    // The gauge is refreshed every 2 s by the node's housekeeping.
+    shoal_tests::eventually("every node has counted its gossip connections", || async {
+        counts().await.iter().all(|c| *c >= 1.0)
+    })
+    .await;
+    shoal_tests::eventually_within(
+        "every node holds at most 14 gossip connections",
+        std::time::Duration::from_secs(60),
+        || async { counts().await.iter().all(|c| *c <= 14.0) },
+    )
+    .await;
+    // And it stays so while gossip goes on (all pairs would climb back to 19).
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let now = counts().await;
+    assert!(now.iter().all(|c| (1.0..=14.0).contains(c)), "{now:?}");
+    // Not vacuous: the seed did connect with every other node.
+    let seed_connections = nodes[0].metric("shoal_quic_connections_accepted").await
+        + nodes[0].metric("shoal_quic_connections_opened").await;
+    assert!(seed_connections >= 19.0, "the seed met {seed_connections}");
+}
