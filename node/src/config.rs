@@ -79,6 +79,12 @@ pub const MAX_STATE_BYTES_RANGE: std::ops::RangeInclusive<usize> = (1 << 20)..=(
 pub const DEFAULT_MAX_DOCUMENTS: usize = mesh_proto::membership::config::DEFAULT_MAX_DOCUMENTS;
 /// Accepted range of `gossip.max_documents`.
 pub const MAX_DOCUMENTS_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
+/// Default `gossip.rings`: each node gossips with at most twice as many
+/// neighbours.
+pub const DEFAULT_RINGS: usize = mesh_proto::membership::overlay::DEFAULT_RINGS;
+/// Accepted range of `gossip.rings`.
+pub const RINGS_RANGE: std::ops::RangeInclusive<usize> =
+    1..=mesh_proto::membership::overlay::MAX_RINGS;
 /// `[gossip]` settings of the chitchat-based membership that no longer exist,
 /// with what replaces each.
 pub const REMOVED_GOSSIP_FIELDS: [(&str, &str); 5] = [
@@ -363,6 +369,10 @@ pub struct RawGossip {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_clock_skew: Option<Duration>,
+    /// `rings`: rings of the overlay; each node gossips with at most twice as
+    /// many neighbours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rings: Option<usize>,
     /// `max_members`: most members held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_members: Option<usize>,
@@ -860,6 +870,9 @@ pub struct GossipConfig {
     /// How far members' clocks may differ.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// Rings of the overlay: each node gossips with at most `2 × rings`
+    /// neighbours.
+    pub rings: usize,
     /// Most members held.
     pub max_members: usize,
     /// Most service records one member may publish.
@@ -880,6 +893,7 @@ impl GossipConfig {
             suspicion_timeout_min: interval * SUSPICION_TIMEOUT_MIN_INTERVALS,
             dead_node_grace: DEFAULT_DEAD_NODE_GRACE,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            rings: DEFAULT_RINGS,
             max_members: DEFAULT_MAX_MEMBERS,
             max_services_per_member: DEFAULT_MAX_SERVICES_PER_MEMBER,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
@@ -895,6 +909,7 @@ impl GossipConfig {
         t.suspicion_min = self.suspicion_timeout_min;
         t.dead_grace = self.dead_node_grace;
         t.max_clock_skew = self.max_clock_skew;
+        t.rings = self.rings;
         t
     }
 
@@ -1806,6 +1821,7 @@ impl Validator {
             suspicion_timeout_min,
             dead_node_grace,
             max_clock_skew,
+            rings: self.count_in("gossip.rings", raw.rings, DEFAULT_RINGS, &RINGS_RANGE),
             max_members: self.count_in(
                 "gossip.max_members",
                 raw.max_members,

@@ -141,6 +141,7 @@ suspicion_timeout = "4s"
 suspicion_timeout_min = "1s"
 dead_node_grace = "10m"
 max_clock_skew = "30s"
+rings = 3
 max_members = 5000
 max_services_per_member = 8
 max_state_bytes = 16777216
@@ -222,6 +223,7 @@ kind = "none"
     assert_eq!(t.suspicion_min, Duration::from_secs(1));
     assert_eq!(t.dead_grace, Duration::from_secs(600));
     assert_eq!(t.max_clock_skew, Duration::from_secs(30));
+    assert_eq!((g.rings, t.rings), (3, 3));
     let l = g.limits();
     assert_eq!((l.max_members, l.max_documents), (5000, 50));
 
@@ -278,6 +280,7 @@ address = "127.0.0.1:6379"
     assert_eq!(g.suspicion_timeout_min, Duration::from_millis(1500));
     assert_eq!(g.dead_node_grace, Duration::from_secs(300));
     assert_eq!(g.max_clock_skew, Duration::from_secs(60));
+    assert_eq!(g.rings, 4);
     assert_eq!(g.max_members, 16_384);
     assert_eq!(g.max_services_per_member, 64);
     assert_eq!(g.max_state_bytes, 64 << 20);
@@ -958,6 +961,10 @@ fn gossip_rules() {
     assert_error(&e, "gossip.max_documents", &["between 1 and 100000"]);
     assert_error(&e, "gossip.dead_node_grace", &["at least 1s"]);
     assert_error(&e, "gossip.max_clock_skew", &["out of range"]);
+    let e = f.errors(&minimal_with("[gossip]\nrings = 0"));
+    assert_error(&e, "gossip.rings", &["between 1 and 8"]);
+    let e = f.errors(&minimal_with("[gossip]\nrings = 9"));
+    assert_error(&e, "gossip.rings", &["between 1 and 8"]);
     let e = f.errors(&minimal_with(
         "[gossip]\ninterval = \"1s\"\nprobe_timeout = \"500ms\"",
     ));
