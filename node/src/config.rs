@@ -1821,6 +1821,14 @@ impl Validator {
             suspicion_timeout_min,
             dead_node_grace,
             max_clock_skew,
+            ..self.gossip_caps(raw)
+        }
+    }
+
+    /// The `[gossip]` caps and overlay size, each within its range; the timing
+    /// fields are left at their defaults for [`Validator::gossip`] to fill.
+    fn gossip_caps(&mut self, raw: &RawGossip) -> GossipConfig {
+        GossipConfig {
             rings: self.count_in("gossip.rings", raw.rings, DEFAULT_RINGS, &RINGS_RANGE),
             max_members: self.count_in(
                 "gossip.max_members",
@@ -1846,6 +1854,7 @@ impl Validator {
                 DEFAULT_MAX_DOCUMENTS,
                 &MAX_DOCUMENTS_RANGE,
             ),
+            ..GossipConfig::with_interval(DEFAULT_GOSSIP_INTERVAL)
         }
     }
 

@@ -652,6 +652,16 @@ impl<C: Crypto> Membership<C> {
         self.send(Destination::Member(to), Body::IndirectPing(ping));
     }
 
+    /// Signs `payload` with this node's key; if the key cannot sign, reports
+    /// [`Event::SigningFailed`] for `what` and returns `None`.
+    fn sign_or_report(&mut self, payload: &[u8], what: impl FnOnce() -> String) -> Option<Vec<u8>> {
+        let signature = self.crypto.sign(payload);
+        if signature.is_none() {
+            self.events.push_back(Event::SigningFailed { key: what() });
+        }
+        signature
+    }
+
     /// Pinged on behalf of another member: answered with a signed ack, within
     /// this round's budget (each answer costs a signature).
     fn handle_indirect_ping(&mut self, from: Peer, ping: IndirectPing) {
@@ -665,13 +675,8 @@ impl<C: Crypto> Membership<C> {
             target: self.config.name.clone(),
             signature: Vec::new(),
         };
-        let Some(signature) = self
-            .crypto
-            .sign(&indirect_ack_payload(&self.config.cluster, &ack))
-        else {
-            self.events.push_back(Event::SigningFailed {
-                key: "indirect ack".to_string(),
-            });
+        let payload = indirect_ack_payload(&self.config.cluster, &ack);
+        let Some(signature) = self.sign_or_report(&payload, || "indirect ack".to_string()) else {
             return;
         };
         ack.signature = signature;
@@ -1269,13 +1274,8 @@ impl<C: Crypto> Membership<C> {
             issued_at_ms: wall_ms,
             signature: Vec::new(),
         };
-        let Some(sig) = self
-            .crypto
-            .sign(&suspicion_payload(&self.config.cluster, &s))
-        else {
-            self.events.push_back(Event::SigningFailed {
-                key: format!("suspicion of {target}"),
-            });
+        let payload = suspicion_payload(&self.config.cluster, &s);
+        let Some(sig) = self.sign_or_report(&payload, || format!("suspicion of {target}")) else {
             return;
         };
         s.signature = sig;
