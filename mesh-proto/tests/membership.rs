@@ -183,15 +183,72 @@ fn a_node_that_is_accused_trusts_itself_less_then_recovers() {
 #[test]
 fn a_node_cut_off_accuses_every_other_member_promptly() {
     // Unanswered probes alone do not make a node doubt itself: cut off, it
-    // accuses each member in turn, one probe timeout apart.
+    // accuses every member, its probes overlapping (a new one each round,
+    // three at once), so four unreachable neighbours take less than two probe
+    // cycles (each 0.8 s here: a timeout, a retry, indirect probes).
     let mut net = mesh(5);
     net.partition(&["n1"]);
     let others = ["n2", "n3", "n4", "n5"];
-    assert!(net.run_until(Duration::from_secs(4), |n| {
+    assert!(net.run_until(Duration::from_millis(1600), |n| {
         others
             .iter()
             .all(|o| n.health_seen("n1", o) != Some("alive"))
     }));
+}
+
+#[test]
+fn a_neighbour_that_fails_its_probe_is_replaced_before_its_suspicion_ends() {
+    // n1's neighbour dies: once n1's probe of it has gone unanswered through
+    // every stage, the next member on that ring takes its place within a
+    // round, while the dead one is still only a suspect.
+    let mut net = mesh(20);
+    let gone = net.node_mut("n1").unwrap().membership.neighbour_names()[0].clone();
+    net.kill(&gone);
+    let accused_by_n1 = |n: &Network| {
+        n.node("n1").unwrap().events.iter().any(|(_, e)| {
+            matches!(e, Event::Accused { target, accuser } if *target == gone && accuser == "n1")
+        })
+    };
+    assert!(net.run_until(Duration::from_secs(5), accused_by_n1));
+    // Neighbours are computed again at most once a round.
+    net.run_for(INTERVAL * 2);
+    assert_eq!(net.health_seen("n1", &gone), Some("suspect"));
+    let now = net.node_mut("n1").unwrap().membership.neighbour_names();
+    assert!(!now.contains(&gone), "{gone} is still among {now:?}");
+    assert!(!now.is_empty());
+}
+
+#[test]
+fn a_cut_off_minority_finds_its_own_side_and_sees_the_rest_dead() {
+    // A tenth of the mesh is cut off. Its members start with neighbours on the
+    // far side; each unreachable one is replaced by the next on its ring, so
+    // they find each other, flood their accusations among themselves and see
+    // every member across the cut dead, as the majority sees them.
+    let mut net = mesh(40);
+    let side = ["n1", "n2", "n3", "n4"];
+    net.partition(&side);
+    let far: Vec<String> = net
+        .names()
+        .into_iter()
+        .filter(|n| !side.contains(&n.as_str()))
+        .collect();
+    assert!(
+        net.run_until(Duration::from_secs(60), |n| {
+            side.iter()
+                .all(|s| far.iter().all(|f| n.health_seen(s, f) == Some("dead")))
+                && far
+                    .iter()
+                    .all(|f| side.iter().all(|s| n.health_seen(f, s) == Some("dead")))
+        }),
+        "the sides do not see each other dead"
+    );
+    for s in side {
+        let neighbours = net.node_mut(s).unwrap().membership.neighbour_names();
+        assert!(
+            neighbours.iter().all(|n| side.contains(&n.as_str())),
+            "{s} still talks to {neighbours:?} across the cut"
+        );
+    }
 }
 
 #[test]

@@ -152,6 +152,13 @@ impl Liveness {
             .map(|(name, t)| (name.as_str(), t.generation))
     }
 
+    /// Whether `accuser` holds an accusation of `name`.
+    pub fn is_accused_by(&self, name: &str, accuser: &str) -> bool {
+        self.targets
+            .get(name)
+            .is_some_and(|t| t.accusations.contains_key(accuser))
+    }
+
     /// The accusers of `name`, if accused.
     pub fn accusers(&self, name: &str) -> Vec<String> {
         self.targets

@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 use super::state::Peer;
 use super::wire::IndirectAck;
 
+/// Probes of different neighbours this node runs at once. A new one starts
+/// every round while fewer are pending: in a healthy mesh each ends within a
+/// round, so this changes nothing; when a partition leaves most neighbours
+/// unreachable, their probes overlap instead of queueing one after another.
+pub const MAX_PROBES: usize = 3;
 /// Intermediaries asked for an indirect probe (SWIM's `k`).
 pub const INDIRECT_PROBES: usize = 3;
 /// Most indirect pings this node relays at once, for all requesters.

@@ -32,7 +32,7 @@ use super::broadcast::TransmitQueue;
 use super::config::Config;
 use super::documents::{DocumentApplied, DocumentRefusal, DocumentStore};
 use super::liveness::{Accepted, Health, Liveness, Transition, millis};
-use super::probe::{AckBudget, INDIRECT_PROBES, Next, Probe, Relays};
+use super::probe::{AckBudget, INDIRECT_PROBES, MAX_PROBES, Next, Probe, Relays};
 use super::records::{Applied, Judge, RecordStore};
 use super::refusal::Refusal;
 use super::signing::{Crypto, indirect_ack_payload, record_payload, suspicion_payload};
@@ -59,6 +59,8 @@ const RELAY_FLOODS: u32 = 1;
 /// Items signed longer ago than this are not flooded on when they arrive: they
 /// are old state a node is catching up on (by anti-entropy), not news.
 pub const FLOOD_FRESHNESS: Duration = Duration::from_secs(10);
+/// Unreachable members waiting for accusation budget, at most.
+const MAX_DEFERRED_ACCUSATIONS: usize = 64;
 /// Rounds after which the neighbours are computed again even if the membership
 /// seems unchanged.
 const NEIGHBOURS_REFRESH_ROUNDS: u64 = 16;
@@ -232,7 +234,7 @@ pub struct Membership<C: Crypto> {
     catching_up: bool,
     local_health: u32,
     timed_out: VecDeque<(String, u64)>,
-    probe: Option<Probe>,
+    probes: Vec<Probe>,
     relays: Relays,
     ack_budget: AckBudget,
     probe_order: Vec<String>,
@@ -244,6 +246,13 @@ pub struct Membership<C: Crypto> {
 
     sync_cursor: String,
     heard: HashMap<String, Instant>,
+    /// Members whose probe from here went unanswered through every stage,
+    /// until when they stay out of this node's neighbours: as long as an
+    /// accusation stays valid ([`Timing::suspicion_ttl`]), or until they are
+    /// heard from (a healed path brings their probes).
+    unreachable: HashMap<String, Instant>,
+    /// Unreachable members not yet accused for want of budget, oldest first.
+    deferred: VecDeque<String>,
     quarantine: HashMap<String, Instant>,
     sync_answered: HashMap<(String, bool), Instant>,
     own_version: u64,
@@ -279,7 +288,7 @@ impl<C: Crypto> Membership<C> {
             catching_up: false,
             local_health: 0,
             timed_out: VecDeque::new(),
-            probe: None,
+            probes: Vec::new(),
             relays: Relays::default(),
             ack_budget: AckBudget::default(),
             probe_order: Vec::new(),
@@ -290,6 +299,8 @@ impl<C: Crypto> Membership<C> {
 
             sync_cursor: String::new(),
             heard: HashMap::new(),
+            unreachable: HashMap::new(),
+            deferred: VecDeque::new(),
             quarantine: HashMap::new(),
             sync_answered: HashMap::new(),
             own_version: 0,
@@ -555,6 +566,7 @@ impl<C: Crypto> Membership<C> {
         self.relays.forget(name);
         self.queue.forget_origin(name);
         self.heard.remove(name);
+        self.unreachable.remove(name);
         self.events.push_back(Event::Forgotten {
             name: name.to_string(),
         });
@@ -594,15 +606,18 @@ impl<C: Crypto> Membership<C> {
             return;
         }
         self.heard.insert(from.name.clone(), now);
+        if self.unreachable.remove(&from.name).is_some() {
+            self.topology_changed();
+        }
         match msg.body {
             Body::Ping(nonce) => self.send(Destination::Member(from), Body::Ack(nonce)),
             Body::Ack(nonce) => {
-                if self
-                    .probe
-                    .as_ref()
-                    .is_some_and(|p| p.target == from.name && p.nonce == nonce)
+                if let Some(i) = self
+                    .probes
+                    .iter()
+                    .position(|p| p.target == from.name && p.nonce == nonce)
                 {
-                    self.probe = None;
+                    self.probes.swap_remove(i);
                     self.local_health = self.local_health.saturating_sub(1);
                 } else if let Some(i) = self
                     .timed_out
@@ -701,8 +716,8 @@ impl<C: Crypto> Membership<C> {
             return;
         }
         let me = self.config.name.as_str();
-        if self.probe.as_ref().is_some_and(|p| p.answered_by(&ack, me)) {
-            self.probe = None;
+        if let Some(i) = self.probes.iter().position(|p| p.answered_by(&ack, me)) {
+            self.probes.swap_remove(i);
         } else if let Some(requester) = self.relays.take(&ack, &from.name, now) {
             self.send(Destination::Member(requester), Body::IndirectAck(ack));
         }
@@ -1003,14 +1018,15 @@ impl<C: Crypto> Membership<C> {
     /// write failed): a pending probe of it fails at once.
     pub fn peer_unreachable(&mut self, peer: &str, now: Instant, wall_ms: u64) {
         let wait = self.stage_wait();
-        let Some(p) = self.probe.as_mut().filter(|p| p.target == peer) else {
+        let Some(p) = self.probes.iter_mut().find(|p| p.target == peer) else {
             return;
         };
         if p.stage == super::probe::Stage::Indirect {
             return;
         }
         p.skip_to_indirect(now, wait);
-        self.ask_intermediaries(now, wall_ms);
+        let (target, nonce) = (p.target.clone(), p.nonce);
+        self.ask_intermediaries(&target, nonce, now, wall_ms);
     }
 
     // ------------------------------------------------------------------
@@ -1021,7 +1037,7 @@ impl<C: Crypto> Membership<C> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.next_round,
-            self.probe.as_ref().map(|p| p.deadline),
+            self.probes.iter().map(|p| p.deadline).min(),
             self.liveness.next_deadline(&self.config.timing),
         ]
         .into_iter()
@@ -1039,7 +1055,7 @@ impl<C: Crypto> Membership<C> {
             // about its peers.
             self.worse_local_health();
         }
-        self.advance_probe(now, wall_ms);
+        self.advance_probes(now, wall_ms);
         for t in self.liveness.tick(now, &self.config.timing) {
             if let Transition::Died { name, accusers, .. } = t {
                 self.topology_changed();
@@ -1060,45 +1076,67 @@ impl<C: Crypto> Membership<C> {
         self.config.timing.probe_timeout / 2 * (1 + self.local_health)
     }
 
-    /// Moves this node's probe on if its stage timed out: a retry, then
+    /// Moves this node's probes on whose stage timed out: a retry, then
     /// indirect probes, then an accusation.
-    fn advance_probe(&mut self, now: Instant, wall_ms: u64) {
+    fn advance_probes(&mut self, now: Instant, wall_ms: u64) {
         let wait = self.stage_wait();
-        let Some(p) = self.probe.as_mut().filter(|p| now >= p.deadline) else {
-            return;
-        };
-        match p.advance(now, wait) {
-            Next::Retry => {
-                let (to, nonce) = (p.peer(), p.nonce);
-                self.send(Destination::Member(to), Body::Ping(nonce));
+        let mut i = 0;
+        while i < self.probes.len() {
+            let p = &mut self.probes[i];
+            if now < p.deadline {
+                i += 1;
+                continue;
             }
-            Next::Indirect => self.ask_intermediaries(now, wall_ms),
-            Next::Accuse => {
-                let (target, nonce) = (p.target.clone(), p.nonce);
-                self.probe = None;
-                if self.timed_out.len() >= TIMED_OUT_REMEMBERED {
-                    self.timed_out.pop_front();
+            let (target, nonce) = (p.target.clone(), p.nonce);
+            match p.advance(now, wait) {
+                Next::Retry => {
+                    let to = p.peer();
+                    self.send(Destination::Member(to), Body::Ping(nonce));
                 }
-                self.timed_out.push_back((target.clone(), nonce));
-                self.accuse(&target, now, wall_ms);
+                Next::Indirect => self.ask_intermediaries(&target, nonce, now, wall_ms),
+                Next::Accuse => {
+                    self.probes.swap_remove(i);
+                    self.probe_timed_out(&target, nonce, now, wall_ms);
+                    continue;
+                }
             }
+            i += 1;
         }
     }
 
-    /// Asks up to [`INDIRECT_PROBES`] other neighbours to ping the probe's
-    /// target; with none to ask, accuses at once.
-    fn ask_intermediaries(&mut self, now: Instant, wall_ms: u64) {
-        let Some((target, nonce)) = self.probe.as_ref().map(|p| (p.target.clone(), p.nonce)) else {
-            return;
-        };
+    /// A probe of `target` went unanswered through every stage: remembered
+    /// (a late answer says this node waited too little), and the target accused.
+    fn probe_timed_out(&mut self, target: &str, nonce: u64, now: Instant, wall_ms: u64) {
+        if self.timed_out.len() >= TIMED_OUT_REMEMBERED {
+            self.timed_out.pop_front();
+        }
+        self.timed_out.push_back((target.to_string(), nonce));
+        // The target leaves this node's neighbours (the next member on its
+        // rings takes its place) until it is heard from or the wait is over: a
+        // node cut off from most of the mesh walks its rings at probing speed
+        // and finds the members on its side of the cut, rather than wait out
+        // every suspicion (and its accusation budget) with nobody to flood to.
+        let until = now + self.config.timing.suspicion_ttl();
+        self.unreachable.insert(target.to_string(), until);
+        self.topology_changed();
+        if !self.accuse(target, now, wall_ms) && self.deferred.len() < MAX_DEFERRED_ACCUSATIONS {
+            // Out of budget: accused when the budget allows, since it is no
+            // longer probed from here.
+            self.deferred.push_back(target.to_string());
+        }
+    }
+
+    /// Asks up to [`INDIRECT_PROBES`] other neighbours to ping `target` for the
+    /// probe `nonce`; with none to ask, ends the probe and accuses at once.
+    fn ask_intermediaries(&mut self, target: &str, nonce: u64, now: Instant, wall_ms: u64) {
         let mut others: Vec<Peer> = self
             .neighbours()
             .into_iter()
             .filter(|n| n.name != target)
             .collect();
         if others.is_empty() {
-            self.probe = None;
-            self.accuse(&target, now, wall_ms);
+            self.probes.retain(|p| p.nonce != nonce);
+            self.probe_timed_out(target, nonce, now, wall_ms);
             return;
         }
         for _ in 0..INDIRECT_PROBES.min(others.len()) {
@@ -1106,7 +1144,7 @@ impl<C: Crypto> Membership<C> {
             let via = others.swap_remove(i);
             let req = PingReq {
                 nonce,
-                target: target.clone(),
+                target: target.to_string(),
             };
             self.send(Destination::Member(via), Body::PingReq(req));
         }
@@ -1114,7 +1152,7 @@ impl<C: Crypto> Membership<C> {
 
     fn round(&mut self, now: Instant, wall_ms: u64) {
         self.round = self.round.wrapping_add(1);
-        if self.probe.is_none() {
+        if self.probes.len() < MAX_PROBES {
             self.start_probe(now);
         }
         self.push_round();
@@ -1138,9 +1176,31 @@ impl<C: Crypto> Membership<C> {
             self.config.limits.max_tombstones,
         );
         self.quarantine.retain(|_, until| now < *until);
+        self.accuse_deferred(now, wall_ms);
+        let before = self.unreachable.len();
+        self.unreachable.retain(|_, until| now < *until);
+        if self.unreachable.len() != before {
+            self.topology_changed();
+        }
         let spacing = self.config.timing.interval;
         self.sync_answered
             .retain(|_, at| now.saturating_duration_since(*at) < spacing);
+    }
+
+    /// Accuses the unreachable members the budget refused earlier, while it
+    /// allows; those heard from since, or already dead, are dropped.
+    fn accuse_deferred(&mut self, now: Instant, wall_ms: u64) {
+        while let Some(target) = self.deferred.front().cloned() {
+            let still = self.unreachable.contains_key(&target)
+                && self.records.get(&target).is_some_and(|o| {
+                    let timing = &self.config.timing;
+                    self.liveness.health(&o.name, o.generation, timing).is_up()
+                });
+            if still && !self.accuse(&target, now, wall_ms) {
+                return;
+            }
+            self.deferred.pop_front();
+        }
     }
 
     /// Members other than this node believed dead, not yet forgotten.
@@ -1178,7 +1238,13 @@ impl<C: Crypto> Membership<C> {
         // A node that just started sees a partial membership that grows with
         // every answer: it keeps its first neighbours until the next refresh
         // rather than talk to a new set each round.
-        let young = epoch == 0 && !self.neighbours.is_empty();
+        // (Unless one of them could not be probed: it is replaced at once.)
+        let young = epoch == 0
+            && !self.neighbours.is_empty()
+            && !self
+                .neighbours
+                .iter()
+                .any(|n| self.unreachable.contains_key(&n.name));
         // Nor does it choose its first ones while its view still grows (a
         // joiner pulls the whole state in a round or two; neighbours chosen
         // from its first answer would all be replaced), unless the whole mesh
@@ -1200,6 +1266,7 @@ impl<C: Crypto> Membership<C> {
                 .origins()
                 .filter(|o| o.name != *me)
                 .filter(|o| self.liveness.health(&o.name, o.generation, timing).is_up())
+                .filter(|o| !self.unreachable.contains_key(&o.name))
                 .filter_map(|o| o.node.as_ref().map(|n| (o.name.as_str(), n.quic_addr)))
                 .collect();
             let names: Vec<&str> = up.iter().map(|(n, _)| *n).collect();
@@ -1211,6 +1278,15 @@ impl<C: Crypto> Membership<C> {
                     addr: *addr,
                 })
                 .collect();
+            // A new neighbour is probed next: it may replace one that died in
+            // a partition, and a cut is seen as fast as its far side is probed.
+            if !self.neighbours.is_empty() {
+                for n in chosen.iter().rev() {
+                    if !self.neighbours.iter().any(|o| o.name == n.name) {
+                        self.probe_order.push(n.name.clone());
+                    }
+                }
+            }
             self.neighbours = chosen;
             self.neighbours_of = Some((self.round, self.topology, epoch));
         }
@@ -1222,14 +1298,23 @@ impl<C: Crypto> Membership<C> {
         self.neighbours().into_iter().map(|p| p.name).collect()
     }
 
+    /// Starts a probe of the next neighbour in a shuffled round-robin order,
+    /// skipping those already probed and those this node already accuses (their
+    /// fate is with the suspicion now).
     fn start_probe(&mut self, now: Instant) {
-        let up = self.neighbours();
+        let me = self.config.name.clone();
+        let candidates: Vec<Peer> = self
+            .neighbours()
+            .into_iter()
+            .filter(|n| !self.probes.iter().any(|p| p.target == n.name))
+            .filter(|n| !self.liveness.is_accused_by(&n.name, &me))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
         let target = loop {
             let Some(name) = self.probe_order.pop() else {
-                if up.is_empty() {
-                    return;
-                }
-                let mut names: Vec<String> = up.iter().map(|p| p.name.clone()).collect();
+                let mut names: Vec<String> = candidates.iter().map(|p| p.name.clone()).collect();
                 for i in (1..names.len()).rev() {
                     let j = (self.random() % (i as u64 + 1)) as usize;
                     names.swap(i, j);
@@ -1237,21 +1322,23 @@ impl<C: Crypto> Membership<C> {
                 self.probe_order = names;
                 continue;
             };
-            if let Some(peer) = up.iter().find(|p| p.name == name) {
+            if let Some(peer) = candidates.iter().find(|p| p.name == name) {
                 break peer.clone();
             }
         };
         let nonce = self.random();
         let wait = self.config.timing.probe_timeout * (1 + self.local_health);
-        self.probe = Some(Probe::new(&target, nonce, now, wait));
+        self.probes.push(Probe::new(&target, nonce, now, wait));
         self.send(Destination::Member(target), Body::Ping(nonce));
     }
 
     /// Accuses `target`: a signed suspicion, held here, pushed to everyone and
     /// sent to the target so it can refute at once.
-    fn accuse(&mut self, target: &str, now: Instant, wall_ms: u64) {
+    /// `false` only when this node's accusation budget is spent (the caller
+    /// may try again later).
+    fn accuse(&mut self, target: &str, now: Instant, wall_ms: u64) -> bool {
         let Some(t) = self.records.get(target) else {
-            return;
+            return true;
         };
         let (generation, version, addr) = (
             t.generation,
@@ -1263,7 +1350,7 @@ impl<C: Crypto> Membership<C> {
             .liveness
             .may_accuse(&me, &self.config.timing, &self.config.limits, now)
         {
-            return;
+            return false;
         }
         let mut s = Suspicion {
             accuser: me,
@@ -1276,12 +1363,12 @@ impl<C: Crypto> Membership<C> {
         };
         let payload = suspicion_payload(&self.config.cluster, &s);
         let Some(sig) = self.sign_or_report(&payload, || format!("suspicion of {target}")) else {
-            return;
+            return true;
         };
         s.signature = sig;
         let accepted = self.accept_suspicion(s.clone(), now, wall_ms, true);
         if accepted != Ok(Accepted::New) {
-            return;
+            return true;
         }
         self.events.push_back(Event::Accused {
             target: target.to_string(),
@@ -1301,6 +1388,7 @@ impl<C: Crypto> Membership<C> {
         self.queue.suspicion(s, OWN_FLOODS);
         self.changed();
         self.push_round();
+        true
     }
 
     /// Floods what is queued to every neighbour.
