@@ -109,6 +109,20 @@ pub struct EndpointView {
     pub tags: Vec<String>,
 }
 
+/// A member's state as the admin API names it: `alive`, `suspect`, `draining`
+/// (alive, but its signed node record says it is leaving) or `dead`.
+pub fn member_state(m: &mesh_proto::membership::MemberView) -> &'static str {
+    let draining = m
+        .node
+        .as_ref()
+        .is_some_and(|n| n.state == NodeState::Draining);
+    match m.health {
+        "dead" => "dead",
+        _ if draining => "draining",
+        h => h,
+    }
+}
+
 impl AdminState {
     /// The `/members` answer, sorted by name.
     pub async fn members(&self) -> Vec<MemberView> {
@@ -116,31 +130,20 @@ impl AdminState {
         let out: Vec<MemberView> = view
             .members
             .iter()
-            .map(|m| {
-                let draining = m
+            .map(|m| MemberView {
+                name: m.name.clone(),
+                state: member_state(m).to_string(),
+                accused_by: m.accusers.clone(),
+                address: m.addr().map(|a| a.to_string()).unwrap_or_default(),
+                zone: m.node.as_ref().map(|n| n.zone.clone()).unwrap_or_default(),
+                generation: m.generation,
+                last_heard_ms: (m.last_heard_ms != u64::MAX).then_some(m.last_heard_ms),
+                version: m
                     .node
                     .as_ref()
-                    .is_some_and(|n| n.state == NodeState::Draining);
-                let state = match m.health {
-                    "dead" => "dead",
-                    _ if draining => "draining",
-                    h => h,
-                };
-                MemberView {
-                    name: m.name.clone(),
-                    state: state.to_string(),
-                    accused_by: m.accusers.clone(),
-                    address: m.addr().map(|a| a.to_string()).unwrap_or_default(),
-                    zone: m.node.as_ref().map(|n| n.zone.clone()).unwrap_or_default(),
-                    generation: m.generation,
-                    last_heard_ms: (m.last_heard_ms != u64::MAX).then_some(m.last_heard_ms),
-                    version: m
-                        .node
-                        .as_ref()
-                        .map(|n| n.version.clone())
-                        .unwrap_or_default(),
-                    is_self: m.is_self,
-                }
+                    .map(|n| n.version.clone())
+                    .unwrap_or_default(),
+                is_self: m.is_self,
             })
             .collect();
         for state in ["alive", "suspect", "draining", "dead"] {

@@ -15,8 +15,9 @@ pub mod fair_queue;
 pub mod transport;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_proto::codec::{decode_exact, encode};
 use mesh_proto::gossip::RouteDocument;
@@ -39,7 +40,33 @@ pub const INBOUND_QUEUE_BYTES: usize = 32 << 20;
 /// Messages handled per turn of the loop before timers and output get a turn.
 const BATCH: usize = 64;
 /// Shortest time between two views published by the driver loop.
-pub const VIEW_COALESCE: std::time::Duration = std::time::Duration::from_millis(50);
+pub const VIEW_COALESCE: Duration = Duration::from_millis(50);
+/// Longest: however costly a view is to build and read, a change reaches the
+/// routing table within this.
+pub const VIEW_COALESCE_MAX: Duration = Duration::from_millis(500);
+/// Publishing views (building one, and the routing table built from it) takes
+/// at most about one part in this of the time, however large the mesh: in a
+/// burst of changes a view of 10,000 members is published less often than one
+/// of 10.
+pub const VIEW_COST_RATIO: u32 = 20;
+
+/// How long the driver waits after publishing a view before publishing the
+/// next, given what the last one cost to build and to read.
+pub fn view_gap(cost: Duration) -> Duration {
+    cost.saturating_mul(VIEW_COST_RATIO)
+        .clamp(VIEW_COALESCE, VIEW_COALESCE_MAX)
+}
+
+fn store_micros(slot: &AtomicU64, d: Duration) {
+    slot.store(
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+fn micros(slot: &AtomicU64) -> Duration {
+    Duration::from_micros(slot.load(Ordering::Relaxed))
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
@@ -62,6 +89,10 @@ pub struct Gossip {
     unreachable: tokio::sync::Mutex<mpsc::Receiver<String>>,
     refused_documents: Mutex<RefusedDocuments>,
     view_at: Mutex<Instant>,
+    /// What the last view cost to build, and to read (the routing table built
+    /// from it), in microseconds: sets the gap before the next ([`view_gap`]).
+    view_build_us: AtomicU64,
+    view_read_us: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -136,6 +167,8 @@ impl Gossip {
             unreachable: tokio::sync::Mutex::new(wiring.unreachable),
             refused_documents: Mutex::new(RefusedDocuments::default()),
             view_at: Mutex::new(Instant::now()),
+            view_build_us: AtomicU64::new(0),
+            view_read_us: AtomicU64::new(0),
             metrics,
         })
     }
@@ -168,6 +201,13 @@ impl Gossip {
     /// is rebuilt only when something changed): for the admin API.
     pub fn current_view(&self) -> View {
         self.lock().view(Instant::now(), wall_ms())
+    }
+
+    /// Tells the driver what reading the last view cost (the routing table
+    /// built from it), so that it publishes views no faster than they are read
+    /// cheaply ([`view_gap`]).
+    pub fn note_view_read(&self, took: Duration) {
+        store_micros(&self.view_read_us, took);
     }
 
     /// Changes whenever the view does.
@@ -232,23 +272,27 @@ impl Gossip {
     fn refresh_view(&self) {
         let state = self.lock();
         if state.view_version() != self.view.borrow().version {
-            let view = Arc::new(state.view(Instant::now(), wall_ms()));
+            let started = Instant::now();
+            let view = Arc::new(state.view(started, wall_ms()));
             drop(state);
+            store_micros(&self.view_build_us, started.elapsed());
             self.view.send_replace(view);
         }
         *self.view_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
-    /// Publishes the view if it changed, at most once per [`VIEW_COALESCE`]
-    /// (during a burst of changes — nodes joining — readers rebuild their tables
-    /// once per period, not once per message). Returns when a pending change is
+    /// Publishes the view if it changed, at most once per [`view_gap`] of what
+    /// the last one cost (during a burst of changes — nodes joining — readers
+    /// rebuild their tables once per gap, not once per message, and a large
+    /// mesh's costlier views come less often). Returns when a pending change is
     /// due, if one waits.
     fn coalesce_view(&self) -> Option<Instant> {
         let changed = self.lock().view_version() != self.view.borrow().version;
         if !changed {
             return None;
         }
-        let due = *self.view_at.lock().unwrap_or_else(|e| e.into_inner()) + VIEW_COALESCE;
+        let cost = micros(&self.view_build_us) + micros(&self.view_read_us);
+        let due = *self.view_at.lock().unwrap_or_else(|e| e.into_inner()) + view_gap(cost);
         if Instant::now() >= due {
             self.refresh_view();
             None
@@ -445,5 +489,23 @@ impl Gossip {
                 tracing::error!(%key, "cannot sign this node's record with its key")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_are_published_no_faster_than_they_are_cheap_to_build_and_read() {
+        // A cheap view: as often as every VIEW_COALESCE.
+        assert_eq!(view_gap(Duration::ZERO), VIEW_COALESCE);
+        assert_eq!(view_gap(Duration::from_micros(500)), VIEW_COALESCE);
+        // A costly one: its cost is one part in VIEW_COST_RATIO of the gap.
+        let cost = Duration::from_millis(10);
+        assert_eq!(view_gap(cost), cost * VIEW_COST_RATIO);
+        // However costly, a change is published within VIEW_COALESCE_MAX.
+        assert_eq!(view_gap(Duration::from_secs(5)), VIEW_COALESCE_MAX);
+        assert_eq!(view_gap(Duration::MAX), VIEW_COALESCE_MAX);
     }
 }

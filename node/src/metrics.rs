@@ -604,6 +604,11 @@ impl Metrics {
             .get()
     }
 
+    /// Open gossip connections, as last counted (`shoal_gossip_connections`).
+    pub fn gossip_connections_open(&self) -> u64 {
+        u64::try_from(self.gossip_connections.get()).unwrap_or(0)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -53,7 +53,9 @@ pub async fn run(
     let mut isolated = false;
     loop {
         let view = views.borrow_and_update().clone();
+        let started = std::time::Instant::now();
         let (next, ignored) = table_of(&view);
+        gossip.note_view_read(started.elapsed());
         report(&ignored, &mut reported, &metrics);
         let alone = next.nodes().all(|n| n.record.name == self_name);
         let last = table.load_full();

@@ -113,8 +113,9 @@ for path in sorted(glob.glob(f"{out}/gossip-{stamp}-n*.json"), key=lambda p: int
     q = r.get("quiet") or {}
     qbytes = "—" if not q else f"{q['gossip_bytes_per_node_per_s']/1000:.2f} KB/s"
     qcpu = "—" if q.get("cpu_ms_per_node_per_s") is None else f"{q['cpu_ms_per_node_per_s']:.2f} ms/s"
-    rows.append(f"| {r['nodes']} | {fmt(conv)} | {fmt(every)} ({fmt(prop)} after its node) | {fmt(killed)} | {r['false_deaths']} | {r['gossip_bytes_per_node_per_s']/1000:.1f} KB/s | {qbytes} | {qcpu} | {r['rss_mib']:.0f} MiB | {'passed' if not r['errors'] else 'FAILED: ' + '; '.join(r['errors'])} |")
-table = ["| nodes | full membership | health change everywhere | killed node gone everywhere | false deaths (steady) | gossip / node (run) | quiet: gossip / node | quiet: CPU / node | memory (process) | run |", "|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"] + rows
+    conns = f"{r.get('max_connections_per_node', '—')} ({r.get('max_connections_node') or '—'}) / {q.get('max_connections_per_node', '—')}"
+    rows.append(f"| {r['nodes']} | {fmt(conv)} | {fmt(every)} ({fmt(prop)} after its node) | {fmt(killed)} | {r['false_deaths']} | {r['gossip_bytes_per_node_per_s']/1000:.1f} KB/s | {qbytes} | {qcpu} | {conns} | {r['rss_mib']:.0f} MiB | {'passed' if not r['errors'] else 'FAILED: ' + '; '.join(r['errors'])} |")
+table = ["| nodes | full membership | health change everywhere | killed node gone everywhere | false deaths (steady) | gossip / node (run) | quiet: gossip / node | quiet: CPU / node | gossip connections per node, most: run (node) / quiet | memory (process) | run |", "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"] + rows
 text = f"# Gossip at scale {stamp}\n\nCommand: `sim/bench/gossip.sh` (in-process nodes, gossip every {interval}).\n\n" + "\n".join(table) + "\n"
 open(f"{out}/gossip-{stamp}.md", "w").write(text)
 print(text)

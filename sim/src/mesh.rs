@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use shoal_node::admin::{EndpointView, MemberView};
+use mesh_proto::membership::View;
+use shoal_node::admin::{EndpointView, MemberView, member_state};
 use shoal_node::config::{Config, RawConfig, RawHealth, RawListener, RawService, RawTls};
 use shoal_node::{Node, StartOptions};
 use shoal_pki::{CertificateAuthority, Validity};
@@ -523,6 +524,21 @@ impl Mesh {
         }
     }
 
+    /// What `name` sees of the membership. In process this is the view the
+    /// node last published (shared, nothing copied), so polling a large mesh
+    /// often stays cheap; in processes mode it is `/members`.
+    pub async fn seen(&self, name: &str) -> Option<Seen> {
+        let node = self.nodes.get(name)?;
+        match node.handle.as_ref()? {
+            Handle::InProcess(n) => Some(Seen::View(n.gossip().view())),
+            Handle::Process(_) => {
+                let mut members: Vec<MemberView> = get_json(node.admin?, "/members").await.ok()?;
+                members.sort_by(|a, b| a.name.cmp(&b.name));
+                Some(Seen::Members(members))
+            }
+        }
+    }
+
     /// What `name` reports at `/services`.
     pub async fn services(&self, name: &str) -> Option<BTreeMap<String, Vec<EndpointView>>> {
         let node = self.nodes.get(name)?;
@@ -544,19 +560,39 @@ impl Mesh {
                     if let Some(admin) = node.admin
                         && let Ok(text) = get_text(admin, "/metrics").await
                     {
-                        total += text
-                            .lines()
-                            .filter(|l| {
-                                l.starts_with("shoal_gossip_bytes_total{direction=\"sent\"}")
-                            })
-                            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                            .sum::<f64>() as u64;
+                        total +=
+                            metric_value(&text, "shoal_gossip_bytes_total{direction=\"sent\"}")
+                                .unwrap_or(0);
                     }
                 }
                 None => {}
             }
         }
         total
+    }
+
+    /// The most gossip connections any running node holds now, and that node
+    /// (`shoal_gossip_connections`, which each node recounts every 2 s).
+    pub async fn max_gossip_connections(&self) -> (u64, String) {
+        let mut most = (0, String::new());
+        for node in self.nodes.values() {
+            let open = match &node.handle {
+                Some(Handle::InProcess(n)) => n.metrics().gossip_connections_open(),
+                Some(Handle::Process(_)) => match node.admin {
+                    Some(admin) => get_text(admin, "/metrics")
+                        .await
+                        .ok()
+                        .and_then(|text| metric_value(&text, "shoal_gossip_connections"))
+                        .unwrap_or(0),
+                    None => 0,
+                },
+                None => 0,
+            };
+            if open > most.0 {
+                most = (open, node.name.clone());
+            }
+        }
+        most
     }
 
     /// Resident memory of the nodes: this process in-process mode, the children's
@@ -733,4 +769,64 @@ async fn get_text(addr: SocketAddr, path: &str) -> Result<String> {
 
 async fn get_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> Result<T> {
     Ok(serde_json::from_str(&get_text(addr, path).await?)?)
+}
+
+/// What one node sees of the membership (see [`Mesh::seen`]): every member it
+/// holds, by name, with its state as the admin API names it (`alive`,
+/// `suspect`, `draining`, `dead`).
+#[derive(Debug)]
+pub enum Seen {
+    /// An in-process node's published view.
+    View(Arc<View>),
+    /// A child process's `/members`, sorted by name.
+    Members(Vec<MemberView>),
+}
+
+impl Seen {
+    /// The state of `member`, if held.
+    pub fn state(&self, member: &str) -> Option<&str> {
+        match self {
+            Seen::View(v) => v
+                .members
+                .binary_search_by(|m| m.name.as_str().cmp(member))
+                .ok()
+                .map(|i| member_state(&v.members[i])),
+            Seen::Members(ms) => ms
+                .binary_search_by(|m| m.name.as_str().cmp(member))
+                .ok()
+                .map(|i| ms[i].state.as_str()),
+        }
+    }
+
+    /// Whether `member` is held and alive.
+    pub fn alive(&self, member: &str) -> bool {
+        self.state(member) == Some("alive")
+    }
+
+    /// The members held alive, by name.
+    pub fn alive_members(&self) -> Box<dyn Iterator<Item = &str> + Send + '_> {
+        match self {
+            Seen::View(v) => Box::new(
+                v.members
+                    .iter()
+                    .filter(|m| member_state(m) == "alive")
+                    .map(|m| m.name.as_str()),
+            ),
+            Seen::Members(ms) => Box::new(
+                ms.iter()
+                    .filter(|m| m.state == "alive")
+                    .map(|m| m.name.as_str()),
+            ),
+        }
+    }
+}
+
+/// The value of the sample `series` (name and labels, as printed) in a Prometheus
+/// text exposition, as a whole number.
+fn metric_value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .next()
 }

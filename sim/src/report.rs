@@ -62,6 +62,12 @@ pub struct Report {
     pub false_deaths: u64,
     /// What membership cost during `quiet` steps (the last one, if several).
     pub quiet: Option<QuietCost>,
+    /// The most gossip connections one node held at once (sampled every 2 s
+    /// over the whole run); with bounded views it stays at about the overlay's
+    /// neighbour count whatever the size of the mesh.
+    pub max_connections_per_node: u64,
+    /// The node that held them (empty if none).
+    pub max_connections_node: String,
     /// Measurement resolution, milliseconds (how often the nodes were polled).
     pub resolution_ms: u64,
     /// Expectations.
@@ -82,6 +88,8 @@ pub struct QuietCost {
     /// CPU time (user + system) of the whole process per node per second, in
     /// milliseconds; `None` in processes mode.
     pub cpu_ms_per_node_per_s: Option<f64>,
+    /// The most gossip connections one node held at the end of the step.
+    pub max_connections_per_node: u64,
 }
 
 impl Report {
@@ -150,8 +158,14 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\ngossip: {:.1} KB/s sent per node; memory: {:.0} MiB resident; datagrams dropped by faults: {}",
+            "\ngossip: {:.1} KB/s sent per node, at most {} gossip connections per node ({}); memory: {:.0} MiB resident; datagrams dropped by faults: {}",
             self.gossip_bytes_per_node_per_s / 1000.0,
+            self.max_connections_per_node,
+            if self.max_connections_node.is_empty() {
+                "none"
+            } else {
+                &self.max_connections_node
+            },
             self.rss_mib,
             self.datagrams_dropped
         );
@@ -162,10 +176,11 @@ impl Report {
                 .unwrap_or_else(|| "CPU not measured".into());
             let _ = writeln!(
                 out,
-                "quiet mesh ({} nodes, {:.0} s): {:.2} KB/s gossip and {cpu} per node per second",
+                "quiet mesh ({} nodes, {:.0} s): {:.2} KB/s gossip and {cpu} per node per second; at most {} gossip connections per node at its end",
                 q.nodes,
                 q.seconds,
-                q.gossip_bytes_per_node_per_s / 1000.0
+                q.gossip_bytes_per_node_per_s / 1000.0,
+                q.max_connections_per_node
             );
         }
         let _ = writeln!(

@@ -28,6 +28,15 @@ pub struct RunOptions {
 
 type Shared = Arc<RwLock<Mesh>>;
 type Timings = Arc<Mutex<Vec<Timing>>>;
+type MostConnections = Arc<Mutex<(u64, String)>>;
+
+/// Keeps `sample` in `most` if it has more connections.
+fn keep_most(most: &MostConnections, sample: (u64, String)) {
+    let mut most = most.lock().unwrap_or_else(|e| e.into_inner());
+    if sample.0 > most.0 {
+        *most = sample;
+    }
+}
 
 /// The state of one run.
 struct Run {
@@ -46,7 +55,21 @@ struct Run {
     max_nodes: usize,
     false_deaths: u64,
     quiet: Option<QuietCost>,
+    /// The most gossip connections one node held, and that node, as sampled by
+    /// [`spawn_connection_sampler`].
+    max_connections: MostConnections,
     bar: ProgressBar,
+}
+
+/// How often the runner polls every node: often in a small mesh, and in a
+/// large one rarely enough that watching it costs little of the machine the
+/// nodes share (1 ms per node: 1 s at 1,000).
+fn poll_interval(nodes: usize) -> Duration {
+    match nodes {
+        0..=20 => Duration::from_millis(50),
+        21..=200 => Duration::from_millis(200),
+        n => Duration::from_millis(n as u64),
+    }
 }
 
 fn since(epoch: Instant) -> f64 {
@@ -108,14 +131,11 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
         faults: Vec::new(),
         expectations: Vec::new(),
         errors: Vec::new(),
-        poll: if total_nodes <= 20 {
-            Duration::from_millis(50)
-        } else {
-            Duration::from_millis(200)
-        },
+        poll: poll_interval(total_nodes),
         max_nodes: 0,
         false_deaths: 0,
         quiet: None,
+        max_connections: Arc::default(),
         bar,
     };
     for l in &scenario.mesh.listeners {
@@ -128,6 +148,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
         run.epoch,
         run.bar.clone(),
     );
+    let sampler = spawn_connection_sampler(run.mesh.clone(), run.max_connections.clone());
 
     run.note(&format!(
         "starting {} nodes ({})",
@@ -164,6 +185,9 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
         }
     }
     let finished = run.epoch.elapsed();
+    sampler.abort();
+    let last = run.mesh.read().await.max_gossip_connections().await;
+    keep_most(&run.max_connections, last);
     let report = run.finish(scenario, &options, finished).await;
     status.abort();
     Ok(report)
@@ -247,8 +271,11 @@ impl Run {
             }
             tokio::time::sleep(self.poll).await;
         }
+        let why = divergence(&*self.mesh.read().await, healthy)
+            .await
+            .unwrap_or_else(|| "(it just did)".into());
         bail!(
-            "the mesh did not become {} within {:?}",
+            "the mesh did not become {} within {:?}: {why}",
             if healthy { "healthy" } else { "converged" },
             timeout
         )
@@ -257,21 +284,29 @@ impl Run {
     async fn step(&mut self, i: usize, step: &Step) -> Result<()> {
         match step {
             Step::Add { count } => {
+                // One watcher for the whole wave: a watcher per node would
+                // poll the mesh `count` times over.
+                let mut added = Vec::with_capacity(*count);
                 for _ in 0..*count {
                     let name = format!("n{}", self.mesh.read().await.names().len() + 1);
                     self.note(&format!("adding {name}"));
                     self.mesh.write().await.add(&name).await?;
-                    let n = name.clone();
-                    self.watch(
-                        format!("added {name}"),
-                        "seen alive by every node",
-                        Duration::from_secs(120),
-                        move |m| {
-                            let n = n.clone();
-                            async move { alive_everywhere(&*m.read().await, &n).await }
-                        },
-                    );
+                    added.push(name);
                 }
+                let event = match added.as_slice() {
+                    [one] => format!("added {one}"),
+                    [first, .., last] => format!("added {first}..{last}"),
+                    [] => return Ok(()),
+                };
+                let what = if added.len() == 1 {
+                    "seen alive by every node"
+                } else {
+                    "all seen alive by every node"
+                };
+                self.watch(event, what, Duration::from_secs(300), move |m| {
+                    let added = added.clone();
+                    async move { alive_everywhere(&*m.read().await, &added).await }
+                });
                 self.max_nodes = self.max_nodes.max(self.mesh.read().await.names().len());
                 self.refresh_targets().await;
             }
@@ -318,7 +353,7 @@ impl Run {
                     "seen alive by every node",
                     Duration::from_secs(120),
                     move |m| {
-                        let n = n.clone();
+                        let n = [n.clone()];
                         async move { alive_everywhere(&*m.read().await, &n).await }
                     },
                 );
@@ -355,7 +390,7 @@ impl Run {
                     "seen alive by every node",
                     Duration::from_secs(120),
                     move |m| {
-                        let n = n.clone();
+                        let n = [n.clone()];
                         async move { alive_everywhere(&*m.read().await, &n).await }
                     },
                 );
@@ -519,7 +554,13 @@ impl Run {
                 tokio::time::sleep(*duration).await;
                 let seconds = start.elapsed().as_secs_f64();
                 let cpu1 = process_cpu_ms();
-                let bytes1 = self.mesh.read().await.gossip_bytes_sent().await;
+                let (bytes1, (connections, _)) = {
+                    let mesh = self.mesh.read().await;
+                    (
+                        mesh.gossip_bytes_sent().await,
+                        mesh.max_gossip_connections().await,
+                    )
+                };
                 let node_seconds = nodes.max(1) as f64 * seconds;
                 let cost = QuietCost {
                     nodes,
@@ -530,6 +571,7 @@ impl Run {
                         (true, Some(a), Some(b)) => Some((b - a) / node_seconds),
                         _ => None,
                     },
+                    max_connections_per_node: connections,
                 };
                 self.timings
                     .lock()
@@ -628,16 +670,11 @@ impl Run {
             let running: BTreeSet<String> = mesh.running().iter().map(|n| n.name.clone()).collect();
             let mut now_down = BTreeSet::new();
             for observer in &running {
-                let Some(members) = mesh.members(observer).await else {
+                let Some(seen) = mesh.seen(observer).await else {
                     continue;
                 };
-                let alive: BTreeSet<&String> = members
-                    .iter()
-                    .filter(|m| m.state == "alive")
-                    .map(|m| &m.name)
-                    .collect();
                 for observed in &running {
-                    if !alive.contains(observed) {
+                    if !seen.alive(observed) {
                         now_down.insert((observer.clone(), observed.clone()));
                     }
                 }
@@ -722,6 +759,20 @@ impl Run {
             resolution_ms: self.poll.as_millis() as u64,
             false_deaths: self.false_deaths,
             quiet: self.quiet.take(),
+            max_connections_per_node: {
+                let most = self
+                    .max_connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                most.0
+            },
+            max_connections_node: {
+                let most = self
+                    .max_connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                most.1.clone()
+            },
             expectations: std::mem::take(&mut self.expectations),
             errors: std::mem::take(&mut self.errors),
         };
@@ -793,35 +844,55 @@ fn traffic_moved(
 /// Every running node sees exactly the running nodes alive, and exactly the
 /// endpoints hosted on running nodes (all healthy, with `healthy`).
 pub async fn converged(mesh: &Mesh, healthy: bool) -> bool {
+    divergence(mesh, healthy).await.is_none()
+}
+
+/// Why the mesh is not [`converged`]: the first node found that sees it
+/// otherwise, and what it sees; `None` once converged.
+async fn divergence(mesh: &Mesh, healthy: bool) -> Option<String> {
     let running: BTreeSet<String> = mesh.running().iter().map(|n| n.name.clone()).collect();
     for name in &running {
-        let Some(members) = mesh.members(name).await else {
-            return false;
+        let Some(seen) = mesh.seen(name).await else {
+            return Some(format!("{name} does not answer"));
         };
-        let alive: BTreeSet<String> = members
-            .iter()
-            .filter(|m| m.state == "alive")
-            .map(|m| m.name.clone())
-            .collect();
-        if alive != running {
-            return false;
+        if !seen.alive_members().eq(running.iter().map(String::as_str)) {
+            let alive: BTreeSet<&str> = seen.alive_members().collect();
+            let missing: Vec<String> = running
+                .iter()
+                .filter(|r| !alive.contains(r.as_str()))
+                .take(5)
+                .map(|r| format!("{r} ({})", seen.state(r).unwrap_or("unknown")))
+                .collect();
+            let extra: Vec<&str> = alive
+                .iter()
+                .filter(|a| !running.contains(**a))
+                .take(5)
+                .copied()
+                .collect();
+            return Some(format!(
+                "{name} sees {} of {} running nodes alive; not alive: {}; alive but not running: {}",
+                alive.len() - extra.len(),
+                running.len(),
+                missing.join(", "),
+                extra.join(", ")
+            ));
         }
         let Some(services) = mesh.services(name).await else {
-            return false;
+            return Some(format!("{name} does not answer"));
         };
         for (service, hosts) in mesh.hosts_map() {
             let want: BTreeSet<&String> = hosts.iter().filter(|h| running.contains(*h)).collect();
             let eps = services.get(&service).map(Vec::as_slice).unwrap_or(&[]);
             let have: BTreeSet<&String> = eps.iter().map(|e| &e.node).collect();
             if have != want {
-                return false;
+                return Some(format!("{name} routes {service} to {have:?}, not {want:?}"));
             }
-            if healthy && eps.iter().any(|e| e.health != "healthy") {
-                return false;
+            if healthy && let Some(e) = eps.iter().find(|e| e.health != "healthy") {
+                return Some(format!("{name} sees {service} on {} {}", e.node, e.health));
             }
         }
     }
-    true
+    None
 }
 
 /// No running node sees `node` alive or routes to it.
@@ -830,12 +901,11 @@ async fn gone_everywhere(mesh: &Mesh, node: &str) -> bool {
         if n.name == node {
             continue;
         }
-        let (Some(members), Some(services)) =
-            (mesh.members(&n.name).await, mesh.services(&n.name).await)
+        let (Some(seen), Some(services)) = (mesh.seen(&n.name).await, mesh.services(&n.name).await)
         else {
             return false;
         };
-        if members.iter().any(|m| m.name == node && m.state == "alive") {
+        if seen.alive(node) {
             return false;
         }
         if services.values().flatten().any(|e| e.node == node) {
@@ -845,13 +915,13 @@ async fn gone_everywhere(mesh: &Mesh, node: &str) -> bool {
     true
 }
 
-/// Every running node sees `node` alive.
-async fn alive_everywhere(mesh: &Mesh, node: &str) -> bool {
+/// Every running node sees every one of `nodes` alive.
+async fn alive_everywhere(mesh: &Mesh, nodes: &[String]) -> bool {
     for n in mesh.running() {
-        let Some(members) = mesh.members(&n.name).await else {
+        let Some(seen) = mesh.seen(&n.name).await else {
             return false;
         };
-        if !members.iter().any(|m| m.name == node && m.state == "alive") {
+        if !nodes.iter().all(|node| seen.alive(node)) {
             return false;
         }
     }
@@ -863,12 +933,12 @@ async fn partition_seen(mesh: &Mesh, side: &[String]) -> bool {
     let running: Vec<String> = mesh.running().iter().map(|n| n.name.clone()).collect();
     for n in &running {
         let inside = side.contains(n);
-        let Some(members) = mesh.members(n).await else {
+        let Some(seen) = mesh.seen(n).await else {
             return false;
         };
-        let others_alive = members.iter().any(|m| {
-            m.state == "alive" && running.contains(&m.name) && side.contains(&m.name) != inside
-        });
+        let others_alive = seen
+            .alive_members()
+            .any(|m| running.iter().any(|r| r == m) && side.iter().any(|s| s == m) != inside);
         if others_alive {
             return false;
         }
@@ -898,6 +968,22 @@ async fn health_seen(mesh: &Mesh, service: &str, node: &str, state: &str, own: b
     true
 }
 
+/// How often [`spawn_connection_sampler`] looks at every node's gossip
+/// connections (the nodes recount them every few seconds themselves).
+const CONNECTION_SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// Samples the gossip connections of every running node for the whole run and
+/// keeps the most any one node held.
+fn spawn_connection_sampler(mesh: Shared, most: MostConnections) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CONNECTION_SAMPLE_EVERY).await;
+            let now = mesh.read().await.max_gossip_connections().await;
+            keep_most(&most, now);
+        }
+    })
+}
+
 fn spawn_status(
     mesh: Shared,
     stats: Arc<Stats>,
@@ -918,9 +1004,9 @@ fn spawn_status(
                 let first = running.first().map(|n| n.name.clone());
                 let alive = match first {
                     Some(f) => m
-                        .members(&f)
+                        .seen(&f)
                         .await
-                        .map(|ms| ms.iter().filter(|x| x.state == "alive").count())
+                        .map(|seen| seen.alive_members().count())
                         .unwrap_or(0),
                     None => 0,
                 };

@@ -145,6 +145,14 @@ async fn a_short_scenario_kills_partitions_heals_and_restarts() {
     );
     assert!(report.gossip_bytes_per_node_per_s > 0.0);
     assert!(report.rss_mib > 0.0);
+    // each node gossips with the others over one connection per pair (a
+    // restarted node's old connection may linger until its idle timeout)
+    assert!(
+        (1..=report.nodes as u64).contains(&report.max_connections_per_node),
+        "{} gossip connections on one node of {}",
+        report.max_connections_per_node,
+        report.nodes
+    );
     // the text report names every event
     let text = report.to_text();
     for needle in [
