@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -35,7 +35,6 @@ use crate::config::{Config, HealthKind};
 use crate::endpoint::{self, MeshEndpoint, SocketSource};
 use crate::gossip::{self, FairQueue, Gossip, NodeCrypto, Outbound, Wiring, transport};
 use crate::metrics::Metrics;
-use crate::proxy::backend_pool::BackendPool;
 use crate::proxy::http::HttpListener;
 use crate::proxy::ingress_tls::IngressCert;
 use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
@@ -626,17 +625,7 @@ fn proxy_context(
         services: config
             .services
             .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    LocalService {
-                        config: s.clone(),
-                        active: Arc::new(AtomicUsize::new(0)),
-                        pool: Arc::new(BackendPool::new(s.address, s.http_idle_timeout)),
-                        counters: crate::metrics::ServiceCounters::new(metrics, &s.name),
-                    },
-                )
-            })
+            .map(|s| (s.name.clone(), LocalService::new(s.clone(), metrics)))
             .collect(),
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),

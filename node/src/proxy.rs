@@ -15,6 +15,7 @@
 //! endpoints that keep failing.
 
 pub mod access_log;
+pub mod admission;
 pub mod backend_pool;
 pub mod balance;
 pub mod headers;
@@ -69,6 +70,21 @@ pub struct LocalService {
     pub pool: Arc<backend_pool::BackendPool>,
     /// Its serving-side metric handles.
     pub counters: crate::metrics::ServiceCounters,
+}
+
+impl LocalService {
+    /// The service `config` describes, with no connection open yet.
+    pub fn new(config: ServiceConfig, metrics: &Metrics) -> Self {
+        LocalService {
+            active: Arc::new(AtomicUsize::new(0)),
+            pool: Arc::new(backend_pool::BackendPool::new(
+                config.address,
+                config.http_idle_timeout,
+            )),
+            counters: crate::metrics::ServiceCounters::new(metrics, &config.name),
+            config,
+        }
+    }
 }
 
 /// What the proxies share with the rest of the node.

@@ -10,9 +10,11 @@
 //!    (otherwise the stream is reset; other streams of the connection go on);
 //! 2. the node is not draining (`draining`);
 //! 3. the target service is hosted here (`unknown-service`);
-//! 4. a claimed source service is named in the caller's certificate, and the
-//!    service's allow-list admits the caller (`unauthorized`, logged);
-//! 5. the service is under its connection limit (`overloaded`);
+//! 4. the service admits the caller ([`LocalService::admit`], the same checks
+//!    a local listener's connection passes): a claimed source service is named
+//!    in the caller's certificate, and the service's allow-list admits the
+//!    caller (`unauthorized`, logged); the service is under its connection
+//!    limit (`overloaded`);
 //! 6. the backend accepts a TCP connection in time, or (HTTP) a pooled keep-alive
 //!    connection is ready (`backend-refused`).
 
@@ -29,6 +31,7 @@ use shoal_pki::CertIdentity;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::admission::Caller;
 use super::splice::{self, Progress, RESET_CODE, Side};
 use super::{CountGuard, HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
@@ -110,42 +113,30 @@ async fn stream(
         }
     };
     let service = header.target_service.clone();
-    let refuse = |code: StatusCode, reason: String| (code, reason);
     let verdict = if ctx.is_draining() {
-        Err(refuse(StatusCode::Draining, "this node is draining".into()))
+        Err((StatusCode::Draining, "this node is draining".to_string()))
     } else {
         match ctx.services.get(&service) {
-            None => Err(refuse(
+            None => Err((
                 StatusCode::UnknownService,
                 format!("service {service:?} is not hosted on this node"),
             )),
             Some(local) => {
                 let claimed = header.source_service.as_deref();
-                if let Some(src) = claimed
-                    && !peer.allows_service(src)
-                {
-                    Err(refuse(
-                        StatusCode::Unauthorized,
-                        format!(
-                            "caller {caller} claims source service {src:?} its certificate does not name"
-                        ),
-                    ))
-                } else if !local.config.allows(&caller, claimed) {
-                    Err(refuse(
-                        StatusCode::Unauthorized,
-                        format!(
-                            "caller {caller} ({}) is not on the allow-list of {service}",
-                            claimed.unwrap_or("no source service")
-                        ),
-                    ))
-                } else {
-                    Ok(local)
-                }
+                let who = Caller {
+                    node: &caller,
+                    source_service: claimed,
+                    source_certified: claimed.is_none_or(|src| peer.allows_service(src)),
+                };
+                local
+                    .admit(&who)
+                    .map(|slot| (local, slot))
+                    .map_err(|refused| (refused.status(), refused.to_string()))
             }
         }
     };
-    let local = match verdict {
-        Ok(l) => l,
+    let (local, slot) = match verdict {
+        Ok(admitted) => admitted,
         Err((code, reason)) => {
             return answer_refusal(
                 &ctx,
@@ -158,23 +149,6 @@ async fn stream(
             )
             .await;
         }
-    };
-    let Some(slot) = CountGuard::try_acquire(&local.active, local.config.max_connections as usize)
-    else {
-        let reason = format!(
-            "{service} is at its limit of {} connections",
-            local.config.max_connections
-        );
-        return answer_refusal(
-            &ctx,
-            &service,
-            &caller,
-            header.request_id,
-            &mut send,
-            StatusCode::Overloaded,
-            reason,
-        )
-        .await;
     };
     // The caller's remaining time budget, on this host's clock: work is not started
     // (and is cut off) once the caller has given up anyway.

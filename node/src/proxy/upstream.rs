@@ -13,6 +13,7 @@ use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamSt
 use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 
+use super::admission::{Caller, Refused};
 use super::backend_pool::{BackendPool, Sender};
 use super::{CountGuard, ProxyContext};
 use crate::endpoint::Use;
@@ -148,19 +149,19 @@ async fn open_local(
             "this node does not host the service".into(),
         ));
     };
-    if !local.config.allows(&ctx.node_name, target.source_service) {
-        return Err(AttemptError::Final(
-            "unauthorized",
-            format!("this node is not on the allow-list of {}", target.service),
-        ));
-    }
-    let max = local.config.max_connections as usize;
-    let Some(slot) = CountGuard::try_acquire(&local.active, max) else {
-        return Err(AttemptError::Retryable(
-            "overloaded",
-            format!("{} is at its limit of {max} connections", target.service),
-        ));
+    let caller = Caller {
+        node: &ctx.node_name,
+        source_service: target.source_service,
+        // The listener's source service comes from this node's own config,
+        // checked against its certificate when the config was validated.
+        source_certified: true,
     };
+    let slot = local.admit(&caller).map_err(|refused| match refused {
+        Refused::AtCapacity { .. } => AttemptError::Retryable("overloaded", refused.to_string()),
+        Refused::UncertifiedSource { .. } | Refused::NotAllowed { .. } => {
+            AttemptError::Final("unauthorized", refused.to_string())
+        }
+    })?;
     let timeout = timeout.min(local.config.connect_timeout);
     if target.protocol == Protocol::Http {
         // An HTTP request goes over a pooled keep-alive connection, as on the

@@ -1,0 +1,229 @@
+//! Admission of a stream by a local service: the one place that decides whether
+//! a caller may open a connection to a service this node hosts, used alike by
+//! the tunnel's serving side ([`super::inbound`]) and by a listener whose
+//! endpoint is on this very node ([`super::upstream`]).
+//!
+//! Checks, in order (the first that fails decides):
+//! 1. a claimed source service is one the caller's certificate names;
+//! 2. the service's allow-list admits the caller's node or source service;
+//! 3. the service is under its connection limit; the slot it takes is held by
+//!    the returned [`CountGuard`] and given back when that is dropped.
+//!
+//! Whether the service is hosted here, and whether the node is draining, are the
+//! callers' to check first: they are about the node, not the service.
+
+use mesh_proto::tunnel::StatusCode;
+
+use super::{CountGuard, LocalService};
+
+/// Who asks a local service for a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The calling node, from its certificate (or this node's own name).
+    pub node: &'a str,
+    /// The source service it claims, if any.
+    pub source_service: Option<&'a str>,
+    /// Whether the caller's certificate names the claimed source service (a
+    /// caller on this node claims what its own validated config says).
+    pub source_certified: bool,
+}
+
+/// Why a local service refused a caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The caller claimed a source service its certificate does not name.
+    #[error(
+        "caller {caller} claims source service {source_service:?} its certificate does not name"
+    )]
+    UncertifiedSource {
+        /// The calling node.
+        caller: String,
+        /// The source service it claimed.
+        source_service: String,
+    },
+    /// The service's allow-list admits neither the caller's node nor its
+    /// source service.
+    #[error("caller {caller} ({}) is not on the allow-list of {service}", source_service.as_deref().unwrap_or("no source service"))]
+    NotAllowed {
+        /// The calling node.
+        caller: String,
+        /// The source service it claimed, if any.
+        source_service: Option<String>,
+        /// The service refused.
+        service: String,
+    },
+    /// The service has as many connections open as its `max_connections`.
+    #[error("{service} is at its limit of {max} connections")]
+    AtCapacity {
+        /// The service.
+        service: String,
+        /// Its `max_connections`.
+        max: u32,
+    },
+}
+
+impl Refused {
+    /// The status the tunnel answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refused::UncertifiedSource { .. } | Refused::NotAllowed { .. } => {
+                StatusCode::Unauthorized
+            }
+            Refused::AtCapacity { .. } => StatusCode::Overloaded,
+        }
+    }
+}
+
+impl LocalService {
+    /// Admits `caller` to this service, or says why not (see the module
+    /// documentation for the checks). On success the returned guard holds one
+    /// of the service's connection slots.
+    pub fn admit(&self, caller: &Caller<'_>) -> Result<CountGuard, Refused> {
+        if let Some(src) = caller.source_service
+            && !caller.source_certified
+        {
+            return Err(Refused::UncertifiedSource {
+                caller: caller.node.to_string(),
+                source_service: src.to_string(),
+            });
+        }
+        if !self.config.allows(caller.node, caller.source_service) {
+            return Err(Refused::NotAllowed {
+                caller: caller.node.to_string(),
+                source_service: caller.source_service.map(str::to_string),
+                service: self.config.name.clone(),
+            });
+        }
+        let max = self.config.max_connections;
+        CountGuard::try_acquire(&self.active, max as usize).ok_or_else(|| Refused::AtCapacity {
+            service: self.config.name.clone(),
+            max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_proto::tunnel::Protocol;
+
+    use super::*;
+    use crate::config::{HealthConfig, HealthKind, ServiceConfig};
+    use crate::metrics::Metrics;
+
+    fn service(
+        allow_nodes: &[&str],
+        allow_services: &[&str],
+        max_connections: u32,
+    ) -> LocalService {
+        let config = ServiceConfig {
+            name: "db".into(),
+            address: "127.0.0.1:5432".parse().unwrap_or_else(|e| panic!("{e}")),
+            protocol: Protocol::Tcp,
+            weight: 1,
+            tags: Vec::new(),
+            health: HealthConfig {
+                kind: HealthKind::None,
+                path: "/".into(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+            },
+            allow_nodes: allow_nodes.iter().map(|s| s.to_string()).collect(),
+            allow_services: allow_services.iter().map(|s| s.to_string()).collect(),
+            max_connections,
+            connect_timeout: Duration::from_secs(1),
+            http_idle_timeout: Duration::ZERO,
+        };
+        LocalService::new(config, &Metrics::new())
+    }
+
+    fn caller<'a>(node: &'a str, source: Option<&'a str>, certified: bool) -> Caller<'a> {
+        Caller {
+            node,
+            source_service: source,
+            source_certified: certified,
+        }
+    }
+
+    #[test]
+    fn with_no_allow_list_every_mesh_node_is_admitted() {
+        let db = service(&[], &[], 10);
+        assert!(db.admit(&caller("node-2", None, true)).is_ok());
+        assert!(db.admit(&caller("node-3", Some("web"), true)).is_ok());
+    }
+
+    #[test]
+    fn the_allow_list_admits_a_node_or_a_source_service() {
+        let db = service(&["node-2"], &["web"], 10);
+        assert!(db.admit(&caller("node-2", None, true)).is_ok());
+        assert!(db.admit(&caller("node-3", Some("web"), true)).is_ok());
+        let refused = db.admit(&caller("node-3", Some("batch"), true));
+        assert_eq!(
+            refused.as_ref().err(),
+            Some(&Refused::NotAllowed {
+                caller: "node-3".into(),
+                source_service: Some("batch".into()),
+                service: "db".into(),
+            })
+        );
+        let refused = refused.err().unwrap_or_else(|| unreachable!());
+        assert_eq!(refused.status(), StatusCode::Unauthorized);
+        assert_eq!(
+            refused.to_string(),
+            "caller node-3 (batch) is not on the allow-list of db"
+        );
+        assert!(matches!(
+            db.admit(&caller("node-3", None, true)),
+            Err(Refused::NotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_source_service_the_certificate_does_not_name_is_refused_before_the_allow_list() {
+        // Even a service the allow-list names: the claim itself is false.
+        let db = service(&[], &["web"], 10);
+        let refused = db.admit(&caller("node-3", Some("web"), false));
+        assert!(
+            matches!(&refused, Err(Refused::UncertifiedSource { caller, source_service })
+                if caller == "node-3" && source_service == "web"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.err().map(|r| r.status()),
+            Some(StatusCode::Unauthorized)
+        );
+        // A caller that claims nothing has nothing to certify.
+        assert!(
+            service(&[], &[], 10)
+                .admit(&caller("node-3", None, false))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn slots_are_held_by_guards_and_given_back_when_they_drop() {
+        let db = service(&[], &[], 2);
+        let first = db.admit(&caller("node-2", None, true));
+        let second = db.admit(&caller("node-3", None, true));
+        assert!(first.is_ok() && second.is_ok());
+        let third = db.admit(&caller("node-4", None, true));
+        assert_eq!(
+            third.as_ref().err(),
+            Some(&Refused::AtCapacity {
+                service: "db".into(),
+                max: 2
+            })
+        );
+        assert_eq!(
+            third.err().map(|r| r.status()),
+            Some(StatusCode::Overloaded)
+        );
+        assert_eq!(db.active.load(std::sync::atomic::Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(db.active.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(db.admit(&caller("node-4", None, true)).is_ok());
+    }
+}
