@@ -183,19 +183,14 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         let mut supervisor = Supervisor::new(metrics.clone(), stop_rx.clone());
 
-        let (gossip_conns_tx, gossip_conns_rx) = mpsc::channel(64);
-        let (tunnel_conns_tx, tunnel_conns_rx) = mpsc::channel::<endpoint::Inbound>(64);
-        // Before any task runs: gossip may dial a seed at once, and the
-        // connection it opens must be read from its first reply on.
+        let endpoint::Accepted {
+            gossip: gossip_conns_rx,
+            tunnel: tunnel_conns_rx,
+        } = sockets.accepted;
         let endpoint = sockets.endpoint.clone();
-        endpoint.set_gossip_reader(gossip_conns_tx.clone());
         supervisor.spawn("accept", {
             let endpoint = endpoint.clone();
-            move || {
-                endpoint
-                    .clone()
-                    .accept_loop(gossip_conns_tx.clone(), tunnel_conns_tx.clone())
-            }
+            move || endpoint.clone().accept_loop()
         });
         let gossip = start_gossip(
             &config,
@@ -443,6 +438,7 @@ impl Node {
 /// What [`bind`] bound.
 struct Sockets {
     endpoint: Arc<MeshEndpoint>,
+    accepted: endpoint::Accepted,
     quic: SocketAddr,
     advertise: SocketAddr,
     admin: Arc<TcpListener>,
@@ -475,7 +471,7 @@ async fn bind(
         None => SocketSource::Bind(config.node.listen),
     };
     let listen = config.node.listen;
-    let endpoint = MeshEndpoint::new(source, tls.clone(), metrics.clone())
+    let (endpoint, accepted) = MeshEndpoint::new(source, tls.clone(), metrics.clone())
         .map_err(bind_err("node.listen", listen))?;
     let quic = endpoint
         .local_addr()
@@ -504,6 +500,7 @@ async fn bind(
     }
     Ok(Sockets {
         endpoint,
+        accepted,
         quic,
         advertise: config.node.advertise_for(quic),
         admin: Arc::new(admin),

@@ -154,7 +154,25 @@ pub struct MeshEndpoint {
     metrics: Arc<Metrics>,
     open_streams: AtomicUsize,
     tracked: Mutex<Vec<Tracked>>,
-    gossip_inbound: std::sync::OnceLock<mpsc::Sender<Inbound>>,
+    /// Where gossip connections go: accepted ones, and the ones this endpoint
+    /// dials (the peer sends its gossip back over them).
+    gossip_inbound: mpsc::Sender<Inbound>,
+    /// Where accepted tunnel connections go.
+    tunnel_inbound: mpsc::Sender<Inbound>,
+}
+
+/// How many connections of one use may wait to be taken from [`Accepted`].
+pub const ACCEPT_QUEUE: usize = 64;
+
+/// The connections a [`MeshEndpoint`] hands over, by use: made with the endpoint,
+/// so that no connection can arrive before someone can take it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Gossip connections, accepted or dialled: the gossip layer reads every
+    /// stream the peer opens on them.
+    pub gossip: mpsc::Receiver<Inbound>,
+    /// Accepted tunnel connections.
+    pub tunnel: mpsc::Receiver<Inbound>,
 }
 
 /// Raises the number of concurrent tunnel streams `conn`'s peer may open when
@@ -247,11 +265,14 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 impl MeshEndpoint {
     /// Creates the endpoint. Must run inside a tokio runtime.
+    /// An endpoint on `source`, and where the connections it accepts (and the
+    /// gossip connections it dials) are handed over: nothing is accepted until
+    /// [`MeshEndpoint::accept_loop`] runs.
     pub fn new(
         source: SocketSource,
         tls: Arc<TlsState>,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<Arc<Self>> {
+    ) -> std::io::Result<(Arc<Self>, Accepted)> {
         let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime);
         let socket = match source {
             SocketSource::Bind(addr) => runtime.wrap_udp_socket(bind_udp(addr)?)?,
@@ -264,15 +285,19 @@ impl MeshEndpoint {
             socket,
             runtime,
         )?;
-        Ok(Arc::new(MeshEndpoint {
+        let (gossip_inbound, gossip) = mpsc::channel(ACCEPT_QUEUE);
+        let (tunnel_inbound, tunnel) = mpsc::channel(ACCEPT_QUEUE);
+        let me = Arc::new(MeshEndpoint {
             endpoint,
             tls,
             pool: Mutex::new(HashMap::new()),
             metrics,
             open_streams: AtomicUsize::new(0),
             tracked: Mutex::new(Vec::new()),
-            gossip_inbound: std::sync::OnceLock::new(),
-        }))
+            gossip_inbound,
+            tunnel_inbound,
+        });
+        Ok((me, Accepted { gossip, tunnel }))
     }
 
     /// The address the socket is bound to.
@@ -348,14 +373,14 @@ impl MeshEndpoint {
         self.metrics.connections_opened.inc();
         self.track(&conn, Some((addr, use_)), use_ == Use::Gossip);
         if use_ == Use::Gossip
-            && let Some(tx) = self.gossip_inbound.get()
             && let Some(peer) = tls::peer_identity(conn.peer_identity())
         {
             // The peer may send its own gossip back over this connection (it
             // adopts it for that): it must be read, or the peer's replies are
             // lost for as long as the connection lives. So the reader is never
             // skipped — waiting for room if the channel is full.
-            let _ = tx
+            let _ = self
+                .gossip_inbound
                 .send(Inbound {
                     conn: conn.clone(),
                     peer,
@@ -562,26 +587,11 @@ impl MeshEndpoint {
         self.metrics.gossip_connections.set(open);
     }
 
-    /// Where the gossip streams of connections this endpoint dials are read (see
-    /// [`MeshEndpoint::accept_loop`]). Must be set before gossip dials anyone:
-    /// a gossip connection dialled without it is never read, and the peer's
-    /// replies over it are lost.
-    pub fn set_gossip_reader(&self, gossip: mpsc::Sender<Inbound>) {
-        let _ = self.gossip_inbound.set(gossip);
-    }
-
     /// Accepts inbound connections until the endpoint closes, handing each
-    /// authenticated one to the channel of its use. Handshake failures (refused
-    /// certificates among them) are logged and counted by the verifier.
-    pub async fn accept_loop(
-        self: Arc<Self>,
-        gossip: mpsc::Sender<Inbound>,
-        tunnel: mpsc::Sender<Inbound>,
-    ) {
-        let _ = self.gossip_inbound.set(gossip.clone());
+    /// authenticated one over to [`Accepted`] by its use. Handshake failures
+    /// (refused certificates among them) are logged and counted by the verifier.
+    pub async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
-            let gossip = gossip.clone();
-            let tunnel = tunnel.clone();
             let me = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
@@ -612,11 +622,11 @@ impl MeshEndpoint {
                             conn.clone(),
                         ));
                         refuse_streams(&conn, false);
-                        gossip
+                        &me.gossip_inbound
                     }
                     Some(a) if a == ALPN_TUNNEL => {
                         refuse_streams(&conn, true);
-                        tunnel
+                        &me.tunnel_inbound
                     }
                     _ => {
                         conn.close(VarInt::from_u32(2), b"unknown alpn");

@@ -108,13 +108,31 @@ impl Pki {
 
     /// A QUIC endpoint of the mesh on a free loopback port, with a fresh node
     /// certificate for `node` allowing `services`, and its TLS state: what a
-    /// peer that is not a full node (a probe, a rogue member) dials with.
+    /// peer that is not a full node (a probe) dials with. It accepts nothing.
     pub fn endpoint(
         &self,
         node: &str,
         services: &[&str],
     ) -> (
         Arc<shoal_node::endpoint::MeshEndpoint>,
+        Arc<shoal_node::tls::TlsState>,
+    ) {
+        // What it would hand over is dropped, so a gossip connection it dials
+        // is not waiting to be read.
+        let (endpoint, _, tls) = self.endpoint_accepting(node, services);
+        (endpoint, tls)
+    }
+
+    /// [`Pki::endpoint`], with where the connections it accepts (and the
+    /// gossip connections it dials) are handed over once its accept loop runs:
+    /// what a rogue member that answers probes needs.
+    pub fn endpoint_accepting(
+        &self,
+        node: &str,
+        services: &[&str],
+    ) -> (
+        Arc<shoal_node::endpoint::MeshEndpoint>,
+        shoal_node::endpoint::Accepted,
         Arc<shoal_node::tls::TlsState>,
     ) {
         use shoal_node::tls::{TlsFiles, TlsState};
@@ -129,13 +147,13 @@ impl Pki {
             metrics.clone(),
         )
         .unwrap();
-        let endpoint = shoal_node::endpoint::MeshEndpoint::new(
+        let (endpoint, accepted) = shoal_node::endpoint::MeshEndpoint::new(
             shoal_node::endpoint::SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
             tls.clone(),
             metrics,
         )
         .unwrap();
-        (endpoint, tls)
+        (endpoint, accepted, tls)
     }
 
     /// Writes an issued certificate into `<dir>/<label>-<n>/` and returns that directory.

@@ -20,9 +20,8 @@ use mesh_proto::gossip::{CERT_KEY, NODE_KEY, NodeCertificate, NodeRecord, NodeSt
 use mesh_proto::membership::signing::{record_payload, suspicion_payload};
 use mesh_proto::membership::wire::{Body, Items};
 use mesh_proto::membership::{GossipMessage, SignedRecord, Suspicion};
-use shoal_node::endpoint::{MeshEndpoint, Use};
+use shoal_node::endpoint::{Accepted, MeshEndpoint, Use};
 use shoal_node::tls::TlsState;
-use tokio::sync::mpsc;
 
 use crate::{Pki, TestNode};
 
@@ -53,7 +52,7 @@ impl Rogue {
     /// A rogue called `name` whose certificate allows `services`, answering
     /// probes; it has told no one about itself yet.
     pub fn new(pki: &Pki, name: &str, services: &[&str]) -> Rogue {
-        let (endpoint, tls) = pki.endpoint(name, services);
+        let (endpoint, accepted, tls) = pki.endpoint_accepting(name, services);
         let addr = endpoint.local_addr().unwrap();
         let rogue = Rogue {
             name: name.to_string(),
@@ -63,7 +62,7 @@ impl Rogue {
             tls,
             version: std::sync::atomic::AtomicU64::new(0),
         };
-        rogue.answer_probes();
+        rogue.answer_probes(accepted);
         rogue
     }
 
@@ -199,11 +198,12 @@ impl Rogue {
     }
 
     /// Answers every ping sent to it, so the mesh sees it alive.
-    fn answer_probes(&self) {
-        let (gossip_tx, mut gossip_rx) = mpsc::channel(64);
-        let (tunnel_tx, _tunnel_rx) = mpsc::channel(1);
-        self.endpoint.set_gossip_reader(gossip_tx.clone());
-        tokio::spawn(self.endpoint.clone().accept_loop(gossip_tx, tunnel_tx));
+    fn answer_probes(&self, accepted: Accepted) {
+        let Accepted {
+            gossip: mut gossip_rx,
+            ..
+        } = accepted;
+        tokio::spawn(self.endpoint.clone().accept_loop());
         let generation = self.generation;
         tokio::spawn(async move {
             while let Some(inbound) = gossip_rx.recv().await {

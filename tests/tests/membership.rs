@@ -447,26 +447,22 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
     }
 }
 
-/// A mesh endpoint for `name`, with certificates from `pki`, on a free port.
-fn endpoint_for(pki: &Pki, name: &str) -> std::sync::Arc<shoal_node::endpoint::MeshEndpoint> {
-    pki.endpoint(name, &[]).0
-}
-
 /// One connection per pair of nodes: the peer answers gossip over the connection
 /// this node dialled, so that connection must be read from the start. (A node
 /// that dialled a seed before its reader was registered never read the seed's
-/// replies: the other node saw it alive, it never saw the other.)
+/// replies: the other node saw it alive, it never saw the other. The endpoint
+/// now hands its connections over through the `Accepted` it is made with, so no
+/// connection can come before its reader.)
 #[tokio::test]
 async fn the_peer_answers_over_the_gossip_connection_this_node_dialled() {
     use shoal_node::endpoint::Use;
     use std::time::Duration;
     let pki = Pki::new("mesh.test");
-    let (a, b) = (endpoint_for(&pki, "a"), endpoint_for(&pki, "b"));
-    let (reader_tx, mut reader) = tokio::sync::mpsc::channel(4);
-    a.set_gossip_reader(reader_tx);
-    let (b_gossip_tx, mut b_gossip) = tokio::sync::mpsc::channel(4);
-    let (b_tunnel_tx, _b_tunnel) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(b.clone().accept_loop(b_gossip_tx, b_tunnel_tx));
+    let (a, a_accepted, _) = pki.endpoint_accepting("a", &[]);
+    let (b, b_accepted, _) = pki.endpoint_accepting("b", &[]);
+    let mut reader = a_accepted.gossip;
+    let mut b_gossip = b_accepted.gossip;
+    tokio::spawn(b.clone().accept_loop());
     let b_addr = b.local_addr().unwrap();
 
     let conn = a.connect(b_addr, Use::Gossip, Some("b")).await.unwrap();

@@ -261,7 +261,8 @@ async fn dialling_a_named_node_checks_that_it_is_that_node() {
     };
     let metrics = Arc::new(Metrics::new());
     let tls = TlsState::load(&files, metrics.clone()).unwrap();
-    let endpoint = MeshEndpoint::new(
+    // A client only: nothing it hands over is read.
+    let (endpoint, _) = MeshEndpoint::new(
         SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
         tls,
         metrics.clone(),
