@@ -1,0 +1,249 @@
+//! Validation of `[node]`: name, addresses, data directory, seeds.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+
+use super::Validator;
+use crate::config::defaults::{
+    DEFAULT_ADMIN, DEFAULT_CLUSTER, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ZONE,
+};
+use crate::config::raw::RawNode;
+use crate::config::types::{NodeConfig, TlsConfig};
+
+impl Validator {
+    pub(super) fn node(&mut self, raw: &RawNode, id: Option<&TlsConfig>) -> Option<NodeConfig> {
+        let name = match (&raw.name, id) {
+            (Some(name), id) => {
+                let ok = self.name("node.name", "node name", name);
+                if let Some(id) = id
+                    && ok
+                    && *name != id.node_name
+                {
+                    self.err(
+                        "node.name",
+                        format!(
+                            "{name:?} does not match the certificate's node name {:?}; remove node.name or use a certificate issued for {name:?}",
+                            id.node_name
+                        ),
+                    );
+                }
+                Some(name.clone())
+            }
+            (None, Some(id)) => Some(id.node_name.clone()),
+            (None, None) => None,
+        };
+        let cluster = raw
+            .cluster
+            .as_deref()
+            .unwrap_or(DEFAULT_CLUSTER)
+            .to_string();
+        self.name("node.cluster", "cluster name", &cluster);
+        let zone = raw.zone.as_deref().unwrap_or(DEFAULT_ZONE).to_string();
+        self.name("node.zone", "zone", &zone);
+
+        let listen = match &raw.listen {
+            Some(l) => self.socket_addr("node.listen", l),
+            None => {
+                self.err(
+                    "node.listen",
+                    "required: the UDP IP:PORT of this node's QUIC endpoint, such as 0.0.0.0:7100",
+                );
+                None
+            }
+        };
+        let advertise = raw
+            .advertise
+            .as_deref()
+            .and_then(|a| self.socket_addr("node.advertise", a));
+        if let Some(a) = advertise
+            && a.ip().is_unspecified()
+        {
+            self.err(
+                "node.advertise",
+                format!(
+                    "{a} is an unspecified address; peers need an address they can reach, such as this host's IP"
+                ),
+            );
+        }
+        if let Some(listen) = listen {
+            if listen.ip().is_unspecified() && raw.advertise.is_none() {
+                self.err(
+                    "node.advertise",
+                    format!(
+                        "required because node.listen ({listen}) is an unspecified address: set the IP:PORT peers use to reach this node"
+                    ),
+                );
+            }
+            if let Some(a) = advertise
+                && a.port() == 0
+                && listen.port() != 0
+            {
+                self.err(
+                    "node.advertise",
+                    format!(
+                        "port 0 means \"the port actually bound\" and is only allowed when node.listen's port is 0 too (it is {})",
+                        listen.port()
+                    ),
+                );
+            }
+        }
+        let admin = match &raw.admin {
+            Some(a) => self.socket_addr("node.admin", a),
+            None => Some(DEFAULT_ADMIN),
+        };
+        let data_dir = match &raw.data_dir {
+            Some(d) => self.data_dir(d),
+            None => {
+                self.err(
+                    "node.data_dir",
+                    "required: the directory for this node's durable state, such as /var/lib/shoal",
+                );
+                None
+            }
+        };
+
+        let mut seeds: Vec<String> = Vec::new();
+        let mut parsed_seeds: Vec<Option<SocketAddr>> = Vec::new();
+        for (i, seed) in raw.seeds.iter().enumerate() {
+            let field = format!("node.seeds[{i}]");
+            if let Some(s) = self.seed(&field, seed)
+                && !seeds.contains(&s)
+            {
+                parsed_seeds.push(s.parse().ok());
+                seeds.push(s);
+            }
+        }
+        let own: Vec<SocketAddr> = [listen, advertise]
+            .into_iter()
+            .flatten()
+            .filter(|a| a.port() != 0)
+            .collect();
+        let other_seeds = parsed_seeds
+            .iter()
+            .filter(|s| !matches!(s, Some(a) if own.contains(a)))
+            .count();
+        let ready_alone = raw.ready_alone.unwrap_or(other_seeds == 0);
+        let drain_timeout = raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+
+        Some(NodeConfig {
+            name: name?,
+            cluster,
+            zone,
+            listen: listen?,
+            advertise,
+            admin: admin?,
+            data_dir: data_dir?,
+            seeds,
+            ready_alone,
+            drain_timeout,
+        })
+    }
+
+    pub(super) fn data_dir(&mut self, raw: &Path) -> Option<PathBuf> {
+        if raw.as_os_str().is_empty() {
+            self.err("node.data_dir", "is empty; name a directory");
+            return None;
+        }
+        let dir = self.resolve(raw);
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Some(dir),
+            Ok(_) => {
+                self.err(
+                    "node.data_dir",
+                    format!(
+                        "{} exists and is not a directory; point data_dir at a directory",
+                        dir.display()
+                    ),
+                );
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent_ok = dir
+                    .parent()
+                    .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.is_dir()));
+                if parent_ok {
+                    Some(dir)
+                } else {
+                    self.err(
+                        "node.data_dir",
+                        format!(
+                            "neither {} nor its parent directory exists; the node creates the directory itself, but not its parents",
+                            dir.display()
+                        ),
+                    );
+                    None
+                }
+            }
+            Err(e) => {
+                self.err(
+                    "node.data_dir",
+                    format!("cannot inspect {}: {e}", dir.display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks one seed; returns it normalized (trimmed).
+    pub(super) fn seed(&mut self, field: &str, raw: &str) -> Option<String> {
+        let s = raw.trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            if a.port() == 0 {
+                self.err(
+                    field,
+                    format!("{raw:?} has port 0; give the seed's QUIC port"),
+                );
+                return None;
+            }
+            if a.ip().is_unspecified() {
+                self.err(
+                    field,
+                    format!(
+                        "{raw:?} is an unspecified address; give an address that reaches the seed"
+                    ),
+                );
+                return None;
+            }
+            return Some(a.to_string());
+        }
+        let bad = |why: &str| {
+            format!(
+                "{raw:?} is not HOST:PORT ({why}); for example 10.0.0.5:7100 or seed-1.example.org:7100"
+            )
+        };
+        let Some((host, port)) = s.rsplit_once(':') else {
+            self.err(field, bad("the port is missing"));
+            return None;
+        };
+        if host.contains(':') {
+            self.err(field, bad("IPv6 addresses go in brackets: [fd00::5]:7100"));
+            return None;
+        }
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !host_ok {
+            self.err(field, bad(&format!("{host:?} is not a valid host name")));
+            return None;
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => Some(format!("{host}:{p}")),
+            _ => {
+                self.err(
+                    field,
+                    bad(&format!("{port:?} is not a port from 1 to 65535")),
+                );
+                None
+            }
+        }
+    }
+
+    // --- [tls] -----------------------------------------------------------------
+}

@@ -1,0 +1,296 @@
+//! Validation of `[[service]]` and its `[service.health]`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use humantime_serde::re::humantime;
+use mesh_proto::tunnel::Protocol;
+
+use super::Validator;
+use crate::config::defaults::{
+    DEFAULT_BACKEND_CONNECT_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH,
+    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HTTP_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
+    MAX_BACKEND_CONNECT_TIMEOUT, MAX_HEALTH_INTERVAL, MAX_HTTP_IDLE_TIMEOUT, MAX_MAX_CONNECTIONS,
+    MAX_TAGS, MAX_THRESHOLD, MAX_WEIGHT, MIN_BACKEND_CONNECT_TIMEOUT, MIN_HEALTH_INTERVAL,
+};
+use crate::config::raw::{RawHealth, RawService};
+use crate::config::types::{HealthConfig, HealthKind, ServiceConfig, TlsConfig};
+
+impl Validator {
+    pub(super) fn services(
+        &mut self,
+        raw: &[RawService],
+        id: Option<&TlsConfig>,
+    ) -> Option<Vec<ServiceConfig>> {
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut ok = true;
+        for (i, svc) in raw.iter().enumerate() {
+            match self.service(i, svc, id, &mut seen) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    pub(super) fn service(
+        &mut self,
+        i: usize,
+        raw: &RawService,
+        id: Option<&TlsConfig>,
+        seen: &mut BTreeMap<String, usize>,
+    ) -> Option<ServiceConfig> {
+        let f = |name: &str| format!("service[{i}].{name}");
+        let name = match &raw.name {
+            None => {
+                self.err(f("name"), "required: the service name");
+                None
+            }
+            Some(name) => {
+                let mut ok = self.name(&f("name"), "service name", name);
+                if let Some(first) = seen.get(name) {
+                    self.err(
+                        f("name"),
+                        format!(
+                            "{name:?} is already defined by service[{first}]; each service is listed once per node"
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    seen.insert(name.clone(), i);
+                }
+                if ok
+                    && let Some(id) = id
+                    && !id.allowed_services.iter().any(|s| s == name)
+                {
+                    let allows = if id.allowed_services.is_empty() {
+                        "none".to_string()
+                    } else {
+                        id.allowed_services.join(", ")
+                    };
+                    self.err(
+                        f("name"),
+                        format!(
+                            "{name:?} is not in the node certificate (it allows: {allows}); issue a certificate with --service {name}"
+                        ),
+                    );
+                    ok = false;
+                }
+                ok.then(|| name.clone())
+            }
+        };
+        let address = match &raw.address {
+            None => {
+                self.err(
+                    f("address"),
+                    "required: the IP:PORT of the local backend, such as 127.0.0.1:8080",
+                );
+                None
+            }
+            Some(a) => self.socket_addr(&f("address"), a).and_then(|a| {
+                if a.port() == 0 {
+                    self.err(f("address"), format!("{a} has port 0; give the backend's port"));
+                    None
+                } else if a.ip().is_unspecified() {
+                    self.err(
+                        f("address"),
+                        format!(
+                            "{a} is an unspecified address; give the address the backend can be reached at, such as 127.0.0.1:{}",
+                            a.port()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(a)
+                }
+            }),
+        };
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("tcp") => Some(Protocol::Tcp),
+            Some("http") => Some(Protocol::Http),
+            Some(other) => {
+                self.err(
+                    f("protocol"),
+                    format!("{other:?} is not a protocol; use \"tcp\" or \"http\""),
+                );
+                None
+            }
+        };
+        let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
+        let weight_ok = (1..=MAX_WEIGHT).contains(&weight);
+        if !weight_ok {
+            self.err(
+                f("weight"),
+                format!("{weight} is out of range: it must be between 1 and {MAX_WEIGHT}"),
+            );
+        }
+        let mut tags_ok = true;
+        if raw.tags.len() > MAX_TAGS {
+            self.err(
+                f("tags"),
+                format!("{} tags; at most {MAX_TAGS} are allowed", raw.tags.len()),
+            );
+            tags_ok = false;
+        }
+        for (t, tag) in raw.tags.iter().enumerate() {
+            tags_ok &= self.name(&format!("service[{i}].tags[{t}]"), "tag", tag);
+        }
+        let health = self.health(i, raw.health.as_ref(), protocol.unwrap_or(Protocol::Tcp));
+        let mut allow_ok = true;
+        for (n, node) in raw.allow_nodes.iter().enumerate() {
+            allow_ok &= self.name(&format!("service[{i}].allow_nodes[{n}]"), "node name", node);
+        }
+        for (n, svc) in raw.allow_services.iter().enumerate() {
+            allow_ok &= self.name(
+                &format!("service[{i}].allow_services[{n}]"),
+                "service name",
+                svc,
+            );
+        }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_ok = self.count_range(
+            &f("max_connections"),
+            max_connections,
+            1,
+            MAX_MAX_CONNECTIONS,
+        );
+        let connect_timeout = raw
+            .connect_timeout
+            .unwrap_or(DEFAULT_BACKEND_CONNECT_TIMEOUT);
+        self.duration_range(
+            &f("connect_timeout"),
+            connect_timeout,
+            MIN_BACKEND_CONNECT_TIMEOUT,
+            MAX_BACKEND_CONNECT_TIMEOUT,
+        );
+        let http_idle_timeout = raw.http_idle_timeout.unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT);
+        self.duration_range(
+            &f("http_idle_timeout"),
+            http_idle_timeout,
+            Duration::ZERO,
+            MAX_HTTP_IDLE_TIMEOUT,
+        );
+        if !(weight_ok && tags_ok && allow_ok && max_ok) {
+            return None;
+        }
+        Some(ServiceConfig {
+            name: name?,
+            address: address?,
+            protocol: protocol?,
+            weight,
+            tags: raw.tags.clone(),
+            health: health?,
+            allow_nodes: raw.allow_nodes.clone(),
+            allow_services: raw.allow_services.clone(),
+            max_connections,
+            connect_timeout,
+            http_idle_timeout,
+        })
+    }
+
+    pub(super) fn health(
+        &mut self,
+        i: usize,
+        raw: Option<&RawHealth>,
+        protocol: Protocol,
+    ) -> Option<HealthConfig> {
+        let f = |name: &str| format!("service[{i}].health.{name}");
+        let empty = RawHealth::default();
+        let raw = raw.unwrap_or(&empty);
+        let errors_before = self.errors.len();
+        let kind = match raw.kind.as_deref() {
+            None => match protocol {
+                Protocol::Http => HealthKind::Http,
+                Protocol::Tcp => HealthKind::Tcp,
+            },
+            Some("tcp") => HealthKind::Tcp,
+            Some("http") => HealthKind::Http,
+            Some("none") => HealthKind::None,
+            Some(other) => {
+                self.err(
+                    f("kind"),
+                    format!(
+                        "{other:?} is not a health check kind; use \"tcp\", \"http\" or \"none\""
+                    ),
+                );
+                HealthKind::Tcp
+            }
+        };
+        let path = raw
+            .path
+            .as_deref()
+            .unwrap_or(DEFAULT_HEALTH_PATH)
+            .to_string();
+        if !path.starts_with('/') {
+            self.err(f("path"), format!("{path:?} must start with '/'"));
+        } else if !path.chars().all(|c| c.is_ascii_graphic()) {
+            self.err(
+                f("path"),
+                format!("{path:?} contains spaces or other characters not allowed in a URL path; percent-encode them"),
+            );
+        }
+        if raw.path.is_some() && kind != HealthKind::Http {
+            let why = if raw.kind.is_some() {
+                String::new()
+            } else {
+                format!(" (the default for protocol \"{protocol}\")")
+            };
+            self.err(
+                f("path"),
+                format!(
+                    "is only used by HTTP checks, and this check is \"{kind}\"{why}; set kind = \"http\" or remove path"
+                ),
+            );
+        }
+        let interval = raw.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
+        self.duration_range(
+            &f("interval"),
+            interval,
+            MIN_HEALTH_INTERVAL,
+            MAX_HEALTH_INTERVAL,
+        );
+        let timeout = raw.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT);
+        if timeout.is_zero() {
+            self.err(f("timeout"), "must be greater than 0");
+        } else if timeout > interval {
+            self.err(
+                f("timeout"),
+                format!(
+                    "{} is longer than the check interval ({}); it must be at most the interval",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let mut threshold = |name: &str, value: Option<u32>, default: u32| {
+            let v = value.unwrap_or(default);
+            if !(1..=MAX_THRESHOLD).contains(&v) {
+                self.err(
+                    f(name),
+                    format!("{v} is out of range: it must be between 1 and {MAX_THRESHOLD}"),
+                );
+            }
+            v
+        };
+        let healthy_threshold = threshold(
+            "healthy_threshold",
+            raw.healthy_threshold,
+            DEFAULT_HEALTHY_THRESHOLD,
+        );
+        let unhealthy_threshold = threshold(
+            "unhealthy_threshold",
+            raw.unhealthy_threshold,
+            DEFAULT_UNHEALTHY_THRESHOLD,
+        );
+        (self.errors.len() == errors_before).then_some(HealthConfig {
+            kind,
+            path,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        })
+    }
+}
