@@ -21,12 +21,32 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Http];
+
     /// The lowercase name used in config, logs and the admin API (`tcp`, `http`).
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
         }
+    }
+}
+
+/// A string that names no [`Protocol`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a protocol; use \"tcp\" or \"http\"")]
+pub struct UnknownProtocol(pub String);
+
+impl std::str::FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    /// Parses the name [`Protocol::as_str`] gives.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownProtocol(s.to_string()))
     }
 }
 
@@ -204,6 +224,19 @@ impl_frame_body!(StreamStatus);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocols_parse_from_the_names_they_print() {
+        for p in Protocol::ALL {
+            assert_eq!(p.as_str().parse::<Protocol>(), Ok(p));
+        }
+        let err = "HTTP".parse::<Protocol>().err();
+        assert_eq!(err, Some(UnknownProtocol("HTTP".into())));
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("\"HTTP\" is not a protocol; use \"tcp\" or \"http\"")
+        );
+    }
 
     #[test]
     fn request_id_is_32_lowercase_hex_digits() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use humantime_serde::re::humantime;
 use mesh_proto::names::validate_name;
+use mesh_proto::tunnel::{Protocol, UnknownProtocol};
 use time::OffsetDateTime;
 
 use crate::config::error::{ConfigError, ConfigErrors};
@@ -95,6 +96,13 @@ impl Validator {
                 false
             }
         }
+    }
+
+    /// A `protocol` field: `tcp` (also when absent) or `http`.
+    fn protocol(&mut self, field: &str, raw: Option<&str>) -> Option<Protocol> {
+        raw.map_or(Ok(Protocol::Tcp), str::parse)
+            .map_err(|e: UnknownProtocol| self.err(field, e.to_string()))
+            .ok()
     }
 
     fn socket_addr(&mut self, field: &str, value: &str) -> Option<SocketAddr> {

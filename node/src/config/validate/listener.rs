@@ -71,7 +71,7 @@ impl Validator {
     ) -> Option<ListenerConfig> {
         let before = self.errors.len();
         let bind = self.listener_bind(i, raw);
-        let protocol = self.listener_protocol(i, raw);
+        let protocol = self.protocol(&format!("listener[{i}].protocol"), raw.protocol.as_deref());
         let http = protocol == Some(Protocol::Http);
         let (name, service) = self.listener_name_and_service(i, raw, http);
         let (kind, tls) = self.listener_kind_and_tls(i, raw, http);
@@ -139,20 +139,6 @@ impl Validator {
                 None
             }
             Some(b) => self.socket_addr(&field, b),
-        }
-    }
-
-    fn listener_protocol(&mut self, i: usize, raw: &RawListener) -> Option<Protocol> {
-        match raw.protocol.as_deref() {
-            None | Some("tcp") => Some(Protocol::Tcp),
-            Some("http") => Some(Protocol::Http),
-            Some(other) => {
-                self.err(
-                    format!("listener[{i}].protocol"),
-                    format!("{other:?} is not a protocol; use \"tcp\" or \"http\""),
-                );
-                None
-            }
         }
     }
 
@@ -290,18 +276,9 @@ impl Validator {
         let Some(p) = raw.lb.as_deref() else {
             return Some(Policy::RoundRobin);
         };
-        match p.parse::<Policy>() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                self.err(
-                    format!("listener[{i}].lb"),
-                    format!(
-                        "{p:?} is not a load-balancing policy; use \"round_robin\", \"least_request\" or \"ring_hash\""
-                    ),
-                );
-                None
-            }
-        }
+        p.parse::<Policy>()
+            .map_err(|e| self.err(format!("listener[{i}].lb"), e.to_string()))
+            .ok()
     }
 
     /// The source service callers act for: one the node certificate names.

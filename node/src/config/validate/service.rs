@@ -107,17 +107,7 @@ impl Validator {
                 }
             }),
         };
-        let protocol = match raw.protocol.as_deref() {
-            None | Some("tcp") => Some(Protocol::Tcp),
-            Some("http") => Some(Protocol::Http),
-            Some(other) => {
-                self.err(
-                    f("protocol"),
-                    format!("{other:?} is not a protocol; use \"tcp\" or \"http\""),
-                );
-                None
-            }
-        };
+        let protocol = self.protocol(&f("protocol"), raw.protocol.as_deref());
         let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
         let weight_ok = (1..=MAX_WEIGHT).contains(&weight);
         if !weight_ok {
