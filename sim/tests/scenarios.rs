@@ -170,6 +170,57 @@ async fn a_short_scenario_kills_partitions_heals_and_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_nodes_is_watched_as_one_and_a_wait_that_times_out_says_who_sees_what() {
+    // A kill cannot be detected within 1 s at the default 250 ms interval (a
+    // probe alone waits 1 s, then a retry, indirect probes and a suspicion), so
+    // the second wait times out while every node still sees n5 alive.
+    let text = r#"
+name = "wave"
+[mesh]
+nodes = 3
+[[step]]
+action = "add"
+count = 2
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "30s"
+[[step]]
+action = "kill"
+node = "n5"
+[[step]]
+action = "wait"
+until = "converged"
+timeout = "1s"
+"#;
+    let scenario = Scenario::parse(text, "wave").unwrap();
+    let report = run(
+        &scenario,
+        RunOptions {
+            mode: Mode::InProcess,
+            live: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.nodes, 5);
+    let wave = timing(&report, "added n4..n5", "all seen alive by every node");
+    assert!(wave.after_s.is_some(), "{}", report.to_text());
+    assert!(
+        !report.timings.iter().any(|t| t.event == "added n4"),
+        "one watcher for the wave, not one per node"
+    );
+    assert!(!report.passed());
+    let error = report.errors.join("\n");
+    assert!(
+        error.contains("did not become converged within 1s")
+            && error.contains("sees 4 of 4 running nodes alive")
+            && error.contains("alive but not running: n5"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_expectation_fails_the_run() {
     let text = r#"
 name = "impossible"
