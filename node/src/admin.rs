@@ -149,6 +149,7 @@ impl AdminState {
         for state in ["alive", "suspect", "draining", "dead"] {
             let n = out.iter().filter(|m| m.state == state).count();
             self.metrics
+                .gossip
                 .members
                 .get_or_create(&StateLabels { state })
                 .set(n as i64);

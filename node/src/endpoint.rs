@@ -339,7 +339,7 @@ impl MeshEndpoint {
             // Another node answers at this address (it moved, or someone lies
             // about it in gossip): refuse it.
             conn.close(VarInt::from_u32(5), b"wrong node");
-            self.metrics.reject(tls::Rejection::WrongNode.as_str());
+            self.metrics.tls.reject(tls::Rejection::WrongNode.as_str());
             return Err(ConnectError::WrongNode {
                 addr,
                 expected: expected.to_string(),
@@ -370,7 +370,7 @@ impl MeshEndpoint {
             Ok(Err(source)) => return Err(ConnectError::Handshake { addr, source }),
             Ok(Ok(conn)) => conn,
         };
-        self.metrics.connections_opened.inc();
+        self.metrics.tls.connections_opened.inc();
         self.track(&conn, Some((addr, use_)), use_ == Use::Gossip);
         if use_ == Use::Gossip
             && let Some(peer) = tls::peer_identity(conn.peer_identity())
@@ -448,7 +448,7 @@ impl MeshEndpoint {
                     tracing::info!(peer = %t.conn.remote_address(), reason, "closing a connection whose peer certificate is no longer valid");
                     t.conn.close(VarInt::from_u32(4), reason.as_bytes());
                     self.metrics
-                        .connections_recycled
+                        .tls.connections_recycled
                         .get_or_create(&crate::metrics::ReasonLabels { reason })
                         .inc();
                     closed += 1;
@@ -473,6 +473,7 @@ impl MeshEndpoint {
             {
                 slot.conn = None;
                 self.metrics
+                    .tls
                     .connections_recycled
                     .get_or_create(&crate::metrics::ReasonLabels {
                         reason: "peer_cert_expiring",
@@ -496,6 +497,7 @@ impl MeshEndpoint {
                 && slot.conn.take().is_some()
             {
                 self.metrics
+                    .tls
                     .connections_recycled
                     .get_or_create(&crate::metrics::ReasonLabels {
                         reason: "own_cert_changed",
@@ -584,7 +586,7 @@ impl MeshEndpoint {
             }
         }
         let open = i64::try_from(self.gossip_connections()).unwrap_or(i64::MAX);
-        self.metrics.gossip_connections.set(open);
+        self.metrics.gossip.connections.set(open);
     }
 
     /// Accepts inbound connections until the endpoint closes, handing each
@@ -610,7 +612,7 @@ impl MeshEndpoint {
                     conn.close(VarInt::from_u32(1), b"no identity");
                     return;
                 };
-                me.metrics.connections_accepted.inc();
+                me.metrics.tls.connections_accepted.inc();
                 me.track(&conn, None, alpn.as_deref() == Some(ALPN_GOSSIP));
                 let target = match alpn.as_deref() {
                     Some(a) if a == ALPN_GOSSIP => {

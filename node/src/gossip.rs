@@ -152,7 +152,7 @@ impl Gossip {
         let config: &MembershipConfig = membership.config();
         let (name, generation) = (config.name.clone(), config.generation);
         for r in Refusal::ALL {
-            let _ = metrics.gossip_rejected(r.as_str());
+            let _ = metrics.gossip.rejected_for(r.as_str());
         }
         let view = membership.view(Instant::now(), wall_ms());
         Arc::new(Gossip {
@@ -365,7 +365,8 @@ impl Gossip {
             self.report(e);
         }
         self.metrics
-            .gossip_state_bytes
+            .gossip
+            .state_bytes
             .set(state.state_bytes() as i64);
         drop(state);
         if !self.inbound.is_empty() {
@@ -405,6 +406,7 @@ impl Gossip {
         let new = r.seen.insert(document_id(document));
         if new {
             metrics
+                .routing
                 .route_rejections
                 .get_or_create(&crate::metrics::ReasonLabels { reason: label })
                 .inc();
@@ -444,7 +446,7 @@ impl Gossip {
                 sender,
                 origin,
             } => {
-                self.metrics.gossip_rejected(reason.as_str()).inc();
+                self.metrics.gossip.rejected_for(reason.as_str()).inc();
                 let origin = origin.unwrap_or_default();
                 if reason.is_benign() {
                     tracing::debug!(%sender, %origin, %reason, "refused a gossip item");
@@ -456,7 +458,7 @@ impl Gossip {
                 tracing::info!(member = %name, generation, "member joined")
             }
             Event::Accused { target, accuser } => {
-                self.metrics.gossip_suspicions.inc();
+                self.metrics.gossip.suspicions.inc();
                 tracing::info!(member = %target, %accuser, "member suspected");
             }
             Event::Died { name, accusers } => {
@@ -465,11 +467,11 @@ impl Gossip {
             Event::Revived { name } => tracing::info!(member = %name, "member alive again"),
             Event::Forgotten { name } => tracing::info!(member = %name, "dead member forgotten"),
             Event::Refuted { accuser } => {
-                self.metrics.gossip_refutations.inc();
+                self.metrics.gossip.refutations.inc();
                 tracing::warn!(%accuser, "this node was suspected; refuted");
             }
             Event::Quarantined { peer } => {
-                self.metrics.gossip_quarantines.inc();
+                self.metrics.gossip.quarantines.inc();
                 tracing::warn!(%peer, "peer sent a bad signature; ignoring it for a while");
             }
             Event::DocumentRefused {

@@ -84,6 +84,7 @@ pub async fn run(
         }
         let result = probe(&svc).await;
         metrics
+            .inbound
             .health_checks
             .get_or_create(&HealthCheckLabels {
                 service: svc.name.clone(),

@@ -394,6 +394,7 @@ impl RouteStore {
         }
         for reason in SignatureError::REASONS.iter().chain(BODY_REASONS.iter()) {
             let _ = metrics
+                .routing
                 .route_rejections
                 .get_or_create(&ReasonLabels { reason });
         }
@@ -505,7 +506,7 @@ impl RouteStore {
                     .filter(|d| !d.spec.deleted)
                     .map(|d| d.spec.clone()),
             );
-            self.metrics.route_documents.set(table.len() as i64);
+            self.metrics.routing.route_documents.set(table.len() as i64);
             self.table.store(Arc::new(table));
             let expiry = view
                 .documents
@@ -513,6 +514,7 @@ impl RouteStore {
                 .map(|d| d.signer.not_after_ms / 1000)
                 .min();
             self.metrics
+                .routing
                 .route_signer_expiry
                 .set(expiry.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)));
         }
@@ -540,6 +542,7 @@ impl RouteStore {
     fn report_expired(&self, st: &mut State, docs: &[HeldDocument], now: u64) {
         let expired: Vec<&HeldDocument> = docs.iter().filter(|d| d.signer_expired(now)).collect();
         self.metrics
+            .routing
             .route_documents_expired
             .set(expired.len() as i64);
         for d in &expired {

@@ -75,7 +75,7 @@ pub async fn run(
             next
         };
         table.store(Arc::new(next));
-        metrics.routing_rebuilds.inc();
+        metrics.routing.rebuilds.inc();
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
@@ -92,7 +92,7 @@ fn report(ignored: &[Ignored], reported: &mut HashSet<(String, String)>, metrics
             Ignored::NotInCertificate { node, service } => {
                 let key = (node.clone(), service.clone());
                 if reported.insert(key.clone()) {
-                    metrics.ignored_service_claims.inc();
+                    metrics.routing.ignored_service_claims.inc();
                     tracing::warn!(
                         %node, %service,
                         "ignoring a service claim the node's certificate does not allow"

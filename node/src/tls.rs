@@ -12,22 +12,23 @@
 //! One crypto provider (ring), TLS 1.3 only.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use shoal_pki::{CaBundle, CertIdentity, OperatorVerifier, SignatureError, Signer};
+use shoal_pki::{CertIdentity, OperatorVerifier, SignatureError, Signer};
 use thiserror::Error;
 use webpki::{EndEntityCert, KeyUsage};
 
 use crate::metrics::{Metrics, ReasonLabels};
+
+pub mod files;
 
 /// ALPN of gossip connections: the membership protocol of
 /// `mesh_proto::membership` (version 2; version 1 was chitchat's, which nodes no
@@ -54,17 +55,8 @@ pub struct TlsFiles {
 /// Why the node's own TLS material could not be loaded.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    /// A file could not be read.
-    #[error("{field}: cannot read {path}: {cause}")]
-    Read {
-        /// Which config field names the file.
-        field: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        cause: std::io::Error,
-    },
-    /// A file does not hold what it should.
+    /// A file cannot be read or does not hold what it should
+    /// ([`files::check`]'s first problem).
     #[error("{field}: {reason}")]
     Invalid {
         /// Which config field names the file.
@@ -108,48 +100,41 @@ pub struct LocalIdentity {
     certified: Arc<CertifiedKey>,
 }
 
-/// Loads and checks certificate, key and CA: the certificate must be a node
-/// certificate valid now under that CA, and the key must be its key.
+/// Loads certificate, key and CA once [`files::check`] finds no problem with
+/// them (the first problem is the error): a node certificate valid now under
+/// that CA, and its key.
 pub fn load(
     files: &TlsFiles,
     provider: &Arc<CryptoProvider>,
 ) -> Result<(LocalIdentity, MeshTrust), TlsError> {
-    let read = |field: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|cause| TlsError::Read {
-            field,
-            path: path.to_path_buf(),
-            cause,
-        })
+    let paths = files::Paths {
+        cert: Some(&files.cert),
+        key: Some(&files.key),
+        ca: Some(&files.ca),
     };
-    let cert_pem = read("tls.cert", &files.cert)?;
-    let key_pem = read("tls.key", &files.key)?;
-    let ca_pem = read("tls.ca", &files.ca)?;
-    let cert = CertificateDer::from_pem_slice(&cert_pem)
-        .map_err(|e| invalid("tls.cert", format!("not a PEM certificate: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| invalid("tls.key", format!("not a PEM private key: {e}")))?;
-
-    let bundle = CaBundle::from_pem(&ca_pem).map_err(|e| invalid("tls.ca", e))?;
-    let trust_domain = bundle.trust_domain.clone();
-    let now = time::OffsetDateTime::now_utc();
-    let verified = bundle
-        .verify(&cert, now)
-        .map_err(|e| invalid("tls.cert", e))?;
-    let Some(node_name) = verified.identity.node.clone() else {
-        return Err(invalid(
-            "tls.cert",
-            "not a node certificate (it carries no spiffe://TD/node/NAME id); issue one with `shoal-pki issue --node`",
-        ));
+    let (checked, problems) = files::check(paths, time::OffsetDateTime::now_utc());
+    if let Some(p) = problems.into_iter().next() {
+        return Err(invalid(p.field, p.reason));
+    }
+    let (Some(checked), Some(node_name)) = (
+        checked.as_ref(),
+        checked.as_ref().and_then(|c| c.identity.node.clone()),
+    ) else {
+        return Err(invalid("tls.cert", "not a usable node certificate"));
     };
-    let certified = CertifiedKey::from_der(vec![cert.clone()], key, provider).map_err(|e| {
-        invalid(
-            "tls.key",
-            format!("does not match tls.cert or is not a supported key: {e}"),
-        )
-    })?;
-    let (_, x509) =
-        x509_parser::parse_x509_certificate(&cert).map_err(|e| invalid("tls.cert", e))?;
-    let anchors = bundle
+    let Some(key) = checked.key.as_ref().map(PrivateKeyDer::clone_key) else {
+        return Err(invalid("tls.key", "not a usable private key"));
+    };
+    let certified =
+        CertifiedKey::from_der(vec![checked.cert.clone()], key, provider).map_err(|e| {
+            invalid(
+                "tls.key",
+                format!("does not match tls.cert or is not a supported key: {e}"),
+            )
+        })?;
+    let trust_domain = checked.bundle.trust_domain.clone();
+    let anchors = checked
+        .bundle
         .cas
         .iter()
         .map(|ca| {
@@ -161,16 +146,21 @@ pub fn load(
     let identity = LocalIdentity {
         node_name,
         trust_domain: trust_domain.clone(),
-        services: verified.identity.services.clone(),
-        not_after_unix: x509.validity().not_after.timestamp(),
-        cert_der: cert.into_owned(),
+        services: checked.identity.services.clone(),
+        not_after_unix: checked.not_after.unix_timestamp(),
+        cert_der: checked.cert.clone(),
         certified: Arc::new(certified),
     };
     let trust = MeshTrust {
         operators: OperatorVerifier::new(trust_domain.clone(), anchors.clone()),
         trust_domain,
         anchors,
-        ca_fingerprint: bundle.cas.iter().map(|c| c.as_ref().to_vec()).collect(),
+        ca_fingerprint: checked
+            .bundle
+            .cas
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect(),
     };
     Ok((identity, trust))
 }
@@ -297,9 +287,10 @@ impl TlsState {
         let stamp = files.stamp();
         let (identity, trust) = load(files, &provider)?;
         let algs = provider.signature_verification_algorithms;
-        metrics.certificate_expiry.set(identity.not_after_unix);
+        metrics.tls.certificate_expiry.set(identity.not_after_unix);
         for r in Rejection::ALL {
             let _ = metrics
+                .tls
                 .rejected_peers
                 .get_or_create(&ReasonLabels { reason: r.as_str() });
         }
@@ -353,7 +344,10 @@ impl TlsState {
         }
         let ca_changed = self.trust.load().ca_fingerprint != trust.ca_fingerprint;
         let cert_changed = current.cert_der != identity.cert_der;
-        self.metrics.certificate_expiry.set(identity.not_after_unix);
+        self.metrics
+            .tls
+            .certificate_expiry
+            .set(identity.not_after_unix);
         self.identity.store(Arc::new(identity));
         self.trust.store(Arc::new(trust));
         if ca_changed {
@@ -445,7 +439,7 @@ impl TlsState {
         cert: &CertificateDer<'_>,
     ) -> Result<CertIdentity, rustls::Error> {
         result.map_err(|r| {
-            self.metrics.reject(r.as_str());
+            self.metrics.tls.reject(r.as_str());
             tracing::warn!(
                 peer_role = side,
                 peer = %describe_cert(cert),

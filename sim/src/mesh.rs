@@ -554,7 +554,7 @@ impl Mesh {
         for node in self.nodes.values() {
             match &node.handle {
                 Some(Handle::InProcess(n)) => {
-                    total += n.metrics().gossip_sent_bytes();
+                    total += n.metrics().gossip.sent_bytes();
                 }
                 Some(Handle::Process(_)) => {
                     if let Some(admin) = node.admin
@@ -577,7 +577,7 @@ impl Mesh {
         let mut most = (0, String::new());
         for node in self.nodes.values() {
             let open = match &node.handle {
-                Some(Handle::InProcess(n)) => n.metrics().gossip_connections_open(),
+                Some(Handle::InProcess(n)) => n.metrics().gossip.connections_open(),
                 Some(Handle::Process(_)) => match node.admin {
                     Some(admin) => get_text(admin, "/metrics")
                         .await

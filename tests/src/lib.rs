@@ -1,13 +1,13 @@
 //! Test harness for Shoal's cross-crate integration tests: a throw-away mesh CA,
-//! node configs on loopback with port 0, in-process nodes, tiny backends, an HTTP
-//! client for the admin API, and [`eventually`], which polls a condition with a
-//! bound instead of sleeping.
+//! node configs on loopback with port 0, in-process nodes, a [`cluster::Cluster`]
+//! builder that starts a mesh of them and makes its faults, tiny backends, an
+//! HTTP client for the admin API, and [`eventually`], which polls a condition
+//! with a bound instead of sleeping.
 //!
 //! ```ignore
-//! let pki = Pki::new("mesh.test");
-//! let a = TestNode::start(&pki, NodeSpec::new("a")).await;
-//! let b = TestNode::start(&pki, NodeSpec::new("b").seed(&a)).await;
-//! eventually("b sees a", || async { b.members().await.len() == 2 }).await;
+//! let mesh = Cluster::new(2).start().await;
+//! mesh.wait_converged().await;
+//! eventually("n2 sees n1", || async { mesh["n2"].member_states().await.len() == 2 }).await;
 //! ```
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +15,7 @@
     missing_debug_implementations
 )]
 
+pub mod cluster;
 pub mod rogue;
 pub mod web;
 

@@ -8,46 +8,42 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full};
+use shoal_tests::cluster::Cluster;
 use shoal_tests::web::WebApp;
-use shoal_tests::{Check, NodeSpec, Pki, TestNode, eventually, get, http_send, request};
+use shoal_tests::{Check, NodeSpec, eventually, get, http_send, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A node `a` hosting the service `web` with a [`WebApp`] backend `app-a`.
-async fn web_node(pki: &Pki) -> (TestNode, WebApp) {
+/// A node `a` hosting the service `web` with a [`WebApp`] backend `app-a`, and
+/// a caller node `caller` (named `c`) that sees it healthy.
+async fn web_mesh(caller: NodeSpec) -> (Cluster, WebApp) {
     let app = WebApp::start("app-a").await;
-    let a = TestNode::start(
-        pki,
+    let mesh = Cluster::of([
         NodeSpec::new("a").service("web", app.addr(), Check::Http),
-    )
+        caller,
+    ])
+    .start()
     .await;
-    (a, app)
+    mesh.wait_healthy("c", "web", 1).await;
+    (mesh, app)
 }
 
-/// A caller node `c` with an HTTP listener `web` (default service `web`) and one
-/// node `a` hosting `web`.
-async fn two_nodes(pki: &Pki) -> (TestNode, TestNode, WebApp) {
-    let (a, app) = web_node(pki).await;
-    let c = TestNode::start(
-        pki,
+/// [`web_mesh`] with a caller `c` whose HTTP listeners are `web` (default
+/// service `web`), `routes-only` (no default) and `ghost` (a service no node has).
+async fn two_nodes() -> (Cluster, WebApp) {
+    web_mesh(
         NodeSpec::new("c")
-            .seed(&a)
             .http_listener("web", Some("web"))
             .http_listener("routes-only", None)
             .http_listener("ghost", Some("ghost")),
     )
-    .await;
-    eventually("c sees a healthy web endpoint", || async {
-        c.healthy_endpoints("web") == 1
-    })
-    .await;
-    (a, c, app)
+    .await
 }
 
 #[tokio::test]
 async fn http1_requests_reach_the_default_service_with_a_request_id() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, app) = two_nodes(&pki).await;
+    let (mesh, app) = two_nodes().await;
+    let c = &mesh["c"];
     let listener = c.listener("web");
 
     let r = get(listener, "shop.example", "/hello?x=1").await;
@@ -91,9 +87,8 @@ async fn http1_requests_reach_the_default_service_with_a_request_id() {
 
 #[tokio::test]
 async fn serving_nodes_reuse_keep_alive_connections_to_their_backend() {
-    let pki = Pki::new("mesh.test");
-    let (a, c, app) = two_nodes(&pki).await;
-    let listener = c.listener("web");
+    let (mut mesh, app) = two_nodes().await;
+    let listener = mesh.client("c", "web");
     for i in 0..30 {
         let r = get(listener, "shop.example", &format!("/n/{i}")).await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -104,8 +99,8 @@ async fn serving_nodes_reuse_keep_alive_connections_to_their_backend() {
     let metric = |connection: &str| {
         format!("shoal_inbound_http_requests_total{{service=\"web\",connection=\"{connection}\"}}")
     };
-    let new = a.metric(&metric("new")).await;
-    let reused = a.metric(&metric("reused")).await;
+    let new = mesh["a"].metric(&metric("new")).await;
+    let reused = mesh["a"].metric(&metric("reused")).await;
     assert_eq!(new + reused, 30.0);
     assert_eq!(
         new as usize,
@@ -120,52 +115,38 @@ async fn serving_nodes_reuse_keep_alive_connections_to_their_backend() {
 
     // With `http_idle_timeout = "0s"` every request gets its own connection.
     let app0 = WebApp::start("app-0").await;
-    let b = TestNode::start(
-        &pki,
+    mesh.add(
         NodeSpec::new("b")
-            .seed(&a)
             .service("solo", app0.addr(), Check::Http)
             .tweak(|raw| raw.services.last_mut().unwrap().http_idle_timeout = Some(Duration::ZERO)),
     )
     .await;
-    let d = TestNode::start(
-        &pki,
-        NodeSpec::new("d")
-            .seed(&a)
-            .http_listener("solo", Some("solo")),
-    )
-    .await;
-    eventually("d sees b's solo endpoint", || async {
-        d.healthy_endpoints("solo") == 1
-    })
-    .await;
+    mesh.add(NodeSpec::new("d").http_listener("solo", Some("solo")))
+        .await;
+    mesh.wait_healthy("d", "solo", 1).await;
     for i in 0..5 {
-        let r = get(d.listener("solo"), "solo.example", &format!("/n/{i}")).await;
+        let r = get(mesh.client("d", "solo"), "solo.example", &format!("/n/{i}")).await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert_eq!(app0.connections(), 5);
     assert_eq!(
-        b.metric("shoal_inbound_http_requests_total{service=\"solo\",connection=\"new\"}")
+        mesh["b"]
+            .metric("shoal_inbound_http_requests_total{service=\"solo\",connection=\"new\"}")
             .await,
         5.0
     );
 
     // A listener whose endpoint is on its own node reuses connections too.
     let app_l = WebApp::start("app-l").await;
-    let e = TestNode::start(
-        &pki,
+    mesh.add(
         NodeSpec::new("e")
-            .seed(&a)
             .service("near", app_l.addr(), Check::Http)
             .http_listener("near", Some("near")),
     )
     .await;
-    eventually("e sees its own near endpoint", || async {
-        e.healthy_endpoints("near") == 1
-    })
-    .await;
+    mesh.wait_healthy("e", "near", 1).await;
     for i in 0..20 {
-        let r = get(e.listener("near"), "near.example", &format!("/n/{i}")).await;
+        let r = get(mesh.client("e", "near"), "near.example", &format!("/n/{i}")).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("x-backend"), Some("app-l"));
     }
@@ -179,8 +160,8 @@ async fn serving_nodes_reuse_keep_alive_connections_to_their_backend() {
 
 #[tokio::test]
 async fn http2_clients_are_served_through_the_mesh() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, _app) = two_nodes(&pki).await;
+    let (mesh, _app) = two_nodes().await;
+    let c = &mesh["c"];
     let mut sender = h2_client(c.listener("web")).await;
     // Several concurrent streams on one HTTP/2 connection.
     let mut replies = Vec::new();
@@ -207,8 +188,8 @@ async fn http2_clients_are_served_through_the_mesh() {
 
 #[tokio::test]
 async fn unmatched_requests_get_404_and_a_service_without_endpoints_503() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, _app) = two_nodes(&pki).await;
+    let (mesh, _app) = two_nodes().await;
+    let c = &mesh["c"];
     let r = get(c.listener("routes-only"), "nowhere.example", "/x").await;
     assert_eq!(r.status, 404);
     assert!(
@@ -234,8 +215,8 @@ async fn unmatched_requests_get_404_and_a_service_without_endpoints_503() {
 
 #[tokio::test]
 async fn websocket_echo_through_the_mesh() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, _app) = two_nodes(&pki).await;
+    let (mesh, _app) = two_nodes().await;
+    let c = &mesh["c"];
     let stream = TcpStream::connect(c.listener("web")).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("ws://chat.example/ws", stream)
         .await
@@ -289,8 +270,8 @@ async fn read_until_closed(s: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn malformed_requests_and_oversize_heads_get_4xx() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, app) = two_nodes(&pki).await;
+    let (mesh, app) = two_nodes().await;
+    let c = &mesh["c"];
     let listener = c.listener("web");
 
     let mut s = TcpStream::connect(listener).await.unwrap();
@@ -313,8 +294,8 @@ async fn malformed_requests_and_oversize_heads_get_4xx() {
 
 #[tokio::test]
 async fn slow_clients_are_cut_off_without_affecting_others() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, _app) = two_nodes(&pki).await;
+    let (mesh, _app) = two_nodes().await;
+    let c = &mesh["c"];
     let listener = c.listener("web");
 
     // Slowloris: a head that never completes, one byte at a time.
@@ -408,15 +389,11 @@ async fn tls_connect(
 
 #[tokio::test]
 async fn ingress_serves_its_own_certificate_with_alpn_and_reloads_it() {
-    let pki = Pki::new("mesh.test");
-    let (a, _app) = web_node(&pki).await;
     let files = tempfile::tempdir().unwrap();
     let first = write_ingress_cert(files.path(), "shop.example");
     let dir = files.path().to_path_buf();
-    let c = TestNode::start(
-        &pki,
+    let (mesh, _app) = web_mesh(
         NodeSpec::new("c")
-            .seed(&a)
             .http_listener("public", Some("web"))
             .tweak(move |raw| {
                 let l = raw.listeners.last_mut().unwrap();
@@ -428,10 +405,7 @@ async fn ingress_serves_its_own_certificate_with_alpn_and_reloads_it() {
             }),
     )
     .await;
-    eventually("c sees a healthy web endpoint", || async {
-        c.healthy_endpoints("web") == 1
-    })
-    .await;
+    let c = &mesh["c"];
     let listener = c.listener("public");
 
     // HTTP/2 by ALPN over the listener's own certificate.
@@ -469,8 +443,8 @@ async fn ingress_serves_its_own_certificate_with_alpn_and_reloads_it() {
 
 #[tokio::test]
 async fn response_trailers_reach_an_http2_client() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, _app) = two_nodes(&pki).await;
+    let (mesh, _app) = two_nodes().await;
+    let c = &mesh["c"];
     let mut sender = h2_client(c.listener("web")).await;
     let resp = sender
         .send_request(
@@ -490,23 +464,16 @@ async fn response_trailers_reach_an_http2_client() {
 
 #[tokio::test]
 async fn the_access_log_has_a_line_per_request_with_what_moved() {
-    let pki = Pki::new("mesh.test");
-    let (a, _app) = web_node(&pki).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.json");
     let target = path.to_string_lossy().to_string();
-    let c = TestNode::start(
-        &pki,
+    let (mesh, _app) = web_mesh(
         NodeSpec::new("c")
-            .seed(&a)
             .http_listener("web", Some("web"))
             .tweak(move |raw| raw.listeners.last_mut().unwrap().access_log = Some(target.clone())),
     )
     .await;
-    eventually("c sees a healthy web endpoint", || async {
-        c.healthy_endpoints("web") == 1
-    })
-    .await;
+    let c = &mesh["c"];
     let l = c.listener("web");
 
     // A streamed (chunked) download, an upload, and an error from the backend.
@@ -620,25 +587,16 @@ async fn closed_by_server(s: &mut TcpStream, what: &str) {
 
 #[tokio::test]
 async fn silent_idle_and_upgraded_connections_are_bounded() {
-    let pki = Pki::new("mesh.test");
-    let (a, _app) = web_node(&pki).await;
-    let c = TestNode::start(
-        &pki,
-        NodeSpec::new("c")
-            .seed(&a)
-            .http_listener("web", Some("web"))
-            .tweak(|raw| {
-                let l = raw.listeners.last_mut().unwrap();
-                l.max_connections = Some(2);
-                l.idle_timeout = Some(Duration::from_millis(500));
-                // header_timeout is 1 s (the harness's HTTP listener default)
-            }),
-    )
+    let (mesh, _app) = web_mesh(NodeSpec::new("c").http_listener("web", Some("web")).tweak(
+        |raw| {
+            let l = raw.listeners.last_mut().unwrap();
+            l.max_connections = Some(2);
+            l.idle_timeout = Some(Duration::from_millis(500));
+            // header_timeout is 1 s (the harness's HTTP listener default)
+        },
+    ))
     .await;
-    eventually("c sees a healthy web endpoint", || async {
-        c.healthy_endpoints("web") == 1
-    })
-    .await;
+    let c = &mesh["c"];
     let l = c.listener("web");
     let failures = |reason: &str| {
         format!("shoal_listener_connection_failures_total{{listener=\"web\",reason=\"{reason}\"}}")
@@ -717,8 +675,8 @@ async fn silent_idle_and_upgraded_connections_are_bounded() {
 
 #[tokio::test]
 async fn connect_tunnels_through_the_mesh() {
-    let pki = Pki::new("mesh.test");
-    let (_a, c, _app) = two_nodes(&pki).await;
+    let (mesh, _app) = two_nodes().await;
+    let c = &mesh["c"];
     let mut s = TcpStream::connect(c.listener("web")).await.unwrap();
     s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nhost: db.internal:5432\r\n\r\n")
         .await

@@ -6,33 +6,33 @@ use mesh_proto::codec::encode;
 use mesh_proto::gossip::{Health, ServiceRecord, service_key};
 use mesh_proto::membership::wire::{Body, Items};
 use mesh_proto::tunnel::Protocol;
+use shoal_tests::cluster::Cluster;
 use shoal_tests::rogue::Rogue;
 use shoal_tests::{Check, HttpBackend, NodeSpec, Pki, TcpBackend, TestNode, eventually};
 
-fn all_alive(states: &[(String, String)], names: &[&str]) -> bool {
-    let want: Vec<(String, String)> = names
-        .iter()
-        .map(|n| (n.to_string(), "alive".to_string()))
-        .collect();
-    states == want.as_slice()
+/// Three nodes, one seed, converged: n1 hosts `web` (TCP), n2 hosts `api`
+/// (HTTP), n3 nothing.
+async fn three_nodes(web: &TcpBackend, api: &HttpBackend) -> Cluster {
+    let mesh = Cluster::new(3)
+        .with_service("n1", "web", web.addr(), Check::Tcp)
+        .with_service("n2", "api", api.addr(), Check::Http)
+        .start()
+        .await;
+    mesh.wait_converged().await;
+    mesh
 }
 
-/// Three nodes, one seed: n1 hosts `web` (TCP), n2 hosts `api` (HTTP), n3 nothing.
-async fn three_nodes(pki: &Pki, web: &TcpBackend, api: &HttpBackend) -> [TestNode; 3] {
-    let n1 = TestNode::start(
-        pki,
-        NodeSpec::new("n1").service("web", web.addr(), Check::Tcp),
-    )
-    .await;
-    let n2 = TestNode::start(
-        pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .service("api", api.addr(), Check::Http),
-    )
-    .await;
-    let n3 = TestNode::start(pki, NodeSpec::new("n3").seed(&n1)).await;
-    [n1, n2, n3]
+/// Whether `n` sees `web` on n1 and `api` on n2 in `health`.
+async fn sees_both(n: &TestNode, health: &str) -> bool {
+    n.endpoint_health("web", "n1").await.as_deref() == Some(health)
+        && n.endpoint_health("api", "n2").await.as_deref() == Some(health)
+}
+
+/// Whether `n` lists `member` in `state`.
+async fn lists(n: &TestNode, member: &str, state: &str) -> bool {
+    n.member_states()
+        .await
+        .contains(&(member.to_string(), state.to_string()))
 }
 
 /// The encoded record of a healthy TCP service `name`.
@@ -48,32 +48,15 @@ fn healthy_tcp_service(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn converge(nodes: &[&TestNode]) {
-    let names: Vec<&str> = nodes.iter().map(|n| n.spec.name.as_str()).collect();
-    for n in nodes {
-        eventually(
-            &format!("{} lists every member alive", n.spec.name),
-            || async { all_alive(&n.member_states().await, &names) },
-        )
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_from_one_seed_converge_on_members_and_services() {
-    let pki = Pki::new("mesh.test");
     let web = TcpBackend::start().await;
     let api = HttpBackend::start().await;
-    let nodes = three_nodes(&pki, &web, &api).await;
-    converge(&nodes.iter().collect::<Vec<_>>()).await;
-    for n in &nodes {
-        eventually(
-            &format!("{} sees web and api healthy", n.spec.name),
-            || async {
-                n.endpoint_health("web", "n1").await.as_deref() == Some("healthy")
-                    && n.endpoint_health("api", "n2").await.as_deref() == Some("healthy")
-            },
-        )
+    let mesh = three_nodes(&web, &api).await;
+    for n in mesh.nodes() {
+        eventually(&format!("{} sees web and api healthy", n.spec.name), || {
+            sees_both(n, "healthy")
+        })
         .await;
         // the routing table itself, not only the admin view
         let table = n.node.table();
@@ -82,7 +65,7 @@ async fn three_nodes_from_one_seed_converge_on_members_and_services() {
         assert_eq!(table.endpoints("api")[0].protocol, Protocol::Http);
         assert_eq!(
             table.endpoints("web")[0].addr,
-            nodes[0].node.bound().advertise,
+            mesh["n1"].node.bound().advertise,
             "endpoints carry the hosting node's QUIC address"
         );
         // readiness: joined
@@ -90,7 +73,7 @@ async fn three_nodes_from_one_seed_converge_on_members_and_services() {
         assert_eq!(status, 200);
     }
     // /members carries the documented fields
-    let members = nodes[2].admin_json("/members").await;
+    let members = mesh["n3"].admin_json("/members").await;
     let n1 = members
         .as_array()
         .unwrap()
@@ -98,156 +81,120 @@ async fn three_nodes_from_one_seed_converge_on_members_and_services() {
         .find(|m| m["name"] == "n1")
         .unwrap();
     assert_eq!(n1["zone"], "zone-a");
-    assert_eq!(n1["address"], nodes[0].node.bound().advertise.to_string());
+    assert_eq!(n1["address"], mesh["n1"].node.bound().advertise.to_string());
     assert!(n1["generation"].as_u64().unwrap() > 0);
     assert!(n1["last_heard_ms"].is_u64(), "{n1}");
     assert_eq!(n1["accused_by"], serde_json::json!([]));
     // metrics count gossip and rebuilds
+    let n2 = &mesh["n2"];
     assert!(
-        nodes[1]
-            .metric("shoal_gossip_messages_total{direction=\"received\"}")
+        n2.metric("shoal_gossip_messages_total{direction=\"received\"}")
             .await
             > 0.0
     );
-    assert!(nodes[1].metric("shoal_routing_table_rebuilds_total").await > 0.0);
-    assert!(nodes[0].metric("shoal_health_checks_total").await > 0.0);
-    assert_eq!(nodes[1].metric("shoal_members{state=\"alive\"}").await, 3.0);
+    assert!(n2.metric("shoal_routing_table_rebuilds_total").await > 0.0);
+    assert!(mesh["n1"].metric("shoal_health_checks_total").await > 0.0);
+    assert_eq!(n2.metric("shoal_members{state=\"alive\"}").await, 3.0);
     // /config is JSON with the effective values
-    let config = nodes[0].admin_json("/config").await;
+    let config = mesh["n1"].admin_json("/config").await;
     assert_eq!(config["node"]["name"], "n1");
-    for n in nodes {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_backend_turns_unhealthy_everywhere_and_back() {
-    let pki = Pki::new("mesh.test");
     let mut web = TcpBackend::start().await;
     let api = HttpBackend::start().await;
-    let nodes = three_nodes(&pki, &web, &api).await;
-    converge(&nodes.iter().collect::<Vec<_>>()).await;
-    for n in &nodes {
-        eventually("web healthy", || async {
-            n.endpoint_health("web", "n1").await.as_deref() == Some("healthy")
-                && n.endpoint_health("api", "n2").await.as_deref() == Some("healthy")
-        })
-        .await;
+    let mesh = three_nodes(&web, &api).await;
+    for n in mesh.nodes() {
+        eventually("web healthy", || sees_both(n, "healthy")).await;
     }
     // TCP backend stops listening; HTTP backend starts answering 500
     web.stop().await;
     api.set_healthy(false);
-    for n in &nodes {
-        eventually(&format!("{} sees both unhealthy", n.spec.name), || async {
-            n.endpoint_health("web", "n1").await.as_deref() == Some("unhealthy")
-                && n.endpoint_health("api", "n2").await.as_deref() == Some("unhealthy")
+    for n in mesh.nodes() {
+        eventually(&format!("{} sees both unhealthy", n.spec.name), || {
+            sees_both(n, "unhealthy")
         })
         .await;
     }
     assert_eq!(
-        nodes[2].node.table().endpoints("web")[0].health,
+        mesh["n3"].node.table().endpoints("web")[0].health,
         Health::Unhealthy,
         "unhealthy endpoints stay in the table, marked"
     );
     web.restart().await;
     api.set_healthy(true);
-    for n in &nodes {
-        eventually(
-            &format!("{} sees both healthy again", n.spec.name),
-            || async {
-                n.endpoint_health("web", "n1").await.as_deref() == Some("healthy")
-                    && n.endpoint_health("api", "n2").await.as_deref() == Some("healthy")
-            },
-        )
+    for n in mesh.nodes() {
+        eventually(&format!("{} sees both healthy again", n.spec.name), || {
+            sees_both(n, "healthy")
+        })
         .await;
     }
     assert!(
-        nodes[0]
+        mesh["n1"]
             .metric("shoal_health_checks_total{service=\"web\",result=\"failure\"}")
             .await
             > 0.0
     );
-    for n in nodes {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_hard_disappears_from_every_routing_table() {
-    let pki = Pki::new("mesh.test");
     let web = TcpBackend::start().await;
     let api = HttpBackend::start().await;
-    let [n1, n2, n3] = three_nodes(&pki, &web, &api).await;
-    converge(&[&n1, &n2, &n3]).await;
-    for n in [&n1, &n3] {
-        eventually("api endpoint present", || async {
-            n.node.table().endpoints("api").len() == 1
-        })
-        .await;
+    let mut mesh = three_nodes(&web, &api).await;
+    for n in ["n1", "n3"] {
+        mesh.wait_healthy(n, "api", 1).await;
     }
-    n2.node.kill().await;
-    for n in [&n1, &n3] {
+    mesh.kill("n2").await;
+    for n in mesh.nodes() {
         eventually(&format!("{} drops n2", n.spec.name), || async {
             n.node.table().endpoints("api").is_empty()
                 && n.node.table().node("n2").is_none()
-                && n.member_states()
-                    .await
-                    .contains(&("n2".to_string(), "dead".to_string()))
+                && lists(n, "n2", "dead").await
         })
         .await;
     }
-    n1.node.kill().await;
-    n3.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shut_down_gracefully_is_draining_first_then_gone() {
-    let pki = Pki::new("mesh.test");
     let web = TcpBackend::start().await;
     let api = HttpBackend::start().await;
-    let [n1, n2, n3] = three_nodes(&pki, &web, &api).await;
-    converge(&[&n1, &n2, &n3]).await;
-    eventually("api endpoint present on n1", || async {
-        n1.node.table().endpoints("api").len() == 1
-    })
-    .await;
-    n2.node.drain().await;
+    let mut mesh = three_nodes(&web, &api).await;
+    mesh.wait_healthy("n1", "api", 1).await;
+    mesh["n2"].node.drain().await;
     // n2 itself stops being ready
-    let (status, _) = shoal_tests::http_get(n2.admin(), "/readyz").await;
+    let (status, _) = shoal_tests::http_get(mesh["n2"].admin(), "/readyz").await;
     assert_eq!(status, 503);
-    for n in [&n1, &n3] {
+    let others = ["n1", "n3"];
+    for n in others.map(|n| &mesh[n]) {
         eventually(&format!("{} sees n2 draining", n.spec.name), || async {
-            n.member_states()
-                .await
-                .contains(&("n2".to_string(), "draining".to_string()))
-                && n.node.table().endpoints("api").is_empty()
+            lists(n, "n2", "draining").await && n.node.table().endpoints("api").is_empty()
         })
         .await;
     }
-    n2.node.shutdown().await;
-    for n in [&n1, &n3] {
+    mesh.shut_down("n2").await;
+    for n in mesh.nodes() {
         eventually(&format!("{} sees n2 gone", n.spec.name), || async {
-            n.member_states()
-                .await
-                .contains(&("n2".to_string(), "dead".to_string()))
-                && n.node.table().node("n2").is_none()
+            lists(n, "n2", "dead").await && n.node.table().node("n2").is_none()
         })
         .await;
     }
-    n1.node.kill().await;
-    n3.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_is_the_same_node_with_a_new_generation() {
-    let pki = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
-    converge(&[&n1, &n2]).await;
-    let first_gen = n1.node.table().node("n2").unwrap().generation;
-    let (spec, cert_dir, data_dir) = (n2.spec.clone(), n2.cert_dir.clone(), n2.data_dir.clone());
-    n2.node.kill().await;
-    let n2 = TestNode::start_with(spec, cert_dir, data_dir).await;
+    let mut mesh = Cluster::new(2).start().await;
+    mesh.wait_converged().await;
+    let first_gen = mesh["n1"].node.table().node("n2").unwrap().generation;
+    let n2 = mesh.kill("n2").await;
+    mesh.start_again(n2).await;
+    let n1 = &mesh["n1"];
     eventually("n1 sees the new generation of n2 alive", || async {
         n1.node
             .table()
@@ -265,8 +212,7 @@ async fn a_restarted_node_is_the_same_node_with_a_new_generation() {
         .collect();
     assert_eq!(alive_n2.len(), 1, "exactly one live generation: {members}");
     assert!(alive_n2[0] > first_gen);
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 /// A member (with a valid certificate allowing `web` only) also claims
@@ -274,18 +220,17 @@ async fn a_restarted_node_is_the_same_node_with_a_new_generation() {
 /// routes `payments` nowhere; the allowed service still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_claim_outside_the_certificate_is_refused_and_counted() {
-    let pki = Pki::new("mesh.test");
     let web = TcpBackend::start().await;
-    let n1 = TestNode::start(
-        &pki,
-        NodeSpec::new("n1").service("web", web.addr(), Check::Tcp),
-    )
-    .await;
-    let member = Rogue::join(&pki, "n2", &["web"], &[&n1]).await;
+    let mesh = Cluster::new(1)
+        .with_service("n1", "web", web.addr(), Check::Tcp)
+        .start()
+        .await;
+    let n1 = &mesh["n1"];
+    let member = Rogue::join(&mesh.pki, "n2", &["web"], &[n1]).await;
     let claim = member.own(&service_key("payments"), healthy_tcp_service("payments"));
     member
         .send(
-            &n1,
+            n1,
             Body::Items(Items {
                 records: vec![claim],
                 ..Items::default()
@@ -305,7 +250,7 @@ async fn a_service_claim_outside_the_certificate_is_refused_and_counted() {
         1,
         "the allowed service still counts"
     );
-    n1.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,44 +273,31 @@ async fn readiness_waits_for_a_peer_unless_alone_by_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_node_keeps_its_last_table_and_peers_rejoin_from_the_data_dir() {
-    let pki = Pki::new("mesh.test");
     let web = TcpBackend::start().await;
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(
-        &pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .service("web", web.addr(), Check::Tcp),
-    )
-    .await;
-    converge(&[&n1, &n2]).await;
-    eventually("n1 routes web to n2", || async {
-        n1.node.table().endpoints("web").len() == 1
-    })
-    .await;
+    let mut mesh = Cluster::new(2)
+        .with_service("n2", "web", web.addr(), Check::Tcp)
+        .start()
+        .await;
+    mesh.wait_converged().await;
+    mesh.wait_healthy("n1", "web", 1).await;
     // both remember the other in their data directory
-    let n1_addr = n1.node.bound().advertise.to_string();
+    let n1_addr = mesh["n1"].node.bound().advertise.to_string();
+    let n2_members = mesh["n2"].data_dir.path().join("members.json");
     eventually("n2 saved n1 as a known member", || async {
-        std::fs::read_to_string(n2.data_dir.path().join("members.json"))
-            .is_ok_and(|s| s.contains(&n1_addr))
+        std::fs::read_to_string(&n2_members).is_ok_and(|s| s.contains(&n1_addr))
     })
     .await;
 
-    let (mut spec, cert_dir, data_dir) =
-        (n2.spec.clone(), n2.cert_dir.clone(), n2.data_dir.clone());
-    n2.node.kill().await;
-    eventually("n1 sees n2 dead", || async {
-        n1.member_states()
-            .await
-            .contains(&("n2".to_string(), "dead".to_string()))
-    })
-    .await;
+    let mut n2 = mesh.kill("n2").await;
+    let n1 = &mesh["n1"];
+    eventually("n1 sees n2 dead", || lists(n1, "n2", "dead")).await;
     // alone, n1 keeps serving with what it knew
     assert_eq!(n1.node.table().endpoints("web").len(), 1, "last table kept");
 
     // n2 comes back with no seeds at all: its data directory knows n1
-    spec.seeds.clear();
-    let n2 = TestNode::start_with(spec, cert_dir, data_dir).await;
+    n2.spec.seeds.clear();
+    let n2_addr = mesh.start_again(n2).await.node.bound().advertise;
+    let n1 = &mesh["n1"];
     eventually("n2 rejoined n1 from its saved members", || async {
         let mut alive: Vec<String> = n1
             .member_states()
@@ -376,12 +308,10 @@ async fn an_isolated_node_keeps_its_last_table_and_peers_rejoin_from_the_data_di
             .collect();
         alive.dedup();
         alive == ["n1", "n2"]
-            && n1.node.table().endpoints("web").first().map(|e| e.addr)
-                == Some(n2.node.bound().advertise)
+            && n1.node.table().endpoints("web").first().map(|e| e.addr) == Some(n2_addr)
     })
     .await;
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 /// A member publishes n1's (public) certificate as its own and claims `pay`:
@@ -392,20 +322,17 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
     use mesh_proto::gossip::{CERT_KEY, NodeCertificate};
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let pki = Pki::new("mesh.test");
     let pay = TcpBackend::start().await;
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("n1").service("pay", pay.addr(), Check::Tcp),
-    )
+        NodeSpec::new("n3"),
+    ])
+    .start()
     .await;
-    let n3 = TestNode::start(&pki, NodeSpec::new("n3").seed(&n1)).await;
-    converge(&[&n1, &n3]).await;
-    eventually("n3 routes pay to n1", || async {
-        n3.node.table().endpoints("pay").len() == 1
-    })
-    .await;
-    let member = Rogue::join(&pki, "n2", &[], &[&n1, &n3]).await;
+    mesh.wait_converged().await;
+    mesh.wait_healthy("n3", "pay", 1).await;
+    let (n1, n3) = (&mesh["n1"], &mesh["n3"]);
+    let member = Rogue::join(&mesh.pki, "n2", &[], &[n1, n3]).await;
     let n1_cert = std::fs::read(n1.cert_dir.join("node.crt")).unwrap();
     let der = CertificateDer::from_pem_slice(&n1_cert).unwrap();
     let mut stolen = member.own(
@@ -417,7 +344,7 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
     let claim = member.own(&service_key("pay"), healthy_tcp_service("pay"));
     member
         .send(
-            &n3,
+            n3,
             Body::Items(Items {
                 records: vec![stolen, claim],
                 ..Items::default()
@@ -442,9 +369,7 @@ async fn publishing_another_nodes_certificate_grants_nothing() {
         .map(|e| e.node.clone())
         .collect();
     assert_eq!(eps, ["n1"], "only n1 may host pay");
-    for n in [n1, n3] {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 /// One connection per pair of nodes: the peer answers gossip over the connection
@@ -502,19 +427,13 @@ async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
     // settled, each node keeps about one connection per neighbour (at most 8,
     // a few more while views differ) and the seed's others close when unused
     // (15 s). All pairs would be 19.
-    let pki = Pki::new("mesh.test");
-    let seed = TestNode::start(&pki, NodeSpec::new("n00")).await;
-    let mut nodes = vec![];
-    for i in 1..20 {
-        let spec = NodeSpec::new(&format!("n{i:02}")).seed(&seed);
-        nodes.push(TestNode::start(&pki, spec).await);
-    }
-    nodes.insert(0, seed);
-    let all: Vec<&TestNode> = nodes.iter().collect();
-    converge(&all).await;
+    let mesh = Cluster::of((0..20).map(|i| NodeSpec::new(&format!("n{i:02}"))))
+        .start()
+        .await;
+    mesh.wait_converged().await;
     let counts = || async {
         let mut counts = vec![];
-        for n in &nodes {
+        for n in mesh.nodes() {
             counts.push(n.metric("shoal_gossip_connections").await);
         }
         counts
@@ -535,7 +454,9 @@ async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
     let now = counts().await;
     assert!(now.iter().all(|c| (1.0..=14.0).contains(c)), "{now:?}");
     // Not vacuous: the seed did connect with every other node.
-    let seed_connections = nodes[0].metric("shoal_quic_connections_accepted").await
-        + nodes[0].metric("shoal_quic_connections_opened").await;
+    let seed = &mesh["n00"];
+    let seed_connections = seed.metric("shoal_quic_connections_accepted").await
+        + seed.metric("shoal_quic_connections_opened").await;
     assert!(seed_connections >= 19.0, "the seed met {seed_connections}");
+    mesh.stop().await;
 }

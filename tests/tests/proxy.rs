@@ -11,7 +11,8 @@ use mesh_proto::codec::encode;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use sha2::{Digest, Sha256};
 use shoal_node::endpoint::{MeshEndpoint, Use};
-use shoal_tests::{Check, NodeSpec, Pki, TcpBackend, TestNode, eventually};
+use shoal_tests::cluster::Cluster;
+use shoal_tests::{Check, NodeSpec, Pki, TcpBackend, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -44,40 +45,25 @@ fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
-/// n1 and n2 host `echo`; n3 has a listener for it.
-async fn echo_mesh(pki: &Pki, b1: &TcpBackend, b2: &TcpBackend, policy: &str) -> [TestNode; 3] {
-    let n1 = TestNode::start(
-        pki,
-        NodeSpec::new("n1").service("echo", b1.addr(), Check::Tcp),
-    )
-    .await;
-    let n2 = TestNode::start(
-        pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .service("echo", b2.addr(), Check::Tcp),
-    )
-    .await;
-    let n3 = TestNode::start(
-        pki,
-        NodeSpec::new("n3")
-            .seed(&n1)
-            .listener("echo", "echo", policy),
-    )
-    .await;
-    eventually("n3 sees both echo endpoints healthy", || async {
-        n3.healthy_endpoints("echo") == 2
-    })
-    .await;
-    [n1, n2, n3]
+/// n1 and n2 host `echo`; n3 has a listener `echo` for it with `policy`, and
+/// sees both endpoints healthy.
+async fn echo_mesh(b1: &TcpBackend, b2: &TcpBackend, policy: &str) -> Cluster {
+    let mesh = Cluster::new(3)
+        .with_service("n1", "echo", b1.addr(), Check::Tcp)
+        .with_service("n2", "echo", b2.addr(), Check::Tcp)
+        .with_listener("n3", "echo", "echo", policy)
+        .start()
+        .await;
+    mesh.wait_healthy("n3", "echo", 2).await;
+    mesh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_cross_the_mesh_intact_in_both_directions() {
-    let pki = Pki::new("mesh.test");
     let (b1, b2) = (TcpBackend::start().await, TcpBackend::start().await);
-    let [n1, n2, n3] = echo_mesh(&pki, &b1, &b2, "round_robin").await;
-    let addr = n3.listener("echo");
+    let mesh = echo_mesh(&b1, &b2, "round_robin").await;
+    let (n1, n2, n3) = (&mesh["n1"], &mesh["n2"], &mesh["n3"]);
+    let addr = mesh.client("n3", "echo");
 
     // 64 MiB of pseudo-random bytes come back identical
     let data = Arc::new(pseudo_random(64 << 20, 7));
@@ -134,42 +120,33 @@ async fn bytes_cross_the_mesh_intact_in_both_directions() {
             > 0.0
     );
     assert!(n3.metric("shoal_tunnel_setup_seconds_count").await >= 202.0);
-    for n in [n1, n2, n3] {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_endpoint_is_reached_without_a_tunnel() {
-    let pki = Pki::new("mesh.test");
     let b = TcpBackend::start().await;
-    let n1 = TestNode::start(
-        &pki,
-        NodeSpec::new("n1")
-            .service("echo", b.addr(), Check::Tcp)
-            .listener("echo", "echo", "round_robin"),
-    )
-    .await;
-    eventually("local endpoint healthy", || async {
-        n1.healthy_endpoints("echo") == 1
-    })
-    .await;
-    let got = echo_roundtrip(n1.listener("echo"), Arc::new(b"local".to_vec())).await;
+    let mesh = Cluster::new(1)
+        .with_service("n1", "echo", b.addr(), Check::Tcp)
+        .with_listener("n1", "echo", "echo", "round_robin")
+        .start()
+        .await;
+    mesh.wait_healthy("n1", "echo", 1).await;
+    let got = echo_roundtrip(mesh.client("n1", "echo"), Arc::new(b"local".to_vec())).await;
     assert_eq!(got, b"local");
     assert_eq!(
-        n1.metric("shoal_inbound_streams_total").await,
+        mesh["n1"].metric("shoal_inbound_streams_total").await,
         0.0,
         "no tunnel stream was used"
     );
-    n1.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_costs_retries_not_failures() {
-    let pki = Pki::new("mesh.test");
     let (b1, b2) = (TcpBackend::start().await, TcpBackend::start().await);
-    let [n1, n2, n3] = echo_mesh(&pki, &b1, &b2, "round_robin").await;
-    let addr = n3.listener("echo");
+    let mut mesh = echo_mesh(&b1, &b2, "round_robin").await;
+    let addr = mesh.client("n3", "echo");
     // make sure n3 holds a live connection to n1 before it dies
     for _ in 0..4 {
         assert_eq!(
@@ -177,7 +154,8 @@ async fn a_killed_node_costs_retries_not_failures() {
             b"warm"
         );
     }
-    n1.node.kill().await;
+    mesh.kill("n1").await;
+    let n3 = &mesh["n3"];
     // connections made right away still succeed: attempts on n1 fail and are retried
     for i in 0..10u64 {
         let data = Arc::new(pseudo_random(1000, i + 100));
@@ -200,13 +178,11 @@ async fn a_killed_node_costs_retries_not_failures() {
         0.0
     );
     assert!(n3.metric("shoal_upstream_retries_total").await >= 1.0);
-    n2.node.kill().await;
-    n3.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
-    let pki = Pki::new("mesh.test");
     let (mut b1, b2) = (TcpBackend::start().await, TcpBackend::start().await);
     // health checks every minute: only passive detection can act within the test
     let slow_checks = |raw: &mut shoal_node::config::RawConfig| {
@@ -216,25 +192,14 @@ async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
             h.timeout = Some(Duration::from_secs(1));
         }
     };
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("n1")
             .service("echo", b1.addr(), Check::Tcp)
             .tweak(slow_checks),
-    )
-    .await;
-    let n2 = TestNode::start(
-        &pki,
         NodeSpec::new("n2")
-            .seed(&n1)
             .service("echo", b2.addr(), Check::Tcp)
             .tweak(slow_checks),
-    )
-    .await;
-    let n3 = TestNode::start(
-        &pki,
         NodeSpec::new("n3")
-            .seed(&n1)
             .listener("echo", "echo", "round_robin")
             .tweak(|raw| {
                 raw.listeners[0].outlier = Some(shoal_node::config::RawOutlier {
@@ -242,12 +207,11 @@ async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
                     ..Default::default()
                 });
             }),
-    )
+    ])
+    .start()
     .await;
-    eventually("both endpoints healthy", || async {
-        n3.healthy_endpoints("echo") == 2
-    })
-    .await;
+    mesh.wait_healthy("n3", "echo", 2).await;
+    let n3 = &mesh["n3"];
     b1.stop().await;
     let addr = n3.listener("echo");
     for i in 0..12u64 {
@@ -296,9 +260,7 @@ async fn a_dead_backend_is_ejected_before_its_health_check_notices() {
         0.0,
         "no client connection failed through ejection and recovery"
     );
-    for n in [n1, n2, n3] {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 async fn whoami(addr: SocketAddr, from: std::net::Ipv4Addr) -> String {
@@ -312,41 +274,21 @@ async fn whoami(addr: SocketAddr, from: std::net::Ipv4Addr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_keeps_a_client_on_one_endpoint() {
-    let pki = Pki::new("mesh.test");
     let backends = [
         TcpBackend::greeting("n1").await,
         TcpBackend::greeting("n2").await,
         TcpBackend::greeting("n3").await,
     ];
-    let n1 = TestNode::start(
-        &pki,
-        NodeSpec::new("n1").service("who", backends[0].addr(), Check::Tcp),
-    )
-    .await;
-    let mut nodes = vec![];
-    for (i, name) in ["n2", "n3"].iter().enumerate() {
-        nodes.push(
-            TestNode::start(
-                &pki,
-                NodeSpec::new(name)
-                    .seed(&n1)
-                    .service("who", backends[i + 1].addr(), Check::Tcp),
-            )
-            .await,
-        );
-    }
-    let caller = TestNode::start(
-        &pki,
-        NodeSpec::new("caller")
-            .seed(&n1)
-            .listener("who", "who", "ring_hash"),
-    )
-    .await;
-    eventually("three endpoints", || async {
-        caller.healthy_endpoints("who") == 3
-    })
-    .await;
-    let addr = caller.listener("who");
+    let hosts = ["n1", "n2", "n3"];
+    let specs = hosts
+        .iter()
+        .zip(&backends)
+        .map(|(name, b)| NodeSpec::new(name).service("who", b.addr(), Check::Tcp));
+    let mut mesh = Cluster::of(specs).start().await;
+    mesh.add(NodeSpec::new("caller").listener("who", "who", "ring_hash"))
+        .await;
+    mesh.wait_healthy("caller", "who", 3).await;
+    let addr = mesh.client("caller", "who");
     let client = std::net::Ipv4Addr::new(127, 0, 0, 1);
     let first = whoami(addr, client).await;
     for _ in 0..100 {
@@ -363,13 +305,15 @@ async fn ring_hash_keeps_a_client_on_one_endpoint() {
     }
     assert!(seen.len() >= 2, "clients spread over endpoints: {seen:?}");
 
-    // remove an endpoint the client does not use
-    let mut all = vec![n1];
-    all.extend(nodes);
-    let unrelated = all.iter().position(|n| n.spec.name != first).unwrap();
-    let gone = all.remove(unrelated);
-    let gone_name = gone.spec.name.clone();
-    gone.node.kill().await;
+    // remove an endpoint the client does not use (n1, the seed, stays: the
+    // caller's gossip goes through it)
+    let gone_name = hosts[1..]
+        .iter()
+        .find(|n| **n != first)
+        .unwrap()
+        .to_string();
+    mesh.kill(&gone_name).await;
+    let caller = &mesh["caller"];
     eventually("the caller drops the unrelated endpoint", || async {
         caller
             .node
@@ -386,10 +330,7 @@ async fn ring_hash_keeps_a_client_on_one_endpoint() {
             "an unrelated removal does not move the client"
         );
     }
-    for n in all {
-        n.node.kill().await;
-    }
-    caller.node.kill().await;
+    mesh.stop().await;
 }
 
 /// A tunnel client with a node certificate of `pki`, as a misbehaving or
@@ -430,24 +371,22 @@ fn header(target: &str, source: Option<&str>) -> StreamHeader {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiving_node_answers_each_refusal_with_its_status() {
-    let pki = Pki::new("mesh.test");
     let b = TcpBackend::start().await;
     let mut dead = TcpBackend::start().await;
     dead.stop().await;
-    let n1 = TestNode::start(
-        &pki,
-        NodeSpec::new("n1")
-            .service("secret", b.addr(), Check::Tcp)
-            .service("open", b.addr(), Check::Tcp)
-            .service("down", dead.addr(), Check::Tcp)
-            .tweak(|raw| {
-                raw.services[0].allow_nodes = vec!["friend".into()];
-                raw.services[0].allow_services = vec!["billing".into()];
-            }),
-    )
+    let mesh = Cluster::of([NodeSpec::new("n1")
+        .service("secret", b.addr(), Check::Tcp)
+        .service("open", b.addr(), Check::Tcp)
+        .service("down", dead.addr(), Check::Tcp)
+        .tweak(|raw| {
+            raw.services[0].allow_nodes = vec!["friend".into()];
+            raw.services[0].allow_services = vec!["billing".into()];
+        })])
+    .start()
     .await;
+    let n1 = &mesh["n1"];
     let addr = n1.node.bound().quic;
-    let stranger = raw_tunnel_client(&pki, "stranger", &["web"]).await;
+    let stranger = raw_tunnel_client(&mesh.pki, "stranger", &["web"]).await;
     let conn = stranger
         .connect(addr, Use::Tunnel, Some("n1"))
         .await
@@ -476,14 +415,14 @@ async fn the_receiving_node_answers_each_refusal_with_its_status() {
         StatusCode::Ok
     );
 
-    let friend = raw_tunnel_client(&pki, "friend", &[]).await;
+    let friend = raw_tunnel_client(&mesh.pki, "friend", &[]).await;
     let conn2 = friend.connect(addr, Use::Tunnel, Some("n1")).await.unwrap();
     assert_eq!(
         ask(&conn2, &header("secret", None)).await.code,
         StatusCode::Ok,
         "allowed by node"
     );
-    let billing = raw_tunnel_client(&pki, "biller", &["billing"]).await;
+    let billing = raw_tunnel_client(&mesh.pki, "biller", &["billing"]).await;
     let conn3 = billing
         .connect(addr, Use::Tunnel, Some("n1"))
         .await
@@ -533,19 +472,17 @@ async fn the_receiving_node_answers_each_refusal_with_its_status() {
     for e in [stranger, friend, billing] {
         e.close();
     }
-    n1.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_stream_headers_are_reset_without_harming_other_streams() {
-    let pki = Pki::new("mesh.test");
     let b = TcpBackend::start().await;
-    let n1 = TestNode::start(
-        &pki,
-        NodeSpec::new("n1").service("echo", b.addr(), Check::Tcp),
-    )
-    .await;
-    let client = raw_tunnel_client(&pki, "client", &[]).await;
+    let mesh = Cluster::of([NodeSpec::new("n1").service("echo", b.addr(), Check::Tcp)])
+        .start()
+        .await;
+    let n1 = &mesh["n1"];
+    let client = raw_tunnel_client(&mesh.pki, "client", &[]).await;
     let conn = client
         .connect(n1.node.bound().quic, Use::Tunnel, Some("n1"))
         .await
@@ -597,27 +534,20 @@ async fn bad_stream_headers_are_reset_without_harming_other_streams() {
     );
     assert_eq!(conn.close_reason(), None, "the connection survived");
     client.close();
-    n1.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_limits_idle_timeout_resets_and_refusals() {
-    let pki = Pki::new("mesh.test");
     let echo = TcpBackend::start().await;
     let reset = TcpBackend::resetter().await;
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("n1")
             .service("echo", echo.addr(), Check::Tcp)
             .service("reset", reset.addr(), Check::Tcp)
             .service("private", echo.addr(), Check::Tcp)
             .tweak(|raw| raw.services[2].allow_nodes = vec!["someone-else".into()]),
-    )
-    .await;
-    let n2 = TestNode::start(
-        &pki,
         NodeSpec::new("n2")
-            .seed(&n1)
             .listener("echo", "echo", "least_request")
             .listener("reset", "reset", "round_robin")
             .listener("private", "private", "round_robin")
@@ -625,14 +555,13 @@ async fn listener_limits_idle_timeout_resets_and_refusals() {
                 raw.listeners[0].max_connections = Some(2);
                 raw.listeners[0].idle_timeout = Some(Duration::from_millis(300));
             }),
-    )
+    ])
+    .start()
     .await;
-    eventually("n2 routes all three services", || async {
-        ["echo", "reset", "private"]
-            .iter()
-            .all(|s| n2.healthy_endpoints(s) == 1)
-    })
-    .await;
+    for service in ["echo", "reset", "private"] {
+        mesh.wait_healthy("n2", service, 1).await;
+    }
+    let n2 = &mesh["n2"];
 
     // max_connections: the third concurrent connection is closed at once
     let addr = n2.listener("echo");
@@ -698,30 +627,20 @@ async fn listener_limits_idle_timeout_resets_and_refusals() {
             .await,
         0.0
     );
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_tunnels_grow_the_stream_limit() {
-    let pki = Pki::new("mesh.test");
     let b = TcpBackend::start().await;
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("n1").service("echo", b.addr(), Check::Tcp),
-    )
+        NodeSpec::new("n2").listener("echo", "echo", "round_robin"),
+    ])
+    .start()
     .await;
-    let n2 = TestNode::start(
-        &pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .listener("echo", "echo", "round_robin"),
-    )
-    .await;
-    eventually("n2 routes echo", || async {
-        n2.healthy_endpoints("echo") == 1
-    })
-    .await;
+    mesh.wait_healthy("n2", "echo", 1).await;
+    let (n1, n2) = (&mesh["n1"], &mesh["n2"]);
     let addr = n2.listener("echo");
     // more connections held open at once than the initial per-connection stream
     // limit (256): the serving node must raise it as they arrive; and a burst of
@@ -755,36 +674,25 @@ async fn many_concurrent_tunnels_grow_the_stream_limit() {
         total as f64
     );
     drop(held);
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_named_like_numbers_are_reachable() {
     // "web.10" follows the naming rule but is not a valid TLS server name (its last
     // label is numeric): tunnels must not depend on it.
-    let pki = Pki::new("mesh.test");
     let b = TcpBackend::start().await;
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("web.10").service("echo", b.addr(), Check::Tcp),
-    )
+        NodeSpec::new("0").listener("echo", "echo", "round_robin"),
+    ])
+    .start()
     .await;
-    let n2 = TestNode::start(
-        &pki,
-        NodeSpec::new("0")
-            .seed(&n1)
-            .listener("echo", "echo", "round_robin"),
-    )
-    .await;
-    eventually("n2 routes echo to web.10", || async {
-        n2.healthy_endpoints("echo") == 1
-    })
-    .await;
+    mesh.wait_healthy("0", "echo", 1).await;
+    let n2 = &mesh["0"];
     let got = echo_roundtrip(n2.listener("echo"), Arc::new(b"numeric".to_vec())).await;
     assert_eq!(got, b"numeric");
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 /// A backend whose connections the test drives by hand: each accepted
@@ -812,10 +720,8 @@ async fn next_conn(conns: &mut tokio::sync::mpsc::Receiver<TcpStream>) -> TcpStr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_resets_and_backpressure_cross_the_tunnel() {
-    let pki = Pki::new("mesh.test");
     let (backend, mut conns) = manual_backend().await;
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("n1")
             .service("raw", backend, Check::Tcp)
             .tweak(|raw| {
@@ -825,19 +731,12 @@ async fn half_close_resets_and_backpressure_cross_the_tunnel() {
                 h.interval = Some(Duration::from_secs(300));
                 h.timeout = Some(Duration::from_secs(1));
             }),
-    )
+        NodeSpec::new("n2").listener("raw", "raw", "round_robin"),
+    ])
+    .start()
     .await;
-    let n2 = TestNode::start(
-        &pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .listener("raw", "raw", "round_robin"),
-    )
-    .await;
-    eventually("n2 sees the raw endpoint healthy", || async {
-        n2.healthy_endpoints("raw") == 1
-    })
-    .await;
+    mesh.wait_healthy("n2", "raw", 1).await;
+    let n2 = &mesh["n2"];
     while conns.try_recv().is_ok() {}
     let addr = n2.listener("raw");
 
@@ -906,6 +805,5 @@ async fn half_close_resets_and_backpressure_cross_the_tunnel() {
     }
     assert_eq!(received, sent, "every byte written arrives, once");
     eprintln!("backpressure held the client at {sent} bytes in flight");
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }

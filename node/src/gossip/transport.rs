@@ -87,7 +87,7 @@ impl Outbound {
         };
         drop(peers);
         if tx.try_send(bytes).is_err() {
-            self.metrics.gossip_drop("queue_full");
+            self.metrics.gossip.drop("queue_full");
         }
     }
 
@@ -96,7 +96,7 @@ impl Outbound {
         let mut backoff_until: Option<Instant> = None;
         while let Ok(Some(msg)) = tokio::time::timeout(PEER_IDLE, rx.recv()).await {
             if backoff_until.is_some_and(|t| Instant::now() < t) {
-                self.metrics.gossip_drop("peer_unreachable");
+                self.metrics.gossip.drop("peer_unreachable");
                 continue;
             }
             let conn = match self
@@ -107,7 +107,7 @@ impl Outbound {
                 Ok(c) => c,
                 Err(e) => {
                     backoff_until = Some(Instant::now() + DIAL_BACKOFF);
-                    self.metrics.gossip_drop("peer_unreachable");
+                    self.metrics.gossip.drop("peer_unreachable");
                     if let Some(n) = &name {
                         let _ = self.unreachable.try_send(n.clone());
                     }
@@ -124,12 +124,12 @@ impl Outbound {
                 anyhow::Ok(())
             };
             match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                Ok(Ok(())) => self.metrics.gossip(Direction::Sent, len),
+                Ok(Ok(())) => self.metrics.gossip.count(Direction::Sent, len),
                 Ok(Err(e)) => {
-                    self.metrics.gossip_drop("send_failed");
+                    self.metrics.gossip.drop("send_failed");
                     tracing::debug!(peer = %to, error = %e, "gossip send failed");
                 }
-                Err(_) => self.metrics.gossip_drop("send_timeout"),
+                Err(_) => self.metrics.gossip.drop("send_timeout"),
             }
         }
         rx.close();
@@ -182,16 +182,16 @@ async fn read_connection(
             match stream.read_to_end(MAX_MESSAGE_BYTES).await {
                 Ok(bytes) => {
                     let len = bytes.len();
-                    metrics.gossip(Direction::Received, len);
+                    metrics.gossip.count(Direction::Received, len);
                     if let Err(full) = queue.push(&peer.name.clone(), (peer, bytes), len) {
-                        metrics.gossip_drop(full.as_str());
+                        metrics.gossip.drop(full.as_str());
                     }
                 }
                 Err(quinn::ReadToEndError::TooLong) => {
-                    metrics.gossip_drop("too_large");
+                    metrics.gossip.drop("too_large");
                     let _ = stream.stop(quinn::VarInt::from_u32(1));
                 }
-                Err(_) => metrics.gossip_drop("stream_error"),
+                Err(_) => metrics.gossip.drop("stream_error"),
             }
         });
     }

@@ -191,6 +191,7 @@ impl LoggedBody {
         self.line.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         if !self.writer.log(&self.line) {
             self.metrics
+                .proxy
                 .listener_failures
                 .get_or_create(&ListenerReasonLabels {
                     listener: self.line.listener.clone(),

@@ -1,36 +1,45 @@
-//! Choosing an endpoint of one service for one caller (a listener): the routing
-//! table's endpoints, the caller's policy (`mesh_proto::lb`), its passive outlier
+//! Choosing an endpoint of one service for one caller (a listener): the caller's
+//! policy (`mesh_proto::lb`) over the endpoints it is given, its passive outlier
 //! detection (`mesh_proto::outlier`) and its own count of streams in flight per
-//! endpoint. Shared by TCP and HTTP listeners; one balancer per (listener,
-//! service).
+//! endpoint, held by [`InFlight`] guards. Shared by TCP and HTTP listeners; one
+//! balancer per (listener, service).
+//!
+//! The balancer takes the endpoints as an argument (the caller reads them from
+//! the routing table) and reads time from `tokio::time::Instant`, so its rules
+//! run in unit tests on a paused clock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
+use mesh_proto::gossip::Health;
 use mesh_proto::lb::{self, PickContext, Policy, Ring};
 use mesh_proto::outlier::{OutlierConfig as Detector, OutlierSet};
 use mesh_proto::routing::Endpoint;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
-use super::ProxyContext;
 use crate::config::OutlierConfig;
 use crate::metrics::EndpointLabels;
 
 /// Outlier state kept for endpoints no longer in the table, before it is pruned.
 const PRUNE_SLACK: usize = 64;
 
+/// Streams in flight per endpoint node.
+type Counts = Arc<Mutex<HashMap<String, u32>>>;
+
 /// Endpoint choice for one service, as seen by one listener.
 #[derive(Debug)]
 pub struct Balancer {
     listener: String,
     service: String,
-    zone_aware: bool,
+    local_zone: Option<String>,
     counter: AtomicU64,
     rng: AtomicU64,
     outliers: Mutex<OutlierSet<String>>,
     ring: Mutex<Option<Arc<Ring>>>,
-    inflight: Mutex<HashMap<String, u32>>,
+    inflight: Counts,
+    ejections: Family<EndpointLabels, Counter>,
 }
 
 /// A fresh random seed (nanoseconds of the clock; good enough to spread picks).
@@ -42,13 +51,29 @@ pub fn seed() -> u64 {
         | 1
 }
 
+/// Now, on tokio's clock (paused and advanced in tests).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Balancer {
-    /// A balancer for `service` on behalf of `listener`.
-    pub fn new(listener: &str, service: &str, zone_aware: bool, outlier: OutlierConfig) -> Self {
+    /// A balancer for `service` on behalf of `listener`; with `local_zone` it
+    /// prefers endpoints in that zone. Ejections are counted in `ejections`.
+    pub fn new(
+        listener: &str,
+        service: &str,
+        local_zone: Option<&str>,
+        outlier: OutlierConfig,
+        ejections: Family<EndpointLabels, Counter>,
+    ) -> Self {
         Balancer {
             listener: listener.to_string(),
             service: service.to_string(),
-            zone_aware,
+            local_zone: local_zone.map(str::to_string),
             counter: AtomicU64::new(0),
             rng: AtomicU64::new(seed()),
             outliers: Mutex::new(OutlierSet::new(Detector {
@@ -57,7 +82,8 @@ impl Balancer {
                 max_ejection: outlier.max_ejection,
             })),
             ring: Mutex::new(None),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
+            ejections,
         }
     }
 
@@ -76,46 +102,29 @@ impl Balancer {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Picks an endpoint not in `tried` and not ejected, by `policy`; `key` is the
-    /// hash for ring hashing. If every untried endpoint is ejected, tries them
-    /// anyway (an ejection is a guess; a refusal is certain).
+    /// Picks one of `endpoints` (the service's, from the routing table) not in
+    /// `tried` and not ejected, by `policy`; `key` is the hash for ring hashing.
+    /// If every untried endpoint is ejected, tries them anyway (an ejection is a
+    /// guess; a refusal is certain).
     pub fn pick(
         &self,
-        ctx: &ProxyContext,
+        endpoints: &[Endpoint],
         policy: Policy,
         tried: &[String],
         key: u64,
     ) -> Option<Endpoint> {
-        let table = ctx.table.load();
-        let endpoints = table.endpoints(&self.service);
         if endpoints.is_empty() {
             return None;
         }
-        let now = Instant::now();
-        let outliers = self.outliers.lock().unwrap_or_else(|e| e.into_inner());
-        let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        let ring = if policy == Policy::RingHash {
-            let mut cached = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            match cached.as_ref() {
-                Some(r) if r.matches(endpoints) => Some(r.clone()),
-                _ => {
-                    let r = Arc::new(Ring::build(endpoints));
-                    *cached = Some(r.clone());
-                    Some(r)
-                }
-            }
-        } else {
-            None
-        };
+        let now = now();
+        let outliers = lock(&self.outliers);
+        let inflight = lock(&self.inflight);
+        let ring = (policy == Policy::RingHash).then(|| self.ring_for(endpoints));
         let available =
             |e: &Endpoint| !tried.contains(&e.node) && !outliers.is_ejected(&e.node, now);
         let load = |e: &Endpoint| inflight.get(&e.node).copied().unwrap_or(0);
         let mut pick = PickContext {
-            local_zone: if self.zone_aware {
-                Some(ctx.zone.as_str())
-            } else {
-                None
-            },
+            local_zone: self.local_zone.as_deref(),
             min_zone_healthy: 1,
             counter: self.counter.fetch_add(1, Ordering::Relaxed),
             random: [self.random(), self.random()],
@@ -132,35 +141,39 @@ impl Balancer {
         lb::pick(policy, endpoints, &pick).cloned()
     }
 
-    /// Whether `node` is usable now: in the table, not unhealthy, not ejected.
-    pub fn usable(&self, ctx: &ProxyContext, node: &str) -> Option<Endpoint> {
-        let table = ctx.table.load();
-        let e = table
-            .endpoints(&self.service)
-            .iter()
-            .find(|e| e.node == node)?;
-        let ejected = self
-            .outliers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_ejected(node, Instant::now());
-        (e.health != mesh_proto::gossip::Health::Unhealthy && !ejected).then(|| e.clone())
+    /// The hash ring of `endpoints`: the cached one while the endpoints are the
+    /// same, else a new one (cached in its place).
+    fn ring_for(&self, endpoints: &[Endpoint]) -> Arc<Ring> {
+        let mut cached = lock(&self.ring);
+        match cached.as_ref() {
+            Some(r) if r.matches(endpoints) => r.clone(),
+            _ => {
+                let r = Arc::new(Ring::build(endpoints));
+                *cached = Some(r.clone());
+                r
+            }
+        }
     }
 
-    /// Records an attempt's outcome for outlier detection.
-    pub fn record(&self, ctx: &ProxyContext, node: &str, ok: bool) {
-        let mut outliers = self.outliers.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether `node` is usable now: among `endpoints`, not unhealthy, not ejected.
+    pub fn usable(&self, endpoints: &[Endpoint], node: &str) -> Option<Endpoint> {
+        let e = endpoints.iter().find(|e| e.node == node)?;
+        let ejected = lock(&self.outliers).is_ejected(node, now());
+        (e.health != Health::Unhealthy && !ejected).then(|| e.clone())
+    }
+
+    /// Records an attempt's outcome on `node` for outlier detection; `endpoints`
+    /// are the service's current ones (state of nodes that left is forgotten).
+    pub fn record(&self, endpoints: &[Endpoint], node: &str, ok: bool) {
+        let mut outliers = lock(&self.outliers);
         // Forget endpoints that left the service, so the set does not grow with
         // every node name ever seen.
-        let table = ctx.table.load();
-        let endpoints = table.endpoints(&self.service);
         if outliers.len() > endpoints.len() + PRUNE_SLACK {
             outliers.retain(|n| endpoints.iter().any(|e| &e.node == n));
         }
-        if outliers.record(node, ok, Instant::now()).is_some() {
+        if outliers.record(node, ok, now()).is_some() {
             tracing::info!(listener = %self.listener, service = %self.service, %node, "ejected a failing endpoint");
-            ctx.metrics
-                .outlier_ejections
+            self.ejections
                 .get_or_create(&EndpointLabels {
                     listener: self.listener.clone(),
                     node: node.to_string(),
@@ -169,13 +182,41 @@ impl Balancer {
         }
     }
 
-    /// Counts a stream to `node` in flight (`delta` +1 or -1).
-    pub fn inflight_add(&self, node: &str, delta: i32) {
-        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(node.to_string()).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            map.remove(node);
+    /// Counts a stream to `node` as in flight until the guard is dropped
+    /// (least-request balancing reads the count).
+    pub fn in_flight(&self, node: &str) -> InFlight {
+        *lock(&self.inflight).entry(node.to_string()).or_insert(0) += 1;
+        InFlight {
+            counts: self.inflight.clone(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Streams to `node` in flight now.
+    pub fn in_flight_to(&self, node: &str) -> u32 {
+        lock(&self.inflight).get(node).copied().unwrap_or(0)
+    }
+}
+
+/// One stream to an endpoint in flight, as its balancer counts it; dropping it
+/// ends the count, whichever way the stream ends.
+#[derive(Debug)]
+pub struct InFlight {
+    counts: Counts,
+    node: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(n) = counts.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.node);
+            }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,7 +38,7 @@ use mesh_proto::lb::{self, Policy};
 use mesh_proto::retry::{RetryBudget, RetryBudgetConfig};
 use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
 use mesh_proto::routing::Endpoint;
-use mesh_proto::tunnel::{Protocol, RequestId};
+use mesh_proto::tunnel::RequestId;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -46,11 +46,11 @@ use tokio::sync::watch;
 
 use super::access_log::{self, Writer};
 use super::backend_pool::{SendError, Sent};
-use super::balance::Balancer;
+use super::balance::{Balancer, InFlight};
 use super::headers::{self, Client, UpstreamHead};
 use super::ingress_tls::IngressCert;
 use super::observed::{self, Activity};
-use super::upstream::{self, AttemptError, Target, Upstream};
+use super::upstream::{self, HttpUpstream, OpenError, Target};
 use super::{CountGuard, ProxyContext};
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::metrics::{HttpLabels, HttpRetryLabels, ListenerLabels, ListenerReasonLabels};
@@ -173,9 +173,10 @@ impl Pending<'_> {
             class: headers::status_class(status),
         };
         let metrics = &l.ctx.metrics;
-        metrics.http_requests.get_or_create(&labels).inc();
+        metrics.http.requests.get_or_create(&labels).inc();
         metrics
-            .http_duration
+            .http
+            .duration
             .get_or_create(&labels)
             .observe(self.started.elapsed().as_secs_f64());
     }
@@ -348,7 +349,13 @@ impl HttpListener {
             budget: Mutex::new(RetryBudget::new(RetryBudgetConfig::default())),
             balancers: Mutex::new(std::collections::HashMap::new()),
             active: Arc::default(),
-            random: Balancer::new(&cfg.name, "-", false, cfg.outlier),
+            random: Balancer::new(
+                &cfg.name,
+                "-",
+                None,
+                cfg.outlier,
+                ctx.metrics.proxy.outlier_ejections.clone(),
+            ),
             log,
             tls,
             cfg,
@@ -364,8 +371,9 @@ impl HttpListener {
                 Arc::new(Balancer::new(
                     &self.cfg.name,
                     service,
-                    self.cfg.zone_aware,
+                    self.cfg.zone_aware.then_some(self.ctx.zone.as_str()),
                     self.cfg.outlier,
+                    self.ctx.metrics.proxy.outlier_ejections.clone(),
                 ))
             })
             .clone()
@@ -388,6 +396,7 @@ impl HttpListener {
             };
             self.ctx
                 .metrics
+                .proxy
                 .listener_connections
                 .get_or_create(&self.listener_labels())
                 .inc();
@@ -403,6 +412,7 @@ impl HttpListener {
                 let active = me
                     .ctx
                     .metrics
+                    .proxy
                     .listener_active
                     .get_or_create(&me.listener_labels())
                     .clone();
@@ -445,6 +455,7 @@ impl HttpListener {
     fn count_failure(&self, reason: &'static str) {
         self.ctx
             .metrics
+            .proxy
             .listener_failures
             .get_or_create(&ListenerReasonLabels {
                 listener: self.cfg.name.clone(),
@@ -646,7 +657,8 @@ impl HttpListener {
         if !ok {
             self.ctx
                 .metrics
-                .http_retry_budget_exhausted
+                .http
+                .retry_budget_exhausted
                 .get_or_create(&self.listener_labels())
                 .inc();
         }
@@ -663,7 +675,7 @@ impl HttpListener {
                 if headers::session_token(route, &backend.service, &e.node) == token {
                     return self
                         .balancer(&backend.service)
-                        .usable(&self.ctx, &e.node)
+                        .usable(table.endpoints(&backend.service), &e.node)
                         .map(|e| (backend.service.clone(), e));
                 }
             }
@@ -821,15 +833,20 @@ impl HttpListener {
             // tried ones again (a retry of a transient failure may succeed there).
             let endpoint = match pinned.take() {
                 Some(e) => Some(e),
-                None => balancer
-                    .pick(&self.ctx, policy, &tried, key)
-                    .or_else(|| balancer.pick(&self.ctx, policy, &[], key)),
+                None => {
+                    let table = self.ctx.table.load();
+                    let endpoints = table.endpoints(&service);
+                    balancer
+                        .pick(endpoints, policy, &tried, key)
+                        .or_else(|| balancer.pick(endpoints, policy, &[], key))
+                }
             };
             let Some(endpoint) = endpoint else { break };
             if let Some(reason) = retry_reason.take() {
                 self.ctx
                     .metrics
-                    .http_retries
+                    .http
+                    .retries
                     .get_or_create(&HttpRetryLabels {
                         listener: self.cfg.name.clone(),
                         route: route_name.to_string(),
@@ -848,7 +865,6 @@ impl HttpListener {
             let target = Target {
                 service: &service,
                 source_service: self.cfg.source_service.as_deref(),
-                protocol: Protocol::Http,
                 request_id: ex.tunnel_id,
                 deadline: Some(try_timeout),
             };
@@ -856,20 +872,28 @@ impl HttpListener {
             // status) gets the listener's connect_timeout, so a blackholed node
             // costs that, not the whole try, before the next endpoint is tried.
             let open_timeout = try_timeout.min(self.cfg.connect_timeout);
-            let up = match upstream::open(&self.ctx, &endpoint, target, open_timeout).await {
+            let up = match upstream::open_http(&self.ctx, &endpoint, target, open_timeout).await {
                 Ok(up) => up,
-                Err(AttemptError::Final(_, text)) => {
+                Err(OpenError::Refused { text, .. }) => {
                     return self.error_response(StatusCode::FORBIDDEN, &text, &rid);
                 }
+                Err(e @ OpenError::Header(_)) => {
+                    tracing::error!(listener = %self.cfg.name, %service, error = %e, "a request could not be tunnelled");
+                    return self.error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &e.to_string(),
+                        &rid,
+                    );
+                }
                 Err(e) => {
-                    balancer.record(&self.ctx, &endpoint.node, false);
+                    balancer.record(
+                        self.ctx.table.load().endpoints(&service),
+                        &endpoint.node,
+                        false,
+                    );
                     last = self.error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
-                            "cannot reach service {service} on {}: {}",
-                            endpoint.node,
-                            e.text()
-                        ),
+                        &format!("cannot reach service {service} on {}: {}", endpoint.node, e),
                         &rid,
                     );
                     // Nothing was sent: always safe to try elsewhere.
@@ -880,7 +904,7 @@ impl HttpListener {
                     break;
                 }
             };
-            if let Upstream::Local(..) | Upstream::LocalHttp(..) = up {
+            if let HttpUpstream::Local { .. } = up {
                 outcome.addr = self
                     .ctx
                     .services
@@ -889,11 +913,7 @@ impl HttpListener {
             }
             let Some(body) = ex.body.take() else { break };
             let request = head.request(body);
-            balancer.inflight_add(&endpoint.node, 1);
-            let inflight = Inflight {
-                balancer: balancer.clone(),
-                node: endpoint.node.clone(),
-            };
+            let inflight = balancer.in_flight(&endpoint.node);
             let sent = tokio::time::timeout_at(
                 try_deadline,
                 exchange(up, request, ex.upgrade.then_some(is_connect), inflight),
@@ -902,7 +922,11 @@ impl HttpListener {
             let cause = match sent {
                 Ok(Ok((response, upstream_upgrade))) => {
                     let server_error = response.status().is_server_error();
-                    balancer.record(&self.ctx, &endpoint.node, !server_error);
+                    balancer.record(
+                        self.ctx.table.load().endpoints(&service),
+                        &endpoint.node,
+                        !server_error,
+                    );
                     // A retry is only worth its budget if there is time left for it.
                     if server_error
                         && ex.body.replayable()
@@ -936,7 +960,11 @@ impl HttpListener {
                     // A pooled local connection had closed and no new one could
                     // be made: nothing was sent. (A streamed body is gone with
                     // the request, so then the next try does not happen.)
-                    balancer.record(&self.ctx, &endpoint.node, false);
+                    balancer.record(
+                        self.ctx.table.load().endpoints(&service),
+                        &endpoint.node,
+                        false,
+                    );
                     last = self.error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("cannot reach service {service} on {}: {e}", endpoint.node),
@@ -952,7 +980,11 @@ impl HttpListener {
                     // A failure of the client's own request body (it went away
                     // mid-upload) says nothing about the endpoint.
                     if !e.is_user() {
-                        balancer.record(&self.ctx, &endpoint.node, false);
+                        balancer.record(
+                            self.ctx.table.load().endpoints(&service),
+                            &endpoint.node,
+                            false,
+                        );
                     }
                     last = self.error_response(
                         StatusCode::BAD_GATEWAY,
@@ -962,7 +994,11 @@ impl HttpListener {
                     "reset"
                 }
                 Err(_) => {
-                    balancer.record(&self.ctx, &endpoint.node, false);
+                    balancer.record(
+                        self.ctx.table.load().endpoints(&service),
+                        &endpoint.node,
+                        false,
+                    );
                     last = self.error_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         &format!("{} did not answer within {try_timeout:?}", endpoint.node),
@@ -1074,19 +1110,6 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// Counts a request to an endpoint as in flight until its upstream connection
-/// ends (least-request balancing reads the count).
-struct Inflight {
-    balancer: Arc<Balancer>,
-    node: String,
-}
-
-impl Drop for Inflight {
-    fn drop(&mut self) {
-        self.balancer.inflight_add(&self.node, -1);
-    }
-}
-
 /// What an upstream connection holds (its backend slot, its in-flight count):
 /// kept by the connection's task, and by the tunnel if the exchange upgrades.
 type Keep = Arc<dyn Send + Sync>;
@@ -1096,21 +1119,18 @@ type Keep = Arc<dyn Send + Sync>;
 /// ends) and, for an upgrade, the upstream side of the switched connection with
 /// what it holds.
 async fn exchange(
-    up: Upstream,
+    up: HttpUpstream,
     request: Request<Body>,
     upgrade: Option<bool>,
-    inflight: Inflight,
+    inflight: InFlight,
 ) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), SendError> {
     match up {
-        Upstream::Local(stream, slot) => send(
-            TokioIo::new(stream),
-            request,
-            upgrade,
-            Arc::new((slot, inflight)),
-        )
-        .await
-        .map_err(SendError::Http),
-        Upstream::LocalHttp(sender, pool, connect_timeout, slot) => {
+        HttpUpstream::Local {
+            sender,
+            pool,
+            connect_timeout,
+            slot,
+        } => {
             let Sent {
                 sender,
                 mut response,
@@ -1131,8 +1151,8 @@ async fn exchange(
             });
             Ok((response, upgraded))
         }
-        Upstream::Tunnel(send_half, recv_half) => send(
-            TokioIo::new(tokio::io::join(recv_half, send_half)),
+        HttpUpstream::Tunnel(tunnel) => send(
+            TokioIo::new(tokio::io::join(tunnel.recv, tunnel.send)),
             request,
             upgrade,
             Arc::new(inflight),

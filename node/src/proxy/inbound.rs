@@ -100,7 +100,8 @@ async fn stream(
         Ok(h) => h,
         Err(reason) => {
             ctx.metrics
-                .inbound_refusals
+                .inbound
+                .refusals
                 .get_or_create(&ServiceReasonLabels {
                     service: "-".into(),
                     reason,
@@ -342,7 +343,8 @@ async fn answer_refusal(
 ) {
     let label = code.metric_label();
     ctx.metrics
-        .inbound_refusals
+        .inbound
+        .refusals
         .get_or_create(&ServiceReasonLabels {
             service: if ctx.services.contains_key(service) {
                 service.to_string()

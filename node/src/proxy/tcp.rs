@@ -11,13 +11,14 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use mesh_proto::lb;
-use mesh_proto::tunnel::{Protocol, RequestId};
+use mesh_proto::routing::Endpoint;
+use mesh_proto::tunnel::RequestId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::balance::Balancer;
 use super::splice::{self, Progress, Side};
-use super::upstream::{self, AttemptError, Target, Upstream};
+use super::upstream::{self, OpenError, Target, TcpUpstream};
 use super::{CountGuard, ProxyContext};
 use crate::config::ListenerConfig;
 use crate::metrics::{ListenerDirectionLabels, ListenerLabels, ListenerReasonLabels};
@@ -39,7 +40,13 @@ impl Listener {
             labels: ListenerLabels {
                 listener: cfg.name.clone(),
             },
-            balancer: Balancer::new(&cfg.name, cfg.service(), cfg.zone_aware, cfg.outlier),
+            balancer: Balancer::new(
+                &cfg.name,
+                cfg.service(),
+                cfg.zone_aware.then_some(ctx.zone.as_str()),
+                cfg.outlier,
+                ctx.metrics.proxy.outlier_ejections.clone(),
+            ),
             cfg,
             ctx,
             active: Arc::new(AtomicUsize::new(0)),
@@ -68,6 +75,7 @@ impl Listener {
     fn fail(&self, reason: &'static str) {
         self.ctx
             .metrics
+            .proxy
             .listener_failures
             .get_or_create(&ListenerReasonLabels {
                 listener: self.cfg.name.clone(),
@@ -79,6 +87,7 @@ impl Listener {
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let metrics = &self.ctx.metrics;
         metrics
+            .proxy
             .listener_connections
             .get_or_create(&self.labels)
             .inc();
@@ -89,79 +98,103 @@ impl Listener {
         };
         let _ = client.set_nodelay(true);
         let started = Instant::now();
+        let (endpoint, upstream) = match self.connect(peer).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.fail(e.label());
+                tracing::info!(listener = %self.cfg.name, client = %peer, reason = %e, "connection failed");
+                return;
+            }
+        };
+        metrics
+            .proxy
+            .tunnel_setup_seconds
+            .get_or_create(&self.labels)
+            .observe(started.elapsed().as_secs_f64());
+        let active = metrics
+            .proxy
+            .listener_active
+            .get_or_create(&self.labels)
+            .clone();
+        active.inc();
+        let _in_flight_to_endpoint = self.balancer.in_flight(&endpoint.node);
+        // Counted as in-flight work: a draining node waits for it.
+        let _in_flight = self.ctx.endpoint.stream_guard();
+        let (other, _local_slot) = match upstream {
+            TcpUpstream::Local(s, slot) => (Side::tcp(s), Some(slot)),
+            TcpUpstream::Tunnel(t) => (Side::quic(t.send, t.recv), None),
+        };
+        splice::splice(
+            Side::tcp(client),
+            other,
+            self.cfg.idle_timeout,
+            None,
+            self.progress(),
+        )
+        .await;
+        active.dec();
+    }
+
+    /// An endpoint of the service and a stream to it: up to `attempts` picks,
+    /// each to an endpoint not tried yet, until one opens or refuses the caller.
+    async fn connect(&self, peer: SocketAddr) -> Result<(Endpoint, TcpUpstream), OpenError> {
+        let metrics = &self.ctx.metrics;
         let key = lb::hash_ip(peer.ip());
         let request_id =
             RequestId(((self.balancer.random() as u128) << 64) | self.balancer.random() as u128);
         let target = Target {
             service: self.cfg.service(),
             source_service: self.cfg.source_service.as_deref(),
-            protocol: Protocol::Tcp,
             request_id,
             deadline: None,
         };
         let mut tried: Vec<String> = Vec::new();
-        let mut last_error = AttemptError::Retryable(
-            "no_endpoint",
-            format!("no endpoint of {} is available", self.cfg.service()),
-        );
-        let mut upstream = None;
+        let mut last_error = OpenError::Unreachable {
+            reason: "no_endpoint",
+            text: format!("no endpoint of {} is available", self.cfg.service()),
+        };
         for attempt in 0..self.cfg.attempts {
-            let Some(endpoint) = self.balancer.pick(&self.ctx, self.cfg.lb, &tried, key) else {
+            // Held across the attempt: an `Arc`, not a short-lived arc-swap guard.
+            let table = self.ctx.table.load_full();
+            let endpoints = table.endpoints(self.cfg.service());
+            let Some(endpoint) = self.balancer.pick(endpoints, self.cfg.lb, &tried, key) else {
                 break;
             };
-            metrics.upstream_attempts.get_or_create(&self.labels).inc();
+            metrics
+                .proxy
+                .upstream_attempts
+                .get_or_create(&self.labels)
+                .inc();
             if attempt > 0 {
-                metrics.upstream_retries.get_or_create(&self.labels).inc();
+                metrics
+                    .proxy
+                    .upstream_retries
+                    .get_or_create(&self.labels)
+                    .inc();
             }
             tried.push(endpoint.node.clone());
-            match upstream::open(&self.ctx, &endpoint, target, self.cfg.connect_timeout).await {
+            match upstream::open_tcp(&self.ctx, &endpoint, target, self.cfg.connect_timeout).await {
                 Ok(u) => {
-                    self.balancer.record(&self.ctx, &endpoint.node, true);
-                    upstream = Some((endpoint, u));
-                    break;
+                    self.balancer.record(endpoints, &endpoint.node, true);
+                    return Ok((endpoint, u));
                 }
-                Err(e @ AttemptError::Retryable(..)) => {
-                    tracing::debug!(listener = %self.cfg.name, node = %endpoint.node, why = %e.text(), "attempt failed; trying another endpoint");
-                    self.balancer.record(&self.ctx, &endpoint.node, false);
+                Err(e) if e.try_another() => {
+                    tracing::debug!(listener = %self.cfg.name, node = %endpoint.node, why = %e, "attempt failed; trying another endpoint");
+                    self.balancer.record(endpoints, &endpoint.node, false);
                     last_error = e;
                 }
-                Err(e @ AttemptError::Final(..)) => {
-                    last_error = e;
-                    break;
-                }
+                Err(e) => return Err(e),
             }
         }
-        let Some((endpoint, upstream)) = upstream else {
-            self.fail(last_error.label());
-            tracing::info!(listener = %self.cfg.name, client = %peer, reason = %last_error.text(), "connection failed");
-            return;
-        };
-        metrics
-            .tunnel_setup_seconds
-            .get_or_create(&self.labels)
-            .observe(started.elapsed().as_secs_f64());
-        let active = metrics.listener_active.get_or_create(&self.labels).clone();
-        active.inc();
-        self.balancer.inflight_add(&endpoint.node, 1);
-        // Counted as in-flight work: a draining node waits for it.
-        let _in_flight = self.ctx.endpoint.stream_guard();
-        let mut _local_slot = None;
-        let other = match upstream {
-            Upstream::Local(s, slot) => {
-                _local_slot = Some(slot);
-                Side::tcp(s)
-            }
-            Upstream::Tunnel(send, recv) => Side::quic(send, recv),
-            // Only asked for with `Protocol::Http`, which TCP listeners never use.
-            Upstream::LocalHttp(..) => {
-                tracing::error!(listener = %self.cfg.name, "a TCP listener was given an HTTP upstream; connection dropped");
-                self.balancer.inflight_add(&endpoint.node, -1);
-                active.dec();
-                return;
-            }
-        };
+        Err(last_error)
+    }
+
+    /// Byte counters of this listener's two directions.
+    fn progress(&self) -> Arc<Progress> {
         let bytes = |direction| {
-            metrics
+            self.ctx
+                .metrics
+                .proxy
                 .listener_bytes
                 .get_or_create(&ListenerDirectionLabels {
                     listener: self.cfg.name.clone(),
@@ -169,16 +202,6 @@ impl Listener {
                 })
                 .clone()
         };
-        let progress = Arc::new(Progress::counting(bytes("upstream"), bytes("downstream")));
-        splice::splice(
-            Side::tcp(client),
-            other,
-            self.cfg.idle_timeout,
-            None,
-            progress,
-        )
-        .await;
-        self.balancer.inflight_add(&endpoint.node, -1);
-        active.dec();
+        Arc::new(Progress::counting(bytes("upstream"), bytes("downstream")))
     }
 }

@@ -1,59 +1,111 @@
 //! Reaching one endpoint of a service: a QUIC stream to its node, opened with a
 //! `StreamHeader` and answered with a `StreamStatus` — or, when the endpoint is on
-//! this node, a TCP connection to the local backend under the same rules the
-//! inbound side applies (allow-lists, connection limit, connect timeout). Shared
-//! by TCP and HTTP listeners.
+//! this node, the local backend under the same admission the inbound side applies
+//! (`LocalService::admit`). TCP listeners open a [`TcpUpstream`] (a byte stream),
+//! HTTP listeners an [`HttpUpstream`] (a pooled keep-alive connection when the
+//! backend is local); both fail with an [`OpenError`] that says whether another
+//! endpoint may help.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
+use mesh_proto::codec::{EncodeError, FRAME_HEADER_LEN, decode_exact, encode, frame_len};
 use mesh_proto::routing::Endpoint;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use quinn::{RecvStream, SendStream};
+use thiserror::Error;
 use tokio::net::TcpStream;
 
 use super::admission::{Caller, Refused};
 use super::backend_pool::{BackendPool, Sender};
-use super::{CountGuard, ProxyContext};
+use super::{CountGuard, LocalService, ProxyContext};
 use crate::endpoint::Use;
 
-/// Why one attempt failed.
-#[derive(Debug)]
-pub enum AttemptError {
-    /// The endpoint could not be reached or refused; try another. The label
-    /// is the metric reason; the text says what happened.
-    Retryable(&'static str, String),
-    /// Trying elsewhere would not help (the caller is not authorized).
-    Final(&'static str, String),
+/// Why opening a path to one endpoint failed.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The endpoint could not be reached, or turned the stream away for a
+    /// reason another endpoint may not have (overloaded, draining, down): try
+    /// another. `reason` is the metric label.
+    #[error("{text}")]
+    Unreachable {
+        /// The metric reason.
+        reason: &'static str,
+        /// What happened.
+        text: String,
+    },
+    /// The endpoint refused the caller itself (not allowed to call the
+    /// service): every endpoint would, so no other is tried.
+    #[error("{text}")]
+    Refused {
+        /// The metric reason.
+        reason: &'static str,
+        /// What happened.
+        text: String,
+    },
+    /// The stream header could not be written (a wire-format limit): nothing
+    /// was sent, and no endpoint would get another header.
+    #[error("the stream header cannot be sent: {0}")]
+    Header(#[from] EncodeError),
 }
 
-impl AttemptError {
+impl OpenError {
+    fn unreachable(reason: &'static str, text: impl Into<String>) -> Self {
+        OpenError::Unreachable {
+            reason,
+            text: text.into(),
+        }
+    }
+
     /// The metric reason.
     pub fn label(&self) -> &'static str {
         match self {
-            AttemptError::Retryable(l, _) | AttemptError::Final(l, _) => l,
+            OpenError::Unreachable { reason, .. } | OpenError::Refused { reason, .. } => reason,
+            OpenError::Header(_) => "bad_header",
         }
     }
 
-    /// What happened.
-    pub fn text(&self) -> &str {
-        match self {
-            AttemptError::Retryable(_, t) | AttemptError::Final(_, t) => t,
-        }
+    /// Whether another endpoint may succeed where this one failed.
+    pub fn try_another(&self) -> bool {
+        matches!(self, OpenError::Unreachable { .. })
     }
 }
 
-/// An established path to an endpoint.
+/// A tunnel stream to an endpoint's node, past its `ok`.
 #[derive(Debug)]
-pub enum Upstream {
+pub struct Tunnel {
+    /// Towards the serving node.
+    pub send: SendStream,
+    /// From the serving node.
+    pub recv: RecvStream,
+}
+
+/// A byte stream to an endpoint, for a TCP listener.
+#[derive(Debug)]
+pub enum TcpUpstream {
     /// The backend on this node, and its connection slot.
     Local(TcpStream, CountGuard),
-    /// The HTTP backend on this node: a keep-alive connection from its pool (or
-    /// a new one), the pool, the backend's connect timeout, and the slot.
-    LocalHttp(Sender, Arc<BackendPool>, Duration, CountGuard),
-    /// A tunnel stream to the endpoint's node, past its `ok`.
-    Tunnel(SendStream, RecvStream),
+    /// A tunnel to the endpoint's node.
+    Tunnel(Tunnel),
+}
+
+/// A way to send an HTTP request to an endpoint, for an HTTP listener.
+#[derive(Debug)]
+pub enum HttpUpstream {
+    /// The backend on this node: a keep-alive connection from its pool (or a
+    /// new one), given back to `pool` after the exchange.
+    Local {
+        /// The connection.
+        sender: Sender,
+        /// The backend's pool.
+        pool: Arc<BackendPool>,
+        /// The backend's connect timeout, should the connection need redoing.
+        connect_timeout: Duration,
+        /// The backend's connection slot.
+        slot: CountGuard,
+    },
+    /// A tunnel to the endpoint's node (a serving-side pool there).
+    Tunnel(Tunnel),
 }
 
 /// What to open.
@@ -63,8 +115,6 @@ pub struct Target<'a> {
     pub service: &'a str,
     /// The caller's claimed source service.
     pub source_service: Option<&'a str>,
-    /// TCP or HTTP.
-    pub protocol: Protocol,
     /// The request id.
     pub request_id: RequestId,
     /// The caller's whole remaining time budget for this exchange (HTTP requests),
@@ -73,80 +123,154 @@ pub struct Target<'a> {
     pub deadline: Option<Duration>,
 }
 
+impl Target<'_> {
+    fn header(&self, protocol: Protocol) -> StreamHeader {
+        StreamHeader {
+            target_service: self.service.to_string(),
+            source_service: self.source_service.map(str::to_string),
+            protocol,
+            request_id: self.request_id,
+            deadline_ms: self
+                .deadline
+                .map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32),
+        }
+    }
+}
+
 /// The status-code label used in metrics.
 pub fn status_label(code: StatusCode) -> &'static str {
     code.metric_label()
 }
 
-/// Opens a path to `endpoint` within `timeout`.
-pub async fn open(
+/// Opens a byte stream to `endpoint` within `timeout`.
+pub async fn open_tcp(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
     target: Target<'_>,
     timeout: Duration,
-) -> Result<Upstream, AttemptError> {
-    if endpoint.node == ctx.node_name {
-        return open_local(ctx, target, timeout).await;
+) -> Result<TcpUpstream, OpenError> {
+    if endpoint.node != ctx.node_name {
+        let header = target.header(Protocol::Tcp);
+        return Ok(TcpUpstream::Tunnel(
+            dial(ctx, endpoint, &header, timeout).await?,
+        ));
     }
-    let header = StreamHeader {
-        target_service: target.service.to_string(),
-        source_service: target.source_service.map(str::to_string),
-        protocol: target.protocol,
-        request_id: target.request_id,
-        deadline_ms: target
-            .deadline
-            .map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32),
+    let (local, slot) = admit_local(ctx, &target)?;
+    let address = local.config.address;
+    let timeout = timeout.min(local.config.connect_timeout);
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(TcpUpstream::Local(s, slot))
+        }
+        Ok(Err(e)) => Err(OpenError::unreachable(
+            "backend_refused",
+            format!("local backend {address}: {e}"),
+        )),
+        Err(_) => Err(OpenError::unreachable(
+            "timeout",
+            format!("local backend {address} did not accept in time"),
+        )),
+    }
+}
+
+/// Opens a way to send an HTTP request to `endpoint` within `timeout`: a
+/// tunnel stream, or a pooled keep-alive connection to the local backend (as
+/// on the serving side of a tunnel).
+pub async fn open_http(
+    ctx: &ProxyContext,
+    endpoint: &Endpoint,
+    target: Target<'_>,
+    timeout: Duration,
+) -> Result<HttpUpstream, OpenError> {
+    if endpoint.node != ctx.node_name {
+        let header = target.header(Protocol::Http);
+        return Ok(HttpUpstream::Tunnel(
+            dial(ctx, endpoint, &header, timeout).await?,
+        ));
+    }
+    let (local, slot) = admit_local(ctx, &target)?;
+    let connect_timeout = local.config.connect_timeout;
+    let sender = match local.pool.take() {
+        Some(s) => s,
+        None => local
+            .pool
+            .connect(timeout.min(connect_timeout))
+            .await
+            .map_err(|e| {
+                let reason = if e.kind() == std::io::ErrorKind::TimedOut {
+                    "timeout"
+                } else {
+                    "backend_refused"
+                };
+                OpenError::unreachable(
+                    reason,
+                    format!("local backend {}: {e}", local.config.address),
+                )
+            })?,
     };
+    Ok(HttpUpstream::Local {
+        sender,
+        pool: local.pool.clone(),
+        connect_timeout,
+        slot,
+    })
+}
+
+/// A tunnel stream to `endpoint`'s node carrying `header`, once the node
+/// answered `ok`, within `timeout`.
+async fn dial(
+    ctx: &ProxyContext,
+    endpoint: &Endpoint,
+    header: &StreamHeader,
+    timeout: Duration,
+) -> Result<Tunnel, OpenError> {
+    let frame = encode(header)?;
+    let broken =
+        |e: &dyn std::fmt::Display| OpenError::unreachable("connect_failed", e.to_string());
     let work = async {
         let conn = ctx
             .endpoint
             .connect(endpoint.addr, Use::Tunnel, Some(&endpoint.node))
             .await
-            .map_err(|e| AttemptError::Retryable("connect_failed", e.to_string()))?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| AttemptError::Retryable("connect_failed", e.to_string()))?;
-        let frame =
-            encode(&header).map_err(|e| AttemptError::Final("bad_header", e.to_string()))?;
-        send.write_all(&frame)
-            .await
-            .map_err(|e| AttemptError::Retryable("connect_failed", e.to_string()))?;
+            .map_err(|e| broken(&e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(&e))?;
+        send.write_all(&frame).await.map_err(|e| broken(&e))?;
         let status = read_status(&mut recv).await?;
         if status.code.is_ok() {
-            Ok(Upstream::Tunnel(send, recv))
-        } else {
-            let label = status_label(status.code);
-            let why = format!(
-                "{} answered {}: {}",
-                endpoint.node, status.code, status.reason
-            );
-            if status.code.is_retryable_elsewhere() {
-                Err(AttemptError::Retryable(label, why))
-            } else {
-                Err(AttemptError::Final(label, why))
-            }
+            return Ok(Tunnel { send, recv });
         }
+        let reason = status_label(status.code);
+        let text = format!(
+            "{} answered {}: {}",
+            endpoint.node, status.code, status.reason
+        );
+        Err(if status.code.is_retryable_elsewhere() {
+            OpenError::Unreachable { reason, text }
+        } else {
+            OpenError::Refused { reason, text }
+        })
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(AttemptError::Retryable(
-            "timeout",
-            format!("{} did not answer within {timeout:?}", endpoint.node),
-        )),
-    }
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(OpenError::unreachable(
+                "timeout",
+                format!("{} did not answer within {timeout:?}", endpoint.node),
+            ))
+        })
 }
 
-async fn open_local(
-    ctx: &ProxyContext,
-    target: Target<'_>,
-    timeout: Duration,
-) -> Result<Upstream, AttemptError> {
-    // The same checks the inbound side makes, for a caller on this node.
+/// The local service `target` names, and a slot in it, by the same admission
+/// the inbound side applies, for a caller on this node.
+fn admit_local<'c>(
+    ctx: &'c ProxyContext,
+    target: &Target<'_>,
+) -> Result<(&'c LocalService, CountGuard), OpenError> {
     let Some(local) = ctx.services.get(target.service) else {
-        return Err(AttemptError::Retryable(
+        return Err(OpenError::unreachable(
             "unknown_service",
-            "this node does not host the service".into(),
+            "this node does not host the service",
         ));
     };
     let caller = Caller {
@@ -157,58 +281,18 @@ async fn open_local(
         source_certified: true,
     };
     let slot = local.admit(&caller).map_err(|refused| match refused {
-        Refused::AtCapacity { .. } => AttemptError::Retryable("overloaded", refused.to_string()),
-        Refused::UncertifiedSource { .. } | Refused::NotAllowed { .. } => {
-            AttemptError::Final("unauthorized", refused.to_string())
-        }
+        Refused::AtCapacity { .. } => OpenError::unreachable("overloaded", refused.to_string()),
+        Refused::UncertifiedSource { .. } | Refused::NotAllowed { .. } => OpenError::Refused {
+            reason: "unauthorized",
+            text: refused.to_string(),
+        },
     })?;
-    let timeout = timeout.min(local.config.connect_timeout);
-    if target.protocol == Protocol::Http {
-        // An HTTP request goes over a pooled keep-alive connection, as on the
-        // serving side of a tunnel.
-        let sender = match local.pool.take() {
-            Some(s) => s,
-            None => local.pool.connect(timeout).await.map_err(|e| {
-                let label = if e.kind() == std::io::ErrorKind::TimedOut {
-                    "timeout"
-                } else {
-                    "backend_refused"
-                };
-                AttemptError::Retryable(
-                    label,
-                    format!("local backend {}: {e}", local.config.address),
-                )
-            })?,
-        };
-        return Ok(Upstream::LocalHttp(
-            sender,
-            local.pool.clone(),
-            local.config.connect_timeout,
-            slot,
-        ));
-    }
-    match tokio::time::timeout(timeout, TcpStream::connect(local.config.address)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(Upstream::Local(s, slot))
-        }
-        Ok(Err(e)) => Err(AttemptError::Retryable(
-            "backend_refused",
-            format!("local backend {}: {e}", local.config.address),
-        )),
-        Err(_) => Err(AttemptError::Retryable(
-            "timeout",
-            format!(
-                "local backend {} did not accept in time",
-                local.config.address
-            ),
-        )),
-    }
+    Ok((local, slot))
 }
 
-async fn read_status(recv: &mut RecvStream) -> Result<StreamStatus, AttemptError> {
+async fn read_status(recv: &mut RecvStream) -> Result<StreamStatus, OpenError> {
     let broken = |e: &dyn std::fmt::Display| {
-        AttemptError::Retryable("connect_failed", format!("reading the status: {e}"))
+        OpenError::unreachable("connect_failed", format!("reading the status: {e}"))
     };
     let mut buf = vec![0u8; FRAME_HEADER_LEN];
     recv.read_exact(&mut buf).await.map_err(|e| broken(&e))?;

@@ -1,0 +1,69 @@
+//! This node's certificate and its peers' connections: handshakes refused,
+//! QUIC connections opened, accepted and recycled, and when the certificate
+//! expires.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{ReasonLabels, register};
+
+/// The TLS and peer-connection families.
+#[derive(Debug)]
+pub struct TlsMetrics {
+    /// Peers refused during the TLS handshake, by reason.
+    pub rejected_peers: Family<ReasonLabels, Counter>,
+    /// QUIC connections opened by this node (outbound).
+    pub connections_opened: Counter,
+    /// QUIC connections accepted by this node (inbound).
+    pub connections_accepted: Counter,
+    /// QUIC connections closed or retired because of certificates, by reason.
+    pub connections_recycled: Family<ReasonLabels, Counter>,
+    /// When this node's certificate expires (unix seconds).
+    pub certificate_expiry: Gauge,
+}
+
+impl TlsMetrics {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        TlsMetrics {
+            rejected_peers: register(
+                r,
+                "rejected_peers",
+                "Peers refused during the TLS handshake, by reason",
+                Family::default(),
+            ),
+            connections_opened: register(
+                r,
+                "quic_connections_opened",
+                "QUIC connections opened to peers",
+                Counter::default(),
+            ),
+            connections_accepted: register(
+                r,
+                "quic_connections_accepted",
+                "QUIC connections accepted from peers",
+                Counter::default(),
+            ),
+            connections_recycled: register(
+                r,
+                "quic_connections_recycled",
+                "QUIC connections closed or retired because of certificates, by reason",
+                Family::default(),
+            ),
+            certificate_expiry: register(
+                r,
+                "certificate_expiry_timestamp_seconds",
+                "When this node's certificate expires (unix seconds)",
+                Gauge::default(),
+            ),
+        }
+    }
+
+    /// Counts one refused peer.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected_peers
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
