@@ -16,14 +16,14 @@ use mesh_proto::route::RouteSpec;
 use mesh_proto::tunnel::Protocol;
 use rcgen::SigningKey as _;
 use shoal_pki::{OperatorKey, Validity};
+use shoal_tests::cluster::Cluster;
 use shoal_tests::rogue::Rogue;
 use shoal_tests::{Check, NodeSpec, Pki, TcpBackend, TestNode, eventually};
 use time::OffsetDateTime;
 
 /// a (no services), b and c hosting `echo`, converged, and the echo backends.
 struct Mesh {
-    pki: Pki,
-    nodes: [TestNode; 3],
+    cluster: Cluster,
     backends: [TcpBackend; 2],
 }
 
@@ -33,33 +33,16 @@ impl Mesh {
     }
 
     async fn start_with(tweak: impl Fn(NodeSpec) -> NodeSpec) -> Mesh {
-        let pki = Pki::new("mesh.test");
         let backends = [TcpBackend::start().await, TcpBackend::start().await];
-        let a = TestNode::start(&pki, tweak(NodeSpec::new("a"))).await;
-        let b = TestNode::start(
-            &pki,
-            tweak(
-                NodeSpec::new("b")
-                    .seed(&a)
-                    .service("echo", backends[0].addr(), Check::Tcp),
-            ),
-        )
+        let cluster = Cluster::of([
+            tweak(NodeSpec::new("a")),
+            tweak(NodeSpec::new("b").service("echo", backends[0].addr(), Check::Tcp)),
+            tweak(NodeSpec::new("c").service("echo", backends[1].addr(), Check::Tcp)),
+        ])
+        .start()
         .await;
-        let c = TestNode::start(
-            &pki,
-            tweak(
-                NodeSpec::new("c")
-                    .seed(&a)
-                    .service("echo", backends[1].addr(), Check::Tcp),
-            ),
-        )
-        .await;
-        let mesh = Mesh {
-            pki,
-            nodes: [a, b, c],
-            backends,
-        };
-        for n in &mesh.nodes {
+        let mesh = Mesh { cluster, backends };
+        for n in mesh.nodes() {
             eventually(&format!("{} sees the mesh", n.spec.name), || async {
                 n.member_states()
                     .await
@@ -76,17 +59,26 @@ impl Mesh {
     }
 
     fn node(&self, name: &str) -> &TestNode {
-        self.nodes.iter().find(|n| n.spec.name == name).unwrap()
+        self.cluster.node(name)
+    }
+
+    /// The honest nodes a, b and c.
+    fn nodes(&self) -> impl Iterator<Item = &TestNode> {
+        self.cluster.nodes()
     }
 
     fn refs(&self) -> Vec<&TestNode> {
-        self.nodes.iter().collect()
+        self.nodes().collect()
+    }
+
+    fn pki(&self) -> &Pki {
+        &self.cluster.pki
     }
 
     /// A rogue member known to every node.
     async fn rogue(&self, name: &str, services: &[&str]) -> Rogue {
-        let rogue = Rogue::join(&self.pki, name, services, &self.refs()).await;
-        for n in &self.nodes {
+        let rogue = Rogue::join(self.pki(), name, services, &self.refs()).await;
+        for n in self.nodes() {
             eventually(&format!("{} knows {name}", n.spec.name), || async {
                 n.member_states()
                     .await
@@ -101,7 +93,7 @@ impl Mesh {
     /// Members (but `except`), echo endpoints and routes as each node reports them.
     async fn snapshot(&self, except: &str) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        for n in &self.nodes {
+        for n in self.nodes() {
             let members: Vec<(String, String)> = n
                 .member_states()
                 .await
@@ -158,8 +150,8 @@ impl Mesh {
                 "the honest mesh changed"
             );
         }
-        let d = TestNode::start(&self.pki, NodeSpec::new("d").seed(&self.nodes[0])).await;
-        for n in self.nodes.iter().chain([&d]) {
+        self.cluster.add(NodeSpec::new("d")).await;
+        for n in self.nodes() {
             eventually(&format!("{} sees d join", n.spec.name), || async {
                 let states = n.member_states().await;
                 ["a", "b", "c", "d"]
@@ -169,7 +161,7 @@ impl Mesh {
             .await;
         }
         self.backends[0].stop().await;
-        for n in self.nodes.iter().chain([&d]) {
+        for n in self.nodes() {
             eventually(
                 &format!("{} sees echo on b unhealthy", n.spec.name),
                 || async { n.endpoint_health("echo", "b").await.as_deref() == Some("unhealthy") },
@@ -177,14 +169,14 @@ impl Mesh {
             .await;
         }
         self.backends[0].restart().await;
-        for n in self.nodes.iter().chain([&d]) {
+        for n in self.nodes() {
             eventually(
                 &format!("{} sees echo on b healthy again", n.spec.name),
                 || async { n.endpoint_health("echo", "b").await.as_deref() == Some("healthy") },
             )
             .await;
         }
-        d.node.kill().await;
+        self.cluster.kill("d").await;
     }
 
     async fn rejected(&self, node: &str, reason: &str) -> f64 {
@@ -196,9 +188,7 @@ impl Mesh {
     }
 
     async fn stop(self) {
-        for n in self.nodes {
-            n.node.kill().await;
-        }
+        self.cluster.stop().await;
     }
 }
 
@@ -255,7 +245,7 @@ async fn a_forged_record_for_another_node_is_refused_everywhere_including_by_tha
         "svc:echo",
         echo_record(Health::Unhealthy, 7, &["made-up"]),
     );
-    for n in &mesh.nodes {
+    for n in mesh.nodes() {
         rogue.send(n, items(vec![forged.clone()])).await;
     }
     for (node, reason) in [
@@ -433,7 +423,7 @@ async fn a_version_near_the_maximum_cannot_freeze_a_node() {
             mesh.generation("b"),
         ),
     );
-    for n in &mesh.nodes {
+    for n in mesh.nodes() {
         rogue.send(n, items(vec![frozen.clone()])).await;
     }
     eventually("a refuses it", || async {
@@ -542,7 +532,7 @@ async fn a_member_cannot_claim_a_service_its_certificate_does_not_allow() {
     let rogue = mesh.rogue("rogue", &["other"]).await;
     let before = mesh.snapshot("rogue").await;
     let claim = rogue.own("svc:echo", echo_record(Health::Healthy, 10_000, &[]));
-    for n in &mesh.nodes {
+    for n in mesh.nodes() {
         rogue.send(n, items(vec![claim.clone()])).await;
     }
     for n in ["a", "b", "c"] {
@@ -682,7 +672,7 @@ fn documents(docs: Vec<RouteDocument>) -> Body {
 async fn route_documents_cannot_be_pinned_rolled_back_or_forged() {
     let mesh = Mesh::start().await;
     let rogue = mesh.rogue("rogue", &[]).await;
-    let alice = operator(&mesh.pki, "alice", Validity::days_from_now(10).unwrap());
+    let alice = operator(mesh.pki(), "alice", Validity::days_from_now(10).unwrap());
     let a = mesh.node("a");
     let now = now_ms();
     let v1 = alice
@@ -694,14 +684,14 @@ async fn route_documents_cannot_be_pinned_rolled_back_or_forged() {
         .unwrap()
         .document();
     rogue.send(a, documents(vec![v2.clone()])).await;
-    for n in &mesh.nodes {
+    for n in mesh.nodes() {
         eventually(&format!("{} holds v2", n.spec.name), || async {
             route_ids(n).await == [("shop".to_string(), now - 5_000, false)]
         })
         .await;
     }
     // Rollback: v1 (validly signed, older) loses everywhere.
-    for n in &mesh.nodes {
+    for n in mesh.nodes() {
         rogue.send(n, documents(vec![v1.clone()])).await;
     }
     // Pinning: issued ten days ahead.
@@ -716,7 +706,7 @@ async fn route_documents_cannot_be_pinned_rolled_back_or_forged() {
     .await;
     // A node key is not an operator's.
     let rogue_cert = mesh
-        .pki
+        .pki()
         .ca
         .issue_node("rogue2", &[], Validity::days_from_now(1).unwrap())
         .unwrap();
@@ -738,7 +728,7 @@ async fn route_documents_cannot_be_pinned_rolled_back_or_forged() {
     // Expired signer: signed while bob's certificate was valid, relayed after.
     let t = OffsetDateTime::now_utc();
     let bob = operator(
-        &mesh.pki,
+        mesh.pki(),
         "bob",
         Validity::between(
             t - time::Duration::minutes(3),
@@ -752,7 +742,7 @@ async fn route_documents_cannot_be_pinned_rolled_back_or_forged() {
         .unwrap()
         .document();
     rogue.send(a, documents(vec![expired])).await;
-    for n in &mesh.nodes {
+    for n in mesh.nodes() {
         eventually(
             &format!("{} holds shop v2 and legacy, expired", n.spec.name),
             || async {
@@ -779,9 +769,9 @@ async fn route_documents_cannot_be_pinned_rolled_back_or_forged() {
 /// v1 back, even with no peer holding v2 any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_never_takes_back_an_older_route_document() {
-    let pki = Pki::new("mesh.test");
-    let alice = operator(&pki, "alice", Validity::days_from_now(10).unwrap());
-    let a = TestNode::start(&pki, NodeSpec::new("a")).await;
+    let mut mesh = Cluster::of([NodeSpec::new("a")]).start().await;
+    let alice = operator(&mesh.pki, "alice", Validity::days_from_now(10).unwrap());
+    let a = &mesh["a"];
     let now = now_ms();
     let v1 = alice
         .sign_route(&route("shop", "echo", now - 10_000))
@@ -791,27 +781,27 @@ async fn a_restarted_node_never_takes_back_an_older_route_document() {
         .sign_route(&route("shop", "echo", now - 5_000))
         .unwrap()
         .document();
-    let rogue = Rogue::join(&pki, "rogue", &[], &[&a]).await;
-    rogue.send(&a, documents(vec![v2])).await;
+    let rogue = Rogue::join(&mesh.pki, "rogue", &[], &[a]).await;
+    rogue.send(a, documents(vec![v2])).await;
     eventually("a holds v2", || async {
-        route_ids(&a).await == [("shop".to_string(), now - 5_000, false)]
+        route_ids(a).await == [("shop".to_string(), now - 5_000, false)]
     })
     .await;
-    let (spec, cert_dir, data_dir) = (a.spec.clone(), a.cert_dir.clone(), a.data_dir.clone());
-    a.node.kill().await;
-    let a = TestNode::start_with(spec, cert_dir, data_dir).await;
+    let stopped = mesh.kill("a").await;
+    mesh.start_again(stopped).await;
+    let a = &mesh["a"];
     assert_eq!(
-        route_ids(&a).await,
+        route_ids(a).await,
         [("shop".to_string(), now - 5_000, false)]
     );
-    let rogue = Rogue::join(&pki, "rogue2", &[], &[&a]).await;
-    rogue.send(&a, documents(vec![v1])).await;
+    let rogue = Rogue::join(&mesh.pki, "rogue2", &[], &[a]).await;
+    rogue.send(a, documents(vec![v1])).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        route_ids(&a).await,
+        route_ids(a).await,
         [("shop".to_string(), now - 5_000, false)]
     );
-    a.node.kill().await;
+    mesh.stop().await;
 }
 
 /// Every long-running task is supervised: the gossip loop, aborted as a crash

@@ -8,6 +8,7 @@ use http_body_util::Full;
 use mesh_proto::route::RouteSpec;
 use shoal_node::routes::ApplyRequest;
 use shoal_pki::{OperatorKey, Validity};
+use shoal_tests::cluster::Cluster;
 use shoal_tests::web::WebApp;
 use shoal_tests::{
     Check, NodeSpec, Pki, Reply, TcpBackend, TestNode, eventually, get, http_send, request,
@@ -59,16 +60,16 @@ async fn apply(node: &TestNode, op: &OperatorKey, mut spec: serde_json::Value, a
     }
 }
 
-/// A mesh of backend nodes, one per (node, service, app) triple, and a caller
-/// node `edge` with an HTTP listener `web` (no default service).
+/// A cluster of backend nodes, each service of each node backed by its own
+/// [`WebApp`] (`service@node`), and a caller node `edge` (its own spec) that
+/// sees every endpoint healthy. Derefs to the [`Cluster`].
 struct Mesh {
-    nodes: Vec<TestNode>,
-    edge: TestNode,
+    cluster: Cluster,
     _apps: Vec<WebApp>,
 }
 
-async fn mesh(pki: &Pki, hosts: &[(&str, &[&str])], edge: NodeSpec) -> Mesh {
-    let mut nodes: Vec<TestNode> = Vec::new();
+async fn mesh(hosts: &[(&str, &[&str])], edge: NodeSpec) -> Mesh {
+    let mut specs = Vec::new();
     let mut apps = Vec::new();
     let mut expected: HashMap<String, usize> = HashMap::new();
     for (node, services) in hosts {
@@ -79,28 +80,36 @@ async fn mesh(pki: &Pki, hosts: &[(&str, &[&str])], edge: NodeSpec) -> Mesh {
             apps.push(app);
             *expected.entry(svc.to_string()).or_default() += 1;
         }
-        if let Some(first) = nodes.first() {
-            spec = spec.seed(first);
-        }
-        nodes.push(TestNode::start(pki, spec).await);
+        specs.push(spec);
     }
-    let edge = TestNode::start(pki, edge.seed(&nodes[0])).await;
+    specs.push(edge);
+    let cluster = Cluster::of(specs).start().await;
     for (svc, n) in &expected {
-        eventually(&format!("edge sees {n} healthy {svc}"), || async {
-            edge.healthy_endpoints(svc) == *n
-        })
-        .await;
+        cluster.wait_healthy("edge", svc, *n).await;
     }
     Mesh {
-        nodes,
-        edge,
+        cluster,
         _apps: apps,
     }
 }
 
 impl Mesh {
     fn all(&self) -> Vec<&TestNode> {
-        self.nodes.iter().chain([&self.edge]).collect()
+        self.cluster.nodes().collect()
+    }
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
     }
 }
 
@@ -110,16 +119,14 @@ fn backend(r: &Reply) -> String {
 
 #[tokio::test]
 async fn path_and_header_rules_pick_the_service() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let m = mesh(
-        &pki,
         &[("n1", &["web", "api"]), ("n2", &["canary"])],
         NodeSpec::new("edge").http_listener("web", None),
     )
     .await;
+    let op = operator(&m.pki);
     apply(
-        &m.nodes[0],
+        &m["n1"],
         &op,
         serde_json::json!({
             "name": "shop",
@@ -136,7 +143,7 @@ async fn path_and_header_rules_pick_the_service() {
         &m.all(),
     )
     .await;
-    let l = m.edge.listener("web");
+    let l = m["edge"].listener("web");
     let r = get(l, "shop.example", "/api/items").await;
     assert_eq!(backend(&r), "api@n1");
     assert_eq!(r.json()["headers"]["x-via"], "shoal");
@@ -170,7 +177,7 @@ async fn path_and_header_rules_pick_the_service() {
     assert_eq!(r.status, 404, "{}", r.body);
     // Per-route metrics.
     assert!(
-        m.edge
+        m["edge"]
             .metric("shoal_http_requests_total{listener=\"web\",route=\"shop\",service=\"api\",class=\"2xx\"}")
             .await
             >= 1.0
@@ -179,16 +186,14 @@ async fn path_and_header_rules_pick_the_service() {
 
 #[tokio::test]
 async fn weighted_split_holds_within_five_percent() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let m = mesh(
-        &pki,
         &[("n1", &["v1"]), ("n2", &["v2"])],
         NodeSpec::new("edge").http_listener("web", None),
     )
     .await;
+    let op = operator(&m.pki);
     apply(
-        &m.nodes[1],
+        &m["n2"],
         &op,
         serde_json::json!({
             "name": "split",
@@ -197,7 +202,7 @@ async fn weighted_split_holds_within_five_percent() {
         &m.all(),
     )
     .await;
-    let l = m.edge.listener("web");
+    let l = m["edge"].listener("web");
     let mut v2 = 0usize;
     let total = 2000usize;
     let mut tasks = tokio::task::JoinSet::new();
@@ -227,18 +232,16 @@ async fn weighted_split_holds_within_five_percent() {
 
 #[tokio::test]
 async fn a_route_applied_on_one_node_steers_requests_on_another() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let m = mesh(
-        &pki,
         &[("n1", &["old", "new"])],
         NodeSpec::new("edge").http_listener("web", Some("old")),
     )
     .await;
-    let l = m.edge.listener("web");
+    let op = operator(&m.pki);
+    let l = m["edge"].listener("web");
     assert_eq!(backend(&get(l, "app.example", "/").await), "old@n1");
     apply(
-        &m.nodes[0],
+        &m["n1"],
         &op,
         serde_json::json!({"name": "app", "hosts": ["app.example"],
                            "rules": [{"backends": [{"service": "new"}]}]}),
@@ -255,23 +258,21 @@ async fn a_route_applied_on_one_node_steers_requests_on_another() {
 
 #[tokio::test]
 async fn cookie_sessions_stick_and_move_when_their_endpoint_dies() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let mut m = mesh(
-        &pki,
         &[("n1", &["cart"]), ("n2", &["cart"]), ("n3", &["cart"])],
         NodeSpec::new("edge").http_listener("web", None),
     )
     .await;
+    let op = operator(&m.pki);
     apply(
-        &m.nodes[0],
+        &m["n1"],
         &op,
         serde_json::json!({"name": "cart", "rules": [{"backends": [{"service": "cart"}],
             "session": {"type": "cookie", "name": "sid", "ttl_s": 600}}]}),
         &m.all(),
     )
     .await;
-    let l = m.edge.listener("web");
+    let l = m["edge"].listener("web");
     let first = get(l, "cart.example", "/").await;
     let set = first
         .header("set-cookie")
@@ -305,9 +306,7 @@ async fn cookie_sessions_stick_and_move_when_their_endpoint_dies() {
     // Kill the pinned endpoint's node: the next request succeeds elsewhere and
     // carries a new cookie.
     let node = pinned.split('@').nth(1).unwrap().to_string();
-    let idx = m.nodes.iter().position(|n| n.spec.name == node).unwrap();
-    let dead = m.nodes.remove(idx);
-    dead.node.kill().await;
+    m.kill(&node).await;
     let r = http_send(
         l,
         request("GET", "cart.example", "/after")
@@ -334,10 +333,7 @@ async fn cookie_sessions_stick_and_move_when_their_endpoint_dies() {
 
 #[tokio::test]
 async fn header_hashing_keeps_sessions_and_moves_few_when_an_endpoint_goes() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let mut m = mesh(
-        &pki,
         &[
             ("n1", &["s"]),
             ("n2", &["s"]),
@@ -347,15 +343,16 @@ async fn header_hashing_keeps_sessions_and_moves_few_when_an_endpoint_goes() {
         NodeSpec::new("edge").http_listener("web", None),
     )
     .await;
+    let op = operator(&m.pki);
     apply(
-        &m.nodes[0],
+        &m["n1"],
         &op,
         serde_json::json!({"name": "s", "rules": [{"backends": [{"service": "s"}],
             "session": {"type": "header", "name": "x-session-id"}}]}),
         &m.all(),
     )
     .await;
-    let l = m.edge.listener("web");
+    let l = m["edge"].listener("web");
     let ask = |id: usize| async move {
         let r = http_send(
             l,
@@ -380,10 +377,9 @@ async fn header_hashing_keeps_sessions_and_moves_few_when_an_endpoint_goes() {
     );
 
     // Remove n4 gracefully; only its sessions move.
-    let gone = m.nodes.pop().unwrap();
-    gone.node.shutdown().await;
+    m.shut_down("n4").await;
     eventually("edge forgets n4", || async {
-        m.edge.healthy_endpoints("s") == 3
+        m["edge"].healthy_endpoints("s") == 3
     })
     .await;
     let mut moved = 0;
@@ -400,27 +396,13 @@ async fn header_hashing_keeps_sessions_and_moves_few_when_an_endpoint_goes() {
 
 #[tokio::test]
 async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     // n1's backend resets every connection; n2's answers.
     let resetter = TcpBackend::resetter().await;
     let app = WebApp::start("ok@n2").await;
-    let n1 = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("n1").service("flaky", resetter.addr(), Check::Tcp),
-    )
-    .await;
-    let n2 = TestNode::start(
-        &pki,
-        NodeSpec::new("n2")
-            .seed(&n1)
-            .service("flaky", app.addr(), Check::Http),
-    )
-    .await;
-    let edge = TestNode::start(
-        &pki,
+        NodeSpec::new("n2").service("flaky", app.addr(), Check::Http),
         NodeSpec::new("edge")
-            .seed(&n1)
             .http_listener("web", None)
             .tweak(|raw| {
                 // Keep the resetting endpoint in rotation for this test.
@@ -429,15 +411,15 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
                     ..Default::default()
                 });
             }),
-    )
+    ])
+    .start()
     .await;
-    eventually("edge sees both endpoints healthy", || async {
-        edge.healthy_endpoints("flaky") == 2
-    })
-    .await;
-    let all = [&n1, &n2, &edge];
+    mesh.wait_healthy("edge", "flaky", 2).await;
+    let op = operator(&mesh.pki);
+    let (n1, n2, edge) = (&mesh["n1"], &mesh["n2"], &mesh["edge"]);
+    let all = [n1, n2, edge];
     apply(
-        &n1,
+        n1,
         &op,
         serde_json::json!({"name": "flaky", "rules": [{"backends": [{"service": "flaky"}],
             "retry": {"on": ["reset", "5xx"], "attempts": 2}}]}),
@@ -489,7 +471,7 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
 
     // Unless the route says all methods may be retried.
     apply(
-        &n2,
+        n2,
         &op,
         serde_json::json!({"name": "flaky", "rules": [{"backends": [{"service": "flaky"}],
             "retry": {"on": ["reset"], "attempts": 2, "all_methods": true}}]}),
@@ -509,7 +491,7 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
 
     // A route that lists only `5xx` does not retry resets, even of GETs.
     apply(
-        &n1,
+        n1,
         &op,
         serde_json::json!({"name": "flaky", "rules": [{"backends": [{"service": "flaky"}],
             "retry": {"on": ["5xx"], "attempts": 2}}]}),
@@ -542,20 +524,12 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
 
 #[tokio::test]
 async fn routes_refuse_callers_outside_their_allow_list() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let app = WebApp::start("pay@n1").await;
-    let n1 = TestNode::start(
-        &pki,
-        NodeSpec::new("n1").service("payments", app.addr(), Check::Http),
-    )
-    .await;
     // `edge` acts for service `web` (its certificate names it); `other` for nobody.
     let web_app = WebApp::start("web@edge").await;
-    let edge = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
+        NodeSpec::new("n1").service("payments", app.addr(), Check::Http),
         NodeSpec::new("edge")
-            .seed(&n1)
             .service("web", web_app.addr(), Check::Http)
             .http_listener("as-web", None)
             .http_listener("anonymous", None)
@@ -563,18 +537,18 @@ async fn routes_refuse_callers_outside_their_allow_list() {
                 let n = raw.listeners.len();
                 raw.listeners[n - 2].source_service = Some("web".into());
             }),
-    )
+    ])
+    .start()
     .await;
-    eventually("edge sees payments", || async {
-        edge.healthy_endpoints("payments") == 1
-    })
-    .await;
+    mesh.wait_healthy("edge", "payments", 1).await;
+    let op = operator(&mesh.pki);
+    let (n1, edge) = (&mesh["n1"], &mesh["edge"]);
     apply(
-        &n1,
+        n1,
         &op,
         serde_json::json!({"name": "pay", "rules": [{"backends": [{"service": "payments"}],
             "allow_services": ["web"]}]}),
-        &[&n1, &edge],
+        &[n1, edge],
     )
     .await;
     let r = get(edge.listener("as-web"), "pay.example", "/charge").await;
@@ -587,16 +561,14 @@ async fn routes_refuse_callers_outside_their_allow_list() {
 
 #[tokio::test]
 async fn per_try_and_overall_timeouts_answer_504() {
-    let pki = Pki::new("mesh.test");
-    let op = operator(&pki);
     let m = mesh(
-        &pki,
         &[("n1", &["slow"]), ("n2", &["slow"])],
         NodeSpec::new("edge").http_listener("web", None),
     )
     .await;
+    let op = operator(&m.pki);
     apply(
-        &m.nodes[0],
+        &m["n1"],
         &op,
         serde_json::json!({"name": "slow", "rules": [{"backends": [{"service": "slow"}],
             "timeout_ms": 1500, "per_try_timeout_ms": 300,
@@ -604,7 +576,7 @@ async fn per_try_and_overall_timeouts_answer_504() {
         &m.all(),
     )
     .await;
-    let l = m.edge.listener("web");
+    let l = m["edge"].listener("web");
     // Fast enough: one try.
     let r = get(l, "slow.example", "/slow/10").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -613,8 +585,7 @@ async fn per_try_and_overall_timeouts_answer_504() {
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(r.body.contains("did not answer within 300ms"), "{}", r.body);
     assert_eq!(r.header("x-shoal-error"), Some("1"));
-    let timeouts = m
-        .edge
+    let timeouts = m["edge"]
         .metric("shoal_http_retries_total{listener=\"web\",route=\"slow\",service=\"slow\",reason=\"timeout\"}")
         .await;
     assert_eq!(timeouts, 2.0, "two retries after timed-out tries");

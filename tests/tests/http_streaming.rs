@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use http_body_util::BodyExt;
+use shoal_tests::cluster::Cluster;
 use shoal_tests::web::{WebApp, pattern_body};
-use shoal_tests::{Check, NodeSpec, Pki, TestNode, eventually, request};
+use shoal_tests::{Check, NodeSpec, request};
 use tokio::net::TcpStream;
 
 const SIZE: u64 = 64 * 1024 * 1024;
@@ -30,25 +31,15 @@ fn reset_peak() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_up_and_down_with_bounded_memory() {
-    let pki = Pki::new("mesh.test");
     let app = WebApp::start("app-a").await;
-    let a = TestNode::start(
-        &pki,
+    let mesh = Cluster::of([
         NodeSpec::new("a").service("web", app.addr(), Check::Http),
-    )
+        NodeSpec::new("c").http_listener("web", Some("web")),
+    ])
+    .start()
     .await;
-    let c = TestNode::start(
-        &pki,
-        NodeSpec::new("c")
-            .seed(&a)
-            .http_listener("web", Some("web")),
-    )
-    .await;
-    eventually("c sees a healthy web endpoint", || async {
-        c.healthy_endpoints("web") == 1
-    })
-    .await;
-    let listener = c.listener("web");
+    mesh.wait_healthy("c", "web", 1).await;
+    let listener = mesh.client("c", "web");
 
     // Warm up: connections, pools and buffers exist before the baseline.
     let warm = shoal_tests::get(listener, "files.example", "/download/1048576").await;

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,12 +15,13 @@ use mesh_proto::membership::wire::{Body, Items};
 use mesh_proto::route::RouteSpec;
 use rcgen::SigningKey as _;
 use serde_json::Value;
-use shoal_node::StartOptions;
+
 use shoal_node::routes::{ApplyRequest, RejectedView, RouteView};
 use shoal_pki::{CertificateAuthority, OperatorKey, SignedRoute, Validity};
-use shoal_sim::faults::Network;
+
+use shoal_tests::cluster::Cluster;
 use shoal_tests::rogue::Rogue;
-use shoal_tests::{NodeSpec, Pki, TestNode, eventually};
+use shoal_tests::{NodeSpec, TestNode, eventually};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -110,30 +110,11 @@ async fn wait_in_force(nodes: &[&TestNode], spec: &RouteSpec) {
     }
 }
 
-async fn converge(nodes: &[&TestNode]) {
-    let names: Vec<String> = nodes.iter().map(|n| n.spec.name.clone()).collect();
-    for n in nodes {
-        eventually(
-            &format!("{} to list every member alive", n.spec.name),
-            || async {
-                let states = n.member_states().await;
-                names.iter().all(|name| {
-                    states
-                        .iter()
-                        .any(|(m, state)| m == name && state == "alive")
-                })
-            },
-        )
-        .await;
-    }
-}
-
-async fn three_nodes(pki: &Pki) -> [TestNode; 3] {
-    let n1 = TestNode::start(pki, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(pki, NodeSpec::new("n2").seed(&n1)).await;
-    let n3 = TestNode::start(pki, NodeSpec::new("n3").seed(&n1)).await;
-    converge(&[&n1, &n2, &n3]).await;
-    [n1, n2, n3]
+/// Three plain nodes, converged.
+async fn three_nodes() -> Cluster {
+    let mesh = Cluster::new(3).start().await;
+    mesh.wait_converged().await;
+    mesh
 }
 
 // ---------------------------------------------------------------------------
@@ -146,18 +127,18 @@ async fn three_nodes(pki: &Pki) -> [TestNode; 3] {
 /// refused with 409; bad requests get 400 and oversize ones 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
-    let pki = Pki::new("mesh.test");
-    let nodes = three_nodes(&pki).await;
-    let alice = operator(&pki.ca, "alice");
+    let mesh = three_nodes().await;
+    let nodes: Vec<&TestNode> = mesh.nodes().collect();
+    let alice = operator(&mesh.pki.ca, "alice");
     let v1 = route("shop", "web", now_ms());
     let signed = alice.sign_route(&v1).unwrap();
 
-    let (status, answer) = apply(&nodes[1], &signed).await;
+    let (status, answer) = apply(nodes[1], &signed).await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["result"], "created");
     assert_eq!(answer["route"]["signer"], "alice");
     let id = answer["route"]["id"].as_str().unwrap().to_string();
-    wait_in_force(&nodes.iter().collect::<Vec<_>>(), &v1).await;
+    wait_in_force(&nodes, &v1).await;
     for n in &nodes {
         let r = in_force(n, "shop").await.unwrap();
         assert_eq!(r.signer, "alice");
@@ -170,7 +151,7 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
     }
 
     // The same signed document again changes nothing.
-    let (status, answer) = apply(&nodes[0], &signed).await;
+    let (status, answer) = apply(nodes[0], &signed).await;
     assert_eq!(
         (status, &answer["result"]),
         (200, &Value::from("unchanged"))
@@ -179,7 +160,7 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
 
     // A document issued before the one in force (an operator clock behind).
     let stale = route("shop", "web-old", v1.issued_at_ms - 60_000);
-    let (status, answer) = apply(&nodes[2], &alice.sign_route(&stale).unwrap()).await;
+    let (status, answer) = apply(nodes[2], &alice.sign_route(&stale).unwrap()).await;
     assert_eq!(status, 409, "{answer}");
     let error = answer["error"].as_str().unwrap();
     assert!(
@@ -189,23 +170,23 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
 
     // An update issued later replaces it everywhere.
     let v2 = route("shop", "web-v2", v1.issued_at_ms + 1);
-    let (status, answer) = apply(&nodes[2], &alice.sign_route(&v2).unwrap()).await;
+    let (status, answer) = apply(nodes[2], &alice.sign_route(&v2).unwrap()).await;
     assert_eq!((status, &answer["result"]), (200, &Value::from("updated")));
-    wait_in_force(&nodes.iter().collect::<Vec<_>>(), &v2).await;
+    wait_in_force(&nodes, &v2).await;
     // The same route signed again later with the same certificate (a pipeline
     // re-applying everything) keeps the document in force; another operator's
     // signature (a renewed certificate, say) makes a new one.
     let resigned = route("shop", "web-v2", v2.issued_at_ms + 10);
-    let (status, answer) = apply(&nodes[0], &alice.sign_route(&resigned).unwrap()).await;
+    let (status, answer) = apply(nodes[0], &alice.sign_route(&resigned).unwrap()).await;
     assert_eq!(
         (status, &answer["result"]),
         (200, &Value::from("unchanged"))
     );
     assert_eq!(answer["route"]["issued_at_ms"], v2.issued_at_ms);
-    let bob = operator(&pki.ca, "bob");
-    let (status, answer) = apply(&nodes[0], &bob.sign_route(&resigned).unwrap()).await;
+    let bob = operator(&mesh.pki.ca, "bob");
+    let (status, answer) = apply(nodes[0], &bob.sign_route(&resigned).unwrap()).await;
     assert_eq!((status, &answer["result"]), (200, &Value::from("updated")));
-    wait_in_force(&nodes.iter().collect::<Vec<_>>(), &resigned).await;
+    wait_in_force(&nodes, &resigned).await;
 
     // Malformed requests.
     let (status, answer) = post(nodes[0].admin(), "/routes", b"{not json".to_vec()).await;
@@ -235,9 +216,7 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
     let (status, answer) = post(nodes[0].admin(), "/routes", vec![b' '; 70 * 1024]).await;
     assert_eq!(status, 413, "{answer}");
 
-    for n in nodes {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 /// Documents signed by a node certificate, with a tampered body, or by an
@@ -247,12 +226,13 @@ async fn a_route_applied_on_one_node_is_in_force_on_every_node() {
 /// never applied or stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_documents_are_rejected_everywhere() {
-    let pki = Pki::new("mesh.test");
-    let nodes = three_nodes(&pki).await;
+    let mesh = three_nodes().await;
+    let nodes: Vec<&TestNode> = mesh.nodes().collect();
     let now = now_ms();
 
     // Signed with a node's key and certificate.
-    let rogue = pki
+    let rogue = mesh
+        .pki
         .ca
         .issue_node("rogue", &[], Validity::days_from_now(10).unwrap())
         .unwrap();
@@ -268,7 +248,7 @@ async fn forged_documents_are_rejected_everywhere() {
         }
     };
     // Signed by an operator, then changed (still a valid route).
-    let alice = operator(&pki.ca, "alice");
+    let alice = operator(&mesh.pki.ca, "alice");
     let mut tampered = alice.sign_route(&route("tampered", "web", now)).unwrap();
     let text = String::from_utf8(tampered.body.clone()).unwrap();
     tampered.body = text.replace("\"web\"", "\"evil\"").into_bytes();
@@ -290,14 +270,14 @@ async fn forged_documents_are_rejected_everywhere() {
         (&foreign, "other_ca", "not issued by this mesh's CA"),
     ];
     for (signed, _, words) in &cases {
-        let (status, answer) = apply(&nodes[0], signed).await;
+        let (status, answer) = apply(nodes[0], signed).await;
         assert_eq!(status, 400, "{}: {answer}", signed.name);
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(words), "{}: {error}", signed.name);
     }
 
     // A member sends them anyway, to every node.
-    let member = Rogue::join(&pki, "member", &[], &nodes.iter().collect::<Vec<_>>()).await;
+    let member = Rogue::join(&mesh.pki, "member", &[], &nodes).await;
     for n in &nodes {
         let docs = cases
             .iter()
@@ -354,7 +334,7 @@ async fn forged_documents_are_rejected_everywhere() {
             n.spec.name
         );
     }
-    let tampered_view = rejected(&nodes[2])
+    let tampered_view = rejected(nodes[2])
         .await
         .into_iter()
         .find(|r| r.name == "tampered")
@@ -367,9 +347,7 @@ async fn forged_documents_are_rejected_everywhere() {
         "the view names the signer: {tampered_view:?}"
     );
 
-    for n in nodes {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 /// v1 is in force everywhere; a partition separates n1 from n2 and n3; each side
@@ -377,51 +355,31 @@ async fn forged_documents_are_rejected_everywhere() {
 /// converges on n3's update — the later-issued one — and stores it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_later_issued_version_wins_after_a_partition_heals() {
-    let pki = Pki::new("mesh.test");
-    let net = Network::new(11);
-    let start = |spec: NodeSpec| {
-        let dir = pki.node_dir(&spec.name, &[]);
-        let net = net.clone();
-        async move {
-            let socket = net.socket("127.0.0.1:0".parse().unwrap()).unwrap();
-            TestNode::start_with_options(
-                spec,
-                dir,
-                Arc::new(tempfile::tempdir().unwrap()),
-                StartOptions {
-                    socket: Some(socket),
-                },
-            )
-            .await
-        }
-    };
-    let n1 = start(NodeSpec::new("n1")).await;
-    let n2 = start(NodeSpec::new("n2").seed(&n1)).await;
-    let n3 = start(NodeSpec::new("n3").seed(&n1)).await;
-    let all = [&n1, &n2, &n3];
-    converge(&all).await;
-    let alice = operator(&pki.ca, "alice");
+    let mesh = Cluster::new(3).with_faults(11).start().await;
+    mesh.wait_converged().await;
+    let (n1, n2, n3) = (&mesh["n1"], &mesh["n2"], &mesh["n3"]);
+    let all = [n1, n2, n3];
+    let alice = operator(&mesh.pki.ca, "alice");
     let v1 = route("shop", "web-v1", now_ms());
-    let (status, answer) = apply(&n1, &alice.sign_route(&v1).unwrap()).await;
+    let (status, answer) = apply(n1, &alice.sign_route(&v1).unwrap()).await;
     assert_eq!(status, 201, "{answer}");
     wait_in_force(&all, &v1).await;
 
-    let addr = |n: &TestNode| n.node.bound().advertise;
-    net.partition(&[addr(&n1)], &[addr(&n2), addr(&n3)]);
+    mesh.partition(&["n1"], &["n2", "n3"]);
     let v2 = route("shop", "web-v2", v1.issued_at_ms + 1_000);
     let v3 = route("shop", "web-v3", v1.issued_at_ms + 2_000);
-    let (status, answer) = apply(&n1, &alice.sign_route(&v2).unwrap()).await;
+    let (status, answer) = apply(n1, &alice.sign_route(&v2).unwrap()).await;
     assert_eq!(status, 200, "n1 applies v2 on its side: {answer}");
-    let (status, answer) = apply(&n3, &alice.sign_route(&v3).unwrap()).await;
+    let (status, answer) = apply(n3, &alice.sign_route(&v3).unwrap()).await;
     assert_eq!(status, 200, "n3 applies v3 on its side: {answer}");
-    wait_in_force(&[&n2, &n3], &v3).await;
+    wait_in_force(&[n2, n3], &v3).await;
     assert_eq!(
-        in_force(&n1, "shop").await.unwrap().spec,
+        in_force(n1, "shop").await.unwrap().spec,
         v2,
         "n1 is cut off and keeps its own update"
     );
 
-    net.heal();
+    mesh.heal();
     wait_in_force(&all, &v3).await;
     for n in all {
         let file = n.data_dir.path().join("routes/shop.route");
@@ -434,9 +392,7 @@ async fn the_later_issued_version_wins_after_a_partition_heals() {
             n.spec.name
         );
     }
-    for n in [n1, n2, n3] {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }
 
 /// A node restarted alone (no peer reachable) routes by the documents in its data
@@ -444,35 +400,32 @@ async fn the_later_issued_version_wins_after_a_partition_heals() {
 /// later next to a peer that moved on, a node adopts the newer version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_survive_a_restart_and_a_returning_node_catches_up() {
-    let pki = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
-    converge(&[&n1, &n2]).await;
-    let alice = operator(&pki.ca, "alice");
+    let mut mesh = Cluster::new(2).start().await;
+    mesh.wait_converged().await;
+    let alice = operator(&mesh.pki.ca, "alice");
     let v1 = route("shop", "web-v1", now_ms());
-    let (status, answer) = apply(&n1, &alice.sign_route(&v1).unwrap()).await;
+    let (status, answer) = apply(&mesh["n1"], &alice.sign_route(&v1).unwrap()).await;
     assert_eq!(status, 201, "{answer}");
-    wait_in_force(&[&n1, &n2], &v1).await;
-    let n2_files = n2.data_dir.path().join("routes");
+    wait_in_force(&mesh.nodes().collect::<Vec<_>>(), &v1).await;
+    let n2_files = mesh["n2"].data_dir.path().join("routes");
     eventually("n2 to store the document it adopted", || async {
         n2_files.join("shop.route").exists()
     })
     .await;
 
     // Both stop; n2 comes back alone, with junk next to its documents.
-    let (cert1, data1) = (n1.cert_dir.clone(), n1.data_dir.clone());
-    let (cert2, data2) = (n2.cert_dir.clone(), n2.data_dir.clone());
-    n1.node.kill().await;
-    n2.node.kill().await;
+    let mut n1 = mesh.kill("n1").await;
+    let mut n2 = mesh.kill("n2").await;
     std::fs::write(n2_files.join("junk.route"), "not a document").unwrap();
     std::fs::write(n2_files.join(".shop.route.tmp-1-2"), "half written").unwrap();
-    let n2 = TestNode::start_with(NodeSpec::new("n2"), cert2, data2).await;
+    n2.spec.seeds.clear();
+    let n2 = mesh.start_again(n2).await;
     assert_eq!(
         n2.node.routes().get("shop"),
         Some(&v1),
         "the stored document is in force as soon as the node has started"
     );
-    assert_eq!(in_force(&n2, "shop").await.unwrap().spec, v1);
+    assert_eq!(in_force(n2, "shop").await.unwrap().spec, v1);
     assert!(
         !n2_files.join(".shop.route.tmp-1-2").exists(),
         "leftovers of an interrupted write are removed"
@@ -480,21 +433,21 @@ async fn documents_survive_a_restart_and_a_returning_node_catches_up() {
 
     // While n1 is away, the route changes (on n2).
     let v2 = route("shop", "web-v2", v1.issued_at_ms + 1);
-    let (status, answer) = apply(&n2, &alice.sign_route(&v2).unwrap()).await;
+    let (status, answer) = apply(n2, &alice.sign_route(&v2).unwrap()).await;
     assert_eq!(status, 200, "{answer}");
     // n1 returns with v1 on disk and adopts v2 (it is seeded with n2, which
     // restarted on a new port).
-    let n1 = TestNode::start_with(NodeSpec::new("n1").seed(&n2), cert1, data1).await;
-    wait_in_force(&[&n1, &n2], &v2).await;
+    n1.spec = NodeSpec::new("n1").seed(n2);
+    mesh.start_again(n1).await;
+    wait_in_force(&mesh.nodes().collect::<Vec<_>>(), &v2).await;
     let stored: RouteDocument = decode_text(
-        std::fs::read_to_string(n1.data_dir.path().join("routes/shop.route"))
+        std::fs::read_to_string(mesh["n1"].data_dir.path().join("routes/shop.route"))
             .unwrap()
             .trim(),
     )
     .unwrap();
     assert_eq!(RouteSpec::parse_document(&stored).unwrap(), v2);
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 /// Deleting is applying a signed tombstone: the route leaves every node's table,
@@ -503,18 +456,18 @@ async fn documents_survive_a_restart_and_a_returning_node_catches_up() {
 /// version issued later re-creates it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_propagates_and_stays() {
-    let pki = Pki::new("mesh.test");
-    let nodes = three_nodes(&pki).await;
-    let all: Vec<&TestNode> = nodes.iter().collect();
-    let alice = operator(&pki.ca, "alice");
-    let bob = operator(&pki.ca, "bob");
+    let mesh = three_nodes().await;
+    let nodes: Vec<&TestNode> = mesh.nodes().collect();
+    let all = nodes.clone();
+    let alice = operator(&mesh.pki.ca, "alice");
+    let bob = operator(&mesh.pki.ca, "bob");
     let v1 = route("shop", "web", now_ms());
-    let (status, answer) = apply(&nodes[0], &alice.sign_route(&v1).unwrap()).await;
+    let (status, answer) = apply(nodes[0], &alice.sign_route(&v1).unwrap()).await;
     assert_eq!(status, 201, "{answer}");
     wait_in_force(&all, &v1).await;
 
     let tombstone = RouteSpec::tombstone("shop", v1.issued_at_ms + 1);
-    let (status, answer) = apply(&nodes[2], &bob.sign_route(&tombstone).unwrap()).await;
+    let (status, answer) = apply(nodes[2], &bob.sign_route(&tombstone).unwrap()).await;
     assert_eq!((status, &answer["result"]), (200, &Value::from("deleted")));
     for n in &all {
         eventually(&format!("{} to see shop deleted", n.spec.name), || async {
@@ -530,10 +483,10 @@ async fn a_deletion_propagates_and_stays() {
         .await;
     }
 
-    let (status, answer) = apply(&nodes[1], &alice.sign_route(&v1).unwrap()).await;
+    let (status, answer) = apply(nodes[1], &alice.sign_route(&v1).unwrap()).await;
     assert_eq!(status, 409, "the old version stays deleted: {answer}");
     let again = RouteSpec::tombstone("shop", v1.issued_at_ms + 2);
-    let (status, answer) = apply(&nodes[1], &bob.sign_route(&again).unwrap()).await;
+    let (status, answer) = apply(nodes[1], &bob.sign_route(&again).unwrap()).await;
     assert_eq!(status, 404, "{answer}");
     assert!(
         answer["error"]
@@ -542,16 +495,14 @@ async fn a_deletion_propagates_and_stays() {
             .contains("already deleted")
     );
     let unknown = RouteSpec::tombstone("nowhere", now_ms());
-    let (status, answer) = apply(&nodes[1], &bob.sign_route(&unknown).unwrap()).await;
+    let (status, answer) = apply(nodes[1], &bob.sign_route(&unknown).unwrap()).await;
     assert_eq!(status, 404, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("does not exist"));
 
     let v2 = route("shop", "web-v2", v1.issued_at_ms + 3);
-    let (status, answer) = apply(&nodes[1], &alice.sign_route(&v2).unwrap()).await;
+    let (status, answer) = apply(nodes[1], &alice.sign_route(&v2).unwrap()).await;
     assert_eq!((status, &answer["result"]), (201, &Value::from("created")));
     wait_in_force(&all, &v2).await;
 
-    for n in nodes {
-        n.node.kill().await;
-    }
+    mesh.stop().await;
 }

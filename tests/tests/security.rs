@@ -14,7 +14,8 @@ use shoal_node::endpoint::{MeshEndpoint, SocketSource, Use};
 use shoal_node::metrics::Metrics;
 use shoal_node::tls::{ALPN_GOSSIP, TlsFiles, TlsState};
 use shoal_pki::Validity;
-use shoal_tests::{NodeSpec, Pki, TestNode, eventually};
+use shoal_tests::cluster::Cluster;
+use shoal_tests::{Pki, eventually};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 /// Accepts any server certificate: the tests here are about what the *server*
@@ -143,8 +144,8 @@ async fn tunnel_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_foreign_domain_and_operator_certificates_are_refused_in_the_handshake() {
-    let pki = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
+    let mesh = Cluster::new(1).start().await;
+    let (pki, n1) = (&mesh.pki, &mesh["n1"]);
     let addr = n1.node.bound().quic;
     let now = OffsetDateTime::now_utc();
 
@@ -246,14 +247,14 @@ async fn expired_foreign_domain_and_operator_certificates_are_refused_in_the_han
         1,
         "dialling alone does not make a member"
     );
-    n1.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialling_a_named_node_checks_that_it_is_that_node() {
-    let pki = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    let dir = pki.node_dir("client", &[]);
+    let mesh = Cluster::new(1).start().await;
+    let n1 = &mesh["n1"];
+    let dir = mesh.pki.node_dir("client", &[]);
     let files = TlsFiles {
         cert: dir.join("node.crt"),
         key: dir.join("node.key"),
@@ -293,22 +294,15 @@ async fn dialling_a_named_node_checks_that_it_is_that_node() {
         "the pooled connection is reused"
     );
     endpoint.close();
-    n1.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_dropping_the_node() {
-    let pki = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
-    let both = [
-        ("n1".to_string(), "alive".to_string()),
-        ("n2".to_string(), "alive".to_string()),
-    ];
-    eventually("converged", || async {
-        n1.member_states().await == both && n2.member_states().await == both
-    })
-    .await;
+    let mesh = Cluster::new(2).start().await;
+    mesh.wait_converged().await;
+    let (pki, n1, n2) = (&mesh.pki, &mesh["n1"], &mesh["n2"]);
+    let both = alive_pair();
     let old = std::fs::read(n1.cert_dir.join("node.crt")).unwrap();
 
     // a certificate for another node is refused and the old one kept
@@ -346,8 +340,7 @@ async fn certificates_reload_without_dropping_the_node() {
     // and the mesh did not notice
     assert_eq!(n2.member_states().await, both);
     assert_eq!(n1.member_states().await, both);
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 fn alive_pair() -> [(String, String); 2] {
@@ -359,14 +352,10 @@ fn alive_pair() -> [(String, String); 2] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_ca_cuts_off_peers_it_does_not_trust_and_a_bundle_rolls_over() {
-    let pki_a = Pki::new("mesh.test");
     let pki_b = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki_a, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(&pki_a, NodeSpec::new("n2").seed(&n1)).await;
-    eventually("converged under CA a", || async {
-        n1.member_states().await == alive_pair() && n2.member_states().await == alive_pair()
-    })
-    .await;
+    let mesh = Cluster::new(2).start().await;
+    mesh.wait_converged().await;
+    let (pki_a, n1, n2) = (&mesh.pki, &mesh["n1"], &mesh["n2"]);
 
     // n1 moves to CA b alone: its live connections to n2 (a peer of CA a) close
     let n1_b = pki_b
@@ -402,19 +391,14 @@ async fn a_new_ca_cuts_off_peers_it_does_not_trust_and_a_bundle_rolls_over() {
         n1.member_states().await == alive_pair() && n2.member_states().await == alive_pair()
     })
     .await;
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_certificate_expires_is_disconnected() {
-    let pki = Pki::new("mesh.test");
-    let n1 = TestNode::start(&pki, NodeSpec::new("n1")).await;
-    let n2 = TestNode::start(&pki, NodeSpec::new("n2").seed(&n1)).await;
-    eventually("converged", || async {
-        n1.member_states().await == alive_pair()
-    })
-    .await;
+    let mesh = Cluster::new(2).start().await;
+    mesh.wait_converged().await;
+    let (pki, n1, n2) = (&mesh.pki, &mesh["n1"], &mesh["n2"]);
     // Once the mesh has converged, n2 takes a certificate that expires in 5 s
     // (so the expiry cannot come before convergence, however slow the machine).
     // Its connections are recycled and re-established with it.
@@ -455,6 +439,5 @@ async fn a_peer_whose_certificate_expires_is_disconnected() {
             .contains(&("n2".to_string(), "dead".to_string()))
     })
     .await;
-    n1.node.kill().await;
-    n2.node.kill().await;
+    mesh.stop().await;
 }
