@@ -165,108 +165,30 @@ impl Node {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let files = tls_files(&config);
-        let tls = TlsState::load(&files, metrics.clone())?;
-        let identity = tls.identity();
-        if identity.node_name != config.node.name {
-            return Err(StartError::NameMismatch {
-                cert: identity.node_name.clone(),
-                config: config.node.name.clone(),
-            });
-        }
-        std::fs::create_dir_all(&config.node.data_dir).map_err(|cause| StartError::DataDir {
-            path: config.node.data_dir.clone(),
-            cause,
-        })?;
+        let tls = load_identity(&config, &files, &metrics)?;
         let sockets = bind(&config, options, &tls, &metrics).await?;
-        let generation = unix_ms();
-        let publisher = Arc::new(publisher_for(&config, sockets.advertise, generation));
         let (stop, stop_rx) = watch::channel(false);
         let mut supervisor = Supervisor::new(metrics.clone(), stop_rx.clone());
-
-        let endpoint::Accepted {
-            gossip: gossip_conns_rx,
-            tunnel: tunnel_conns_rx,
-        } = sockets.accepted;
-        let endpoint = sockets.endpoint.clone();
-        supervisor.spawn("accept", {
-            let endpoint = endpoint.clone();
-            move || endpoint.clone().accept_loop()
-        });
-        let gossip = start_gossip(
+        let net = (sockets.endpoint.clone(), sockets.advertise);
+        let core = start_core(
             &config,
             &tls,
             &metrics,
-            &endpoint,
-            sockets.advertise,
-            generation,
-            gossip_conns_rx,
+            net,
+            sockets.accepted,
             &mut supervisor,
         )
-        .await;
-        publisher.publish_all(&gossip, &identity.cert_der).await?;
-        supervisor.spawn("gossip", {
-            let (gossip, stop) = (gossip.clone(), stop_rx.clone());
-            move || gossip.clone().run(stop.clone())
-        });
-
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
-        let proxy = proxy_context(&config, &endpoint, &table, &metrics);
-        let tunnel_conns = Arc::new(tokio::sync::Mutex::new(tunnel_conns_rx));
-        supervisor.spawn("tunnel-inbound", {
-            let proxy = proxy.clone();
-            move || inbound::serve(tunnel_conns.clone(), proxy.clone())
-        });
-        supervisor.spawn("backend-pools", {
-            let proxy = proxy.clone();
-            move || inbound::reap_pools(proxy.clone())
-        });
-        supervisor.spawn("routing", {
-            let (gossip, table, metrics, stop) = (
-                gossip.clone(),
-                table.clone(),
-                metrics.clone(),
-                stop_rx.clone(),
-            );
-            move || routing::run(gossip.clone(), table.clone(), metrics.clone(), stop.clone())
-        });
-        spawn_health_checks(
-            &config,
-            &gossip,
-            &publisher,
-            &metrics,
-            &stop_rx,
-            &mut supervisor,
-        );
-
-        // Route documents: the table HTTP listeners route by. Stored documents
-        // are put in force before any listener starts, so a restarted node routes
-        // by them at once.
-        let routes: SharedRoutes = Arc::default();
-        let route_store = RouteStore::open(
-            &config.node.data_dir,
-            config.gossip.max_clock_skew,
-            tls.clone(),
-            gossip.clone(),
-            metrics.clone(),
-            routes.clone(),
-        )
-        .await
-        .map_err(|cause| StartError::DataDir {
-            path: config.node.data_dir.join(crate::routes::ROUTES_DIR),
-            cause,
-        })?;
-        supervisor.spawn("routes", {
-            let (store, stop) = (route_store.clone(), stop_rx.clone());
-            move || store.clone().run(stop.clone())
-        });
+        .await?;
+        let (routes, route_store) =
+            start_routes(&config, &tls, &core.gossip, &metrics, &mut supervisor).await?;
         let admin = Arc::new(AdminState {
             config: config.clone(),
-            gossip: gossip.clone(),
-            table: table.clone(),
+            gossip: core.gossip.clone(),
+            table: core.table.clone(),
             routes: routes.clone(),
             route_store,
             metrics: metrics.clone(),
-            publisher: publisher.clone(),
+            publisher: core.publisher.clone(),
             joined: AtomicBool::new(false),
             tasks: supervisor.health(),
         });
@@ -274,21 +196,10 @@ impl Node {
             let (listener, admin, stop) = (sockets.admin.clone(), admin.clone(), stop_rx.clone());
             move || admin::serve(listener.clone(), admin.clone(), stop.clone())
         });
-        supervisor.spawn("housekeeping", {
-            let chores = Arc::new(Chores {
-                endpoint: endpoint.clone(),
-                gossip: gossip.clone(),
-                publisher: publisher.clone(),
-                proxy: proxy.clone(),
-                files,
-                data_dir: config.node.data_dir.clone(),
-            });
-            let stop = stop_rx.clone();
-            move || housekeeping(chores.clone(), stop.clone())
-        });
-        let (bound_listeners, ingress) = start_listeners(
+        spawn_housekeeping(&mut supervisor, core.chores(files, &config), &stop_rx);
+        let (listeners, ingress) = start_listeners(
             sockets.listeners,
-            &proxy,
+            &core.proxy,
             &routes,
             &stop_rx,
             &mut supervisor,
@@ -298,7 +209,7 @@ impl Node {
             quic: sockets.quic,
             advertise: sockets.advertise,
             admin: sockets.admin_addr,
-            listeners: bound_listeners,
+            listeners,
         };
         tracing::info!(
             node = %config.node.name,
@@ -307,6 +218,13 @@ impl Node {
             admin = %admin::describe(bound.admin),
             "node started"
         );
+        let Core {
+            endpoint,
+            gossip,
+            publisher,
+            table,
+            proxy,
+        } = core;
         Ok(Node {
             config,
             bound,
@@ -454,6 +372,178 @@ type BoundListener = (
     SocketAddr,
     Option<Arc<IngressCert>>,
 );
+
+/// What the rest of the node is built on: the endpoint accepting, gossip
+/// running with this node's records published, the routing table kept
+/// current, and the proxy context serving tunnels.
+struct Core {
+    endpoint: Arc<MeshEndpoint>,
+    gossip: Arc<Gossip>,
+    publisher: Arc<Publisher>,
+    table: SharedTable,
+    proxy: Arc<ProxyContext>,
+}
+
+impl Core {
+    /// The housekeeping chores over these parts.
+    fn chores(&self, files: TlsFiles, config: &Config) -> Chores {
+        Chores {
+            endpoint: self.endpoint.clone(),
+            gossip: self.gossip.clone(),
+            publisher: self.publisher.clone(),
+            proxy: self.proxy.clone(),
+            files,
+            data_dir: config.node.data_dir.clone(),
+        }
+    }
+}
+
+/// Starts the [`Core`]: the accept loop, gossip (publishing this node's
+/// records), the serving side, the routing table and the health checks, on
+/// `endpoint` (advertised as `advertise`) and the connections it hands over.
+async fn start_core(
+    config: &Arc<Config>,
+    tls: &Arc<TlsState>,
+    metrics: &Arc<Metrics>,
+    (endpoint, advertise): (Arc<MeshEndpoint>, SocketAddr),
+    accepted: endpoint::Accepted,
+    supervisor: &mut Supervisor,
+) -> Result<Core, StartError> {
+    let generation = unix_ms();
+    let publisher = Arc::new(publisher_for(config, advertise, generation));
+    let endpoint::Accepted {
+        gossip: gossip_conns,
+        tunnel: tunnel_conns,
+    } = accepted;
+    supervisor.spawn("accept", {
+        let endpoint = endpoint.clone();
+        move || endpoint.clone().accept_loop()
+    });
+    let gossip = start_gossip(
+        config,
+        tls,
+        metrics,
+        &endpoint,
+        advertise,
+        generation,
+        gossip_conns,
+        supervisor,
+    )
+    .await;
+    publisher
+        .publish_all(&gossip, &tls.identity().cert_der)
+        .await?;
+    supervisor.spawn("gossip", {
+        let (gossip, stop) = (gossip.clone(), supervisor.stop_signal());
+        move || gossip.clone().run(stop.clone())
+    });
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+    let proxy = proxy_context(config, &endpoint, &table, metrics);
+    let stop = supervisor.stop_signal();
+    spawn_data_plane(supervisor, &proxy, tunnel_conns, &gossip, &table, &stop);
+    spawn_health_checks(config, &gossip, &publisher, metrics, &stop, supervisor);
+    Ok(Core {
+        endpoint,
+        gossip,
+        publisher,
+        table,
+        proxy,
+    })
+}
+
+/// This node's TLS identity from its files: a certificate for the configured
+/// node name (checked again here: the files may have changed since the config
+/// was validated), and the data directory it will write to.
+fn load_identity(
+    config: &Config,
+    files: &TlsFiles,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<TlsState>, StartError> {
+    let tls = TlsState::load(files, metrics.clone())?;
+    let identity = tls.identity();
+    if identity.node_name != config.node.name {
+        return Err(StartError::NameMismatch {
+            cert: identity.node_name.clone(),
+            config: config.node.name.clone(),
+        });
+    }
+    std::fs::create_dir_all(&config.node.data_dir).map_err(|cause| StartError::DataDir {
+        path: config.node.data_dir.clone(),
+        cause,
+    })?;
+    Ok(tls)
+}
+
+/// The serving side (tunnels accepted, the backends' connection pools) and the
+/// routing table's builder.
+fn spawn_data_plane(
+    supervisor: &mut Supervisor,
+    proxy: &Arc<ProxyContext>,
+    tunnel_conns: mpsc::Receiver<endpoint::Inbound>,
+    gossip: &Arc<Gossip>,
+    table: &SharedTable,
+    stop: &watch::Receiver<bool>,
+) {
+    let tunnel_conns = Arc::new(tokio::sync::Mutex::new(tunnel_conns));
+    supervisor.spawn("tunnel-inbound", {
+        let proxy = proxy.clone();
+        move || inbound::serve(tunnel_conns.clone(), proxy.clone())
+    });
+    supervisor.spawn("backend-pools", {
+        let proxy = proxy.clone();
+        move || inbound::reap_pools(proxy.clone())
+    });
+    supervisor.spawn("routing", {
+        let (gossip, table, metrics, stop) = (
+            gossip.clone(),
+            table.clone(),
+            proxy.metrics.clone(),
+            stop.clone(),
+        );
+        move || routing::run(gossip.clone(), table.clone(), metrics.clone(), stop.clone())
+    });
+}
+
+/// Route documents: the table HTTP listeners route by. Stored documents are put
+/// in force here, before any listener starts, so a restarted node routes by
+/// them at once; then the store follows gossip.
+async fn start_routes(
+    config: &Config,
+    tls: &Arc<TlsState>,
+    gossip: &Arc<Gossip>,
+    metrics: &Arc<Metrics>,
+    supervisor: &mut Supervisor,
+) -> Result<(SharedRoutes, Arc<RouteStore>), StartError> {
+    let routes: SharedRoutes = Arc::default();
+    let store = RouteStore::open(
+        &config.node.data_dir,
+        config.gossip.max_clock_skew,
+        tls.clone(),
+        gossip.clone(),
+        metrics.clone(),
+        routes.clone(),
+    )
+    .await
+    .map_err(|cause| StartError::DataDir {
+        path: config.node.data_dir.join(crate::routes::ROUTES_DIR),
+        cause,
+    })?;
+    supervisor.spawn("routes", {
+        let store = store.clone();
+        let stop = supervisor.stop_signal();
+        move || store.clone().run(stop.clone())
+    });
+    Ok((routes, store))
+}
+
+/// The periodic chores (reload, members file, gauges).
+fn spawn_housekeeping(supervisor: &mut Supervisor, chores: Chores, stop: &watch::Receiver<bool>) {
+    let chores = Arc::new(chores);
+    let stop = stop.clone();
+    supervisor.spawn("housekeeping", move || {
+        housekeeping(chores.clone(), stop.clone())
+    });
+}
 
 /// Binds the QUIC endpoint, the admin API and every listener (ports may be 0).
 async fn bind(

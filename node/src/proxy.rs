@@ -134,3 +134,38 @@ impl Drop for CountGuard {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// A TCP service `name` with a backend at 127.0.0.1:5432 that is never
+/// checked, its allow-lists and connection limit as given (for unit tests).
+#[cfg(test)]
+pub(crate) fn test_service(
+    name: &str,
+    allow_nodes: &[&str],
+    allow_services: &[&str],
+    max_connections: u32,
+) -> LocalService {
+    use std::time::Duration;
+
+    use crate::config::{HealthConfig, HealthKind, ServiceConfig};
+    let config = ServiceConfig {
+        name: name.into(),
+        address: std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+        protocol: mesh_proto::tunnel::Protocol::Tcp,
+        weight: 1,
+        tags: Vec::new(),
+        health: HealthConfig {
+            kind: HealthKind::None,
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        },
+        allow_nodes: allow_nodes.iter().map(|s| s.to_string()).collect(),
+        allow_services: allow_services.iter().map(|s| s.to_string()).collect(),
+        max_connections,
+        connect_timeout: Duration::from_secs(1),
+        http_idle_timeout: Duration::ZERO,
+    };
+    LocalService::new(config, &Metrics::new())
+}

@@ -562,68 +562,101 @@ impl RouteStore {
     /// `POST /routes`: checks a signed route, refuses it if it would not beat the
     /// document in force, and puts it in force (which stores and gossips it).
     pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse, ApplyError> {
+        let now_ms = unix_ms();
+        let (spec, doc) = self.parse_request(request, now_ms)?;
+        let name = spec.name.clone();
+        let signer = self.check_signer(&doc)?;
+        let current = self.held(&name);
+        let result = judge_against(&doc, &spec, &signer.operator, current.as_ref())?;
+        if result == ApplyResult::Unchanged
+            && let Some(held) = &current
+        {
+            let route = view_of(held, now_ms);
+            return Ok(ApplyResponse { result, route });
+        }
+        self.put_in_force(&doc, &spec, &signer.operator, current.as_ref())
+            .await?;
+        tracing::info!(route = %name, signer = %signer.operator, %result, "accepted a route document from the admin API");
+        self.refresh().await;
+        let route = self
+            .held(&name)
+            .map(|held| view_of(&held, now_ms))
+            .ok_or(ApplyError::NoSuchRoute { name })?;
+        Ok(ApplyResponse { result, route })
+    }
+
+    /// The route and its document from an apply request: a body that parses,
+    /// issued no further ahead of this node's clock than the skew allowed.
+    fn parse_request(
+        &self,
+        request: &ApplyRequest,
+        now_ms: u64,
+    ) -> Result<(RouteSpec, RouteDocument), ApplyError> {
         let SignedParts {
             body,
             signature,
             signer_cert_der,
         } = request.decode()?;
-        let spec = match RouteSpec::parse_body(&body) {
+        let mut doc = RouteDocument {
+            name: String::new(),
+            body,
+            signature,
+            signer_cert_der,
+        };
+        let spec = match RouteSpec::parse_body(&doc.body) {
             Ok(spec) => spec,
             Err(e) => {
-                let doc = RouteDocument {
-                    name: String::new(),
-                    body,
-                    signature,
-                    signer_cert_der,
-                };
                 self.gossip.count_refused_document(&doc, "invalid_body");
                 return Err(ApplyError::Invalid(e));
             }
         };
-        let name = spec.name.clone();
-        let now_ms = unix_ms();
         let max_skew = u64::try_from(self.max_skew.as_millis()).unwrap_or(u64::MAX);
         if spec.issued_at_ms > now_ms.saturating_add(max_skew) {
             return Err(ApplyError::FromTheFuture {
-                name,
+                name: spec.name.clone(),
                 issued: rfc3339_ms(spec.issued_at_ms),
                 ahead_s: (spec.issued_at_ms - now_ms) / 1000,
                 max_s: max_skew / 1000,
             });
         }
-        let doc = RouteDocument {
-            name: name.clone(),
-            body,
-            signature,
-            signer_cert_der,
-        };
-        // The signer must be valid now to apply (relaying only needs it valid
-        // when the document was issued).
-        let signer = self
-            .tls
-            .verify_route_document(&doc, UnixTime::now())
+        doc.name = spec.name.clone();
+        Ok((spec, doc))
+    }
+
+    /// The document's signer: an operator of the mesh CA whose certificate is
+    /// valid now (relaying only needs it valid when the document was issued).
+    fn check_signer(&self, doc: &RouteDocument) -> Result<shoal_pki::Signer, ApplyError> {
+        self.tls
+            .verify_route_document(doc, UnixTime::now())
             .map_err(|error| {
-                self.gossip.count_refused_document(&doc, error.reason());
-                tracing::warn!(route = %name, reason = error.reason(), %error, "refused a route document from the admin API");
+                self.gossip.count_refused_document(doc, error.reason());
+                tracing::warn!(route = %doc.name, reason = error.reason(), %error, "refused a route document from the admin API");
                 ApplyError::Signature {
-                    name: name.clone(),
+                    name: doc.name.clone(),
                     error,
                 }
-            })?;
-        let current = self
-            .gossip
+            })
+    }
+
+    /// The document gossip holds for route `name`, if any.
+    fn held(&self, name: &str) -> Option<HeldDocument> {
+        self.gossip
             .view()
             .documents
             .iter()
             .find(|d| d.document.name == name)
-            .cloned();
-        let result = judge_against(&doc, &spec, &signer.operator, current.as_ref())?;
-        if result == ApplyResult::Unchanged {
-            let cur = current.as_ref().map(|c| view_of(c, now_ms));
-            if let Some(route) = cur {
-                return Ok(ApplyResponse { result, route });
-            }
-        }
+            .cloned()
+    }
+
+    /// Publishes `doc` in gossip (which puts it in force), then stores it.
+    async fn put_in_force(
+        &self,
+        doc: &RouteDocument,
+        spec: &RouteSpec,
+        signer: &str,
+        current: Option<&HeldDocument>,
+    ) -> Result<(), ApplyError> {
+        let name = spec.name.clone();
         match self.gossip.publish_document(doc.clone()) {
             Ok(DocumentApplied::InForce) => {}
             Ok(DocumentApplied::Stale) => {
@@ -633,34 +666,20 @@ impl RouteStore {
                     current: current
                         .map(|c| rfc3339_ms(c.spec.issued_at_ms))
                         .unwrap_or_default(),
-                    signer: signer.operator,
+                    signer: signer.to_string(),
                 });
             }
             Err(r) => {
-                self.gossip.count_refused_document(&doc, r.label);
+                self.gossip.count_refused_document(doc, r.label);
                 return Err(ApplyError::Refused {
                     name,
                     reason: r.label,
                 });
             }
         }
-        self.persist(&doc).await?;
-        self.state
-            .lock()
-            .await
-            .stored
-            .insert(name.clone(), doc.clone());
-        tracing::info!(route = %name, signer = %signer.operator, %result, "accepted a route document from the admin API");
-        self.refresh().await;
-        let route = self
-            .gossip
-            .view()
-            .documents
-            .iter()
-            .find(|d| d.document.name == name)
-            .map(|d| view_of(d, now_ms))
-            .ok_or(ApplyError::NoSuchRoute { name })?;
-        Ok(ApplyResponse { result, route })
+        self.persist(doc).await?;
+        self.state.lock().await.stored.insert(name, doc.clone());
+        Ok(())
     }
 
     /// Writes `doc` to its file atomically (temporary file, fsync, rename).

@@ -51,6 +51,11 @@ impl Supervisor {
         }
     }
 
+    /// The node's stop signal, for the tasks this supervisor runs.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+
     /// Runs `make()` as task `name`, and again whenever it ends before the node
     /// stops.
     pub fn spawn<F, Fut>(&mut self, name: impl Into<String>, make: F)

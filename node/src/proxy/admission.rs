@@ -104,40 +104,15 @@ impl LocalService {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use mesh_proto::tunnel::Protocol;
-
     use super::*;
-    use crate::config::{HealthConfig, HealthKind, ServiceConfig};
-    use crate::metrics::Metrics;
+    use crate::proxy::test_service;
 
     fn service(
         allow_nodes: &[&str],
         allow_services: &[&str],
         max_connections: u32,
     ) -> LocalService {
-        let config = ServiceConfig {
-            name: "db".into(),
-            address: "127.0.0.1:5432".parse().unwrap_or_else(|e| panic!("{e}")),
-            protocol: Protocol::Tcp,
-            weight: 1,
-            tags: Vec::new(),
-            health: HealthConfig {
-                kind: HealthKind::None,
-                path: "/".into(),
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                healthy_threshold: 1,
-                unhealthy_threshold: 1,
-            },
-            allow_nodes: allow_nodes.iter().map(|s| s.to_string()).collect(),
-            allow_services: allow_services.iter().map(|s| s.to_string()).collect(),
-            max_connections,
-            connect_timeout: Duration::from_secs(1),
-            http_idle_timeout: Duration::ZERO,
-        };
-        LocalService::new(config, &Metrics::new())
+        test_service("db", allow_nodes, allow_services, max_connections)
     }
 
     fn caller<'a>(node: &'a str, source: Option<&'a str>, certified: bool) -> Caller<'a> {

@@ -88,6 +88,94 @@ async fn read_header(recv: &mut RecvStream) -> Result<StreamHeader, &'static str
         .unwrap_or(Err("header_timeout"))
 }
 
+/// A tunnel stream past its header: who calls (by its certificate), and what
+/// it asked for.
+struct Asked<'a> {
+    ctx: &'a ProxyContext,
+    caller: String,
+    header: StreamHeader,
+}
+
+impl Asked<'_> {
+    fn service(&self) -> &str {
+        &self.header.target_service
+    }
+
+    /// Answers `code` with `reason`, counted and logged, and ends the stream.
+    async fn refuse(&self, send: &mut SendStream, code: StatusCode, reason: String) {
+        answer_refusal(
+            self.ctx,
+            self.service(),
+            &self.caller,
+            self.header.request_id,
+            send,
+            code,
+            reason,
+        )
+        .await;
+    }
+}
+
+/// What a stream may spend: the caller's remaining time budget on this host's
+/// clock (work is not started, and is cut off, once the caller has given up
+/// anyway), and so how long the backend may take to accept.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    deadline: Option<tokio::time::Instant>,
+    connect_timeout: Duration,
+}
+
+impl Budget {
+    fn of(header: &StreamHeader, local: &LocalService) -> Budget {
+        let now = tokio::time::Instant::now();
+        let deadline = header
+            .deadline_ms
+            .map(|ms| now + Duration::from_millis(u64::from(ms)));
+        let connect_timeout = deadline.map_or(local.config.connect_timeout, |d| {
+            local
+                .config
+                .connect_timeout
+                .min(d.saturating_duration_since(now))
+        });
+        Budget {
+            deadline,
+            connect_timeout,
+        }
+    }
+}
+
+/// The decision on a well-formed header, before any I/O: the local service and
+/// a slot in it, or the status that refuses the stream and why. The caller is
+/// `peer` (its certificate); a source service it claims counts only if the
+/// certificate names it.
+fn verdict<'s>(
+    draining: bool,
+    services: &'s std::collections::HashMap<String, LocalService>,
+    peer: &CertIdentity,
+    header: &StreamHeader,
+) -> Result<(&'s LocalService, CountGuard), (StatusCode, String)> {
+    if draining {
+        return Err((StatusCode::Draining, "this node is draining".to_string()));
+    }
+    let service = &header.target_service;
+    let Some(local) = services.get(service) else {
+        return Err((
+            StatusCode::UnknownService,
+            format!("service {service:?} is not hosted on this node"),
+        ));
+    };
+    let claimed = header.source_service.as_deref();
+    let caller = Caller {
+        node: peer.node.as_deref().unwrap_or_default(),
+        source_service: claimed,
+        source_certified: claimed.is_none_or(|src| peer.allows_service(src)),
+    };
+    local
+        .admit(&caller)
+        .map(|slot| (local, slot))
+        .map_err(|refused| (refused.status(), refused.to_string()))
+}
+
 async fn stream(
     ctx: Arc<ProxyContext>,
     peer: Arc<CertIdentity>,
@@ -113,104 +201,51 @@ async fn stream(
             return;
         }
     };
-    let service = header.target_service.clone();
-    let verdict = if ctx.is_draining() {
-        Err((StatusCode::Draining, "this node is draining".to_string()))
-    } else {
-        match ctx.services.get(&service) {
-            None => Err((
-                StatusCode::UnknownService,
-                format!("service {service:?} is not hosted on this node"),
-            )),
-            Some(local) => {
-                let claimed = header.source_service.as_deref();
-                let who = Caller {
-                    node: &caller,
-                    source_service: claimed,
-                    source_certified: claimed.is_none_or(|src| peer.allows_service(src)),
-                };
-                local
-                    .admit(&who)
-                    .map(|slot| (local, slot))
-                    .map_err(|refused| (refused.status(), refused.to_string()))
-            }
-        }
+    let verdict = verdict(ctx.is_draining(), &ctx.services, &peer, &header);
+    let asked = Asked {
+        ctx: &ctx,
+        caller,
+        header,
     };
     let (local, slot) = match verdict {
         Ok(admitted) => admitted,
-        Err((code, reason)) => {
-            return answer_refusal(
-                &ctx,
-                &service,
-                &caller,
-                header.request_id,
-                &mut send,
-                code,
-                reason,
-            )
-            .await;
+        Err((code, reason)) => return asked.refuse(&mut send, code, reason).await,
+    };
+    let budget = Budget::of(&asked.header, local);
+    if asked.header.protocol == Protocol::Http {
+        http_stream(&asked, local, budget, send, recv, slot).await;
+    } else {
+        tcp_stream(&asked, local, budget, send, recv, slot).await;
+    }
+}
+
+/// A TCP stream: a new connection to the backend, `ok`, then the bytes spliced
+/// both ways until either side ends.
+async fn tcp_stream(
+    asked: &Asked<'_>,
+    local: &LocalService,
+    budget: Budget,
+    mut send: SendStream,
+    recv: RecvStream,
+    _slot: CountGuard,
+) {
+    let address = local.config.address;
+    let timeout = budget.connect_timeout;
+    let backend = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = format!("backend {address} refused: {e}");
+            return asked
+                .refuse(&mut send, StatusCode::BackendRefused, reason)
+                .await;
+        }
+        Err(_) => {
+            let reason = format!("backend {address} did not accept within {timeout:?}");
+            return asked
+                .refuse(&mut send, StatusCode::BackendRefused, reason)
+                .await;
         }
     };
-    // The caller's remaining time budget, on this host's clock: work is not started
-    // (and is cut off) once the caller has given up anyway.
-    let deadline = header
-        .deadline_ms
-        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(u64::from(ms)));
-    let connect_timeout = deadline.map_or(local.config.connect_timeout, |d| {
-        local
-            .config
-            .connect_timeout
-            .min(d.saturating_duration_since(tokio::time::Instant::now()))
-    });
-    if header.protocol == Protocol::Http {
-        return http_stream(
-            &ctx,
-            local,
-            &header,
-            &caller,
-            deadline,
-            connect_timeout,
-            send,
-            recv,
-            slot,
-        )
-        .await;
-    }
-    let _slot = slot;
-    let backend =
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(local.config.address)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let reason = format!("backend {} refused: {e}", local.config.address);
-                return answer_refusal(
-                    &ctx,
-                    &service,
-                    &caller,
-                    header.request_id,
-                    &mut send,
-                    StatusCode::BackendRefused,
-                    reason,
-                )
-                .await;
-            }
-            Err(_) => {
-                let reason = format!(
-                    "backend {} did not accept within {:?}",
-                    local.config.address, connect_timeout
-                );
-                return answer_refusal(
-                    &ctx,
-                    &service,
-                    &caller,
-                    header.request_id,
-                    &mut send,
-                    StatusCode::BackendRefused,
-                    reason,
-                )
-                .await;
-            }
-        };
     let _ = backend.set_nodelay(true);
     let Some(accepted) = accept(local, &mut send).await else {
         return;
@@ -219,12 +254,12 @@ async fn stream(
         accepted.upstream.clone(),
         accepted.downstream.clone(),
     ));
-    tracing::trace!(%caller, %service, request_id = %header.request_id, "tunnel stream accepted");
+    tracing::trace!(caller = %asked.caller, service = %asked.service(), request_id = %asked.header.request_id, "tunnel stream accepted");
     splice::splice(
         Side::quic(send, recv),
         Side::tcp(backend),
         INBOUND_IDLE,
-        deadline,
+        budget.deadline,
         progress,
     )
     .await;
@@ -232,35 +267,25 @@ async fn stream(
 
 /// An HTTP request stream: a pooled (or new) keep-alive connection to the
 /// backend, `ok`, then the exchange relayed by [`inbound_http`].
-#[allow(clippy::too_many_arguments)]
 async fn http_stream(
-    ctx: &ProxyContext,
+    asked: &Asked<'_>,
     local: &LocalService,
-    header: &StreamHeader,
-    caller: &str,
-    deadline: Option<tokio::time::Instant>,
-    connect_timeout: Duration,
+    budget: Budget,
     mut send: SendStream,
     recv: RecvStream,
     slot: CountGuard,
 ) {
-    let service = &header.target_service;
+    let (caller, service) = (&asked.caller, asked.service());
+    let request_id = asked.header.request_id;
     let (sender, connection) = match local.pool.take() {
         Some(s) => (s, "reused"),
-        None => match local.pool.connect(connect_timeout).await {
+        None => match local.pool.connect(budget.connect_timeout).await {
             Ok(s) => (s, "new"),
             Err(e) => {
                 let reason = format!("backend {} refused: {e}", local.config.address);
-                return answer_refusal(
-                    ctx,
-                    service,
-                    caller,
-                    header.request_id,
-                    &mut send,
-                    StatusCode::BackendRefused,
-                    reason,
-                )
-                .await;
+                return asked
+                    .refuse(&mut send, StatusCode::BackendRefused, reason)
+                    .await;
             }
         },
     };
@@ -274,7 +299,7 @@ async fn http_stream(
         new: local.counters.http_new.clone(),
         reused_count: local.counters.http_reused.clone(),
     };
-    tracing::trace!(%caller, %service, request_id = %header.request_id, connection, "tunnelled HTTP request accepted");
+    tracing::trace!(%caller, %service, %request_id, connection, "tunnelled HTTP request accepted");
     let relay = inbound_http::Relay {
         pool: local.pool.clone(),
         sender,
@@ -282,11 +307,11 @@ async fn http_stream(
         connect_timeout: local.config.connect_timeout,
         counters,
         keep,
-        deadline,
+        deadline: budget.deadline,
     };
     let serve = inbound_http::serve(relay, send, recv);
     if let Err(e) = serve.await {
-        tracing::debug!(%caller, %service, request_id = %header.request_id, error = %e, "tunnelled HTTP request ended with an error");
+        tracing::debug!(%caller, %service, %request_id, error = %e, "tunnelled HTTP request ended with an error");
     }
 }
 
@@ -363,4 +388,121 @@ async fn answer_refusal(
         let _ = send.write_all(&frame).await;
     }
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader};
+    use shoal_pki::CertIdentity;
+
+    use super::verdict;
+    use crate::proxy::{LocalService, test_service};
+
+    /// The certificate identity of node `node` allowed to host `services`.
+    fn peer(node: &str, services: &[&str]) -> CertIdentity {
+        CertIdentity {
+            trust_domain: Some("mesh.test".into()),
+            node: Some(node.into()),
+            operator: None,
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ids: Vec::new(),
+            is_ca: false,
+        }
+    }
+
+    fn header(service: &str, source: Option<&str>) -> StreamHeader {
+        StreamHeader {
+            target_service: service.into(),
+            source_service: source.map(str::to_string),
+            protocol: Protocol::Tcp,
+            request_id: RequestId(7),
+            deadline_ms: None,
+        }
+    }
+
+    /// `db`, allowing node `n2` and service `web`, two connections at most.
+    fn services() -> HashMap<String, LocalService> {
+        HashMap::from([("db".to_string(), test_service("db", &["n2"], &["web"], 2))])
+    }
+
+    fn refusal(
+        r: Result<(&LocalService, crate::proxy::CountGuard), (StatusCode, String)>,
+    ) -> (StatusCode, String) {
+        match r {
+            Ok(_) => panic!("admitted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_draining_node_refuses_every_stream_first() {
+        let (code, reason) = refusal(verdict(
+            true,
+            &services(),
+            &peer("n2", &[]),
+            &header("db", None),
+        ));
+        assert_eq!(code, StatusCode::Draining);
+        assert_eq!(reason, "this node is draining");
+    }
+
+    #[test]
+    fn a_service_not_hosted_here_is_named_in_the_refusal() {
+        let (code, reason) = refusal(verdict(
+            false,
+            &services(),
+            &peer("n2", &[]),
+            &header("cache", None),
+        ));
+        assert_eq!(code, StatusCode::UnknownService);
+        assert!(reason.contains("\"cache\""), "{reason}");
+    }
+
+    #[test]
+    fn the_caller_is_who_its_certificate_says_not_what_it_claims() {
+        let services = services();
+        // n3 claims to act for `web`, which its certificate does not name.
+        let (code, reason) = refusal(verdict(
+            false,
+            &services,
+            &peer("n3", &[]),
+            &header("db", Some("web")),
+        ));
+        assert_eq!(code, StatusCode::Unauthorized);
+        assert!(reason.contains("web"), "{reason}");
+        // With a certificate naming `web`, the same claim is admitted.
+        assert!(
+            verdict(
+                false,
+                &services,
+                &peer("n3", &["web"]),
+                &header("db", Some("web"))
+            )
+            .is_ok()
+        );
+        // n2 is on the allow-list by name; n4 is not, and claims nothing.
+        assert!(verdict(false, &services, &peer("n2", &[]), &header("db", None)).is_ok());
+        let (code, _) = refusal(verdict(
+            false,
+            &services,
+            &peer("n4", &[]),
+            &header("db", None),
+        ));
+        assert_eq!(code, StatusCode::Unauthorized);
+    }
+
+    #[test]
+    fn admitted_streams_hold_their_slot_until_they_end() {
+        let services = services();
+        let n2 = peer("n2", &[]);
+        let first = verdict(false, &services, &n2, &header("db", None));
+        let second = verdict(false, &services, &n2, &header("db", None));
+        assert!(first.is_ok() && second.is_ok());
+        let (code, _) = refusal(verdict(false, &services, &n2, &header("db", None)));
+        assert_eq!(code, StatusCode::Overloaded);
+        drop(first);
+        assert!(verdict(false, &services, &n2, &header("db", None)).is_ok());
+    }
 }

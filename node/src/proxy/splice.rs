@@ -12,9 +12,10 @@
 //!   that is handed on).
 //! - **Idle timeout**: no byte either way for the configured time closes both.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +23,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 
 /// Largest chunk read at once per direction.
 pub const BUFFER: usize = 64 * 1024;
@@ -264,14 +266,65 @@ async fn pump(
     }
 }
 
+/// Returns once nothing has moved for `idle` (`last`: when something last
+/// moved, in milliseconds since `epoch`).
+async fn idle_for(idle: Duration, last: &AtomicU64, epoch: Instant) {
+    loop {
+        let quiet = epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if quiet >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - quiet).await;
+    }
+}
+
+/// Returns at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs both directions until both end cleanly (`true`), or one resets or
+/// `stop` returns (`false`).
+async fn both_directions(
+    up: impl Future<Output = End>,
+    down: impl Future<Output = End>,
+    stop: impl Future<Output = ()>,
+) -> bool {
+    tokio::pin!(up, down, stop);
+    let mut up_end = None;
+    let mut down_end = None;
+    loop {
+        tokio::select! {
+            e = &mut up, if up_end.is_none() => {
+                up_end = Some(e);
+                if e == End::Reset { return false; }
+            }
+            e = &mut down, if down_end.is_none() => {
+                down_end = Some(e);
+                if e == End::Reset { return false; }
+            }
+            () = &mut stop => return false,
+        }
+        if up_end.is_some() && down_end.is_some() {
+            return true;
+        }
+    }
+}
+
 /// Splices `a` and `b` until both directions end, either side resets, nothing
 /// moves for `idle`, or `deadline` passes (both sides are then reset).
-/// `progress` is updated as bytes flow.
+/// `progress` is updated as bytes flow. Time is tokio's (a paused clock in
+/// tests).
 pub async fn splice(
     a: Side,
     b: Side,
     idle: Duration,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<Instant>,
     progress: Arc<Progress>,
 ) -> Totals {
     let epoch = Instant::now();
@@ -284,78 +337,52 @@ pub async fn splice(
         reader: mut b_r,
         writer: mut b_w,
     } = b;
-    let outcome = {
-        let up = pump(
+    let clean = both_directions(
+        pump(
             &mut a_r,
             &mut b_w,
             &progress.a_to_b,
             progress.a_to_b_metric.as_ref(),
             &last,
             epoch,
-        );
-        let down = pump(
+        ),
+        pump(
             &mut b_r,
             &mut a_w,
             &progress.b_to_a,
             progress.b_to_a_metric.as_ref(),
             &last,
             epoch,
-        );
-        let watchdog = async {
-            loop {
-                let idle_for = epoch
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if idle_for >= idle {
-                    return;
-                }
-                tokio::time::sleep(idle - idle_for).await;
-            }
-        };
-        tokio::pin!(up, down, watchdog);
-        let mut up_end = None;
-        let mut down_end = None;
-        loop {
+        ),
+        async {
             tokio::select! {
-                e = &mut up, if up_end.is_none() => {
-                    up_end = Some(e);
-                    if e == End::Reset { break false; }
-                }
-                e = &mut down, if down_end.is_none() => {
-                    down_end = Some(e);
-                    if e == End::Reset { break false; }
-                }
-                _ = &mut watchdog => break false,
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                } => break false,
+                () = idle_for(idle, &last, epoch) => {}
+                () = until(deadline) => {}
             }
-            if up_end.is_some() && down_end.is_some() {
-                break true;
-            }
-        }
-    };
+        },
+    )
+    .await;
     let totals = Totals {
         a_to_b: progress.a_to_b.load(Ordering::Relaxed),
         b_to_a: progress.b_to_a.load(Ordering::Relaxed),
-        aborted: !outcome,
-    };
-    let a = Side {
-        reader: a_r,
-        writer: a_w,
-    };
-    let b = Side {
-        reader: b_r,
-        writer: b_w,
+        aborted: !clean,
     };
     // After two clean ends, dropping is enough: quinn keeps delivering what a
     // finished stream has buffered while the connection lives.
-    if !outcome {
-        a.abort();
-        b.abort();
+    if !clean {
+        Side {
+            reader: a_r,
+            writer: a_w,
+        }
+        .abort();
+        Side {
+            reader: b_r,
+            writer: b_w,
+        }
+        .abort();
     }
     totals
 }
+
+#[cfg(test)]
+mod tests;

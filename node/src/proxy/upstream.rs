@@ -6,6 +6,7 @@
 //! backend is local); both fail with an [`OpenError`] that says whether another
 //! endpoint may help.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,7 +156,7 @@ pub async fn open_tcp(
             dial(ctx, endpoint, &header, timeout).await?,
         ));
     }
-    let (local, slot) = admit_local(ctx, &target)?;
+    let (local, slot) = admit_local(&ctx.services, &ctx.node_name, &target)?;
     let address = local.config.address;
     let timeout = timeout.min(local.config.connect_timeout);
     match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
@@ -189,7 +190,7 @@ pub async fn open_http(
             dial(ctx, endpoint, &header, timeout).await?,
         ));
     }
-    let (local, slot) = admit_local(ctx, &target)?;
+    let (local, slot) = admit_local(&ctx.services, &ctx.node_name, &target)?;
     let connect_timeout = local.config.connect_timeout;
     let sender = match local.pool.take() {
         Some(s) => s,
@@ -264,17 +265,18 @@ async fn dial(
 /// The local service `target` names, and a slot in it, by the same admission
 /// the inbound side applies, for a caller on this node.
 fn admit_local<'c>(
-    ctx: &'c ProxyContext,
+    services: &'c HashMap<String, LocalService>,
+    node: &str,
     target: &Target<'_>,
 ) -> Result<(&'c LocalService, CountGuard), OpenError> {
-    let Some(local) = ctx.services.get(target.service) else {
+    let Some(local) = services.get(target.service) else {
         return Err(OpenError::unreachable(
             "unknown_service",
             "this node does not host the service",
         ));
     };
     let caller = Caller {
-        node: &ctx.node_name,
+        node,
         source_service: target.source_service,
         // The listener's source service comes from this node's own config,
         // checked against its certificate when the config was validated.
@@ -302,4 +304,69 @@ async fn read_status(recv: &mut RecvStream) -> Result<StreamStatus, OpenError> {
         .await
         .map_err(|e| broken(&e))?;
     decode_exact::<StreamStatus>(&buf).map_err(|e| broken(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use mesh_proto::codec::encode;
+    use mesh_proto::tunnel::{Protocol, RequestId};
+
+    use super::{OpenError, Target, admit_local};
+    use crate::proxy::{LocalService, test_service};
+
+    fn target<'a>(service: &'a str, source: Option<&'a str>) -> Target<'a> {
+        Target {
+            service,
+            source_service: source,
+            request_id: RequestId(1),
+            deadline: None,
+        }
+    }
+
+    fn refused(r: Result<(&LocalService, crate::proxy::CountGuard), OpenError>) -> OpenError {
+        match r {
+            Ok(_) => panic!("admitted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_local_endpoint_admits_by_the_serving_rules_and_says_whether_another_may_help() {
+        // `db` allows service `web` only, one connection at most.
+        let services = HashMap::from([("db".to_string(), test_service("db", &[], &["web"], 1))]);
+        let e = refused(admit_local(&services, "n1", &target("cache", None)));
+        assert_eq!(e.label(), "unknown_service");
+        assert!(e.try_another(), "another node may host it");
+        let e = refused(admit_local(&services, "n1", &target("db", Some("batch"))));
+        assert!(matches!(e, OpenError::Refused { .. }), "{e:?}");
+        assert_eq!(e.label(), "unauthorized");
+        assert!(!e.try_another(), "every endpoint would refuse this caller");
+        let held = admit_local(&services, "n1", &target("db", Some("web")));
+        assert!(held.is_ok());
+        let e = refused(admit_local(&services, "n1", &target("db", Some("web"))));
+        assert_eq!(e.label(), "overloaded");
+        assert!(e.try_another(), "another endpoint may have room");
+        drop(held);
+        assert!(admit_local(&services, "n1", &target("db", Some("web"))).is_ok());
+    }
+
+    #[test]
+    fn a_header_the_wire_format_cannot_carry_is_final_and_not_a_refusal() {
+        let long = "s".repeat(100_000);
+        let header = target(&long, None).header(Protocol::Http);
+        let e = OpenError::from(encode(&header).unwrap_err());
+        assert_eq!(e.label(), "bad_header");
+        assert!(!e.try_another());
+        assert!(
+            !matches!(e, OpenError::Refused { .. }),
+            "an HTTP listener answers it 500, not 403"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("the stream header cannot be sent"),
+            "{e}"
+        );
+    }
 }

@@ -13,26 +13,7 @@ use crate::config::types::{NodeConfig, TlsConfig};
 
 impl Validator {
     pub(super) fn node(&mut self, raw: &RawNode, id: Option<&TlsConfig>) -> Option<NodeConfig> {
-        let name = match (&raw.name, id) {
-            (Some(name), id) => {
-                let ok = self.name("node.name", "node name", name);
-                if let Some(id) = id
-                    && ok
-                    && *name != id.node_name
-                {
-                    self.err(
-                        "node.name",
-                        format!(
-                            "{name:?} does not match the certificate's node name {:?}; remove node.name or use a certificate issued for {name:?}",
-                            id.node_name
-                        ),
-                    );
-                }
-                Some(name.clone())
-            }
-            (None, Some(id)) => Some(id.node_name.clone()),
-            (None, None) => None,
-        };
+        let name = self.node_name(raw.name.as_deref(), id);
         let cluster = raw
             .cluster
             .as_deref()
@@ -41,7 +22,61 @@ impl Validator {
         self.name("node.cluster", "cluster name", &cluster);
         let zone = raw.zone.as_deref().unwrap_or(DEFAULT_ZONE).to_string();
         self.name("node.zone", "zone", &zone);
+        let (listen, advertise) = self.quic_addresses(raw);
+        let admin = match &raw.admin {
+            Some(a) => self.socket_addr("node.admin", a),
+            None => Some(DEFAULT_ADMIN),
+        };
+        let data_dir = match &raw.data_dir {
+            Some(d) => self.data_dir(d),
+            None => {
+                self.err(
+                    "node.data_dir",
+                    "required: the directory for this node's durable state, such as /var/lib/shoal",
+                );
+                None
+            }
+        };
+        let (seeds, other_seeds) = self.seeds(&raw.seeds, [listen, advertise]);
+        Some(NodeConfig {
+            name: name?,
+            cluster,
+            zone,
+            listen: listen?,
+            advertise,
+            admin: admin?,
+            data_dir: data_dir?,
+            seeds,
+            ready_alone: raw.ready_alone.unwrap_or(other_seeds == 0),
+            drain_timeout: raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        })
+    }
 
+    /// The node's name: as configured (and then the certificate's), or the
+    /// certificate's.
+    fn node_name(&mut self, name: Option<&str>, id: Option<&TlsConfig>) -> Option<String> {
+        let Some(name) = name else {
+            return id.map(|id| id.node_name.clone());
+        };
+        let ok = self.name("node.name", "node name", name);
+        if let Some(id) = id
+            && ok
+            && name != id.node_name
+        {
+            self.err(
+                "node.name",
+                format!(
+                    "{name:?} does not match the certificate's node name {:?}; remove node.name or use a certificate issued for {name:?}",
+                    id.node_name
+                ),
+            );
+        }
+        Some(name.to_string())
+    }
+
+    /// `node.listen` and `node.advertise`: peers must be able to reach the
+    /// address advertised.
+    fn quic_addresses(&mut self, raw: &RawNode) -> (Option<SocketAddr>, Option<SocketAddr>) {
         let listen = match &raw.listen {
             Some(l) => self.socket_addr("node.listen", l),
             None => {
@@ -66,78 +101,56 @@ impl Validator {
                 ),
             );
         }
-        if let Some(listen) = listen {
-            if listen.ip().is_unspecified() && raw.advertise.is_none() {
-                self.err(
-                    "node.advertise",
-                    format!(
-                        "required because node.listen ({listen}) is an unspecified address: set the IP:PORT peers use to reach this node"
-                    ),
-                );
-            }
-            if let Some(a) = advertise
-                && a.port() == 0
-                && listen.port() != 0
-            {
-                self.err(
-                    "node.advertise",
-                    format!(
-                        "port 0 means \"the port actually bound\" and is only allowed when node.listen's port is 0 too (it is {})",
-                        listen.port()
-                    ),
-                );
-            }
+        let Some(listen_addr) = listen else {
+            return (listen, advertise);
+        };
+        if listen_addr.ip().is_unspecified() && raw.advertise.is_none() {
+            self.err(
+                "node.advertise",
+                format!(
+                    "required because node.listen ({listen_addr}) is an unspecified address: set the IP:PORT peers use to reach this node"
+                ),
+            );
         }
-        let admin = match &raw.admin {
-            Some(a) => self.socket_addr("node.admin", a),
-            None => Some(DEFAULT_ADMIN),
-        };
-        let data_dir = match &raw.data_dir {
-            Some(d) => self.data_dir(d),
-            None => {
-                self.err(
-                    "node.data_dir",
-                    "required: the directory for this node's durable state, such as /var/lib/shoal",
-                );
-                None
-            }
-        };
+        if let Some(a) = advertise
+            && a.port() == 0
+            && listen_addr.port() != 0
+        {
+            self.err(
+                "node.advertise",
+                format!(
+                    "port 0 means \"the port actually bound\" and is only allowed when node.listen's port is 0 too (it is {})",
+                    listen_addr.port()
+                ),
+            );
+        }
+        (listen, advertise)
+    }
 
+    /// The seeds, each once, and how many of them are not this node itself
+    /// (`own`: its listen and advertise addresses).
+    fn seeds(&mut self, raw: &[String], own: [Option<SocketAddr>; 2]) -> (Vec<String>, usize) {
         let mut seeds: Vec<String> = Vec::new();
-        let mut parsed_seeds: Vec<Option<SocketAddr>> = Vec::new();
-        for (i, seed) in raw.seeds.iter().enumerate() {
+        let mut parsed: Vec<Option<SocketAddr>> = Vec::new();
+        for (i, seed) in raw.iter().enumerate() {
             let field = format!("node.seeds[{i}]");
             if let Some(s) = self.seed(&field, seed)
                 && !seeds.contains(&s)
             {
-                parsed_seeds.push(s.parse().ok());
+                parsed.push(s.parse().ok());
                 seeds.push(s);
             }
         }
-        let own: Vec<SocketAddr> = [listen, advertise]
+        let own: Vec<SocketAddr> = own
             .into_iter()
             .flatten()
             .filter(|a| a.port() != 0)
             .collect();
-        let other_seeds = parsed_seeds
+        let others = parsed
             .iter()
             .filter(|s| !matches!(s, Some(a) if own.contains(a)))
             .count();
-        let ready_alone = raw.ready_alone.unwrap_or(other_seeds == 0);
-        let drain_timeout = raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
-
-        Some(NodeConfig {
-            name: name?,
-            cluster,
-            zone,
-            listen: listen?,
-            advertise,
-            admin: admin?,
-            data_dir: data_dir?,
-            seeds,
-            ready_alone,
-            drain_timeout,
-        })
+        (seeds, others)
     }
 
     pub(super) fn data_dir(&mut self, raw: &Path) -> Option<PathBuf> {

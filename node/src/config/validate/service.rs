@@ -1,6 +1,7 @@
 //! Validation of `[[service]]` and its `[service.health]`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use humantime_serde::re::humantime;
@@ -43,70 +44,8 @@ impl Validator {
         seen: &mut BTreeMap<String, usize>,
     ) -> Option<ServiceConfig> {
         let f = |name: &str| format!("service[{i}].{name}");
-        let name = match &raw.name {
-            None => {
-                self.err(f("name"), "required: the service name");
-                None
-            }
-            Some(name) => {
-                let mut ok = self.name(&f("name"), "service name", name);
-                if let Some(first) = seen.get(name) {
-                    self.err(
-                        f("name"),
-                        format!(
-                            "{name:?} is already defined by service[{first}]; each service is listed once per node"
-                        ),
-                    );
-                    ok = false;
-                } else {
-                    seen.insert(name.clone(), i);
-                }
-                if ok
-                    && let Some(id) = id
-                    && !id.allowed_services.iter().any(|s| s == name)
-                {
-                    let allows = if id.allowed_services.is_empty() {
-                        "none".to_string()
-                    } else {
-                        id.allowed_services.join(", ")
-                    };
-                    self.err(
-                        f("name"),
-                        format!(
-                            "{name:?} is not in the node certificate (it allows: {allows}); issue a certificate with --service {name}"
-                        ),
-                    );
-                    ok = false;
-                }
-                ok.then(|| name.clone())
-            }
-        };
-        let address = match &raw.address {
-            None => {
-                self.err(
-                    f("address"),
-                    "required: the IP:PORT of the local backend, such as 127.0.0.1:8080",
-                );
-                None
-            }
-            Some(a) => self.socket_addr(&f("address"), a).and_then(|a| {
-                if a.port() == 0 {
-                    self.err(f("address"), format!("{a} has port 0; give the backend's port"));
-                    None
-                } else if a.ip().is_unspecified() {
-                    self.err(
-                        f("address"),
-                        format!(
-                            "{a} is an unspecified address; give the address the backend can be reached at, such as 127.0.0.1:{}",
-                            a.port()
-                        ),
-                    );
-                    None
-                } else {
-                    Some(a)
-                }
-            }),
-        };
+        let name = self.service_name(i, raw.name.as_deref(), id, seen);
+        let address = self.backend_address(&f("address"), raw.address.as_deref());
         let protocol = self.protocol(&f("protocol"), raw.protocol.as_deref());
         let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
         let weight_ok = (1..=MAX_WEIGHT).contains(&weight);
@@ -116,29 +55,9 @@ impl Validator {
                 format!("{weight} is out of range: it must be between 1 and {MAX_WEIGHT}"),
             );
         }
-        let mut tags_ok = true;
-        if raw.tags.len() > MAX_TAGS {
-            self.err(
-                f("tags"),
-                format!("{} tags; at most {MAX_TAGS} are allowed", raw.tags.len()),
-            );
-            tags_ok = false;
-        }
-        for (t, tag) in raw.tags.iter().enumerate() {
-            tags_ok &= self.name(&format!("service[{i}].tags[{t}]"), "tag", tag);
-        }
+        let tags_ok = self.service_tags(i, &raw.tags);
         let health = self.health(i, raw.health.as_ref(), protocol.unwrap_or(Protocol::Tcp));
-        let mut allow_ok = true;
-        for (n, node) in raw.allow_nodes.iter().enumerate() {
-            allow_ok &= self.name(&format!("service[{i}].allow_nodes[{n}]"), "node name", node);
-        }
-        for (n, svc) in raw.allow_services.iter().enumerate() {
-            allow_ok &= self.name(
-                &format!("service[{i}].allow_services[{n}]"),
-                "service name",
-                svc,
-            );
-        }
+        let allow_ok = self.allow_lists(i, raw);
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let max_ok = self.count_range(
             &f("max_connections"),
@@ -180,6 +99,110 @@ impl Validator {
         })
     }
 
+    /// A service's name: valid, listed once, and allowed by the certificate.
+    fn service_name(
+        &mut self,
+        i: usize,
+        name: Option<&str>,
+        id: Option<&TlsConfig>,
+        seen: &mut BTreeMap<String, usize>,
+    ) -> Option<String> {
+        let field = format!("service[{i}].name");
+        let Some(name) = name else {
+            self.err(field, "required: the service name");
+            return None;
+        };
+        let mut ok = self.name(&field, "service name", name);
+        if let Some(first) = seen.get(name) {
+            self.err(
+                &field,
+                format!(
+                    "{name:?} is already defined by service[{first}]; each service is listed once per node"
+                ),
+            );
+            ok = false;
+        } else {
+            seen.insert(name.to_string(), i);
+        }
+        if ok
+            && let Some(id) = id
+            && !id.allowed_services.iter().any(|s| s == name)
+        {
+            let allows = if id.allowed_services.is_empty() {
+                "none".to_string()
+            } else {
+                id.allowed_services.join(", ")
+            };
+            self.err(
+                field,
+                format!(
+                    "{name:?} is not in the node certificate (it allows: {allows}); issue a certificate with --service {name}"
+                ),
+            );
+            ok = false;
+        }
+        ok.then(|| name.to_string())
+    }
+
+    /// The local backend's address: an IP and a port the backend can be reached at.
+    fn backend_address(&mut self, field: &str, address: Option<&str>) -> Option<SocketAddr> {
+        let Some(a) = address else {
+            self.err(
+                field,
+                "required: the IP:PORT of the local backend, such as 127.0.0.1:8080",
+            );
+            return None;
+        };
+        let a = self.socket_addr(field, a)?;
+        if a.port() == 0 {
+            self.err(field, format!("{a} has port 0; give the backend's port"));
+            None
+        } else if a.ip().is_unspecified() {
+            self.err(
+                field,
+                format!(
+                    "{a} is an unspecified address; give the address the backend can be reached at, such as 127.0.0.1:{}",
+                    a.port()
+                ),
+            );
+            None
+        } else {
+            Some(a)
+        }
+    }
+
+    /// A service's tags: at most [`MAX_TAGS`], each a valid name.
+    fn service_tags(&mut self, i: usize, tags: &[String]) -> bool {
+        let mut ok = true;
+        if tags.len() > MAX_TAGS {
+            self.err(
+                format!("service[{i}].tags"),
+                format!("{} tags; at most {MAX_TAGS} are allowed", tags.len()),
+            );
+            ok = false;
+        }
+        for (t, tag) in tags.iter().enumerate() {
+            ok &= self.name(&format!("service[{i}].tags[{t}]"), "tag", tag);
+        }
+        ok
+    }
+
+    /// The callers a service allows: node and service names.
+    fn allow_lists(&mut self, i: usize, raw: &RawService) -> bool {
+        let mut ok = true;
+        for (n, node) in raw.allow_nodes.iter().enumerate() {
+            ok &= self.name(&format!("service[{i}].allow_nodes[{n}]"), "node name", node);
+        }
+        for (n, svc) in raw.allow_services.iter().enumerate() {
+            ok &= self.name(
+                &format!("service[{i}].allow_services[{n}]"),
+                "service name",
+                svc,
+            );
+        }
+        ok
+    }
+
     pub(super) fn health(
         &mut self,
         i: usize,
@@ -190,50 +213,8 @@ impl Validator {
         let empty = RawHealth::default();
         let raw = raw.unwrap_or(&empty);
         let errors_before = self.errors.len();
-        let kind = match raw.kind.as_deref() {
-            None => match protocol {
-                Protocol::Http => HealthKind::Http,
-                Protocol::Tcp => HealthKind::Tcp,
-            },
-            Some("tcp") => HealthKind::Tcp,
-            Some("http") => HealthKind::Http,
-            Some("none") => HealthKind::None,
-            Some(other) => {
-                self.err(
-                    f("kind"),
-                    format!(
-                        "{other:?} is not a health check kind; use \"tcp\", \"http\" or \"none\""
-                    ),
-                );
-                HealthKind::Tcp
-            }
-        };
-        let path = raw
-            .path
-            .as_deref()
-            .unwrap_or(DEFAULT_HEALTH_PATH)
-            .to_string();
-        if !path.starts_with('/') {
-            self.err(f("path"), format!("{path:?} must start with '/'"));
-        } else if !path.chars().all(|c| c.is_ascii_graphic()) {
-            self.err(
-                f("path"),
-                format!("{path:?} contains spaces or other characters not allowed in a URL path; percent-encode them"),
-            );
-        }
-        if raw.path.is_some() && kind != HealthKind::Http {
-            let why = if raw.kind.is_some() {
-                String::new()
-            } else {
-                format!(" (the default for protocol \"{protocol}\")")
-            };
-            self.err(
-                f("path"),
-                format!(
-                    "is only used by HTTP checks, and this check is \"{kind}\"{why}; set kind = \"http\" or remove path"
-                ),
-            );
-        }
+        let kind = self.health_kind(&f("kind"), raw.kind.as_deref(), protocol);
+        let path = self.health_path(&f("path"), raw, kind, protocol);
         let interval = raw.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
         self.duration_range(
             &f("interval"),
@@ -282,5 +263,64 @@ impl Validator {
             healthy_threshold,
             unhealthy_threshold,
         })
+    }
+
+    /// The check's kind: as given, or by default the service's protocol.
+    fn health_kind(&mut self, field: &str, kind: Option<&str>, protocol: Protocol) -> HealthKind {
+        match kind {
+            None => match protocol {
+                Protocol::Http => HealthKind::Http,
+                Protocol::Tcp => HealthKind::Tcp,
+            },
+            Some("tcp") => HealthKind::Tcp,
+            Some("http") => HealthKind::Http,
+            Some("none") => HealthKind::None,
+            Some(other) => {
+                self.err(
+                    field,
+                    format!(
+                        "{other:?} is not a health check kind; use \"tcp\", \"http\" or \"none\""
+                    ),
+                );
+                HealthKind::Tcp
+            }
+        }
+    }
+
+    /// An HTTP check's path: absolute, URL-safe, and only given to HTTP checks.
+    fn health_path(
+        &mut self,
+        field: &str,
+        raw: &RawHealth,
+        kind: HealthKind,
+        protocol: Protocol,
+    ) -> String {
+        let path = raw
+            .path
+            .as_deref()
+            .unwrap_or(DEFAULT_HEALTH_PATH)
+            .to_string();
+        if !path.starts_with('/') {
+            self.err(field, format!("{path:?} must start with '/'"));
+        } else if !path.chars().all(|c| c.is_ascii_graphic()) {
+            self.err(
+                field,
+                format!("{path:?} contains spaces or other characters not allowed in a URL path; percent-encode them"),
+            );
+        }
+        if raw.path.is_some() && kind != HealthKind::Http {
+            let why = if raw.kind.is_some() {
+                String::new()
+            } else {
+                format!(" (the default for protocol \"{protocol}\")")
+            };
+            self.err(
+                field,
+                format!(
+                    "is only used by HTTP checks, and this check is \"{kind}\"{why}; set kind = \"http\" or remove path"
+                ),
+            );
+        }
+        path
     }
 }

@@ -1,0 +1,118 @@
+//! Splicing two real loopback TCP connections: bytes and half-closes cross both
+//! ways, a reset crosses as a reset, and an idle connection or a passed deadline
+//! ends both sides. (Real time, not a paused clock: a paused clock would jump
+//! to the idle timer while loopback bytes are still in the kernel.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Progress, Side, Totals, splice};
+
+/// A connected pair of loopback sockets: (the end a test drives, the end
+/// handed to the splice).
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (outside, inside) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (outside.unwrap(), inside.unwrap().0)
+}
+
+/// A client and a backend spliced together: the test holds `client` and
+/// `backend`; the splice runs in a task whose result is `done`.
+struct Spliced {
+    client: TcpStream,
+    backend: TcpStream,
+    progress: Arc<Progress>,
+    done: tokio::task::JoinHandle<Totals>,
+}
+
+async fn spliced(idle: Duration, deadline: Option<tokio::time::Instant>) -> Spliced {
+    let (client, a) = pair().await;
+    let (backend, b) = pair().await;
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let done =
+        tokio::spawn(async move { splice(Side::tcp(a), Side::tcp(b), idle, deadline, p).await });
+    Spliced {
+        client,
+        backend,
+        progress,
+        done,
+    }
+}
+
+#[tokio::test]
+async fn bytes_and_half_closes_cross_both_ways() {
+    let mut s = spliced(Duration::from_secs(60), None).await;
+    s.client.write_all(b"hello").await.unwrap();
+    s.client.shutdown().await.unwrap();
+    let mut heard = Vec::new();
+    s.backend.read_to_end(&mut heard).await.unwrap();
+    assert_eq!(
+        heard, b"hello",
+        "the client's end reaches the backend as an end"
+    );
+    // The other direction still flows after the first one ended.
+    s.backend.write_all(b"world!").await.unwrap();
+    s.backend.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    s.client.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"world!");
+    let totals = s.done.await.unwrap();
+    assert_eq!(
+        totals,
+        Totals {
+            a_to_b: 5,
+            b_to_a: 6,
+            aborted: false
+        }
+    );
+    assert_eq!(
+        s.progress.a_to_b.load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+}
+
+#[tokio::test]
+async fn a_reset_crosses_as_a_reset_not_an_end() {
+    let mut s = spliced(Duration::from_secs(60), None).await;
+    s.client.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    s.backend.read_exact(&mut one).await.unwrap();
+    s.client.set_zero_linger().unwrap();
+    drop(s.client);
+    let mut rest = Vec::new();
+    let outcome = s.backend.read_to_end(&mut rest).await;
+    assert_eq!(
+        outcome.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert!(s.done.await.unwrap().aborted);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_on_both_sides() {
+    let mut s = spliced(Duration::from_millis(100), None).await;
+    s.client.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    s.backend.read_exact(&mut got).await.unwrap();
+    // Then silence: the splice ends by itself, and both sides see it end.
+    let totals = s.done.await.unwrap();
+    assert!(totals.aborted);
+    assert_eq!(totals.a_to_b, 4);
+    let mut buf = [0u8; 8];
+    assert!(matches!(s.client.read(&mut buf).await, Ok(0) | Err(_)));
+    assert!(matches!(s.backend.read(&mut buf).await, Ok(0) | Err(_)));
+}
+
+#[tokio::test]
+async fn a_passed_deadline_ends_a_connection_that_is_not_idle() {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+    let s = spliced(Duration::from_secs(3600), Some(deadline)).await;
+    let totals = s.done.await.unwrap();
+    assert!(totals.aborted, "cut off at the caller's deadline");
+    assert!(tokio::time::Instant::now() >= deadline);
+}
