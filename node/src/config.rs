@@ -16,6 +16,7 @@ pub use mesh_proto::tunnel::Protocol;
 
 mod defaults;
 mod error;
+mod load;
 mod overrides;
 mod raw;
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod access_log;
 pub mod admission;
 pub mod backend_pool;
 pub mod balance;
+pub mod body;
 pub mod headers;
 pub mod http;
 pub mod inbound;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-use super::http::{Body, BoxError};
+use super::body::{Body, BoxError};
 use crate::config::AccessLog;
 use crate::metrics::{ListenerReasonLabels, Metrics};
 

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::http::{Body, MAX_HEADER_BYTES};
+use super::body::{Body, MAX_HEADER_BYTES};
 
 /// Most idle connections kept per backend; beyond, finished ones are closed.
 pub const MAX_IDLE: usize = 256;

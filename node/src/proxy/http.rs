@@ -26,17 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_proto::lb::{self, Policy};
 use mesh_proto::retry::{RetryBudget, RetryBudgetConfig};
-use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
+use mesh_proto::route::Rule;
 use mesh_proto::routing::Endpoint;
 use mesh_proto::tunnel::RequestId;
 use prometheus_client::metrics::gauge::Gauge;
@@ -47,26 +45,22 @@ use tokio::sync::watch;
 use super::access_log::{self, Writer};
 use super::backend_pool::{SendError, Sent};
 use super::balance::{Balancer, InFlight};
-use super::headers::{self, Client, UpstreamHead};
+use super::headers;
 use super::ingress_tls::IngressCert;
 use super::observed::{self, Activity};
-use super::upstream::{self, HttpUpstream, OpenError, Target};
+use super::upstream::HttpUpstream;
 use super::{CountGuard, ProxyContext};
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::metrics::{HttpLabels, HttpRetryLabels, ListenerLabels, ListenerReasonLabels};
+use crate::metrics::{HttpLabels, ListenerLabels, ListenerReasonLabels};
 use crate::routes::SharedRoutes;
+
+mod forward;
 
 /// Request bodies up to this size are kept to be sent again on a retry; larger
 /// ones stream and are not retried once sent.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
-/// Largest request head (request line and headers) accepted; larger heads are
-/// answered `431`.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// The error type of proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body type of requests sent upstream and responses sent back.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub use super::body::{Body, BoxError, MAX_HEADER_BYTES};
+use super::body::{boxed, full};
 
 /// One HTTP listener.
 pub struct HttpListener {
@@ -548,9 +542,6 @@ impl HttpListener {
         let upgrade = headers::is_upgrade(req.method(), req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let authority = headers::authority(&parts);
-        let method = parts.method.clone();
-        let version = parts.version;
         // Request body bytes, counted as the body is read (for the access log).
         let request_bytes = Arc::new(AtomicU64::new(0));
         let body = if self.log.is_some() {
@@ -558,43 +549,10 @@ impl HttpListener {
         } else {
             boxed(body)
         };
-        let mut pending = Pending {
-            listener: &self,
-            started,
-            outcome: Outcome::default(),
-            answered: false,
-            log: self.log.as_ref().map(|_| LogStart {
-                arrived: time::OffsetDateTime::now_utc(),
-                request_id: request_id.clone(),
-                client: peer,
-                version,
-                method: method.as_str().to_string(),
-                authority: authority.clone(),
-                path: parts.uri.path().to_string(),
-                request_bytes: request_bytes.clone(),
-            }),
-        };
-        let outcome = &mut pending.outcome;
-        // The backend gets the normalised path the rules matched.
-        let routable = headers::routable_path(&parts).and_then(|r| {
-            if !r.path.is_empty() && r.path != "*" && r.path != parts.uri.path() {
-                parts.uri =
-                    with_path(&parts.uri, &r.path).ok_or("the path cannot be normalised")?;
-            }
-            Ok(r)
-        });
-        let response = match routable {
+        let mut pending = self.pending(started, &parts, peer, &request_id, request_bytes);
+        let mut response = match normalise_path(&mut parts) {
             Err(why) => self.error_response(StatusCode::BAD_REQUEST, why, &request_id),
-            Ok(routable) => {
-                let path = routable.match_path;
-                let matched = {
-                    let routes = self.routes.load();
-                    routes
-                        .route(&authority, &path, method.as_str(), |name| {
-                            parts.headers.get(name).and_then(|v| v.to_str().ok())
-                        })
-                        .map(|m| (m.route.name.clone(), m.rule.clone()))
-                };
+            Ok(path) => {
                 let exchange = Exchange {
                     conn: conn.clone(),
                     parts,
@@ -605,28 +563,66 @@ impl HttpListener {
                     tunnel_id,
                     upgrade,
                 };
-                match matched {
-                    Some((route, rule)) => {
-                        outcome.route = route.clone();
-                        self.forward(exchange, Some((&route, &rule)), outcome).await
-                    }
-                    None if self.cfg.service.is_some() => {
-                        self.forward(exchange, None, outcome).await
-                    }
-                    None => self.error_response(
-                        StatusCode::NOT_FOUND,
-                        &format!("no route matches {authority}{path}"),
-                        &request_id,
-                    ),
-                }
+                self.dispatch(exchange, &path, &mut pending.outcome).await
             }
         };
-        let mut response = response;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
         // Both stay until the response body has ended.
         pending.answer(response, (in_flight, busy))
+    }
+
+    /// The request's record for its metrics and access-log line.
+    fn pending(
+        &self,
+        started: Instant,
+        parts: &Parts,
+        peer: SocketAddr,
+        request_id: &str,
+        request_bytes: Arc<AtomicU64>,
+    ) -> Pending<'_> {
+        Pending {
+            listener: self,
+            started,
+            outcome: Outcome::default(),
+            answered: false,
+            log: self.log.as_ref().map(|_| LogStart {
+                arrived: time::OffsetDateTime::now_utc(),
+                request_id: request_id.to_string(),
+                client: peer,
+                version: parts.version,
+                method: parts.method.as_str().to_string(),
+                authority: headers::authority(parts),
+                path: parts.uri.path().to_string(),
+                request_bytes,
+            }),
+        }
+    }
+
+    /// Sends the request by the route that matches it (`path` is the
+    /// normalised one rules match), or to the listener's default service.
+    async fn dispatch(&self, ex: Exchange, path: &str, outcome: &mut Outcome) -> Response<Body> {
+        let authority = headers::authority(&ex.parts);
+        let matched = {
+            let routes = self.routes.load();
+            routes
+                .route(&authority, path, ex.parts.method.as_str(), |name| {
+                    ex.parts.headers.get(name).and_then(|v| v.to_str().ok())
+                })
+                .map(|m| (m.route.name.clone(), m.rule.clone()))
+        };
+        match matched {
+            Some((route, rule)) => {
+                outcome.route = route.clone();
+                self.forward(ex, Some((&route, &rule)), outcome).await
+            }
+            None if self.cfg.service.is_some() => self.forward(ex, None, outcome).await,
+            None => {
+                let message = format!("no route matches {authority}{path}");
+                self.error_response(StatusCode::NOT_FOUND, &message, &ex.request_id)
+            }
+        }
     }
 
     /// A response made by the proxy itself. Ingress listeners face users, so
@@ -681,348 +677,6 @@ impl HttpListener {
             }
         }
         None
-    }
-
-    #[allow(clippy::too_many_lines)]
-    async fn forward(
-        &self,
-        mut ex: Exchange,
-        route: Option<(&str, &Rule)>,
-        outcome: &mut Outcome,
-    ) -> Response<Body> {
-        let rule = route.map(|(_, r)| r);
-        let route_name = route.map_or("-", |(n, _)| n);
-        let rid = ex.request_id.clone();
-        let caller = match self.cfg.kind {
-            ListenerKind::Ingress => None,
-            ListenerKind::Mesh => self.cfg.source_service.as_deref(),
-        };
-        if let Some(rule) = rule
-            && !rule.allows_caller(caller)
-        {
-            return self.error_response(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "route {route_name} does not allow {}",
-                    caller.map_or("callers without a service identity".to_string(), |c| {
-                        format!("service {c}")
-                    })
-                ),
-                &rid,
-            );
-        }
-        self.budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_request(Instant::now());
-
-        // Session persistence, then the destination service.
-        let session = rule.and_then(|r| r.session.as_ref());
-        let mut pinned = None;
-        let mut key = None;
-        match session {
-            Some(Session::Cookie { name, .. }) => {
-                if let (Some(rule), Some(token)) = (rule, headers::cookie(&ex.parts.headers, name))
-                {
-                    pinned = self.pinned(rule, route_name, token);
-                }
-            }
-            Some(Session::Header { name }) => {
-                key = Some(match ex.parts.headers.get(name.as_str()) {
-                    Some(v) => lb::hash_key(v.as_bytes()),
-                    None => lb::hash_ip(ex.peer.ip()),
-                });
-            }
-            Some(Session::SourceIp) => key = Some(lb::hash_ip(ex.peer.ip())),
-            None => {}
-        }
-        let service = match (&pinned, rule) {
-            (Some((s, _)), _) => s.clone(),
-            (None, Some(rule)) => rule
-                .pick_backend(key.unwrap_or_else(|| self.random.random()))
-                .map(|b| b.service.clone())
-                .unwrap_or_default(),
-            (None, None) => self.cfg.service().to_string(),
-        };
-        outcome.service = service.clone();
-        let policy = if key.is_some() {
-            Policy::RingHash
-        } else {
-            rule.and_then(|r| r.lb).unwrap_or(self.cfg.lb)
-        };
-        let key = key.unwrap_or_else(|| lb::hash_ip(ex.peer.ip()));
-        let balancer = self.balancer(&service);
-
-        // Timeouts and retries.
-        let total = rule
-            .and_then(|r| r.timeout_ms)
-            .map_or(self.cfg.request_timeout, Duration::from_millis);
-        let per_try = rule
-            .and_then(|r| r.per_try_timeout_ms)
-            .map_or(total, Duration::from_millis)
-            .min(total);
-        let method = ex.parts.method.clone();
-        let is_connect = method == hyper::Method::CONNECT;
-        let replays = !ex.upgrade
-            && rule.is_some_and(|r| {
-                r.retry.as_ref().is_some_and(|p| {
-                    p.attempts > 1
-                        && (p.on.contains(&RetryOn::ServerError) || p.on.contains(&RetryOn::Reset))
-                        && (p.all_methods || is_idempotent(method.as_str()))
-                })
-            });
-        // The request's whole time budget starts now, and covers reading a
-        // replayable body: a client trickling it cannot hold the request open.
-        let deadline = Instant::now() + total;
-        if replays && let ReqBody::Once(Some(body)) = &mut ex.body {
-            let body = std::mem::replace(body, full(Bytes::new()));
-            match tokio::time::timeout_at(deadline.into(), buffer_for_replay(body)).await {
-                Ok(Ok(b)) => ex.body = b,
-                Ok(Err(e)) => {
-                    return self.error_response(
-                        StatusCode::BAD_REQUEST,
-                        &format!("reading the request body: {e}"),
-                        &rid,
-                    );
-                }
-                Err(_) => {
-                    return self.error_response(
-                        StatusCode::REQUEST_TIMEOUT,
-                        &format!("the request body did not arrive within {total:?}"),
-                        &rid,
-                    );
-                }
-            }
-        }
-        let connect_tries = self.cfg.attempts.max(rule.map_or(1, Rule::max_attempts));
-        let client = (self.cfg.kind == ListenerKind::Ingress).then_some(Client {
-            addr: ex.peer,
-            tls: self.tls.is_some(),
-        });
-        let authority = headers::authority(&ex.parts);
-        let head = UpstreamHead::new(
-            &ex.parts,
-            &authority,
-            &rid,
-            client,
-            ex.upgrade,
-            rule.map(|r| &r.request_headers),
-        );
-
-        let mut pinned = pinned.map(|(_, e)| e);
-        let repinned = session.is_some() && pinned.is_none();
-        let mut tried: Vec<String> = Vec::new();
-        let mut tries = 0u32;
-        let mut retry_reason: Option<&'static str> = None;
-        let mut last = self.error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("no endpoint of service {service:?} is available"),
-            &rid,
-        );
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                last = self.error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("no response within {total:?}"),
-                    &rid,
-                );
-                break;
-            }
-            // Each try goes to an endpoint not tried yet while there is one; then
-            // tried ones again (a retry of a transient failure may succeed there).
-            let endpoint = match pinned.take() {
-                Some(e) => Some(e),
-                None => {
-                    let table = self.ctx.table.load();
-                    let endpoints = table.endpoints(&service);
-                    balancer
-                        .pick(endpoints, policy, &tried, key)
-                        .or_else(|| balancer.pick(endpoints, policy, &[], key))
-                }
-            };
-            let Some(endpoint) = endpoint else { break };
-            if let Some(reason) = retry_reason.take() {
-                self.ctx
-                    .metrics
-                    .http
-                    .retries
-                    .get_or_create(&HttpRetryLabels {
-                        listener: self.cfg.name.clone(),
-                        route: route_name.to_string(),
-                        service: service.clone(),
-                        reason,
-                    })
-                    .inc();
-            }
-            tries += 1;
-            tried.push(endpoint.node.clone());
-            outcome.attempts = tries;
-            outcome.node = endpoint.node.clone();
-            outcome.addr = endpoint.addr.to_string();
-            let try_timeout = per_try.min(remaining);
-            let try_deadline = tokio::time::Instant::now() + try_timeout;
-            let target = Target {
-                service: &service,
-                source_service: self.cfg.source_service.as_deref(),
-                request_id: ex.tunnel_id,
-                deadline: Some(try_timeout),
-            };
-            // Reaching the endpoint (dial, stream, its node's backend connect, the
-            // status) gets the listener's connect_timeout, so a blackholed node
-            // costs that, not the whole try, before the next endpoint is tried.
-            let open_timeout = try_timeout.min(self.cfg.connect_timeout);
-            let up = match upstream::open_http(&self.ctx, &endpoint, target, open_timeout).await {
-                Ok(up) => up,
-                Err(OpenError::Refused { text, .. }) => {
-                    return self.error_response(StatusCode::FORBIDDEN, &text, &rid);
-                }
-                Err(e @ OpenError::Header(_)) => {
-                    tracing::error!(listener = %self.cfg.name, %service, error = %e, "a request could not be tunnelled");
-                    return self.error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &e.to_string(),
-                        &rid,
-                    );
-                }
-                Err(e) => {
-                    balancer.record(
-                        self.ctx.table.load().endpoints(&service),
-                        &endpoint.node,
-                        false,
-                    );
-                    last = self.error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("cannot reach service {service} on {}: {}", endpoint.node, e),
-                        &rid,
-                    );
-                    // Nothing was sent: always safe to try elsewhere.
-                    if tries < connect_tries {
-                        retry_reason = Some("connect_failure");
-                        continue;
-                    }
-                    break;
-                }
-            };
-            if let HttpUpstream::Local { .. } = up {
-                outcome.addr = self
-                    .ctx
-                    .services
-                    .get(&service)
-                    .map_or_else(String::new, |s| s.config.address.to_string());
-            }
-            let Some(body) = ex.body.take() else { break };
-            let request = head.request(body);
-            let inflight = balancer.in_flight(&endpoint.node);
-            let sent = tokio::time::timeout_at(
-                try_deadline,
-                exchange(up, request, ex.upgrade.then_some(is_connect), inflight),
-            )
-            .await;
-            let cause = match sent {
-                Ok(Ok((response, upstream_upgrade))) => {
-                    let server_error = response.status().is_server_error();
-                    balancer.record(
-                        self.ctx.table.load().endpoints(&service),
-                        &endpoint.node,
-                        !server_error,
-                    );
-                    // A retry is only worth its budget if there is time left for it.
-                    if server_error
-                        && ex.body.replayable()
-                        && rule.is_some_and(|r| {
-                            r.may_retry(method.as_str(), RetryOn::ServerError, tries)
-                        })
-                        && deadline > Instant::now()
-                        && self.may_spend_retry()
-                    {
-                        last = response;
-                        retry_reason = Some("5xx");
-                        continue;
-                    }
-                    let cookie = match session {
-                        Some(Session::Cookie { name, ttl_s }) if repinned || tries > 1 => Some((
-                            name.as_str(),
-                            headers::session_token(route_name, &service, &endpoint.node),
-                            *ttl_s,
-                        )),
-                        _ => None,
-                    };
-                    let upgrade = match (ex.client_upgrade.take(), upstream_upgrade) {
-                        (Some(client), Some((upstream, keep))) => {
-                            Some((client, upstream, (ex.conn.clone(), keep)))
-                        }
-                        _ => None,
-                    };
-                    return self.respond(response, upgrade, rule, cookie);
-                }
-                Ok(Err(e @ SendError::Connect(_))) => {
-                    // A pooled local connection had closed and no new one could
-                    // be made: nothing was sent. (A streamed body is gone with
-                    // the request, so then the next try does not happen.)
-                    balancer.record(
-                        self.ctx.table.load().endpoints(&service),
-                        &endpoint.node,
-                        false,
-                    );
-                    last = self.error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("cannot reach service {service} on {}: {e}", endpoint.node),
-                        &rid,
-                    );
-                    if tries < connect_tries {
-                        retry_reason = Some("connect_failure");
-                        continue;
-                    }
-                    break;
-                }
-                Ok(Err(e)) => {
-                    // A failure of the client's own request body (it went away
-                    // mid-upload) says nothing about the endpoint.
-                    if !e.is_user() {
-                        balancer.record(
-                            self.ctx.table.load().endpoints(&service),
-                            &endpoint.node,
-                            false,
-                        );
-                    }
-                    last = self.error_response(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("{}: {e}", endpoint.node),
-                        &rid,
-                    );
-                    "reset"
-                }
-                Err(_) => {
-                    balancer.record(
-                        self.ctx.table.load().endpoints(&service),
-                        &endpoint.node,
-                        false,
-                    );
-                    last = self.error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!("{} did not answer within {try_timeout:?}", endpoint.node),
-                        &rid,
-                    );
-                    "timeout"
-                }
-            };
-            // A reset is retried if `reset` is listed; a per-try timeout if either
-            // `reset` or `5xx` is (docs/routing.md).
-            let retry = ex.body.replayable()
-                && rule.is_some_and(|r| {
-                    r.may_retry(method.as_str(), RetryOn::Reset, tries)
-                        || (cause == "timeout"
-                            && r.may_retry(method.as_str(), RetryOn::ServerError, tries))
-                })
-                && deadline > Instant::now()
-                && self.may_spend_retry();
-            if !retry {
-                break;
-            }
-            retry_reason = Some(cause);
-        }
-        last
     }
 
     /// The response head sent back: hop-by-hop headers removed, the route's
@@ -1086,6 +740,16 @@ pub fn splice_upgraded(
             ),
         }
     });
+}
+
+/// Normalises the request's path for the backend (it gets the path the rules
+/// matched) and returns the path rules match, or why the path is refused.
+fn normalise_path(parts: &mut Parts) -> Result<String, &'static str> {
+    let routable = headers::routable_path(parts)?;
+    if !routable.path.is_empty() && routable.path != "*" && routable.path != parts.uri.path() {
+        parts.uri = with_path(&parts.uri, &routable.path).ok_or("the path cannot be normalised")?;
+    }
+    Ok(routable.match_path)
 }
 
 /// `uri` with its path replaced by `path` (the query kept).
@@ -1201,16 +865,6 @@ where
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
         upgraded,
     ))
-}
-
-fn boxed(body: Incoming) -> Body {
-    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
-}
-
-fn full(bytes: Bytes) -> Body {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// Reads up to [`REPLAY_LIMIT`] bytes of `body`. If it ends within the limit (and

@@ -19,8 +19,9 @@ use quinn::{RecvStream, SendStream};
 
 use super::HEADER_TIMEOUT;
 use super::backend_pool::{BackendPool, Sender, Sent};
+use super::body::{Body, BoxError, MAX_HEADER_BYTES};
 use super::headers;
-use super::http::{Body, BoxError, MAX_HEADER_BYTES, splice_upgraded, switched};
+use super::http::{splice_upgraded, switched};
 use super::inbound::INBOUND_IDLE;
 use super::observed::{Dir, Observed};
 
