@@ -460,6 +460,7 @@ fn load_identity(
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<TlsState>, StartError> {
     let tls = TlsState::load(files, metrics.clone())?;
+    tls.require_services(config.services.iter().map(|s| s.name.clone()).collect());
     let identity = tls.identity();
     if identity.node_name != config.node.name {
         return Err(StartError::NameMismatch {
@@ -879,7 +880,7 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
         if endpoint.tls().files_changed(files)
             && let Err(e) = reload(endpoint, gossip, publisher, files).await
         {
-            tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the current ones");
+            tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the current ones");
         }
         let mut peers: Vec<SocketAddr> = gossip
             .view()

@@ -118,6 +118,17 @@ pub enum ConnectError {
         /// The node that answered.
         found: String,
     },
+    /// The node answered with a certificate that does not allow the service
+    /// asked for (a certificate published in gossip is not the one it holds).
+    #[error("{node} ({addr}) presented a certificate that does not allow service {service:?}")]
+    ServiceNotAllowed {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The node.
+        node: String,
+        /// The service.
+        service: String,
+    },
 }
 
 /// An accepted, authenticated inbound connection.
@@ -134,9 +145,19 @@ struct Slot {
     conn: Option<Connection>,
     /// The node name in the pooled connection's peer certificate.
     peer: Option<String>,
+    /// The services that certificate allows its node to host.
+    services: Arc<[String]>,
     last_used: Option<Instant>,
     /// When this node dialled the connection (`None` if it was accepted).
     dialled_at: Option<Instant>,
+}
+
+/// The node name and the services in a connection's peer certificate.
+fn peer_of(conn: &Connection) -> (Option<String>, Arc<[String]>) {
+    match tls::peer_identity(conn.peer_identity()) {
+        Some(id) => (id.node, id.services.into()),
+        None => (None, Arc::from(Vec::new())),
+    }
 }
 
 /// Two nodes whose connections to each other were both established within this
@@ -319,6 +340,44 @@ impl MeshEndpoint {
         use_: Use,
         node: Option<&str>,
     ) -> Result<Connection, ConnectError> {
+        self.pooled(addr, use_, node).await.map(|(conn, _)| conn)
+    }
+
+    /// A tunnel connection to `node` at `addr` for a stream to `service`: the
+    /// certificate the node presented in the handshake must allow the service,
+    /// so a certificate republished in gossip cannot keep a service its node's
+    /// current one dropped. A refusal is counted
+    /// (`shoal_rejected_peers_total{reason="service_not_allowed"}`); the
+    /// connection stays for the services it does allow.
+    pub async fn connect_for_service(
+        &self,
+        addr: SocketAddr,
+        node: &str,
+        service: &str,
+    ) -> Result<Connection, ConnectError> {
+        let (conn, services) = self.pooled(addr, Use::Tunnel, Some(node)).await?;
+        if services.iter().any(|s| s == service) {
+            return Ok(conn);
+        }
+        self.metrics
+            .tls
+            .reject(tls::Rejection::ServiceNotAllowed.as_str());
+        Err(ConnectError::ServiceNotAllowed {
+            addr,
+            node: node.to_string(),
+            service: service.to_string(),
+        })
+    }
+
+    /// The pooled connection for (`addr`, `use_`), dialled if there is none (or
+    /// it is to another node than `node`), and the services its peer's
+    /// certificate allows.
+    async fn pooled(
+        &self,
+        addr: SocketAddr,
+        use_: Use,
+        node: Option<&str>,
+    ) -> Result<(Connection, Arc<[String]>), ConnectError> {
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.entry((addr, use_)).or_default().clone()
@@ -328,11 +387,11 @@ impl MeshEndpoint {
             let same_node = node.is_none_or(|n| slot.peer.as_deref() == Some(n));
             if conn.close_reason().is_none() && same_node {
                 slot.last_used = Some(Instant::now());
-                return Ok(conn);
+                return Ok((conn, slot.services.clone()));
             }
         }
         let conn = self.dial(addr, use_, ANY_NODE).await?;
-        let peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
+        let (peer, services) = peer_of(&conn);
         if let Some(expected) = node
             && peer.as_deref() != Some(expected)
         {
@@ -347,10 +406,11 @@ impl MeshEndpoint {
             });
         }
         slot.peer = peer;
+        slot.services = services.clone();
         slot.conn = Some(conn.clone());
         slot.last_used = Some(Instant::now());
         slot.dialled_at = slot.last_used;
-        Ok(conn)
+        Ok((conn, services))
     }
 
     async fn dial(
@@ -519,10 +579,11 @@ impl MeshEndpoint {
         // Waits for a dial of this peer in progress: its connection and this one
         // must not both stay open.
         let mut slot = slot.lock().await;
-        let peer = tls::peer_identity(conn.peer_identity()).and_then(|id| id.node);
+        let (peer, services) = peer_of(&conn);
         let held = slot.conn.clone().filter(|c| c.close_reason().is_none());
         let Some(mine) = held else {
             slot.peer = peer;
+            slot.services = services;
             slot.conn = Some(conn);
             slot.last_used = Some(Instant::now());
             slot.dialled_at = None;
@@ -541,6 +602,7 @@ impl MeshEndpoint {
         let me = self.tls.identity().node_name.clone();
         if peer.as_deref().is_some_and(|p| p < me.as_str()) {
             slot.peer = peer;
+            slot.services = services;
             slot.conn = Some(conn);
             slot.last_used = Some(Instant::now());
             slot.dialled_at = None;

@@ -185,11 +185,14 @@ pub enum Rejection {
     Malformed,
     /// Any other chain problem (key usage, ...).
     Invalid,
+    /// A node dialled for a service presented a certificate that does not
+    /// allow it.
+    ServiceNotAllowed,
 }
 
 impl Rejection {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::OtherCa,
         Rejection::Expired,
         Rejection::NotYetValid,
@@ -198,6 +201,7 @@ impl Rejection {
         Rejection::WrongNode,
         Rejection::Malformed,
         Rejection::Invalid,
+        Rejection::ServiceNotAllowed,
     ];
 
     /// The metric label.
@@ -211,6 +215,7 @@ impl Rejection {
             Rejection::WrongNode => "wrong_node",
             Rejection::Malformed => "malformed",
             Rejection::Invalid => "invalid",
+            Rejection::ServiceNotAllowed => "service_not_allowed",
         }
     }
 
@@ -221,9 +226,10 @@ impl Rejection {
             Rejection::NotYetValid => CertificateError::NotValidYet,
             Rejection::Malformed => CertificateError::BadEncoding,
             Rejection::WrongNode => CertificateError::NotValidForName,
-            Rejection::WrongTrustDomain | Rejection::NotANode | Rejection::Invalid => {
-                CertificateError::ApplicationVerificationFailure
-            }
+            Rejection::WrongTrustDomain
+            | Rejection::NotANode
+            | Rejection::Invalid
+            | Rejection::ServiceNotAllowed => CertificateError::ApplicationVerificationFailure,
         })
     }
 }
@@ -237,6 +243,8 @@ pub struct TlsState {
     metrics: Arc<Metrics>,
     stamp: std::sync::Mutex<FileStamp>,
     trust_generation: tokio::sync::watch::Sender<u64>,
+    /// Services a reloaded certificate must still allow (the ones this node hosts).
+    required_services: std::sync::Mutex<Vec<String>>,
 }
 
 /// Modification time and length of each TLS file, to notice changes on disk.
@@ -253,6 +261,31 @@ impl TlsFiles {
                     .and_then(|m| Some((m.modified().ok()?, m.len())))
             })
             .collect()
+    }
+}
+
+/// Why a reload was refused; the `reason` label of
+/// `shoal_tls_reloads_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReloadRefusal {
+    /// The files cannot be read, or do not make a usable identity.
+    UnusableFiles,
+    /// The certificate is another node's.
+    OtherNode,
+    /// The CA is of another trust domain.
+    OtherTrustDomain,
+    /// The certificate no longer allows a service this node hosts.
+    ServiceNotAllowed,
+}
+
+impl ReloadRefusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReloadRefusal::UnusableFiles => "unusable_files",
+            ReloadRefusal::OtherNode => "other_node",
+            ReloadRefusal::OtherTrustDomain => "other_trust_domain",
+            ReloadRefusal::ServiceNotAllowed => "service_not_allowed",
+        }
     }
 }
 
@@ -302,7 +335,18 @@ impl TlsState {
             metrics,
             stamp: std::sync::Mutex::new(stamp),
             trust_generation: tokio::sync::watch::channel(0).0,
+            required_services: std::sync::Mutex::default(),
         }))
+    }
+
+    /// From now on, a reloaded certificate that does not allow every one of
+    /// `services` (the services this node hosts) is refused: the node keeps
+    /// the certificate it has rather than drop a service from the mesh.
+    pub fn require_services(&self, services: Vec<String>) {
+        *self
+            .required_services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = services;
     }
 
     /// Whether the files changed on disk since they were last loaded (or last
@@ -318,30 +362,32 @@ impl TlsState {
         }
     }
 
-    /// Re-reads the files; new handshakes use them, established connections are
-    /// untouched. The node name and trust domain may not change.
+    /// Loads the files again and installs them, unless the new identity is
+    /// another node's, of another trust domain, or no longer allows a service
+    /// this node hosts (see [`TlsState::require_services`]): then the current
+    /// identity stays, and the refusal is counted by reason
+    /// (`shoal_tls_reloads_refused_total`).
     pub fn reload(&self, files: &TlsFiles) -> Result<Reloaded, TlsError> {
         *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = files.stamp();
-        let (identity, trust) = load(files, &self.provider)?;
+        let loaded = load(files, &self.provider).map_err(|e| (ReloadRefusal::UnusableFiles, e));
+        let checked = loaded.and_then(|(identity, trust)| {
+            self.check_successor(&identity)?;
+            Ok((identity, trust))
+        });
+        let (identity, trust) = match checked {
+            Ok(new) => new,
+            Err((reason, e)) => {
+                self.metrics
+                    .tls
+                    .reloads_refused
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+                return Err(e);
+            }
+        };
         let current = self.identity.load();
-        if identity.node_name != current.node_name {
-            return Err(invalid(
-                "tls.cert",
-                format!(
-                    "the new certificate is for node {:?}, this node is {:?}; restart to rename a node",
-                    identity.node_name, current.node_name
-                ),
-            ));
-        }
-        if identity.trust_domain != current.trust_domain {
-            return Err(invalid(
-                "tls.ca",
-                format!(
-                    "the new CA is for trust domain {:?}, this node is in {:?}",
-                    identity.trust_domain, current.trust_domain
-                ),
-            ));
-        }
         let ca_changed = self.trust.load().ca_fingerprint != trust.ca_fingerprint;
         let cert_changed = current.cert_der != identity.cert_der;
         self.metrics
@@ -357,6 +403,47 @@ impl TlsState {
             ca_changed,
             cert_changed,
         })
+    }
+
+    /// Whether `identity` may replace the current one: the same node, the same
+    /// trust domain, and every hosted service still allowed.
+    fn check_successor(&self, identity: &LocalIdentity) -> Result<(), (ReloadRefusal, TlsError)> {
+        let current = self.identity.load();
+        if identity.node_name != current.node_name {
+            let reason = format!(
+                "the new certificate is for node {:?}, this node is {:?}; restart to rename a node",
+                identity.node_name, current.node_name
+            );
+            return Err((ReloadRefusal::OtherNode, invalid("tls.cert", reason)));
+        }
+        if identity.trust_domain != current.trust_domain {
+            let reason = format!(
+                "the new CA is for trust domain {:?}, this node is in {:?}",
+                identity.trust_domain, current.trust_domain
+            );
+            return Err((ReloadRefusal::OtherTrustDomain, invalid("tls.ca", reason)));
+        }
+        let required = self
+            .required_services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(dropped) = required.iter().find(|s| !identity.services.contains(s)) else {
+            return Ok(());
+        };
+        let allows = if identity.services.is_empty() {
+            "none".to_string()
+        } else {
+            identity.services.join(", ")
+        };
+        let reason = format!(
+            "the new certificate does not allow service {dropped:?}, which this node hosts (it allows: {allows}); \
+             issue it again with --service {dropped} (and every other hosted service), or remove the service from the config and restart"
+        );
+        Err((
+            ReloadRefusal::ServiceNotAllowed,
+            invalid("tls.cert", reason),
+        ))
     }
 
     /// Changes whenever a reload installs a different CA set.

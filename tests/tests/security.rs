@@ -10,12 +10,12 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use shoal_node::endpoint::{MeshEndpoint, SocketSource, Use};
+use shoal_node::endpoint::{ConnectError, MeshEndpoint, SocketSource, Use};
 use shoal_node::metrics::Metrics;
 use shoal_node::tls::{ALPN_GOSSIP, TlsFiles, TlsState};
 use shoal_pki::Validity;
 use shoal_tests::cluster::Cluster;
-use shoal_tests::{Pki, eventually};
+use shoal_tests::{Check, Pki, TcpBackend, eventually};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 /// Accepts any server certificate: the tests here are about what the *server*
@@ -440,4 +440,120 @@ async fn a_peer_whose_certificate_expires_is_disconnected() {
     })
     .await;
     mesh.stop().await;
+}
+
+/// Renewing a node's certificate without a service it hosts is refused,
+/// whether the reload is asked for (SIGHUP) or the files change on disk: the
+/// node keeps the certificate it has, says which service and what to do,
+/// counts the refusal, and the mesh keeps routing the service to it. A renewal
+/// that keeps the service is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_that_drops_a_hosted_service_is_refused() {
+    let web = TcpBackend::start().await;
+    let mesh = Cluster::new(2)
+        .with_service("n1", "web", web.addr(), Check::Tcp)
+        .start()
+        .await;
+    mesh.wait_healthy("n2", "web", 1).await;
+    let n1 = &mesh["n1"];
+    let issued = std::fs::read(n1.cert_dir.join("node.crt")).unwrap();
+    let renew = |services: &[&str]| {
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        mesh.pki
+            .ca
+            .issue_node("n1", &services, Validity::days_from_now(10).unwrap())
+            .unwrap()
+            .save(&n1.cert_dir, true)
+            .unwrap();
+    };
+    let refused = "shoal_tls_reloads_refused_total{reason=\"service_not_allowed\"}";
+
+    // Asked for: refused, with the service named and what to do.
+    renew(&[]);
+    let err = n1.node.reload_tls().await.unwrap_err().to_string();
+    assert!(
+        err.contains("\"web\"") && err.contains("--service web"),
+        "{err}"
+    );
+    let counted = n1.metric(refused).await;
+    assert!(counted >= 1.0);
+
+    // The files change on disk again: the node notices by itself, refuses
+    // again, and still presents the certificate it was issued.
+    renew(&["api"]);
+    eventually("the change on disk is refused too", || async {
+        n1.metric(refused).await > counted
+    })
+    .await;
+    let (probe, _) = mesh.pki.endpoint("probe", &[]);
+    let conn = probe
+        .connect(n1.node.bound().quic, Use::Gossip, Some("n1"))
+        .await
+        .unwrap();
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .unwrap();
+    let kept = CertificateDer::from_pem_slice(&issued).unwrap();
+    assert_eq!(
+        chain[0].as_ref(),
+        kept.as_ref(),
+        "the old certificate is kept"
+    );
+    probe.close();
+    assert_eq!(
+        mesh["n2"].healthy_endpoints("web"),
+        1,
+        "web is still routed to n1"
+    );
+
+    // A renewal that keeps the service is taken.
+    renew(&["web", "api"]);
+    n1.node.reload_tls().await.unwrap();
+    mesh.stop().await;
+}
+
+/// A node dialled for a service must present a certificate that allows it, so a
+/// certificate republished in gossip cannot keep a service its node's current
+/// certificate dropped. The pooled connection stays for what it does allow,
+/// and the refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_used_for_a_service_only_if_its_handshake_certificate_allows_it() {
+    let pki = Pki::new("mesh.test");
+    let (server, _handed_over, _) = pki.endpoint_accepting("n9", &["db"]);
+    tokio::spawn(server.clone().accept_loop());
+    let addr = server.local_addr().unwrap();
+    let dir = pki.node_dir("caller", &[]);
+    let metrics = Arc::new(Metrics::new());
+    let files = TlsFiles {
+        cert: dir.join("node.crt"),
+        key: dir.join("node.key"),
+        ca: dir.join("ca.crt"),
+    };
+    let tls = TlsState::load(&files, metrics.clone()).unwrap();
+    let (caller, _) = MeshEndpoint::new(
+        SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
+        tls,
+        metrics.clone(),
+    )
+    .unwrap();
+    let conn = caller.connect_for_service(addr, "n9", "db").await.unwrap();
+    let err = caller
+        .connect_for_service(addr, "n9", "web")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::ServiceNotAllowed { node, service, .. } if node == "n9" && service == "web"),
+        "{err}"
+    );
+    let again = caller.connect_for_service(addr, "n9", "db").await.unwrap();
+    assert_eq!(conn.stable_id(), again.stable_id(), "the connection stays");
+    assert!(
+        metrics
+            .encode()
+            .contains("shoal_rejected_peers_total{reason=\"service_not_allowed\"} 1"),
+        "counted"
+    );
+    caller.close();
 }

@@ -22,6 +22,8 @@ pub struct TlsMetrics {
     pub connections_recycled: Family<ReasonLabels, Counter>,
     /// When this node's certificate expires (unix seconds).
     pub certificate_expiry: Gauge,
+    /// Reloads of this node's TLS files refused (the current ones kept), by reason.
+    pub reloads_refused: Family<ReasonLabels, Counter>,
 }
 
 impl TlsMetrics {
@@ -56,6 +58,12 @@ impl TlsMetrics {
                 "certificate_expiry_timestamp_seconds",
                 "When this node's certificate expires (unix seconds)",
                 Gauge::default(),
+            ),
+            reloads_refused: register(
+                r,
+                "tls_reloads_refused",
+                "Reloads of this node's certificate, key or CA refused, the current ones kept (unusable files, another node's certificate, another trust domain, a hosted service no longer allowed), by reason",
+                Family::default(),
             ),
         }
     }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use super::admission::{Caller, Refused};
 use super::backend_pool::{BackendPool, Sender};
 use super::{CountGuard, LocalService, ProxyContext};
-use crate::endpoint::Use;
+use crate::endpoint::ConnectError;
 
 /// Why opening a path to one endpoint failed.
 #[derive(Debug, Error)]
@@ -232,9 +232,14 @@ async fn dial(
     let work = async {
         let conn = ctx
             .endpoint
-            .connect(endpoint.addr, Use::Tunnel, Some(&endpoint.node))
+            .connect_for_service(endpoint.addr, &endpoint.node, &header.target_service)
             .await
-            .map_err(|e| broken(&e))?;
+            .map_err(|e| match e {
+                ConnectError::ServiceNotAllowed { .. } => {
+                    OpenError::unreachable("service_not_in_certificate", e.to_string())
+                }
+                e => broken(&e),
+            })?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(&e))?;
         send.write_all(&frame).await.map_err(|e| broken(&e))?;
         let status = read_status(&mut recv).await?;
