@@ -9,12 +9,13 @@
 //! | `GET /readyz` | `200` once joined (or alone by config), not draining and with every task running, else `503` naming why |
 //! | `GET /members` | JSON: every known member with state (`alive`, `suspect`, `draining`, `dead`), accusers, address, zone, generation, time since last heard |
 //! | `GET /services` | JSON: service → endpoints (node, zone, health, weight, ...) |
+//! | `GET /certificate` | JSON: this node's certificate: node, services, expiry, days left, whether it expires within 7 days |
 //! | `GET /config` | JSON: the effective configuration |
 //! | `GET /routes` | JSON: the route documents in force (tombstones included) |
 //! | `GET /routes/rejected` | JSON: the route documents refused, with the reason |
 //! | `POST /routes` | apply a signed route document (see [`crate::routes::ApplyRequest`]) |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /` | an HTML page polling members, services and routes |
+//! | `GET /` | an HTML page polling the certificate, members, services and routes |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::publish::Publisher;
 use crate::routes::{ApplyRequest, MAX_APPLY_REQUEST_BYTES, RouteStore, SharedRoutes};
 use crate::routing::SharedTable;
 use crate::supervisor::TaskHealth;
+use crate::tls::TlsState;
 
 /// What the admin handlers read.
 #[derive(Debug)]
@@ -59,6 +61,25 @@ pub struct AdminState {
     pub joined: AtomicBool,
     /// Which supervised tasks are down.
     pub tasks: TaskHealth,
+    /// This node's certificate (as reloaded).
+    pub tls: Arc<TlsState>,
+}
+
+/// This node's certificate in `/certificate`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CertificateView {
+    /// The node name it names.
+    pub node: String,
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// The services it allows this node to host.
+    pub services: Vec<String>,
+    /// When it expires (RFC 3339).
+    pub not_after: String,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+    /// Whether it expires within 7 days (`tls::EXPIRY_WARNING`).
+    pub expires_soon: bool,
 }
 
 /// One member in `/members`.
@@ -155,6 +176,23 @@ impl AdminState {
                 .set(n as i64);
         }
         out
+    }
+
+    /// The `/certificate` answer.
+    pub fn certificate(&self) -> CertificateView {
+        let id = self.tls.identity();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let not_after = time::OffsetDateTime::from_unix_timestamp(id.not_after_unix)
+            .map(shoal_pki::inspect::rfc3339)
+            .unwrap_or_default();
+        CertificateView {
+            node: id.node_name.clone(),
+            trust_domain: id.trust_domain.clone(),
+            services: id.services.clone(),
+            not_after,
+            days_left: id.seconds_left(now).div_euclid(86_400),
+            expires_soon: id.expires_soon(now),
+        }
     }
 
     /// The `/services` answer.
@@ -271,6 +309,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         },
         "/members" => json(&state.members().await),
         "/services" => json(&state.services()),
+        "/certificate" => json(&state.certificate()),
         "/config" => json(&*state.config),
         "/metrics" => {
             state.members().await; // refresh the member gauges
@@ -397,6 +436,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
 .dead,.unhealthy{color:#b00}.draining,.unknown,.suspect{color:#a60}.alive,.healthy{color:#070}
 </style></head><body>
 <h1>shoal</h1>
+<p id="c"></p>
 <h2>members</h2><table id="m"></table>
 <h2>services</h2><table id="s"></table>
 <h2>routes</h2><table id="r"></table>
@@ -404,6 +444,8 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
 const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 async function refresh() {
   try {
+    const c = await (await fetch('/certificate')).json();
+    document.getElementById('c').innerHTML = `node <b>${esc(c.node)}</b> (${esc(c.trust_domain)}): certificate valid until ${esc(c.not_after)}, <span class="${c.expires_soon ? 'unhealthy' : 'healthy'}">${c.days_left} days left${c.expires_soon ? ' — renew it (shoal-pki issue --renew)' : ''}</span>`;
     const m = await (await fetch('/members')).json();
     document.getElementById('m').innerHTML = '<tr><th>name</th><th>state</th><th>address</th><th>zone</th><th>generation</th><th>last heard</th></tr>' +
       m.map(x => `<tr><td>${esc(x.name)}${x.self ? ' (this node)' : ''}</td><td class="${esc(x.state)}">${esc(x.state)}${x.accused_by.length ? ' (accused by ' + esc(x.accused_by.join(', ')) + ')' : ''}</td><td>${esc(x.address)}</td><td>${esc(x.zone)}</td><td>${x.generation}</td><td>${x.last_heard_ms === null ? '—' : x.last_heard_ms + ' ms'}</td></tr>`).join('');

@@ -191,6 +191,7 @@ impl Node {
             publisher: core.publisher.clone(),
             joined: AtomicBool::new(false),
             tasks: supervisor.health(),
+            tls: tls.clone(),
         });
         supervisor.spawn("admin", {
             let (listener, admin, stop) = (sockets.admin.clone(), admin.clone(), stop_rx.clone());
@@ -840,6 +841,31 @@ async fn reload(
     Ok(())
 }
 
+/// How often a certificate about to expire is logged.
+const EXPIRY_LOG_EVERY: Duration = Duration::from_secs(3600);
+
+/// Logs, at most every [`EXPIRY_LOG_EVERY`], that this node's certificate
+/// expires within `tls::EXPIRY_WARNING` (or has expired); keeps the gauge.
+fn warn_of_expiry(tls: &TlsState, warned: &mut Option<tokio::time::Instant>) {
+    let now = unix_ms() / 1000;
+    let Some(left) = tls.check_expiry(i64::try_from(now).unwrap_or(i64::MAX)) else {
+        *warned = None;
+        return;
+    };
+    if warned.is_some_and(|t| t.elapsed() < EXPIRY_LOG_EVERY) {
+        return;
+    }
+    *warned = Some(tokio::time::Instant::now());
+    let node = tls.identity().node_name.clone();
+    if left <= 0 {
+        tracing::error!(%node, "this node's certificate has expired: peers refuse it; renew it (shoal-pki issue --renew) and reload");
+    } else {
+        let days = left / 86_400;
+        let hours = (left % 86_400) / 3600;
+        tracing::warn!(%node, days, hours, "this node's certificate expires soon; renew it (shoal-pki issue --renew) before then");
+    }
+}
+
 /// What the periodic chores work on.
 struct Chores {
     endpoint: Arc<MeshEndpoint>,
@@ -856,6 +882,7 @@ struct Chores {
 async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut saved: Vec<SocketAddr> = read_members_file(&chores.data_dir);
+    let mut expiry_warned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -877,6 +904,7 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
                 .set_inflight(gossip, name, u32::try_from(n).unwrap_or(u32::MAX))
                 .await;
         }
+        warn_of_expiry(endpoint.tls(), &mut expiry_warned);
         if endpoint.tls().files_changed(files)
             && let Err(e) = reload(endpoint, gossip, publisher, files).await
         {

@@ -100,6 +100,23 @@ pub struct LocalIdentity {
     certified: Arc<CertifiedKey>,
 }
 
+/// How long before this node's certificate expires the node starts warning (a
+/// WARN log line every hour, `shoal_certificate_expires_soon`, the dashboard).
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+impl LocalIdentity {
+    /// Seconds until the certificate expires, at `now_unix` (negative once it
+    /// has).
+    pub fn seconds_left(&self, now_unix: i64) -> i64 {
+        self.not_after_unix - now_unix
+    }
+
+    /// Whether the certificate expires within [`EXPIRY_WARNING`] of `now_unix`.
+    pub fn expires_soon(&self, now_unix: i64) -> bool {
+        self.seconds_left(now_unix) < EXPIRY_WARNING.as_secs() as i64
+    }
+}
+
 /// Loads certificate, key and CA once [`files::check`] finds no problem with
 /// them (the first problem is the error): a node certificate valid now under
 /// that CA, and its key.
@@ -337,6 +354,19 @@ impl TlsState {
             trust_generation: tokio::sync::watch::channel(0).0,
             required_services: std::sync::Mutex::default(),
         }))
+    }
+
+    /// Whether this node's certificate expires within [`EXPIRY_WARNING`] of
+    /// `now_unix` (then the seconds left), kept in
+    /// `shoal_certificate_expires_soon`.
+    pub fn check_expiry(&self, now_unix: i64) -> Option<i64> {
+        let identity = self.identity.load();
+        let soon = identity.expires_soon(now_unix);
+        self.metrics
+            .tls
+            .certificate_expires_soon
+            .set(i64::from(soon));
+        soon.then(|| identity.seconds_left(now_unix))
     }
 
     /// From now on, a reloaded certificate that does not allow every one of

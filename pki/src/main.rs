@@ -30,8 +30,11 @@ use shoal_pki::inspect::parse_cert_file;
 use shoal_pki::{CertificateAuthority, Validity, inspect_der, verify_cert};
 use time::OffsetDateTime;
 
-/// Default lifetime of node and operator certificates.
-const DEFAULT_LEAF_DAYS: u32 = 365;
+/// Default lifetime of node certificates: short, so a stolen one stops
+/// working soon; renew with `shoal-pki issue --renew` (docs/operations.md).
+const DEFAULT_NODE_DAYS: u32 = 30;
+/// Default lifetime of operator certificates.
+const DEFAULT_OPERATOR_DAYS: u32 = 365;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,7 +94,7 @@ enum CaCommand {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("who").required(true).args(["node", "operator"])))]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["node", "operator", "renew"])))]
 struct IssueArgs {
     /// The CA directory written by `shoal-pki ca init`.
     #[arg(long, value_name = "DIR")]
@@ -105,9 +108,15 @@ struct IssueArgs {
     /// Issue an operator certificate for this operator name.
     #[arg(long, value_name = "NAME")]
     operator: Option<String>,
-    /// Lifetime in days.
-    #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
-    days: u32,
+    /// Renew this certificate (a node.crt or operator.crt file, or the
+    /// directory holding it): the same node and services, or the same
+    /// operator, with a new key and a new lifetime.
+    #[arg(long, value_name = "CERT", conflicts_with = "services")]
+    renew: Option<PathBuf>,
+    /// Lifetime in days [default: 30 for node certificates, 365 for operator
+    /// certificates].
+    #[arg(long)]
+    days: Option<u32>,
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -199,22 +208,76 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn issue(args: IssueArgs) -> Result<()> {
     let ca = CertificateAuthority::load(&args.ca)?;
-    let validity = Validity::days_from_now(args.days)?;
-    let cert = match (&args.node, &args.operator) {
-        (Some(node), None) => ca.issue_node(node, &args.services, validity)?,
-        (None, Some(op)) => ca.issue_operator(op, validity)?,
-        _ => bail!("give exactly one of --node and --operator"),
+    let who = match &args.renew {
+        Some(old) => renewed(old, ca.trust_domain())?,
+        None => match (&args.node, &args.operator) {
+            (Some(node), None) => Who::Node(node.clone(), args.services.clone()),
+            (None, Some(op)) => Who::Operator(op.clone()),
+            _ => bail!("give exactly one of --node, --operator and --renew"),
+        },
+    };
+    let days = args.days.unwrap_or(match who {
+        Who::Node(..) => DEFAULT_NODE_DAYS,
+        Who::Operator(_) => DEFAULT_OPERATOR_DAYS,
+    });
+    let validity = Validity::days_from_now(days)?;
+    let cert = match &who {
+        Who::Node(node, services) => ca.issue_node(node, services, validity)?,
+        Who::Operator(op) => ca.issue_operator(op, validity)?,
     };
     let written = cert.save(&args.out, args.force)?;
     print_written(&written);
     let ids: Vec<String> = cert.ids.iter().map(|i| i.to_uri()).collect();
+    let renewal = if args.renew.is_some() {
+        "renewed"
+    } else {
+        "issued"
+    };
     say!(
-        "issued {} certificate: {} (valid {} days)",
+        "{renewal} {} certificate: {} (valid {days} days)",
         cert.kind,
-        ids.join(" "),
-        args.days
+        ids.join(" ")
     );
     Ok(())
+}
+
+/// Whom a certificate is for.
+enum Who {
+    /// A node, and the services it may host.
+    Node(String, Vec<String>),
+    /// An operator.
+    Operator(String),
+}
+
+/// Whom the certificate at `path` (or in the directory `path`) is for, if it
+/// is a node's or an operator's of `trust_domain`.
+fn renewed(path: &Path, trust_domain: &str) -> Result<Who> {
+    let file = if path.is_dir() {
+        ["node.crt", "operator.crt"]
+            .iter()
+            .map(|f| path.join(f))
+            .find(|f| f.exists())
+            .with_context(|| format!("{}: holds no node.crt or operator.crt", path.display()))?
+    } else {
+        path.to_path_buf()
+    };
+    let der = read_cert(&file)?;
+    let id = shoal_pki::CertIdentity::from_der(&der).with_context(|| file.display().to_string())?;
+    if id.trust_domain.as_deref() != Some(trust_domain) {
+        bail!(
+            "{}: a certificate of trust domain {:?}, not of this CA's ({trust_domain:?})",
+            file.display(),
+            id.trust_domain.as_deref().unwrap_or("none")
+        );
+    }
+    match (id.node, id.operator) {
+        (Some(node), None) => Ok(Who::Node(node, id.services)),
+        (None, Some(op)) => Ok(Who::Operator(op)),
+        _ => bail!(
+            "{}: neither a node nor an operator certificate; nothing to renew",
+            file.display()
+        ),
+    }
 }
 
 fn read_cert(path: &Path) -> Result<rustls_pki_types::CertificateDer<'static>> {

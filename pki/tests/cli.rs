@@ -528,3 +528,92 @@ fn bad_names_and_arguments_are_refused_and_write_nothing() {
     );
     assert!(!out.exists());
 }
+
+/// Renewal keeps the node's name and services (or the operator's name), with a
+/// new key, and node certificates default to 30 days.
+#[test]
+fn renewal_keeps_the_name_and_services_with_a_new_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let first = tmp.path().join("first");
+    let renewed = tmp.path().join("renewed");
+    ok(&["ca", "init", "--trust-domain", "mesh.test", "--out", p(&ca)]);
+    let web_1 = ["--node", "web-1", "--service", "web", "--service", "api"];
+    ok(&[
+        &["issue", "--ca", p(&ca)][..],
+        &web_1,
+        &["--out", p(&first)],
+    ]
+    .concat());
+    let info = json(&["inspect", "--json", p(&first.join("node.crt"))]);
+    assert!(
+        (29..=30).contains(&info["days_left"].as_i64().unwrap()),
+        "{info}"
+    );
+
+    // From the directory (or the file), into another directory.
+    let said = ok(&renew_args(&ca, &first, &renewed, &["--days", "10"]));
+    assert!(said.contains("renewed node certificate"), "{said}");
+    let again = json(&["inspect", "--json", p(&renewed.join("node.crt"))]);
+    assert_eq!(again["node"], "web-1");
+    assert_eq!(again["services"], serde_json::json!(["api", "web"]));
+    assert!((9..=10).contains(&again["days_left"].as_i64().unwrap()));
+    assert_ne!(
+        fs::read(first.join("node.key")).unwrap(),
+        fs::read(renewed.join("node.key")).unwrap(),
+        "a new key"
+    );
+    // In place, with --force, from the certificate file.
+    ok(&renew_args(
+        &ca,
+        &first.join("node.crt"),
+        &first,
+        &["--force"],
+    ));
+    assert_eq!(
+        json(&["inspect", "--json", p(&first.join("node.crt"))])["services"],
+        serde_json::json!(["api", "web"])
+    );
+
+    // An operator keeps its name and gets a year by default.
+    let op = tmp.path().join("alice");
+    ok(&[
+        "issue",
+        "--ca",
+        p(&ca),
+        "--operator",
+        "alice",
+        "--out",
+        p(&op),
+    ]);
+    let op2 = tmp.path().join("alice2");
+    ok(&renew_args(&ca, &op, &op2, &[]));
+    let info = json(&["inspect", "--json", p(&op2.join("operator.crt"))]);
+    assert_eq!(info["kind"], "operator");
+    assert!(
+        (364..=365).contains(&info["days_left"].as_i64().unwrap()),
+        "{info}"
+    );
+
+    // Renewal cannot add services, and refuses another mesh's certificate.
+    let err = fails(&renew_args(&ca, &first, &op2, &["--service", "db"]));
+    assert!(err.contains("--service"), "{err}");
+    let other = tmp.path().join("other-ca");
+    ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "other.test",
+        "--out",
+        p(&other),
+    ]);
+    let err = fails(&renew_args(&other, &first, &op2, &["--force"]));
+    assert!(err.contains("trust domain \"mesh.test\""), "{err}");
+}
+
+/// `shoal-pki issue --ca CA --renew FROM --out OUT`, then `extra`.
+fn renew_args<'a>(ca: &'a Path, from: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["issue", "--ca", p(ca), "--renew", p(from), "--out", p(out)];
+    args.extend_from_slice(extra);
+    args
+}

@@ -30,6 +30,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use shoal_node::config::{Config, RawConfig, RawHealth, RawListener, RawService, RawTls};
 
+use shoal_node::endpoint::{Accepted, MeshEndpoint, SocketSource};
+use shoal_node::metrics::Metrics;
+use shoal_node::tls::{TlsFiles, TlsState};
 use shoal_node::{Node, StartOptions};
 use shoal_pki::{CertificateAuthority, IssuedCert, Validity};
 use tempfile::TempDir;
@@ -131,14 +134,26 @@ impl Pki {
         &self,
         node: &str,
         services: &[&str],
-    ) -> (
-        Arc<shoal_node::endpoint::MeshEndpoint>,
-        shoal_node::endpoint::Accepted,
-        Arc<shoal_node::tls::TlsState>,
-    ) {
-        use shoal_node::tls::{TlsFiles, TlsState};
+    ) -> (Arc<MeshEndpoint>, Accepted, Arc<TlsState>) {
+        let (endpoint, accepted, tls, _) = self.endpoint_parts(node, services);
+        (endpoint, accepted, tls)
+    }
+
+    /// [`Pki::endpoint`] for a client that only dials, with the metrics it
+    /// counts its refusals in.
+    pub fn client_endpoint(&self, node: &str) -> (Arc<MeshEndpoint>, Arc<Metrics>) {
+        let (endpoint, _, _, metrics) = self.endpoint_parts(node, &[]);
+        (endpoint, metrics)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn endpoint_parts(
+        &self,
+        node: &str,
+        services: &[&str],
+    ) -> (Arc<MeshEndpoint>, Accepted, Arc<TlsState>, Arc<Metrics>) {
         let dir = self.node_dir(node, services);
-        let metrics = Arc::new(shoal_node::metrics::Metrics::new());
+        let metrics = Arc::new(Metrics::new());
         let tls = TlsState::load(
             &TlsFiles {
                 cert: dir.join("node.crt"),
@@ -148,13 +163,13 @@ impl Pki {
             metrics.clone(),
         )
         .unwrap();
-        let (endpoint, accepted) = shoal_node::endpoint::MeshEndpoint::new(
-            shoal_node::endpoint::SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
+        let (endpoint, accepted) = MeshEndpoint::new(
+            SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
             tls.clone(),
-            metrics,
+            metrics.clone(),
         )
         .unwrap();
-        (endpoint, accepted, tls)
+        (endpoint, accepted, tls, metrics)
     }
 
     /// Writes an issued certificate into `<dir>/<label>-<n>/` and returns that directory.

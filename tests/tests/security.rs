@@ -10,9 +10,8 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use shoal_node::endpoint::{ConnectError, MeshEndpoint, SocketSource, Use};
-use shoal_node::metrics::Metrics;
-use shoal_node::tls::{ALPN_GOSSIP, TlsFiles, TlsState};
+use shoal_node::endpoint::{ConnectError, Use};
+use shoal_node::tls::ALPN_GOSSIP;
 use shoal_pki::Validity;
 use shoal_tests::cluster::Cluster;
 use shoal_tests::{Check, Pki, TcpBackend, eventually};
@@ -142,6 +141,20 @@ async fn tunnel_status(
     status
 }
 
+/// The certificate the node `node` at `addr` presents in a handshake, as a
+/// probe with a certificate of `pki` sees it.
+async fn presented_certificate(pki: &Pki, addr: SocketAddr, node: &str) -> CertificateDer<'static> {
+    let (probe, _) = pki.endpoint("probe", &[]);
+    let conn = probe.connect(addr, Use::Gossip, Some(node)).await.unwrap();
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .unwrap();
+    probe.close();
+    chain[0].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_foreign_domain_and_operator_certificates_are_refused_in_the_handshake() {
     let mesh = Cluster::new(1).start().await;
@@ -254,21 +267,8 @@ async fn expired_foreign_domain_and_operator_certificates_are_refused_in_the_han
 async fn dialling_a_named_node_checks_that_it_is_that_node() {
     let mesh = Cluster::new(1).start().await;
     let n1 = &mesh["n1"];
-    let dir = mesh.pki.node_dir("client", &[]);
-    let files = TlsFiles {
-        cert: dir.join("node.crt"),
-        key: dir.join("node.key"),
-        ca: dir.join("ca.crt"),
-    };
-    let metrics = Arc::new(Metrics::new());
-    let tls = TlsState::load(&files, metrics.clone()).unwrap();
     // A client only: nothing it hands over is read.
-    let (endpoint, _) = MeshEndpoint::new(
-        SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
-        tls,
-        metrics.clone(),
-    )
-    .unwrap();
+    let (endpoint, metrics) = mesh.pki.client_endpoint("client");
     let addr = n1.node.bound().quic;
     let err = endpoint
         .connect(addr, Use::Gossip, Some("someone-else"))
@@ -324,18 +324,8 @@ async fn certificates_reload_without_dropping_the_node() {
     assert_ne!(old, fresh.cert_pem.as_bytes());
 
     // new handshakes see the new certificate
-    let (probe, _) = pki.endpoint("probe", &[]);
-    let conn = probe
-        .connect(n1.node.bound().quic, Use::Gossip, Some("n1"))
-        .await
-        .unwrap();
-    let chain = conn
-        .peer_identity()
-        .unwrap()
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .unwrap();
-    assert_eq!(chain[0].as_ref(), fresh.cert_der.as_ref());
-    probe.close();
+    let presented = presented_certificate(pki, n1.node.bound().quic, "n1").await;
+    assert_eq!(presented.as_ref(), fresh.cert_der.as_ref());
 
     // and the mesh did not notice
     assert_eq!(n2.member_states().await, both);
@@ -485,23 +475,9 @@ async fn a_renewed_certificate_that_drops_a_hosted_service_is_refused() {
         n1.metric(refused).await > counted
     })
     .await;
-    let (probe, _) = mesh.pki.endpoint("probe", &[]);
-    let conn = probe
-        .connect(n1.node.bound().quic, Use::Gossip, Some("n1"))
-        .await
-        .unwrap();
-    let chain = conn
-        .peer_identity()
-        .unwrap()
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .unwrap();
+    let presented = presented_certificate(&mesh.pki, n1.node.bound().quic, "n1").await;
     let kept = CertificateDer::from_pem_slice(&issued).unwrap();
-    assert_eq!(
-        chain[0].as_ref(),
-        kept.as_ref(),
-        "the old certificate is kept"
-    );
-    probe.close();
+    assert_eq!(presented, kept, "the old certificate is kept");
     assert_eq!(
         mesh["n2"].healthy_endpoints("web"),
         1,
@@ -524,20 +500,7 @@ async fn a_node_is_used_for_a_service_only_if_its_handshake_certificate_allows_i
     let (server, _handed_over, _) = pki.endpoint_accepting("n9", &["db"]);
     tokio::spawn(server.clone().accept_loop());
     let addr = server.local_addr().unwrap();
-    let dir = pki.node_dir("caller", &[]);
-    let metrics = Arc::new(Metrics::new());
-    let files = TlsFiles {
-        cert: dir.join("node.crt"),
-        key: dir.join("node.key"),
-        ca: dir.join("ca.crt"),
-    };
-    let tls = TlsState::load(&files, metrics.clone()).unwrap();
-    let (caller, _) = MeshEndpoint::new(
-        SocketSource::Bind("127.0.0.1:0".parse().unwrap()),
-        tls,
-        metrics.clone(),
-    )
-    .unwrap();
+    let (caller, metrics) = pki.client_endpoint("caller");
     let conn = caller.connect_for_service(addr, "n9", "db").await.unwrap();
     let err = caller
         .connect_for_service(addr, "n9", "web")
@@ -556,4 +519,48 @@ async fn a_node_is_used_for_a_service_only_if_its_handshake_certificate_allows_i
         "counted"
     );
     caller.close();
+}
+
+/// A node whose certificate expires within 7 days says so — in
+/// `shoal_certificate_expires_soon` and in `/certificate`, which the dashboard
+/// shows — until a renewed certificate is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_about_to_expire_is_flagged_until_it_is_renewed() {
+    let pki = Pki::new("mesh.test");
+    let short = pki
+        .ca
+        .issue_node("n1", &[], Validity::days_from_now(3).unwrap())
+        .unwrap();
+    let dir = pki.write("n1", &short);
+    let mesh = Cluster::of([shoal_tests::NodeSpec::new("n1").cert_dir(dir.clone())])
+        .with_pki(pki)
+        .start()
+        .await;
+    let n1 = &mesh["n1"];
+    let cert = n1.admin_json("/certificate").await;
+    assert_eq!(cert["node"], "n1");
+    assert_eq!(cert["expires_soon"], true, "{cert}");
+    assert!(
+        (2..=3).contains(&cert["days_left"].as_i64().unwrap()),
+        "{cert}"
+    );
+    eventually("the gauge flags it", || async {
+        n1.metric("shoal_certificate_expires_soon").await == 1.0
+    })
+    .await;
+
+    mesh.pki
+        .ca
+        .issue_node("n1", &[], Validity::days_from_now(20).unwrap())
+        .unwrap()
+        .save(&dir, true)
+        .unwrap();
+    n1.node.reload_tls().await.unwrap();
+    let cert = n1.admin_json("/certificate").await;
+    assert_eq!(cert["expires_soon"], false, "{cert}");
+    eventually("the gauge clears", || async {
+        n1.metric("shoal_certificate_expires_soon").await == 0.0
+    })
+    .await;
+    mesh.stop().await;
 }

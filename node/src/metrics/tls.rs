@@ -22,6 +22,8 @@ pub struct TlsMetrics {
     pub connections_recycled: Family<ReasonLabels, Counter>,
     /// When this node's certificate expires (unix seconds).
     pub certificate_expiry: Gauge,
+    /// 1 while this node's certificate expires within 7 days, else 0.
+    pub certificate_expires_soon: Gauge,
     /// Reloads of this node's TLS files refused (the current ones kept), by reason.
     pub reloads_refused: Family<ReasonLabels, Counter>,
 }
@@ -57,6 +59,12 @@ impl TlsMetrics {
                 r,
                 "certificate_expiry_timestamp_seconds",
                 "When this node's certificate expires (unix seconds)",
+                Gauge::default(),
+            ),
+            certificate_expires_soon: register(
+                r,
+                "certificate_expires_soon",
+                "1 while this node's certificate expires within 7 days (renew it: shoal-pki issue --renew), else 0",
                 Gauge::default(),
             ),
             reloads_refused: register(
