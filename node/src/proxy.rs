@@ -67,6 +67,8 @@ pub struct LocalService {
     pub config: ServiceConfig,
     /// Connections open to its backend through the mesh (and from local listeners).
     pub active: Arc<AtomicUsize>,
+    /// Of those, how many each calling node holds.
+    pub callers: admission::CallerCounts,
     /// Idle keep-alive connections to its backend, for tunnelled HTTP requests.
     pub pool: Arc<backend_pool::BackendPool>,
     /// Its serving-side metric handles.
@@ -78,6 +80,7 @@ impl LocalService {
     pub fn new(config: ServiceConfig, metrics: &Metrics) -> Self {
         LocalService {
             active: Arc::new(AtomicUsize::new(0)),
+            callers: Arc::default(),
             pool: Arc::new(backend_pool::BackendPool::new(
                 config.address,
                 config.http_idle_timeout,
@@ -165,6 +168,7 @@ pub(crate) fn test_service(
         allow_nodes: allow_nodes.iter().map(|s| s.to_string()).collect(),
         allow_services: allow_services.iter().map(|s| s.to_string()).collect(),
         max_connections,
+        max_connections_per_caller: max_connections,
         connect_timeout: Duration::from_secs(1),
         http_idle_timeout: Duration::ZERO,
     };

@@ -288,6 +288,11 @@ address = "127.0.0.1:6379"
 
     let web = &c.services[0];
     assert_eq!(web.weight, 100);
+    assert_eq!(web.max_connections, 10_000);
+    assert_eq!(
+        web.max_connections_per_caller, 7_500,
+        "three quarters of max_connections"
+    );
     assert!(web.tags.is_empty());
     assert_eq!(web.http_idle_timeout, Duration::from_secs(4));
     assert_eq!(
@@ -1245,4 +1250,36 @@ http_idle_timeout = "2h"
     assert_error(&e, "service[0].max_connections", &["between 1 and"]);
     assert_error(&e, "service[0].connect_timeout", &["out of range"]);
     assert_error(&e, "service[0].http_idle_timeout", &["out of range"]);
+}
+
+#[test]
+fn a_callers_share_defaults_to_three_quarters_and_cannot_exceed_the_service() {
+    let f = Fixture::new();
+    let service = |extra: &str| {
+        minimal_with(&format!(
+            "[[service]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\n{extra}"
+        ))
+    };
+    let c = f.ok(&service("max_connections = 3"));
+    assert_eq!(c.services[0].max_connections_per_caller, 2);
+    let c = f.ok(&service("max_connections = 1"));
+    assert_eq!(c.services[0].max_connections_per_caller, 1, "at least one");
+    let c = f.ok(&service(
+        "max_connections = 8\nmax_connections_per_caller = 8",
+    ));
+    assert_eq!(c.services[0].max_connections_per_caller, 8, "no share kept");
+    let e = f.errors(&service(
+        "max_connections = 8\nmax_connections_per_caller = 9",
+    ));
+    assert_error(
+        &e,
+        "service[0].max_connections_per_caller",
+        &["9 is out of range", "max_connections (8)"],
+    );
+    let e = f.errors(&service("max_connections_per_caller = 0"));
+    assert_error(
+        &e,
+        "service[0].max_connections_per_caller",
+        &["out of range"],
+    );
 }

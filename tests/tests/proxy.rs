@@ -807,3 +807,58 @@ async fn half_close_resets_and_backpressure_cross_the_tunnel() {
     eprintln!("backpressure held the client at {sent} bytes in flight");
     mesh.stop().await;
 }
+
+/// One calling node cannot take every connection slot of a service: beyond its
+/// share (`max_connections_per_caller`) it is refused `overloaded`, while
+/// another caller still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_take_every_slot_of_a_service() {
+    let echo = TcpBackend::start().await;
+    let mesh = Cluster::new(3)
+        .with("n1", |s| {
+            s.service("echo", echo.addr(), Check::Tcp).tweak(|raw| {
+                raw.services[0].max_connections = Some(3);
+                raw.services[0].max_connections_per_caller = Some(2);
+            })
+        })
+        .with_listener("n2", "echo", "echo", "round_robin")
+        .with_listener("n3", "echo", "echo", "round_robin")
+        .start()
+        .await;
+    for caller in ["n2", "n3"] {
+        mesh.wait_healthy(caller, "echo", 1).await;
+    }
+    // n2 takes its share: two connections, held open.
+    let from_n2 = mesh.client("n2", "echo");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(from_n2).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+        held.push(s);
+    }
+    // A third from n2 is refused: its client's connection is closed.
+    let mut third = TcpStream::connect(from_n2).await.unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(third.read(&mut buf).await.unwrap_or(0), 0);
+    assert_eq!(
+        mesh["n2"]
+            .metric(
+                "shoal_listener_connection_failures_total{listener=\"echo\",reason=\"overloaded\"}"
+            )
+            .await,
+        1.0
+    );
+    // The slot kept for others lets n3 in.
+    let got = echo_roundtrip(mesh.client("n3", "echo"), Arc::new(b"fair".to_vec())).await;
+    assert_eq!(got, b"fair");
+    assert!(
+        mesh["n1"]
+            .metric("shoal_inbound_refusals_total{service=\"echo\",reason=\"overloaded\"}")
+            .await
+            >= 1.0
+    );
+    drop(held);
+    mesh.stop().await;
+}

@@ -93,6 +93,10 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Largest `max_connections`.
 pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
+/// Default `service.max_connections_per_caller`, in percent of the service's
+/// `max_connections` (at least 1): one calling node can hold three quarters of
+/// the slots, so a quarter stays for the others.
+pub const DEFAULT_CALLER_SHARE_PERCENT: u32 = 75;
 /// Default `service.connect_timeout` (to the local backend).
 pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Shortest `service.connect_timeout`.

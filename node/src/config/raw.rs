@@ -191,6 +191,9 @@ pub struct RawService {
     /// `max_connections`: tunnelled connections to this backend at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// `max_connections_per_caller`: of those, how many one calling node may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_caller: Option<u32>,
     /// `connect_timeout`: how long connecting to the local backend may take.
     #[serde(
         default,

@@ -210,6 +210,9 @@ pub struct ServiceConfig {
     /// Tunnelled connections to this backend at once; beyond, callers get
     /// `overloaded`.
     pub max_connections: u32,
+    /// Of those, how many one calling node may hold (so no one caller can
+    /// take every slot); beyond, that caller gets `overloaded`.
+    pub max_connections_per_caller: u32,
     /// How long connecting to the backend may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,

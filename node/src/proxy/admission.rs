@@ -6,15 +6,51 @@
 //! Checks, in order (the first that fails decides):
 //! 1. a claimed source service is one the caller's certificate names;
 //! 2. the service's allow-list admits the caller's node or source service;
-//! 3. the service is under its connection limit; the slot it takes is held by
-//!    the returned [`CountGuard`] and given back when that is dropped.
+//! 3. the calling node holds fewer than the service's
+//!    `max_connections_per_caller`, so no one caller can take every slot;
+//! 4. the service is under its connection limit. The slot taken is held by the
+//!    returned [`Slot`] and given back (to the service and to the caller's
+//!    share) when that is dropped.
 //!
 //! Whether the service is hosted here, and whether the node is draining, are the
 //! callers' to check first: they are about the node, not the service.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use mesh_proto::tunnel::StatusCode;
 
 use super::{CountGuard, LocalService};
+
+/// Connections each calling node holds to one service.
+pub type CallerCounts = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One connection slot of a local service, held for one caller: given back to
+/// the service and to the caller's share when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _service: CountGuard,
+    _caller: CallerShare,
+}
+
+/// One of a caller's connections, counted in its share of a service.
+#[derive(Debug)]
+struct CallerShare {
+    counts: CallerCounts,
+    caller: String,
+}
+
+impl Drop for CallerShare {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
 
 /// Who asks a local service for a connection.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +88,19 @@ pub enum Refused {
         /// The service refused.
         service: String,
     },
+    /// The calling node holds as many connections to the service as its
+    /// `max_connections_per_caller`.
+    #[error(
+        "caller {caller} already holds {max} connections to {service}, its most (max_connections_per_caller); the rest are kept for other callers"
+    )]
+    CallerAtCapacity {
+        /// The calling node.
+        caller: String,
+        /// The service.
+        service: String,
+        /// Its `max_connections_per_caller`.
+        max: u32,
+    },
     /// The service has as many connections open as its `max_connections`.
     #[error("{service} is at its limit of {max} connections")]
     AtCapacity {
@@ -69,7 +118,7 @@ impl Refused {
             Refused::UncertifiedSource { .. } | Refused::NotAllowed { .. } => {
                 StatusCode::Unauthorized
             }
-            Refused::AtCapacity { .. } => StatusCode::Overloaded,
+            Refused::AtCapacity { .. } | Refused::CallerAtCapacity { .. } => StatusCode::Overloaded,
         }
     }
 }
@@ -77,8 +126,8 @@ impl Refused {
 impl LocalService {
     /// Admits `caller` to this service, or says why not (see the module
     /// documentation for the checks). On success the returned guard holds one
-    /// of the service's connection slots.
-    pub fn admit(&self, caller: &Caller<'_>) -> Result<CountGuard, Refused> {
+    /// of the service's connection slots, counted in the caller's share.
+    pub fn admit(&self, caller: &Caller<'_>) -> Result<Slot, Refused> {
         if let Some(src) = caller.source_service
             && !caller.source_certified
         {
@@ -94,10 +143,36 @@ impl LocalService {
                 service: self.config.name.clone(),
             });
         }
+        let share = self.take_share(caller.node)?;
         let max = self.config.max_connections;
-        CountGuard::try_acquire(&self.active, max as usize).ok_or_else(|| Refused::AtCapacity {
-            service: self.config.name.clone(),
-            max,
+        let service = CountGuard::try_acquire(&self.active, max as usize).ok_or_else(|| {
+            Refused::AtCapacity {
+                service: self.config.name.clone(),
+                max,
+            }
+        })?;
+        Ok(Slot {
+            _service: service,
+            _caller: share,
+        })
+    }
+
+    /// One more connection in `node`'s share, unless it holds its most.
+    fn take_share(&self, node: &str) -> Result<CallerShare, Refused> {
+        let max = self.config.max_connections_per_caller;
+        let mut counts = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        let held = counts.get(node).copied().unwrap_or(0);
+        if held >= max as usize {
+            return Err(Refused::CallerAtCapacity {
+                caller: node.to_string(),
+                service: self.config.name.clone(),
+                max,
+            });
+        }
+        counts.insert(node.to_string(), held + 1);
+        Ok(CallerShare {
+            counts: self.callers.clone(),
+            caller: node.to_string(),
         })
     }
 }
@@ -200,5 +275,51 @@ mod tests {
         drop(first);
         assert_eq!(db.active.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(db.admit(&caller("node-4", None, true)).is_ok());
+    }
+
+    #[test]
+    fn one_caller_cannot_take_every_slot() {
+        let mut db = service(&[], &[], 4);
+        db.config.max_connections_per_caller = 3;
+        let held = |db: &LocalService, node: &str| {
+            db.callers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(node)
+                .copied()
+        };
+        let mine: Vec<_> = (0..3)
+            .map(|_| db.admit(&caller("node-2", None, true)))
+            .collect();
+        assert!(mine.iter().all(Result::is_ok));
+        let fourth = db.admit(&caller("node-2", None, true));
+        assert_eq!(
+            fourth.as_ref().err(),
+            Some(&Refused::CallerAtCapacity {
+                caller: "node-2".into(),
+                service: "db".into(),
+                max: 3
+            })
+        );
+        assert_eq!(
+            fourth.err().map(|r| r.status()),
+            Some(StatusCode::Overloaded)
+        );
+        // The slot kept for the others is there ...
+        let other = db.admit(&caller("node-3", None, true));
+        assert!(other.is_ok());
+        // ... and now the service is full for everyone; a refused caller
+        // holds nothing afterwards.
+        assert!(matches!(
+            db.admit(&caller("node-4", None, true)),
+            Err(Refused::AtCapacity { .. })
+        ));
+        assert_eq!(held(&db, "node-4"), None);
+        assert_eq!(held(&db, "node-2"), Some(3));
+        drop(mine);
+        assert_eq!(held(&db, "node-2"), None, "given back when they end");
+        let again = db.admit(&caller("node-2", None, true));
+        assert!(again.is_ok());
+        assert_eq!(held(&db, "node-2"), Some(1));
     }
 }

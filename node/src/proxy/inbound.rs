@@ -31,9 +31,9 @@ use shoal_pki::CertIdentity;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::admission::Caller;
+use super::admission::{Caller, Slot};
 use super::splice::{self, Progress, RESET_CODE, Side};
-use super::{CountGuard, HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
+use super::{HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
 use crate::metrics::ServiceReasonLabels;
 
@@ -153,7 +153,7 @@ fn verdict<'s>(
     services: &'s std::collections::HashMap<String, LocalService>,
     peer: &CertIdentity,
     header: &StreamHeader,
-) -> Result<(&'s LocalService, CountGuard), (StatusCode, String)> {
+) -> Result<(&'s LocalService, Slot), (StatusCode, String)> {
     if draining {
         return Err((StatusCode::Draining, "this node is draining".to_string()));
     }
@@ -227,7 +227,7 @@ async fn tcp_stream(
     budget: Budget,
     mut send: SendStream,
     recv: RecvStream,
-    _slot: CountGuard,
+    _slot: Slot,
 ) {
     let address = local.config.address;
     let timeout = budget.connect_timeout;
@@ -273,7 +273,7 @@ async fn http_stream(
     budget: Budget,
     mut send: SendStream,
     recv: RecvStream,
-    slot: CountGuard,
+    slot: Slot,
 ) {
     let (caller, service) = (&asked.caller, asked.service());
     let request_id = asked.header.request_id;
@@ -428,7 +428,7 @@ mod tests {
     }
 
     fn refusal(
-        r: Result<(&LocalService, crate::proxy::CountGuard), (StatusCode, String)>,
+        r: Result<(&LocalService, crate::proxy::admission::Slot), (StatusCode, String)>,
     ) -> (StatusCode, String) {
         match r {
             Ok(_) => panic!("admitted"),

@@ -17,9 +17,9 @@ use quinn::{RecvStream, SendStream};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use super::admission::{Caller, Refused};
+use super::admission::{Caller, Refused, Slot};
 use super::backend_pool::{BackendPool, Sender};
-use super::{CountGuard, LocalService, ProxyContext};
+use super::{LocalService, ProxyContext};
 use crate::endpoint::ConnectError;
 
 /// Why opening a path to one endpoint failed.
@@ -85,7 +85,7 @@ pub struct Tunnel {
 #[derive(Debug)]
 pub enum TcpUpstream {
     /// The backend on this node, and its connection slot.
-    Local(TcpStream, CountGuard),
+    Local(TcpStream, Slot),
     /// A tunnel to the endpoint's node.
     Tunnel(Tunnel),
 }
@@ -103,7 +103,7 @@ pub enum HttpUpstream {
         /// The backend's connect timeout, should the connection need redoing.
         connect_timeout: Duration,
         /// The backend's connection slot.
-        slot: CountGuard,
+        slot: Slot,
     },
     /// A tunnel to the endpoint's node (a serving-side pool there).
     Tunnel(Tunnel),
@@ -273,7 +273,7 @@ fn admit_local<'c>(
     services: &'c HashMap<String, LocalService>,
     node: &str,
     target: &Target<'_>,
-) -> Result<(&'c LocalService, CountGuard), OpenError> {
+) -> Result<(&'c LocalService, Slot), OpenError> {
     let Some(local) = services.get(target.service) else {
         return Err(OpenError::unreachable(
             "unknown_service",
@@ -288,7 +288,9 @@ fn admit_local<'c>(
         source_certified: true,
     };
     let slot = local.admit(&caller).map_err(|refused| match refused {
-        Refused::AtCapacity { .. } => OpenError::unreachable("overloaded", refused.to_string()),
+        Refused::AtCapacity { .. } | Refused::CallerAtCapacity { .. } => {
+            OpenError::unreachable("overloaded", refused.to_string())
+        }
         Refused::UncertifiedSource { .. } | Refused::NotAllowed { .. } => OpenError::Refused {
             reason: "unauthorized",
             text: refused.to_string(),
@@ -330,7 +332,7 @@ mod tests {
         }
     }
 
-    fn refused(r: Result<(&LocalService, crate::proxy::CountGuard), OpenError>) -> OpenError {
+    fn refused(r: Result<(&LocalService, crate::proxy::admission::Slot), OpenError>) -> OpenError {
         match r {
             Ok(_) => panic!("admitted"),
             Err(e) => e,

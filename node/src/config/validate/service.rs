@@ -9,11 +9,12 @@ use mesh_proto::tunnel::Protocol;
 
 use super::Validator;
 use crate::config::defaults::{
-    DEFAULT_BACKEND_CONNECT_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HTTP_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT,
-    MAX_BACKEND_CONNECT_TIMEOUT, MAX_HEALTH_INTERVAL, MAX_HTTP_IDLE_TIMEOUT, MAX_MAX_CONNECTIONS,
-    MAX_TAGS, MAX_THRESHOLD, MAX_WEIGHT, MIN_BACKEND_CONNECT_TIMEOUT, MIN_HEALTH_INTERVAL,
+    DEFAULT_BACKEND_CONNECT_TIMEOUT, DEFAULT_CALLER_SHARE_PERCENT, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD,
+    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_UNHEALTHY_THRESHOLD,
+    DEFAULT_WEIGHT, MAX_BACKEND_CONNECT_TIMEOUT, MAX_HEALTH_INTERVAL, MAX_HTTP_IDLE_TIMEOUT,
+    MAX_MAX_CONNECTIONS, MAX_TAGS, MAX_THRESHOLD, MAX_WEIGHT, MIN_BACKEND_CONNECT_TIMEOUT,
+    MIN_HEALTH_INTERVAL,
 };
 use crate::config::raw::{RawHealth, RawService};
 use crate::config::types::{HealthConfig, HealthKind, ServiceConfig, TlsConfig};
@@ -65,6 +66,18 @@ impl Validator {
             1,
             MAX_MAX_CONNECTIONS,
         );
+        let per_caller = raw
+            .max_connections_per_caller
+            .unwrap_or_else(|| caller_share(max_connections));
+        let per_caller_ok = (1..=max_connections).contains(&per_caller);
+        if !per_caller_ok {
+            self.err(
+                f("max_connections_per_caller"),
+                format!(
+                    "{per_caller} is out of range: it must be between 1 and the service's max_connections ({max_connections})"
+                ),
+            );
+        }
         let connect_timeout = raw
             .connect_timeout
             .unwrap_or(DEFAULT_BACKEND_CONNECT_TIMEOUT);
@@ -81,7 +94,7 @@ impl Validator {
             Duration::ZERO,
             MAX_HTTP_IDLE_TIMEOUT,
         );
-        if !(weight_ok && tags_ok && allow_ok && max_ok) {
+        if !(weight_ok && tags_ok && allow_ok && max_ok && per_caller_ok) {
             return None;
         }
         Some(ServiceConfig {
@@ -94,6 +107,7 @@ impl Validator {
             allow_nodes: raw.allow_nodes.clone(),
             allow_services: raw.allow_services.clone(),
             max_connections,
+            max_connections_per_caller: per_caller,
             connect_timeout,
             http_idle_timeout,
         })
@@ -323,4 +337,11 @@ impl Validator {
         }
         path
     }
+}
+
+/// The default share of `max_connections` one caller may hold
+/// ([`DEFAULT_CALLER_SHARE_PERCENT`], at least 1).
+fn caller_share(max_connections: u32) -> u32 {
+    let share = u64::from(max_connections) * u64::from(DEFAULT_CALLER_SHARE_PERCENT) / 100;
+    u32::try_from(share).unwrap_or(max_connections).max(1)
 }
