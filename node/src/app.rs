@@ -718,6 +718,11 @@ fn proxy_context(
             .collect(),
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
+        max_streams_per_connection: config.node.max_streams_per_connection.unwrap_or_else(|| {
+            crate::endpoint::stream_cap(
+                config.services.iter().map(|s| s.max_connections_per_caller),
+            )
+        }),
     })
 }
 

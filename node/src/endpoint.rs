@@ -197,18 +197,39 @@ pub struct Accepted {
 }
 
 /// Raises the number of concurrent tunnel streams `conn`'s peer may open when
-/// `open` of them are in use and the current `limit` is nearly reached; returns
-/// the new limit. quinn allocates per-stream state for the whole limit, so
-/// growing on demand keeps idle connections small.
-pub fn grow_stream_limit(conn: &Connection, open: u32, limit: u32) -> u32 {
-    if open.saturating_mul(4) >= limit.saturating_mul(3) && limit < MAX_TUNNEL_STREAMS {
-        let next = limit.saturating_mul(2).min(MAX_TUNNEL_STREAMS);
-        conn.set_max_concurrent_bi_streams(VarInt::from_u32(next));
-        tracing::debug!(peer = %conn.remote_address(), open, limit = next, "raised the tunnel stream limit");
-        next
-    } else {
-        limit
+/// `open` of them are in use and the current `limit` is nearly reached, up to
+/// `cap`; returns the new limit. quinn allocates per-stream state for the whole
+/// limit, so growing on demand keeps idle connections small.
+pub fn grow_stream_limit(conn: &Connection, open: u32, limit: u32, cap: u32) -> u32 {
+    match next_stream_limit(open, limit, cap) {
+        Some(next) => {
+            conn.set_max_concurrent_bi_streams(VarInt::from_u32(next));
+            tracing::debug!(peer = %conn.remote_address(), open, limit = next, "raised the tunnel stream limit");
+            next
+        }
+        None => limit,
     }
+}
+
+/// The stream limit [`grow_stream_limit`] moves to: double, once three
+/// quarters of `limit` are open, never above `cap` (nor [`MAX_TUNNEL_STREAMS`]);
+/// `None` to stay.
+pub fn next_stream_limit(open: u32, limit: u32, cap: u32) -> Option<u32> {
+    let cap = cap.min(MAX_TUNNEL_STREAMS);
+    (open.saturating_mul(4) >= limit.saturating_mul(3) && limit < cap)
+        .then(|| limit.saturating_mul(2).min(cap))
+}
+
+/// The most tunnel streams one peer connection may have open, unless
+/// configured (`node.max_streams_per_connection`): what one caller can hold of
+/// the hosted services (the sum of their `max_connections_per_caller`), since
+/// every stream beyond it would be refused anyway; at least
+/// [`INITIAL_TUNNEL_STREAMS`], at most [`MAX_TUNNEL_STREAMS`].
+pub fn stream_cap(per_caller: impl IntoIterator<Item = u32>) -> u32 {
+    let sum: u64 = per_caller.into_iter().map(u64::from).sum();
+    u32::try_from(sum)
+        .unwrap_or(u32::MAX)
+        .clamp(INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS)
 }
 
 /// A live connection and the certificate its peer authenticated with.
@@ -767,4 +788,42 @@ fn server_config(
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport);
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS, next_stream_limit, stream_cap};
+
+    #[test]
+    fn the_stream_limit_doubles_when_three_quarters_are_open_up_to_the_cap() {
+        assert_eq!(
+            next_stream_limit(191, 256, 1000),
+            None,
+            "not yet three quarters"
+        );
+        assert_eq!(next_stream_limit(192, 256, 1000), Some(512));
+        assert_eq!(
+            next_stream_limit(384, 512, 1000),
+            Some(1000),
+            "stops at the cap"
+        );
+        assert_eq!(next_stream_limit(1000, 1000, 1000), None, "never beyond");
+        assert_eq!(
+            next_stream_limit(u32::MAX, MAX_TUNNEL_STREAMS, u32::MAX),
+            None,
+            "nor beyond the protocol's cap"
+        );
+    }
+
+    #[test]
+    fn the_cap_is_what_one_caller_can_hold_of_the_hosted_services() {
+        assert_eq!(stream_cap([7_500, 300]), 7_800);
+        assert_eq!(
+            stream_cap([]),
+            INITIAL_TUNNEL_STREAMS,
+            "never below the start"
+        );
+        assert_eq!(stream_cap([10]), INITIAL_TUNNEL_STREAMS);
+        assert_eq!(stream_cap([1_000_000, 1_000_000]), MAX_TUNNEL_STREAMS);
+    }
 }

@@ -108,6 +108,8 @@ pub struct ProxyContext {
     pub metrics: Arc<Metrics>,
     /// Set when the node drains: inbound streams are refused with `draining`.
     pub draining: AtomicBool,
+    /// The most tunnel streams one peer connection may have open.
+    pub max_streams_per_connection: u32,
 }
 
 impl ProxyContext {

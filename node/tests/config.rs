@@ -272,6 +272,10 @@ address = "127.0.0.1:6379"
     assert!(n.seeds.is_empty());
     assert!(n.ready_alone, "no seeds: the first node is ready alone");
     assert_eq!(n.drain_timeout, Duration::from_secs(30));
+    assert_eq!(
+        n.max_streams_per_connection, None,
+        "derived from the services at start"
+    );
 
     let g = &c.gossip;
     assert_eq!(g.interval, Duration::from_millis(250));
@@ -1282,4 +1286,27 @@ fn a_callers_share_defaults_to_three_quarters_and_cannot_exceed_the_service() {
         "service[0].max_connections_per_caller",
         &["out of range"],
     );
+}
+
+#[test]
+fn max_streams_per_connection_is_bounded_by_the_protocol() {
+    let f = Fixture::new();
+    let node = |v: u32| {
+        MINIMAL.replace(
+            "[tls]",
+            &format!("max_streams_per_connection = {v}\n\n[tls]"),
+        )
+    };
+    assert_eq!(
+        f.ok(&node(4096)).node.max_streams_per_connection,
+        Some(4096)
+    );
+    for bad in [10, 70_000] {
+        let e = f.errors(&node(bad));
+        assert_error(
+            &e,
+            "node.max_streams_per_connection",
+            &["out of range", "256", "65536"],
+        );
+    }
 }

@@ -71,6 +71,10 @@ pub struct RawNode {
         skip_serializing_if = "Option::is_none"
     )]
     pub drain_timeout: Option<Duration>,
+    /// `max_streams_per_connection`: tunnel streams one peer connection may
+    /// have open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams_per_connection: Option<u32>,
 }
 
 /// The `[tls]` table as written. Relative paths are relative to the config file's

@@ -66,6 +66,10 @@ pub struct NodeConfig {
     /// How long a shutdown waits for in-flight work.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Tunnel streams one peer connection may have open at once; `None`: what
+    /// the hosted services can take from one caller
+    /// ([`crate::endpoint::stream_cap`]).
+    pub max_streams_per_connection: Option<u32>,
 }
 
 impl NodeConfig {

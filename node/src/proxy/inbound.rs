@@ -56,7 +56,12 @@ pub async fn serve(
             let mut limit = INITIAL_TUNNEL_STREAMS;
             while let Ok((send, recv)) = inbound.conn.accept_bi().await {
                 let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
-                limit = grow_stream_limit(&inbound.conn, now_open, limit);
+                limit = grow_stream_limit(
+                    &inbound.conn,
+                    now_open,
+                    limit,
+                    ctx.max_streams_per_connection,
+                );
                 let ctx = ctx.clone();
                 let peer = peer.clone();
                 let open = open.clone();

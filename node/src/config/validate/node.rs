@@ -10,6 +10,7 @@ use crate::config::defaults::{
 };
 use crate::config::raw::RawNode;
 use crate::config::types::{NodeConfig, TlsConfig};
+use crate::endpoint::{INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS};
 
 impl Validator {
     pub(super) fn node(&mut self, raw: &RawNode, id: Option<&TlsConfig>) -> Option<NodeConfig> {
@@ -49,7 +50,23 @@ impl Validator {
             seeds,
             ready_alone: raw.ready_alone.unwrap_or(other_seeds == 0),
             drain_timeout: raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            max_streams_per_connection: self.max_streams(raw.max_streams_per_connection),
         })
+    }
+
+    /// `node.max_streams_per_connection`, if set: at least the streams a new
+    /// connection starts with, at most the protocol's cap.
+    fn max_streams(&mut self, value: Option<u32>) -> Option<u32> {
+        let v = value?;
+        let (min, max) = (INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS);
+        if (min..=max).contains(&v) {
+            return Some(v);
+        }
+        self.err(
+            "node.max_streams_per_connection",
+            format!("{v} is out of range: it must be between {min} (the streams a connection starts with) and {max}"),
+        );
+        None
     }
 
     /// The node's name: as configured (and then the certificate's), or the
