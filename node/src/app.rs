@@ -851,18 +851,20 @@ const EXPIRY_LOG_EVERY: Duration = Duration::from_secs(3600);
 
 /// Logs, at most every [`EXPIRY_LOG_EVERY`], that this node's certificate
 /// expires within `tls::EXPIRY_WARNING` (or has expired); keeps the gauge.
-fn warn_of_expiry(tls: &TlsState, warned: &mut Option<tokio::time::Instant>) {
+fn warn_of_expiry(tls: &TlsState, warned: &mut Option<(tokio::time::Instant, bool)>) {
     let now = unix_ms() / 1000;
     let Some(left) = tls.check_expiry(i64::try_from(now).unwrap_or(i64::MAX)) else {
         *warned = None;
         return;
     };
-    if warned.is_some_and(|t| t.elapsed() < EXPIRY_LOG_EVERY) {
+    // Logged every hour, and at once when the certificate has just expired.
+    let expired = left <= 0;
+    if warned.is_some_and(|(t, was)| was == expired && t.elapsed() < EXPIRY_LOG_EVERY) {
         return;
     }
-    *warned = Some(tokio::time::Instant::now());
+    *warned = Some((tokio::time::Instant::now(), expired));
     let node = tls.identity().node_name.clone();
-    if left <= 0 {
+    if expired {
         tracing::error!(%node, "this node's certificate has expired: peers refuse it; renew it (shoal-pki issue --renew) and reload");
     } else {
         let days = left / 86_400;
@@ -887,7 +889,7 @@ struct Chores {
 async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut saved: Vec<SocketAddr> = read_members_file(&chores.data_dir);
-    let mut expiry_warned: Option<tokio::time::Instant> = None;
+    let mut expiry_warned: Option<(tokio::time::Instant, bool)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}

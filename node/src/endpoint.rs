@@ -222,14 +222,17 @@ pub fn next_stream_limit(open: u32, limit: u32, cap: u32) -> Option<u32> {
 
 /// The most tunnel streams one peer connection may have open, unless
 /// configured (`node.max_streams_per_connection`): what one caller can hold of
-/// the hosted services (the sum of their `max_connections_per_caller`), since
-/// every stream beyond it would be refused anyway; at least
-/// [`INITIAL_TUNNEL_STREAMS`], at most [`MAX_TUNNEL_STREAMS`].
+/// the hosted services (the sum of their `max_connections_per_caller`), plus a
+/// quarter and [`INITIAL_TUNNEL_STREAMS`] of headroom — so a caller that holds
+/// its whole share still gets a stream on which to be told `overloaded` at
+/// once (and tries elsewhere) rather than wait for stream credit; at most
+/// [`MAX_TUNNEL_STREAMS`].
 pub fn stream_cap(per_caller: impl IntoIterator<Item = u32>) -> u32 {
     let sum: u64 = per_caller.into_iter().map(u64::from).sum();
-    u32::try_from(sum)
+    let cap = sum + sum / 4 + u64::from(INITIAL_TUNNEL_STREAMS);
+    u32::try_from(cap)
         .unwrap_or(u32::MAX)
-        .clamp(INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS)
+        .min(MAX_TUNNEL_STREAMS)
 }
 
 /// A live connection and the certificate its peer authenticated with.
@@ -816,14 +819,15 @@ mod tests {
     }
 
     #[test]
-    fn the_cap_is_what_one_caller_can_hold_of_the_hosted_services() {
-        assert_eq!(stream_cap([7_500, 300]), 7_800);
+    fn the_cap_is_what_one_caller_can_hold_of_the_hosted_services_with_headroom() {
+        // 7,800 a caller can hold, a quarter more and 256 to refuse the rest.
+        assert_eq!(stream_cap([7_500, 300]), 7_800 + 1_950 + 256);
         assert_eq!(
             stream_cap([]),
             INITIAL_TUNNEL_STREAMS,
             "never below the start"
         );
-        assert_eq!(stream_cap([10]), INITIAL_TUNNEL_STREAMS);
+        assert_eq!(stream_cap([10]), 10 + 2 + INITIAL_TUNNEL_STREAMS);
         assert_eq!(stream_cap([1_000_000, 1_000_000]), MAX_TUNNEL_STREAMS);
     }
 }
