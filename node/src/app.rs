@@ -212,13 +212,7 @@ impl Node {
             admin: sockets.admin_addr,
             listeners,
         };
-        tracing::info!(
-            node = %config.node.name,
-            quic = %bound.quic,
-            advertise = %bound.advertise,
-            admin = %admin::describe(bound.admin),
-            "node started"
-        );
+        bound.log_started(&config.node.name);
         let Core {
             endpoint,
             gossip,
@@ -373,6 +367,19 @@ type BoundListener = (
     SocketAddr,
     Option<Arc<IngressCert>>,
 );
+
+impl Bound {
+    /// The "node started" log line, with the addresses actually bound.
+    fn log_started(&self, node: &str) {
+        tracing::info!(
+            %node,
+            quic = %self.quic,
+            advertise = %self.advertise,
+            admin = %admin::describe(self.admin),
+            "node started"
+        );
+    }
+}
 
 /// What the rest of the node is built on: the endpoint accepting, gossip
 /// running with this node's records published, the routing table kept
