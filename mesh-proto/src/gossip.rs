@@ -291,6 +291,9 @@ impl_frame_body!(ServiceRecord);
 /// higher [`crate::route::Precedence`] wins (the signed issue time, then the
 /// signed bytes). Decoding checks only names and sizes: a decoded document is not
 /// yet trusted.
+///
+/// The same envelope carries the CA-signed revocation list, under the name
+/// [`crate::revocation::REVOCATIONS_DOCUMENT`] (which no route can have).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct RouteDocument {
     /// The route's name.
@@ -319,7 +322,9 @@ impl Frame for RouteDocument {
     const MAX_BODY_LEN: usize = 32 * 1024;
 
     fn validate(&self) -> Result<(), FieldError> {
-        validate_name("route name", &self.name)?;
+        if self.name != crate::revocation::REVOCATIONS_DOCUMENT {
+            validate_name("route name", &self.name)?;
+        }
         validate_document_sizes(&self.body, &self.signature, &self.signer_cert_der)
     }
 }

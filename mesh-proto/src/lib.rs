@@ -78,6 +78,7 @@ pub mod membership;
 pub mod names;
 pub mod outlier;
 pub mod retry;
+pub mod revocation;
 pub mod route;
 pub mod routing;
 pub mod tunnel;

@@ -16,6 +16,7 @@ use mesh_proto::membership::wire::{Body, IndirectAck, Items, PingReq};
 use mesh_proto::membership::{
     Crypto, Event, GossipMessage, Refusal, SignedRecord, Suspicion, Timing,
 };
+use mesh_proto::revocation::{REVOCATIONS_DOCUMENT, Revocation, RevocationList};
 use mesh_proto::route::RouteSpec;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -1099,4 +1100,95 @@ fn route_documents_are_taken_only_as_an_operator_signed_them() {
                 .any(|d| d.document.name == "shop")
         })
     }));
+}
+
+/// A revocation list document signed with `ca`'s CA key.
+fn revocation_document(
+    ca: &mesh_proto::membership::toy::ToyCrypto,
+    list: &RevocationList,
+    not_after_ms: u64,
+) -> RouteDocument {
+    let body = list.to_body();
+    RouteDocument {
+        name: REVOCATIONS_DOCUMENT.into(),
+        signature: ca.sign_as_ca(&body),
+        signer_cert_der: ca.ca_certificate(not_after_ms),
+        body,
+    }
+}
+
+fn revocations_held(net: &Network, node: &str) -> Option<u64> {
+    net.node(node)
+        .unwrap()
+        .membership
+        .view(net.now(), net.wall_ms())
+        .revocations
+        .map(|r| r.list.version)
+}
+
+#[test]
+fn a_revocation_list_is_taken_only_as_the_ca_signed_it_and_the_highest_version_wins() {
+    let mut net = with_evil();
+    let ca = net.crypto_of("op");
+    let now = net.wall_ms();
+    let list = |version| RevocationList {
+        trust_domain: "shoal.test".into(),
+        version,
+        issued_at_ms: now,
+        entries: vec![Revocation::of_node("evil", now, "key_compromise", now)],
+    };
+    let from = addr(&net, "evil");
+    let send = |net: &mut Network, doc: RouteDocument| {
+        let m = msg(
+            net,
+            Body::Items(Items {
+                documents: vec![doc],
+                ..Items::default()
+            }),
+        );
+        net.inject("evil", from, "n1", &m);
+    };
+    // Signed by an operator, not the CA: operators cannot revoke.
+    let mut by_operator = revocation_document(&ca, &list(2), now + 3_600_000);
+    by_operator.signer_cert_der = ca.issue_operator("alice", now - 1000, now + 3_600_000);
+    by_operator.signature = ca.sign_as_operator("alice", &by_operator.body);
+    send(&mut net, by_operator);
+    assert_eq!(refusals(&net, "n1", Refusal::DocumentSignature), 1);
+    // A body changed after the CA signed it.
+    let mut tampered = revocation_document(&ca, &list(2), now + 3_600_000);
+    tampered.body = list(3).to_body();
+    send(&mut net, tampered);
+    assert_eq!(refusals(&net, "n1", Refusal::DocumentSignature), 2);
+    assert_eq!(revocations_held(&net, "n1"), None);
+
+    // The genuine version 2 spreads to every node.
+    send(
+        &mut net,
+        revocation_document(&ca, &list(2), now + 3_600_000),
+    );
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        n.names().iter().all(|o| revocations_held(n, o) == Some(2))
+    }));
+    // An older version replayed changes nothing; a newer one replaces it everywhere.
+    send(
+        &mut net,
+        revocation_document(&ca, &list(1), now + 3_600_000),
+    );
+    assert_eq!(revocations_held(&net, "n1"), Some(2));
+    send(
+        &mut net,
+        revocation_document(&ca, &list(5), now + 3_600_000),
+    );
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        n.names().iter().all(|o| revocations_held(n, o) == Some(5))
+    }));
+    // Route documents are unaffected.
+    assert!(
+        net.node("n2")
+            .unwrap()
+            .membership
+            .view(net.now(), net.wall_ms())
+            .documents
+            .is_empty()
+    );
 }

@@ -14,6 +14,8 @@
 //! | `GET /routes` | JSON: the route documents in force (tombstones included) |
 //! | `GET /routes/rejected` | JSON: the route documents refused, with the reason |
 //! | `POST /routes` | apply a signed route document (see [`crate::routes::ApplyRequest`]) |
+//! | `GET /revocations` | JSON: the revocation list in force |
+//! | `POST /revocations` | apply a CA-signed revocation list file (`shoal revoke apply`) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | an HTML page polling the certificate, members, services and routes |
 
@@ -35,6 +37,7 @@ use crate::config::Config;
 use crate::gossip::Gossip;
 use crate::metrics::{Metrics, StateLabels};
 use crate::publish::Publisher;
+use crate::revocations::RevocationStore;
 use crate::routes::{ApplyRequest, MAX_APPLY_REQUEST_BYTES, RouteStore, SharedRoutes};
 use crate::routing::SharedTable;
 use crate::supervisor::TaskHealth;
@@ -53,6 +56,8 @@ pub struct AdminState {
     pub routes: SharedRoutes,
     /// The route documents: `GET`/`POST /routes`.
     pub route_store: Arc<RouteStore>,
+    /// The revocation list: `GET`/`POST /revocations`.
+    pub revocations: Arc<RevocationStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// This node's records (for draining).
@@ -287,16 +292,21 @@ pub async fn serve(
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.uri().path() == "/routes" && req.method() == Method::POST {
-        return apply_route(state, req).await;
+    if req.method() == Method::POST {
+        match req.uri().path() {
+            "/routes" => return apply_route(state, req).await,
+            "/revocations" => return apply_revocations(state, req).await,
+            _ => {}
+        }
     }
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET (and POST /routes)\n",
+            "only GET (and POST /routes, POST /revocations)\n",
         );
     }
     match req.uri().path() {
+        "/revocations" => json(&state.revocations.view()),
         "/routes" => json(&state.route_store.routes().await),
         "/routes/rejected" => json(&state.route_store.rejected().await),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -334,17 +344,17 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
-/// `POST /routes`: a JSON [`ApplyRequest`] of at most
-/// [`MAX_APPLY_REQUEST_BYTES`]. Answers 201 (created) or 200 with an
-/// [`crate::routes::ApplyResponse`], or an error status with `{"error": "..."}`.
-async fn apply_route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Reads a request body of at most `max` bytes, or answers why not.
+async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    what: &str,
+) -> Result<Bytes, Response<Full<Bytes>>> {
     use http_body_util::BodyExt as _;
     let too_large = || {
         error_json(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "the request body is larger than {MAX_APPLY_REQUEST_BYTES} bytes; a route document is at most 32 KiB"
-            ),
+            &format!("the request body is larger than {max} bytes; {what}"),
         )
     };
     let declared = req
@@ -352,21 +362,58 @@ async fn apply_route(state: &AdminState, req: Request<Incoming>) -> Response<Ful
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_APPLY_REQUEST_BYTES as u64) {
-        return too_large();
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
     }
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_APPLY_REQUEST_BYTES)
+    match http_body_util::Limited::new(req.into_body(), max)
         .collect()
         .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
-            return error_json(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {e}"),
-            );
-        }
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(error_json(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+/// `POST /revocations`: a revocation list file as `shoal-pki revoke` writes
+/// it. Answers 200 with a [`crate::revocations::ApplyResponse`], or an error
+/// status with `{"error": "..."}`.
+async fn apply_revocations(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match read_body(
+        req,
+        crate::revocations::MAX_APPLY_REQUEST_BYTES,
+        "a revocation list file is smaller",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    match state.revocations.apply(&body).await {
+        Ok(applied) => json(&applied),
+        Err(e) => error_json(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            &e.to_string(),
+        ),
+    }
+}
+
+/// `POST /routes`: a JSON [`ApplyRequest`] of at most
+/// [`MAX_APPLY_REQUEST_BYTES`]. Answers 201 (created) or 200 with an
+/// [`crate::routes::ApplyResponse`], or an error status with `{"error": "..."}`.
+async fn apply_route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match read_body(
+        req,
+        MAX_APPLY_REQUEST_BYTES,
+        "a route document is at most 32 KiB",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let request: ApplyRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -39,6 +39,7 @@ use crate::proxy::http::HttpListener;
 use crate::proxy::ingress_tls::IngressCert;
 use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
 use crate::publish::Publisher;
+use crate::revocations::RevocationStore;
 use crate::routes::{RouteStore, SharedRoutes};
 use crate::routing::{self, SharedTable};
 use crate::supervisor::Supervisor;
@@ -179,6 +180,7 @@ impl Node {
             &mut supervisor,
         )
         .await?;
+        let revocations = start_revocations(&config, &tls, &core, &metrics, &mut supervisor).await;
         let (routes, route_store) =
             start_routes(&config, &tls, &core.gossip, &metrics, &mut supervisor).await?;
         let admin = Arc::new(AdminState {
@@ -187,6 +189,7 @@ impl Node {
             table: core.table.clone(),
             routes: routes.clone(),
             route_store,
+            revocations,
             metrics: metrics.clone(),
             publisher: core.publisher.clone(),
             joined: AtomicBool::new(false),
@@ -543,6 +546,31 @@ async fn start_routes(
         move || store.clone().run(stop.clone())
     });
     Ok((routes, store))
+}
+
+/// The revocation list: the stored one is put in force before any listener
+/// starts; then the store follows gossip and enforces each new list.
+async fn start_revocations(
+    config: &Config,
+    tls: &Arc<TlsState>,
+    core: &Core,
+    metrics: &Arc<Metrics>,
+    supervisor: &mut Supervisor,
+) -> Arc<RevocationStore> {
+    let store = RevocationStore::open(
+        &config.node.data_dir,
+        tls.clone(),
+        core.gossip.clone(),
+        core.endpoint.clone(),
+        metrics.clone(),
+    )
+    .await;
+    supervisor.spawn("revocations", {
+        let store = store.clone();
+        let stop = supervisor.stop_signal();
+        move || store.clone().run(stop.clone())
+    });
+    store
 }
 
 /// The periodic chores (reload, members file, gauges).

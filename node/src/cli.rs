@@ -1,10 +1,12 @@
 //! The client side of `shoal`: commands that talk to a running node's admin
-//! API (`status`, `route`) and print what it answers.
+//! API (`status`, `route`, `revoke`) and print what it answers.
 
 mod admin;
+mod revoke;
 mod route;
 mod status;
 mod table;
 
+pub(crate) use revoke::revoke;
 pub(crate) use route::route;
 pub(crate) use status::status;

@@ -502,8 +502,8 @@ impl MeshEndpoint {
 
     /// Enforces certificate validity on live connections (QUIC cannot
     /// re-authenticate a connection): closes every connection whose peer
-    /// certificate has expired, or — with `reverify`, after the CA changed — no
-    /// longer verifies; and stops handing out pooled connections whose peer
+    /// certificate has expired, or — with `reverify`, after the CA or the
+    /// revocation list changed — no longer verifies (or is revoked); and stops handing out pooled connections whose peer
     /// certificate expires soon. Returns how many connections were closed.
     pub fn recycle(&self, reverify: bool) -> usize {
         let now = rustls::pki_types::UnixTime::now();
@@ -518,13 +518,17 @@ impl MeshEndpoint {
                 }
                 let reason = if now_secs >= t.peer_not_after {
                     Some("peer_cert_expired")
-                } else if reverify
-                    && self
-                        .tls
-                        .verify_peer(&t.peer_cert, &[], now, webpki::KeyUsage::client_auth())
-                        .is_err()
-                {
-                    Some("peer_no_longer_trusted")
+                } else if reverify {
+                    match self.tls.verify_peer(
+                        &t.peer_cert,
+                        &[],
+                        now,
+                        webpki::KeyUsage::client_auth(),
+                    ) {
+                        Ok(_) => None,
+                        Err(crate::tls::Rejection::Revoked) => Some("peer_revoked"),
+                        Err(_) => Some("peer_no_longer_trusted"),
+                    }
                 } else {
                     None
                 };

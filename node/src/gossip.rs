@@ -480,7 +480,7 @@ impl Gossip {
                 sender,
             } => self.document_refused(*document, label, sender),
             Event::DocumentInForce { name } => {
-                tracing::debug!(route = %name, "route document in force")
+                tracing::debug!(document = %name, "signed document in force")
             }
             Event::Reannounced => {
                 tracing::info!(

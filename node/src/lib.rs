@@ -35,6 +35,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;
+pub mod revocations;
 pub mod routes;
 pub mod routing;
 pub mod supervisor;

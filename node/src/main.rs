@@ -79,6 +79,35 @@ enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// Publish and show the mesh's CA-signed revocation list (see
+    /// docs/security.md; lists are made with `shoal-pki revoke`).
+    Revoke {
+        #[command(subcommand)]
+        command: RevokeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RevokeCommand {
+    /// Publish a revocation list file (from `shoal-pki revoke`) through a node:
+    /// every node enforces it within seconds.
+    Apply {
+        /// The revocation list file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The node's admin address.
+        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// Show the revocation list in force on a node.
+    List {
+        /// The node's admin address.
+        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// Print the JSON of GET /revocations instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,6 +246,10 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Route { command } => {
             cli::route(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revoke { command } => {
+            cli::revoke(command).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

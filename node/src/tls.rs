@@ -16,13 +16,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use mesh_proto::revocation::{Revocation, RevocationList};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use shoal_pki::{CertIdentity, OperatorVerifier, SignatureError, Signer};
+use shoal_pki::{
+    CertIdentity, CertSerial, OperatorVerifier, RevocationVerifier, SignatureError, Signer,
+};
 use thiserror::Error;
 use webpki::{EndEntityCert, KeyUsage};
 
@@ -80,6 +83,9 @@ pub struct MeshTrust {
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
     /// The same anchors, for operator signatures on route documents.
     operators: OperatorVerifier,
+    /// The CA certificates themselves, for the CA signature on the revocation
+    /// list.
+    revocations: RevocationVerifier,
     /// The CA certificates (DER), to tell whether a reload changed them.
     ca_fingerprint: Vec<Vec<u8>>,
 }
@@ -170,6 +176,7 @@ pub fn load(
     };
     let trust = MeshTrust {
         operators: OperatorVerifier::new(trust_domain.clone(), anchors.clone()),
+        revocations: RevocationVerifier::from_bundle(&checked.bundle),
         trust_domain,
         anchors,
         ca_fingerprint: checked
@@ -205,11 +212,13 @@ pub enum Rejection {
     /// A node dialled for a service presented a certificate that does not
     /// allow it.
     ServiceNotAllowed,
+    /// The certificate is on the mesh's revocation list.
+    Revoked,
 }
 
 impl Rejection {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::OtherCa,
         Rejection::Expired,
         Rejection::NotYetValid,
@@ -219,6 +228,7 @@ impl Rejection {
         Rejection::Malformed,
         Rejection::Invalid,
         Rejection::ServiceNotAllowed,
+        Rejection::Revoked,
     ];
 
     /// The metric label.
@@ -233,6 +243,7 @@ impl Rejection {
             Rejection::Malformed => "malformed",
             Rejection::Invalid => "invalid",
             Rejection::ServiceNotAllowed => "service_not_allowed",
+            Rejection::Revoked => "revoked",
         }
     }
 
@@ -243,6 +254,7 @@ impl Rejection {
             Rejection::NotYetValid => CertificateError::NotValidYet,
             Rejection::Malformed => CertificateError::BadEncoding,
             Rejection::WrongNode => CertificateError::NotValidForName,
+            Rejection::Revoked => CertificateError::Revoked,
             Rejection::WrongTrustDomain
             | Rejection::NotANode
             | Rejection::Invalid
@@ -262,6 +274,8 @@ pub struct TlsState {
     trust_generation: tokio::sync::watch::Sender<u64>,
     /// Services a reloaded certificate must still allow (the ones this node hosts).
     required_services: std::sync::Mutex<Vec<String>>,
+    /// The revocation list in force (empty until one is).
+    revoked: ArcSwap<RevocationList>,
 }
 
 /// Modification time and length of each TLS file, to notice changes on disk.
@@ -353,6 +367,7 @@ impl TlsState {
             stamp: std::sync::Mutex::new(stamp),
             trust_generation: tokio::sync::watch::channel(0).0,
             required_services: std::sync::Mutex::default(),
+            revoked: ArcSwap::from_pointee(RevocationList::empty(String::new())),
         }))
     }
 
@@ -521,7 +536,51 @@ impl TlsState {
         if id.node.is_none() {
             return Err(Rejection::NotANode);
         }
+        if self.revocation_of(end_entity).is_some() {
+            return Err(Rejection::Revoked);
+        }
         Ok(id)
+    }
+
+    /// The entry of the revocation list in force that revokes `cert`, if any.
+    pub fn revocation_of(&self, cert: &CertificateDer<'_>) -> Option<Revocation> {
+        let list = self.revoked.load();
+        if list.entries.is_empty() {
+            return None;
+        }
+        let facts = CertSerial::of(cert)?;
+        list.revokes(&facts.facts()).cloned()
+    }
+
+    /// Puts `list` in force for every later check; returns whether it differs
+    /// from the list in force. Connections and members it revokes are for the
+    /// caller to drop ([`crate::revocations`]).
+    pub fn set_revocations(&self, list: RevocationList) -> bool {
+        if **self.revoked.load() == list {
+            return false;
+        }
+        self.revoked.store(Arc::new(list));
+        true
+    }
+
+    /// The revocation list in force (version 0 and empty if none is).
+    pub fn revocations(&self) -> Arc<RevocationList> {
+        self.revoked.load_full()
+    }
+
+    /// Checks the CA signature of a revocation list at `now` (see
+    /// [`shoal_pki::revoke`]).
+    pub fn verify_revocations(
+        &self,
+        document: &mesh_proto::gossip::RouteDocument,
+        now: UnixTime,
+    ) -> Result<Signer, SignatureError> {
+        self.trust.load().revocations.verify(document, now)
+    }
+
+    /// The mesh's trust domain.
+    pub fn trust_domain(&self) -> String {
+        self.trust.load().trust_domain.clone()
     }
 
     /// Signs `message` with this node's current private key, for the records it

@@ -1035,3 +1035,90 @@ fn route_apply_reports_each_problem_on_one_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("route name \"Not_A_Name\""));
 }
+
+/// A CA-signed revocation list written to `name` in the fixture.
+fn revocation_file(f: &Fixture, name: &str, version: u64, node: &str) -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let list = mesh_proto::revocation::RevocationList {
+        trust_domain: TRUST_DOMAIN.into(),
+        version,
+        issued_at_ms: now,
+        entries: vec![mesh_proto::revocation::Revocation::of_node(
+            node,
+            now,
+            "key_compromise",
+            now,
+        )],
+    };
+    let doc = f.ca.sign_revocations(&list).unwrap();
+    f.write(name, &shoal_pki::RevocationFile::of(&doc).to_json())
+}
+
+/// An operator publishes a revocation list through `shoal revoke apply`, sees
+/// it with `shoal revoke list`; the same list again changes nothing, an older
+/// one is refused with the version in force, and a file that is not a list
+/// is named before any request.
+#[test]
+fn revoke_apply_and_list_through_the_cli() {
+    let (f, node) = route_fixture();
+    let admin = node.admin.to_string();
+    let out = shoal(&["revoke", "list", "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("no revocation list is in force"));
+
+    let v2 = revocation_file(&f, "revoked-2.json", 2, "stolen");
+    let out = shoal(&["revoke", "apply", v2.to_str().unwrap(), "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("revocation list version 2 (1 entries) is in force"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = shoal(&["revoke", "apply", v2.to_str().unwrap(), "--admin", &admin]);
+    assert!(
+        text(&out.stdout).contains("already in force"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = shoal(&["revoke", "list", "--admin", &admin]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("revocation list version 2"), "{stdout}");
+    assert!(
+        stdout.contains("every certificate of node stolen"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("key_compromise"), "{stdout}");
+
+    let v1 = revocation_file(&f, "revoked-1.json", 1, "other");
+    let out = shoal(&["revoke", "apply", v1.to_str().unwrap(), "--admin", &admin]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("409") && err.contains("version 2"), "{err}");
+    let not_a_list = f.write("route.json", "{\"name\": \"shop\"}");
+    let out = shoal(&[
+        "revoke",
+        "apply",
+        not_a_list.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("route.json"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        node.metric("shoal_revocation_lists_refused_total{reason=\"not_newer\"}")
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(node.get_json("/revocations").unwrap()["version"], 2);
+    // Kept in the data directory, for the next start, in the file's own form.
+    let stored = std::fs::read(f.path().join("a-data").join("revocations.json")).unwrap();
+    assert_eq!(stored, std::fs::read(&v2).unwrap());
+}

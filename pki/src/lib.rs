@@ -14,8 +14,9 @@
 //! simulator mint certificates without touching disk); the `shoal-pki` binary
 //! adds files, and writes every file set all or nothing.
 //!
-//! It does not revoke certificates, run an online CA or rotate anything: nodes
-//! re-read their certificate files on SIGHUP, so rotation is issuing new files.
+//! It does not run an online CA or rotate anything: nodes re-read their
+//! certificate files on SIGHUP, so rotation is issuing new files. Revocation is
+//! a CA-signed list that nodes gossip ([`revoke`]).
 //!
 //! Layout:
 //! - [`identity`]: SPIFFE ids and reading them out of a certificate;
@@ -25,6 +26,7 @@
 //! - [`verify`]: checking a certificate against the CA;
 //! - [`sign`]: operator signatures on route documents (signing with an operator
 //!   key, verifying signer and signature against the mesh CA);
+//! - [`revoke`]: the CA-signed revocation list (signing, checking, its file);
 //! - [`files`]: all-or-nothing and atomic file writes.
 
 pub mod ca;
@@ -32,6 +34,7 @@ pub mod files;
 pub mod identity;
 pub mod inspect;
 pub mod issue;
+pub mod revoke;
 pub mod sign;
 pub mod verify;
 
@@ -39,5 +42,6 @@ pub use ca::{CaError, CertificateAuthority, Validity};
 pub use identity::{CertIdentity, CertKind, IdKind, SpiffeId};
 pub use inspect::{CertInfo, inspect_der};
 pub use issue::{IssueError, IssuedCert};
+pub use revoke::{CertSerial, RevocationFile, RevocationFileError, RevocationVerifier};
 pub use sign::{KeyError, OperatorKey, OperatorVerifier, SignatureError, SignedRoute, Signer};
 pub use verify::{BundleError, CaBundle, Verified, VerifyError, verify_cert};

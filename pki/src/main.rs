@@ -23,6 +23,8 @@ macro_rules! say_inline {
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod revoke_cmd;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use shoal_pki::ca::{CA_CERT_FILE, DEFAULT_CA_DAYS};
@@ -64,6 +66,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a node certificate (or every certificate of a node) in the mesh's
+    /// CA-signed revocation list; publish it with `shoal revoke apply FILE`.
+    Revoke(RevokeArgs),
     /// Exit 0 if FILE chains to the CA and is valid now; otherwise say why.
     Verify {
         /// The CA directory (holding ca.crt) or the CA certificate file.
@@ -125,6 +130,32 @@ struct IssueArgs {
     force: bool,
 }
 
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["cert", "serial", "node"])))]
+struct RevokeArgs {
+    /// The CA directory written by `shoal-pki ca init`: its key signs the list.
+    #[arg(long, value_name = "DIR")]
+    ca: PathBuf,
+    /// The revocation list file: read if it exists, written (atomically) with
+    /// the new entry and the next version.
+    #[arg(long, value_name = "FILE")]
+    list: PathBuf,
+    /// Revoke this certificate (a node.crt, or the directory holding it).
+    #[arg(long, value_name = "CERT")]
+    cert: Option<PathBuf>,
+    /// Revoke the certificate with this serial number (hex, as `shoal-pki
+    /// inspect` prints it).
+    #[arg(long, value_name = "SERIAL")]
+    serial: Option<String>,
+    /// Revoke every certificate of this node issued until now; a certificate
+    /// issued for it later is accepted again.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Why, for the logs (e.g. key_compromise, decommissioned).
+    #[arg(long, value_name = "REASON")]
+    reason: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -156,6 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Issue(args) => issue(args)?,
+        Command::Revoke(args) => revoke_cmd::run(args)?,
         Command::Inspect { file, json } => {
             let der = read_cert(&file)?;
             let info = inspect_der(&der, OffsetDateTime::now_utc())
@@ -277,6 +309,15 @@ fn renewed(path: &Path, trust_domain: &str) -> Result<Who> {
             "{}: neither a node nor an operator certificate; nothing to renew",
             file.display()
         ),
+    }
+}
+
+/// A node certificate file given as itself or as the directory holding it.
+fn node_cert_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("node.crt")
+    } else {
+        path.to_path_buf()
     }
 }
 

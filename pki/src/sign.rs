@@ -265,6 +265,14 @@ pub enum SignatureError {
     /// The signer certificate fails another check (key usage, ...).
     #[error("the signer certificate cannot sign route documents: {0}")]
     InvalidCert(String),
+    /// A revocation list signed by something other than a mesh CA.
+    #[error(
+        "the revocation list is signed by {subject}, not by a CA of this mesh; only the mesh CA key revokes (`shoal-pki revoke --ca MESH-CA-DIR`)"
+    )]
+    NotTheCa {
+        /// The signer certificate's subject.
+        subject: String,
+    },
     /// The signature does not verify over the body with the certificate's key.
     #[error(
         "the signature does not match the document body: the body was changed after it was signed, or it was signed with another key than the certificate's; sign it again (`shoal route apply`)"
@@ -274,7 +282,7 @@ pub enum SignatureError {
 
 impl SignatureError {
     /// Every [`SignatureError::reason`] label.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "malformed_cert",
         "other_ca",
         "expired",
@@ -282,6 +290,7 @@ impl SignatureError {
         "wrong_trust_domain",
         "not_an_operator",
         "invalid_cert",
+        "not_the_ca",
         "bad_signature",
     ];
 
@@ -295,6 +304,7 @@ impl SignatureError {
             SignatureError::WrongTrustDomain { .. } => "wrong_trust_domain",
             SignatureError::NotAnOperator { .. } => "not_an_operator",
             SignatureError::InvalidCert(_) => "invalid_cert",
+            SignatureError::NotTheCa { .. } => "not_the_ca",
             SignatureError::BadSignature => "bad_signature",
         }
     }

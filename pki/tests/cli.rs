@@ -617,3 +617,88 @@ fn renew_args<'a>(ca: &'a Path, from: &'a Path, out: &'a Path, extra: &[&'a str]
     args.extend_from_slice(extra);
     args
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn revoke_adds_entries_to_a_ca_signed_list_with_a_new_version_each_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let n1 = tmp.path().join("n1");
+    let list = tmp.path().join("revoked.json");
+    ok(&["ca", "init", "--trust-domain", "mesh.test", "--out", p(&ca)]);
+    ok(&["issue", "--ca", p(&ca), "--node", "n1", "--out", p(&n1)]);
+    let revoke = |what: &[&str]| -> Vec<String> {
+        [
+            &["revoke", "--ca", p(&ca), "--list", p(&list)][..],
+            what,
+            &["--reason", "key_compromise"],
+        ]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+
+    // By certificate: the serial `inspect` prints, the node named.
+    let said = ok(&strs(&revoke(&["--cert", p(&n1)])));
+    assert!(said.contains("version 1 with 1 entries"), "{said}");
+    let (parsed, document) = shoal_pki::RevocationFile::parse(&fs::read(&list).unwrap()).unwrap();
+    let serial = json(&["inspect", "--json", p(&n1.join("node.crt"))])["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        parsed.entries[0].serial.as_deref(),
+        Some(
+            mesh_proto::revocation::normalize_serial(&serial)
+                .unwrap()
+                .as_str()
+        )
+    );
+    assert_eq!(parsed.entries[0].node.as_deref(), Some("n1"));
+    let bundle = shoal_pki::CaBundle::from_pem(&fs::read(ca.join("ca.crt")).unwrap()).unwrap();
+    shoal_pki::RevocationVerifier::from_bundle(&bundle)
+        .verify(&document, rustls_pki_types::UnixTime::now())
+        .expect("signed by the mesh CA");
+
+    // The same certificate again by serial: nothing changes.
+    let said = ok(&strs(&revoke(&["--serial", &serial])));
+    assert!(said.contains("already revoked"), "{said}");
+    // A whole node: version 2, two entries.
+    let said = ok(&strs(&revoke(&["--node", "n2"])));
+    assert!(said.contains("version 2 with 2 entries"), "{said}");
+
+    // Another CA cannot extend this list, and bad input writes nothing.
+    let other = tmp.path().join("other");
+    ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "mesh.test",
+        "--out",
+        p(&other),
+    ]);
+    let before = fs::read(&list).unwrap();
+    let err = fails(&[
+        "revoke",
+        "--ca",
+        p(&other),
+        "--list",
+        p(&list),
+        "--node",
+        "n3",
+        "--reason",
+        "x",
+    ]);
+    assert!(err.contains("not a list this CA signed"), "{err}");
+    let err = fails(&strs(&revoke(&["--serial", "xyz"])));
+    assert!(err.contains("not a hex serial"), "{err}");
+    let err = fails(&strs(&revoke(&["--node", "Bad_Name"])));
+    assert!(err.contains("node name"), "{err}");
+    let err = fails(&strs(&revoke(&["--cert", p(&ca.join("ca.crt"))])));
+    assert!(err.contains("only node certificates"), "{err}");
+    assert_eq!(fs::read(&list).unwrap(), before);
+}

@@ -7,15 +7,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use mesh_proto::revocation::{Revocation, RevocationList};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use shoal_node::endpoint::{ConnectError, Use};
 use shoal_node::tls::ALPN_GOSSIP;
-use shoal_pki::Validity;
+use shoal_pki::{RevocationFile, Validity};
 use shoal_tests::cluster::Cluster;
-use shoal_tests::{Check, Pki, TcpBackend, eventually};
+use shoal_tests::{Check, EVENTUALLY, Pki, TcpBackend, eventually, http_send, request};
 use time::{Duration as TimeDuration, OffsetDateTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Accepts any server certificate: the tests here are about what the *server*
 /// refuses.
@@ -562,5 +567,139 @@ async fn a_certificate_about_to_expire_is_flagged_until_it_is_renewed() {
         n1.metric("shoal_certificate_expires_soon").await == 0.0
     })
     .await;
+    mesh.stop().await;
+}
+
+/// A revocation list of `version` revoking every certificate of `node` issued
+/// until now, signed by the mesh CA, in the file form `shoal-pki revoke` writes.
+fn revoking(pki: &Pki, version: u64, node: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let list = RevocationList {
+        trust_domain: pki.ca.trust_domain().to_string(),
+        version,
+        issued_at_ms: now,
+        entries: vec![Revocation::of_node(node, now, "key_compromise", now)],
+    };
+    RevocationFile::of(&pki.ca.sign_revocations(&list).unwrap()).to_json()
+}
+
+/// The sum of a metric over the named nodes.
+async fn metric_sum(mesh: &Cluster, nodes: &[&str], sample: &str) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes {
+        sum += mesh[*n].metric(sample).await;
+    }
+    sum
+}
+
+/// Revoking a node on one node: every node takes the list, drops the revoked
+/// node from membership and routing, closes its connections (its tunnel
+/// breaks) and refuses it from then on — restarted with the same certificate
+/// it is not admitted — while the other nodes carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_cut_off_everywhere_and_cannot_rejoin() {
+    let (web3, web4) = (
+        TcpBackend::greeting("n3").await,
+        TcpBackend::greeting("n4").await,
+    );
+    let api = TcpBackend::start().await;
+    let mut mesh = Cluster::new(4)
+        .with_service("n3", "web", web3.addr(), Check::Tcp)
+        .with_service("n4", "web", web4.addr(), Check::Tcp)
+        .with_service("n4", "api", api.addr(), Check::Tcp)
+        .with_listener("n3", "api", "api", "round_robin")
+        .with_listener("n2", "web", "web", "round_robin")
+        .start()
+        .await;
+    mesh.wait_healthy("n1", "web", 2).await;
+    mesh.wait_healthy("n3", "api", 1).await;
+    // n3 holds a tunnel to n4's api.
+    let mut tunnel = TcpStream::connect(mesh.client("n3", "api")).await.unwrap();
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    // Published on n2 only.
+    let body = revoking(&mesh.pki, 1, "n3");
+    let reply = http_send(
+        mesh["n2"].admin(),
+        request("POST", "localhost", "/revocations")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["result"], "applied");
+
+    let others = ["n1", "n2", "n4"];
+    eventually("every node takes the list and drops n3", || async {
+        for name in others {
+            let n = &mesh[name];
+            if n.admin_json("/revocations").await["version"] != 1 {
+                return false;
+            }
+            if n.member_states()
+                .await
+                .iter()
+                .any(|(m, s)| m == "n3" && s != "dead")
+            {
+                return false;
+            }
+        }
+        mesh["n1"].healthy_endpoints("web") == 1 && mesh["n2"].healthy_endpoints("web") == 1
+    })
+    .await;
+    // n4 closed its connections with n3: the tunnel through n3 is gone.
+    let mut rest = [0u8; 16];
+    let read = tokio::time::timeout(EVENTUALLY, tunnel.read(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the revoked node's tunnel is closed: {read:?}"
+    );
+    let recycled = "shoal_quic_connections_recycled_total{reason=\"peer_revoked\"}";
+    assert!(metric_sum(&mesh, &others, recycled).await >= 1.0);
+    for name in others {
+        assert_eq!(
+            mesh[name].metric("shoal_revocation_list_version").await,
+            1.0
+        );
+    }
+    // Traffic to web now goes to n4 only, and works.
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(mesh.client("n2", "web")).await.unwrap();
+        let mut hello = [0u8; 2];
+        s.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"n4");
+    }
+
+    // n3 restarted with the same certificate is refused at the handshake and
+    // never shows up alive again.
+    let refused = "shoal_rejected_peers_total{reason=\"revoked\"}";
+    let before = metric_sum(&mesh, &others, refused).await;
+    let stopped = mesh.kill("n3").await;
+    mesh.start_again(stopped).await;
+    eventually("the restarted n3 is refused", || async {
+        metric_sum(&mesh, &others, refused).await > before
+    })
+    .await;
+    for name in others {
+        let states = mesh[name].member_states().await;
+        assert!(
+            !states.iter().any(|(m, s)| m == "n3" && s == "alive"),
+            "{name}: {states:?}"
+        );
+        assert!(
+            states
+                .iter()
+                .filter(|(m, s)| m != "n3" && s == "alive")
+                .count()
+                == 3,
+            "the other nodes are unaffected: {name}: {states:?}"
+        );
+    }
     mesh.stop().await;
 }

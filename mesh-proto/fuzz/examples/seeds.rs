@@ -88,8 +88,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::create_dir_all("corpus/route_body")?;
     fs::write("corpus/route_body/seed", route_spec().to_body())?;
     println!("wrote corpus/route_body/seed");
+    fs::create_dir_all("corpus/revocation_list")?;
+    fs::write("corpus/revocation_list/seed", REVOCATION_LIST)?;
+    println!("wrote corpus/revocation_list/seed");
     Ok(())
 }
+
+/// A revocation list with both kinds of entry.
+const REVOCATION_LIST: &[u8] = br#"{"revocation_list":{"trust_domain":"prod.example","version":3,"issued_at_ms":1700000000000,"entries":[{"serial":"5a1f","node":"web-7","not_after_ms":1800000000000,"reason":"key_compromise","revoked_at_ms":1700000000000},{"node":"db-2","issued_before_ms":1700000000000,"reason":"decommissioned","revoked_at_ms":1700000000000}]}}"#;
 
 /// A route body using most of the schema.
 fn route_spec() -> RouteSpec {

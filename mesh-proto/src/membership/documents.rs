@@ -9,12 +9,19 @@
 //! allow-lists keep denying) until a newer one replaces it, on every node, even
 //! one that joins after the signer expired. The node keeps the winner on disk as a
 //! high-water mark, so an older document replayed later never wins.
+//!
+//! The store also holds the mesh's revocation list
+//! ([`crate::revocation`]): the one signed document named
+//! [`REVOCATIONS_DOCUMENT`], taken only if the mesh CA itself signed it
+//! ([`Crypto::revocation_signer`]), the highest version winning.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
 
 use crate::gossip::RouteDocument;
+use crate::revocation::{REVOCATIONS_DOCUMENT, RevocationList};
 use crate::route::{Precedence, RouteSpec};
 
 use super::refusal::Refusal;
@@ -66,6 +73,19 @@ impl HeldDocument {
     }
 }
 
+/// The revocation list in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRevocations {
+    /// The document as signed.
+    pub document: RouteDocument,
+    /// Its parsed body.
+    pub list: RevocationList,
+    /// The CA that signed it.
+    pub signer: DocumentSigner,
+    /// Its id.
+    pub id: [u8; 16],
+}
+
 /// Why a document was refused: the protocol-level reason, and a finer label for
 /// the route-document metric (`invalid_body`, `from_the_future`,
 /// `too_many_documents`, or the signer check's reason: `bad_signature`,
@@ -93,10 +113,11 @@ pub enum DocumentApplied {
     Stale,
 }
 
-/// The documents in force, by route name.
+/// The documents in force, by route name, and the revocation list.
 #[derive(Debug, Default)]
 pub struct DocumentStore {
     docs: BTreeMap<String, HeldDocument>,
+    revocations: Option<HeldRevocations>,
 }
 
 impl DocumentStore {
@@ -105,9 +126,23 @@ impl DocumentStore {
         self.docs.get(name)
     }
 
-    /// Every document in force (tombstones included), by name.
+    /// Every route document in force (tombstones included), by name.
     pub fn iter(&self) -> impl Iterator<Item = &HeldDocument> {
         self.docs.values()
+    }
+
+    /// The revocation list in force.
+    pub fn revocations(&self) -> Option<&HeldRevocations> {
+        self.revocations.as_ref()
+    }
+
+    /// Every signed document held, route documents and the revocation list,
+    /// with its id: what anti-entropy offers.
+    pub fn signed(&self) -> impl Iterator<Item = (&RouteDocument, [u8; 16])> {
+        self.revocations
+            .iter()
+            .map(|r| (&r.document, r.id))
+            .chain(self.docs.values().map(|d| (&d.document, d.id)))
     }
 
     /// How many are held.
@@ -122,6 +157,12 @@ impl DocumentStore {
 
     /// Whether the document `summary` names is the one in force.
     pub fn holds(&self, summary: &DocumentSummary) -> bool {
+        if summary.name == REVOCATIONS_DOCUMENT {
+            return self
+                .revocations
+                .as_ref()
+                .is_some_and(|r| r.id == summary.id);
+        }
         self.docs
             .get(&summary.name)
             .is_some_and(|d| d.id == summary.id)
@@ -137,6 +178,9 @@ impl DocumentStore {
         max_skew_ms: u64,
         max_documents: usize,
     ) -> Result<DocumentApplied, DocumentRefusal> {
+        if document.name == REVOCATIONS_DOCUMENT {
+            return self.apply_revocations(document, crypto, wall_ms, max_skew_ms);
+        }
         let id = document_id(&document);
         let held = self.docs.get(&document.name);
         if held.is_some_and(|h| h.id == id) {
@@ -176,13 +220,53 @@ impl DocumentStore {
         Ok(DocumentApplied::InForce)
     }
 
-    /// The summaries for a digest.
+    /// Judges a revocation list: it parses, is not issued ahead of this node's
+    /// clock by more than the skew, beats the list in force, and the mesh CA
+    /// (valid when the list was issued) signed it.
+    fn apply_revocations<C: Crypto>(
+        &mut self,
+        document: RouteDocument,
+        crypto: &C,
+        wall_ms: u64,
+        max_skew_ms: u64,
+    ) -> Result<DocumentApplied, DocumentRefusal> {
+        let id = document_id(&document);
+        let held = self.revocations.as_ref();
+        if held.is_some_and(|h| h.id == id) {
+            return Ok(DocumentApplied::Stale);
+        }
+        let list = RevocationList::parse_document(&document)
+            .map_err(|_| DocumentRefusal::new(Refusal::DocumentInvalid, "invalid_body"))?;
+        if list.issued_at_ms > wall_ms.saturating_add(max_skew_ms) {
+            return Err(DocumentRefusal::new(
+                Refusal::FromTheFuture,
+                "from_the_future",
+            ));
+        }
+        if let Some(h) = held
+            && RevocationList::precedence((&list, &document), (&h.list, &h.document))
+                != Ordering::Greater
+        {
+            return Ok(DocumentApplied::Stale);
+        }
+        let signer = crypto
+            .revocation_signer(&document, list.issued_at_ms)
+            .map_err(|r| DocumentRefusal::new(Refusal::DocumentSignature, r.reason))?;
+        self.revocations = Some(HeldRevocations {
+            document,
+            list,
+            signer,
+            id,
+        });
+        Ok(DocumentApplied::InForce)
+    }
+
+    /// The summaries for a digest (the revocation list first).
     pub fn summaries(&self) -> Vec<DocumentSummary> {
-        self.docs
-            .values()
-            .map(|d| DocumentSummary {
-                name: d.document.name.clone(),
-                id: d.id,
+        self.signed()
+            .map(|(d, id)| DocumentSummary {
+                name: d.name.clone(),
+                id,
             })
             .collect()
     }
@@ -202,6 +286,13 @@ impl DocumentStore {
             .collect();
         for name in &gone {
             self.docs.remove(name);
+        }
+        if let Some(r) = &self.revocations
+            && crypto
+                .revocation_signer(&r.document, r.list.issued_at_ms)
+                .is_err()
+        {
+            self.revocations = None;
         }
         gone
     }

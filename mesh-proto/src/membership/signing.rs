@@ -79,7 +79,8 @@ pub struct NodeCert<K> {
     pub key: K,
 }
 
-/// The operator who signed a route document, and their certificate's validity.
+/// The operator who signed a route document (or the CA that signed the
+/// revocation list), and their certificate's validity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentSigner {
     /// The operator name.
@@ -124,6 +125,15 @@ pub trait Crypto {
     /// certificate chains to the mesh CA, was valid at `at_ms`, is an operator
     /// certificate of this trust domain, and signed the body.
     fn document_signer(
+        &self,
+        document: &RouteDocument,
+        at_ms: u64,
+    ) -> Result<DocumentSigner, CryptoRefusal>;
+
+    /// Checks the signature of the revocation list `document` carries as of
+    /// `at_ms`: the signer certificate is one of the mesh CAs themselves, valid
+    /// at `at_ms`, and its key signed the body. Operator keys cannot revoke.
+    fn revocation_signer(
         &self,
         document: &RouteDocument,
         at_ms: u64,

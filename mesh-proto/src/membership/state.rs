@@ -1567,6 +1567,7 @@ impl<C: Crypto> Membership<C> {
             version: self.view_version,
             members,
             documents: self.documents.iter().cloned().collect(),
+            revocations: self.documents.revocations().cloned(),
         }
     }
 }

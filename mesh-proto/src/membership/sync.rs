@@ -97,8 +97,8 @@ pub fn range_hash<K: Clone + std::fmt::Debug>(
         acc ^ mix(id ^ mix(s.target_version))
     });
     let documents = documents
-        .iter()
-        .fold(0, |acc, d| acc ^ mix(xxhash_rust::xxh3::xxh3_64(&d.id)));
+        .signed()
+        .fold(0, |acc, (_, id)| acc ^ mix(xxhash_rust::xxh3::xxh3_64(&id)));
     RangeHash {
         range,
         count,
@@ -184,17 +184,17 @@ fn answer_others(
             items.suspicions.push(s.clone());
         }
     }
-    for d in documents.iter() {
+    for (d, id) in documents.signed() {
         if items.documents.len() >= MAX_DOCUMENTS_PER_MESSAGE || *bytes > TARGET_MESSAGE_BYTES {
             break;
         }
         let known = digest
             .documents
             .iter()
-            .any(|x| x.name == d.document.name && x.id == d.id);
+            .any(|x| x.name == d.name && x.id == id);
         if !known {
-            *bytes += d.document.body.len() + d.document.signer_cert_der.len();
-            items.documents.push(d.document.clone());
+            *bytes += d.body.len() + d.signer_cert_der.len();
+            items.documents.push(d.clone());
         }
     }
 }

@@ -12,6 +12,7 @@ use super::signing::{Crypto, CryptoRefusal, DocumentSigner, NodeCert};
 
 const NODE_CERT: &str = "toy-node";
 const OPERATOR_CERT: &str = "toy-operator";
+const CA_CERT: &str = "toy-ca";
 
 /// One simulated mesh's CA and one member's key.
 #[derive(Debug, Clone)]
@@ -56,6 +57,20 @@ impl ToyCrypto {
         der.push(b'|');
         der.extend_from_slice(&hex(&self.tag(&[body.as_bytes()])));
         der
+    }
+
+    /// The CA's own certificate, valid until `not_after_ms`.
+    pub fn ca_certificate(&self, not_after_ms: u64) -> Vec<u8> {
+        let body = format!("{CA_CERT}|ca|0|{not_after_ms}");
+        let mut der = body.clone().into_bytes();
+        der.push(b'|');
+        der.extend_from_slice(&hex(&self.tag(&[body.as_bytes()])));
+        der
+    }
+
+    /// The CA's signature over a revocation list body.
+    pub fn sign_as_ca(&self, body: &[u8]) -> Vec<u8> {
+        self.tag(&[b"ca", body]).to_vec()
     }
 
     /// `operator`'s signature over a route body.
@@ -143,27 +158,57 @@ impl Crypto for ToyCrypto {
         if *kind != OPERATOR_CERT {
             return Err(refuse("not_an_operator", "not an operator certificate"));
         }
-        let not_before_ms: u64 = not_before
-            .parse()
-            .map_err(|_| refuse("malformed_cert", "bad validity"))?;
-        let not_after_ms: u64 = not_after
-            .parse()
-            .map_err(|_| refuse("malformed_cert", "bad validity"))?;
-        if at_ms < not_before_ms {
-            return Err(refuse("not_yet_valid", "not valid yet"));
-        }
-        if at_ms > not_after_ms {
-            return Err(refuse("expired", "expired"));
-        }
+        let signer = validity(operator, not_before, not_after, at_ms)?;
         if self.sign_as_operator(operator, &document.body) != document.signature {
             return Err(refuse("bad_signature", "bad signature"));
         }
-        Ok(DocumentSigner {
-            operator: operator.to_string(),
-            not_before_ms,
-            not_after_ms,
-        })
+        Ok(signer)
     }
+
+    fn revocation_signer(
+        &self,
+        document: &RouteDocument,
+        at_ms: u64,
+    ) -> Result<DocumentSigner, CryptoRefusal> {
+        let fields = self.open_cert(&document.signer_cert_der)?;
+        let [kind, name, not_before, not_after] = fields.as_slice() else {
+            return Err(refuse("malformed_cert", "wrong field count"));
+        };
+        if *kind != CA_CERT {
+            return Err(refuse("not_the_ca", "not the CA certificate"));
+        }
+        let signer = validity(name, not_before, not_after, at_ms)?;
+        if self.sign_as_ca(&document.body) != document.signature {
+            return Err(refuse("bad_signature", "bad signature"));
+        }
+        Ok(signer)
+    }
+}
+
+/// The signer of a toy certificate with these validity fields, if valid at `at_ms`.
+fn validity(
+    name: &str,
+    not_before: &str,
+    not_after: &str,
+    at_ms: u64,
+) -> Result<DocumentSigner, CryptoRefusal> {
+    let not_before_ms: u64 = not_before
+        .parse()
+        .map_err(|_| refuse("malformed_cert", "bad validity"))?;
+    let not_after_ms: u64 = not_after
+        .parse()
+        .map_err(|_| refuse("malformed_cert", "bad validity"))?;
+    if at_ms < not_before_ms {
+        return Err(refuse("not_yet_valid", "not valid yet"));
+    }
+    if at_ms > not_after_ms {
+        return Err(refuse("expired", "expired"));
+    }
+    Ok(DocumentSigner {
+        operator: name.to_string(),
+        not_before_ms,
+        not_after_ms,
+    })
 }
 
 #[cfg(test)]

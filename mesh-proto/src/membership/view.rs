@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use crate::gossip::{NodeRecord, ServiceRecord};
 
-use super::documents::HeldDocument;
+use super::documents::{HeldDocument, HeldRevocations};
 
 /// One member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,4 +59,6 @@ pub struct View {
     pub members: Vec<MemberView>,
     /// The route documents in force, by name.
     pub documents: Vec<HeldDocument>,
+    /// The revocation list in force, if any.
+    pub revocations: Option<HeldRevocations>,
 }

@@ -1,7 +1,9 @@
 //! The membership protocol's cryptography, done with this node's TLS material:
 //! records are signed with the node's private key (the one its certificate
 //! certifies), checked against the publisher's certificate verified against the
-//! mesh CA, and route documents against their operator certificate. Certificate
+//! mesh CA, route documents against their operator certificate, and the
+//! revocation list against the mesh CA's own certificate. A certificate the
+//! revocation list in force revokes is refused like one of another CA. Certificate
 //! verdicts are cached by DER (they depend only on the CA, which
 //! [`NodeCrypto::clear_cache`] forgets when it changes, and on the time, checked
 //! from the cached expiry).
@@ -122,19 +124,34 @@ impl Crypto for NodeCrypto {
         document: &RouteDocument,
         at_ms: u64,
     ) -> Result<DocumentSigner, CryptoRefusal> {
-        let at = UnixTime::since_unix_epoch(std::time::Duration::from_millis(at_ms));
-        let signer = self
-            .tls
-            .verify_route_document(document, at)
-            .map_err(|e| CryptoRefusal {
-                reason: e.reason(),
-                detail: e.to_string(),
-            })?;
-        let ms = |s: i64| u64::try_from(s).unwrap_or(0).saturating_mul(1000);
-        Ok(DocumentSigner {
-            operator: signer.operator,
-            not_before_ms: ms(signer.not_before),
-            not_after_ms: ms(signer.not_after),
-        })
+        signer_of(self.tls.verify_route_document(document, unix_time(at_ms)))
     }
+
+    fn revocation_signer(
+        &self,
+        document: &RouteDocument,
+        at_ms: u64,
+    ) -> Result<DocumentSigner, CryptoRefusal> {
+        signer_of(self.tls.verify_revocations(document, unix_time(at_ms)))
+    }
+}
+
+fn unix_time(ms: u64) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_millis(ms))
+}
+
+/// A signature verdict in the state machine's terms.
+fn signer_of(
+    verdict: Result<shoal_pki::Signer, shoal_pki::SignatureError>,
+) -> Result<DocumentSigner, CryptoRefusal> {
+    let signer = verdict.map_err(|e| CryptoRefusal {
+        reason: e.reason(),
+        detail: e.to_string(),
+    })?;
+    let ms = |s: i64| u64::try_from(s).unwrap_or(0).saturating_mul(1000);
+    Ok(DocumentSigner {
+        operator: signer.operator,
+        not_before_ms: ms(signer.not_before),
+        not_after_ms: ms(signer.not_after),
+    })
 }

@@ -26,6 +26,12 @@ pub struct TlsMetrics {
     pub certificate_expires_soon: Gauge,
     /// Reloads of this node's TLS files refused (the current ones kept), by reason.
     pub reloads_refused: Family<ReasonLabels, Counter>,
+    /// The version of the revocation list in force (0: none).
+    pub revocation_list_version: Gauge,
+    /// Entries of the revocation list in force.
+    pub revocation_entries: Gauge,
+    /// Revocation lists refused (from the admin API or this node's disk), by reason.
+    pub revocation_lists_refused: Family<ReasonLabels, Counter>,
 }
 
 impl TlsMetrics {
@@ -71,6 +77,24 @@ impl TlsMetrics {
                 r,
                 "tls_reloads_refused",
                 "Reloads of this node's certificate, key or CA refused, the current ones kept (unusable files, another node's certificate, another trust domain, a hosted service no longer allowed), by reason",
+                Family::default(),
+            ),
+            revocation_list_version: register(
+                r,
+                "revocation_list_version",
+                "Version of the CA-signed revocation list in force (0: none)",
+                Gauge::default(),
+            ),
+            revocation_entries: register(
+                r,
+                "revocation_list_entries",
+                "Entries of the revocation list in force",
+                Gauge::default(),
+            ),
+            revocation_lists_refused: register(
+                r,
+                "revocation_lists_refused",
+                "Revocation lists refused from the admin API or this node's data directory, by reason (lists from peers: shoal_gossip_rejected_total)",
                 Family::default(),
             ),
         }
