@@ -18,6 +18,10 @@
 //! | `POST /revocations` | apply a CA-signed revocation list file (`shoal revoke apply`) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | an HTML page polling the certificate, members, services and routes |
+//!
+//! What it lets in (connections, timeouts, the `Host` header) is [`guard`].
+
+mod guard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::gossip::Gossip;
-use crate::metrics::{Metrics, StateLabels};
+use crate::metrics::{Metrics, ReasonLabels, StateLabels};
 use crate::publish::Publisher;
 use crate::revocations::RevocationStore;
 use crate::routes::{ApplyRequest, MAX_APPLY_REQUEST_BYTES, RouteStore, SharedRoutes};
@@ -150,6 +154,14 @@ pub fn member_state(m: &mesh_proto::membership::MemberView) -> &'static str {
 }
 
 impl AdminState {
+    /// Counts one refused admin connection or request.
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .admin_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// The `/members` answer, sorted by name.
     pub async fn members(&self) -> Vec<MemberView> {
         let view = self.gossip.current_view();
@@ -258,12 +270,26 @@ pub fn services_view(
         .collect()
 }
 
-/// Serves the admin API on `listener` until `stop` fires.
+/// Serves the admin API on `listener` until `stop` fires, within the limits
+/// of [`guard`].
 pub async fn serve(
     listener: Arc<TcpListener>,
     state: Arc<AdminState>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let node = &state.config.node;
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        node.admin_max_connections as usize,
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(node.admin_header_timeout);
+    for reason in guard::REASONS {
+        let _ = state
+            .metrics
+            .admin_refused
+            .get_or_create(&ReasonLabels { reason });
+    }
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -277,21 +303,48 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
-        let state = state.clone();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // A new connection's send buffer is empty: the answer fits at once.
+            let _ = stream.try_write(guard::OVER_CAPACITY);
+            state.refused("too_many_connections");
+            continue;
+        };
+        let (state, http) = (state.clone(), http.clone());
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn({
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(&state, req).await) }
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            if let Err(e) = http.serve_connection(io, svc).await
+                && e.is_timeout()
+            {
+                state.refused("header_timeout");
+            }
+            drop(permit);
         });
     }
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !guard::host_allowed(host, state.config.node.admin) {
+        state.refused("bad_host");
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Host {:?} does not name this node's admin API: use localhost, a loopback address or {} (the admin API refuses other names, against DNS rebinding)\n",
+                host.unwrap_or(""),
+                state.config.node.admin.ip()
+            ),
+        );
+    }
     if req.method() == Method::POST {
         match req.uri().path() {
             "/routes" => return apply_route(state, req).await,
@@ -344,8 +397,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
-/// Reads a request body of at most `max` bytes, or answers why not.
+/// Reads a request body of at most `max` bytes within
+/// `node.admin_header_timeout`, or answers why not.
 async fn read_body(
+    state: &AdminState,
     req: Request<Incoming>,
     max: usize,
     what: &str,
@@ -365,10 +420,16 @@ async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(req.into_body(), max)
-        .collect()
-        .await
-    {
+    let limit = state.config.node.admin_header_timeout;
+    let read = http_body_util::Limited::new(req.into_body(), max).collect();
+    let Ok(read) = tokio::time::timeout(limit, read).await else {
+        state.refused("body_timeout");
+        return Err(error_json(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {limit:?}"),
+        ));
+    };
+    match read {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(error_json(
@@ -383,6 +444,7 @@ async fn read_body(
 /// status with `{"error": "..."}`.
 async fn apply_revocations(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match read_body(
+        state,
         req,
         crate::revocations::MAX_APPLY_REQUEST_BYTES,
         "a revocation list file is smaller",
@@ -406,6 +468,7 @@ async fn apply_revocations(state: &AdminState, req: Request<Incoming>) -> Respon
 /// [`crate::routes::ApplyResponse`], or an error status with `{"error": "..."}`.
 async fn apply_route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match read_body(
+        state,
         req,
         MAX_APPLY_REQUEST_BYTES,
         "a route document is at most 32 KiB",

@@ -600,6 +600,7 @@ async fn bind(
     let listen = config.node.listen;
     let (endpoint, accepted) = MeshEndpoint::new(source, tls.clone(), metrics.clone())
         .map_err(bind_err("node.listen", listen))?;
+    endpoint.limit_incoming(config.node.incoming.limits());
     let quic = endpoint
         .local_addr()
         .map_err(bind_err("node.listen", listen))?;

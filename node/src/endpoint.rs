@@ -22,6 +22,28 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::tls::{self, ALPN_GOSSIP, ALPN_TUNNEL, ANY_NODE, TlsState};
 
+pub mod incoming;
+
+pub use incoming::IncomingLimits;
+use incoming::{IncomingGate, Verdict};
+
+/// The place an accepted connection holds in the endpoint's caps, given back
+/// when it is dropped (the connection closed, or its handshake failed).
+struct OpenSlot {
+    endpoint: Arc<MeshEndpoint>,
+    remote: SocketAddr,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.endpoint
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed(self.remote);
+    }
+}
+
 /// UDP socket buffer size asked for (send and receive).
 pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 /// How long dialling a peer may take before it counts as unreachable.
@@ -180,6 +202,8 @@ pub struct MeshEndpoint {
     gossip_inbound: mpsc::Sender<Inbound>,
     /// Where accepted tunnel connections go.
     tunnel_inbound: mpsc::Sender<Inbound>,
+    /// Which connection attempts are taken (caps, Retry).
+    incoming: Mutex<IncomingGate>,
 }
 
 /// How many connections of one use may wait to be taken from [`Accepted`].
@@ -330,6 +354,12 @@ impl MeshEndpoint {
             socket,
             runtime,
         )?;
+        for reason in incoming::REFUSAL_REASONS {
+            let _ = metrics
+                .tls
+                .incoming_refused
+                .get_or_create(&crate::metrics::ReasonLabels { reason });
+        }
         let (gossip_inbound, gossip) = mpsc::channel(ACCEPT_QUEUE);
         let (tunnel_inbound, tunnel) = mpsc::channel(ACCEPT_QUEUE);
         let me = Arc::new(MeshEndpoint {
@@ -341,6 +371,7 @@ impl MeshEndpoint {
             tracked: Mutex::new(Vec::new()),
             gossip_inbound,
             tunnel_inbound,
+            incoming: Mutex::new(IncomingGate::new(IncomingLimits::DEFAULT)),
         });
         Ok((me, Accepted { gossip, tunnel }))
     }
@@ -679,11 +710,58 @@ impl MeshEndpoint {
         self.metrics.gossip.connections.set(open);
     }
 
-    /// Accepts inbound connections until the endpoint closes, handing each
-    /// authenticated one over to [`Accepted`] by its use. Handshake failures
-    /// (refused certificates among them) are logged and counted by the verifier.
+    /// Sets the caps on inbound connections and the handshake rate above
+    /// which Retry is required (see [`incoming`]); connections already open
+    /// count against the new caps.
+    pub fn limit_incoming(&self, limits: IncomingLimits) {
+        let mut gate = self.incoming.lock().unwrap_or_else(|e| e.into_inner());
+        gate.set_limits(limits);
+    }
+
+    /// Judges a connection attempt (see [`incoming`]): retries or refuses it
+    /// (counted), or returns the place it holds while it is open.
+    fn admit(self: &Arc<Self>, incoming: quinn::Incoming) -> Option<(quinn::Incoming, OpenSlot)> {
+        let remote = incoming.remote_address();
+        let verdict = self
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .judge(remote, incoming.remote_address_validated(), Instant::now());
+        match verdict {
+            Verdict::Accept => Some((
+                incoming,
+                OpenSlot {
+                    endpoint: self.clone(),
+                    remote,
+                },
+            )),
+            Verdict::Retry => {
+                self.metrics.tls.quic_retries.inc();
+                if incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    incoming.ignore();
+                }
+                None
+            }
+            Verdict::Refuse(reason) => {
+                self.metrics.tls.incoming_refused(reason);
+                tracing::debug!(%remote, reason, "refused an inbound QUIC connection");
+                incoming.refuse();
+                None
+            }
+        }
+    }
+
+    /// Accepts inbound connections until the endpoint closes, within the caps
+    /// of [`incoming`], handing each authenticated one over to [`Accepted`] by
+    /// its use. Handshake failures (refused certificates among them) are logged
+    /// and counted by the verifier.
     pub async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
+            let Some((incoming, slot)) = self.admit(incoming) else {
+                continue;
+            };
             let me = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
@@ -694,6 +772,14 @@ impl MeshEndpoint {
                         return;
                     }
                 };
+                // The place is held until the connection closes.
+                tokio::spawn({
+                    let conn = conn.clone();
+                    async move {
+                        conn.closed().await;
+                        drop(slot);
+                    }
+                });
                 let alpn = conn
                     .handshake_data()
                     .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())

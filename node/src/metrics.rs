@@ -39,6 +39,8 @@ pub struct Metrics {
     pub inbound: inbound::InboundMetrics,
     /// Long-running tasks restarted after they ended unexpectedly, by task.
     pub task_restarts: Family<TaskLabels, Counter>,
+    /// Admin API connections and requests refused, by reason.
+    pub admin_refused: Family<ReasonLabels, Counter>,
 }
 
 /// Registers `metric` as `name` and returns it.
@@ -74,6 +76,12 @@ impl Metrics {
                 r,
                 "task_restarts",
                 "Long-running tasks restarted after they ended unexpectedly, by task",
+                Family::default(),
+            ),
+            admin_refused: register(
+                r,
+                "admin_refused",
+                "Admin API connections and requests refused (too many connections, headers or body too slow, a Host that does not name this node), by reason",
                 Family::default(),
             ),
             registry,

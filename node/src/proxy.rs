@@ -173,6 +173,7 @@ pub(crate) fn test_service(
         max_connections_per_caller: max_connections,
         connect_timeout: Duration::from_secs(1),
         http_idle_timeout: Duration::ZERO,
+        idle_timeout: Duration::from_secs(600),
     };
     LocalService::new(config, &Metrics::new())
 }

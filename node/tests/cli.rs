@@ -657,6 +657,25 @@ unhealthy_threshold = 1
         members.iter().any(|r| r[..3] == ["b", "*", "alive"]),
         "b is marked as the answering node: {status}"
     );
+    // What a node refuses shows in the REFUSED table: here a request to b's
+    // admin API naming another host (DNS rebinding).
+    let mut evil = TcpStream::connect(b.admin).unwrap();
+    write!(
+        evil,
+        "GET /members HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    evil.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let out = shoal(&["status", "--admin", &admin_b]);
+    let stdout = text(&out.stdout);
+    assert!(
+        status_table(&stdout, "REFUSED")
+            .iter()
+            .any(|r| r[..] == ["admin_api", "bad_host", "-", "1"]),
+        "{stdout}"
+    );
 
     // --- SIGHUP: a new certificate for the same node ---------------------------
     let opened = |n: &Shoal| -> f64 {

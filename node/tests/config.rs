@@ -128,6 +128,8 @@ data_dir = "state/shoal"
 seeds = ["10.1.2.4:7200", "seed.example.org:7200"]
 ready_alone = true
 drain_timeout = "45s"
+admin_header_timeout = "3s"
+admin_max_connections = 16
 
 [tls]
 cert = "tls/node.crt"
@@ -185,6 +187,8 @@ kind = "none"
     assert_eq!(n.seeds, ["10.1.2.4:7200", "seed.example.org:7200"]);
     assert!(n.ready_alone);
     assert_eq!(n.drain_timeout, Duration::from_secs(45));
+    assert_eq!(n.admin_header_timeout, Duration::from_secs(3));
+    assert_eq!(n.admin_max_connections, 16);
     assert_eq!(
         c.advertise_for("0.0.0.0:7200".parse().unwrap()),
         "10.1.2.3:7300".parse::<SocketAddr>().unwrap()
@@ -272,6 +276,8 @@ address = "127.0.0.1:6379"
     assert!(n.seeds.is_empty());
     assert!(n.ready_alone, "no seeds: the first node is ready alone");
     assert_eq!(n.drain_timeout, Duration::from_secs(30));
+    assert_eq!(n.admin_header_timeout, Duration::from_secs(10));
+    assert_eq!(n.admin_max_connections, 64);
     assert_eq!(
         n.max_streams_per_connection, None,
         "derived from the services at start"
@@ -299,6 +305,11 @@ address = "127.0.0.1:6379"
     );
     assert!(web.tags.is_empty());
     assert_eq!(web.http_idle_timeout, Duration::from_secs(4));
+    assert_eq!(
+        web.idle_timeout,
+        Duration::from_secs(600),
+        "the serving side bounds idle tunnels to ten minutes"
+    );
     assert_eq!(
         web.health.kind,
         HealthKind::Http,
@@ -648,6 +659,31 @@ fn unparseable_addresses() {
         "[[service]]\nname = \"web\"\naddress = \"127.0.0.1:0\"",
     ));
     assert_error(&e, "service[0].address", &["port 0"]);
+}
+
+#[test]
+fn the_admin_api_listens_on_loopback_only_and_its_limits_have_ranges() {
+    let f = Fixture::new();
+    let with = |line: &str| {
+        MINIMAL.replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = \"data\"\n{line}"),
+        )
+    };
+    for exposed in ["0.0.0.0:7101", "10.0.0.5:7101", "[::]:7101"] {
+        let e = f.errors(&with(&format!("admin = \"{exposed}\"")));
+        assert_error(
+            &e,
+            "node.admin",
+            &["not a loopback address", "without authentication"],
+        );
+    }
+    f.ok(&with("admin = \"127.0.0.9:7101\""));
+    f.ok(&with("admin = \"[::1]:7101\""));
+    let e = f.errors(&with("admin_header_timeout = \"10ms\""));
+    assert_error(&e, "node.admin_header_timeout", &["out of range", "100ms"]);
+    let e = f.errors(&with("admin_max_connections = 0"));
+    assert_error(&e, "node.admin_max_connections", &["out of range"]);
 }
 
 #[test]
@@ -1092,6 +1128,7 @@ allow_services = ["api"]
 max_connections = 50
 connect_timeout = "250ms"
 http_idle_timeout = "30s"
+idle_timeout = "1h"
 
 [[listener]]
 bind = "127.0.0.1:9000"
@@ -1131,10 +1168,12 @@ max_ejection = "30s"
     assert_eq!(db.attempts, 3);
     assert_eq!(db.max_connections, 10_000);
     assert_eq!(db.connect_timeout, Duration::from_secs(2));
-    assert_eq!(db.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(db.idle_timeout, Duration::from_secs(600), "ten minutes");
     assert!(db.zone_aware);
     assert_eq!(db.source_service, None);
     assert_eq!(db.outlier.consecutive_failures, 3);
+
+    assert_eq!(web.idle_timeout, Duration::from_secs(3600));
 
     let cache = &c.listeners[1];
     assert_eq!(cache.name, "cache-sticky");

@@ -39,7 +39,7 @@ async fn apply(node: &TestNode, op: &OperatorKey, mut spec: serde_json::Value, a
     let body = serde_json::to_vec(&ApplyRequest::new(&signed)).unwrap();
     let r = http_send(
         node.admin(),
-        request("POST", "admin", "/routes")
+        request("POST", "localhost", "/routes")
             .header("content-type", "application/json")
             .body(Full::from(body))
             .unwrap(),

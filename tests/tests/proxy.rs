@@ -12,7 +12,7 @@ use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamSt
 use sha2::{Digest, Sha256};
 use shoal_node::endpoint::{MeshEndpoint, Use};
 use shoal_tests::cluster::Cluster;
-use shoal_tests::{Check, NodeSpec, Pki, TcpBackend, eventually};
+use shoal_tests::{Check, EVENTUALLY, NodeSpec, Pki, TcpBackend, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -860,5 +860,41 @@ async fn one_caller_cannot_take_every_slot_of_a_service() {
             >= 1.0
     );
     drop(held);
+    mesh.stop().await;
+}
+
+/// The serving node closes a tunnelled connection idle for its service's
+/// `idle_timeout`, however long the calling listener would keep it, and frees
+/// the service's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_node_closes_tunnels_idle_past_its_services_idle_timeout() {
+    let echo = TcpBackend::start().await;
+    let mesh = Cluster::of([
+        NodeSpec::new("n1")
+            .service("echo", echo.addr(), Check::Tcp)
+            .tweak(|raw| raw.services[0].idle_timeout = Some(Duration::from_millis(300))),
+        NodeSpec::new("n2")
+            .listener("echo", "echo", "round_robin")
+            .tweak(|raw| raw.listeners[0].idle_timeout = Some(Duration::from_secs(3600))),
+    ])
+    .start()
+    .await;
+    mesh.wait_healthy("n2", "echo", 1).await;
+    let mut s = TcpStream::connect(mesh.client("n2", "echo")).await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    let closed = tokio::time::timeout(EVENTUALLY, s.read(&mut b)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the serving node once idle: {closed:?}"
+    );
+    let n1 = &mesh["n1"];
+    eventually("n1 frees the service's slot", || async {
+        n1.metric("shoal_inbound_active_streams{service=\"echo\"}")
+            .await
+            == 0.0
+    })
+    .await;
     mesh.stop().await;
 }

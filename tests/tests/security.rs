@@ -17,7 +17,7 @@ use shoal_node::endpoint::{ConnectError, Use};
 use shoal_node::tls::ALPN_GOSSIP;
 use shoal_pki::{RevocationFile, Validity};
 use shoal_tests::cluster::Cluster;
-use shoal_tests::{Check, EVENTUALLY, Pki, TcpBackend, eventually, http_send, request};
+use shoal_tests::{Check, EVENTUALLY, Pki, TcpBackend, eventually, get, http_send, request};
 use time::{Duration as TimeDuration, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -701,5 +701,189 @@ async fn a_revoked_node_is_cut_off_everywhere_and_cannot_rejoin() {
             "the other nodes are unaffected: {name}: {states:?}"
         );
     }
+    mesh.stop().await;
+}
+
+/// Reads until the peer closes (EOF or reset), bounded by [`EVENTUALLY`];
+/// returns what arrived.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(EVENTUALLY, stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection is closed");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The admin API closes a client that sends its headers too slowly (and a
+/// keep-alive connection left idle), times out a body that stalls, refuses a
+/// `Host` that does not name it, and answers the connection over its cap with
+/// 503; each refusal counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_sheds_slow_clients_foreign_hosts_and_excess_connections() {
+    let mesh = Cluster::new(2)
+        .with("n1", |s| {
+            s.tweak(|raw| raw.node.admin_max_connections = Some(3))
+        })
+        .with("n2", |s| {
+            s.tweak(|raw| raw.node.admin_header_timeout = Some(Duration::from_millis(300)))
+        })
+        .start()
+        .await;
+    mesh.wait_converged().await;
+    let (n1, n2) = (&mesh["n1"], &mesh["n2"]);
+
+    // Slowloris: half a request head, then nothing.
+    let mut slow = TcpStream::connect(n2.admin()).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut slow).await;
+    // A keep-alive connection, idle after its request.
+    let mut idle = TcpStream::connect(n2.admin()).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut idle).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    // A body announced and never sent.
+    let mut stalled = TcpStream::connect(n2.admin()).await.unwrap();
+    stalled
+        .write_all(b"POST /routes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut stalled).await;
+    assert!(answered.starts_with("HTTP/1.1 408"), "{answered}");
+    assert!(
+        n2.metric("shoal_admin_refused_total{reason=\"header_timeout\"}")
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        n2.metric("shoal_admin_refused_total{reason=\"body_timeout\"}")
+            .await,
+        1.0
+    );
+
+    // DNS rebinding: a page of evil.example that resolves to 127.0.0.1.
+    let reply = get(n1.admin(), "evil.example", "/members").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.body.contains("DNS rebinding"), "{}", reply.body);
+    let reply = get(
+        n1.admin(),
+        &format!("localhost:{}", n1.admin().port()),
+        "/healthz",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        n1.metric("shoal_admin_refused_total{reason=\"bad_host\"}")
+            .await,
+        1.0
+    );
+
+    // Four connections at once on n1 (cap 3): one is told 503 and closed (which
+    // one depends on whether an earlier connection of this test has closed).
+    let mut four = Vec::new();
+    for _ in 0..4 {
+        four.push(TcpStream::connect(n1.admin()).await.unwrap());
+    }
+    let mut answers = vec![Vec::new(); four.len()];
+    eventually("a connection over the cap is answered 503", || {
+        for (stream, got) in four.iter().zip(answers.iter_mut()) {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = stream.try_read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        let refused = answers
+            .iter()
+            .any(|a| String::from_utf8_lossy(a).starts_with("HTTP/1.1 503"));
+        async move { refused }
+    })
+    .await;
+    let text: Vec<String> = answers
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("too many admin API connections")),
+        "{text:?}"
+    );
+    drop(four);
+    // Once those connections are closed, n1 serves again: the 503s are counted.
+    eventually("n1 serves again once the connections close", || async {
+        let mut s = TcpStream::connect(n1.admin()).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut s).await;
+        answer.starts_with("HTTP/1.1 200")
+            && answer
+                .lines()
+                .filter(|l| {
+                    l.starts_with("shoal_admin_refused_total{reason=\"too_many_connections\"}")
+                })
+                .any(|l| !l.ends_with(" 0"))
+    })
+    .await;
+    mesh.stop().await;
+}
+
+/// One peer address may hold only `node.max_connections_per_address`
+/// connections to a node (the next attempt is refused before any handshake);
+/// a node that requires QUIC Retry of everyone (`retry_handshakes_above = 0`)
+/// still joins the mesh and serves, its peers answering the Retry. Both are
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_connections_are_capped_per_address_and_retry_proves_addresses() {
+    // n1 is the seed: the others dial it, and must answer its Retry.
+    let mesh = Cluster::new(3)
+        .with("n1", |s| {
+            s.tweak(|raw| raw.node.retry_handshakes_above = Some(0))
+        })
+        .with("n2", |s| {
+            s.tweak(|raw| raw.node.max_connections_per_address = Some(2))
+        })
+        .start()
+        .await;
+    mesh.wait_converged().await;
+    let (n1, n2) = (&mesh["n1"], &mesh["n2"]);
+    assert!(n1.metric("shoal_quic_retries_total").await >= 2.0);
+
+    // From one client address: two connections are taken, the third refused.
+    let x = mesh
+        .pki
+        .ca
+        .issue_node("x", &[], Validity::days_from_now(1).unwrap())
+        .unwrap();
+    let endpoint = client(&x.cert_pem, &x.key_pem, ALPN_GOSSIP);
+    let addr = n2.node.bound().advertise;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let conn = endpoint.connect(addr, "n2").unwrap().await.unwrap();
+        open.push(conn);
+    }
+    let third = endpoint.connect(addr, "n2").unwrap().await;
+    assert!(
+        matches!(third, Err(quinn::ConnectionError::ConnectionClosed(ref c)) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{third:?}"
+    );
+    assert_eq!(
+        n2.metric("shoal_quic_incoming_refused_total{reason=\"too_many_from_address\"}")
+            .await,
+        1.0
+    );
+    // A connection closed gives its place back.
+    open.pop().unwrap().close(0u32.into(), b"done");
+    let mut again = None;
+    for _ in 0..(EVENTUALLY.as_millis() / 50) {
+        if let Ok(c) = endpoint.connect(addr, "n2").unwrap().await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a closed connection frees its place");
+    endpoint.close(0u32.into(), b"");
     mesh.stop().await;
 }

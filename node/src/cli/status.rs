@@ -1,4 +1,5 @@
-//! `shoal status`: the members and services a node sees, as tables.
+//! `shoal status`: the members and services a node sees, and what it refused
+//! (every limit's refusals, by reason), as tables.
 
 use std::net::SocketAddr;
 
@@ -72,5 +73,101 @@ pub(crate) async fn status(admin: SocketAddr) -> Result<()> {
         ],
         &rows,
     );
+    let (status, metrics) =
+        super::admin::admin_request(admin, hyper::Method::GET, "/metrics", Vec::new()).await?;
+    if status.is_success() {
+        say!();
+        say!("REFUSED");
+        let rows = refusals(&String::from_utf8_lossy(&metrics));
+        if rows.is_empty() {
+            say!("nothing refused since the node started");
+        } else {
+            print_table(&["WHAT", "REASON", "WHERE", "COUNT"], &rows);
+        }
+    }
     Ok(())
+}
+
+/// The counters of refusals `shoal status` shows, and what each refuses.
+const REFUSAL_FAMILIES: [(&str, &str); 11] = [
+    ("shoal_quic_incoming_refused_total", "quic_connections"),
+    ("shoal_rejected_peers_total", "peer_certificates"),
+    ("shoal_inbound_refusals_total", "inbound_streams"),
+    (
+        "shoal_listener_connection_failures_total",
+        "listener_connections",
+    ),
+    ("shoal_http_retry_budget_exhausted_total", "http_retries"),
+    ("shoal_gossip_dropped_total", "gossip_messages"),
+    ("shoal_gossip_rejected_total", "gossip_items"),
+    ("shoal_route_documents_rejected_total", "route_documents"),
+    ("shoal_revocation_lists_refused_total", "revocation_lists"),
+    ("shoal_tls_reloads_refused_total", "certificate_reloads"),
+    ("shoal_admin_refused_total", "admin_api"),
+];
+
+/// Rows (what, reason, other labels, count) of every non-zero refusal counter
+/// in a `/metrics` text.
+fn refusals(metrics: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for line in metrics.lines() {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((_, what)) = REFUSAL_FAMILIES.iter().find(|(f, _)| *f == name) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let count = value.split_whitespace().next().unwrap_or("0");
+        if count.parse::<f64>().map_or(true, |v| v == 0.0) {
+            continue;
+        }
+        let mut reason = "-".to_string();
+        let mut other = Vec::new();
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = v.trim_matches('"');
+            if k == "reason" {
+                reason = v.to_string();
+            } else {
+                other.push(format!("{k}={v}"));
+            }
+        }
+        let place = if other.is_empty() {
+            "-".to_string()
+        } else {
+            other.join(",")
+        };
+        rows.push(vec![what.to_string(), reason, place, count.to_string()]);
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_zero_refusal_counters_become_rows() {
+        let text = "\
+# TYPE shoal_quic_incoming_refused_total counter
+shoal_quic_incoming_refused_total{reason=\"too_many_from_address\"} 3
+shoal_quic_incoming_refused_total{reason=\"too_many_connections\"} 0
+shoal_inbound_refusals_total{service=\"web\",reason=\"overloaded\"} 7
+shoal_http_retry_budget_exhausted_total{listener=\"front\"} 2
+shoal_listener_connections_total{listener=\"front\"} 9
+shoal_gossip_messages_total{direction=\"sent\"} 100
+# EOF
+";
+        assert_eq!(
+            refusals(text),
+            vec![
+                vec!["quic_connections", "too_many_from_address", "-", "3"],
+                vec!["inbound_streams", "overloaded", "service=web", "7"],
+                vec!["http_retries", "-", "listener=front", "2"],
+            ]
+        );
+    }
 }

@@ -11,6 +11,21 @@ pub const DEFAULT_CLUSTER: &str = "shoal";
 pub const DEFAULT_ZONE: &str = "default";
 /// Default `node.admin`: loopback only, so the admin API is not exposed by accident.
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7101);
+/// Default `node.admin_header_timeout`.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accepted range of `node.admin_header_timeout`.
+pub const ADMIN_HEADER_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
+/// Default `node.admin_max_connections`.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
+/// Accepted range of `node.admin_max_connections`.
+pub const ADMIN_MAX_CONNECTIONS_RANGE: (u32, u32) = (1, 4096);
+/// Accepted range of `node.max_connections` and
+/// `node.max_connections_per_address` (defaults:
+/// [`crate::endpoint::IncomingLimits::DEFAULT`]).
+pub const MAX_CONNECTIONS_RANGE: (u32, u32) = (1, 1_000_000);
+/// Accepted range of `node.retry_handshakes_above` (0: always Retry).
+pub const RETRY_HANDSHAKES_RANGE: (u32, u32) = (0, 1_000_000);
 /// Default `node.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -112,8 +127,9 @@ pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const MAX_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `listener.connect_timeout` (one attempt through the mesh).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default `listener.idle_timeout`.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `listener.idle_timeout`, and `service.idle_timeout` (the serving
+/// node's bound on any caller's idle tunnel): ten minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default `listener.request_timeout` (HTTP).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `listener.header_timeout` (HTTP).

@@ -75,6 +75,28 @@ pub struct RawNode {
     /// have open at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_streams_per_connection: Option<u32>,
+    /// `admin_header_timeout`: how long the admin API waits for a request's
+    /// headers (and body).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub admin_header_timeout: Option<Duration>,
+    /// `max_connections`: inbound QUIC connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `max_connections_per_address`: inbound QUIC connections open at once
+    /// from one peer address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<u32>,
+    /// `retry_handshakes_above`: connection attempts a second from unvalidated
+    /// addresses above which QUIC Retry is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_handshakes_above: Option<u32>,
+    /// `admin_max_connections`: admin API connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_max_connections: Option<u32>,
 }
 
 /// The `[tls]` table as written. Relative paths are relative to the config file's
@@ -213,6 +235,14 @@ pub struct RawService {
         skip_serializing_if = "Option::is_none"
     )]
     pub http_idle_timeout: Option<Duration>,
+    /// `idle_timeout`: how long a tunnelled connection to this service may
+    /// carry no byte before this node closes it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One `[[listener]]` table as written.

@@ -54,8 +54,17 @@ pub struct NodeConfig {
     /// The address peers should use, when it is not simply the bound address; see
     /// [`NodeConfig::advertise_for`].
     pub advertise: Option<SocketAddr>,
-    /// TCP address of the admin HTTP API (port 0: the OS picks).
+    /// TCP address of the admin HTTP API (port 0: the OS picks); loopback only.
     pub admin: SocketAddr,
+    /// How long the admin API waits for a request's headers, or for the next
+    /// request on an idle keep-alive connection, and for a request body.
+    #[serde(with = "humantime_serde")]
+    pub admin_header_timeout: Duration,
+    /// Admin API connections open at once; the next one is answered 503.
+    pub admin_max_connections: u32,
+    /// Caps on inbound QUIC connections, and the attempt rate above which
+    /// Retry is required.
+    pub incoming: IncomingConfig,
     /// Directory for durable state, absolute. It may not exist yet.
     pub data_dir: PathBuf,
     /// Seed peers, `HOST:PORT`, file entries first, then `--seed` flags, without
@@ -70,6 +79,29 @@ pub struct NodeConfig {
     /// the hosted services can take from one caller
     /// ([`crate::endpoint::stream_cap`]).
     pub max_streams_per_connection: Option<u32>,
+}
+
+/// `node.max_connections`, `node.max_connections_per_address` and
+/// `node.retry_handshakes_above`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IncomingConfig {
+    /// Inbound QUIC connections open at once.
+    pub max_connections: u32,
+    /// Inbound QUIC connections open at once from one peer address.
+    pub max_connections_per_address: u32,
+    /// Attempts a second from unvalidated addresses before Retry is required.
+    pub retry_handshakes_above: u32,
+}
+
+impl IncomingConfig {
+    /// The endpoint's limits.
+    pub fn limits(&self) -> crate::endpoint::IncomingLimits {
+        crate::endpoint::IncomingLimits {
+            max_connections: self.max_connections as usize,
+            max_per_address: self.max_connections_per_address as usize,
+            retry_above: self.retry_handshakes_above,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -224,6 +256,11 @@ pub struct ServiceConfig {
     /// the next tunnelled request (zero: every request gets its own connection).
     #[serde(with = "humantime_serde")]
     pub http_idle_timeout: Duration,
+    /// How long a tunnelled connection to this service (a TCP stream, an
+    /// upgraded HTTP one) may carry no byte before this node closes it,
+    /// whatever the caller's listener allows.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl ServiceConfig {

@@ -143,6 +143,17 @@ impl Validator {
         }
     }
 
+    /// An `idle_timeout` (a listener's or a service's): `value` or the
+    /// default, within its range.
+    fn idle_timeout(&mut self, field: &str, value: Option<Duration>) -> Duration {
+        use crate::config::defaults::{
+            DEFAULT_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT, MIN_LISTENER_TIMEOUT,
+        };
+        let v = value.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        self.duration_range(field, v, MIN_LISTENER_TIMEOUT, MAX_IDLE_TIMEOUT);
+        v
+    }
+
     /// `value` (or `default`), checked against `range`.
     fn count_in(
         &mut self,

@@ -26,6 +26,10 @@ pub struct TlsMetrics {
     pub certificate_expires_soon: Gauge,
     /// Reloads of this node's TLS files refused (the current ones kept), by reason.
     pub reloads_refused: Family<ReasonLabels, Counter>,
+    /// Inbound QUIC connection attempts refused before any handshake, by reason.
+    pub incoming_refused: Family<ReasonLabels, Counter>,
+    /// Inbound QUIC connection attempts asked to prove their address (Retry).
+    pub quic_retries: Counter,
     /// The version of the revocation list in force (0: none).
     pub revocation_list_version: Gauge,
     /// Entries of the revocation list in force.
@@ -79,6 +83,18 @@ impl TlsMetrics {
                 "Reloads of this node's certificate, key or CA refused, the current ones kept (unusable files, another node's certificate, another trust domain, a hosted service no longer allowed), by reason",
                 Family::default(),
             ),
+            incoming_refused: register(
+                r,
+                "quic_incoming_refused",
+                "Inbound QUIC connection attempts refused before any handshake (node.max_connections, node.max_connections_per_address), by reason",
+                Family::default(),
+            ),
+            quic_retries: register(
+                r,
+                "quic_retries",
+                "Inbound QUIC connection attempts asked to prove their address with a Retry (more than node.retry_handshakes_above attempts a second)",
+                Counter::default(),
+            ),
             revocation_list_version: register(
                 r,
                 "revocation_list_version",
@@ -98,6 +114,13 @@ impl TlsMetrics {
                 Family::default(),
             ),
         }
+    }
+
+    /// Counts one inbound connection attempt refused for `reason`.
+    pub fn incoming_refused(&self, reason: &'static str) {
+        self.incoming_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts one refused peer.

@@ -37,10 +37,6 @@ use super::{HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
 use crate::metrics::ServiceReasonLabels;
 
-/// Idle timeout of inbound tunnelled connections (the caller's listener enforces
-/// its own, usually shorter, one).
-pub const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
 /// Serves inbound tunnel connections until `conns` closes (a restarted run
 /// takes over the receiver).
 pub async fn serve(
@@ -263,7 +259,7 @@ async fn tcp_stream(
     splice::splice(
         Side::quic(send, recv),
         Side::tcp(backend),
-        INBOUND_IDLE,
+        local.config.idle_timeout,
         budget.deadline,
         progress,
     )
@@ -313,6 +309,7 @@ async fn http_stream(
         counters,
         keep,
         deadline: budget.deadline,
+        idle_timeout: local.config.idle_timeout,
     };
     let serve = inbound_http::serve(relay, send, recv);
     if let Err(e) = serve.await {

@@ -22,7 +22,6 @@ use super::backend_pool::{BackendPool, Sender, Sent};
 use super::body::{Body, BoxError, MAX_HEADER_BYTES};
 use super::headers;
 use super::http::{splice_upgraded, switched};
-use super::inbound::INBOUND_IDLE;
 use super::observed::{Dir, Observed};
 
 /// Whether the request's backend connection came from the pool, and the
@@ -58,6 +57,9 @@ pub struct Relay {
     /// The caller's deadline (from the stream header): bounds the wait for the
     /// backend's response head.
     pub deadline: Option<Instant>,
+    /// How long an upgraded exchange may carry no byte (the service's
+    /// `idle_timeout`).
+    pub idle_timeout: Duration,
 }
 
 /// Serves the one HTTP exchange on a tunnel stream as `relay` says.
@@ -70,6 +72,7 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Result<(
         counters,
         keep,
         deadline,
+        idle_timeout,
     } = relay;
     let (read, written) = counters;
     let io = Observed::new(tokio::io::join(recv, send), move |dir, n| {
@@ -84,7 +87,7 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Result<(
         let keep = keep.clone();
         let sender = sender.lock().unwrap_or_else(|e| e.into_inner()).take();
         async move {
-            let relayed = relay_one(pool, sender, req, connect_timeout, keep);
+            let relayed = relay_one(pool, sender, req, (connect_timeout, idle_timeout), keep);
             match deadline {
                 // The caller gives up at its deadline: stop waiting for the
                 // response head then (the body, once it flows, is not cut).
@@ -109,7 +112,7 @@ async fn relay_one(
     pool: Arc<BackendPool>,
     sender: Option<(Sender, Reuse)>,
     mut req: Request<Incoming>,
-    connect_timeout: Duration,
+    (connect_timeout, idle_timeout): (Duration, Duration),
     keep: Arc<dyn Send + Sync>,
 ) -> Result<Response<Body>, String> {
     let upgrade = headers::is_upgrade(req.method(), req.headers())
@@ -145,7 +148,7 @@ async fn relay_one(
                 caller,
                 hyper::upgrade::on(&mut response),
                 "inbound",
-                INBOUND_IDLE,
+                idle_timeout,
                 keep,
             );
         }

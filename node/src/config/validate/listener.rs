@@ -13,10 +13,10 @@ use rustls_pki_types::pem::PemObject;
 use super::Validator;
 use crate::config::defaults::{
     DEFAULT_ATTEMPTS, DEFAULT_BASE_EJECTION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EJECTION, DEFAULT_OUTLIER_FAILURES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EJECTION, DEFAULT_OUTLIER_FAILURES,
     DEFAULT_REQUEST_TIMEOUT, MAX_ATTEMPTS, MAX_BASE_EJECTION, MAX_CONNECT_TIMEOUT,
-    MAX_HEADER_TIMEOUT, MAX_IDLE_TIMEOUT, MAX_MAX_CONNECTIONS, MAX_OUTLIER_FAILURES,
-    MAX_REQUEST_TIMEOUT, MIN_LISTENER_TIMEOUT,
+    MAX_HEADER_TIMEOUT, MAX_MAX_CONNECTIONS, MAX_OUTLIER_FAILURES, MAX_REQUEST_TIMEOUT,
+    MIN_LISTENER_TIMEOUT,
 };
 use crate::config::raw::{RawListener, RawListenerTls};
 use crate::config::types::{
@@ -94,13 +94,7 @@ impl Validator {
             MIN_LISTENER_TIMEOUT,
             MAX_CONNECT_TIMEOUT,
         );
-        let idle_timeout = raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
-        self.duration_range(
-            &f("idle_timeout"),
-            idle_timeout,
-            MIN_LISTENER_TIMEOUT,
-            MAX_IDLE_TIMEOUT,
-        );
+        let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
         let attempts = raw.attempts.unwrap_or(DEFAULT_ATTEMPTS);
         self.count_range(&f("attempts"), attempts, 1, MAX_ATTEMPTS);
         let outlier = self.outlier(i, raw);

@@ -3,13 +3,18 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::Validator;
 use crate::config::defaults::{
-    DEFAULT_ADMIN, DEFAULT_CLUSTER, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ZONE,
+    ADMIN_HEADER_TIMEOUT_RANGE, ADMIN_MAX_CONNECTIONS_RANGE, DEFAULT_ADMIN,
+    DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_CLUSTER,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_ZONE, MAX_CONNECTIONS_RANGE, RETRY_HANDSHAKES_RANGE,
 };
 use crate::config::raw::RawNode;
+use crate::config::types::IncomingConfig;
 use crate::config::types::{NodeConfig, TlsConfig};
+use crate::endpoint::IncomingLimits;
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS};
 
 impl Validator {
@@ -27,7 +32,8 @@ impl Validator {
         let admin = match &raw.admin {
             Some(a) => self.socket_addr("node.admin", a),
             None => Some(DEFAULT_ADMIN),
-        };
+        }
+        .and_then(|a| self.loopback_admin(a));
         let data_dir = match &raw.data_dir {
             Some(d) => self.data_dir(d),
             None => {
@@ -46,12 +52,91 @@ impl Validator {
             listen: listen?,
             advertise,
             admin: admin?,
+            admin_header_timeout: self.admin_header_timeout(raw.admin_header_timeout),
+            admin_max_connections: self.count_u32(
+                "node.admin_max_connections",
+                raw.admin_max_connections,
+                DEFAULT_ADMIN_MAX_CONNECTIONS,
+                ADMIN_MAX_CONNECTIONS_RANGE,
+            ),
+            incoming: self.incoming(raw),
             data_dir: data_dir?,
             seeds,
             ready_alone: raw.ready_alone.unwrap_or(other_seeds == 0),
             drain_timeout: raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             max_streams_per_connection: self.max_streams(raw.max_streams_per_connection),
         })
+    }
+
+    /// `node.admin`, if it is a loopback address: the admin API answers
+    /// reads without authentication.
+    fn loopback_admin(&mut self, admin: SocketAddr) -> Option<SocketAddr> {
+        if admin.ip().is_loopback() {
+            return Some(admin);
+        }
+        self.err(
+            "node.admin",
+            format!(
+                "{admin} is not a loopback address: the admin API serves members, config and metrics without authentication, so it listens on loopback only (127.0.0.0/8 or [::1]); reach it over SSH or through a proxy that authenticates"
+            ),
+        );
+        None
+    }
+
+    /// `node.admin_header_timeout`, within its range.
+    fn admin_header_timeout(&mut self, value: Option<Duration>) -> Duration {
+        let v = value.unwrap_or(DEFAULT_ADMIN_HEADER_TIMEOUT);
+        let (min, max) = ADMIN_HEADER_TIMEOUT_RANGE;
+        if !(min..=max).contains(&v) {
+            self.err(
+                "node.admin_header_timeout",
+                format!("{v:?} is out of range: it must be between {min:?} and {max:?}"),
+            );
+        }
+        v
+    }
+
+    /// The caps on inbound QUIC connections, each within its range.
+    fn incoming(&mut self, raw: &RawNode) -> IncomingConfig {
+        let d = IncomingLimits::DEFAULT;
+        IncomingConfig {
+            max_connections: self.count_u32(
+                "node.max_connections",
+                raw.max_connections,
+                d.max_connections as u32,
+                MAX_CONNECTIONS_RANGE,
+            ),
+            max_connections_per_address: self.count_u32(
+                "node.max_connections_per_address",
+                raw.max_connections_per_address,
+                d.max_per_address as u32,
+                MAX_CONNECTIONS_RANGE,
+            ),
+            retry_handshakes_above: self.count_u32(
+                "node.retry_handshakes_above",
+                raw.retry_handshakes_above,
+                d.retry_above,
+                RETRY_HANDSHAKES_RANGE,
+            ),
+        }
+    }
+
+    /// [`Validator::count_in`] for a `u32` field with a `(min, max)` range.
+    fn count_u32(
+        &mut self,
+        field: &str,
+        value: Option<u32>,
+        default: u32,
+        range: (u32, u32),
+    ) -> u32 {
+        let (min, max) = (range.0 as usize, range.1 as usize);
+        let v = self.count_in(
+            field,
+            value.map(|v| v as usize),
+            default as usize,
+            &(min..=max),
+        );
+        u32::try_from(v).unwrap_or(range.1)
     }
 
     /// `node.max_streams_per_connection`, if set: at least the streams a new

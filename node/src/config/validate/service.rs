@@ -94,6 +94,7 @@ impl Validator {
             Duration::ZERO,
             MAX_HTTP_IDLE_TIMEOUT,
         );
+        let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
         if !(weight_ok && tags_ok && allow_ok && max_ok && per_caller_ok) {
             return None;
         }
@@ -110,6 +111,7 @@ impl Validator {
             max_connections_per_caller: per_caller,
             connect_timeout,
             http_idle_timeout,
+            idle_timeout,
         })
     }
 
