@@ -112,3 +112,40 @@ pub fn seed_message() -> mesh_proto::membership::GossipMessage {
         }),
     }
 }
+
+/// Decodes `stream` as it would arrive in pieces of `step` bytes and checks
+/// that every partial read agrees with decoding the whole of it (see the
+/// `tunnel_stream` target).
+pub fn check_incremental<F: Frame + PartialEq + Debug>(stream: &[u8], step: usize) {
+    use mesh_proto::codec::DecodeError;
+    let whole = decode::<F>(stream);
+    let mut len = 0;
+    loop {
+        len = (len + step).min(stream.len());
+        match decode::<F>(&stream[..len]) {
+            Err(DecodeError::Incomplete { needed }) => {
+                assert!(needed >= 1, "incomplete asks for at least a byte");
+                if len == stream.len() {
+                    assert!(
+                        matches!(whole, Err(DecodeError::Incomplete { .. })),
+                        "the whole stream is incomplete too"
+                    );
+                    return;
+                }
+            }
+            Err(DecodeError::Invalid(e)) => {
+                assert!(
+                    matches!(&whole, Err(DecodeError::Invalid(w)) if *w == e),
+                    "bad bytes in a prefix are bad in the whole stream, for the same reason"
+                );
+                return;
+            }
+            Ok((value, used)) => {
+                assert!(used <= len);
+                let (all, all_used) = whole.expect("the whole stream decodes too");
+                assert_eq!((value, used), (all, all_used));
+                return;
+            }
+        }
+    }
+}
