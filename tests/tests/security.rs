@@ -624,6 +624,7 @@ async fn a_revoked_node_is_cut_off_everywhere_and_cannot_rejoin() {
     assert_eq!(&echoed, b"ping");
 
     // Published on n2 only.
+    let published = std::time::Instant::now();
     let body = revoking(&mesh.pki, 1, "n3");
     let reply = http_send(
         mesh["n2"].admin(),
@@ -653,6 +654,12 @@ async fn a_revoked_node_is_cut_off_everywhere_and_cannot_rejoin() {
         mesh["n1"].healthy_endpoints("web") == 1 && mesh["n2"].healthy_endpoints("web") == 1
     })
     .await;
+    // Reported, not asserted (no wall-clock thresholds in tests): the issue's
+    // bound is 5 s.
+    eprintln!(
+        "revocation enforced on every node {} ms after it was published",
+        published.elapsed().as_millis()
+    );
     // n4 closed its connections with n3: the tunnel through n3 is gone.
     let mut rest = [0u8; 16];
     let read = tokio::time::timeout(EVENTUALLY, tunnel.read(&mut rest)).await;
