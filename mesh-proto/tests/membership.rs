@@ -1182,6 +1182,26 @@ fn a_revocation_list_is_taken_only_as_the_ca_signed_it_and_the_highest_version_w
     assert!(net.run_until(Duration::from_secs(5), |n| {
         n.names().iter().all(|o| revocations_held(n, o) == Some(5))
     }));
+    // A node holding the list still sends digests (anti-entropy) that decode.
+    use mesh_proto::membership::wire::{Digest, DocumentSummary, NameRange};
+    let digest = msg(
+        &net,
+        Body::Sync(Digest {
+            range: NameRange::all(),
+            origins: vec![],
+            suspicions: vec![],
+            documents: vec![DocumentSummary {
+                name: REVOCATIONS_DOCUMENT.into(),
+                id: [7; 16],
+            }],
+            reply: true,
+        }),
+    );
+    let wire = encode(&digest).expect("a digest naming the revocation list encodes");
+    assert_eq!(
+        mesh_proto::codec::decode_exact::<mesh_proto::membership::GossipMessage>(&wire).unwrap(),
+        digest
+    );
     // Route documents are unaffected.
     assert!(
         net.node("n2")
