@@ -27,10 +27,13 @@ use crate::names::validate_name;
 /// valid route name (route names are DNS-style, without `_`), so no route can
 /// take its place.
 pub const REVOCATIONS_DOCUMENT: &str = "_revocations";
-/// Most entries a list holds (its body must also fit
-/// [`RouteDocument::MAX_DOCUMENT_LEN`]). Entries for a certificate that has
-/// expired are dropped when the list is signed again.
-pub const MAX_REVOCATIONS: usize = 160;
+/// Most entries a list holds. Its canonical body must also fit
+/// [`RouteDocument::MAX_DOCUMENT_LEN`] (24 KiB): a `--cert` entry takes about
+/// 155 bytes, a `--node` entry about 100, so 128 entries fit with room for
+/// longer node names and reasons (about 190 bytes an entry on average);
+/// [`RevocationList::validate`] checks both bounds. Entries for a certificate
+/// that has expired are dropped when the list is signed again.
+pub const MAX_REVOCATIONS: usize = 128;
 /// Longest reason, in bytes.
 pub const MAX_REASON_LEN: usize = 64;
 /// Longest serial number in hex digits (RFC 5280: at most 20 octets).
@@ -112,7 +115,9 @@ pub struct CertFacts<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RevocationError {
     /// Larger than a document body may be.
-    #[error("the revocation list is {len} bytes; at most {max} fit in a signed document")]
+    #[error(
+        "the revocation list is {len} bytes; at most {max} fit in a signed document (revoke whole nodes rather than each certificate, or wait for revoked certificates to expire)"
+    )]
     TooLarge {
         /// Its length.
         len: usize,
@@ -295,6 +300,13 @@ impl RevocationList {
         for (i, e) in self.entries.iter().enumerate() {
             e.validate(&format!("entries[{i}]"))?;
         }
+        let len = self.to_body().len();
+        if len > RouteDocument::MAX_DOCUMENT_LEN {
+            return Err(RevocationError::TooLarge {
+                len,
+                max: RouteDocument::MAX_DOCUMENT_LEN,
+            });
+        }
         Ok(())
     }
 
@@ -333,17 +345,15 @@ impl RevocationList {
     }
 
     /// Which of two signed lists wins: the higher version, then the later issue,
-    /// then the signed bytes (so every node picks the same one).
+    /// then the body bytes (so every node picks the same one). The signature is
+    /// not compared: the same body signed twice (ECDSA signatures differ every
+    /// time, and anyone can re-encode one) is the same list, and the one a node
+    /// holds stays.
     pub fn precedence(
         (a, a_doc): (&RevocationList, &RouteDocument),
         (b, b_doc): (&RevocationList, &RouteDocument),
     ) -> Ordering {
-        (a.version, a.issued_at_ms, &a_doc.body, &a_doc.signature).cmp(&(
-            b.version,
-            b.issued_at_ms,
-            &b_doc.body,
-            &b_doc.signature,
-        ))
+        (a.version, a.issued_at_ms, &a_doc.body).cmp(&(b.version, b.issued_at_ms, &b_doc.body))
     }
 
     /// Adds `entry`, unless an entry already revokes the same certificate (or the
@@ -502,6 +512,36 @@ mod tests {
     }
 
     #[test]
+    fn a_list_whose_body_would_not_fit_a_document_is_refused_before_signing() {
+        let long = Revocation {
+            serial: Some("ab".repeat(20)),
+            node: Some(format!("{}.{}", "n".repeat(60), "m".repeat(60))),
+            issued_before_ms: None,
+            not_after_ms: Some(u64::MAX),
+            reason: "\"".repeat(MAX_REASON_LEN),
+            revoked_at_ms: u64::MAX,
+        };
+        let full = list(vec![long; MAX_REVOCATIONS]);
+        match full.validate() {
+            Err(RevocationError::TooLarge { len, max }) => {
+                assert!(len > max);
+                assert_eq!(max, RouteDocument::MAX_DOCUMENT_LEN);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // The same number of typical entries fits.
+        let typical: Vec<Revocation> = (0..MAX_REVOCATIONS)
+            .map(|i| {
+                let mut e = by_serial(&format!("7f{i:038x}"));
+                e.not_after_ms = Some(1_800_000_000_000);
+                e.revoked_at_ms = 1_770_000_000_000;
+                e
+            })
+            .collect();
+        assert_eq!(list(typical).validate(), Ok(()));
+    }
+
+    #[test]
     fn the_highest_version_wins() {
         let doc = |l: &RevocationList| RouteDocument {
             name: REVOCATIONS_DOCUMENT.into(),
@@ -516,6 +556,13 @@ mod tests {
         assert_eq!(
             RevocationList::precedence((&new, &doc(&new)), (&old, &doc(&old))),
             Ordering::Greater
+        );
+        let mut resigned = doc(&new);
+        resigned.signature = vec![9, 9];
+        assert_eq!(
+            RevocationList::precedence((&new, &resigned), (&new, &doc(&new))),
+            Ordering::Equal,
+            "the same body with another signature is not newer (no churn)"
         );
     }
 

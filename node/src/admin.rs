@@ -26,7 +26,7 @@ mod guard;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -281,9 +281,12 @@ pub async fn serve(
     let permits = Arc::new(tokio::sync::Semaphore::new(
         node.admin_max_connections as usize,
     ));
+    // Connections being told 503: a few at a time, each for a moment.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(guard::MAX_REFUSING));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(node.admin_header_timeout);
+    let hostname: Arc<Option<String>> = Arc::new(guard::this_hostname());
     for reason in guard::REASONS {
         let _ = state
             .metrics
@@ -304,37 +307,85 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // A new connection's send buffer is empty: the answer fits at once.
-            let _ = stream.try_write(guard::OVER_CAPACITY);
             state.refused("too_many_connections");
+            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    guard::tell_over_capacity(stream).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
-        let (state, http) = (state.clone(), http.clone());
+        let (state, http, hostname) = (state.clone(), http.clone(), hostname.clone());
         tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let svc = hyper::service::service_fn({
-                let state = state.clone();
-                move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, req).await) }
-                }
-            });
-            if let Err(e) = http.serve_connection(io, svc).await
-                && e.is_timeout()
-            {
-                state.refused("header_timeout");
-            }
+            serve_connection(stream, &state, &http, hostname).await;
             drop(permit);
         });
     }
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Serves one admin connection. When hyper closes it for
+/// `admin_header_timeout`, the close is a refusal (`header_timeout`) if part of
+/// a request had arrived (a slow head) or no request ever did; a keep-alive
+/// connection that sat idle after its requests is closed without counting.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: &Arc<AdminState>,
+    http: &hyper::server::conn::http1::Builder,
+    hostname: Arc<Option<String>>,
+) {
+    let read = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let io = crate::proxy::observed::Observed::new(stream, {
+        let read = read.clone();
+        move |dir, n| {
+            if dir == crate::proxy::observed::Dir::Read {
+                read.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    let svc = hyper::service::service_fn({
+        let (state, read, answered) = (state.clone(), read.clone(), answered.clone());
+        move |req| {
+            let (state, read, answered) = (state.clone(), read.clone(), answered.clone());
+            let hostname = hostname.clone();
+            async move {
+                let response = route(&state, req, hostname.as_deref()).await;
+                // Everything read so far belonged to this request.
+                answered.store(read.load(Ordering::Relaxed), Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        }
+    });
+    let served = http
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
+    if let Err(e) = served
+        && e.is_timeout()
+    {
+        let (read, answered) = (
+            read.load(Ordering::Relaxed),
+            answered.load(Ordering::Relaxed),
+        );
+        // Part of a head arrived, or nothing ever did.
+        if read > answered || answered == 0 {
+            state.refused("header_timeout");
+        } else {
+            tracing::debug!("idle admin API connection closed");
+        }
+    }
+}
+
+async fn route(
+    state: &AdminState,
+    req: Request<Incoming>,
+    hostname: Option<&str>,
+) -> Response<Full<Bytes>> {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    if !guard::host_allowed(host, state.config.node.admin) {
+    if !guard::host_allowed(host, state.config.node.admin, hostname) {
         state.refused("bad_host");
         return text(
             StatusCode::FORBIDDEN,

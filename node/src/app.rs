@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use mesh_proto::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
+use mesh_proto::gossip::{Health, NodeRecord, NodeState, RouteDocument, ServiceRecord};
 use mesh_proto::membership::{Config as MembershipConfig, Membership};
 use mesh_proto::routing::RoutingTable;
 use mesh_proto::tunnel::Protocol;
@@ -129,6 +129,18 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+    /// The revocation list this node holds revokes its own certificate.
+    #[error(
+        "tls.cert: this node's certificate is revoked ({what}, reason {reason:?}) by the mesh's revocation list (stored in {list}); give the node a new certificate (`shoal-pki issue --renew`)"
+    )]
+    Revoked {
+        /// What the entry revokes.
+        what: String,
+        /// Why.
+        reason: String,
+        /// The stored list.
+        list: String,
+    },
     /// This node's own records could not be published (its certificate or key
     /// is unusable for signing).
     #[error("tls.cert: cannot publish this node's records: {0}")]
@@ -167,6 +179,21 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let files = tls_files(&config);
         let tls = load_identity(&config, &files, &metrics)?;
+        // The stored revocation list is in force before any handshake.
+        let stored_revocations =
+            crate::revocations::load_stored(&config.node.data_dir, &tls, &metrics);
+        if let Some(entry) = tls.revocation_of(&tls.identity().cert_der) {
+            return Err(StartError::Revoked {
+                what: entry.describe(),
+                reason: entry.reason,
+                list: config
+                    .node
+                    .data_dir
+                    .join(crate::revocations::REVOCATIONS_FILE)
+                    .display()
+                    .to_string(),
+            });
+        }
         let sockets = bind(&config, options, &tls, &metrics).await?;
         let (stop, stop_rx) = watch::channel(false);
         let mut supervisor = Supervisor::new(metrics.clone(), stop_rx.clone());
@@ -180,7 +207,14 @@ impl Node {
             &mut supervisor,
         )
         .await?;
-        let revocations = start_revocations(&config, &tls, &core, &metrics, &mut supervisor).await;
+        let revocations = start_revocations(
+            (&config, stored_revocations),
+            &tls,
+            &core,
+            &metrics,
+            &mut supervisor,
+        )
+        .await;
         let (routes, route_store) =
             start_routes(&config, &tls, &core.gossip, &metrics, &mut supervisor).await?;
         let admin = Arc::new(AdminState {
@@ -548,10 +582,10 @@ async fn start_routes(
     Ok((routes, store))
 }
 
-/// The revocation list: the stored one is put in force before any listener
-/// starts; then the store follows gossip and enforces each new list.
+/// The revocation list: the stored one (in force since before the endpoint
+/// bound) joins gossip; then the store follows gossip and enforces each new list.
 async fn start_revocations(
-    config: &Config,
+    (config, stored): (&Config, Option<RouteDocument>),
     tls: &Arc<TlsState>,
     core: &Core,
     metrics: &Arc<Metrics>,
@@ -559,6 +593,7 @@ async fn start_revocations(
 ) -> Arc<RevocationStore> {
     let store = RevocationStore::open(
         &config.node.data_dir,
+        stored,
         tls.clone(),
         core.gossip.clone(),
         core.endpoint.clone(),

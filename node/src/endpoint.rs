@@ -32,15 +32,21 @@ use incoming::{IncomingGate, Verdict};
 struct OpenSlot {
     endpoint: Arc<MeshEndpoint>,
     remote: SocketAddr,
+    handshaking: bool,
+}
+
+impl OpenSlot {
+    /// The handshake finished: the place no longer counts as a handshake.
+    fn established(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            self.endpoint.gate().established();
+        }
+    }
 }
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
-        self.endpoint
-            .incoming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closed(self.remote);
+        self.endpoint.gate().closed(self.remote, self.handshaking);
     }
 }
 
@@ -48,6 +54,9 @@ impl Drop for OpenSlot {
 pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 /// How long dialling a peer may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an inbound handshake may take before it is dropped (its place in
+/// `node.max_handshakes` freed): as long as this node gives its own dials.
+pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 /// QUIC keep-alive interval; with [`IDLE_TIMEOUT`] it bounds how long a dead
 /// peer's connection lingers.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
@@ -130,6 +139,12 @@ pub enum ConnectError {
     /// The endpoint is shutting down.
     #[error("the endpoint is closed")]
     Closed,
+    /// The peer's certificate was revoked while the handshake ran.
+    #[error("{addr} presented a certificate the revocation list revokes")]
+    Revoked {
+        /// The peer.
+        addr: SocketAddr,
+    },
     /// Another node than the one expected answered.
     #[error("{addr} is node {found:?}, not {expected:?}")]
     WrongNode {
@@ -354,7 +369,10 @@ impl MeshEndpoint {
             socket,
             runtime,
         )?;
-        for reason in incoming::REFUSAL_REASONS {
+        for reason in incoming::REFUSAL_REASONS
+            .into_iter()
+            .chain([incoming::HANDSHAKE_TIMEOUT])
+        {
             let _ = metrics
                 .tls
                 .incoming_refused
@@ -486,7 +504,9 @@ impl MeshEndpoint {
             Ok(Ok(conn)) => conn,
         };
         self.metrics.tls.connections_opened.inc();
-        self.track(&conn, Some((addr, use_)), use_ == Use::Gossip);
+        if !self.track(&conn, Some((addr, use_)), use_ == Use::Gossip) {
+            return Err(ConnectError::Revoked { addr });
+        }
         if use_ == Use::Gossip
             && let Some(peer) = tls::peer_identity(conn.peer_identity())
         {
@@ -513,14 +533,33 @@ impl MeshEndpoint {
         Ok(quinn::ClientConfig::new(Arc::new(quic)))
     }
 
-    fn track(&self, conn: &Connection, pooled_as: Option<(SocketAddr, Use)>, gossip: bool) {
+    /// Tracks a new connection for [`MeshEndpoint::recycle`].
+    ///
+    /// Returns `false`, having closed the connection, if the peer certificate
+    /// is revoked by now: a list put in force while the handshake ran (after
+    /// it was verified, before this) is checked here, under the lock
+    /// [`MeshEndpoint::recycle`] takes after every new list, so no connection
+    /// escapes both checks.
+    fn track(&self, conn: &Connection, pooled_as: Option<(SocketAddr, Use)>, gossip: bool) -> bool {
         let Some(peer_cert) = tls::peer_cert(conn.peer_identity()) else {
-            return;
+            return true;
         };
         let peer_not_after = x509_parser::parse_x509_certificate(&peer_cert)
             .map(|(_, x)| x.validity().not_after.timestamp())
             .unwrap_or(i64::MAX);
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        if self.tls.revocation_of(&peer_cert).is_some() {
+            tracing::info!(peer = %conn.remote_address(), "closing a connection whose peer certificate was revoked during the handshake");
+            conn.close(VarInt::from_u32(4), b"peer_revoked");
+            self.metrics
+                .tls
+                .connections_recycled
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "peer_revoked",
+                })
+                .inc();
+            return false;
+        }
         tracked.retain(|t| t.conn.close_reason().is_none());
         tracked.push(Tracked {
             conn: conn.clone(),
@@ -529,6 +568,7 @@ impl MeshEndpoint {
             pooled_as,
             gossip,
         });
+        true
     }
 
     /// Enforces certificate validity on live connections (QUIC cannot
@@ -714,25 +754,27 @@ impl MeshEndpoint {
     /// which Retry is required (see [`incoming`]); connections already open
     /// count against the new caps.
     pub fn limit_incoming(&self, limits: IncomingLimits) {
-        let mut gate = self.incoming.lock().unwrap_or_else(|e| e.into_inner());
-        gate.set_limits(limits);
+        self.gate().set_limits(limits);
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, IncomingGate> {
+        self.incoming.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Judges a connection attempt (see [`incoming`]): retries or refuses it
     /// (counted), or returns the place it holds while it is open.
     fn admit(self: &Arc<Self>, incoming: quinn::Incoming) -> Option<(quinn::Incoming, OpenSlot)> {
         let remote = incoming.remote_address();
-        let verdict = self
-            .incoming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .judge(remote, incoming.remote_address_validated(), Instant::now());
+        let verdict =
+            self.gate()
+                .judge(remote, incoming.remote_address_validated(), Instant::now());
         match verdict {
             Verdict::Accept => Some((
                 incoming,
                 OpenSlot {
                     endpoint: self.clone(),
                     remote,
+                    handshaking: true,
                 },
             )),
             Verdict::Retry => {
@@ -764,14 +806,24 @@ impl MeshEndpoint {
             };
             let me = self.clone();
             tokio::spawn(async move {
+                let mut slot = slot;
                 let remote = incoming.remote_address();
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
+                let handshake =
+                    tokio::time::timeout(ACCEPT_HANDSHAKE_TIMEOUT, incoming.into_future());
+                let conn = match handshake.await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "inbound QUIC handshake failed");
                         return;
                     }
+                    Err(_) => {
+                        // Dropping the handshake closes the connection.
+                        me.metrics.tls.incoming_refused(incoming::HANDSHAKE_TIMEOUT);
+                        tracing::info!(%remote, timeout = ?ACCEPT_HANDSHAKE_TIMEOUT, "inbound QUIC handshake timed out");
+                        return;
+                    }
                 };
+                slot.established();
                 // The place is held until the connection closes.
                 tokio::spawn({
                     let conn = conn.clone();
@@ -789,7 +841,9 @@ impl MeshEndpoint {
                     return;
                 };
                 me.metrics.tls.connections_accepted.inc();
-                me.track(&conn, None, alpn.as_deref() == Some(ALPN_GOSSIP));
+                if !me.track(&conn, None, alpn.as_deref() == Some(ALPN_GOSSIP)) {
+                    return;
+                }
                 let target = match alpn.as_deref() {
                     Some(a) if a == ALPN_GOSSIP => {
                         // One connection per pair of nodes: gossip to this peer

@@ -5,9 +5,10 @@
 //! The list travels in gossip like a route document (the highest version wins
 //! on every node). This module
 //!
-//! - puts the list stored in `<data_dir>/revocations.json` in force at start
-//!   (written atomically whenever a newer one is in force), so a restarted node
-//!   refuses revoked peers before it hears from anyone;
+//! - puts the list stored in `<data_dir>/revocations.json` (written atomically
+//!   whenever a newer one is in force) in force at start, before the endpoint
+//!   binds ([`load_stored`]), so a restarted node refuses revoked peers before
+//!   it hears from anyone;
 //! - watches the membership view: when a new list is in force it hands it to
 //!   [`TlsState`] (every later handshake, stream and gossip record from a revoked
 //!   certificate is refused), drops the revoked members from membership (and so
@@ -17,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_proto::gossip::RouteDocument;
 use mesh_proto::membership::documents::{DocumentApplied, HeldRevocations};
@@ -145,11 +147,56 @@ impl std::fmt::Debug for RevocationStore {
     }
 }
 
+/// The list stored in `<data_dir>/revocations.json`, checked (the mesh CA,
+/// valid when it signed it, and this trust domain) and put in force in `tls`
+/// for every later handshake: call before the endpoint binds. Hand the
+/// document to [`RevocationStore::open`] to gossip it. A file that is
+/// unreadable or refused is logged and counted, and nothing is in force.
+pub fn load_stored(data_dir: &Path, tls: &TlsState, metrics: &Metrics) -> Option<RouteDocument> {
+    let path = data_dir.join(REVOCATIONS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the stored revocation list");
+            return None;
+        }
+    };
+    let checked = RevocationFile::parse(&bytes)
+        .map_err(ApplyError::Request)
+        .and_then(|(list, doc)| {
+            let signed = UnixTime::since_unix_epoch(Duration::from_millis(list.issued_at_ms));
+            tls.verify_revocations(&doc, signed)
+                .map_err(ApplyError::Signature)?;
+            Ok((list, doc))
+        });
+    match checked {
+        Ok((list, doc)) => {
+            tls.set_revocations(list);
+            Some(doc)
+        }
+        Err(e) => {
+            count_refused(metrics, e.reason());
+            tracing::error!(path = %path.display(), reason = e.reason(), error = %e, "the stored revocation list is not in force");
+            None
+        }
+    }
+}
+
+fn count_refused(metrics: &Metrics, reason: &'static str) {
+    metrics
+        .tls
+        .revocation_lists_refused
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
 impl RevocationStore {
-    /// Puts the list stored in `<data_dir>/revocations.json` in force (one that
-    /// is unreadable or refused is logged and counted) and enforces it.
+    /// Gossips `stored` (what [`load_stored`] returned) and enforces the list
+    /// in force.
     pub async fn open(
         data_dir: &Path,
+        stored: Option<RouteDocument>,
         tls: Arc<TlsState>,
         gossip: Arc<Gossip>,
         endpoint: Arc<MeshEndpoint>,
@@ -163,31 +210,14 @@ impl RevocationStore {
             metrics,
             in_force: Mutex::new(None),
         });
-        store.load_stored();
+        if let Some(doc) = stored
+            && let Err(r) = store.gossip.publish_document(doc)
+        {
+            store.count_refused(r.label);
+            tracing::error!(path = %store.path.display(), reason = r.label, "the stored revocation list was refused by gossip");
+        }
         store.refresh().await;
         store
-    }
-
-    fn load_stored(&self) {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot read the stored revocation list");
-                return;
-            }
-        };
-        let published = RevocationFile::parse(&bytes)
-            .map_err(|e| (e.to_string(), "invalid_list"))
-            .and_then(|(_, doc)| {
-                self.gossip
-                    .publish_document(doc)
-                    .map_err(|r| (format!("refused: {}", r.label), r.label))
-            });
-        if let Err((error, reason)) = published {
-            self.count_refused(reason);
-            tracing::error!(path = %self.path.display(), %error, "the stored revocation list is not in force");
-        }
     }
 
     /// Follows the list in force until `stop` fires.
@@ -309,7 +339,7 @@ impl RevocationStore {
         let Some(current) = self.gossip.view().revocations.clone() else {
             return Ok(Some(doc));
         };
-        if current.document == doc {
+        if current.document.body == doc.body {
             return Ok(None);
         }
         if RevocationList::precedence((&list, &doc), (&current.list, &current.document))
@@ -330,11 +360,7 @@ impl RevocationStore {
     }
 
     fn count_refused(&self, reason: &'static str) {
-        self.metrics
-            .tls
-            .revocation_lists_refused
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count_refused(&self.metrics, reason);
     }
 
     /// The list in force.

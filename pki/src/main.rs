@@ -131,7 +131,7 @@ struct IssueArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["cert", "serial", "node"])))]
+#[command(group(clap::ArgGroup::new("what").args(["cert", "serial", "node"])))]
 struct RevokeArgs {
     /// The CA directory written by `shoal-pki ca init`: its key signs the list.
     #[arg(long, value_name = "DIR")]
@@ -151,9 +151,16 @@ struct RevokeArgs {
     /// issued for it later is accepted again.
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
-    /// Why, for the logs (e.g. key_compromise, decommissioned).
+    /// Why, for the logs (e.g. key_compromise, decommissioned); needed with
+    /// --cert, --serial or --node.
     #[arg(long, value_name = "REASON")]
-    reason: String,
+    reason: Option<String>,
+    /// During a CA rollover: the previous CA's certificate (its ca.crt, or its
+    /// directory). The list may be signed by it; the next version is signed by
+    /// --ca, with every entry kept. Without --cert/--serial/--node, only carries
+    /// the list over.
+    #[arg(long, value_name = "CA_CERT")]
+    previous_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {

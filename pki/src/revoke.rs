@@ -46,6 +46,16 @@ pub enum RevocationFileError {
     /// The body breaks the schema.
     #[error(transparent)]
     Body(#[from] RevocationError),
+    /// The list names another trust domain than the CA signing it.
+    #[error(
+        "the revocation list is for trust domain {list:?} but this CA is of {ca:?}; revoke with the CA of the mesh the list is for"
+    )]
+    OtherTrustDomain {
+        /// The list's trust domain.
+        list: String,
+        /// The CA's.
+        ca: String,
+    },
     /// The CA key failed to sign.
     #[error("signing failed: {0}")]
     Sign(String),
@@ -111,6 +121,12 @@ impl CertificateAuthority {
         list: &RevocationList,
     ) -> Result<RouteDocument, RevocationFileError> {
         list.validate()?;
+        if list.trust_domain != self.trust_domain {
+            return Err(RevocationFileError::OtherTrustDomain {
+                list: list.trust_domain.clone(),
+                ca: self.trust_domain.clone(),
+            });
+        }
         let body = list.to_body();
         let signature = self
             .key
@@ -180,7 +196,8 @@ impl RevocationVerifier {
     }
 
     /// Checks `document` at `now`: its signer certificate is one of the mesh
-    /// CAs (byte for byte), valid at `now`, and its key signed the body.
+    /// CAs (byte for byte), valid at `now`, its key signed the body, and the
+    /// body (when it parses) names this mesh's trust domain.
     pub fn verify(
         &self,
         document: &RouteDocument,
@@ -212,7 +229,22 @@ impl RevocationVerifier {
             &document.signature,
         )
         .map_err(|_| SignatureError::BadSignature)?;
+        self.of_this_mesh(document)?;
         Ok(signer)
+    }
+
+    /// Refuses a list naming another trust domain (only a CA shared by two
+    /// meshes could sign one; each mesh keeps its own list).
+    fn of_this_mesh(&self, document: &RouteDocument) -> Result<(), SignatureError> {
+        match RevocationList::parse_body(&document.body) {
+            Ok(list) if list.trust_domain != self.trust_domain => {
+                Err(SignatureError::ListOfOtherTrustDomain {
+                    list: list.trust_domain,
+                    mesh: self.trust_domain.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The trust domain whose lists this verifier accepts.
@@ -303,6 +335,33 @@ mod tests {
                 .unwrap_err()
                 .reason(),
             "bad_signature"
+        );
+    }
+
+    #[test]
+    fn a_list_for_another_trust_domain_is_neither_signed_nor_accepted() {
+        let mesh = ca("shoal.test");
+        let mut foreign = list("0a");
+        foreign.trust_domain = "other.test".into();
+        assert!(matches!(
+            mesh.sign_revocations(&foreign),
+            Err(RevocationFileError::OtherTrustDomain { .. })
+        ));
+        // Signed with the mesh CA key anyway (as a CA shared by two meshes could).
+        let body = foreign.to_body();
+        let document = RouteDocument {
+            name: REVOCATIONS_DOCUMENT.into(),
+            signature: mesh.key.sign(&body).unwrap(),
+            body,
+            signer_cert_der: mesh.cert_der.to_vec(),
+        };
+        let verifier = RevocationVerifier::from_bundle(&bundle(&mesh));
+        assert_eq!(
+            verifier
+                .verify(&document, UnixTime::now())
+                .unwrap_err()
+                .reason(),
+            "wrong_trust_domain"
         );
     }
 

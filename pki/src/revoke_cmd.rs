@@ -23,20 +23,24 @@ fn unix_ms() -> u64 {
 pub fn run(args: RevokeArgs) -> Result<()> {
     let ca = CertificateAuthority::load(&args.ca)?;
     let now = unix_ms();
-    let mut list = current_list(&args.list, &ca)?;
-    let entry = entry(&args, &ca, now)?;
-    let what = entry.describe();
-    match list.add(entry) {
-        Added::AlreadyRevoked => {
-            say!(
-                "{what} is already revoked in {} (version {}); nothing changed",
-                args.list.display(),
-                list.version
-            );
-            return Ok(());
+    let previous = args.previous_ca.as_deref().map(previous_ca).transpose()?;
+    let mut list = current_list(&args.list, &ca, previous.as_deref())?;
+    let what = match entry(&args, &ca, now)? {
+        Some(entry) => {
+            let what = entry.describe();
+            if list.add(entry) == Added::AlreadyRevoked && previous.is_none() {
+                say!(
+                    "{what} is already revoked in {} (version {}); nothing changed",
+                    args.list.display(),
+                    list.version
+                );
+                return Ok(());
+            }
+            what
         }
-        Added::New | Added::Extended => {}
-    }
+        None if previous.is_some() => "nothing new".to_string(),
+        None => bail!("say what to revoke: --cert FILE, --serial SERIAL or --node NAME"),
+    };
     list.next_version(now);
     let document = ca.sign_revocations(&list)?;
     let text = RevocationFile::of(&document).to_json();
@@ -44,10 +48,11 @@ pub fn run(args: RevokeArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", args.list.display()))?;
     say!("wrote {}", args.list.display());
     say!(
-        "revoked {what} ({}); revocation list version {} with {} entries",
-        args.reason,
+        "revoked {what} ({}); revocation list version {} with {} entries, signed by {}",
+        args.reason.as_deref().unwrap_or("carried over"),
         list.version,
-        list.entries.len()
+        list.entries.len(),
+        args.ca.display()
     );
     say!(
         "publish it on any node: shoal revoke apply {}",
@@ -56,8 +61,27 @@ pub fn run(args: RevokeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The list in `path` if it exists (it must be this CA's), else an empty one.
-fn current_list(path: &Path, ca: &CertificateAuthority) -> Result<RevocationList> {
+/// The previous CA's certificate (PEM), from its file or directory.
+fn previous_ca(path: &Path) -> Result<String> {
+    let file = if path.is_dir() {
+        path.join(shoal_pki::ca::CA_CERT_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let pem = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read --previous-ca {}", file.display()))?;
+    shoal_pki::CaBundle::from_pem(pem.as_bytes())
+        .with_context(|| format!("--previous-ca {}: not a CA certificate", file.display()))?;
+    Ok(pem)
+}
+
+/// The list in `path` if it exists (it must be signed by this CA or by
+/// `previous`), else an empty one.
+fn current_list(
+    path: &Path,
+    ca: &CertificateAuthority,
+    previous: Option<&str>,
+) -> Result<RevocationList> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -67,27 +91,44 @@ fn current_list(path: &Path, ca: &CertificateAuthority) -> Result<RevocationList
     };
     let (list, document) =
         RevocationFile::parse(&bytes).with_context(|| path.display().to_string())?;
+    let signers = format!("{}\n{}", ca.cert_pem(), previous.unwrap_or_default());
     let bundle =
-        shoal_pki::CaBundle::from_pem(ca.cert_pem().as_bytes()).context("the CA certificate")?;
+        shoal_pki::CaBundle::from_pem(signers.as_bytes()).context("the CA certificates")?;
+    if bundle.trust_domain != ca.trust_domain() {
+        bail!(
+            "--previous-ca is of trust domain {:?}, --ca of {:?}",
+            bundle.trust_domain,
+            ca.trust_domain()
+        );
+    }
     RevocationVerifier::from_bundle(&bundle)
         .verify(&document, UnixTime::now())
         .with_context(|| {
             format!(
-                "{}: not a list this CA signed; give the CA that signed it, or a new --list file",
+                "{}: not a list this CA signed; give the CA that signed it, or during a CA rollover the old CA's certificate with --previous-ca",
                 path.display()
             )
         })?;
     Ok(list)
 }
 
-/// The entry the arguments ask for.
-fn entry(args: &RevokeArgs, ca: &CertificateAuthority, now: u64) -> Result<Revocation> {
+/// The entry the arguments ask for, if any.
+fn entry(args: &RevokeArgs, ca: &CertificateAuthority, now: u64) -> Result<Option<Revocation>> {
+    if args.cert.is_none() && args.serial.is_none() && args.node.is_none() {
+        if args.reason.is_some() {
+            bail!("--reason needs --cert, --serial or --node: what is revoked?");
+        }
+        return Ok(None);
+    }
+    let Some(reason) = args.reason.clone() else {
+        bail!("--reason is required with --cert, --serial or --node (e.g. key_compromise)");
+    };
     let mut entry = Revocation {
         serial: None,
         node: None,
         issued_before_ms: None,
         not_after_ms: None,
-        reason: args.reason.clone(),
+        reason,
         revoked_at_ms: now,
     };
     if let Some(path) = &args.cert {
@@ -117,5 +158,5 @@ fn entry(args: &RevokeArgs, ca: &CertificateAuthority, now: u64) -> Result<Revoc
         let backdate = u64::try_from(BACKDATE.whole_milliseconds()).unwrap_or(0);
         entry.issued_before_ms = Some(now.saturating_sub(backdate));
     }
-    Ok(entry)
+    Ok(Some(entry))
 }

@@ -265,6 +265,14 @@ pub enum SignatureError {
     /// The signer certificate fails another check (key usage, ...).
     #[error("the signer certificate cannot sign route documents: {0}")]
     InvalidCert(String),
+    /// A revocation list, signed by a mesh CA, for another trust domain.
+    #[error("the revocation list is for trust domain {list:?}, this mesh is {mesh:?}")]
+    ListOfOtherTrustDomain {
+        /// The list's trust domain.
+        list: String,
+        /// The mesh's trust domain.
+        mesh: String,
+    },
     /// A revocation list signed by something other than a mesh CA.
     #[error(
         "the revocation list is signed by {subject}, not by a CA of this mesh; only the mesh CA key revokes (`shoal-pki revoke --ca MESH-CA-DIR`)"
@@ -301,7 +309,8 @@ impl SignatureError {
             SignatureError::OtherCa { .. } => "other_ca",
             SignatureError::Expired { .. } => "expired",
             SignatureError::NotYetValid { .. } => "not_yet_valid",
-            SignatureError::WrongTrustDomain { .. } => "wrong_trust_domain",
+            SignatureError::WrongTrustDomain { .. }
+            | SignatureError::ListOfOtherTrustDomain { .. } => "wrong_trust_domain",
             SignatureError::NotAnOperator { .. } => "not_an_operator",
             SignatureError::InvalidCert(_) => "invalid_cert",
             SignatureError::NotTheCa { .. } => "not_the_ca",
@@ -360,10 +369,25 @@ impl OperatorVerifier {
         let der = CertificateDer::from(document.signer_cert_der.as_slice());
         let (_, x509) = X509Certificate::from_der(&der)
             .map_err(|e| SignatureError::MalformedCert(e.to_string()))?;
-        let not_before = x509.validity().not_before.timestamp();
-        let not_after = x509.validity().not_after.timestamp();
         let ee = EndEntityCert::try_from(&der)
             .map_err(|e| SignatureError::MalformedCert(format!("{e:?}")))?;
+        self.chains_to_the_mesh(&ee, &x509, now)?;
+        let operator = self.operator_of(&x509)?;
+        signed_body(&ee, document)?;
+        Ok(Signer {
+            operator,
+            not_before: x509.validity().not_before.timestamp(),
+            not_after: x509.validity().not_after.timestamp(),
+        })
+    }
+
+    /// The signer certificate chains to a mesh CA and is valid at `now`.
+    fn chains_to_the_mesh(
+        &self,
+        ee: &EndEntityCert<'_>,
+        x509: &X509Certificate<'_>,
+        now: UnixTime,
+    ) -> Result<(), SignatureError> {
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &self.anchors,
@@ -373,12 +397,13 @@ impl OperatorVerifier {
             None,
             None,
         )
+        .map(|_| ())
         .map_err(|e| match e {
             webpki::Error::CertExpired { .. } => SignatureError::Expired {
-                not_after: unix_rfc3339(not_after),
+                not_after: unix_rfc3339(x509.validity().not_after.timestamp()),
             },
             webpki::Error::CertNotValidYet { .. } => SignatureError::NotYetValid {
-                not_before: unix_rfc3339(not_before),
+                not_before: unix_rfc3339(x509.validity().not_before.timestamp()),
             },
             webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
                 SignatureError::OtherCa {
@@ -389,8 +414,13 @@ impl OperatorVerifier {
                 SignatureError::MalformedCert(format!("{e:?}"))
             }
             other => SignatureError::InvalidCert(format!("{other:?}")),
-        })?;
-        let id = CertIdentity::from_x509(&x509).map_err(|e| match e {
+        })
+    }
+
+    /// The operator the certificate names: exactly one operator id, of this
+    /// trust domain, not a CA.
+    fn operator_of(&self, x509: &X509Certificate<'_>) -> Result<String, SignatureError> {
+        let id = CertIdentity::from_x509(x509).map_err(|e| match e {
             IdentityError::Ambiguous(what) => SignatureError::NotAnOperator { what },
             other => SignatureError::MalformedCert(other.to_string()),
         })?;
@@ -408,34 +438,30 @@ impl OperatorVerifier {
                 });
             }
         }
-        let operator = match (&id.operator, &id.node, id.is_ca) {
-            (Some(operator), None, false) => operator.clone(),
-            _ => {
-                return Err(SignatureError::NotAnOperator {
-                    what: describe_identity(&id),
-                });
-            }
-        };
-        ee.verify_signature(
-            webpki::ring::ECDSA_P256_SHA256,
-            &document.body,
-            &document.signature,
-        )
-        .map_err(|e| match e {
-            webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-                SignatureError::InvalidCert(
-                    "its key is not ECDSA P-256 (operator certificates from shoal-pki are)"
-                        .to_string(),
-                )
-            }
-            _ => SignatureError::BadSignature,
-        })?;
-        Ok(Signer {
-            operator,
-            not_before,
-            not_after,
-        })
+        match (&id.operator, &id.node, id.is_ca) {
+            (Some(operator), None, false) => Ok(operator.clone()),
+            _ => Err(SignatureError::NotAnOperator {
+                what: describe_identity(&id),
+            }),
+        }
     }
+}
+
+/// The certificate's key signed the document's body (ECDSA P-256, SHA-256).
+fn signed_body(ee: &EndEntityCert<'_>, document: &RouteDocument) -> Result<(), SignatureError> {
+    ee.verify_signature(
+        webpki::ring::ECDSA_P256_SHA256,
+        &document.body,
+        &document.signature,
+    )
+    .map_err(|e| match e {
+        webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            SignatureError::InvalidCert(
+                "its key is not ECDSA P-256 (operator certificates from shoal-pki are)".to_string(),
+            )
+        }
+        _ => SignatureError::BadSignature,
+    })
 }
 
 /// What a certificate is, for "it is X, not an operator certificate".

@@ -682,7 +682,7 @@ fn revoke_adds_entries_to_a_ca_signed_list_with_a_new_version_each_time() {
         p(&other),
     ]);
     let before = fs::read(&list).unwrap();
-    let err = fails(&[
+    let by_other = [
         "revoke",
         "--ca",
         p(&other),
@@ -692,7 +692,8 @@ fn revoke_adds_entries_to_a_ca_signed_list_with_a_new_version_each_time() {
         "n3",
         "--reason",
         "x",
-    ]);
+    ];
+    let err = fails(&by_other);
     assert!(err.contains("not a list this CA signed"), "{err}");
     let err = fails(&strs(&revoke(&["--serial", "xyz"])));
     assert!(err.contains("not a hex serial"), "{err}");
@@ -700,5 +701,35 @@ fn revoke_adds_entries_to_a_ca_signed_list_with_a_new_version_each_time() {
     assert!(err.contains("node name"), "{err}");
     let err = fails(&strs(&revoke(&["--cert", p(&ca.join("ca.crt"))])));
     assert!(err.contains("only node certificates"), "{err}");
+    let err = fails(&["revoke", "--ca", p(&ca), "--list", p(&list)]);
+    assert!(err.contains("say what to revoke"), "{err}");
+    let err = fails(&["revoke", "--ca", p(&ca), "--list", p(&list), "--node", "n3"]);
+    assert!(err.contains("--reason is required"), "{err}");
     assert_eq!(fs::read(&list).unwrap(), before);
+
+    // A CA rollover: the new CA carries the list over (every entry kept, the
+    // next version), then extends it on its own.
+    let carry = [
+        "revoke",
+        "--ca",
+        p(&other),
+        "--list",
+        p(&list),
+        "--previous-ca",
+        p(&ca),
+    ];
+    let said = ok(&carry);
+    assert!(said.contains("version 3 with 2 entries"), "{said}");
+    let (carried, document) = shoal_pki::RevocationFile::parse(&fs::read(&list).unwrap()).unwrap();
+    assert_eq!(carried.entries, parsed_v2(&before));
+    let new_ca = shoal_pki::CaBundle::from_pem(&fs::read(other.join("ca.crt")).unwrap()).unwrap();
+    shoal_pki::RevocationVerifier::from_bundle(&new_ca)
+        .verify(&document, rustls_pki_types::UnixTime::now())
+        .expect("signed by the new CA");
+    let said = ok(&by_other);
+    assert!(said.contains("version 4 with 3 entries"), "{said}");
+}
+
+fn parsed_v2(file: &[u8]) -> Vec<mesh_proto::revocation::Revocation> {
+    shoal_pki::RevocationFile::parse(file).unwrap().0.entries
 }

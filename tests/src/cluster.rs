@@ -238,6 +238,23 @@ impl Cluster {
         self.take(name).node.shutdown().await;
     }
 
+    /// Tries to start a node [`Cluster::kill`] stopped; returns why it refused.
+    pub async fn try_start_again(
+        &mut self,
+        stopped: &Stopped,
+    ) -> Result<&TestNode, shoal_node::app::StartError> {
+        let options = self.start_options();
+        let node = TestNode::try_start_with_options(
+            stopped.spec.clone(),
+            stopped.cert_dir.clone(),
+            stopped.data_dir.clone(),
+            options,
+        )
+        .await?;
+        self.nodes.push(node);
+        Ok(self.nodes.last().unwrap())
+    }
+
     /// Starts a stopped node again from its files (a new generation of it).
     pub async fn start_again(&mut self, stopped: Stopped) -> &TestNode {
         let options = self.start_options();

@@ -391,19 +391,31 @@ impl TestNode {
         data_dir: Arc<TempDir>,
         options: StartOptions,
     ) -> TestNode {
+        let name = spec.name.clone();
+        TestNode::try_start_with_options(spec, cert_dir, data_dir, options)
+            .await
+            .unwrap_or_else(|e| panic!("node {name} did not start: {e}"))
+    }
+
+    /// [`TestNode::start_with_options`], returning why the node refused to
+    /// start.
+    pub async fn try_start_with_options(
+        spec: NodeSpec,
+        cert_dir: PathBuf,
+        data_dir: Arc<TempDir>,
+        options: StartOptions,
+    ) -> Result<TestNode, shoal_node::app::StartError> {
         init_logs();
         let raw = spec.raw_config(&cert_dir, data_dir.path());
         let config = Config::validate(raw, data_dir.path())
             .unwrap_or_else(|e| panic!("test config for {} is invalid:\n{e}", spec.name));
-        let node = Node::start(config, options)
-            .await
-            .unwrap_or_else(|e| panic!("node {} did not start: {e}", spec.name));
-        TestNode {
+        let node = Node::start(config, options).await?;
+        Ok(TestNode {
             node,
             spec,
             cert_dir,
             data_dir,
-        }
+        })
     }
 
     /// The bound address of listener `name`.

@@ -708,3 +708,57 @@ async fn connect_tunnels_through_the_mesh() {
         .unwrap();
     assert_eq!(&got, want);
 }
+
+/// A tunnelled HTTP exchange whose request body stalls holds the serving
+/// node's slot only for the service's `idle_timeout`: the serving node drops
+/// it, and the caller answers its client with an error instead of waiting for
+/// its own (hour-long) timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_node_drops_an_http_exchange_idle_past_its_services_idle_timeout() {
+    let app = WebApp::start("app-a").await;
+    let hour = Duration::from_secs(3600);
+    let mesh = Cluster::of([
+        NodeSpec::new("a")
+            .service("web", app.addr(), Check::Http)
+            .tweak(|raw| raw.services[0].idle_timeout = Some(Duration::from_millis(300))),
+        NodeSpec::new("c")
+            .http_listener("web", Some("web"))
+            .tweak(move |raw| {
+                raw.listeners[0].idle_timeout = Some(hour);
+                raw.listeners[0].request_timeout = Some(hour);
+            }),
+    ])
+    .start()
+    .await;
+    mesh.wait_healthy("c", "web", 1).await;
+    let mut s = TcpStream::connect(mesh.client("c", "web")).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    // The body never comes: the client gets an error answer.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let ended = tokio::time::timeout(shoal_tests::EVENTUALLY, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled exchange was ended");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 502"), "an error answer: {text}");
+    let a = &mesh["a"];
+    eventually("a frees the service's slot", || async {
+        a.metric("shoal_inbound_active_streams{service=\"web\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    mesh.stop().await;
+}

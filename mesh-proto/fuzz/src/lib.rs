@@ -118,6 +118,7 @@ pub fn seed_message() -> mesh_proto::membership::GossipMessage {
 /// `tunnel_stream` target).
 pub fn check_incremental<F: Frame + PartialEq + Debug>(stream: &[u8], step: usize) {
     use mesh_proto::codec::DecodeError;
+    assert!(step >= 1, "a step of 0 bytes would never reach the end");
     let whole = decode::<F>(stream);
     let mut len = 0;
     loop {

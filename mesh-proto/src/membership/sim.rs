@@ -317,9 +317,17 @@ impl Network {
 
     /// Delivers `msg` to `to` as if `from` (a member's certificate name) had sent
     /// it from `from_addr`: how a test plays a hostile member.
+    ///
+    /// # Panics
+    ///
+    /// If `msg` cannot be encoded (over a size limit): no peer could send it,
+    /// and a test injecting it would otherwise check nothing.
     pub fn inject(&mut self, from: &str, from_addr: SocketAddr, to: &str, msg: &GossipMessage) {
-        let Ok(bytes) = encode(msg) else {
-            return;
+        let bytes = match encode(msg) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                panic!("the injected message cannot be encoded, so no peer could send it: {e}")
+            }
         };
         let (now, wall) = (self.now(), self.wall_ms());
         let elapsed = self.elapsed;
@@ -534,8 +542,11 @@ impl Network {
             }
         }
         for t in out {
-            let Ok(bytes) = encode(&t.message) else {
-                continue;
+            // A node must never produce a message over the wire's limits: the
+            // simulator stops on it rather than hide the bug as a lost message.
+            let bytes = match encode(&t.message) {
+                Ok(bytes) => bytes,
+                Err(e) => panic!("{name} produced a gossip message it cannot encode: {e}"),
             };
             self.stats.messages += 1;
             self.stats.bytes += bytes.len() as u64;

@@ -20,8 +20,8 @@ pub const ADMIN_HEADER_TIMEOUT_RANGE: (Duration, Duration) =
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
 /// Accepted range of `node.admin_max_connections`.
 pub const ADMIN_MAX_CONNECTIONS_RANGE: (u32, u32) = (1, 4096);
-/// Accepted range of `node.max_connections` and
-/// `node.max_connections_per_address` (defaults:
+/// Accepted range of `node.max_connections`,
+/// `node.max_connections_per_address` and `node.max_handshakes` (defaults:
 /// [`crate::endpoint::IncomingLimits::DEFAULT`]).
 pub const MAX_CONNECTIONS_RANGE: (u32, u32) = (1, 1_000_000);
 /// Accepted range of `node.retry_handshakes_above` (0: always Retry).

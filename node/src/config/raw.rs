@@ -90,6 +90,10 @@ pub struct RawNode {
     /// from one peer address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_per_address: Option<u32>,
+    /// `max_handshakes`: inbound QUIC connections still in their handshake at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_handshakes: Option<u32>,
     /// `retry_handshakes_above`: connection attempts a second from unvalidated
     /// addresses above which QUIC Retry is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]

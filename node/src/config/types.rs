@@ -81,14 +81,17 @@ pub struct NodeConfig {
     pub max_streams_per_connection: Option<u32>,
 }
 
-/// `node.max_connections`, `node.max_connections_per_address` and
-/// `node.retry_handshakes_above`.
+/// `node.max_connections`, `node.max_connections_per_address`,
+/// `node.max_handshakes` and `node.retry_handshakes_above`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct IncomingConfig {
     /// Inbound QUIC connections open at once.
     pub max_connections: u32,
-    /// Inbound QUIC connections open at once from one peer address.
+    /// Inbound QUIC connections open at once from one peer host (IP address;
+    /// IPv6 /64; loopback address and port).
     pub max_connections_per_address: u32,
+    /// Inbound QUIC connections still in their handshake at once.
+    pub max_handshakes: u32,
     /// Attempts a second from unvalidated addresses before Retry is required.
     pub retry_handshakes_above: u32,
 }
@@ -99,6 +102,7 @@ impl IncomingConfig {
         crate::endpoint::IncomingLimits {
             max_connections: self.max_connections as usize,
             max_per_address: self.max_connections_per_address as usize,
+            max_handshakes: self.max_handshakes as usize,
             retry_above: self.retry_handshakes_above,
         }
     }

@@ -311,9 +311,14 @@ async fn http_stream(
         deadline: budget.deadline,
         idle_timeout: local.config.idle_timeout,
     };
-    let serve = inbound_http::serve(relay, send, recv);
-    if let Err(e) = serve.await {
-        tracing::debug!(%caller, %service, %request_id, error = %e, "tunnelled HTTP request ended with an error");
+    match inbound_http::serve(relay, send, recv).await {
+        inbound_http::Ended::Done => {}
+        inbound_http::Ended::Idle => {
+            tracing::debug!(%caller, %service, %request_id, idle_timeout = ?local.config.idle_timeout, "tunnelled HTTP exchange idle past the service's idle_timeout; dropped");
+        }
+        inbound_http::Ended::Failed(e) => {
+            tracing::debug!(%caller, %service, %request_id, error = %e, "tunnelled HTTP request ended with an error");
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use super::backend_pool::{BackendPool, Sender, Sent};
 use super::body::{Body, BoxError, MAX_HEADER_BYTES};
 use super::headers;
 use super::http::{splice_upgraded, switched};
-use super::observed::{Dir, Observed};
+use super::observed::{Activity, Dir, Observed};
 
 /// Whether the request's backend connection came from the pool, and the
 /// counters of `shoal_inbound_http_requests_total` to add the request to once
@@ -57,13 +57,27 @@ pub struct Relay {
     /// The caller's deadline (from the stream header): bounds the wait for the
     /// backend's response head.
     pub deadline: Option<Instant>,
-    /// How long an upgraded exchange may carry no byte (the service's
-    /// `idle_timeout`).
+    /// How long the exchange, or the tunnel it upgrades to, may carry no byte
+    /// (the service's `idle_timeout`).
     pub idle_timeout: Duration,
 }
 
-/// Serves the one HTTP exchange on a tunnel stream as `relay` says.
-pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Result<(), hyper::Error> {
+/// How a tunnelled exchange ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The exchange finished (or was handed over to an upgraded tunnel).
+    Done,
+    /// No byte moved on the stream for the service's `idle_timeout` (a body
+    /// that stalled either way, a backend that never answers): the stream was
+    /// dropped, giving back the service's slot.
+    Idle,
+    /// hyper's error.
+    Failed(hyper::Error),
+}
+
+/// Serves the one HTTP exchange on a tunnel stream as `relay` says, until it
+/// ends or nothing moves on the stream for `relay.idle_timeout`.
+pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
     let Relay {
         pool,
         sender,
@@ -75,7 +89,10 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Result<(
         idle_timeout,
     } = relay;
     let (read, written) = counters;
+    let activity = Arc::new(Activity::new());
+    let seen = activity.clone();
     let io = Observed::new(tokio::io::join(recv, send), move |dir, n| {
+        seen.touch();
         match dir {
             Dir::Read => read.inc_by(n as u64),
             Dir::Write => written.inc_by(n as u64),
@@ -98,14 +115,24 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Result<(
             }
         }
     });
-    hyper::server::conn::http1::Builder::new()
+    let serving = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
+        .with_upgrades();
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            r = serving.as_mut() => return r.map_or_else(Ended::Failed, |()| Ended::Done),
+            () = tokio::time::sleep_until(activity.last() + idle_timeout) => {
+                if activity.last() + idle_timeout <= Instant::now() {
+                    return Ended::Idle;
+                }
+            }
+        }
+    }
 }
 
 async fn relay_one(

@@ -112,6 +112,12 @@ impl Validator {
                 d.max_per_address as u32,
                 MAX_CONNECTIONS_RANGE,
             ),
+            max_handshakes: self.count_u32(
+                "node.max_handshakes",
+                raw.max_handshakes,
+                d.max_handshakes as u32,
+                MAX_CONNECTIONS_RANGE,
+            ),
             retry_handshakes_above: self.count_u32(
                 "node.retry_handshakes_above",
                 raw.retry_handshakes_above,
