@@ -345,15 +345,27 @@ impl RevocationList {
     }
 
     /// Which of two signed lists wins: the higher version, then the later issue,
-    /// then the body bytes (so every node picks the same one). The signature is
-    /// not compared: the same body signed twice (ECDSA signatures differ every
-    /// time, and anyone can re-encode one) is the same list, and the one a node
-    /// holds stays.
+    /// then the body bytes, then the signature and the signer's certificate — a
+    /// total order over documents, so every node ends up holding the very same
+    /// one. The same body signed twice (ECDSA signatures differ every time, and
+    /// a renewed CA certificate differs too) is the same list: one copy replaces
+    /// the other once and everywhere, and enforcing it changes nothing. Without
+    /// the signed parts in the order, two nodes holding different copies would
+    /// each find the other's not newer, and their digests would name different
+    /// documents forever.
     pub fn precedence(
         (a, a_doc): (&RevocationList, &RouteDocument),
         (b, b_doc): (&RevocationList, &RouteDocument),
     ) -> Ordering {
-        (a.version, a.issued_at_ms, &a_doc.body).cmp(&(b.version, b.issued_at_ms, &b_doc.body))
+        (a.version, a.issued_at_ms)
+            .cmp(&(b.version, b.issued_at_ms))
+            .then_with(|| {
+                (&a_doc.body, &a_doc.signature, &a_doc.signer_cert_der).cmp(&(
+                    &b_doc.body,
+                    &b_doc.signature,
+                    &b_doc.signer_cert_der,
+                ))
+            })
     }
 
     /// Adds `entry`, unless an entry already revokes the same certificate (or the
@@ -561,8 +573,13 @@ mod tests {
         resigned.signature = vec![9, 9];
         assert_eq!(
             RevocationList::precedence((&new, &resigned), (&new, &doc(&new))),
-            Ordering::Equal,
-            "the same body with another signature is not newer (no churn)"
+            Ordering::Greater,
+            "the same body signed twice: one copy wins everywhere"
+        );
+        assert_eq!(
+            RevocationList::precedence((&new, &doc(&new)), (&new, &resigned)),
+            Ordering::Less,
+            "and the order does not depend on who holds which"
         );
     }
 

@@ -1182,6 +1182,35 @@ fn a_revocation_list_is_taken_only_as_the_ca_signed_it_and_the_highest_version_w
     assert!(net.run_until(Duration::from_secs(5), |n| {
         n.names().iter().all(|o| revocations_held(n, o) == Some(5))
     }));
+    // Two copies of one list (another CA certificate, so another document)
+    // reach two nodes at once: one copy wins, and every node ends up holding
+    // that very document (their digests agree, nothing is re-sent forever).
+    send(
+        &mut net,
+        revocation_document(&ca, &list(6), now + 3_600_000),
+    );
+    let other_copy = revocation_document(&ca, &list(6), now + 7_200_000);
+    let m = msg(
+        &net,
+        Body::Items(Items {
+            documents: vec![other_copy],
+            ..Items::default()
+        }),
+    );
+    net.inject("evil", from, "n2", &m);
+    let held_id = |n: &Network, o: &str| {
+        n.node(o)
+            .unwrap()
+            .membership
+            .view(n.now(), n.wall_ms())
+            .revocations
+            .map(|r| r.id)
+    };
+    assert_ne!(held_id(&net, "n1"), held_id(&net, "n2"));
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        let ids: std::collections::HashSet<_> = n.names().iter().map(|o| held_id(n, o)).collect();
+        ids.len() == 1 && revocations_held(n, "n1") == Some(6)
+    }));
     // A node holding the list still sends digests (anti-entropy) that decode.
     use mesh_proto::membership::wire::{Digest, DocumentSummary, NameRange};
     let digest = msg(

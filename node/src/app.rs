@@ -180,8 +180,12 @@ impl Node {
         let files = tls_files(&config);
         let tls = load_identity(&config, &files, &metrics)?;
         // The stored revocation list is in force before any handshake.
-        let stored_revocations =
-            crate::revocations::load_stored(&config.node.data_dir, &tls, &metrics);
+        let stored_revocations = crate::revocations::load_stored(
+            &config.node.data_dir,
+            &tls,
+            &metrics,
+            config.gossip.max_clock_skew,
+        );
         if let Some(entry) = tls.revocation_of(&tls.identity().cert_der) {
             return Err(StartError::Revoked {
                 what: entry.describe(),

@@ -147,12 +147,18 @@ impl std::fmt::Debug for RevocationStore {
     }
 }
 
-/// The list stored in `<data_dir>/revocations.json`, checked (the mesh CA,
-/// valid when it signed it, and this trust domain) and put in force in `tls`
-/// for every later handshake: call before the endpoint binds. Hand the
-/// document to [`RevocationStore::open`] to gossip it. A file that is
-/// unreadable or refused is logged and counted, and nothing is in force.
-pub fn load_stored(data_dir: &Path, tls: &TlsState, metrics: &Metrics) -> Option<RouteDocument> {
+/// The list stored in `<data_dir>/revocations.json`, checked as gossip checks
+/// a list (the mesh CA, valid when it signed it; this trust domain; signed at
+/// most `max_skew` ahead of this node's clock) and put in force in `tls` for
+/// every later handshake: call before the endpoint binds. Hand the document to
+/// [`RevocationStore::open`] to gossip it. A file that is unreadable or refused
+/// is logged and counted, and nothing is in force.
+pub fn load_stored(
+    data_dir: &Path,
+    tls: &TlsState,
+    metrics: &Metrics,
+    max_skew: Duration,
+) -> Option<RouteDocument> {
     let path = data_dir.join(REVOCATIONS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -165,6 +171,10 @@ pub fn load_stored(data_dir: &Path, tls: &TlsState, metrics: &Metrics) -> Option
     let checked = RevocationFile::parse(&bytes)
         .map_err(ApplyError::Request)
         .and_then(|(list, doc)| {
+            let ahead = list.issued_at_ms.saturating_sub(crate::gossip::wall_ms());
+            if Duration::from_millis(ahead) > max_skew {
+                return Err(ApplyError::Refused("from_the_future"));
+            }
             let signed = UnixTime::since_unix_epoch(Duration::from_millis(list.issued_at_ms));
             tls.verify_revocations(&doc, signed)
                 .map_err(ApplyError::Signature)?;
@@ -253,6 +263,17 @@ impl RevocationStore {
     /// connections, and stores it.
     async fn enforce(&self, held: &HeldRevocations) {
         let list = &held.list;
+        let current = self.tls.revocations();
+        if (list.version, list.issued_at_ms) < (current.version, current.issued_at_ms) {
+            // Only the stored list can be ahead of gossip (gossip refused it).
+            self.count_refused("not_newer");
+            tracing::warn!(
+                version = list.version,
+                in_force = current.version,
+                "gossip holds an older revocation list than the one in force here; keeping the newer one"
+            );
+            return;
+        }
         tracing::info!(
             version = list.version,
             entries = list.entries.len(),

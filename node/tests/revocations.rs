@@ -51,27 +51,38 @@ fn a_stored_list_is_in_force_once_loaded_and_a_tampered_one_is_refused() {
 
     // Nothing stored: nothing in force, nothing refused.
     let (tls, metrics) = tls_of(dir.path(), &ca, &me);
-    assert_eq!(load_stored(dir.path(), &tls, &metrics), None);
+    assert_eq!(load_stored(dir.path(), &tls, &metrics, SKEW), None);
     assert_eq!(tls.revocations().version, 0);
 
     std::fs::write(dir.path().join(REVOCATIONS_FILE), &file).unwrap();
-    assert_eq!(load_stored(dir.path(), &tls, &metrics), Some(document));
+    assert_eq!(
+        load_stored(dir.path(), &tls, &metrics, SKEW),
+        Some(document)
+    );
     assert_eq!(tls.revocations().version, 1);
     assert!(tls.revocation_of(&revoked.cert_der).is_some());
     assert!(tls.revocation_of(&me.cert_der).is_none());
 
     // The stored file changed behind the node's back: refused and counted.
+    let refused = |text: String, reason: &str| {
+        std::fs::write(dir.path().join(REVOCATIONS_FILE), text).unwrap();
+        let (tls, metrics) = tls_of(dir.path(), &ca, &me);
+        assert_eq!(load_stored(dir.path(), &tls, &metrics, SKEW), None);
+        assert_eq!(tls.revocations().version, 0);
+        let counted = format!("shoal_revocation_lists_refused_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.encode().contains(&counted), "{}", metrics.encode());
+    };
     let tampered = file.replace("key_compromise", "key_compromisx");
     assert_ne!(tampered, file);
-    std::fs::write(dir.path().join(REVOCATIONS_FILE), tampered).unwrap();
-    let (tls, metrics) = tls_of(dir.path(), &ca, &me);
-    assert_eq!(load_stored(dir.path(), &tls, &metrics), None);
-    assert_eq!(tls.revocations().version, 0);
-    assert!(
-        metrics
-            .encode()
-            .contains("shoal_revocation_lists_refused_total{reason=\"bad_signature\"} 1"),
-        "{}",
-        metrics.encode()
-    );
+    refused(tampered, "bad_signature");
+
+    // A list signed further ahead of this node's clock than the skew allows is
+    // refused, as gossip would refuse it.
+    let mut ahead = list.clone();
+    ahead.next_version(now_ms() + 2 * SKEW.as_millis() as u64);
+    let ahead = RevocationFile::of(&ca.sign_revocations(&ahead).unwrap()).to_json();
+    refused(ahead, "from_the_future");
 }
+
+/// `gossip.max_clock_skew` in these tests.
+const SKEW: std::time::Duration = std::time::Duration::from_secs(300);

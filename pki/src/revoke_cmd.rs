@@ -84,6 +84,12 @@ fn current_list(
 ) -> Result<RevocationList> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && previous.is_some() => {
+            bail!(
+                "{}: no such list; --previous-ca carries an existing list over to --ca, so give the list file the previous CA signed (a new list needs no --previous-ca)",
+                path.display()
+            );
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(RevocationList::empty(ca.trust_domain()));
         }
@@ -109,6 +115,21 @@ fn current_list(
                 path.display()
             )
         })?;
+    if previous.is_some() {
+        let by = shoal_pki::inspect_der(&document.signer_cert_der, time::OffsetDateTime::now_utc())
+            .map(|info| info.sha256_fingerprint)
+            .unwrap_or_default();
+        let whose = if document.signer_cert_der.as_slice() == ca.cert_der().as_ref() {
+            "--ca"
+        } else {
+            "--previous-ca"
+        };
+        say!(
+            "carrying over version {} with {} entries, signed by {whose} (sha256 {by})",
+            list.version,
+            list.entries.len()
+        );
+    }
     Ok(list)
 }
 

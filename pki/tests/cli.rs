@@ -718,7 +718,24 @@ fn revoke_adds_entries_to_a_ca_signed_list_with_a_new_version_each_time() {
         "--previous-ca",
         p(&ca),
     ];
+    // Naming a list file that does not exist is a mistake, not a new list.
+    let missing = tmp.path().join("nowhere.json");
+    let err = fails(&[
+        "revoke",
+        "--ca",
+        p(&other),
+        "--list",
+        p(&missing),
+        "--previous-ca",
+        p(&ca),
+    ]);
+    assert!(err.contains("no such list"), "{err}");
+    assert!(!missing.exists());
     let said = ok(&carry);
+    assert!(
+        said.contains("carrying over version 2 with 2 entries, signed by --previous-ca (sha256 "),
+        "{said}"
+    );
     assert!(said.contains("version 3 with 2 entries"), "{said}");
     let (carried, document) = shoal_pki::RevocationFile::parse(&fs::read(&list).unwrap()).unwrap();
     assert_eq!(carried.entries, parsed_v2(&before));

@@ -760,5 +760,9 @@ async fn the_serving_node_drops_an_http_exchange_idle_past_its_services_idle_tim
             == 0.0
     })
     .await;
+    // A backend slow to answer (three idle timeouts) is not an idle stream: the
+    // caller's deadline (its request_timeout, an hour) bounds that wait.
+    let reply = get(mesh.client("c", "web"), "web", "/slow/900").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
     mesh.stop().await;
 }

@@ -88,7 +88,7 @@ pub struct IncomingConfig {
     /// Inbound QUIC connections open at once.
     pub max_connections: u32,
     /// Inbound QUIC connections open at once from one peer host (IP address;
-    /// IPv6 /64; loopback address and port).
+    /// loopback address and port).
     pub max_connections_per_address: u32,
     /// Inbound QUIC connections still in their handshake at once.
     pub max_handshakes: u32,

@@ -1,14 +1,18 @@
 //! Which inbound QUIC connection attempts the endpoint takes, before any
 //! handshake work: at most `node.max_connections` open in all,
 //! `node.max_connections_per_address` from one peer host, and
-//! `node.max_handshakes` still in their handshake; and once more than
-//! `node.retry_handshakes_above` attempts a second arrive from addresses not yet
-//! validated, the next ones must first prove their address with a QUIC Retry (so
-//! a flood from spoofed addresses costs this node a stateless packet each, not a
-//! handshake).
+//! `node.max_handshakes` still in their handshake. An attempt from an address
+//! not yet validated must first prove it with a QUIC Retry once more than
+//! `node.retry_handshakes_above` such attempts arrive in a second, or once half
+//! the handshake places are taken: a flood from spoofed addresses — fast, or
+//! slow enough to stay under the rate — then costs this node a stateless packet
+//! each, never a handshake place, and only peers that can receive at their
+//! address compete for the places.
 //!
-//! A peer host is its IP address — an IPv6 peer its /64, the block one host is
-//! usually given — so one host cannot take more places by using more ports. A
+//! A peer host is its IP address, so one host cannot take more places by using
+//! more ports. An IPv6 peer is its full address too: hosts of one LAN share a
+//! /64, and grouping by it would refuse honest neighbours (a host with a whole
+//! /64 can take more places; `node.max_connections` still bounds them all). A
 //! loopback peer is a node on this very host, and several run side by side
 //! (tests, the simulator): those are told apart by port.
 //!
@@ -18,7 +22,7 @@
 //! [`IncomingGate::established`] (or its close).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The limits, from `[node]`.
@@ -60,8 +64,8 @@ pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
 const WINDOW: Duration = Duration::from_secs(1);
 
 /// What connections are counted by for `node.max_connections_per_address`: the
-/// peer's IP address (IPv4, or IPv4-mapped IPv6), its /64 (IPv6), or, on
-/// loopback, its address and port (see the module documentation).
+/// peer's IP address (an IPv4-mapped IPv6 address as IPv4), or, on loopback, its
+/// address and port (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerHost(IpAddr, u16);
 
@@ -72,13 +76,7 @@ impl PeerHost {
         if ip.is_loopback() {
             return PeerHost(ip, remote.port());
         }
-        match ip {
-            IpAddr::V4(_) => PeerHost(ip, 0),
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                PeerHost(IpAddr::V6(Ipv6Addr::from(prefix)), 0)
-            }
-        }
+        PeerHost(ip, 0)
     }
 }
 
@@ -126,16 +124,22 @@ impl IncomingGate {
         if self.open.get(&host).copied().unwrap_or(0) >= self.limits.max_per_address {
             return Verdict::Refuse(REFUSAL_REASONS[1]);
         }
+        if !validated && (self.attempt(now) > self.limits.retry_above || self.half_full()) {
+            return Verdict::Retry;
+        }
         if self.handshaking >= self.limits.max_handshakes {
             return Verdict::Refuse(REFUSAL_REASONS[2]);
-        }
-        if !validated && self.attempt(now) > self.limits.retry_above {
-            return Verdict::Retry;
         }
         *self.open.entry(host).or_default() += 1;
         self.total += 1;
         self.handshaking += 1;
         Verdict::Accept
+    }
+
+    /// Half the handshake places (rounded up) are taken: from here on only
+    /// validated addresses may take the rest.
+    fn half_full(&self) -> bool {
+        self.handshaking >= self.limits.max_handshakes.div_ceil(2)
     }
 
     /// Counts an unvalidated attempt in the current window; returns how many
@@ -284,22 +288,18 @@ mod tests {
             Verdict::Refuse("too_many_from_address"),
             "so is the same address mapped into IPv6"
         );
-        // An IPv6 host is its /64.
+        // IPv6 neighbours on one LAN share a /64 and are still told apart.
+        for host in 1..=3 {
+            let a = remote(&format!("[2001:db8::{host}]:1"));
+            assert_eq!(g.judge(a, true, now), Verdict::Accept);
+        }
         assert_eq!(
-            g.judge(remote("[2001:db8::1]:1"), true, now),
+            g.judge(remote("[2001:db8::1]:2"), true, now),
             Verdict::Accept
         );
         assert_eq!(
-            g.judge(remote("[2001:db8::2]:1"), true, now),
-            Verdict::Accept
-        );
-        assert_eq!(
-            g.judge(remote("[2001:db8::3]:1"), true, now),
+            g.judge(remote("[2001:db8::1]:3"), true, now),
             Verdict::Refuse("too_many_from_address")
-        );
-        assert_eq!(
-            g.judge(remote("[2001:db8:0:1::1]:1"), true, now),
-            Verdict::Accept
         );
         // Loopback peers are nodes of this host: told apart by port.
         for port in 1..=3 {
@@ -326,6 +326,11 @@ mod tests {
         );
         g.established();
         assert_eq!(g.handshaking(), 1);
+        assert_eq!(
+            g.judge(addr(3), false, now),
+            Verdict::Retry,
+            "with half the places taken, an unvalidated address proves itself first"
+        );
         assert_eq!(g.judge(addr(3), true, now), Verdict::Accept);
         // A handshake that fails gives both places back.
         g.closed(addr(3), true);
@@ -333,5 +338,30 @@ mod tests {
         // An established connection closing leaves the handshakes alone.
         g.closed(addr(1), false);
         assert_eq!((g.open(), g.handshaking()), (1, 1));
+    }
+
+    #[test]
+    fn a_slow_spoofed_flood_never_takes_a_handshake_place_beyond_half() {
+        // Far under the Retry rate, but never finishing its handshakes.
+        let mut g = IncomingGate::new(IncomingLimits {
+            max_connections: 10_000,
+            max_per_address: 100,
+            max_handshakes: 128,
+            retry_above: 1000,
+        });
+        let t0 = Instant::now();
+        let spoofed = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 9));
+        let mut taken = 0;
+        for i in 0..1000 {
+            if g.judge(spoofed(i), false, t0 + WINDOW * i) == Verdict::Accept {
+                taken += 1;
+            }
+        }
+        assert_eq!(
+            taken, 64,
+            "half the places, then Retry for every spoofed address"
+        );
+        // A peer that answers the Retry still gets a place.
+        assert_eq!(g.judge(addr(7), true, t0), Verdict::Accept);
     }
 }

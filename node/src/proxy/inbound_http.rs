@@ -5,6 +5,7 @@
 //! and shaped its headers; this end forwards head and body as they are, and
 //! splices the two sides when the backend switches protocols (WebSocket).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +69,8 @@ pub enum Ended {
     /// The exchange finished (or was handed over to an upgraded tunnel).
     Done,
     /// No byte moved on the stream for the service's `idle_timeout` (a body
-    /// that stalled either way, a backend that never answers): the stream was
+    /// that stalled either way; a backend that never answers a caller that set
+    /// no deadline): the stream was
     /// dropped, giving back the service's slot.
     Idle,
     /// hyper's error.
@@ -76,7 +78,9 @@ pub enum Ended {
 }
 
 /// Serves the one HTTP exchange on a tunnel stream as `relay` says, until it
-/// ends or nothing moves on the stream for `relay.idle_timeout`.
+/// ends or nothing moves on the stream for `relay.idle_timeout` — except while
+/// the backend's response head is awaited under the caller's deadline, which
+/// then bounds the wait instead.
 pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
     let Relay {
         pool,
@@ -99,18 +103,29 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
         };
     });
     let sender = Arc::new(Mutex::new(Some((sender, reuse))));
-    let service = hyper::service::service_fn(move |req| {
+    // A request sent whole and its response head awaited under the caller's
+    // deadline: a slow head (a long poll) is the backend's to take, up to the
+    // deadline the caller chose, not an idle stream (a request body that
+    // stalls still is).
+    let waits = Waits::default();
+    let watched = waits.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let pool = pool.clone();
         let keep = keep.clone();
         let sender = sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let waits = watched.clone();
         async move {
+            let req = waits.watch_body(req);
             let relayed = relay_one(pool, sender, req, (connect_timeout, idle_timeout), keep);
             match deadline {
                 // The caller gives up at its deadline: stop waiting for the
                 // response head then (the body, once it flows, is not cut).
-                Some(d) => tokio::time::timeout_at(d, relayed)
-                    .await
-                    .unwrap_or_else(|_| Err("no response before the caller's deadline".into())),
+                Some(d) => {
+                    waits.head.store(true, Ordering::Relaxed);
+                    let head = tokio::time::timeout_at(d, relayed).await;
+                    waits.head.store(false, Ordering::Relaxed);
+                    head.unwrap_or_else(|_| Err("no response before the caller's deadline".into()))
+                }
                 None => relayed.await,
             }
         }
@@ -127,7 +142,9 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
         tokio::select! {
             r = serving.as_mut() => return r.map_or_else(Ended::Failed, |()| Ended::Done),
             () = tokio::time::sleep_until(activity.last() + idle_timeout) => {
-                if activity.last() + idle_timeout <= Instant::now() {
+                if waits.backend_has_the_turn() {
+                    activity.touch();
+                } else if activity.last() + idle_timeout <= Instant::now() {
                     return Ended::Idle;
                 }
             }
@@ -138,14 +155,13 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
 async fn relay_one(
     pool: Arc<BackendPool>,
     sender: Option<(Sender, Reuse)>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     (connect_timeout, idle_timeout): (Duration, Duration),
     keep: Arc<dyn Send + Sync>,
 ) -> Result<Response<Body>, String> {
     let upgrade = headers::is_upgrade(req.method(), req.headers())
         .then_some(req.method() == hyper::Method::CONNECT);
     let caller_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
     let (sender, reuse) = match sender {
         Some((sender, reuse)) => (Some(sender), Some(reuse)),
         None => (None, None),
@@ -183,4 +199,66 @@ async fn relay_one(
         pool.give_back(sender);
     }
     Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+}
+
+/// Whose turn it is on an exchange, for the idle watchdog.
+#[derive(Debug, Clone, Default)]
+struct Waits {
+    /// The request body has ended (all of it read from the stream).
+    body_done: Arc<AtomicBool>,
+    /// The response head is awaited under the caller's deadline.
+    head: Arc<AtomicBool>,
+}
+
+impl Waits {
+    /// The request is sent whole and the backend's head is awaited: silence
+    /// on the stream is the backend thinking, bounded by the caller's deadline.
+    fn backend_has_the_turn(&self) -> bool {
+        self.body_done.load(Ordering::Relaxed) && self.head.load(Ordering::Relaxed)
+    }
+
+    /// `req` with a body that marks [`Waits::body_done`] when it ends.
+    fn watch_body(&self, req: Request<Incoming>) -> Request<Body> {
+        let done = self.body_done.clone();
+        if hyper::body::Body::is_end_stream(req.body()) {
+            done.store(true, Ordering::Relaxed);
+        }
+        req.map(|b| {
+            MarksEnd {
+                inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                done,
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+/// A body that sets `done` once it has yielded its last frame.
+struct MarksEnd {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for MarksEnd {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
