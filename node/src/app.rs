@@ -798,6 +798,10 @@ fn proxy_context(
                 config.services.iter().map(|s| s.max_connections_per_caller),
             )
         }),
+        suspects: Arc::new(crate::proxy::suspects::Suspects::new(
+            metrics.proxy.peer_suspicions.clone(),
+        )),
+        setup_times: Default::default(),
     })
 }
 

@@ -12,7 +12,9 @@
 //! Both ends move bytes with [`splice`], which keeps half-close, resets and
 //! backpressure. A failure before any payload was sent (dial, refusal, status other
 //! than `ok`) is retried on another endpoint; the caller's outlier detection ejects
-//! endpoints that keep failing.
+//! endpoints that keep failing. An open slow to be accepted is hedged on a second
+//! endpoint ([`hedge`]), and a peer whose connection fails or goes silent is
+//! avoided by the whole node at once ([`suspects`]).
 
 pub mod access_log;
 pub mod admission;
@@ -20,12 +22,14 @@ pub mod backend_pool;
 pub mod balance;
 pub mod body;
 pub mod headers;
+pub mod hedge;
 pub mod http;
 pub mod inbound;
 pub mod inbound_http;
 pub mod ingress_tls;
 pub mod observed;
 pub mod splice;
+pub mod suspects;
 pub mod tcp;
 pub mod upstream;
 
@@ -110,6 +114,10 @@ pub struct ProxyContext {
     pub draining: AtomicBool,
     /// The most tunnel streams one peer connection may have open.
     pub max_streams_per_connection: u32,
+    /// Peers this node suspects from its own connections.
+    pub suspects: Arc<suspects::Suspects>,
+    /// Recent tunnel setups, for the hedge delay.
+    pub setup_times: hedge::SetupTimes,
 }
 
 impl ProxyContext {

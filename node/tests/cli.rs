@@ -1141,3 +1141,252 @@ fn revoke_apply_and_list_through_the_cli() {
     let stored = std::fs::read(f.path().join("a-data").join("revocations.json")).unwrap();
     assert_eq!(stored, std::fs::read(&v2).unwrap());
 }
+
+/// A TCP backend that greets each connection with `greeting` and closes it.
+fn greeting_backend(greeting: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(greeting.as_bytes());
+        }
+    });
+    addr
+}
+
+/// The greeting read through a TCP listener; the read is bounded, so a caller
+/// stalled on a silent endpoint fails the test.
+fn greeting_through(listener: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect(listener).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(EVENTUALLY))
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+}
+
+/// Nodes a and b serving `echo` (greeting backends saying their name), and c
+/// with a TCP listener to it, on the given addresses; gossip slow to call a
+/// node dead (a minute) and a listener connect timeout of a minute, so only
+/// the caller's hedges and suspicions route around a silent node. Returns the
+/// nodes and c's listener, once both a and b have served through it.
+fn failover_trio(f: &Fixture, ips: [&str; 3]) -> (Vec<Shoal>, SocketAddr) {
+    let slow_gossip = "suspicion_timeout = \"60s\"\nsuspicion_timeout_min = \"60s\"\n";
+    let service = |addr: SocketAddr| {
+        format!(
+            "{slow_gossip}\n[[service]]\nname = \"echo\"\naddress = \"{addr}\"\nprotocol = \"tcp\"\n"
+        )
+    };
+    let listener = format!(
+        "{slow_gossip}\n[[listener]]\nservice = \"echo\"\nbind = \"{}:0\"\nconnect_timeout = \"60s\"\n",
+        ips[2]
+    );
+    let mut nodes: Vec<Shoal> = Vec::new();
+    for (name, ip, config) in [
+        ("a", ips[0], service(greeting_backend("a\n"))),
+        ("b", ips[1], service(greeting_backend("b\n"))),
+        ("c", ips[2], listener),
+    ] {
+        f.save(name, &f.issue(name, &["echo"]));
+        let config = node_config(name, &config).replace("127.0.0.1:0", &format!("{ip}:0"));
+        let path = f.write(&format!("{name}.toml"), &config);
+        let seed = nodes.first().map(|n| n.quic.to_string());
+        let args: Vec<&str> = seed.as_deref().map_or(vec![], |s| vec!["--seed", s]);
+        nodes.push(Shoal::run(name, &path, &args, None));
+    }
+    let listening =
+        nodes[2].wait_for_log(0, "the listener", |v| v["fields"]["message"] == "listening");
+    let listener: SocketAddr = listening["fields"]["bind"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eventually("both a and b to serve through c", || {
+        let seen: std::collections::BTreeSet<String> = (0..6)
+            .filter_map(|_| greeting_through(listener).ok())
+            .collect();
+        if seen.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    (nodes, listener)
+}
+
+/// Real processes: the node serving a caller is stopped (SIGSTOP), resumed,
+/// then killed (SIGKILL). Gossip is made slow to call it dead (a minute), so
+/// only the caller's hedges and its own suspicion of the silent peer keep
+/// connections flowing; every connection succeeds, and the opens that went to
+/// the silent node stay few. The listener's connect timeout is a minute: a
+/// connection that waited for it would miss the bounded read.
+#[test]
+fn a_stopped_then_killed_serving_process_costs_the_caller_a_hedge() {
+    let f = Fixture::new();
+    let (nodes, listener) = failover_trio(&f, ["127.0.0.1", "127.0.0.1", "127.0.0.1"]);
+    let c = &nodes[2];
+    let hedges = || {
+        c.metric("shoal_hedged_attempts_total{listener=\"echo\"}")
+            .unwrap()
+    };
+    let most = 6.0;
+    // Client connections failed, by reason (some did before c knew the endpoints).
+    let failures = || {
+        let (_, metrics) = c.get("/metrics").unwrap();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("shoal_listener_connection_failures_total{listener=\"echo\""))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let failed_before = failures();
+
+    // SIGSTOP: a neither answers nor closes anything.
+    nodes[0].signal(Signal::STOP);
+    for i in 0..30 {
+        assert_eq!(greeting_through(listener), Ok("b".into()), "connection {i}");
+    }
+    let after_stop = hedges();
+    assert!((1.0..=most).contains(&after_stop), "{after_stop} hedges");
+    assert!(
+        c.metric("shoal_peer_suspicions_total{node=\"a\"}").unwrap() >= 1.0,
+        "c suspects a"
+    );
+    // SIGCONT: a serves again once its suspicion lapses.
+    nodes[0].signal(Signal::CONT);
+    eventually("a to serve again", || match greeting_through(listener)? {
+        g if g == "a" => Ok(()),
+        g => Err(g),
+    });
+
+    // SIGKILL: a's socket is gone; nothing tells c.
+    nodes[0].signal(Signal::KILL);
+    let before = hedges();
+    for i in 0..30 {
+        assert_eq!(greeting_through(listener), Ok("b".into()), "connection {i}");
+    }
+    let retries = c
+        .metric("shoal_upstream_retries_total{listener=\"echo\"}")
+        .unwrap();
+    let after_kill = hedges() - before;
+    assert!(
+        after_kill <= most && retries <= 2.0 * most,
+        "{after_kill} hedges, {retries} retries in all"
+    );
+    assert_eq!(failures(), failed_before, "no client connection failed");
+}
+
+/// A network namespace of its own for the calling test thread — and so for
+/// every socket it opens and process it starts from then on (a thread's
+/// namespace is inherited by what it creates) — deleted when dropped.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Moves this thread into a new namespace with loopback up; `None` (and says
+    /// so) without the privilege or the tools (`ip`, `nft`).
+    fn enter(label: &str) -> Option<NetNs> {
+        let skip = |why: &str| {
+            eprintln!("SKIPPED: this test needs {why} (network namespaces and nftables)");
+            None
+        };
+        if !rustix::process::geteuid().is_root() {
+            return skip("root");
+        }
+        for tool in ["ip", "nft"] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return skip(&format!("`{tool}` (iproute2, nftables)"));
+            }
+        }
+        let name = format!("shoal-{label}-{}", std::process::id());
+        let added = Command::new("ip").args(["netns", "add", &name]).status();
+        if !added.is_ok_and(|s| s.success()) {
+            return skip("`ip netns add` to work");
+        }
+        let ns = NetNs { name };
+        let handle = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&handle),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        ns.run("ip", &["link", "set", "lo", "up"], "");
+        Some(ns)
+    }
+
+    /// Runs `tool ARGS` in the namespace with `input` on stdin; panics if it fails.
+    fn run(&self, tool: &str, args: &[&str], input: &str) {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// Drops every packet between the two addresses, both ways, until
+    /// [`NetNs::heal`].
+    fn cut(&self, a: &str, b: &str) {
+        let rules = format!(
+            "table inet shoal_cut {{\n  chain input {{\n    type filter hook input priority 0;\n    \
+             ip saddr {a} ip daddr {b} drop\n    ip saddr {b} ip daddr {a} drop\n  }}\n}}\n"
+        );
+        self.run("nft", &["-f", "-"], &rules);
+    }
+
+    fn heal(&self) {
+        self.run("nft", &["delete", "table", "inet", "shoal_cut"], "");
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Real processes on three loopback addresses of a network namespace of their
+/// own; nftables then drops every packet between the caller's node and one
+/// serving node (a partition the nodes cannot tell from a dead peer). Every
+/// connection succeeds through the other serving node, the opens that went to
+/// the cut-off one stay few, and it serves again once the rule is deleted.
+#[test]
+fn a_serving_node_cut_off_by_nftables_costs_the_caller_a_hedge() {
+    let Some(ns) = NetNs::enter("failover") else {
+        return;
+    };
+    let f = Fixture::new();
+    let (a_ip, c_ip) = ("127.0.0.2", "127.0.0.4");
+    let (nodes, listener) = failover_trio(&f, [a_ip, "127.0.0.3", c_ip]);
+    let c = &nodes[2];
+    ns.cut(a_ip, c_ip);
+    for i in 0..30 {
+        assert_eq!(greeting_through(listener), Ok("b".into()), "connection {i}");
+    }
+    let hedges = c
+        .metric("shoal_hedged_attempts_total{listener=\"echo\"}")
+        .unwrap();
+    assert!((1.0..=6.0).contains(&hedges), "{hedges} hedges");
+    assert!(c.metric("shoal_peer_suspicions_total{node=\"a\"}").unwrap() >= 1.0);
+    ns.heal();
+    eventually("a to serve again", || match greeting_through(listener)? {
+        g if g == "a" => Ok(()),
+        g => Err(g),
+    });
+    drop(nodes);
+}

@@ -49,6 +49,11 @@ pub struct Report {
     pub timings: Vec<Timing>,
     /// Every request of the run.
     pub requests: Summary,
+    /// The requests of each phase of the run: `steady` until the first step
+    /// that changes the mesh, then one phase per such step (`after kill n1`,
+    /// `partition n5`, `after heal`, ...), each holding the requests that
+    /// started in it.
+    pub phases: Vec<Phase>,
     /// The same, per service.
     pub by_service: std::collections::BTreeMap<String, Summary>,
     /// Gossip bytes sent per node per second, averaged over the run.
@@ -76,6 +81,21 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+/// The requests of one phase of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// What began it (`steady` for the start).
+    pub name: String,
+    /// When it began, seconds since the start.
+    pub from_s: f64,
+    /// When it ended.
+    pub to_s: f64,
+    /// Its requests.
+    pub requests: Summary,
+    /// The same, per service.
+    pub by_service: std::collections::BTreeMap<String, Summary>,
+}
+
 /// What a quiet mesh cost: gossip and CPU per node per second over a `quiet` step.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuietCost {
@@ -93,6 +113,36 @@ pub struct QuietCost {
 }
 
 impl Report {
+    /// The requests-by-phase table: one row per phase and service.
+    fn phases_text(&self, out: &mut String) {
+        if self.phases.len() < 2 {
+            return;
+        }
+        let _ = writeln!(out, "\nrequests by phase:");
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>13}  {:<8} {:>6} {:>7} {:>8} {:>8} {:>8}",
+            "phase", "from", "service", "sent", "failed", "p50 ms", "p99 ms", "max ms"
+        );
+        for p in &self.phases {
+            for (service, r) in &p.by_service {
+                let _ = writeln!(
+                    out,
+                    "  {:<22} {:>5.1}-{:>5.1} s  {:<8} {:>6} {:>7} {:>8.1} {:>8.1} {:>8.1}",
+                    p.name,
+                    p.from_s,
+                    p.to_s,
+                    service,
+                    r.sent,
+                    r.failed,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms
+                );
+            }
+        }
+    }
+
     /// Whether every expectation held and nothing went wrong.
     pub fn passed(&self) -> bool {
         self.errors.is_empty() && self.expectations.iter().all(|e| e.passed)
@@ -156,6 +206,7 @@ impl Report {
                 );
             }
         }
+        self.phases_text(&mut out);
         let _ = writeln!(
             out,
             "\ngossip: {:.1} KB/s sent per node, at most {} gossip connections per node ({}); memory: {:.0} MiB resident; datagrams dropped by faults: {}",

@@ -13,7 +13,7 @@ use tokio::sync::{RwLock, watch};
 use tokio::task::JoinHandle;
 
 use crate::mesh::{Mesh, Mode};
-use crate::report::{Expectation, QuietCost, Report, Timing};
+use crate::report::{Expectation, Phase, QuietCost, Report, Timing};
 use crate::scenario::{BackendKind, Condition, Scenario, Step};
 use crate::traffic::{Generator, Record, Stats, Summary};
 
@@ -51,6 +51,9 @@ struct Run {
     generators: HashMap<String, Generator>,
     kinds: HashMap<String, BackendKind>,
     faults: Vec<(Duration, Vec<String>)>,
+    /// Where each phase of the run began (`steady` at the start), for the
+    /// report's requests by phase.
+    phase_marks: Vec<(Duration, String)>,
     expectations: Vec<Expectation>,
     errors: Vec<String>,
     poll: Duration,
@@ -131,6 +134,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
             .map(|s| (s.name.clone(), s.kind))
             .collect(),
         faults: Vec::new(),
+        phase_marks: vec![(Duration::ZERO, "steady".to_string())],
         expectations: Vec::new(),
         errors: Vec::new(),
         poll: poll_interval(total_nodes),
@@ -364,6 +368,7 @@ impl Run {
             duration_s: finished.as_secs_f64(),
             timings,
             requests: Summary::of(records.iter()),
+            phases: phases(&records, &self.phase_marks, finished),
             by_service: {
                 let services: std::collections::BTreeSet<&str> =
                     records.iter().map(|r| r.service.as_str()).collect();
@@ -405,6 +410,38 @@ impl Run {
         self.mesh.write().await.shutdown().await;
         report
     }
+}
+
+/// The requests of each phase (those that started in it), per service; phases
+/// without requests are left out.
+fn phases(records: &[Record], marks: &[(Duration, String)], end: Duration) -> Vec<Phase> {
+    let mut out = Vec::new();
+    for (i, (from, name)) in marks.iter().enumerate() {
+        let to = marks.get(i + 1).map_or(end, |m| m.0);
+        let inside: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.at >= *from && r.at < to)
+            .collect();
+        if inside.is_empty() {
+            continue;
+        }
+        let services: std::collections::BTreeSet<&str> =
+            inside.iter().map(|r| r.service.as_str()).collect();
+        out.push(Phase {
+            name: name.clone(),
+            from_s: from.as_secs_f64(),
+            to_s: to.as_secs_f64(),
+            requests: Summary::of(inside.iter().copied()),
+            by_service: services
+                .into_iter()
+                .map(|svc| {
+                    let of = inside.iter().copied().filter(|r| r.service == svc);
+                    (svc.to_string(), Summary::of(of))
+                })
+                .collect(),
+        });
+    }
+    out
 }
 
 /// For each fault that took nodes hosting a service away: how long until requests

@@ -164,9 +164,30 @@ async fn a_short_scenario_kills_partitions_heals_and_restarts() {
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
+    // requests by phase: steady, then one per fault, in order, covering every
+    // request once
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "steady",
+            "after kill n1",
+            "partition n4",
+            "after heal",
+            "after restart n1"
+        ],
+        "{}",
+        report.to_text()
+    );
+    let in_phases: u64 = report.phases.iter().map(|p| p.requests.sent).sum();
+    assert_eq!(in_phases, report.requests.sent);
+    assert!(report.phases.windows(2).all(|w| w[0].to_s == w[1].from_s));
+    assert!(report.phases[0].by_service["web"].sent > 0);
+    assert!(text.contains("requests by phase"), "{text}");
     // and JSON round-trips
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["scenario"], "short");
+    assert_eq!(json["phases"][1]["name"], "after kill n1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,10 @@ pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const MAX_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `listener.connect_timeout` (one attempt through the mesh).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `listener.hedge_min_delay`: well above a healthy tunnel setup on a
+/// LAN (a millisecond or two, one round trip on a pooled connection), far
+/// below the connect timeout.
+pub const DEFAULT_HEDGE_MIN_DELAY: Duration = Duration::from_millis(25);
 /// Default `listener.idle_timeout`, and `service.idle_timeout` (the serving
 /// node's bound on any caller's idle tunnel): ten minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);

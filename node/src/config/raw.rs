@@ -292,6 +292,16 @@ pub struct RawListener {
     /// `attempts`: endpoints tried per connection before giving up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// `hedge`: open on a second endpoint when the first is slow to accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<bool>,
+    /// `hedge_min_delay`: the least time the first open has before a hedge.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hedge_min_delay: Option<Duration>,
     /// `zone_aware`: prefer endpoints in this node's zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_aware: Option<bool>,

@@ -308,6 +308,11 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Endpoints tried per connection before it is closed.
     pub attempts: u32,
+    /// Hedge a slow open on a second endpoint (`proxy::hedge`).
+    pub hedge: bool,
+    /// The least time the first open has before a hedge starts.
+    #[serde(with = "humantime_serde")]
+    pub hedge_min_delay: Duration,
     /// Prefer endpoints in this node's zone while enough of them are healthy.
     pub zone_aware: bool,
     /// Passive outlier detection.

@@ -83,6 +83,13 @@ pub struct ListenerDirectionLabels {
     pub direction: &'static str,
 }
 
+/// Labels: `node` (a peer).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's node name.
+    pub node: String,
+}
+
 /// Labels: `listener`, `node` (an upstream endpoint).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EndpointLabels {

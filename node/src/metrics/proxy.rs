@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::{
-    EndpointLabels, ListenerDirectionLabels, ListenerLabels, ListenerReasonLabels,
+    EndpointLabels, ListenerDirectionLabels, ListenerLabels, ListenerReasonLabels, PeerLabels,
     latency_histogram, register,
 };
 
@@ -31,6 +31,12 @@ pub struct ProxyMetrics {
     pub outlier_ejections: Family<EndpointLabels, Counter>,
     /// Time from a client's connection to an established upstream.
     pub tunnel_setup_seconds: Family<ListenerLabels, Histogram>,
+    /// Peers this node began to suspect from its own connections.
+    pub peer_suspicions: Family<PeerLabels, Counter>,
+    /// Opens hedged on a second endpoint because the first was slow.
+    pub hedged_attempts: Family<ListenerLabels, Counter>,
+    /// Hedged opens whose second endpoint was used.
+    pub hedged_attempts_won: Family<ListenerLabels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -83,6 +89,24 @@ impl ProxyMetrics {
                 "tunnel_setup_seconds",
                 "Time from a client connection to an established upstream",
                 Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ),
+            peer_suspicions: register(
+                r,
+                "peer_suspicions",
+                "Peers suspected from this node's own connections (a dial failed, or the connection went silent)",
+                Family::default(),
+            ),
+            hedged_attempts: register(
+                r,
+                "hedged_attempts",
+                "Opens hedged on a second endpoint because the first was slow to accept",
+                Family::default(),
+            ),
+            hedged_attempts_won: register(
+                r,
+                "hedged_attempts_won",
+                "Hedged opens whose second endpoint was used",
+                Family::default(),
             ),
         }
     }

@@ -1,8 +1,9 @@
 //! Choosing an endpoint of one service for one caller (a listener): the caller's
 //! policy (`mesh_proto::lb`) over the endpoints it is given, its passive outlier
-//! detection (`mesh_proto::outlier`) and its own count of streams in flight per
-//! endpoint, held by [`InFlight`] guards. Shared by TCP and HTTP listeners; one
-//! balancer per (listener, service).
+//! detection (`mesh_proto::outlier`), the peers the whole node suspects
+//! ([`Suspects`]) and its own count of streams in flight per endpoint, held by
+//! [`InFlight`] guards. Shared by TCP and HTTP listeners; one balancer per
+//! (listener, service).
 //!
 //! The balancer takes the endpoints as an argument (the caller reads them from
 //! the routing table) and reads time from `tokio::time::Instant`, so its rules
@@ -19,6 +20,7 @@ use mesh_proto::routing::Endpoint;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use super::suspects::Suspects;
 use crate::config::OutlierConfig;
 use crate::metrics::EndpointLabels;
 
@@ -40,6 +42,7 @@ pub struct Balancer {
     ring: Mutex<Option<Arc<Ring>>>,
     inflight: Counts,
     ejections: Family<EndpointLabels, Counter>,
+    suspects: Option<Arc<Suspects>>,
 }
 
 /// A fresh random seed (nanoseconds of the clock; good enough to spread picks).
@@ -84,7 +87,18 @@ impl Balancer {
             ring: Mutex::new(None),
             inflight: Arc::default(),
             ejections,
+            suspects: None,
         }
+    }
+
+    /// The same, also avoiding the peers in `suspects` (the node's).
+    pub fn with_suspects(mut self, suspects: Arc<Suspects>) -> Self {
+        self.suspects = Some(suspects);
+        self
+    }
+
+    fn suspect(&self, node: &str) -> bool {
+        self.suspects.as_ref().is_some_and(|s| s.is_suspect(node))
     }
 
     /// The service.
@@ -103,9 +117,9 @@ impl Balancer {
     }
 
     /// Picks one of `endpoints` (the service's, from the routing table) not in
-    /// `tried` and not ejected, by `policy`; `key` is the hash for ring hashing.
-    /// If every untried endpoint is ejected, tries them anyway (an ejection is a
-    /// guess; a refusal is certain).
+    /// `tried`, not ejected and not suspect, by `policy`; `key` is the hash for
+    /// ring hashing. If every untried endpoint is ejected or suspect, tries them
+    /// anyway (an ejection is a guess; a refusal is certain).
     pub fn pick(
         &self,
         endpoints: &[Endpoint],
@@ -120,8 +134,9 @@ impl Balancer {
         let outliers = lock(&self.outliers);
         let inflight = lock(&self.inflight);
         let ring = (policy == Policy::RingHash).then(|| self.ring_for(endpoints));
-        let available =
-            |e: &Endpoint| !tried.contains(&e.node) && !outliers.is_ejected(&e.node, now);
+        let available = |e: &Endpoint| {
+            !tried.contains(&e.node) && !outliers.is_ejected(&e.node, now) && !self.suspect(&e.node)
+        };
         let load = |e: &Endpoint| inflight.get(&e.node).copied().unwrap_or(0);
         let mut pick = PickContext {
             local_zone: self.local_zone.as_deref(),
@@ -155,10 +170,11 @@ impl Balancer {
         }
     }
 
-    /// Whether `node` is usable now: among `endpoints`, not unhealthy, not ejected.
+    /// Whether `node` is usable now: among `endpoints`, not unhealthy, not
+    /// ejected, not suspect.
     pub fn usable(&self, endpoints: &[Endpoint], node: &str) -> Option<Endpoint> {
         let e = endpoints.iter().find(|e| e.node == node)?;
-        let ejected = lock(&self.outliers).is_ejected(node, now());
+        let ejected = lock(&self.outliers).is_ejected(node, now()) || self.suspect(node);
         (e.health != Health::Unhealthy && !ejected).then(|| e.clone())
     }
 

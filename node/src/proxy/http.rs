@@ -362,13 +362,16 @@ impl HttpListener {
         let mut map = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(service.to_string())
             .or_insert_with(|| {
-                Arc::new(Balancer::new(
-                    &self.cfg.name,
-                    service,
-                    self.cfg.zone_aware.then_some(self.ctx.zone.as_str()),
-                    self.cfg.outlier,
-                    self.ctx.metrics.proxy.outlier_ejections.clone(),
-                ))
+                Arc::new(
+                    Balancer::new(
+                        &self.cfg.name,
+                        service,
+                        self.cfg.zone_aware.then_some(self.ctx.zone.as_str()),
+                        self.cfg.outlier,
+                        self.ctx.metrics.proxy.outlier_ejections.clone(),
+                    )
+                    .with_suspects(self.ctx.suspects.clone()),
+                )
             })
             .clone()
     }

@@ -3,20 +3,24 @@
 //! routing table. If reaching the endpoint fails before any payload moved (dial,
 //! refusal, timeout, a status other than `ok`), another endpoint is tried, up to
 //! `attempts`; endpoints that keep failing are ejected for a backing-off time.
+//! An open not accepted within the hedge delay is raced against one on another
+//! endpoint ([`hedge`]).
 //! An endpoint on this very node is reached directly, without a tunnel.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mesh_proto::lb;
+use mesh_proto::retry::{RetryBudget, RetryBudgetConfig};
 use mesh_proto::routing::Endpoint;
 use mesh_proto::tunnel::RequestId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::balance::Balancer;
+use super::hedge::{self, Heard, note_race};
 use super::splice::{self, Progress, Side};
 use super::upstream::{self, OpenError, Target, TcpUpstream};
 use super::{CountGuard, ProxyContext};
@@ -31,6 +35,8 @@ pub struct Listener {
     labels: ListenerLabels,
     active: Arc<AtomicUsize>,
     balancer: Balancer,
+    /// Bounds hedges (like the HTTP listener's retries).
+    budget: Mutex<RetryBudget>,
 }
 
 impl Listener {
@@ -46,10 +52,12 @@ impl Listener {
                 cfg.zone_aware.then_some(ctx.zone.as_str()),
                 cfg.outlier,
                 ctx.metrics.proxy.outlier_ejections.clone(),
-            ),
+            )
+            .with_suspects(ctx.suspects.clone()),
             cfg,
             ctx,
             active: Arc::new(AtomicUsize::new(0)),
+            budget: Mutex::new(RetryBudget::new(RetryBudgetConfig::default())),
         })
     }
 
@@ -137,8 +145,13 @@ impl Listener {
 
     /// An endpoint of the service and a stream to it: up to `attempts` picks,
     /// each to an endpoint not tried yet, until one opens or refuses the caller.
+    /// An open slow to be accepted is hedged on another endpoint (that counts
+    /// as one of the attempts, and spends the retry budget).
     async fn connect(&self, peer: SocketAddr) -> Result<(Endpoint, TcpUpstream), OpenError> {
-        let metrics = &self.ctx.metrics;
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_request(Instant::now());
         let key = lb::hash_ip(peer.ip());
         let request_id =
             RequestId(((self.balancer.random() as u128) << 64) | self.balancer.random() as u128);
@@ -153,40 +166,112 @@ impl Listener {
             reason: "no_endpoint",
             text: format!("no endpoint of {} is available", self.cfg.service()),
         };
-        for attempt in 0..self.cfg.attempts {
+        while let Some(endpoint) = self.next(&mut tried, key) {
             // Held across the attempt: an `Arc`, not a short-lived arc-swap guard.
             let table = self.ctx.table.load_full();
             let endpoints = table.endpoints(self.cfg.service());
-            let Some(endpoint) = self.balancer.pick(endpoints, self.cfg.lb, &tried, key) else {
-                break;
-            };
-            metrics
-                .proxy
-                .upstream_attempts
-                .get_or_create(&self.labels)
-                .inc();
-            if attempt > 0 {
-                metrics
-                    .proxy
-                    .upstream_retries
-                    .get_or_create(&self.labels)
-                    .inc();
+            let heard = [Heard::default(), Heard::default()];
+            let mut nodes = [Some(endpoint.node.clone()), None];
+            let first = self.open(endpoint, target, &heard[0]);
+            let raced = hedge::race(first, self.hedge_delay(), || {
+                if !self.ctx.setup_times.worth_hedging(&heard[0]) {
+                    return None;
+                }
+                let second = self.hedge(&mut tried, key)?;
+                nodes[1] = Some(second.node.clone());
+                Some(self.open(second, target, &heard[1]))
+            })
+            .await;
+            note_race(&self.ctx, &self.labels, &raced, &heard, &nodes);
+            if let Some((e, failed)) = &raced.other_failed {
+                self.settle(endpoints, e, failed);
             }
-            tried.push(endpoint.node.clone());
-            match upstream::open_tcp(&self.ctx, &endpoint, target, self.cfg.connect_timeout).await {
-                Ok(u) => {
-                    self.balancer.record(endpoints, &endpoint.node, true);
-                    return Ok((endpoint, u));
+            match raced.result {
+                Ok((e, u)) => {
+                    self.balancer.record(endpoints, &e.node, true);
+                    return Ok((e, u));
                 }
-                Err(e) if e.try_another() => {
-                    tracing::debug!(listener = %self.cfg.name, node = %endpoint.node, why = %e, "attempt failed; trying another endpoint");
-                    self.balancer.record(endpoints, &endpoint.node, false);
-                    last_error = e;
+                Err((e, failed)) => {
+                    if !failed.try_another() {
+                        return Err(failed);
+                    }
+                    self.settle(endpoints, &e, &failed);
+                    last_error = failed;
                 }
-                Err(e) => return Err(e),
             }
         }
         Err(last_error)
+    }
+
+    /// The next endpoint to try, counted as an attempt; none once `attempts`
+    /// were made or every endpoint was tried.
+    fn next(&self, tried: &mut Vec<String>, key: u64) -> Option<Endpoint> {
+        if tried.len() as u32 >= self.cfg.attempts {
+            return None;
+        }
+        let table = self.ctx.table.load();
+        let endpoint =
+            self.balancer
+                .pick(table.endpoints(self.cfg.service()), self.cfg.lb, tried, key)?;
+        let proxy = &self.ctx.metrics.proxy;
+        proxy.upstream_attempts.get_or_create(&self.labels).inc();
+        if !tried.is_empty() {
+            proxy.upstream_retries.get_or_create(&self.labels).inc();
+        }
+        tried.push(endpoint.node.clone());
+        Some(endpoint)
+    }
+
+    /// The endpoint of a hedge, if hedging is on, an attempt and another
+    /// endpoint are left, and the retry budget has room (spent if so).
+    fn hedge(&self, tried: &mut Vec<String>, key: u64) -> Option<Endpoint> {
+        if !self.cfg.hedge || tried.len() as u32 >= self.cfg.attempts {
+            return None;
+        }
+        let table = self.ctx.table.load();
+        self.balancer
+            .pick(table.endpoints(self.cfg.service()), self.cfg.lb, tried, key)?;
+        let spent = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_retry(Instant::now());
+        if spent { self.next(tried, key) } else { None }
+    }
+
+    /// Opens a stream to `endpoint`, keeping the endpoint with the outcome.
+    async fn open(
+        &self,
+        endpoint: Endpoint,
+        target: Target<'_>,
+        heard: &Heard,
+    ) -> Result<(Endpoint, TcpUpstream), (Endpoint, OpenError)> {
+        match upstream::open_tcp(
+            &self.ctx,
+            &endpoint,
+            target,
+            (self.cfg.connect_timeout, heard),
+        )
+        .await
+        {
+            Ok(u) => Ok((endpoint, u)),
+            Err(e) => Err((endpoint, e)),
+        }
+    }
+
+    /// How long the first open has before a hedge.
+    fn hedge_delay(&self) -> Duration {
+        hedge::delay(
+            self.ctx.setup_times.p99(),
+            self.cfg.hedge_min_delay,
+            self.cfg.connect_timeout,
+        )
+    }
+
+    /// Records a failed open for outlier detection and logs it.
+    fn settle(&self, endpoints: &[Endpoint], endpoint: &Endpoint, e: &OpenError) {
+        tracing::debug!(listener = %self.cfg.name, node = %endpoint.node, why = %e, "attempt failed; trying another endpoint");
+        self.balancer.record(endpoints, &endpoint.node, false);
     }
 
     /// Byte counters of this listener's two directions.

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use super::admission::{Caller, Refused, Slot};
 use super::backend_pool::{BackendPool, Sender};
+use super::hedge::Heard;
 use super::{LocalService, ProxyContext};
 use crate::endpoint::ConnectError;
 
@@ -69,6 +70,12 @@ impl OpenError {
     /// Whether another endpoint may succeed where this one failed.
     pub fn try_another(&self) -> bool {
         matches!(self, OpenError::Unreachable { .. })
+    }
+
+    /// Whether the endpoint's node did not answer at all (no connection, or
+    /// no status in time), as opposed to answering with a refusal.
+    pub fn is_silence(&self) -> bool {
+        matches!(self.label(), "connect_failed" | "timeout")
     }
 }
 
@@ -143,17 +150,18 @@ pub fn status_label(code: StatusCode) -> &'static str {
     code.metric_label()
 }
 
-/// Opens a byte stream to `endpoint` within `timeout`.
+/// Opens a byte stream to `endpoint` within `timeout`; `heard` learns the
+/// connection a tunnel uses.
 pub async fn open_tcp(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
     target: Target<'_>,
-    timeout: Duration,
+    (timeout, heard): (Duration, &Heard),
 ) -> Result<TcpUpstream, OpenError> {
     if endpoint.node != ctx.node_name {
         let header = target.header(Protocol::Tcp);
         return Ok(TcpUpstream::Tunnel(
-            dial(ctx, endpoint, &header, timeout).await?,
+            dial(ctx, endpoint, &header, (timeout, heard)).await?,
         ));
     }
     let (local, slot) = admit_local(&ctx.services, &ctx.node_name, &target)?;
@@ -177,17 +185,18 @@ pub async fn open_tcp(
 
 /// Opens a way to send an HTTP request to `endpoint` within `timeout`: a
 /// tunnel stream, or a pooled keep-alive connection to the local backend (as
-/// on the serving side of a tunnel).
+/// on the serving side of a tunnel); `heard` learns the connection a tunnel
+/// uses.
 pub async fn open_http(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
     target: Target<'_>,
-    timeout: Duration,
+    (timeout, heard): (Duration, &Heard),
 ) -> Result<HttpUpstream, OpenError> {
     if endpoint.node != ctx.node_name {
         let header = target.header(Protocol::Http);
         return Ok(HttpUpstream::Tunnel(
-            dial(ctx, endpoint, &header, timeout).await?,
+            dial(ctx, endpoint, &header, (timeout, heard)).await?,
         ));
     }
     let (local, slot) = admit_local(&ctx.services, &ctx.node_name, &target)?;
@@ -219,12 +228,40 @@ pub async fn open_http(
 }
 
 /// A tunnel stream to `endpoint`'s node carrying `header`, once the node
-/// answered `ok`, within `timeout`.
+/// answered `ok`, within `timeout`. What came of it is evidence about the
+/// peer for the whole node: an answer (any status) clears a suspicion, and
+/// silence — no connection, or none of its packets since the open began —
+/// makes the peer suspect ([`super::suspects`]).
 async fn dial(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
     header: &StreamHeader,
-    timeout: Duration,
+    (timeout, heard): (Duration, &Heard),
+) -> Result<Tunnel, OpenError> {
+    let started = tokio::time::Instant::now();
+    let _counted = ctx.setup_times.opening();
+    let opened = open_stream(ctx, endpoint, header, (timeout, heard)).await;
+    match &opened {
+        Ok(_) => {
+            ctx.setup_times.record(started.elapsed());
+            ctx.suspects.answered(&endpoint.node);
+        }
+        Err(e) if e.is_silence() && (!heard.connected() || heard.silent()) => {
+            ctx.suspects.no_answer(&endpoint.node, e.label());
+        }
+        Err(OpenError::Header(_)) => {}
+        Err(e) if !e.is_silence() => ctx.suspects.answered(&endpoint.node),
+        Err(_) => {}
+    }
+    opened
+}
+
+/// [`dial`]'s work: connect, open the stream, send the header, read the status.
+async fn open_stream(
+    ctx: &ProxyContext,
+    endpoint: &Endpoint,
+    header: &StreamHeader,
+    (timeout, heard): (Duration, &Heard),
 ) -> Result<Tunnel, OpenError> {
     let frame = encode(header)?;
     let broken =
@@ -240,6 +277,7 @@ async fn dial(
                 }
                 e => broken(&e),
             })?;
+        heard.connection(&conn);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(&e))?;
         send.write_all(&frame).await.map_err(|e| broken(&e))?;
         let status = read_status(&mut recv).await?;

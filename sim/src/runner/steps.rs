@@ -17,6 +17,31 @@ const REACTION_BOUND: Duration = Duration::from_secs(120);
 /// How long it waits for a wave of added nodes to be seen alive everywhere.
 const WAVE_BOUND: Duration = Duration::from_secs(300);
 
+/// The phase of the run a step begins, named for the report's per-phase
+/// table; `None` for steps that change nothing in the mesh.
+pub(super) fn phase_of(step: &Step) -> Option<String> {
+    Some(match step {
+        Step::Add { count } => format!("after adding {count}"),
+        Step::Kill { node } => format!("after kill {node}"),
+        Step::Stop { node } => format!("after stop {node}"),
+        Step::Restart { node } => format!("after restart {node}"),
+        Step::Pause { node } => format!("paused {node}"),
+        Step::Resume { node } => format!("after resume {node}"),
+        Step::Partition { nodes } => format!("partition {}", nodes.join(",")),
+        Step::Heal => "after heal".to_string(),
+        Step::Loss { node, percent } => format!("{percent}% loss on {node}"),
+        Step::Health {
+            service,
+            node,
+            healthy,
+        } => format!(
+            "{service}@{node} {}",
+            if *healthy { "healthy" } else { "unhealthy" }
+        ),
+        _ => return None,
+    })
+}
+
 fn human(d: Duration) -> String {
     humantime_serde::re::humantime::format_duration(d).to_string()
 }
@@ -24,6 +49,9 @@ fn human(d: Duration) -> String {
 impl Run {
     /// Runs step `i`.
     pub(super) async fn step(&mut self, i: usize, step: &Step) -> Result<()> {
+        if let Some(phase) = phase_of(step) {
+            self.phase_marks.push((self.epoch.elapsed(), phase));
+        }
         match step {
             Step::Add { count } => self.add(*count).await?,
             Step::Kill { node } => self.kill(node).await?,

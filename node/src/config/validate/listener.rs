@@ -13,10 +13,10 @@ use rustls_pki_types::pem::PemObject;
 use super::Validator;
 use crate::config::defaults::{
     DEFAULT_ATTEMPTS, DEFAULT_BASE_EJECTION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EJECTION, DEFAULT_OUTLIER_FAILURES,
-    DEFAULT_REQUEST_TIMEOUT, MAX_ATTEMPTS, MAX_BASE_EJECTION, MAX_CONNECT_TIMEOUT,
-    MAX_HEADER_TIMEOUT, MAX_MAX_CONNECTIONS, MAX_OUTLIER_FAILURES, MAX_REQUEST_TIMEOUT,
-    MIN_LISTENER_TIMEOUT,
+    DEFAULT_HEDGE_MIN_DELAY, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EJECTION,
+    DEFAULT_OUTLIER_FAILURES, DEFAULT_REQUEST_TIMEOUT, MAX_ATTEMPTS, MAX_BASE_EJECTION,
+    MAX_CONNECT_TIMEOUT, MAX_HEADER_TIMEOUT, MAX_MAX_CONNECTIONS, MAX_OUTLIER_FAILURES,
+    MAX_REQUEST_TIMEOUT, MIN_LISTENER_TIMEOUT,
 };
 use crate::config::raw::{RawListener, RawListenerTls};
 use crate::config::types::{
@@ -97,6 +97,15 @@ impl Validator {
         let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
         let attempts = raw.attempts.unwrap_or(DEFAULT_ATTEMPTS);
         self.count_range(&f("attempts"), attempts, 1, MAX_ATTEMPTS);
+        let hedge_min_delay = raw
+            .hedge_min_delay
+            .unwrap_or(DEFAULT_HEDGE_MIN_DELAY.min(connect_timeout));
+        self.duration_range(
+            &f("hedge_min_delay"),
+            hedge_min_delay,
+            MIN_LISTENER_TIMEOUT,
+            connect_timeout,
+        );
         let outlier = self.outlier(i, raw);
         if self.errors.len() != before {
             return None;
@@ -112,6 +121,8 @@ impl Validator {
             connect_timeout,
             idle_timeout,
             attempts,
+            hedge: raw.hedge.unwrap_or(true),
+            hedge_min_delay,
             zone_aware: raw.zone_aware.unwrap_or(true),
             outlier,
             kind,

@@ -244,3 +244,39 @@ async fn an_unhealthy_endpoint_is_not_usable_and_an_unknown_node_is_not_an_endpo
     assert!(b.usable(&eps, "ghost").is_none());
     assert_eq!(b.pick(&[], Policy::RoundRobin, &[], 0), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_the_node_suspects_is_avoided_by_every_balancer_while_others_are_there() {
+    let suspects = std::sync::Arc::new(crate::proxy::suspects::Suspects::new(Family::default()));
+    let (b, _) = balancer(None);
+    let b = b.with_suspects(suspects.clone());
+    let (other, _) = balancer(None);
+    let other = other.with_suspects(suspects.clone());
+    let eps = nodes(&["a", "b", "c"]);
+    suspects.no_answer("a", "connect_failed");
+    for balancer in [&b, &other] {
+        assert!(
+            picks(balancer, &eps, Policy::RoundRobin, 12)
+                .iter()
+                .all(|n| n != "a"),
+            "a suspicion on the node counts for every listener"
+        );
+        assert!(
+            balancer.usable(&eps, "a").is_none(),
+            "nor is a session pinned to it"
+        );
+    }
+    // With nothing else left, the suspect is still tried.
+    let tried = ["b".to_string(), "c".to_string()];
+    assert_eq!(
+        b.pick(&eps, Policy::RoundRobin, &tried, 0).unwrap().node,
+        "a"
+    );
+    // The suspicion lapses.
+    tokio::time::advance(crate::proxy::suspects::FIRST_SUSPICION).await;
+    assert!(
+        picks(&b, &eps, Policy::RoundRobin, 12)
+            .iter()
+            .any(|n| n == "a")
+    );
+}

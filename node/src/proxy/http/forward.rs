@@ -1,7 +1,8 @@
 //! Forwarding one request, as named steps: the route's caller check, the
 //! choice of service and endpoint (session, split, policy), the plan (time
 //! budget, tries, the upstream head), then tries — each one an endpoint
-//! picked, an upstream opened, the request sent — until one is answered or the
+//! picked, an upstream opened (hedged on a second endpoint if the first is
+//! slow to accept), the request sent — until one is answered or the
 //! retry rule says stop. Why a try failed is a [`TryFailure`]; whether it is
 //! tried again is decided in one place, [`HttpListener::may_retry`], which
 //! asks the route ([`Rule::may_retry`]), the listener's retry budget and the
@@ -16,6 +17,7 @@ use hyper::{Response, StatusCode};
 use mesh_proto::lb::{self, Policy};
 use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
 use mesh_proto::routing::Endpoint;
+use mesh_proto::tunnel::RequestId;
 
 use super::{
     Body, Exchange, HttpListener, Keep, Outcome, ReqBody, buffer_for_replay, exchange, full,
@@ -25,6 +27,7 @@ use crate::metrics::HttpRetryLabels;
 use crate::proxy::backend_pool::SendError;
 use crate::proxy::balance::Balancer;
 use crate::proxy::headers::{self, Client, UpstreamHead};
+use crate::proxy::hedge::{self, Heard, note_race};
 use crate::proxy::upstream::{self, HttpUpstream, OpenError, Target};
 
 /// Why a try failed.
@@ -322,11 +325,20 @@ impl HttpListener {
                 self.count_retry(f, failure);
             }
             tried.push(endpoint.node.clone());
+            let try_timeout = f.per_try.min(remaining);
+            let try_time = (try_timeout, tokio::time::Instant::now() + try_timeout);
+            let tunnel_id = ex.tunnel_id;
+            let (endpoint, opened) = self
+                .open(tunnel_id, f, endpoint, try_timeout, &mut tried)
+                .await;
             let tries = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             outcome.attempts = tries;
             outcome.node = endpoint.node.clone();
             outcome.addr = endpoint.addr.to_string();
-            let failure = match self.attempt(ex, f, &endpoint, remaining, outcome).await {
+            let failure = match self
+                .attempt(ex, f, &endpoint, opened, try_time, outcome)
+                .await
+            {
                 Tried::Answered(response, upgrade) => {
                     let server_error = response.status().is_server_error();
                     if !(server_error
@@ -411,26 +423,96 @@ impl HttpListener {
         f.balancer.record(table.endpoints(&f.service), node, ok);
     }
 
-    /// One try: reach `endpoint` (its connect timeout bounds a blackholed node),
-    /// send the request, wait for the response head within the try's time.
+    /// Reaches `endpoint` (the connect timeout bounds a blackholed node) within
+    /// the try's time; if it is slow to accept, also another endpoint (a hedge,
+    /// added to `tried`), and the first to accept serves the try.
+    async fn open(
+        &self,
+        tunnel_id: RequestId,
+        f: &Forwarding<'_>,
+        endpoint: Endpoint,
+        try_timeout: Duration,
+        tried: &mut Vec<String>,
+    ) -> (Endpoint, Result<HttpUpstream, OpenError>) {
+        let target = Target {
+            service: &f.service,
+            source_service: self.cfg.source_service.as_deref(),
+            request_id: tunnel_id,
+            deadline: Some(try_timeout),
+        };
+        let open_timeout = try_timeout.min(self.cfg.connect_timeout);
+        let delay = hedge::delay(
+            self.ctx.setup_times.p99(),
+            self.cfg.hedge_min_delay,
+            open_timeout,
+        );
+        let heard = [Heard::default(), Heard::default()];
+        let mut nodes = [Some(endpoint.node.clone()), None];
+        let first = self.open_one(endpoint, target, (open_timeout, &heard[0]));
+        let raced = hedge::race(first, delay, || {
+            if !self.ctx.setup_times.worth_hedging(&heard[0]) {
+                return None;
+            }
+            let second = self.hedge(f, tried)?;
+            nodes[1] = Some(second.node.clone());
+            Some(self.open_one(second, target, (open_timeout, &heard[1])))
+        })
+        .await;
+        note_race(&self.ctx, &self.listener_labels(), &raced, &heard, &nodes);
+        if let Some((e, failed)) = &raced.other_failed
+            && failed.try_another()
+        {
+            self.record(f, &e.node, false);
+        }
+        match raced.result {
+            Ok((e, up)) => (e, Ok(up)),
+            Err((e, failed)) => (e, Err(failed)),
+        }
+    }
+
+    /// Opens an upstream to `endpoint`, keeping the endpoint with the outcome.
+    async fn open_one(
+        &self,
+        endpoint: Endpoint,
+        target: Target<'_>,
+        limits: (Duration, &Heard),
+    ) -> Result<(Endpoint, HttpUpstream), (Endpoint, OpenError)> {
+        match upstream::open_http(&self.ctx, &endpoint, target, limits).await {
+            Ok(up) => Ok((endpoint, up)),
+            Err(e) => Err((endpoint, e)),
+        }
+    }
+
+    /// The endpoint of a hedge, added to `tried`: only if hedging is on, the
+    /// route keeps no session (a hedge would move it), a try is left, an
+    /// endpoint not tried yet is, and the retry budget has room (spent).
+    fn hedge(&self, f: &Forwarding<'_>, tried: &mut Vec<String>) -> Option<Endpoint> {
+        if !self.cfg.hedge || f.session.is_some() || tried.len() as u32 >= f.connect_tries {
+            return None;
+        }
+        let table = self.ctx.table.load();
+        let second = f
+            .balancer
+            .pick(table.endpoints(&f.service), f.policy, tried, f.key)?;
+        if !self.may_spend_retry() {
+            return None;
+        }
+        tried.push(second.node.clone());
+        Some(second)
+    }
+
+    /// One try on an opened upstream (or the failure to open one): send the
+    /// request, wait for the response head within the try's time.
     async fn attempt(
         &self,
         ex: &mut Exchange,
         f: &Forwarding<'_>,
         endpoint: &Endpoint,
-        remaining: Duration,
+        opened: Result<HttpUpstream, OpenError>,
+        (try_timeout, try_deadline): (Duration, tokio::time::Instant),
         outcome: &mut Outcome,
     ) -> Tried {
-        let try_timeout = f.per_try.min(remaining);
-        let try_deadline = tokio::time::Instant::now() + try_timeout;
-        let target = Target {
-            service: &f.service,
-            source_service: self.cfg.source_service.as_deref(),
-            request_id: ex.tunnel_id,
-            deadline: Some(try_timeout),
-        };
-        let open_timeout = try_timeout.min(self.cfg.connect_timeout);
-        let up = match upstream::open_http(&self.ctx, endpoint, target, open_timeout).await {
+        let up = match opened {
             Ok(up) => up,
             Err(e) => return self.not_opened(ex, f, endpoint, e),
         };

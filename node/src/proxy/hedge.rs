@@ -1,0 +1,364 @@
+//! Hedged opens: when the endpoint picked first has not accepted a tunnel
+//! within a delay derived from recent setups (their p99, at least the
+//! listener's `hedge_min_delay`) and its peer has said nothing since the open
+//! began ([`SetupTimes::worth_hedging`]), the same open starts on another
+//! endpoint and the first to be accepted is used; the other is dropped, which
+//! resets its stream. Only the open is hedged — nothing of the caller's request or bytes
+//! has gone anywhere before a node accepts — so a hedge is always safe to send.
+//!
+//! [`race`] is the rule, [`SetupTimes`] the latency it derives the delay from,
+//! and [`Heard`] tells an open on a silent connection (the peer sent nothing
+//! since the open began: dead, paused or cut off) from one that is merely slow.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::ProxyContext;
+use crate::metrics::ListenerLabels;
+
+/// Setups remembered for the p99.
+const REMEMBERED: usize = 128;
+/// Above this many opens in progress on the node, only an open on a silent
+/// connection is hedged: a burst makes every setup slow, and hedging them all
+/// would double the burst.
+pub const MAX_OPENS_TO_HEDGE: usize = 32;
+
+/// The durations of this node's recent tunnel setups (all peers), and how many
+/// are in progress.
+#[derive(Debug, Default)]
+pub struct SetupTimes {
+    recent: Mutex<VecDeque<Duration>>,
+    in_progress: Arc<AtomicUsize>,
+}
+
+/// One setup in progress, counted until dropped.
+#[derive(Debug)]
+pub struct Opening(Arc<AtomicUsize>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SetupTimes {
+    /// Counts a setup in progress until the guard is dropped.
+    pub fn opening(&self) -> Opening {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        Opening(self.in_progress.clone())
+    }
+
+    /// Whether a hedge is worth starting for an open that has not been
+    /// accepted within the delay (`first`: what was heard from its peer): its
+    /// connection went silent — the peer is dead, stopped or cut off — or it
+    /// has no connection yet (a dial to a peer that does not answer) while the
+    /// node is not in a burst of opens (when every setup is slow because the
+    /// node is busy, a hedge would only add to it). A peer that acknowledges
+    /// the open is alive and working on it: that open is not hedged.
+    pub fn worth_hedging(&self, first: &Heard) -> bool {
+        first.silent()
+            || (!first.connected()
+                && self.in_progress.load(Ordering::Relaxed) <= MAX_OPENS_TO_HEDGE)
+    }
+
+    /// Records one setup.
+    pub fn record(&self, took: Duration) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == REMEMBERED {
+            recent.pop_front();
+        }
+        recent.push_back(took);
+    }
+
+    /// The p99 of the recent setups, if any.
+    pub fn p99(&self) -> Option<Duration> {
+        let mut sorted: Vec<Duration> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let rank = (sorted.len() * 99).div_ceil(100).max(1) - 1;
+        Some(sorted[rank])
+    }
+}
+
+/// How long the first open has before a hedge starts: the p99 of recent
+/// setups, at least `min`, at most `max` (the connect timeout).
+pub fn delay(p99: Option<Duration>, min: Duration, max: Duration) -> Duration {
+    p99.map_or(min, |p| p.max(min)).min(max)
+}
+
+/// What was heard from the peer of one open.
+#[derive(Debug, Default)]
+pub struct Heard {
+    state: Mutex<HeardState>,
+}
+
+#[derive(Debug, Default)]
+enum HeardState {
+    /// No connection yet (a dial in progress), or a local endpoint.
+    #[default]
+    Nothing,
+    /// The connection used, and how many datagrams it had received when the
+    /// open began.
+    On(quinn::Connection, u64),
+}
+
+impl Heard {
+    /// The open uses `conn`.
+    pub fn connection(&self, conn: &quinn::Connection) {
+        let received = conn.stats().udp_rx.datagrams;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) =
+            HeardState::On(conn.clone(), received);
+    }
+
+    /// Whether the open got as far as a connection.
+    pub fn connected(&self) -> bool {
+        matches!(
+            &*self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            HeardState::On(..)
+        )
+    }
+
+    /// Whether the open ran on a connection whose peer sent nothing since it
+    /// began (no acknowledgement, no keep-alive, no answer).
+    pub fn silent(&self) -> bool {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            HeardState::Nothing => false,
+            HeardState::On(conn, at_start) => conn.stats().udp_rx.datagrams == *at_start,
+        }
+    }
+}
+
+/// Which open a race used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    /// The one started first.
+    First,
+    /// The hedge.
+    Second,
+}
+
+/// How a race ended.
+#[derive(Debug)]
+pub struct Raced<T, E> {
+    /// The open whose result is `result`: the first to succeed, or (both
+    /// failed, or no hedge) the first.
+    pub leg: Leg,
+    /// Its result.
+    pub result: Result<T, E>,
+    /// The other open's failure, if it ended in one before the race did.
+    pub other_failed: Option<E>,
+    /// A hedge was started.
+    pub hedged: bool,
+}
+
+/// Runs `first`; if it has not finished after `after`, starts `second()` (if it
+/// gives one: another endpoint, room in the retry budget) and takes whichever
+/// succeeds first, dropping the other. If one fails, the other is awaited.
+pub async fn race<T, E, F1, F2>(
+    first: F1,
+    after: Duration,
+    second: impl FnOnce() -> Option<F2>,
+) -> Raced<T, E>
+where
+    F1: Future<Output = Result<T, E>>,
+    F2: Future<Output = Result<T, E>>,
+{
+    tokio::pin!(first);
+    let alone = |result| Raced {
+        leg: Leg::First,
+        result,
+        other_failed: None,
+        hedged: false,
+    };
+    tokio::select! {
+        r = &mut first => return alone(r),
+        () = tokio::time::sleep(after) => {}
+    }
+    let Some(second) = second() else {
+        return alone(first.await);
+    };
+    tokio::pin!(second);
+    let (leg, result) = tokio::select! {
+        r = &mut first => (Leg::First, r),
+        r = &mut second => (Leg::Second, r),
+    };
+    let Err(failed) = result else {
+        return Raced {
+            leg,
+            result,
+            other_failed: None,
+            hedged: true,
+        };
+    };
+    let (other_leg, other) = match leg {
+        Leg::First => (Leg::Second, second.await),
+        Leg::Second => (Leg::First, first.await),
+    };
+    match other {
+        Ok(v) => Raced {
+            leg: other_leg,
+            result: Ok(v),
+            other_failed: Some(failed),
+            hedged: true,
+        },
+        Err(e) => {
+            let (first_err, second_err) = match leg {
+                Leg::First => (failed, e),
+                Leg::Second => (e, failed),
+            };
+            Raced {
+                leg: Leg::First,
+                result: Err(first_err),
+                other_failed: Some(second_err),
+                hedged: true,
+            }
+        }
+    }
+}
+
+/// Counts a race's hedge (and its win) for `listener`, and makes the peer of
+/// an open dropped while its connection was silent suspect for the whole node
+/// (`nodes`: the endpoints' nodes, as the legs' `heard`).
+pub fn note_race<T, E>(
+    ctx: &ProxyContext,
+    listener: &ListenerLabels,
+    raced: &Raced<T, E>,
+    heard: &[Heard; 2],
+    nodes: &[Option<String>; 2],
+) {
+    if !raced.hedged {
+        return;
+    }
+    let proxy = &ctx.metrics.proxy;
+    proxy.hedged_attempts.get_or_create(listener).inc();
+    if raced.leg == Leg::Second && raced.result.is_ok() {
+        proxy.hedged_attempts_won.get_or_create(listener).inc();
+    }
+    // The leg that neither gave the result nor failed was dropped mid-open.
+    let dropped = match (raced.leg, &raced.other_failed) {
+        (_, Some(_)) => return,
+        (Leg::First, None) => 1,
+        (Leg::Second, None) => 0,
+    };
+    if let Some(node) = &nodes[dropped]
+        && heard[dropped].silent()
+    {
+        ctx.suspects.no_answer(node, "silent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    async fn after(
+        d: Duration,
+        r: Result<&'static str, &'static str>,
+    ) -> Result<&'static str, &'static str> {
+        tokio::time::sleep(d).await;
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_first_open_starts_no_hedge() {
+        let mut asked = false;
+        let r = race(after(ms(5), Ok("a")), ms(25), || {
+            asked = true;
+            Some(after(ms(1), Ok("b")))
+        })
+        .await;
+        assert_eq!(
+            (r.leg, r.result, r.hedged, asked),
+            (Leg::First, Ok("a"), false, false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_first_open_loses_to_the_hedge() {
+        let started = tokio::time::Instant::now();
+        let r = race(after(ms(1000), Ok("a")), ms(25), || {
+            Some(after(ms(3), Ok("b")))
+        })
+        .await;
+        assert_eq!((r.leg, r.result, r.hedged), (Leg::Second, Ok("b"), true));
+        assert_eq!(
+            started.elapsed(),
+            ms(28),
+            "the delay plus the hedge's own setup"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_leg_waits_for_the_other_and_both_failing_gives_the_first_error() {
+        let r = race(after(ms(30), Err("a")), ms(25), || {
+            Some(after(ms(50), Ok("b")))
+        })
+        .await;
+        assert_eq!(
+            (r.leg, r.result, r.other_failed),
+            (Leg::Second, Ok("b"), Some("a"))
+        );
+        let r = race(after(ms(100), Err("a")), ms(25), || {
+            Some(after(ms(1), Err("b")))
+        })
+        .await;
+        assert_eq!(
+            (r.leg, r.result, r.other_failed),
+            (Leg::First, Err("a"), Some("b"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hedge_offered_means_waiting_for_the_first() {
+        let r = race(after(ms(100), Ok("a")), ms(25), || {
+            None::<std::future::Ready<_>>
+        })
+        .await;
+        assert_eq!((r.leg, r.result, r.hedged), (Leg::First, Ok("a"), false));
+    }
+
+    #[test]
+    fn a_dial_not_answered_is_hedged_unless_the_node_is_in_a_burst_of_opens() {
+        let times = SetupTimes::default();
+        let dialling = Heard::default();
+        assert!(times.worth_hedging(&dialling));
+        let burst: Vec<Opening> = (0..=MAX_OPENS_TO_HEDGE).map(|_| times.opening()).collect();
+        assert!(!times.worth_hedging(&dialling), "the node is busy");
+        drop(burst);
+        assert!(times.worth_hedging(&dialling), "the burst is over");
+    }
+
+    #[test]
+    fn the_delay_follows_the_p99_within_its_bounds() {
+        let times = SetupTimes::default();
+        assert_eq!(times.p99(), None);
+        assert_eq!(delay(times.p99(), ms(25), ms(1000)), ms(25));
+        for n in 1..=100 {
+            times.record(ms(n));
+        }
+        assert_eq!(times.p99(), Some(ms(99)));
+        assert_eq!(delay(times.p99(), ms(25), ms(1000)), ms(99));
+        assert_eq!(delay(times.p99(), ms(25), ms(50)), ms(50));
+        assert_eq!(delay(Some(ms(2)), ms(25), ms(1000)), ms(25));
+        // Only the last ones count.
+        for _ in 0..REMEMBERED {
+            times.record(ms(1));
+        }
+        assert_eq!(times.p99(), Some(ms(1)));
+    }
+}

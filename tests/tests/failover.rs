@@ -1,0 +1,183 @@
+//! Failover without a stall: a serving node that dies, is cut off or stops
+//! answering costs callers a hedge, not a connect timeout. Each scenario makes
+//! gossip slow to declare the node dead (a one-minute suspicion timeout), so
+//! the dead node stays in every routing table for the whole test and only the
+//! caller's own evidence — hedged opens, suspicion of the silent peer — keeps
+//! requests flowing. Listeners get a connect timeout of a minute: a request
+//! that waited for it would miss the tests' bounded waits.
+//!
+//! What is asserted is not timing but counts: every request succeeds, and the
+//! opens that went to the dead node stay few (a suspicion lasts 1 s, doubling,
+//! so a run of a few seconds hedges a handful of times at most).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use shoal_tests::cluster::Cluster;
+use shoal_tests::web::WebApp;
+use shoal_tests::{Check, NodeSpec, TcpBackend, get};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// Requests (or connections) made while the node is down.
+const REQUESTS: usize = 30;
+/// The most opens that may go to the dead node over them.
+const MOST_HEDGES: f64 = 6.0;
+
+/// Gossip that takes a minute to declare a silent node dead, and a listener
+/// that would wait a minute for a silent endpoint.
+fn slow_to_notice(spec: NodeSpec) -> NodeSpec {
+    spec.tweak(|raw| {
+        raw.gossip.suspicion_timeout = Some(MINUTE);
+        raw.gossip.suspicion_timeout_min = Some(MINUTE);
+        for l in &mut raw.listeners {
+            l.connect_timeout = Some(MINUTE);
+        }
+    })
+}
+
+/// Reads the serving node's greeting through a TCP listener.
+async fn greeting_through(addr: std::net::SocketAddr) -> String {
+    let read = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.map(|_| buf)
+    };
+    match tokio::time::timeout(shoal_tests::EVENTUALLY, read).await {
+        Ok(Ok(buf)) => String::from_utf8_lossy(&buf).trim().to_string(),
+        other => panic!("no greeting through the listener: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_serving_node_costs_tcp_callers_a_hedge_not_a_connect_timeout() {
+    let (a_app, b_app) = (
+        TcpBackend::greeting("a\n").await,
+        TcpBackend::greeting("b\n").await,
+    );
+    let mut mesh = Cluster::of([
+        slow_to_notice(NodeSpec::new("a").service("echo", a_app.addr(), Check::Tcp)),
+        slow_to_notice(NodeSpec::new("b").service("echo", b_app.addr(), Check::Tcp)),
+        slow_to_notice(NodeSpec::new("c").listener("echo", "echo", "round_robin")),
+    ])
+    .start()
+    .await;
+    mesh.wait_healthy("c", "echo", 2).await;
+    let listener = mesh.client("c", "echo");
+    // Both serve while both live (round robin), which also pools c's
+    // connections to both.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(greeting_through(listener).await);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    let _dead = mesh.kill("a").await;
+    for i in 0..REQUESTS {
+        assert_eq!(greeting_through(listener).await, "b", "connection {i}");
+    }
+    let c = &mesh["c"];
+    assert_eq!(c.healthy_endpoints("echo"), 2, "gossip has not dropped a");
+    // The killed node's connection closed with it: the opens that went there
+    // failed at once (a retry) or were hedged, a few times in all, and c
+    // suspects a from its own connection.
+    let hedges = c
+        .metric("shoal_hedged_attempts_total{listener=\"echo\"}")
+        .await;
+    let retries = c
+        .metric("shoal_upstream_retries_total{listener=\"echo\"}")
+        .await;
+    assert!(
+        (1.0..=MOST_HEDGES).contains(&(hedges + retries)),
+        "{hedges} opens hedged, {retries} retried"
+    );
+    assert!(
+        c.metric("shoal_peer_suspicions_total{node=\"a\"}").await >= 1.0,
+        "c suspects a from its own connection"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_serving_node_costs_http_callers_a_hedge_not_a_connect_timeout() {
+    let (a_app, b_app) = (WebApp::start("app-a").await, WebApp::start("app-b").await);
+    let mesh = Cluster::of([
+        slow_to_notice(NodeSpec::new("a").service("web", a_app.addr(), Check::Http)),
+        slow_to_notice(NodeSpec::new("b").service("web", b_app.addr(), Check::Http)),
+        slow_to_notice(NodeSpec::new("c").http_listener("web", Some("web"))),
+    ])
+    .with_faults(7)
+    .start()
+    .await;
+    mesh.wait_healthy("c", "web", 2).await;
+    let listener = mesh.client("c", "web");
+    for _ in 0..4 {
+        assert_eq!(get(listener, "web", "/").await.status, 200);
+    }
+
+    // c can no longer reach a (nft-style: every packet dropped, both ways).
+    mesh.partition(&["a"], &["c"]);
+    for i in 0..REQUESTS {
+        let reply = get(listener, "web", &format!("/n/{i}")).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
+        assert_eq!(reply.header("x-backend"), Some("app-b"), "request {i}");
+    }
+    let c = &mesh["c"];
+    let hedges = c
+        .metric("shoal_hedged_attempts_total{listener=\"web\"}")
+        .await;
+    assert!(
+        (1.0..=MOST_HEDGES).contains(&hedges),
+        "{hedges} opens hedged"
+    );
+    assert!(c.metric("shoal_peer_suspicions_total{node=\"a\"}").await >= 1.0);
+
+    // Healed, a serves again once its suspicion lapses.
+    mesh.heal();
+    shoal_tests::eventually("a serves again", || async {
+        get(listener, "web", "/").await.header("x-backend") == Some("app-a")
+    })
+    .await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_serving_node_costs_callers_a_hedge_and_is_used_again_when_it_resumes() {
+    let (a_app, b_app) = (
+        TcpBackend::greeting("a\n").await,
+        TcpBackend::greeting("b\n").await,
+    );
+    let mesh = Cluster::of([
+        slow_to_notice(NodeSpec::new("a").service("echo", a_app.addr(), Check::Tcp)),
+        slow_to_notice(NodeSpec::new("b").service("echo", b_app.addr(), Check::Tcp)),
+        slow_to_notice(NodeSpec::new("c").listener("echo", "echo", "least_request")),
+    ])
+    .with_faults(9)
+    .start()
+    .await;
+    mesh.wait_healthy("c", "echo", 2).await;
+    let listener = mesh.client("c", "echo");
+    for _ in 0..4 {
+        greeting_through(listener).await;
+    }
+    mesh.pause("a");
+    for i in 0..REQUESTS {
+        assert_eq!(greeting_through(listener).await, "b", "connection {i}");
+    }
+    let c = &mesh["c"];
+    let hedges = c
+        .metric("shoal_hedged_attempts_total{listener=\"echo\"}")
+        .await;
+    assert!(
+        (1.0..=MOST_HEDGES).contains(&hedges),
+        "{hedges} opens hedged"
+    );
+    mesh.resume("a");
+    shoal_tests::eventually("a serves again", || async {
+        greeting_through(listener).await == "a"
+    })
+    .await;
+    mesh.stop().await;
+}
