@@ -39,7 +39,7 @@ impl OpenSlot {
     /// The handshake finished: the place no longer counts as a handshake.
     fn established(&mut self) {
         if std::mem::take(&mut self.handshaking) {
-            self.endpoint.gate().established();
+            self.endpoint.gate().established(self.remote);
         }
     }
 }

@@ -182,6 +182,7 @@ pub(crate) fn test_service(
         connect_timeout: Duration::from_secs(1),
         http_idle_timeout: Duration::ZERO,
         idle_timeout: Duration::from_secs(600),
+        response_timeout: Duration::from_secs(60),
     };
     LocalService::new(config, &Metrics::new())
 }

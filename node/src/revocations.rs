@@ -147,12 +147,13 @@ impl std::fmt::Debug for RevocationStore {
     }
 }
 
-/// The list stored in `<data_dir>/revocations.json`, checked as gossip checks
-/// a list (the mesh CA, valid when it signed it; this trust domain; signed at
-/// most `max_skew` ahead of this node's clock) and put in force in `tls` for
-/// every later handshake: call before the endpoint binds. Hand the document to
-/// [`RevocationStore::open`] to gossip it. A file that is unreadable or refused
-/// is logged and counted, and nothing is in force.
+/// The list stored in `<data_dir>/revocations.json`, checked (the mesh CA,
+/// valid when it signed it; this trust domain) and put in force in `tls` for
+/// every later handshake: call before the endpoint binds. Returns the document
+/// for [`RevocationStore::open`] to gossip — unless it was signed more than
+/// `max_skew` ahead of this node's clock, as gossip would refuse it (then it is
+/// enforced here only, and that is logged and counted). A file that is
+/// unreadable or refused is logged and counted, and nothing is in force.
 pub fn load_stored(
     data_dir: &Path,
     tls: &TlsState,
@@ -171,10 +172,6 @@ pub fn load_stored(
     let checked = RevocationFile::parse(&bytes)
         .map_err(ApplyError::Request)
         .and_then(|(list, doc)| {
-            let ahead = list.issued_at_ms.saturating_sub(crate::gossip::wall_ms());
-            if Duration::from_millis(ahead) > max_skew {
-                return Err(ApplyError::Refused("from_the_future"));
-            }
             let signed = UnixTime::since_unix_epoch(Duration::from_millis(list.issued_at_ms));
             tls.verify_revocations(&doc, signed)
                 .map_err(ApplyError::Signature)?;
@@ -182,7 +179,16 @@ pub fn load_stored(
         });
     match checked {
         Ok((list, doc)) => {
+            let ahead = list.issued_at_ms.saturating_sub(crate::gossip::wall_ms());
+            let from_the_future = Duration::from_millis(ahead) > max_skew;
             tls.set_revocations(list);
+            if from_the_future {
+                // This node's clock is behind the CA's: the list is enforced
+                // (it is the CA's), but not gossiped, as gossip would refuse it.
+                count_refused(metrics, "from_the_future");
+                tracing::warn!(path = %path.display(), ahead_ms = ahead, "the stored revocation list was signed ahead of this node's clock (check its time): enforced here, not gossiped");
+                return None;
+            }
             Some(doc)
         }
         Err(e) => {
@@ -246,34 +252,42 @@ impl RevocationStore {
         }
     }
 
-    /// Enforces the list in force if it changed since the last look.
+    /// Enforces the list in force if it changed since the last look; drops it
+    /// from TLS once gossip dropped it (its CA left the bundle).
     pub async fn refresh(&self) {
-        let Some(held) = self.gossip.view().revocations.clone() else {
-            return;
-        };
+        let held = self.gossip.view().revocations.clone();
         let mut in_force = self.in_force.lock().await;
-        if *in_force == Some(held.id) {
-            return;
+        match held {
+            None => {
+                if in_force.take().is_some() {
+                    self.withdraw();
+                }
+            }
+            Some(held) if *in_force != Some(held.id) => {
+                *in_force = Some(held.id);
+                self.enforce(&held).await;
+            }
+            Some(_) => {}
         }
-        *in_force = Some(held.id);
-        self.enforce(&held).await;
+    }
+
+    /// Gossip no longer holds the list it held: its signer is no longer a CA
+    /// this node trusts (after a CA rollover without carrying the list over).
+    /// No list is in force until the new CA signs one.
+    fn withdraw(&self) {
+        tracing::warn!(
+            "the revocation list in force was signed by a CA this node no longer trusts; no list is in force until the current CA signs one (shoal-pki revoke --previous-ca, docs/operations.md)"
+        );
+        self.tls
+            .set_revocations(RevocationList::empty(self.tls.trust_domain()));
+        self.metrics.tls.revocation_list_version.set(0);
+        self.metrics.tls.revocation_entries.set(0);
     }
 
     /// Hands `held` to TLS, drops revoked members and closes revoked peers'
     /// connections, and stores it.
     async fn enforce(&self, held: &HeldRevocations) {
         let list = &held.list;
-        let current = self.tls.revocations();
-        if (list.version, list.issued_at_ms) < (current.version, current.issued_at_ms) {
-            // Only the stored list can be ahead of gossip (gossip refused it).
-            self.count_refused("not_newer");
-            tracing::warn!(
-                version = list.version,
-                in_force = current.version,
-                "gossip holds an older revocation list than the one in force here; keeping the newer one"
-            );
-            return;
-        }
         tracing::info!(
             version = list.version,
             entries = list.entries.len(),

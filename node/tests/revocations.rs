@@ -76,12 +76,19 @@ fn a_stored_list_is_in_force_once_loaded_and_a_tampered_one_is_refused() {
     assert_ne!(tampered, file);
     refused(tampered, "bad_signature");
 
-    // A list signed further ahead of this node's clock than the skew allows is
-    // refused, as gossip would refuse it.
     let mut ahead = list.clone();
     ahead.next_version(now_ms() + 2 * SKEW.as_millis() as u64);
     let ahead = RevocationFile::of(&ca.sign_revocations(&ahead).unwrap()).to_json();
-    refused(ahead, "from_the_future");
+    // A list signed further ahead of this node's clock than the skew allows
+    // (this node's clock is behind): enforced, since the CA signed it, but not
+    // gossiped (gossip would refuse it), and counted.
+    std::fs::write(dir.path().join(REVOCATIONS_FILE), ahead).unwrap();
+    let (tls, metrics) = tls_of(dir.path(), &ca, &me);
+    assert_eq!(load_stored(dir.path(), &tls, &metrics, SKEW), None);
+    assert_eq!(tls.revocations().version, 2);
+    assert!(tls.revocation_of(&revoked.cert_der).is_some());
+    let counted = "shoal_revocation_lists_refused_total{reason=\"from_the_future\"} 1";
+    assert!(metrics.encode().contains(counted), "{}", metrics.encode());
 }
 
 /// `gossip.max_clock_skew` in these tests.

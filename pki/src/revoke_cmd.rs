@@ -118,7 +118,7 @@ fn current_list(
     if previous.is_some() {
         let by = shoal_pki::inspect_der(&document.signer_cert_der, time::OffsetDateTime::now_utc())
             .map(|info| info.sha256_fingerprint)
-            .unwrap_or_default();
+            .with_context(|| format!("{}: the signer's certificate", path.display()))?;
         let whose = if document.signer_cert_der.as_slice() == ca.cert_der().as_ref() {
             "--ca"
         } else {

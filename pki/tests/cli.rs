@@ -732,8 +732,12 @@ fn revoke_adds_entries_to_a_ca_signed_list_with_a_new_version_each_time() {
     assert!(err.contains("no such list"), "{err}");
     assert!(!missing.exists());
     let said = ok(&carry);
+    let old_ca = json(&["inspect", "--json", p(&ca.join("ca.crt"))]);
+    let fingerprint = old_ca["sha256_fingerprint"].as_str().unwrap();
     assert!(
-        said.contains("carrying over version 2 with 2 entries, signed by --previous-ca (sha256 "),
+        said.contains(&format!(
+            "carrying over version 2 with 2 entries, signed by --previous-ca (sha256 {fingerprint})"
+        )),
         "{said}"
     );
     assert!(said.contains("version 3 with 2 entries"), "{said}");

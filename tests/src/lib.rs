@@ -511,6 +511,18 @@ impl Reply {
 /// Sends `req` over a new HTTP/1.1 connection to `addr`; returns the response,
 /// read whole.
 pub async fn http_send(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Reply {
+    let what = format!("{} {}", req.method(), req.uri());
+    tokio::time::timeout(3 * EVENTUALLY, send_once(addr, req))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what} through {addr}: no answer within {:?}",
+                3 * EVENTUALLY
+            )
+        })
+}
+
+async fn send_once(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
         hyper_util::rt::TokioIo::new(stream),

@@ -720,7 +720,10 @@ async fn the_serving_node_drops_an_http_exchange_idle_past_its_services_idle_tim
     let mesh = Cluster::of([
         NodeSpec::new("a")
             .service("web", app.addr(), Check::Http)
-            .tweak(|raw| raw.services[0].idle_timeout = Some(Duration::from_millis(300))),
+            .tweak(|raw| {
+                raw.services[0].idle_timeout = Some(Duration::from_millis(300));
+                raw.services[0].response_timeout = Some(Duration::from_secs(2));
+            }),
         NodeSpec::new("c")
             .http_listener("web", Some("web"))
             .tweak(move |raw| {
@@ -764,5 +767,15 @@ async fn the_serving_node_drops_an_http_exchange_idle_past_its_services_idle_tim
     // caller's deadline (its request_timeout, an hour) bounds that wait.
     let reply = get(mesh.client("c", "web"), "web", "/slow/900").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // A backend that never answers holds the slot only for the service's
+    // response_timeout (2 s), however long the caller's deadline (an hour).
+    let reply = get(mesh.client("c", "web"), "web", "/slow/3600000").await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    eventually("a frees the slot of the unanswered request", || async {
+        a.metric("shoal_inbound_active_streams{service=\"web\"}")
+            .await
+            == 0.0
+    })
+    .await;
     mesh.stop().await;
 }

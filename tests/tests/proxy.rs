@@ -99,7 +99,15 @@ async fn bytes_cross_the_mesh_intact_in_both_directions() {
         n1.metric(streams).await - before.0,
         n2.metric(streams).await - before.1,
     );
-    assert_eq!(spread.0 + spread.1, 200.0);
+    // A connection whose open was hedged (a setup slow and seemingly silent
+    // on this busy machine) opened one more stream, dropped by the caller.
+    let hedges = n3
+        .metric("shoal_hedged_attempts_total{listener=\"echo\"}")
+        .await;
+    assert!(
+        (200.0..=200.0 + hedges).contains(&(spread.0 + spread.1)),
+        "{spread:?} streams for 200 connections and {hedges} hedges"
+    );
     assert!(
         spread.0 >= 50.0 && spread.1 >= 50.0,
         "round robin spreads: {spread:?}"

@@ -134,6 +134,9 @@ pub const DEFAULT_HEDGE_MIN_DELAY: Duration = Duration::from_millis(25);
 /// Default `listener.idle_timeout`, and `service.idle_timeout` (the serving
 /// node's bound on any caller's idle tunnel): ten minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `service.response_timeout`: longer than a listener's default
+/// `request_timeout`, so callers' own deadlines cut first.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `listener.request_timeout` (HTTP).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `listener.header_timeout` (HTTP).

@@ -247,6 +247,14 @@ pub struct RawService {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// `response_timeout`: how long the backend may take to start its answer
+    /// to a tunnelled HTTP request once the request has arrived.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_timeout: Option<Duration>,
 }
 
 /// One `[[listener]]` table as written.

@@ -265,6 +265,10 @@ pub struct ServiceConfig {
     /// whatever the caller's listener allows.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long the backend may take to start its answer to a tunnelled HTTP
+    /// request once it has arrived, whatever deadline the caller sent.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
 }
 
 impl ServiceConfig {

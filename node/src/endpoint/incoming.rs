@@ -1,7 +1,8 @@
 //! Which inbound QUIC connection attempts the endpoint takes, before any
 //! handshake work: at most `node.max_connections` open in all,
 //! `node.max_connections_per_address` from one peer host, and
-//! `node.max_handshakes` still in their handshake. An attempt from an address
+//! `node.max_handshakes` still in their handshake, an eighth of those (at least
+//! 2) from one host (an IPv6 host by its /64 here). An attempt from an address
 //! not yet validated must first prove it with a QUIC Retry once more than
 //! `node.retry_handshakes_above` such attempts arrive in a second, or once half
 //! the handshake places are taken: a flood from spoofed addresses — fast, or
@@ -22,7 +23,7 @@
 //! [`IncomingGate::established`] (or its close).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The limits, from `[node]`.
@@ -50,10 +51,11 @@ pub enum Verdict {
 }
 
 /// Reasons of `shoal_quic_incoming_refused_total`.
-pub const REFUSAL_REASONS: [&str; 3] = [
+pub const REFUSAL_REASONS: [&str; 4] = [
     "too_many_connections",
     "too_many_from_address",
     "too_many_handshakes",
+    "too_many_handshakes_from_address",
 ];
 
 /// The `shoal_quic_incoming_refused_total` reason of a handshake dropped for
@@ -80,14 +82,34 @@ impl PeerHost {
     }
 }
 
-/// Connections open by peer host, handshakes in progress, and attempts in the
-/// current window.
+/// What handshakes in progress are counted by, per host: as [`PeerHost`], but
+/// an IPv6 host by its /64 (handshakes are short, so neighbours sharing a /64
+/// lose little, and one host holding a whole /64 gains nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct HandshakeHost(IpAddr, u16);
+
+impl HandshakeHost {
+    fn of(remote: SocketAddr) -> HandshakeHost {
+        let PeerHost(ip, port) = PeerHost::of(remote);
+        match ip {
+            IpAddr::V6(v6) if !ip.is_loopback() => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                HandshakeHost(IpAddr::V6(Ipv6Addr::from(prefix)), 0)
+            }
+            _ => HandshakeHost(ip, port),
+        }
+    }
+}
+
+/// Connections open by peer host, handshakes in progress (in all and by
+/// host), and attempts in the current window.
 #[derive(Debug)]
 pub struct IncomingGate {
     limits: IncomingLimits,
     open: HashMap<PeerHost, usize>,
     total: usize,
     handshaking: usize,
+    handshaking_by: HashMap<HandshakeHost, usize>,
     window: Option<(Instant, u32)>,
 }
 
@@ -110,6 +132,7 @@ impl IncomingGate {
             open: HashMap::new(),
             total: 0,
             handshaking: 0,
+            handshaking_by: HashMap::new(),
             window: None,
         }
     }
@@ -130,10 +153,22 @@ impl IncomingGate {
         if self.handshaking >= self.limits.max_handshakes {
             return Verdict::Refuse(REFUSAL_REASONS[2]);
         }
+        let shaking = HandshakeHost::of(remote);
+        if self.handshaking_by.get(&shaking).copied().unwrap_or(0) >= self.per_host_handshakes() {
+            return Verdict::Refuse(REFUSAL_REASONS[3]);
+        }
         *self.open.entry(host).or_default() += 1;
+        *self.handshaking_by.entry(shaking).or_default() += 1;
         self.total += 1;
         self.handshaking += 1;
         Verdict::Accept
+    }
+
+    /// Handshakes one host may have in progress: an eighth of the places (at
+    /// least 2), so a few hosts with real addresses — which answer a Retry —
+    /// cannot take them all.
+    fn per_host_handshakes(&self) -> usize {
+        (self.limits.max_handshakes / 8).max(2)
     }
 
     /// Half the handshake places (rounded up) are taken: from here on only
@@ -160,9 +195,16 @@ impl IncomingGate {
         self.limits = limits;
     }
 
-    /// An accepted connection finished its handshake.
-    pub fn established(&mut self) {
+    /// An accepted connection from `remote` finished its handshake.
+    pub fn established(&mut self, remote: SocketAddr) {
         self.handshaking = self.handshaking.saturating_sub(1);
+        let host = HandshakeHost::of(remote);
+        if let Some(n) = self.handshaking_by.get_mut(&host) {
+            *n -= 1;
+            if *n == 0 {
+                self.handshaking_by.remove(&host);
+            }
+        }
     }
 
     /// An accepted connection from `remote` closed (`handshaking`: before
@@ -176,7 +218,7 @@ impl IncomingGate {
             }
             self.total = self.total.saturating_sub(1);
             if handshaking {
-                self.established();
+                self.established(remote);
             }
         }
     }
@@ -324,7 +366,7 @@ mod tests {
             g.judge(addr(3), true, now),
             Verdict::Refuse("too_many_handshakes")
         );
-        g.established();
+        g.established(addr(1));
         assert_eq!(g.handshaking(), 1);
         assert_eq!(
             g.judge(addr(3), false, now),
@@ -363,5 +405,37 @@ mod tests {
         );
         // A peer that answers the Retry still gets a place.
         assert_eq!(g.judge(addr(7), true, t0), Verdict::Accept);
+    }
+
+    #[test]
+    fn one_host_answering_retries_takes_only_its_share_of_the_handshake_places() {
+        let mut g = IncomingGate::new(IncomingLimits {
+            max_connections: 10_000,
+            max_per_address: 1000,
+            max_handshakes: 128,
+            retry_above: 1000,
+        });
+        let now = Instant::now();
+        let remote = |text: &str| text.parse::<SocketAddr>().unwrap();
+        // A /64 of addresses, each validated: 16 handshakes (128 / 8), no more.
+        let taken = (1..=100)
+            .filter(|i| {
+                g.judge(remote(&format!("[2001:db8::{i}]:1")), true, now) == Verdict::Accept
+            })
+            .count();
+        assert_eq!(taken, 16);
+        assert_eq!(
+            g.judge(remote("[2001:db8::200]:1"), true, now),
+            Verdict::Refuse("too_many_handshakes_from_address")
+        );
+        // Another host is not affected; one finished handshake frees a place.
+        assert_eq!(g.judge(remote("10.0.0.1:1"), true, now), Verdict::Accept);
+        g.established(remote("[2001:db8::1]:1"));
+        assert_eq!(
+            g.judge(remote("[2001:db8::200]:1"), true, now),
+            Verdict::Accept
+        );
+        // Established connections count against the per-address cap only.
+        assert_eq!(g.handshaking(), 17);
     }
 }

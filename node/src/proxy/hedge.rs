@@ -21,9 +21,10 @@ use crate::metrics::ListenerLabels;
 
 /// Setups remembered for the p99.
 const REMEMBERED: usize = 128;
-/// Above this many opens in progress on the node, only an open on a silent
-/// connection is hedged: a burst makes every setup slow, and hedging them all
-/// would double the burst.
+/// Above this many opens in progress on the node, nothing is hedged: a burst
+/// makes every setup slow — and can starve the node's own runtime so long that
+/// a live peer's packets wait unread and its connection looks silent — and
+/// hedging would double the burst.
 pub const MAX_OPENS_TO_HEDGE: usize = 32;
 
 /// The durations of this node's recent tunnel setups (all peers), and how many
@@ -52,16 +53,16 @@ impl SetupTimes {
     }
 
     /// Whether a hedge is worth starting for an open that has not been
-    /// accepted within the delay (`first`: what was heard from its peer): its
+    /// accepted within the delay (`first`: what was heard from its peer): the
+    /// node is not in a burst of opens (then every setup is slow because the
+    /// node is busy, and a hedge would only add to it), and the open's
     /// connection went silent — the peer is dead, stopped or cut off — or it
-    /// has no connection yet (a dial to a peer that does not answer) while the
-    /// node is not in a burst of opens (when every setup is slow because the
-    /// node is busy, a hedge would only add to it). A peer that acknowledges
-    /// the open is alive and working on it: that open is not hedged.
+    /// has no connection yet (a dial to a peer that does not answer). A peer
+    /// that acknowledges the open is alive and working on it: that open is not
+    /// hedged.
     pub fn worth_hedging(&self, first: &Heard) -> bool {
-        first.silent()
-            || (!first.connected()
-                && self.in_progress.load(Ordering::Relaxed) <= MAX_OPENS_TO_HEDGE)
+        self.in_progress.load(Ordering::Relaxed) <= MAX_OPENS_TO_HEDGE
+            && (first.silent() || !first.connected())
     }
 
     /// Records one setup.

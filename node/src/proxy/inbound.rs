@@ -127,6 +127,14 @@ struct Budget {
 }
 
 impl Budget {
+    /// How long the backend's response head may be awaited: the caller's
+    /// deadline (whatever it sent: up to 49 days), at most the service's
+    /// `response_timeout` from now.
+    fn head_deadline(&self, response_timeout: Duration) -> Option<tokio::time::Instant> {
+        let cap = tokio::time::Instant::now() + response_timeout;
+        Some(self.deadline.map_or(cap, |d| d.min(cap)))
+    }
+
     fn of(header: &StreamHeader, local: &LocalService) -> Budget {
         let now = tokio::time::Instant::now();
         let deadline = header
@@ -308,7 +316,7 @@ async fn http_stream(
         connect_timeout: local.config.connect_timeout,
         counters,
         keep,
-        deadline: budget.deadline,
+        deadline: budget.head_deadline(local.config.response_timeout),
         idle_timeout: local.config.idle_timeout,
     };
     match inbound_http::serve(relay, send, recv).await {

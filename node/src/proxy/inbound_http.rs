@@ -55,8 +55,8 @@ pub struct Relay {
     /// Held until the exchange ends — or, if it upgrades, until the upgraded
     /// tunnel does (the service's connection slot, the stream's metrics).
     pub keep: Arc<dyn Send + Sync>,
-    /// The caller's deadline (from the stream header): bounds the wait for the
-    /// backend's response head.
+    /// Bounds the wait for the backend's response head: the caller's deadline
+    /// (from the stream header), at most the service's `response_timeout`.
     pub deadline: Option<Instant>,
     /// How long the exchange, or the tunnel it upgrades to, may carry no byte
     /// (the service's `idle_timeout`).
@@ -124,7 +124,9 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
                     waits.head.store(true, Ordering::Relaxed);
                     let head = tokio::time::timeout_at(d, relayed).await;
                     waits.head.store(false, Ordering::Relaxed);
-                    head.unwrap_or_else(|_| Err("no response before the caller's deadline".into()))
+                    head.unwrap_or_else(|_| {
+                        Err("no response head in time (the caller's deadline, or the service's response_timeout)".into())
+                    })
                 }
                 None => relayed.await,
             }

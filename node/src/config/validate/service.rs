@@ -11,10 +11,10 @@ use super::Validator;
 use crate::config::defaults::{
     DEFAULT_BACKEND_CONNECT_TIMEOUT, DEFAULT_CALLER_SHARE_PERCENT, DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHY_THRESHOLD,
-    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_UNHEALTHY_THRESHOLD,
-    DEFAULT_WEIGHT, MAX_BACKEND_CONNECT_TIMEOUT, MAX_HEALTH_INTERVAL, MAX_HTTP_IDLE_TIMEOUT,
-    MAX_MAX_CONNECTIONS, MAX_TAGS, MAX_THRESHOLD, MAX_WEIGHT, MIN_BACKEND_CONNECT_TIMEOUT,
-    MIN_HEALTH_INTERVAL,
+    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_WEIGHT, MAX_BACKEND_CONNECT_TIMEOUT, MAX_HEALTH_INTERVAL,
+    MAX_HTTP_IDLE_TIMEOUT, MAX_MAX_CONNECTIONS, MAX_REQUEST_TIMEOUT, MAX_TAGS, MAX_THRESHOLD,
+    MAX_WEIGHT, MIN_BACKEND_CONNECT_TIMEOUT, MIN_HEALTH_INTERVAL, MIN_LISTENER_TIMEOUT,
 };
 use crate::config::raw::{RawHealth, RawService};
 use crate::config::types::{HealthConfig, HealthKind, ServiceConfig, TlsConfig};
@@ -95,6 +95,13 @@ impl Validator {
             MAX_HTTP_IDLE_TIMEOUT,
         );
         let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
+        let response_timeout = raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        self.duration_range(
+            &f("response_timeout"),
+            response_timeout,
+            MIN_LISTENER_TIMEOUT,
+            MAX_REQUEST_TIMEOUT,
+        );
         if !(weight_ok && tags_ok && allow_ok && max_ok && per_caller_ok) {
             return None;
         }
@@ -112,6 +119,7 @@ impl Validator {
             connect_timeout,
             http_idle_timeout,
             idle_timeout,
+            response_timeout,
         })
     }
 
