@@ -15,7 +15,7 @@
 //! unexpectedly is logged, counted and restarted, and `/readyz` says so.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,7 +48,7 @@ use crate::tls::{TlsError, TlsFiles, TlsState};
 /// The software version published in the node record.
 pub const VERSION: &str = concat!("shoal ", env!("CARGO_PKG_VERSION"));
 /// File in the data directory holding the last known peers' addresses.
-pub const MEMBERS_FILE: &str = "members.json";
+pub use crate::seeds::MEMBERS_FILE;
 
 /// How to start a node beyond its config.
 #[derive(Default)]
@@ -491,6 +491,18 @@ async fn start_core(
     let stop = supervisor.stop_signal();
     spawn_data_plane(supervisor, &proxy, tunnel_conns, &gossip, &table, &stop);
     spawn_health_checks(config, &gossip, &publisher, metrics, &stop, supervisor);
+    supervisor.spawn("seeds", {
+        let (config, gossip, table) = (config.clone(), gossip.clone(), table.clone());
+        move || {
+            crate::seeds::run(
+                config.clone(),
+                advertise,
+                gossip.clone(),
+                table.clone(),
+                stop.clone(),
+            )
+        }
+    });
     Ok(Core {
         endpoint,
         gossip,
@@ -728,7 +740,7 @@ async fn start_gossip(
             limits: config.gossip.limits(),
         },
         NodeCrypto::new(tls.clone()),
-        seeds(config, advertise).await,
+        crate::seeds::initial(config, advertise).await,
         generation ^ u64::from(advertise.port()),
         std::time::Instant::now(),
     );
@@ -753,25 +765,6 @@ async fn start_gossip(
         },
         metrics.clone(),
     )
-}
-
-/// The seed addresses: `node.seeds` resolved (names included), then the peers
-/// saved in the data directory, without this node's own address.
-async fn seeds(config: &Config, advertise: SocketAddr) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for seed in &config.node.seeds {
-        match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => out.extend(addrs),
-            Err(e) => tracing::warn!(%seed, error = %e, "cannot resolve a seed; skipping it"),
-        }
-    }
-    for addr in read_members_file(&config.node.data_dir) {
-        if !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    out.retain(|a| *a != advertise);
-    out
 }
 
 /// The proxy's shared context: the local services and their pools.
@@ -967,7 +960,7 @@ struct Chores {
 /// files when they change on disk, and persist the last known peers.
 async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut saved: Vec<SocketAddr> = read_members_file(&chores.data_dir);
+    let mut saved: Vec<SocketAddr> = crate::seeds::read_members_file(&chores.data_dir);
     let mut expiry_warned: Option<(tokio::time::Instant, bool)> = None;
     loop {
         tokio::select! {
@@ -1006,24 +999,8 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
         peers.sort();
         peers.dedup();
         if !peers.is_empty() && peers != saved {
-            write_members_file(data_dir, &peers);
+            crate::seeds::write_members_file(data_dir, &peers);
             saved = peers;
         }
-    }
-}
-
-fn read_members_file(dir: &Path) -> Vec<SocketAddr> {
-    std::fs::read(dir.join(MEMBERS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Vec<SocketAddr>>(&b).ok())
-        .unwrap_or_default()
-}
-
-fn write_members_file(dir: &Path, peers: &[SocketAddr]) {
-    let Ok(json) = serde_json::to_vec_pretty(peers) else {
-        return;
-    };
-    if let Err(e) = shoal_pki::files::write_atomic(&dir.join(MEMBERS_FILE), &json, false) {
-        tracing::warn!(error = %e, "cannot save the last known members");
     }
 }

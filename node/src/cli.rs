@@ -1,12 +1,14 @@
 //! The client side of `shoal`: commands that talk to a running node's admin
-//! API (`status`, `route`, `revoke`) and print what it answers.
+//! API (`status`, `ready`, `route`, `revoke`) and print what it answers.
 
 mod admin;
+mod ready;
 mod revoke;
 mod route;
 mod status;
 mod table;
 
+pub(crate) use ready::ready;
 pub(crate) use revoke::revoke;
 pub(crate) use route::route;
 pub(crate) use status::status;

@@ -22,6 +22,7 @@
 //! - [`health`]: active checks of local backends;
 //! - [`proxy`]: listeners, tunnels and the inbound side;
 //! - [`routing`]: the routing table, rebuilt on change, swapped atomically;
+//! - [`seeds`]: seed addresses (DNS names resolved again while alone);
 //! - [`routes`]: route documents (operator-signed L7 rules) in force, stored;
 //! - [`supervisor`]: long-running tasks, restarted when they end unexpectedly;
 //! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports.
@@ -38,6 +39,7 @@ pub mod publish;
 pub mod revocations;
 pub mod routes;
 pub mod routing;
+pub mod seeds;
 pub mod supervisor;
 pub mod tls;
 

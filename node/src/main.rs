@@ -73,6 +73,13 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Exit 0 if a running node is ready (its GET /readyz answers 200), else 1
+    /// saying why: for container health checks and probes.
+    Ready {
+        /// The node's admin address.
+        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
     /// Apply, list and delete route documents (signed HTTP routing rules,
     /// cluster-wide; see docs/routing.md).
     Route {
@@ -244,6 +251,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             cli::status(admin).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ready { admin } => cli::ready(admin).await,
         Command::Route { command } => {
             cli::route(command).await?;
             Ok(ExitCode::SUCCESS)

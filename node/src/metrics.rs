@@ -25,6 +25,7 @@ pub use labels::*;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    families: Vec<String>,
     /// Membership and gossip.
     pub gossip: gossip::GossipMetrics,
     /// This node's certificate, and the peers' QUIC connections and handshakes.
@@ -43,11 +44,21 @@ pub struct Metrics {
     pub admin_refused: Family<ReasonLabels, Counter>,
 }
 
+/// The registry being filled, and the family names registered in it.
+struct Families {
+    registry: Registry,
+    names: Vec<String>,
+}
+
 /// Registers `metric` as `name` and returns it.
-fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
-    registry.register(name, help, metric.clone());
+fn register<M: Metric + Clone>(families: &mut Families, name: &str, help: &str, metric: M) -> M {
+    families.registry.register(name, help, metric.clone());
+    families.names.push(format!("{PREFIX}_{name}"));
     metric
 }
+
+/// The prefix of every family name.
+const PREFIX: &str = "shoal";
 
 /// A latency histogram: 100 µs to ~3 s.
 fn latency_histogram() -> Histogram {
@@ -63,9 +74,12 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every family registered under the `shoal_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("shoal");
-        let r = &mut registry;
-        Metrics {
+        let mut families = Families {
+            registry: Registry::with_prefix(PREFIX),
+            names: Vec::new(),
+        };
+        let r = &mut families;
+        let mut metrics = Metrics {
             gossip: gossip::GossipMetrics::register(r),
             tls: tls::TlsMetrics::register(r),
             routing: routing::RoutingMetrics::register(r),
@@ -84,8 +98,19 @@ impl Metrics {
                 "Admin API connections and requests refused (too many connections, headers or body too slow, a Host that does not name this node), by reason",
                 Family::default(),
             ),
-            registry,
-        }
+            registry: Registry::default(),
+            families: Vec::new(),
+        };
+        metrics.registry = families.registry;
+        metrics.families = families.names;
+        metrics
+    }
+
+    /// The name of every family registered (`shoal_...`, without the
+    /// `_total` of counters): what `/metrics` exports, each once it has a
+    /// sample.
+    pub fn family_names(&self) -> &[String] {
+        &self.families
     }
 
     /// Counts one restart of `task`.

@@ -640,6 +640,21 @@ unhealthy_threshold = 1
         }
     });
     let admin_b = b.admin.to_string();
+    // `shoal ready` (the container health check) says so by its exit status,
+    // and fails for an admin address where no node answers.
+    let ready = shoal(&["ready", "--admin", &admin_b]);
+    assert!(ready.status.success(), "{}", text(&ready.stderr));
+    let nobody = Backend::start();
+    let closed = nobody.addr.to_string();
+    drop(nobody);
+    let not_ready = shoal(&["ready", "--admin", &closed]);
+    assert_eq!(
+        not_ready.status.code(),
+        Some(1),
+        "{}",
+        text(&not_ready.stderr)
+    );
+    assert!(text(&not_ready.stderr).contains("not ready"));
     let status = eventually("shoal status to show a's echo healthy", || {
         let out = shoal(&["status", "--admin", &admin_b]);
         let stdout = text(&out.stdout);
@@ -1389,4 +1404,70 @@ fn a_serving_node_cut_off_by_nftables_costs_the_caller_a_hedge() {
         g => Err(g),
     });
     drop(nodes);
+}
+
+/// The systemd units of `deploy/systemd` pass `systemd-analyze verify` (every
+/// directive known, every command executable — the binaries built here stand
+/// in for `/usr/local/bin`), when systemd-analyze is installed.
+#[test]
+fn the_systemd_units_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let shoal = Path::new(SHOAL);
+    // shoal-pki is built next to shoal by `cargo test --workspace`; alone,
+    // shoal stands in (only the path's executability is checked).
+    let pki = shoal.with_file_name("shoal-pki");
+    let pki = if pki.exists() {
+        pki
+    } else {
+        shoal.to_path_buf()
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&units).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/usr/local/bin/shoal-pki", &pki.display().to_string())
+            .replace("/usr/local/bin/shoal ", &format!("{} ", shoal.display()));
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        names.push(format!("./{name}"));
+    }
+    names.sort();
+    assert!(names.contains(&"./shoal.service".to_string()), "{names:?}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&names)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify {names:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // The unit runs what `shoal check` and `shoal run` accept, and reloads
+    // with SIGHUP (the node's certificate reload).
+    let unit = std::fs::read_to_string(units.join("shoal.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/local/bin/shoal run --config /etc/shoal/shoal.toml",
+        "ExecStartPre=/usr/local/bin/shoal check --config /etc/shoal/shoal.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "StateDirectory=shoal",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "ProtectSystem=strict",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing");
+    }
 }

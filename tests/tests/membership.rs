@@ -460,3 +460,36 @@ async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
     assert!(seed_connections >= 19.0, "the seed met {seed_connections}");
     mesh.stop().await;
 }
+
+/// A seed given by name: `localhost:PORT` resolves to every address of
+/// `localhost`, and a node whose seed is not up yet joins it once it is (it
+/// keeps asking the resolved addresses, and resolves the name again every few
+/// seconds while it has no live peer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_named_by_a_dns_name_is_joined_once_it_is_up() {
+    let pki = Pki::new("mesh.test");
+    // A free UDP port for the seed, which starts after the node that names it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut spec = NodeSpec::new("joiner");
+    spec.seeds.push(format!("localhost:{port}"));
+    let joiner = TestNode::start(&pki, spec).await;
+    let (status, _) = shoal_tests::http_get(joiner.admin(), "/readyz").await;
+    assert_eq!(status, 503, "nobody to join yet");
+    let seed = TestNode::start(
+        &pki,
+        NodeSpec::new("seed").tweak(move |raw| raw.node.listen = Some(format!("127.0.0.1:{port}"))),
+    )
+    .await;
+    eventually("the joiner joins the seed named by localhost", || async {
+        lists(&joiner, "seed", "alive").await && lists(&seed, "joiner", "alive").await
+    })
+    .await;
+    let (status, _) = shoal_tests::http_get(joiner.admin(), "/readyz").await;
+    assert_eq!(status, 200);
+    joiner.node.kill().await;
+    seed.node.kill().await;
+}

@@ -2,10 +2,10 @@
 //! transport dropped and the protocol refused, accusations, and the
 //! connections gossip holds.
 
+use super::Families;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use super::register;
 use super::{Direction, DirectionLabels, ReasonLabels, StateLabels};
@@ -38,7 +38,7 @@ pub struct GossipMetrics {
 }
 
 impl GossipMetrics {
-    pub(super) fn register(r: &mut Registry) -> Self {
+    pub(super) fn register(r: &mut Families) -> Self {
         GossipMetrics {
             members: register(r, "members", "Cluster members by state", Family::default()),
             messages: register(

@@ -1,10 +1,10 @@
 //! HTTP listeners' requests: answered by route, service and status class,
 //! their latency, retries, and retries the budget refused.
 
+use super::Families;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 use super::{HttpLabels, HttpRetryLabels, ListenerLabels, latency_histogram, register};
 
@@ -22,7 +22,7 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    pub(super) fn register(r: &mut Registry) -> Self {
+    pub(super) fn register(r: &mut Families) -> Self {
         HttpMetrics {
             requests: register(
                 r,

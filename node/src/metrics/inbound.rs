@@ -2,10 +2,10 @@
 //! reason, their bytes, the HTTP requests relayed to local backends, and the
 //! local backends' health checks.
 
+use super::Families;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use super::{
     HealthCheckLabels, Metrics, ServiceConnectionLabels, ServiceDirectionLabels, ServiceLabels,
@@ -30,7 +30,7 @@ pub struct InboundMetrics {
 }
 
 impl InboundMetrics {
-    pub(super) fn register(r: &mut Registry) -> Self {
+    pub(super) fn register(r: &mut Families) -> Self {
         InboundMetrics {
             streams: register(
                 r,

@@ -1,11 +1,11 @@
 //! Listeners: client connections, bytes, failures, and the attempts, retries
 //! and ejections of reaching an endpoint.
 
+use super::Families;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 use super::{
     EndpointLabels, ListenerDirectionLabels, ListenerLabels, ListenerReasonLabels, PeerLabels,
@@ -40,7 +40,7 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    pub(super) fn register(r: &mut Registry) -> Self {
+    pub(super) fn register(r: &mut Families) -> Self {
         ProxyMetrics {
             listener_connections: register(
                 r,

@@ -1,10 +1,10 @@
 //! The routing table and route documents: rebuilds, service claims ignored,
 //! documents in force and refused, and their signers' expiry.
 
+use super::Families;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use super::{ReasonLabels, register};
 
@@ -28,7 +28,7 @@ pub struct RoutingMetrics {
 }
 
 impl RoutingMetrics {
-    pub(super) fn register(r: &mut Registry) -> Self {
+    pub(super) fn register(r: &mut Families) -> Self {
         RoutingMetrics {
             rebuilds: register(
                 r,

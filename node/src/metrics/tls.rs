@@ -2,10 +2,10 @@
 //! QUIC connections opened, accepted and recycled, and when the certificate
 //! expires.
 
+use super::Families;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use super::{ReasonLabels, register};
 
@@ -39,7 +39,7 @@ pub struct TlsMetrics {
 }
 
 impl TlsMetrics {
-    pub(super) fn register(r: &mut Registry) -> Self {
+    pub(super) fn register(r: &mut Families) -> Self {
         TlsMetrics {
             rejected_peers: register(
                 r,

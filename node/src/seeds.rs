@@ -1,0 +1,226 @@
+//! Seeds: the addresses a node asks to join the mesh. `node.seeds` may name
+//! hosts (`seeds.shoal.internal:7100`, a Kubernetes headless Service): every
+//! address a name resolves to is a seed. To those are added the peers saved in
+//! the data directory (`members.json`). Names are resolved at start and again,
+//! every [`RESOLVE_EVERY`], while this node has no live peer — a mesh whose
+//! seed hosts moved, or pods behind a name that appeared after this node
+//! started, is still found; a node in the mesh does not resolve at all.
+//!
+//! [`Reresolver`] is the rule, on the caller's clock and with the resolution
+//! handed in, so it runs in unit tests without DNS; [`run`] drives it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::gossip::Gossip;
+use crate::routing::SharedTable;
+
+/// The file under `node.data_dir` holding the peers last known, tried as seeds
+/// at the next start.
+pub const MEMBERS_FILE: &str = "members.json";
+/// How often names are resolved again while the node has no live peer.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Every address `seeds` resolve to (an `IP:PORT` to itself), then the peers
+/// saved in `data_dir`, without `advertise`, each once. A name that does not
+/// resolve is logged (`said`: the error last logged for it, so a repeated
+/// failure is logged once) and skipped.
+pub async fn resolve(
+    seeds: &[String],
+    data_dir: &Path,
+    advertise: SocketAddr,
+    said: &mut HashMap<String, String>,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => {
+                said.remove(seed);
+                out.extend(addrs);
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if said.get(seed) != Some(&error) {
+                    tracing::warn!(%seed, %error, "cannot resolve a seed; skipping it");
+                    said.insert(seed.clone(), error);
+                }
+            }
+        }
+    }
+    for addr in read_members_file(data_dir) {
+        out.push(addr);
+    }
+    let mut seen = BTreeSet::new();
+    out.retain(|a| *a != advertise && seen.insert(*a));
+    out
+}
+
+/// The seeds at start (see [`resolve`]).
+pub async fn initial(config: &Config, advertise: SocketAddr) -> Vec<SocketAddr> {
+    resolve(
+        &config.node.seeds,
+        &config.node.data_dir,
+        advertise,
+        &mut Default::default(),
+    )
+    .await
+}
+
+/// When to resolve the seed names again.
+#[derive(Debug)]
+pub struct Reresolver {
+    names: bool,
+    next: tokio::time::Instant,
+    current: Vec<SocketAddr>,
+}
+
+impl Reresolver {
+    /// For `seeds` (as configured), currently resolved to `current`, at `now`.
+    pub fn new(seeds: &[String], current: Vec<SocketAddr>, now: tokio::time::Instant) -> Self {
+        Reresolver {
+            names: seeds.iter().any(|s| s.parse::<SocketAddr>().is_err()),
+            next: now + RESOLVE_EVERY,
+            current,
+        }
+    }
+
+    /// Whether to resolve at `now`, given whether the node has a live peer:
+    /// only if some seed is a name, the node is alone, and the last
+    /// resolution is [`RESOLVE_EVERY`] old.
+    pub fn due(&mut self, now: tokio::time::Instant, alone: bool) -> bool {
+        if !self.names || !alone || now < self.next {
+            return false;
+        }
+        self.next = now + RESOLVE_EVERY;
+        true
+    }
+
+    /// A new resolution: `Some` (the seeds to use) if it differs from the
+    /// current one.
+    pub fn resolved(&mut self, seeds: Vec<SocketAddr>) -> Option<Vec<SocketAddr>> {
+        if seeds.is_empty() || seeds == self.current {
+            return None;
+        }
+        self.current = seeds.clone();
+        Some(seeds)
+    }
+}
+
+/// Resolves the seed names again while the node is alone (see the module
+/// documentation), until `stop` fires.
+pub async fn run(
+    config: Arc<Config>,
+    advertise: SocketAddr,
+    gossip: Arc<Gossip>,
+    table: SharedTable,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = gossip.name().to_string();
+    let (seeds, data_dir) = (&config.node.seeds, &config.node.data_dir);
+    let mut said = HashMap::new();
+    let start = resolve(seeds, data_dir, advertise, &mut said).await;
+    let mut rule = Reresolver::new(seeds, start, tokio::time::Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let alone = !table.load().nodes().any(|n| n.record.name != me);
+        if !rule.due(tokio::time::Instant::now(), alone) {
+            continue;
+        }
+        let resolved = resolve(seeds, data_dir, advertise, &mut said).await;
+        if let Some(resolved) = rule.resolved(resolved) {
+            tracing::info!(seeds = ?resolved, "seed names resolved again while alone");
+            gossip.set_seeds(resolved);
+        }
+    }
+}
+
+/// The peers saved in `dir`'s [`MEMBERS_FILE`] (none if it is missing or
+/// unreadable).
+pub fn read_members_file(dir: &Path) -> Vec<SocketAddr> {
+    std::fs::read(dir.join(MEMBERS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<SocketAddr>>(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Saves `peers` to `dir`'s [`MEMBERS_FILE`], atomically.
+pub fn write_members_file(dir: &Path, peers: &[SocketAddr]) {
+    let Ok(json) = serde_json::to_vec_pretty(peers) else {
+        return;
+    };
+    if let Err(e) = shoal_pki::files::write_atomic(&dir.join(MEMBERS_FILE), &json, false) {
+        tracing::warn!(error = %e, "cannot save the last known members");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_resolved_again_only_while_alone_and_every_few_seconds() {
+        let now = tokio::time::Instant::now();
+        let seeds = vec!["seeds.mesh.internal:7100".to_string()];
+        let mut rule = Reresolver::new(&seeds, vec![addr(1)], now);
+        assert!(!rule.due(now, true), "just resolved");
+        let later = now + RESOLVE_EVERY;
+        assert!(
+            !rule.due(later, false),
+            "a node with a live peer never resolves"
+        );
+        assert!(rule.due(later, true));
+        assert!(!rule.due(later, true), "not twice in a row");
+        assert!(rule.due(later + RESOLVE_EVERY, true));
+        // The same answer changes nothing; a new one replaces the seeds; an
+        // empty one (the name is gone for now) keeps the last.
+        assert_eq!(rule.resolved(vec![addr(1)]), None);
+        assert_eq!(rule.resolved(vec![addr(2)]), Some(vec![addr(2)]));
+        assert_eq!(rule.resolved(vec![]), None);
+        assert_eq!(rule.resolved(vec![addr(2)]), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_alone_are_never_resolved_again() {
+        let now = tokio::time::Instant::now();
+        let seeds = vec!["10.0.0.1:7100".to_string()];
+        let mut rule = Reresolver::new(&seeds, vec![addr(7100)], now);
+        assert!(!rule.due(now + RESOLVE_EVERY * 10, true));
+    }
+
+    #[tokio::test]
+    async fn a_name_resolves_to_every_address_and_the_saved_peers_follow_without_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        write_members_file(dir.path(), &[addr(9), "127.0.0.1:7100".parse().unwrap()]);
+        let me: SocketAddr = "127.0.0.1:7200".parse().unwrap();
+        let seeds = vec![
+            "localhost:7100".to_string(),
+            "127.0.0.1:7200".to_string(),
+            "no-such-host.invalid:7100".to_string(),
+        ];
+        let mut said = Default::default();
+        let got = resolve(&seeds, dir.path(), me, &mut said).await;
+        assert!(got.contains(&"127.0.0.1:7100".parse().unwrap()), "{got:?}");
+        assert!(got.contains(&addr(9)), "{got:?}");
+        assert!(!got.contains(&me), "never this node itself: {got:?}");
+        let unique: BTreeSet<_> = got.iter().collect();
+        assert_eq!(unique.len(), got.len(), "each address once: {got:?}");
+        assert!(
+            said.contains_key("no-such-host.invalid:7100"),
+            "a failure is remembered"
+        );
+    }
+}
