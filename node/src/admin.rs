@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process runs |
 //! | `GET /readyz` | `200` once joined (or alone by config), not draining and with every task running, else `503` naming why |
-//! | `GET /members` | JSON: every known member with state (`alive`, `suspect`, `draining`, `dead`), accusers, address, zone, generation, time since last heard |
+//! | `GET /members` | JSON: every known member (its newest generation) with state (`alive`, `suspect`, `draining`, `left`, `dead`), accusers, address, zone, generation, time since last heard |
 //! | `GET /services` | JSON: service → endpoints (node, zone, health, weight, ...) |
 //! | `GET /certificate` | JSON: this node's certificate: node, services, expiry, days left, whether it expires within 7 days |
 //! | `GET /config` | JSON: the effective configuration |
@@ -23,6 +23,7 @@
 
 mod guard;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ pub struct MemberView {
     /// Node name.
     pub name: String,
     /// `alive`, `suspect` (accused, not yet declared dead by this node),
-    /// `draining` or `dead`.
+    /// `draining`, `left` (gone after draining) or `dead` (gone without a word).
     pub state: String,
     /// The members accusing it of not answering, if any.
     #[serde(default)]
@@ -140,18 +141,24 @@ pub struct EndpointView {
 }
 
 /// A member's state as the admin API names it: `alive`, `suspect`, `draining`
-/// (alive, but its signed node record says it is leaving) or `dead`.
+/// (alive, but its signed node record says it is leaving), `left` (gone after
+/// draining: a clean stop) or `dead` (gone without a word: a crash, a kill, a
+/// cut).
 pub fn member_state(m: &mesh_proto::membership::MemberView) -> &'static str {
     let draining = m
         .node
         .as_ref()
         .is_some_and(|n| n.state == NodeState::Draining);
     match m.health {
+        "dead" if draining => "left",
         "dead" => "dead",
         _ if draining => "draining",
         h => h,
     }
 }
+
+/// The states of [`member_state`], for the `shoal_gossip_members` gauge.
+pub const MEMBER_STATES: [&str; 5] = ["alive", "suspect", "draining", "left", "dead"];
 
 impl AdminState {
     /// Counts one refused admin connection or request.
@@ -165,9 +172,17 @@ impl AdminState {
     /// The `/members` answer, sorted by name.
     pub async fn members(&self) -> Vec<MemberView> {
         let view = self.gossip.current_view();
+        // A restarted node's earlier generations are not listed: the newest
+        // replaced them (an alert on dead members must not fire on restarts).
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for m in &view.members {
+            let g = newest.entry(m.name.as_str()).or_default();
+            *g = (*g).max(m.generation);
+        }
         let out: Vec<MemberView> = view
             .members
             .iter()
+            .filter(|m| newest.get(m.name.as_str()) == Some(&m.generation))
             .map(|m| MemberView {
                 name: m.name.clone(),
                 state: member_state(m).to_string(),
@@ -184,7 +199,7 @@ impl AdminState {
                 is_self: m.is_self,
             })
             .collect();
-        for state in ["alive", "suspect", "draining", "dead"] {
+        for state in MEMBER_STATES {
             let n = out.iter().filter(|m| m.state == state).count();
             self.metrics
                 .gossip

@@ -8,6 +8,7 @@ mod route;
 mod status;
 mod table;
 
+pub(crate) use admin::{DEFAULT_ADMIN_TEXT, parse_admin};
 pub(crate) use ready::ready;
 pub(crate) use revoke::revoke;
 pub(crate) use route::route;

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shoal_node::config::{Config, DEFAULT_ADMIN, Overrides};
+use shoal_node::config::{Config, Overrides};
 use shoal_node::{Node, StartOptions};
 
 /// The per-host Shoal node: gossip membership, mTLS QUIC tunnels, proxying.
@@ -69,15 +69,18 @@ enum Command {
     },
     /// Print a running node's members and services.
     Status {
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
+        /// Print one JSON object (members, services, refused) instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 if a running node is ready (its GET /readyz answers 200), else 1
     /// saying why: for container health checks and probes.
     Ready {
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
     },
     /// Apply, list and delete route documents (signed HTTP routing rules,
@@ -102,14 +105,14 @@ enum RevokeCommand {
         /// The revocation list file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
     },
     /// Show the revocation list in force on a node.
     List {
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
         /// Print the JSON of GET /revocations instead of a table.
         #[arg(long)]
@@ -127,14 +130,14 @@ enum RouteCommand {
         file: PathBuf,
         #[command(flatten)]
         operator: OperatorArgs,
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
     },
     /// List the route documents in force, and any the node refused.
     List {
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
         /// Print the JSON of GET /routes instead of a table.
         #[arg(long)]
@@ -147,8 +150,8 @@ enum RouteCommand {
         name: String,
         #[command(flatten)]
         operator: OperatorArgs,
-        /// The node's admin address.
-        #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_ADMIN)]
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
     },
 }
@@ -247,8 +250,8 @@ async fn run(command: Command) -> Result<ExitCode> {
             serve_until_signalled(node).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { admin } => {
-            cli::status(admin).await?;
+        Command::Status { admin, json } => {
+            cli::status(admin, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ready { admin } => cli::ready(admin).await,

@@ -178,9 +178,10 @@ async fn a_node_shut_down_gracefully_is_draining_first_then_gone() {
         .await;
     }
     mesh.shut_down("n2").await;
+    // A clean stop reads as `left`, not `dead` (a crash).
     for n in mesh.nodes() {
         eventually(&format!("{} sees n2 gone", n.spec.name), || async {
-            lists(n, "n2", "dead").await && n.node.table().node("n2").is_none()
+            lists(n, "n2", "left").await && n.node.table().node("n2").is_none()
         })
         .await;
     }
@@ -484,12 +485,15 @@ async fn a_seed_named_by_a_dns_name_is_joined_once_it_is_up() {
         NodeSpec::new("seed").tweak(move |raw| raw.node.listen = Some(format!("127.0.0.1:{port}"))),
     )
     .await;
-    eventually("the joiner joins the seed named by localhost", || async {
-        lists(&joiner, "seed", "alive").await && lists(&seed, "joiner", "alive").await
-    })
+    eventually(
+        "the joiner joins the seed named by localhost, and is ready",
+        || async {
+            lists(&joiner, "seed", "alive").await
+                && lists(&seed, "joiner", "alive").await
+                && shoal_tests::http_get(joiner.admin(), "/readyz").await.0 == 200
+        },
+    )
     .await;
-    let (status, _) = shoal_tests::http_get(joiner.admin(), "/readyz").await;
-    assert_eq!(status, 200);
     joiner.node.kill().await;
     seed.node.kill().await;
 }

@@ -127,6 +127,12 @@ async fn apply_signed(admin: SocketAddr, key: &OperatorKey, spec: &RouteSpec) ->
     let signed = key.sign_route(spec)?;
     let body = serde_json::to_vec(&ApplyRequest::new(&signed))?;
     let (status, answer) = admin_request(admin, hyper::Method::POST, "/routes", body).await?;
+    if status == hyper::StatusCode::NOT_FOUND && spec.deleted {
+        // Deleting what is not there (never was, or already deleted) leaves
+        // it as asked: nothing to do, not an error.
+        say!("route {}: not in force; nothing to delete", spec.name);
+        return Ok(());
+    }
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&answer)
             .ok()

@@ -1,5 +1,5 @@
 //! `shoal status`: the members and services a node sees, and what it refused
-//! (every limit's refusals, by reason), as tables.
+//! (every limit's refusals, by reason), as tables or one JSON object.
 
 use std::net::SocketAddr;
 
@@ -9,12 +9,60 @@ use shoal_node::admin::{EndpointView, MemberView};
 use super::admin::get_json;
 use super::table::print_table;
 
-pub(crate) async fn status(admin: SocketAddr) -> Result<()> {
+/// What `shoal status` shows: members, services and refusals.
+#[derive(Debug, serde::Serialize)]
+struct Status {
+    members: Vec<MemberView>,
+    services: std::collections::BTreeMap<String, Vec<EndpointView>>,
+    /// Non-zero refusal counters: what, reason, other labels, count.
+    refused: Vec<Refused>,
+}
+
+/// One row of REFUSED.
+#[derive(Debug, serde::Serialize)]
+struct Refused {
+    what: String,
+    reason: String,
+    #[serde(rename = "where")]
+    place: String,
+    count: f64,
+}
+
+pub(crate) async fn status(admin: SocketAddr, json: bool) -> Result<()> {
     let members: Vec<MemberView> = get_json(admin, "/members").await?;
-    let services: std::collections::BTreeMap<String, Vec<EndpointView>> =
-        get_json(admin, "/services").await?;
+    let services = get_json(admin, "/services").await?;
+    let (code, metrics) =
+        super::admin::admin_request(admin, hyper::Method::GET, "/metrics", Vec::new()).await?;
+    let refused = if code.is_success() {
+        refusals(&String::from_utf8_lossy(&metrics))
+    } else {
+        Vec::new()
+    };
+    let status = Status {
+        members,
+        services,
+        refused: refused
+            .into_iter()
+            .map(|r| Refused {
+                what: r[0].clone(),
+                reason: r[1].clone(),
+                place: r[2].clone(),
+                count: r[3].parse().unwrap_or(0.0),
+            })
+            .collect(),
+    };
+    if json {
+        say!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_tables(&status);
+    }
+    Ok(())
+}
+
+fn print_tables(status: &Status) {
     say!("MEMBERS");
-    let rows: Vec<Vec<String>> = members
+    let rows: Vec<Vec<String>> = status
+        .members
         .iter()
         .map(|m| {
             vec![
@@ -45,7 +93,8 @@ pub(crate) async fn status(admin: SocketAddr) -> Result<()> {
     );
     say!();
     say!("SERVICES");
-    let rows: Vec<Vec<String>> = services
+    let rows: Vec<Vec<String>> = status
+        .services
         .iter()
         .flat_map(|(name, eps)| {
             eps.iter().map(move |e| {
@@ -73,19 +122,25 @@ pub(crate) async fn status(admin: SocketAddr) -> Result<()> {
         ],
         &rows,
     );
-    let (status, metrics) =
-        super::admin::admin_request(admin, hyper::Method::GET, "/metrics", Vec::new()).await?;
-    if status.is_success() {
-        say!();
-        say!("REFUSED");
-        let rows = refusals(&String::from_utf8_lossy(&metrics));
-        if rows.is_empty() {
-            say!("nothing refused since the node started");
-        } else {
-            print_table(&["WHAT", "REASON", "WHERE", "COUNT"], &rows);
-        }
+    say!();
+    say!("REFUSED");
+    if status.refused.is_empty() {
+        say!("nothing refused since the node started");
+    } else {
+        let rows: Vec<Vec<String>> = status
+            .refused
+            .iter()
+            .map(|r| {
+                vec![
+                    r.what.clone(),
+                    r.reason.clone(),
+                    r.place.clone(),
+                    r.count.to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["WHAT", "REASON", "WHERE", "COUNT"], &rows);
     }
-    Ok(())
 }
 
 /// The counters of refusals `shoal status` shows, and what each refuses.
