@@ -94,6 +94,7 @@ impl Outbound {
     async fn peer_task(self: Arc<Self>, key: PeerKey, mut rx: mpsc::Receiver<Vec<u8>>) {
         let (to, name) = key.clone();
         let mut backoff_until: Option<Instant> = None;
+        let mut seed_failures = SeedFailures::default();
         while let Ok(Some(msg)) = tokio::time::timeout(PEER_IDLE, rx.recv()).await {
             if backoff_until.is_some_and(|t| Instant::now() < t) {
                 self.metrics.gossip.drop("peer_unreachable");
@@ -108,14 +109,20 @@ impl Outbound {
                 Err(e) => {
                     backoff_until = Some(Instant::now() + DIAL_BACKOFF);
                     self.metrics.gossip.drop("peer_unreachable");
-                    if let Some(n) = &name {
-                        let _ = self.unreachable.try_send(n.clone());
+                    match &name {
+                        Some(n) => {
+                            let _ = self.unreachable.try_send(n.clone());
+                            tracing::debug!(peer = %to, error = %e, "gossip peer unreachable");
+                        }
+                        None => seed_failures.failed(to, &e, Instant::now()),
                     }
-                    tracing::debug!(peer = %to, error = %e, "gossip peer unreachable");
                     continue;
                 }
             };
             backoff_until = None;
+            if name.is_none() {
+                seed_failures.reached(to);
+            }
             let len = msg.len();
             let write = async {
                 let mut stream = conn.open_uni().await?;
@@ -194,5 +201,64 @@ async fn read_connection(
                 Err(_) => metrics.gossip.drop("stream_error"),
             }
         });
+    }
+}
+
+/// How often a seed that keeps failing is logged again.
+const SEED_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Failed dials of one seed, logged at the first and then at most every
+/// [`SEED_LOG_EVERY`], so an operator sees why a node does not join without a
+/// line per retry.
+#[derive(Debug, Default)]
+struct SeedFailures {
+    count: u64,
+    logged_at: Option<Instant>,
+}
+
+impl SeedFailures {
+    fn failed(&mut self, seed: std::net::SocketAddr, error: &dyn std::fmt::Display, now: Instant) {
+        self.count += 1;
+        if self
+            .logged_at
+            .is_some_and(|t| now.saturating_duration_since(t) < SEED_LOG_EVERY)
+        {
+            return;
+        }
+        self.logged_at = Some(now);
+        tracing::warn!(
+            %seed,
+            %error,
+            failures = self.count,
+            "cannot join through a seed; check its address and port (the QUIC port, not the admin API), that a node runs there, and that it has a certificate of this mesh's CA"
+        );
+    }
+
+    fn reached(&mut self, seed: std::net::SocketAddr) {
+        if self.count > 0 {
+            tracing::info!(%seed, failures = self.count, "reached a seed that had failed");
+        }
+        *self = SeedFailures::default();
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_that_keeps_failing_is_logged_once_per_interval_and_forgotten_once_reached() {
+        let seed: std::net::SocketAddr = "10.0.0.1:7100".parse().unwrap();
+        let mut f = SeedFailures::default();
+        let t = Instant::now();
+        f.failed(seed, &"timed out", t);
+        assert_eq!(f.logged_at, Some(t), "the first failure is logged");
+        f.failed(seed, &"timed out", t + Duration::from_secs(1));
+        assert_eq!(f.logged_at, Some(t), "a retry a second later is not");
+        f.failed(seed, &"timed out", t + SEED_LOG_EVERY);
+        assert_eq!(f.logged_at, Some(t + SEED_LOG_EVERY));
+        assert_eq!(f.count, 3);
+        f.reached(seed);
+        assert_eq!((f.count, f.logged_at), (0, None));
     }
 }
