@@ -408,7 +408,7 @@ impl MeshEndpoint {
     /// `node`, the peer must present that node's certificate; without, any mesh
     /// node will do.
     pub async fn connect(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         use_: Use,
         node: Option<&str>,
@@ -423,7 +423,7 @@ impl MeshEndpoint {
     /// (`shoal_rejected_peers_total{reason="service_not_allowed"}`); the
     /// connection stays for the services it does allow.
     pub async fn connect_for_service(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         node: &str,
         service: &str,
@@ -444,9 +444,12 @@ impl MeshEndpoint {
 
     /// The pooled connection for (`addr`, `use_`), dialled if there is none (or
     /// it is to another node than `node`), and the services its peer's
-    /// certificate allows.
+    /// certificate allows. The dial runs in a task of its own: a caller that
+    /// gives up (a hedge won, a deadline passed) does not cancel it, so a slow
+    /// handshake still completes for the next caller and a dead peer's dial
+    /// still ends in its error for whoever waits on it.
     async fn pooled(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         use_: Use,
         node: Option<&str>,
@@ -455,6 +458,21 @@ impl MeshEndpoint {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.entry((addr, use_)).or_default().clone()
         };
+        let this = self.clone();
+        let node = node.map(str::to_string);
+        tokio::spawn(async move { this.fill(slot, addr, use_, node.as_deref()).await })
+            .await
+            .unwrap_or(Err(ConnectError::Closed))
+    }
+
+    /// [`Self::pooled`]'s work, holding the slot.
+    async fn fill(
+        &self,
+        slot: SlotRef,
+        addr: SocketAddr,
+        use_: Use,
+        node: Option<&str>,
+    ) -> Result<(Connection, Arc<[String]>), ConnectError> {
         let mut slot = slot.lock().await;
         if let Some(conn) = slot.conn.clone() {
             let same_node = node.is_none_or(|n| slot.peer.as_deref() == Some(n));

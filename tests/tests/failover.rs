@@ -38,6 +38,27 @@ fn slow_to_notice(spec: NodeSpec) -> NodeSpec {
     })
 }
 
+/// Nodes `a` and `b` serving `echo` (each greets with its name), `c` calling
+/// it through a TCP listener with `policy`; faults injectable with `faults`.
+/// The backends are returned to be kept alive.
+async fn echo_mesh(policy: &str, faults: Option<u64>) -> ([TcpBackend; 2], Cluster) {
+    let apps = [
+        TcpBackend::greeting("a\n").await,
+        TcpBackend::greeting("b\n").await,
+    ];
+    let mut builder = Cluster::of([
+        slow_to_notice(NodeSpec::new("a").service("echo", apps[0].addr(), Check::Tcp)),
+        slow_to_notice(NodeSpec::new("b").service("echo", apps[1].addr(), Check::Tcp)),
+        slow_to_notice(NodeSpec::new("c").listener("echo", "echo", policy)),
+    ]);
+    if let Some(seed) = faults {
+        builder = builder.with_faults(seed);
+    }
+    let mesh = builder.start().await;
+    mesh.wait_healthy("c", "echo", 2).await;
+    (apps, mesh)
+}
+
 /// Reads the serving node's greeting through a TCP listener.
 async fn greeting_through(addr: std::net::SocketAddr) -> String {
     let read = async {
@@ -53,18 +74,7 @@ async fn greeting_through(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_serving_node_costs_tcp_callers_a_hedge_not_a_connect_timeout() {
-    let (a_app, b_app) = (
-        TcpBackend::greeting("a\n").await,
-        TcpBackend::greeting("b\n").await,
-    );
-    let mut mesh = Cluster::of([
-        slow_to_notice(NodeSpec::new("a").service("echo", a_app.addr(), Check::Tcp)),
-        slow_to_notice(NodeSpec::new("b").service("echo", b_app.addr(), Check::Tcp)),
-        slow_to_notice(NodeSpec::new("c").listener("echo", "echo", "round_robin")),
-    ])
-    .start()
-    .await;
-    mesh.wait_healthy("c", "echo", 2).await;
+    let (_apps, mut mesh) = echo_mesh("round_robin", None).await;
     let listener = mesh.client("c", "echo");
     // Both serve while both live (round robin), which also pools c's
     // connections to both.
@@ -97,6 +107,36 @@ async fn a_killed_serving_node_costs_tcp_callers_a_hedge_not_a_connect_timeout()
         c.metric("shoal_peer_suspicions_total{node=\"a\"}").await >= 1.0,
         "c suspects a from its own connection"
     );
+    mesh.stop().await;
+}
+
+/// A node cut off before the caller ever opened a tunnel to it: the first
+/// open to it waits on a dial nobody answers, not on a connection's silence.
+/// The hedge serves the request and the unanswered dial makes the peer
+/// suspect; the dial itself runs on in the endpoint's own task (not cancelled
+/// with the losing open) and its timeout keeps the suspicion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_node_cut_off_before_any_tunnel_to_it_costs_a_hedge_per_suspicion() {
+    let (_apps, mesh) = echo_mesh("round_robin", Some(11)).await;
+    let listener = mesh.client("c", "echo");
+    mesh.partition(&["a"], &["c"]);
+    for i in 0..REQUESTS {
+        assert_eq!(greeting_through(listener).await, "b", "connection {i}");
+    }
+    let c = &mesh["c"];
+    assert_eq!(c.healthy_endpoints("echo"), 2, "gossip has not dropped a");
+    let hedges = c
+        .metric("shoal_hedged_attempts_total{listener=\"echo\"}")
+        .await;
+    let retries = c
+        .metric("shoal_upstream_retries_total{listener=\"echo\"}")
+        .await;
+    let suspicions = c.metric("shoal_peer_suspicions_total{node=\"a\"}").await;
+    assert!(
+        (1.0..=MOST_HEDGES).contains(&hedges),
+        "{hedges} opens hedged, {retries} retried, {suspicions} suspicions"
+    );
+    assert!(suspicions >= 1.0, "c suspects a from its unanswered dial");
     mesh.stop().await;
 }
 
@@ -145,19 +185,7 @@ async fn a_partitioned_serving_node_costs_http_callers_a_hedge_not_a_connect_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_serving_node_costs_callers_a_hedge_and_is_used_again_when_it_resumes() {
-    let (a_app, b_app) = (
-        TcpBackend::greeting("a\n").await,
-        TcpBackend::greeting("b\n").await,
-    );
-    let mesh = Cluster::of([
-        slow_to_notice(NodeSpec::new("a").service("echo", a_app.addr(), Check::Tcp)),
-        slow_to_notice(NodeSpec::new("b").service("echo", b_app.addr(), Check::Tcp)),
-        slow_to_notice(NodeSpec::new("c").listener("echo", "echo", "least_request")),
-    ])
-    .with_faults(9)
-    .start()
-    .await;
-    mesh.wait_healthy("c", "echo", 2).await;
+    let (_apps, mesh) = echo_mesh("least_request", Some(9)).await;
     let listener = mesh.client("c", "echo");
     for _ in 0..4 {
         greeting_through(listener).await;

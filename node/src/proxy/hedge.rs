@@ -3,7 +3,7 @@
 //! listener's `hedge_min_delay`) and its peer has said nothing since the open
 //! began ([`SetupTimes::worth_hedging`]), the same open starts on another
 //! endpoint and the first to be accepted is used; the other is dropped, which
-//! resets its stream. Only the open is hedged — nothing of the caller's request or bytes
+//! resets its stream (`CANCELLED`, see `upstream`). Only the open is hedged — nothing of the caller's request or bytes
 //! has gone anywhere before a node accepts — so a hedge is always safe to send.
 //!
 //! [`race`] is the rule, [`SetupTimes`] the latency it derives the delay from,
@@ -15,6 +15,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use mesh_proto::routing::Endpoint;
 
 use super::ProxyContext;
 use crate::metrics::ListenerLabels;
@@ -93,9 +95,28 @@ impl SetupTimes {
 }
 
 /// How long the first open has before a hedge starts: the p99 of recent
-/// setups, at least `min`, at most `max` (the connect timeout).
+/// setups, at least `min`, at most ten times `min` and at most `max` (the
+/// connect timeout). The cap keeps a few slow setups (one slow peer's) from
+/// turning hedging off for every peer; it costs nothing on a peer that is
+/// merely slow, since only an open whose connection is silent is hedged.
 pub fn delay(p99: Option<Duration>, min: Duration, max: Duration) -> Duration {
-    p99.map_or(min, |p| p.max(min)).min(max)
+    p99.map_or(min, |p| p.max(min))
+        .min(min * DELAY_CAP)
+        .min(max)
+}
+
+/// The hedge delay is at most this many times `hedge_min_delay`.
+const DELAY_CAP: u32 = 10;
+
+impl Heard {
+    /// How long the open has run since it had its connection (the stream's
+    /// setup, without a handshake), if it got one.
+    pub fn since_connected(&self) -> Option<Duration> {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            HeardState::On(_, _, since) => Some(since.elapsed()),
+            _ => None,
+        }
+    }
 }
 
 /// What was heard from the peer of one open.
@@ -109,17 +130,52 @@ enum HeardState {
     /// No connection yet (a dial in progress), or a local endpoint.
     #[default]
     Nothing,
-    /// The connection used, and how many datagrams it had received when the
-    /// open began.
-    On(quinn::Connection, u64),
+    /// The dial ended without a handshake (timed out, or refused).
+    DialFailed,
+    /// The connection used, how many frames it had received from the peer
+    /// when the open began, and when that was.
+    On(quinn::Connection, u64, tokio::time::Instant),
 }
+
+/// The frames received on `conn` that only a live peer sends: counted after
+/// decryption, so a forged datagram or a stateless reset is not life.
+fn frames_heard(conn: &quinn::Connection) -> u64 {
+    let f = conn.stats().frame_rx;
+    f.acks + f.ping + f.stream + f.max_data + f.max_stream_data + f.max_streams_bidi
+}
+
+/// How long past its start an open's connection must have stayed silent
+/// before its peer is suspected: the peer may hold its acknowledgement for
+/// QUIC's `max_ack_delay` (25 ms by default), and it then travels one round
+/// trip; twice that is left as margin.
+pub fn suspicion_silence(rtt: Duration) -> Duration {
+    2 * (MAX_ACK_DELAY + rtt)
+}
+
+/// QUIC's default `max_ack_delay` (RFC 9000 §18.2), which quinn uses.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 
 impl Heard {
     /// The open uses `conn`.
     pub fn connection(&self, conn: &quinn::Connection) {
-        let received = conn.stats().udp_rx.datagrams;
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) =
-            HeardState::On(conn.clone(), received);
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = HeardState::On(
+            conn.clone(),
+            frames_heard(conn),
+            tokio::time::Instant::now(),
+        );
+    }
+
+    /// The open's dial ended without a handshake.
+    pub fn dial_failed_now(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = HeardState::DialFailed;
+    }
+
+    /// Whether the open's dial ended without a handshake.
+    pub fn dial_failed(&self) -> bool {
+        matches!(
+            &*self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            HeardState::DialFailed
+        )
     }
 
     /// Whether the open got as far as a connection.
@@ -134,9 +190,33 @@ impl Heard {
     /// began (no acknowledgement, no keep-alive, no answer).
     pub fn silent(&self) -> bool {
         match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            HeardState::Nothing => false,
-            HeardState::On(conn, at_start) => conn.stats().udp_rx.datagrams == *at_start,
+            HeardState::Nothing | HeardState::DialFailed => false,
+            HeardState::On(conn, at_start, _) => frames_heard(conn) == *at_start,
         }
+    }
+
+    /// If the open's connection has said nothing since the open began, waits
+    /// until it has been silent for [`suspicion_silence`] and, if it still
+    /// has not, makes its peer `node` suspect — in a task of its own, so the
+    /// caller does not wait. A peer merely holding its acknowledgement (or on
+    /// a longer path) answers within that time and is not suspected.
+    pub fn suspect_if_silent(&self, suspects: &Arc<super::suspects::Suspects>, node: &str) {
+        let HeardState::On(conn, at_start, since) =
+            &*self.state.lock().unwrap_or_else(|e| e.into_inner())
+        else {
+            return;
+        };
+        if frames_heard(conn) != *at_start {
+            return;
+        }
+        let (conn, at_start, since) = (conn.clone(), *at_start, *since);
+        let (suspects, node) = (suspects.clone(), node.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(since + suspicion_silence(conn.rtt())).await;
+            if frames_heard(&conn) == at_start {
+                suspects.no_answer(&node, "silent");
+            }
+        });
     }
 }
 
@@ -228,15 +308,18 @@ where
     }
 }
 
-/// Counts a race's hedge (and its win) for `listener`, and makes the peer of
-/// an open dropped while its connection was silent suspect for the whole node
-/// (`nodes`: the endpoints' nodes, as the legs' `heard`).
+/// Counts a race's hedge (and its win) for `listener`, and, when the hedge won
+/// while the first open's connection was silent, makes that peer suspect for
+/// the whole node if it stays silent ([`Heard::suspect_if_silent`]), or
+/// follows its unfinished dial to its end (`first`: the first open's
+/// endpoint; `heard`: what each leg heard). A hedge dropped because the first
+/// open won says nothing about its peer: it had less time.
 pub fn note_race<T, E>(
     ctx: &ProxyContext,
-    listener: &ListenerLabels,
+    (listener, service): (&ListenerLabels, &str),
     raced: &Raced<T, E>,
     heard: &[Heard; 2],
-    nodes: &[Option<String>; 2],
+    first: &Endpoint,
 ) {
     if !raced.hedged {
         return;
@@ -246,16 +329,17 @@ pub fn note_race<T, E>(
     if raced.leg == Leg::Second && raced.result.is_ok() {
         proxy.hedged_attempts_won.get_or_create(listener).inc();
     }
-    // The leg that neither gave the result nor failed was dropped mid-open.
-    let dropped = match (raced.leg, &raced.other_failed) {
-        (_, Some(_)) => return,
-        (Leg::First, None) => 1,
-        (Leg::Second, None) => 0,
-    };
-    if let Some(node) = &nodes[dropped]
-        && heard[dropped].silent()
-    {
-        ctx.suspects.no_answer(node, "silent");
+    // The first open, dropped mid-open because the hedge was accepted: its
+    // connection's silence, or its dial's end, tells about its peer.
+    if raced.leg == Leg::Second && raced.other_failed.is_none() && first.node != ctx.node_name {
+        if heard[0].connected() {
+            heard[0].suspect_if_silent(&ctx.suspects, &first.node);
+        } else if !heard[0].dial_failed() {
+            // A dial unanswered while a whole open elsewhere succeeded: the
+            // peer is avoided until its dial ends, which then decides.
+            ctx.suspects.no_answer(&first.node, "dial_unanswered");
+            super::upstream::follow_dial(ctx, first, service);
+        }
     }
 }
 
@@ -355,6 +439,11 @@ mod tests {
         assert_eq!(times.p99(), Some(ms(99)));
         assert_eq!(delay(times.p99(), ms(25), ms(1000)), ms(99));
         assert_eq!(delay(times.p99(), ms(25), ms(50)), ms(50));
+        assert_eq!(
+            delay(Some(ms(900)), ms(25), ms(1000)),
+            ms(250),
+            "capped at ten times the least delay"
+        );
         assert_eq!(delay(Some(ms(2)), ms(25), ms(1000)), ms(25));
         // Only the last ones count.
         for _ in 0..REMEMBERED {

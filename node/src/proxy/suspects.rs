@@ -60,7 +60,10 @@ impl Suspects {
         let now = now();
         let mut set = self.lock();
         if set.len() >= REMEMBERED {
-            set.retain(|n| n.as_str() == node);
+            // Forget those no longer suspect; never one that is.
+            let suspect: std::collections::HashSet<String> =
+                set.ejected(now).map(|(n, _)| n.clone()).collect();
+            set.retain(|n| n.as_str() == node || suspect.contains(n));
         }
         if let Some(e) = set.record(node, false, now) {
             tracing::info!(%node, why, for_ms = e.duration.as_millis() as u64, "peer suspected from this node's own connection");
@@ -115,5 +118,20 @@ mod tests {
                 .get(),
             3
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_memory_forgets_lapsed_peers_but_never_a_suspect_one() {
+        let s = Suspects::new(Family::default());
+        for n in 0..REMEMBERED - 1 {
+            s.no_answer(&format!("old-{n}"), "timeout");
+        }
+        tokio::time::advance(FIRST_SUSPICION).await;
+        s.no_answer("suspect", "timeout");
+        assert_eq!(s.lock().len(), REMEMBERED, "full");
+        s.no_answer("new", "timeout");
+        assert!(s.is_suspect("suspect"), "kept while suspect");
+        assert!(s.is_suspect("new"));
+        assert_eq!(s.lock().len(), 2, "the lapsed ones are forgotten");
     }
 }

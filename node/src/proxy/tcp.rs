@@ -171,19 +171,20 @@ impl Listener {
             let table = self.ctx.table.load_full();
             let endpoints = table.endpoints(self.cfg.service());
             let heard = [Heard::default(), Heard::default()];
-            let mut nodes = [Some(endpoint.node.clone()), None];
-            let first = self.open(endpoint, target, &heard[0]);
+            let first = self.open(endpoint.clone(), target, &heard[0]);
             let raced = hedge::race(first, self.hedge_delay(), || {
                 if !self.ctx.setup_times.worth_hedging(&heard[0]) {
                     return None;
                 }
                 let second = self.hedge(&mut tried, key)?;
-                nodes[1] = Some(second.node.clone());
                 Some(self.open(second, target, &heard[1]))
             })
             .await;
-            note_race(&self.ctx, &self.labels, &raced, &heard, &nodes);
-            if let Some((e, failed)) = &raced.other_failed {
+            let labels = (&self.labels, self.cfg.service());
+            note_race(&self.ctx, labels, &raced, &heard, &endpoint);
+            if let Some((e, failed)) = &raced.other_failed
+                && failed.try_another()
+            {
                 self.settle(endpoints, e, failed);
             }
             match raced.result {
@@ -203,40 +204,49 @@ impl Listener {
         Err(last_error)
     }
 
-    /// The next endpoint to try, counted as an attempt; none once `attempts`
-    /// were made or every endpoint was tried.
+    /// The next endpoint to try, counted as an attempt (a retry after the
+    /// first); none once `attempts` were made or every endpoint was tried.
     fn next(&self, tried: &mut Vec<String>, key: u64) -> Option<Endpoint> {
+        let endpoint = self.pick(tried, key)?;
+        if !tried.is_empty() {
+            let proxy = &self.ctx.metrics.proxy;
+            proxy.upstream_retries.get_or_create(&self.labels).inc();
+        }
+        Some(self.attempting(endpoint, tried))
+    }
+
+    /// An endpoint not tried yet, if an attempt is left.
+    fn pick(&self, tried: &[String], key: u64) -> Option<Endpoint> {
         if tried.len() as u32 >= self.cfg.attempts {
             return None;
         }
         let table = self.ctx.table.load();
-        let endpoint =
-            self.balancer
-                .pick(table.endpoints(self.cfg.service()), self.cfg.lb, tried, key)?;
-        let proxy = &self.ctx.metrics.proxy;
-        proxy.upstream_attempts.get_or_create(&self.labels).inc();
-        if !tried.is_empty() {
-            proxy.upstream_retries.get_or_create(&self.labels).inc();
-        }
-        tried.push(endpoint.node.clone());
-        Some(endpoint)
+        self.balancer
+            .pick(table.endpoints(self.cfg.service()), self.cfg.lb, tried, key)
     }
 
-    /// The endpoint of a hedge, if hedging is on, an attempt and another
-    /// endpoint are left, and the retry budget has room (spent if so).
+    /// Counts an attempt on `endpoint` and adds it to `tried`.
+    fn attempting(&self, endpoint: Endpoint, tried: &mut Vec<String>) -> Endpoint {
+        let proxy = &self.ctx.metrics.proxy;
+        proxy.upstream_attempts.get_or_create(&self.labels).inc();
+        tried.push(endpoint.node.clone());
+        endpoint
+    }
+
+    /// The endpoint of a hedge (an attempt, not a retry: hedges have their own
+    /// counter), if hedging is on, an attempt and another endpoint are left,
+    /// and the retry budget has room (spent if so).
     fn hedge(&self, tried: &mut Vec<String>, key: u64) -> Option<Endpoint> {
-        if !self.cfg.hedge || tried.len() as u32 >= self.cfg.attempts {
+        if !self.cfg.hedge {
             return None;
         }
-        let table = self.ctx.table.load();
-        self.balancer
-            .pick(table.endpoints(self.cfg.service()), self.cfg.lb, tried, key)?;
+        let second = self.pick(tried, key)?;
         let spent = self
             .budget
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .try_retry(Instant::now());
-        if spent { self.next(tried, key) } else { None }
+        spent.then(|| self.attempting(second, tried))
     }
 
     /// Opens a stream to `endpoint`, keeping the endpoint with the outcome.

@@ -230,8 +230,10 @@ pub async fn open_http(
 /// A tunnel stream to `endpoint`'s node carrying `header`, once the node
 /// answered `ok`, within `timeout`. What came of it is evidence about the
 /// peer for the whole node: an answer (any status) clears a suspicion, and
-/// silence — no connection, or none of its packets since the open began —
-/// makes the peer suspect ([`super::suspects`]).
+/// silence makes the peer suspect ([`super::suspects`]) — a connection that
+/// said nothing for [`hedge::suspicion_silence`] since the open began, or a
+/// dial that ends without a handshake (followed to its end by
+/// [`follow_dial`], whatever this open's own deadline).
 async fn dial(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
@@ -243,17 +245,66 @@ async fn dial(
     let opened = open_stream(ctx, endpoint, header, (timeout, heard)).await;
     match &opened {
         Ok(_) => {
-            ctx.setup_times.record(started.elapsed());
+            // The stream's setup, not a handshake's: a dial is not what a
+            // hedge waits on.
+            let took = heard.since_connected().unwrap_or(started.elapsed());
+            ctx.setup_times.record(took);
             ctx.suspects.answered(&endpoint.node);
-        }
-        Err(e) if e.is_silence() && (!heard.connected() || heard.silent()) => {
-            ctx.suspects.no_answer(&endpoint.node, e.label());
         }
         Err(OpenError::Header(_)) => {}
         Err(e) if !e.is_silence() => ctx.suspects.answered(&endpoint.node),
-        Err(_) => {}
+        Err(e) if heard.dial_failed() => ctx.suspects.no_answer(&endpoint.node, e.label()),
+        Err(_) if !heard.connected() => follow_dial(ctx, endpoint, &header.target_service),
+        Err(_) => heard.suspect_if_silent(&ctx.suspects, &endpoint.node),
     }
     opened
+}
+
+/// Waits, in a task of its own, for the end of the dial to `endpoint` that an
+/// open gave up on (it runs on in the endpoint's pool: see
+/// `MeshEndpoint::connect_for_service`), and takes its outcome as evidence: a
+/// handshake clears a suspicion of the peer, a dial that failed or timed out
+/// makes it suspect.
+pub fn follow_dial(ctx: &ProxyContext, endpoint: &Endpoint, service: &str) {
+    let (mesh, suspects) = (ctx.endpoint.clone(), ctx.suspects.clone());
+    let (addr, node, service) = (endpoint.addr, endpoint.node.clone(), service.to_string());
+    tokio::spawn(async move {
+        match mesh.connect_for_service(addr, &node, &service).await {
+            Ok(_) | Err(ConnectError::ServiceNotAllowed { .. }) => suspects.answered(&node),
+            Err(ConnectError::Timeout { .. } | ConnectError::Handshake { .. }) => {
+                suspects.no_answer(&node, "connect_failed");
+            }
+            Err(_) => {}
+        }
+    });
+}
+
+/// A send stream reset (`CANCELLED`) if dropped before the open is done: an
+/// open given up on (a hedge won, the deadline passed) must not look like a
+/// caller that sent its request and finished, which is what the implicit
+/// finish of a dropped stream would say to the serving node.
+struct Opening(Option<SendStream>);
+
+/// The application error code of a stream reset because its open was given
+/// up on.
+const CANCELLED: u32 = 1;
+
+impl Opening {
+    fn stream(&mut self) -> &mut SendStream {
+        self.0.as_mut().expect("taken only by done()")
+    }
+
+    fn done(mut self) -> SendStream {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(send) = &mut self.0 {
+            let _ = send.reset(quinn::VarInt::from_u32(CANCELLED));
+        }
+    }
 }
 
 /// [`dial`]'s work: connect, open the stream, send the header, read the status.
@@ -275,14 +326,29 @@ async fn open_stream(
                 ConnectError::ServiceNotAllowed { .. } => {
                     OpenError::unreachable("service_not_in_certificate", e.to_string())
                 }
-                e => broken(&e),
+                e => {
+                    if matches!(
+                        e,
+                        ConnectError::Timeout { .. } | ConnectError::Handshake { .. }
+                    ) {
+                        heard.dial_failed_now();
+                    }
+                    broken(&e)
+                }
             })?;
         heard.connection(&conn);
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(&e))?;
-        send.write_all(&frame).await.map_err(|e| broken(&e))?;
+        let (send, mut recv) = conn.open_bi().await.map_err(|e| broken(&e))?;
+        let mut send = Opening(Some(send));
+        send.stream()
+            .write_all(&frame)
+            .await
+            .map_err(|e| broken(&e))?;
         let status = read_status(&mut recv).await?;
         if status.code.is_ok() {
-            return Ok(Tunnel { send, recv });
+            return Ok(Tunnel {
+                send: send.done(),
+                recv,
+            });
         }
         let reason = status_label(status.code);
         let text = format!(

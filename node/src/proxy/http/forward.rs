@@ -447,18 +447,17 @@ impl HttpListener {
             open_timeout,
         );
         let heard = [Heard::default(), Heard::default()];
-        let mut nodes = [Some(endpoint.node.clone()), None];
-        let first = self.open_one(endpoint, target, (open_timeout, &heard[0]));
+        let first = self.open_one(endpoint.clone(), target, (open_timeout, &heard[0]));
         let raced = hedge::race(first, delay, || {
             if !self.ctx.setup_times.worth_hedging(&heard[0]) {
                 return None;
             }
             let second = self.hedge(f, tried)?;
-            nodes[1] = Some(second.node.clone());
             Some(self.open_one(second, target, (open_timeout, &heard[1])))
         })
         .await;
-        note_race(&self.ctx, &self.listener_labels(), &raced, &heard, &nodes);
+        let labels = self.listener_labels();
+        note_race(&self.ctx, (&labels, &f.service), &raced, &heard, &endpoint);
         if let Some((e, failed)) = &raced.other_failed
             && failed.try_another()
         {
