@@ -16,6 +16,7 @@
 //! | `POST /routes` | apply a signed route document (see [`crate::routes::ApplyRequest`]) |
 //! | `GET /revocations` | JSON: the revocation list in force |
 //! | `POST /revocations` | apply a CA-signed revocation list file (`shoal revoke apply`) |
+//! | `GET /stats` | JSON: the golden metrics ([`crate::golden::GoldenView`]): per service and per edge requests per second, success rate, p50/p95/p99, connections, retries, ejections (last 10 s, and series over 5 min); served streams; refusals by reason; gossip connections |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | an HTML page polling the certificate, members, services and routes |
 //!
@@ -73,6 +74,8 @@ pub struct AdminState {
     pub tasks: TaskHealth,
     /// This node's certificate (as reloaded).
     pub tls: Arc<TlsState>,
+    /// The golden metrics' recent samples: `/stats`.
+    pub golden: Arc<crate::golden::History>,
 }
 
 /// This node's certificate in `/certificate`.
@@ -439,6 +442,7 @@ async fn route(
         "/members" => json(&state.members().await),
         "/services" => json(&state.services()),
         "/certificate" => json(&state.certificate()),
+        "/stats" => json(&state.golden.view()),
         "/config" => json(&*state.config),
         "/metrics" => {
             state.members().await; // refresh the member gauges
@@ -603,38 +607,6 @@ pub fn describe(addr: SocketAddr) -> String {
     format!("http://{addr}/")
 }
 
-const DASHBOARD: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>shoal node</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin-bottom:2em}
-td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
-.dead,.unhealthy{color:#b00}.draining,.unknown,.suspect{color:#a60}.alive,.healthy{color:#070}
-</style></head><body>
-<h1>shoal</h1>
-<p id="c"></p>
-<h2>members</h2><table id="m"></table>
-<h2>services</h2><table id="s"></table>
-<h2>routes</h2><table id="r"></table>
-<script>
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-async function refresh() {
-  try {
-    const c = await (await fetch('/certificate')).json();
-    document.getElementById('c').innerHTML = `node <b>${esc(c.node)}</b> (${esc(c.trust_domain)}): certificate valid until ${esc(c.not_after)}, <span class="${c.expires_soon ? 'unhealthy' : 'healthy'}">${c.days_left} days left${c.expires_soon ? ' — renew it (shoal-pki issue --renew)' : ''}</span>`;
-    const m = await (await fetch('/members')).json();
-    document.getElementById('m').innerHTML = '<tr><th>name</th><th>state</th><th>address</th><th>zone</th><th>generation</th><th>last heard</th></tr>' +
-      m.map(x => `<tr><td>${esc(x.name)}${x.self ? ' (this node)' : ''}</td><td class="${esc(x.state)}">${esc(x.state)}${x.accused_by.length ? ' (accused by ' + esc(x.accused_by.join(', ')) + ')' : ''}</td><td>${esc(x.address)}</td><td>${esc(x.zone)}</td><td>${x.generation}</td><td>${x.last_heard_ms === null ? '—' : x.last_heard_ms + ' ms'}</td></tr>`).join('');
-    const s = await (await fetch('/services')).json();
-    let rows = '<tr><th>service</th><th>node</th><th>zone</th><th>health</th><th>weight</th><th>in flight</th></tr>';
-    for (const [name, eps] of Object.entries(s)) for (const e of eps)
-      rows += `<tr><td>${esc(name)}</td><td>${esc(e.node)}</td><td>${esc(e.zone)}</td><td class="${esc(e.health)}">${esc(e.health)}</td><td>${e.weight}</td><td>${e.inflight}</td></tr>`;
-    document.getElementById('s').innerHTML = rows;
-    const r = await (await fetch('/routes')).json();
-    document.getElementById('r').innerHTML = '<tr><th>route</th><th>state</th><th>hosts</th><th>rules</th><th>signer</th><th>issued</th></tr>' +
-      r.map(x => `<tr><td>${esc(x.name)}</td><td class="${x.deleted ? 'dead' : 'alive'}">${x.deleted ? 'deleted' : 'active'}</td><td>${esc(x.spec.hosts.join(', '))}</td><td>${x.spec.rules.length}</td><td>${esc(x.signer)}${x.signer_expired ? ' (expired)' : ''}</td><td>${new Date(x.issued_at_ms).toISOString()}</td></tr>`).join('');
-  } catch (e) {}
-}
-refresh(); setInterval(refresh, 1000);
-</script></body></html>
-"#;
+/// The page at `/`: plain HTML and script, no external assets (it works
+/// offline); tested in headless Chromium (`tests/tests/dashboard.rs`).
+const DASHBOARD: &str = include_str!("admin/dashboard.html");

@@ -233,6 +233,14 @@ impl Node {
             joined: AtomicBool::new(false),
             tasks: supervisor.health(),
             tls: tls.clone(),
+            golden: Arc::new(crate::golden::History::new(
+                &config.node.name,
+                crate::golden::listeners_of(&config),
+            )),
+        });
+        supervisor.spawn("golden", {
+            let (history, metrics, stop) = (admin.golden.clone(), metrics.clone(), stop_rx.clone());
+            move || crate::golden::sample_every(history.clone(), metrics.clone(), stop.clone())
         });
         supervisor.spawn("admin", {
             let (listener, admin, stop) = (sockets.admin.clone(), admin.clone(), stop_rx.clone());

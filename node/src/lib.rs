@@ -25,12 +25,14 @@
 //! - [`seeds`]: seed addresses (DNS names resolved again while alone);
 //! - [`routes`]: route documents (operator-signed L7 rules) in force, stored;
 //! - [`supervisor`]: long-running tasks, restarted when they end unexpectedly;
-//! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports.
+//! - [`admin`]: the admin HTTP API; [`metrics`]: what it exports;
+//! - [`golden`]: the golden metrics (rates, success, latency) the dashboard shows.
 
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod endpoint;
+pub mod golden;
 pub mod gossip;
 pub mod health;
 pub mod metrics;

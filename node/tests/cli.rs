@@ -424,7 +424,7 @@ impl Shoal {
 fn status_table(stdout: &str, title: &str) -> Vec<Vec<String>> {
     stdout
         .lines()
-        .skip_while(|l| l.trim() != title)
+        .skip_while(|l| l.trim() != title && !l.starts_with(&format!("{title} (")))
         .skip(2) // the title and the header line
         .take_while(|l| !l.trim().is_empty())
         .map(|l| l.split_whitespace().map(str::to_string).collect())
@@ -617,7 +617,13 @@ unhealthy_threshold = 1
         backend.addr
     );
     let a_config = f.write("a.toml", &node_config("a", &echo));
-    let b_config = f.write("b.toml", &node_config("b", ""));
+    let b_config = f.write(
+        "b.toml",
+        &node_config(
+            "b",
+            "[[listener]]\nname = \"to-echo\"\nservice = \"echo\"\nbind = \"127.0.0.1:0\"\n",
+        ),
+    );
 
     let mut a = Shoal::run("a", &a_config, &[], None);
     let seed = a.quic.to_string();
@@ -692,6 +698,29 @@ unhealthy_threshold = 1
             .any(|r| r[..] == ["admin_api", "bad_host", "-", "1"]),
         "{stdout}"
     );
+    // b's calls through its listener show in TRAFFIC: the edge b -> echo, its
+    // rate and success (the dashboard's golden figures, from /stats).
+    let listening = b.wait_for_log(0, "b's listener", |v| v["fields"]["message"] == "listening");
+    let to_echo: SocketAddr = listening["fields"]["bind"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eventually("TRAFFIC to show b calling echo", || {
+        for _ in 0..5 {
+            let mut s = TcpStream::connect(to_echo).map_err(|e| e.to_string())?;
+            let _ = s.read(&mut [0u8; 1]);
+        }
+        let out = shoal(&["status", "--admin", &admin_b]);
+        let stdout = text(&out.stdout);
+        let called = status_table(&stdout, "TRAFFIC").iter().any(|r| {
+            r.len() >= 7
+                && r[..6] == ["b", "->", "echo", "to-echo", "tcp", r[5].as_str()]
+                && r[5].parse::<f64>().is_ok_and(|rps| rps > 0.0)
+                && r[6] == "100.0%"
+        });
+        if called { Ok(()) } else { Err(stdout) }
+    });
     // The same as one JSON object, the admin API named by $SHOAL_ADMIN as a URL.
     let url = format!("http://{admin_b}/");
     let out = shoal_env(&["status", "--json"], &[("SHOAL_ADMIN", Path::new(&url))]);
@@ -705,6 +734,12 @@ unhealthy_threshold = 1
             .any(|m| m["name"] == "a")
     );
     assert_eq!(json["services"]["echo"][0]["node"], "a");
+    assert_eq!(json["traffic"]["edges"][0]["service"], "echo");
+    assert!(
+        json["traffic"]["edges"][0]["requests_per_s"]
+            .as_f64()
+            .is_some()
+    );
     assert!(
         json["refused"]
             .as_array()

@@ -1,10 +1,12 @@
-//! `shoal status`: the members and services a node sees, and what it refused
-//! (every limit's refusals, by reason), as tables or one JSON object.
+//! `shoal status`: the members and services a node sees, the golden metrics
+//! of its traffic (the dashboard's figures, from `/stats`), and what it
+//! refused (every limit's refusals, by reason), as tables or one JSON object.
 
 use std::net::SocketAddr;
 
 use anyhow::Result;
 use shoal_node::admin::{EndpointView, MemberView};
+use shoal_node::golden::{EdgeView, GoldenView};
 
 use super::admin::get_json;
 use super::table::print_table;
@@ -14,6 +16,8 @@ use super::table::print_table;
 struct Status {
     members: Vec<MemberView>,
     services: std::collections::BTreeMap<String, Vec<EndpointView>>,
+    /// The golden metrics (`/stats`).
+    traffic: GoldenView,
     /// Non-zero refusal counters: what, reason, other labels, count.
     refused: Vec<Refused>,
 }
@@ -31,6 +35,7 @@ struct Refused {
 pub(crate) async fn status(admin: SocketAddr, json: bool) -> Result<()> {
     let members: Vec<MemberView> = get_json(admin, "/members").await?;
     let services = get_json(admin, "/services").await?;
+    let traffic = get_json(admin, "/stats").await?;
     let (code, metrics) =
         super::admin::admin_request(admin, hyper::Method::GET, "/metrics", Vec::new()).await?;
     let refused = if code.is_success() {
@@ -41,6 +46,7 @@ pub(crate) async fn status(admin: SocketAddr, json: bool) -> Result<()> {
     let status = Status {
         members,
         services,
+        traffic,
         refused: refused
             .into_iter()
             .map(|r| Refused {
@@ -123,6 +129,8 @@ fn print_tables(status: &Status) {
         &rows,
     );
     say!();
+    print_traffic(&status.traffic);
+    say!();
     say!("REFUSED");
     if status.refused.is_empty() {
         say!("nothing refused since the node started");
@@ -143,23 +151,68 @@ fn print_tables(status: &Status) {
     }
 }
 
-/// The counters of refusals `shoal status` shows, and what each refuses.
-const REFUSAL_FAMILIES: [(&str, &str); 11] = [
-    ("shoal_quic_incoming_refused_total", "quic_connections"),
-    ("shoal_rejected_peers_total", "peer_certificates"),
-    ("shoal_inbound_refusals_total", "inbound_streams"),
-    (
-        "shoal_listener_connection_failures_total",
-        "listener_connections",
-    ),
-    ("shoal_http_retry_budget_exhausted_total", "http_retries"),
-    ("shoal_gossip_dropped_total", "gossip_messages"),
-    ("shoal_gossip_rejected_total", "gossip_items"),
-    ("shoal_route_documents_rejected_total", "route_documents"),
-    ("shoal_revocation_lists_refused_total", "revocation_lists"),
-    ("shoal_tls_reloads_refused_total", "certificate_reloads"),
-    ("shoal_admin_refused_total", "admin_api"),
-];
+/// The TRAFFIC and SERVED tables: the dashboard's golden figures.
+fn print_traffic(t: &GoldenView) {
+    say!("TRAFFIC (last {:.0} s)", t.window_s);
+    let figure =
+        |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}{unit}"));
+    let row = |e: &EdgeView| {
+        vec![
+            format!("{} -> {}", e.caller, e.service),
+            e.listener.clone(),
+            e.protocol.clone(),
+            format!("{:.1}", e.requests_per_s),
+            e.success_rate
+                .map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0)),
+            figure(e.p50_ms, " ms"),
+            figure(e.p95_ms, " ms"),
+            figure(e.p99_ms, " ms"),
+            format!("{:.0}", e.active),
+            format!("{:.2}", e.retries_per_s),
+            format!("{:.0}", e.ejections),
+        ]
+    };
+    if t.edges.is_empty() {
+        say!("no calls through this node's listeners yet");
+    } else {
+        let rows: Vec<Vec<String>> = t.edges.iter().map(row).collect();
+        print_table(
+            &[
+                "EDGE",
+                "LISTENER",
+                "PROTOCOL",
+                "REQ/S",
+                "SUCCESS",
+                "P50",
+                "P95",
+                "P99",
+                "CONNS",
+                "RETRIES/S",
+                "EJECTIONS",
+            ],
+            &rows,
+        );
+    }
+    say!();
+    say!("SERVED");
+    if t.served.is_empty() {
+        say!("no tunnelled streams served yet");
+    } else {
+        let rows: Vec<Vec<String>> = t
+            .served
+            .iter()
+            .map(|s| {
+                vec![
+                    s.service.clone(),
+                    format!("{:.1}", s.streams_per_s),
+                    format!("{:.2}", s.refused_per_s),
+                    format!("{:.0}", s.active),
+                ]
+            })
+            .collect();
+        print_table(&["SERVICE", "STREAMS/S", "REFUSED/S", "OPEN"], &rows);
+    }
+}
 
 /// Rows (what, reason, other labels, count) of every non-zero refusal counter
 /// in a `/metrics` text.
@@ -169,7 +222,10 @@ fn refusals(metrics: &str) -> Vec<Vec<String>> {
         let Some((name, rest)) = line.split_once('{') else {
             continue;
         };
-        let Some((_, what)) = REFUSAL_FAMILIES.iter().find(|(f, _)| *f == name) else {
+        let Some((_, what)) = shoal_node::golden::sample::REFUSAL_FAMILIES
+            .iter()
+            .find(|(f, _)| *f == name)
+        else {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once("} ") else {
