@@ -232,7 +232,9 @@ pub struct ServiceRecord {
     /// The protocol the service speaks.
     pub protocol: Protocol,
     /// Relative load-balancing weight, [`ServiceRecord::MIN_WEIGHT`] to
-    /// [`ServiceRecord::MAX_WEIGHT`].
+    /// [`ServiceRecord::MAX_WEIGHT`]; or [`ServiceRecord::WITHDRAWN`]: the
+    /// node no longer offers the service (a config reload removed it; a signed
+    /// record cannot be unpublished, so it is replaced by this one).
     pub weight: u32,
     /// Result of the hosting node's active health checks.
     pub health: Health,
@@ -243,8 +245,10 @@ pub struct ServiceRecord {
 }
 
 impl ServiceRecord {
-    /// Smallest accepted weight.
+    /// Smallest weight of an offered service.
     pub const MIN_WEIGHT: u32 = 1;
+    /// The weight of a service its node withdrew: routing gives it no endpoint.
+    pub const WITHDRAWN: u32 = 0;
     /// Largest accepted weight.
     pub const MAX_WEIGHT: u32 = 10_000;
     /// Most tags a record may carry.
@@ -257,7 +261,9 @@ impl Frame for ServiceRecord {
 
     fn validate(&self) -> Result<(), FieldError> {
         validate_name("service name", &self.name)?;
-        if !(Self::MIN_WEIGHT..=Self::MAX_WEIGHT).contains(&self.weight) {
+        if self.weight != Self::WITHDRAWN
+            && !(Self::MIN_WEIGHT..=Self::MAX_WEIGHT).contains(&self.weight)
+        {
             return Err(FieldError::OutOfRange {
                 field: "service weight",
                 value: self.weight.into(),
@@ -512,6 +518,22 @@ mod tests {
         let text = encode_text(&doc).unwrap();
         assert_eq!(decode_text::<RouteDocument>(&text), Ok(doc.clone()));
         assert_eq!(read_stored(&text), Some(doc));
+    }
+
+    #[test]
+    fn a_service_record_weighs_1_to_10000_or_0_when_withdrawn() {
+        let record = |weight| ServiceRecord {
+            name: "web".into(),
+            protocol: crate::tunnel::Protocol::Tcp,
+            weight,
+            health: Health::Unhealthy,
+            inflight: 0,
+            tags: vec![],
+        };
+        for ok in [ServiceRecord::WITHDRAWN, 1, 10_000] {
+            assert_eq!(record(ok).validate(), Ok(()), "weight {ok}");
+        }
+        assert!(record(10_001).validate().is_err());
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! 3. A draining node is listed but contributes no endpoints.
 //! 4. A service record must be allowed by the node's certificate (a certificate
 //!    renewed without a service drops it); otherwise it is ignored and reported.
-//! 5. Endpoints are ordered by node name, so pickers see a stable order.
+//! 5. A service record of weight 0 is a service its node withdrew (a config
+//!    reload removed it): no endpoint.
+//! 6. Endpoints are ordered by node name, so pickers see a stable order.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -189,7 +191,9 @@ pub fn build_table<'a>(
                 });
                 continue;
             }
-            if !serving {
+            // Not serving, or a service the node withdrew (weight 0: a config
+            // reload removed it).
+            if !serving || svc.weight == ServiceRecord::WITHDRAWN {
                 continue;
             }
             table
@@ -337,6 +341,23 @@ mod tests {
         assert!(table.endpoints("nope").is_empty());
         assert_eq!(table.nodes().count(), 3);
         assert_eq!(table.endpoints("web")[0].zone, "z1");
+    }
+
+    #[test]
+    fn a_service_published_with_weight_zero_is_withdrawn() {
+        let mut a = member("a", 1, NodeState::Serving, &[("web", Health::Healthy)]);
+        let b = member("b", 1, NodeState::Serving, &[("web", Health::Healthy)]);
+        a.services[0].weight = ServiceRecord::WITHDRAWN;
+        let members = [a, b];
+        let (table, ignored) = build_table(inputs(&members));
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let web: Vec<_> = table
+            .endpoints("web")
+            .iter()
+            .map(|e| e.node.as_str())
+            .collect();
+        assert_eq!(web, ["b"], "a no longer offers web");
+        assert!(table.node("a").is_some(), "a is still a member");
     }
 
     #[test]

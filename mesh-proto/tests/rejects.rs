@@ -389,7 +389,7 @@ fn invalid_values_are_not_encoded() {
     ));
     service.tags.pop();
     assert_eq!(encode_round(&service), service);
-    for weight in [0, ServiceRecord::MAX_WEIGHT + 1] {
+    for weight in [ServiceRecord::MAX_WEIGHT + 1, u32::MAX] {
         let mut service = sample_service();
         service.weight = weight;
         assert!(matches!(refused(&service), FieldError::OutOfRange { .. }));
@@ -398,6 +398,10 @@ fn invalid_values_are_not_encoded() {
             FieldError::OutOfRange { .. }
         ));
     }
+    // Weight 0 is a withdrawn service: a valid record.
+    let mut withdrawn = sample_service();
+    withdrawn.weight = ServiceRecord::WITHDRAWN;
+    assert_eq!(encode_round(&withdrawn), withdrawn);
 
     let mut route = sample_route();
     route.signature = vec![0; RouteDocument::MAX_SIGNATURE_LEN + 1];

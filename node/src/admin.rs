@@ -17,6 +17,7 @@
 //! | `GET /revocations` | JSON: the revocation list in force |
 //! | `POST /revocations` | apply a CA-signed revocation list file (`shoal revoke apply`) |
 //! | `GET /stats` | JSON: the golden metrics ([`crate::golden::GoldenView`]): per service and per edge requests per second, success rate, p50/p95/p99, connections, retries, ejections (last 10 s, and series over 5 min); served streams; refusals by reason; gossip connections |
+//! | `POST /reload` | re-read the config file and apply what can change live ([`crate::reload`]): JSON report |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | an HTML page polling the certificate, members, services and routes |
 //!
@@ -76,6 +77,8 @@ pub struct AdminState {
     pub tls: Arc<TlsState>,
     /// The golden metrics' recent samples: `/stats`.
     pub golden: Arc<crate::golden::History>,
+    /// Config reloads: `POST /reload`, and the config in force for `/config`.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// This node's certificate in `/certificate`.
@@ -418,6 +421,7 @@ async fn route(
         match req.uri().path() {
             "/routes" => return apply_route(state, req).await,
             "/revocations" => return apply_revocations(state, req).await,
+            "/reload" => return reload(state).await,
             _ => {}
         }
     }
@@ -443,7 +447,7 @@ async fn route(
         "/services" => json(&state.services()),
         "/certificate" => json(&state.certificate()),
         "/stats" => json(&state.golden.view()),
-        "/config" => json(&*state.config),
+        "/config" => json(&*state.reloader.config().await),
         "/metrics" => {
             state.members().await; // refresh the member gauges
             let mut r = text(StatusCode::OK, &state.metrics.encode());
@@ -571,6 +575,22 @@ async fn apply_route(state: &AdminState, req: Request<Incoming>) -> Response<Ful
 }
 
 /// An error answer: `{"error": "one line"}`.
+/// `POST /reload`: the config file read again and applied; `200` with the
+/// report (what was applied, fields refused by name), `400` if the file does
+/// not validate (nothing changed), `409` if the node has no file.
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    match state.reloader.reload_file().await {
+        Ok(report) => json(&report),
+        Err(e @ crate::reload::ReloadError::NoFile) => {
+            error_json(StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload refused");
+            error_json(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+    }
+}
+
 fn error_json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let mut r = json(&serde_json::json!({ "error": message }));
     *r.status_mut() = status;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use mesh_proto::gossip::{Health, NodeRecord, NodeState, RouteDocument, ServiceRecord};
+use mesh_proto::gossip::{NodeRecord, NodeState, RouteDocument};
 use mesh_proto::membership::{Config as MembershipConfig, Membership};
 use mesh_proto::routing::RoutingTable;
 use mesh_proto::tunnel::Protocol;
@@ -39,6 +39,7 @@ use crate::proxy::http::HttpListener;
 use crate::proxy::ingress_tls::IngressCert;
 use crate::proxy::{LocalService, ProxyContext, inbound, tcp};
 use crate::publish::Publisher;
+use crate::reload::Reloader;
 use crate::revocations::RevocationStore;
 use crate::routes::{RouteStore, SharedRoutes};
 use crate::routing::{self, SharedTable};
@@ -56,12 +57,17 @@ pub struct StartOptions {
     /// Use this UDP socket for the QUIC endpoint instead of binding `node.listen`
     /// (the simulator wraps sockets to inject faults).
     pub socket: Option<Arc<dyn AsyncUdpSocket>>,
+    /// The file (and command-line flags) the config was read from: a reload
+    /// (SIGHUP, `POST /reload`) reads it again. Without it, only
+    /// [`Node::reload`] with a config in memory can change the config.
+    pub config_file: Option<(PathBuf, crate::config::Overrides)>,
 }
 
 impl std::fmt::Debug for StartOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StartOptions")
             .field("custom_socket", &self.socket.is_some())
+            .field("config_file", &self.config_file)
             .finish()
     }
 }
@@ -160,9 +166,9 @@ pub struct Node {
     metrics: Arc<Metrics>,
     proxy: Arc<ProxyContext>,
     routes: SharedRoutes,
-    ingress: Vec<Arc<IngressCert>>,
+    reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
-    supervisor: Supervisor,
+    supervisor: Arc<Supervisor>,
 }
 
 fn unix_ms() -> u64 {
@@ -198,29 +204,44 @@ impl Node {
                     .to_string(),
             });
         }
+        let config_file = options.config_file.clone();
         let sockets = bind(&config, options, &tls, &metrics).await?;
         let (stop, stop_rx) = watch::channel(false);
-        let mut supervisor = Supervisor::new(metrics.clone(), stop_rx.clone());
+        let supervisor = Arc::new(Supervisor::new(metrics.clone(), stop_rx.clone()));
         let net = (sockets.endpoint.clone(), sockets.advertise);
-        let core = start_core(
-            &config,
-            &tls,
-            &metrics,
-            net,
-            sockets.accepted,
-            &mut supervisor,
-        )
-        .await?;
+        let core = start_core(&config, &tls, &metrics, net, sockets.accepted, &supervisor).await?;
         let revocations = start_revocations(
             (&config, stored_revocations),
             &tls,
             &core,
             &metrics,
-            &mut supervisor,
+            &supervisor,
         )
         .await;
         let (routes, route_store) =
-            start_routes(&config, &tls, &core.gossip, &metrics, &mut supervisor).await?;
+            start_routes(&config, &tls, &core.gossip, &metrics, &supervisor).await?;
+        let golden = Arc::new(crate::golden::History::new(
+            &config.node.name,
+            crate::golden::listeners_of(&config),
+        ));
+        supervisor.spawn("golden", {
+            let (history, metrics, stop) = (golden.clone(), metrics.clone(), stop_rx.clone());
+            move || crate::golden::sample_every(history.clone(), metrics.clone(), stop.clone())
+        });
+        let reloader = Arc::new(Reloader::new(
+            crate::reload::Parts {
+                proxy: core.proxy.clone(),
+                gossip: core.gossip.clone(),
+                publisher: core.publisher.clone(),
+                metrics: metrics.clone(),
+                routes: routes.clone(),
+                tls: tls.clone(),
+                supervisor: supervisor.clone(),
+                golden: golden.clone(),
+            },
+            config.clone(),
+            config_file,
+        ));
         let admin = Arc::new(AdminState {
             config: config.clone(),
             gossip: core.gossip.clone(),
@@ -233,28 +254,15 @@ impl Node {
             joined: AtomicBool::new(false),
             tasks: supervisor.health(),
             tls: tls.clone(),
-            golden: Arc::new(crate::golden::History::new(
-                &config.node.name,
-                crate::golden::listeners_of(&config),
-            )),
-        });
-        supervisor.spawn("golden", {
-            let (history, metrics, stop) = (admin.golden.clone(), metrics.clone(), stop_rx.clone());
-            move || crate::golden::sample_every(history.clone(), metrics.clone(), stop.clone())
+            golden,
+            reloader: reloader.clone(),
         });
         supervisor.spawn("admin", {
             let (listener, admin, stop) = (sockets.admin.clone(), admin.clone(), stop_rx.clone());
             move || admin::serve(listener.clone(), admin.clone(), stop.clone())
         });
-        spawn_housekeeping(&mut supervisor, core.chores(files, &config), &stop_rx);
-        let (listeners, ingress) = start_listeners(
-            sockets.listeners,
-            &core.proxy,
-            &routes,
-            &stop_rx,
-            &mut supervisor,
-        )
-        .await?;
+        spawn_housekeeping(&supervisor, core.chores(files, &config), &stop_rx);
+        let listeners = start_listeners(sockets.listeners, &reloader).await?;
         let bound = Bound {
             quic: sockets.quic,
             advertise: sockets.advertise,
@@ -280,7 +288,7 @@ impl Node {
             metrics,
             proxy,
             routes,
-            ingress,
+            reloader,
             stop,
             supervisor,
         })
@@ -326,10 +334,30 @@ impl Node {
         &self.metrics
     }
 
+    /// Applies `new` as far as it can change while the node runs: services
+    /// and listeners are added, changed or removed; other fields that differ
+    /// are named in the report (they need a restart). See [`crate::reload`].
+    pub async fn reload(&self, new: Config) -> crate::reload::Report {
+        self.reloader.reload(new).await
+    }
+
+    /// Reads the config file the node was started from again and applies it
+    /// (what SIGHUP and `shoal reload` do after the TLS files).
+    pub async fn reload_config_file(
+        &self,
+    ) -> Result<crate::reload::Report, crate::reload::ReloadError> {
+        self.reloader.reload_file().await
+    }
+
+    /// Every listener running now and its bound address (after reloads).
+    pub fn listening(&self) -> std::collections::BTreeMap<String, SocketAddr> {
+        self.reloader.listening()
+    }
+
     /// Re-reads the TLS files (as on SIGHUP): new connections use the new
     /// certificate, established ones are kept; the new certificate is published.
     pub async fn reload_tls(&self) -> Result<(), TlsError> {
-        for cert in &self.ingress {
+        for cert in &self.reloader.ingress_certs() {
             match cert.reload() {
                 Ok(()) => tracing::info!("reloaded an ingress certificate"),
                 Err(e) => {
@@ -464,7 +492,7 @@ async fn start_core(
     metrics: &Arc<Metrics>,
     (endpoint, advertise): (Arc<MeshEndpoint>, SocketAddr),
     accepted: endpoint::Accepted,
-    supervisor: &mut Supervisor,
+    supervisor: &Supervisor,
 ) -> Result<Core, StartError> {
     let generation = unix_ms();
     let publisher = Arc::new(publisher_for(config, advertise, generation));
@@ -498,7 +526,7 @@ async fn start_core(
     let proxy = proxy_context(config, &endpoint, &table, metrics);
     let stop = supervisor.stop_signal();
     spawn_data_plane(supervisor, &proxy, tunnel_conns, &gossip, &table, &stop);
-    spawn_health_checks(config, &gossip, &publisher, metrics, &stop, supervisor);
+    spawn_health_checks(config, (&gossip, &publisher, metrics), supervisor);
     supervisor.spawn("seeds", {
         let (config, gossip, table) = (config.clone(), gossip.clone(), table.clone());
         move || {
@@ -547,7 +575,7 @@ fn load_identity(
 /// The serving side (tunnels accepted, the backends' connection pools) and the
 /// routing table's builder.
 fn spawn_data_plane(
-    supervisor: &mut Supervisor,
+    supervisor: &Supervisor,
     proxy: &Arc<ProxyContext>,
     tunnel_conns: mpsc::Receiver<endpoint::Inbound>,
     gossip: &Arc<Gossip>,
@@ -582,7 +610,7 @@ async fn start_routes(
     tls: &Arc<TlsState>,
     gossip: &Arc<Gossip>,
     metrics: &Arc<Metrics>,
-    supervisor: &mut Supervisor,
+    supervisor: &Supervisor,
 ) -> Result<(SharedRoutes, Arc<RouteStore>), StartError> {
     let routes: SharedRoutes = Arc::default();
     let store = RouteStore::open(
@@ -613,7 +641,7 @@ async fn start_revocations(
     tls: &Arc<TlsState>,
     core: &Core,
     metrics: &Arc<Metrics>,
-    supervisor: &mut Supervisor,
+    supervisor: &Supervisor,
 ) -> Arc<RevocationStore> {
     let store = RevocationStore::open(
         &config.node.data_dir,
@@ -633,7 +661,7 @@ async fn start_revocations(
 }
 
 /// The periodic chores (reload, members file, gauges).
-fn spawn_housekeeping(supervisor: &mut Supervisor, chores: Chores, stop: &watch::Receiver<bool>) {
+fn spawn_housekeeping(supervisor: &Supervisor, chores: Chores, stop: &watch::Receiver<bool>) {
     let chores = Arc::new(chores);
     let stop = stop.clone();
     supervisor.spawn("housekeeping", move || {
@@ -710,18 +738,7 @@ fn publisher_for(config: &Config, advertise: SocketAddr, generation: u64) -> Pub
     let services = config
         .services
         .iter()
-        .map(|s| ServiceRecord {
-            name: s.name.clone(),
-            protocol: s.protocol,
-            weight: s.weight,
-            health: if s.health.kind == HealthKind::None {
-                Health::Healthy
-            } else {
-                Health::Unknown
-            },
-            inflight: 0,
-            tags: s.tags.clone(),
-        })
+        .map(crate::reload::service_record)
         .collect();
     Publisher::new(node_record, services)
 }
@@ -737,7 +754,7 @@ async fn start_gossip(
     advertise: SocketAddr,
     generation: u64,
     conns: mpsc::Receiver<endpoint::Inbound>,
-    supervisor: &mut Supervisor,
+    supervisor: &Supervisor,
 ) -> Arc<Gossip> {
     let membership = Membership::new(
         MembershipConfig {
@@ -787,11 +804,13 @@ fn proxy_context(
         zone: config.node.zone.clone(),
         endpoint: endpoint.clone(),
         table: table.clone(),
-        services: config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), LocalService::new(s.clone(), metrics)))
-            .collect(),
+        services: ArcSwap::from_pointee(
+            config
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), LocalService::new(s.clone(), metrics)))
+                .collect(),
+        ),
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
         max_streams_per_connection: config.node.max_streams_per_connection.unwrap_or_else(|| {
@@ -809,81 +828,96 @@ fn proxy_context(
 /// One health-check task per checked service.
 fn spawn_health_checks(
     config: &Config,
-    gossip: &Arc<Gossip>,
-    publisher: &Arc<Publisher>,
-    metrics: &Arc<Metrics>,
-    stop: &watch::Receiver<bool>,
-    supervisor: &mut Supervisor,
+    (gossip, publisher, metrics): (&Arc<Gossip>, &Arc<Publisher>, &Arc<Metrics>),
+    supervisor: &Supervisor,
 ) {
-    for svc in config
-        .services
-        .iter()
-        .filter(|s| s.health.kind != HealthKind::None)
-    {
-        let (svc, gossip, publisher, metrics, stop) = (
+    for svc in &config.services {
+        spawn_health_check(supervisor, svc, (gossip, publisher, metrics));
+    }
+}
+
+/// The health-check task of `svc` (`health:NAME`), if it is checked.
+pub(crate) fn spawn_health_check(
+    supervisor: &Supervisor,
+    svc: &crate::config::ServiceConfig,
+    (gossip, publisher, metrics): (&Arc<Gossip>, &Arc<Publisher>, &Arc<Metrics>),
+) {
+    if svc.health.kind == HealthKind::None {
+        return;
+    }
+    let (svc, gossip, publisher, metrics, stop) = (
+        svc.clone(),
+        gossip.clone(),
+        publisher.clone(),
+        metrics.clone(),
+        supervisor.stop_signal(),
+    );
+    supervisor.spawn(crate::reload::health_task(&svc.name), move || {
+        crate::health::run(
             svc.clone(),
             gossip.clone(),
             publisher.clone(),
             metrics.clone(),
             stop.clone(),
-        );
-        supervisor.spawn(format!("health:{}", svc.name), move || {
-            crate::health::run(
-                svc.clone(),
-                gossip.clone(),
-                publisher.clone(),
-                metrics.clone(),
-                stop.clone(),
-            )
-        });
-    }
+        )
+    });
 }
 
-/// Starts every listener; returns their bound addresses and the ingress
-/// certificates to reload on SIGHUP.
+/// Starts every listener bound at start; returns their bound addresses.
 async fn start_listeners(
     listeners: Vec<BoundListener>,
-    proxy: &Arc<ProxyContext>,
-    routes: &SharedRoutes,
-    stop: &watch::Receiver<bool>,
-    supervisor: &mut Supervisor,
-) -> Result<(Vec<(String, SocketAddr)>, Vec<Arc<IngressCert>>), StartError> {
+    reloader: &Reloader,
+) -> Result<Vec<(String, SocketAddr)>, StartError> {
     let mut bound = Vec::new();
-    let mut ingress = Vec::new();
     for (i, cfg, socket, addr, cert) in listeners {
         bound.push((cfg.name.clone(), addr));
-        tracing::info!(
-            listener = %cfg.name,
-            bind = %addr,
-            protocol = %cfg.protocol,
-            service = %cfg.service.as_deref().unwrap_or("-"),
-            "listening"
-        );
-        let socket = Arc::new(socket);
-        let task = format!("listener:{}", cfg.name);
-        let stop = stop.clone();
-        match cfg.protocol {
-            Protocol::Tcp => {
-                let listener = tcp::Listener::new(cfg, proxy.clone());
-                supervisor.spawn(task, move || {
-                    listener.clone().run(socket.clone(), stop.clone())
-                });
-            }
-            Protocol::Http => {
-                ingress.extend(cert.clone());
-                let listener = HttpListener::new(cfg, proxy.clone(), routes.clone(), cert)
-                    .await
-                    .map_err(|reason| StartError::Listener {
-                        field: format!("listener[{i}]"),
-                        reason,
-                    })?;
-                supervisor.spawn(task, move || {
-                    listener.clone().run(socket.clone(), stop.clone())
-                });
-            }
+        let name = cfg.name.clone();
+        spawn_listener(reloader.parts(), cfg, socket, addr, cert.clone())
+            .await
+            .map_err(|reason| StartError::Listener {
+                field: format!("listener[{i}]"),
+                reason,
+            })?;
+        reloader.started(&name, addr, cert);
+    }
+    Ok(bound)
+}
+
+/// Starts listener `cfg` on `socket` (bound to `addr`) as the supervised
+/// task `listener:NAME`.
+pub(crate) async fn spawn_listener(
+    parts: &crate::reload::Parts,
+    cfg: crate::config::ListenerConfig,
+    socket: TcpListener,
+    addr: SocketAddr,
+    cert: Option<Arc<IngressCert>>,
+) -> Result<(), String> {
+    tracing::info!(
+        listener = %cfg.name,
+        bind = %addr,
+        protocol = %cfg.protocol,
+        service = %cfg.service.as_deref().unwrap_or("-"),
+        "listening"
+    );
+    let socket = Arc::new(socket);
+    let task = crate::reload::listener_task(&cfg.name);
+    let stop = parts.supervisor.stop_signal();
+    match cfg.protocol {
+        Protocol::Tcp => {
+            let listener = tcp::Listener::new(cfg, parts.proxy.clone());
+            parts.supervisor.spawn(task, move || {
+                listener.clone().run(socket.clone(), stop.clone())
+            });
+        }
+        Protocol::Http => {
+            let listener =
+                HttpListener::new(cfg, parts.proxy.clone(), parts.routes.clone(), cert).await?;
+            parts.supervisor.spawn(task, move || {
+                listener.clone().run(socket.clone(), stop.clone())
+            });
         }
     }
-    Ok((bound, ingress))
+    Ok(())
 }
 
 fn tls_files(config: &Config) -> TlsFiles {
@@ -985,7 +1019,7 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
         } = &*chores;
         endpoint.reap_idle();
         endpoint.recycle(false);
-        for (name, local) in &proxy.services {
+        for (name, local) in proxy.services().iter() {
             let n = local.active.load(Ordering::Relaxed);
             publisher
                 .set_inflight(gossip, name, u32::try_from(n).unwrap_or(u32::MAX))

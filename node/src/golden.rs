@@ -122,7 +122,7 @@ pub struct GoldenView {
 #[derive(Debug)]
 pub struct History {
     caller: String,
-    listeners: BTreeMap<String, ListenerInfo>,
+    listeners: Mutex<BTreeMap<String, ListenerInfo>>,
     samples: Mutex<VecDeque<Sample>>,
 }
 
@@ -131,14 +131,26 @@ impl History {
     pub fn new(node: &str, listeners: BTreeMap<String, ListenerInfo>) -> History {
         History {
             caller: node.to_string(),
-            listeners,
+            listeners: Mutex::new(listeners),
             samples: Mutex::new(VecDeque::with_capacity(KEPT)),
         }
     }
 
+    /// The listeners changed (a config reload).
+    pub fn set_listeners(&self, listeners: BTreeMap<String, ListenerInfo>) {
+        *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = listeners;
+    }
+
+    fn listeners(&self) -> BTreeMap<String, ListenerInfo> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Reads the exposition `text` taken at `at` into a sample and keeps it.
     pub fn record(&self, text: &str, at: Duration) {
-        self.push(Sample::read(text, at, &self.listeners));
+        self.push(Sample::read(text, at, &self.listeners()));
     }
 
     /// Keeps `sample`, forgetting the oldest beyond [`KEPT`].
@@ -197,13 +209,14 @@ impl History {
         let span = last.at.saturating_sub(first.at).as_secs_f64();
         let d = delta(&a, &b);
         let listeners: BTreeSet<&str> = keys.iter().map(|k| k.listener.as_str()).collect();
+        let known = self.listeners();
         let protocols: BTreeSet<&str> = listeners
             .iter()
-            .filter_map(|l| self.listeners.get(*l).map(|i| i.protocol))
+            .filter_map(|l| known.get(*l).map(|i| i.protocol))
             .collect();
         let sources: BTreeSet<&str> = listeners
             .iter()
-            .filter_map(|l| self.listeners.get(*l)?.source_service.as_deref())
+            .filter_map(|l| known.get(*l)?.source_service.as_deref())
             .collect();
         let caller = match sources.iter().next() {
             Some(s) if sources.len() == 1 => format!("{}/{s}", self.caller),

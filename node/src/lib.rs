@@ -19,6 +19,7 @@
 //! - [`gossip`]: the membership protocol (`mesh_proto::membership`) driven over
 //!   the endpoint, with per-peer fair queues and the node's crypto;
 //! - [`publish`]: this node's own records;
+//! - [`reload`]: config reload while running (services, listeners);
 //! - [`health`]: active checks of local backends;
 //! - [`proxy`]: listeners, tunnels and the inbound side;
 //! - [`routing`]: the routing table, rebuilt on change, swapped atomically;
@@ -38,6 +39,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;
+pub mod reload;
 pub mod revocations;
 pub mod routes;
 pub mod routing;

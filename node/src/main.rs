@@ -42,7 +42,8 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the node until SIGTERM or Ctrl-C (SIGHUP re-reads the TLS files).
+    /// Run the node until SIGTERM or Ctrl-C (SIGHUP re-reads the TLS files,
+    /// then the config file: services and listeners change live).
     Run {
         /// The config file (see docs/config.md).
         #[arg(long, value_name = "FILE")]
@@ -61,11 +62,19 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = DEFAULT_THREADS)]
         threads: usize,
     },
-    /// Validate a config file (and the files it names) without starting.
+    /// Validate a config file (and the files it names) without starting; with
+    /// --pre, also check what would stop the node from starting or joining
+    /// (ports free, certificate expiry, key file mode, seeds answering).
     Check {
         /// The config file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Preflight checks, before starting a node (exit 1 if one fails).
+        #[arg(long)]
+        pre: bool,
+        /// With --pre: print the checks as JSON.
+        #[arg(long, requires = "pre")]
+        json: bool,
     },
     /// Print a running node's members and services.
     Status {
@@ -82,6 +91,17 @@ enum Command {
         /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
         #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
         admin: SocketAddr,
+    },
+    /// Have a running node read its config file again and apply what can
+    /// change live (services, listeners, health checks, allow-lists); exit 1
+    /// if a field was refused (it needs a restart) or the file is invalid.
+    Reload {
+        /// The node's admin API: HOST:PORT or http://HOST:PORT (default: $SHOAL_ADMIN, else 127.0.0.1:7101).
+        #[arg(long, value_name = "ADDR", env = "SHOAL_ADMIN", default_value = cli::DEFAULT_ADMIN_TEXT, value_parser = cli::parse_admin)]
+        admin: SocketAddr,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply, list and delete route documents (signed HTTP routing rules,
     /// cluster-wide; see docs/routing.md).
@@ -216,17 +236,25 @@ fn init_logging(format: LogFormat) {
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Check { config } => match Config::load(&config, &Overrides::default()) {
-            Ok(cfg) => {
-                say!("{}: ok", config.display());
-                say!("{}", serde_json::to_string_pretty(&cfg)?);
-                Ok(ExitCode::SUCCESS)
+        Command::Check { config, pre, json } => {
+            match Config::load(&config, &Overrides::default()) {
+                Ok(cfg) if pre => {
+                    if !json {
+                        say!("{}: ok", config.display());
+                    }
+                    cli::preflight(&cfg, json).await
+                }
+                Ok(cfg) => {
+                    say!("{}: ok", config.display());
+                    say!("{}", serde_json::to_string_pretty(&cfg)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{}: invalid configuration:\n{errors}", config.display());
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(errors) => {
-                eprintln!("{}: invalid configuration:\n{errors}", config.display());
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
         Command::Run {
             config,
             seeds,
@@ -246,7 +274,11 @@ async fn run(command: Command) -> Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let node = Node::start(cfg, StartOptions::default()).await?;
+            let options = StartOptions {
+                config_file: Some((config, overrides)),
+                ..StartOptions::default()
+            };
+            let node = Node::start(cfg, options).await?;
             serve_until_signalled(node).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -255,6 +287,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ready { admin } => cli::ready(admin).await,
+        Command::Reload { admin, json } => cli::reload(admin, json).await,
         Command::Route { command } => {
             cli::route(command).await?;
             Ok(ExitCode::SUCCESS)
@@ -278,6 +311,14 @@ async fn serve_until_signalled(node: Node) -> Result<()> {
             _ = hup.recv() => {
                 if let Err(e) = node.reload_tls().await {
                     tracing::error!(error = %e, "SIGHUP: cannot reload the TLS files; keeping the current ones");
+                }
+                match node.reload_config_file().await {
+                    Ok(report) => tracing::info!(
+                        applied = report.applied.len(),
+                        refused = report.refused.len(),
+                        "SIGHUP: config file reloaded"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: config file not reloaded"),
                 }
             }
         }

@@ -33,6 +33,7 @@ pub mod suspects;
 pub mod tcp;
 pub mod upstream;
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -80,6 +81,27 @@ pub struct LocalService {
 }
 
 impl LocalService {
+    /// The same service under its new `config` (a reload): its connections,
+    /// callers and counters carry over; its idle backend connections too,
+    /// unless the backend's address changed.
+    pub fn reconfigured(&self, config: ServiceConfig) -> Self {
+        let pool = if config.address == self.config.address {
+            self.pool.clone()
+        } else {
+            Arc::new(backend_pool::BackendPool::new(
+                config.address,
+                config.http_idle_timeout,
+            ))
+        };
+        LocalService {
+            active: self.active.clone(),
+            callers: self.callers.clone(),
+            pool,
+            counters: self.counters.clone(),
+            config,
+        }
+    }
+
     /// The service `config` describes, with no connection open yet.
     pub fn new(config: ServiceConfig, metrics: &Metrics) -> Self {
         LocalService {
@@ -106,8 +128,8 @@ pub struct ProxyContext {
     pub endpoint: Arc<MeshEndpoint>,
     /// The routing table.
     pub table: SharedTable,
-    /// Local services by name.
-    pub services: HashMap<String, LocalService>,
+    /// Local services by name; swapped whole by a config reload.
+    pub services: ArcSwap<HashMap<String, LocalService>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set when the node drains: inbound streams are refused with `draining`.
@@ -121,6 +143,11 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
+    /// The local services in force now.
+    pub fn services(&self) -> Arc<HashMap<String, LocalService>> {
+        self.services.load_full()
+    }
+
     /// Whether the node is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

@@ -72,6 +72,27 @@ impl Publisher {
         publish(gossip, &service_key(service), &*record);
     }
 
+    /// Publishes a local service's record, new or changed (a config reload).
+    pub async fn put_service(&self, gossip: &Gossip, record: ServiceRecord) {
+        let mut state = self.state.lock().await;
+        publish(gossip, &service_key(&record.name), &record);
+        state.services.insert(record.name.clone(), record);
+    }
+
+    /// Withdraws a local service (a config reload removed it): its record is
+    /// published once more with weight 0 and unhealthy — which every node
+    /// reads as "not offered" ([`mesh_proto::routing`] skips weight 0) — and
+    /// no longer updated.
+    pub async fn withdraw_service(&self, gossip: &Gossip, service: &str) {
+        let mut state = self.state.lock().await;
+        if let Some(mut record) = state.services.remove(service) {
+            record.weight = ServiceRecord::WITHDRAWN;
+            record.health = Health::Unhealthy;
+            record.inflight = 0;
+            publish(gossip, &service_key(service), &record);
+        }
+    }
+
     /// The current health of a local service.
     pub async fn health(&self, service: &str) -> Option<Health> {
         self.state

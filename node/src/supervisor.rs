@@ -6,7 +6,9 @@
 //! names it and `/readyz` answers 503.
 //!
 //! Tasks keep their state outside the future (in `Arc`s), so a restart resumes
-//! where the last run stopped.
+//! where the last run stopped. A task the node no longer wants (a listener or
+//! health check a config reload removed) is retired: stopped for good, not
+//! restarted ([`Supervisor::retire`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -37,7 +39,8 @@ pub struct Supervisor {
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
     shared: Arc<Mutex<Shared>>,
-    handles: Vec<JoinHandle<()>>,
+    /// Each task's supervising loop, by name.
+    loops: Mutex<BTreeMap<String, JoinHandle<()>>>,
 }
 
 impl Supervisor {
@@ -47,7 +50,7 @@ impl Supervisor {
             metrics,
             stop,
             shared: Arc::default(),
-            handles: Vec::new(),
+            loops: Mutex::default(),
         }
     }
 
@@ -58,7 +61,7 @@ impl Supervisor {
 
     /// Runs `make()` as task `name`, and again whenever it ends before the node
     /// stops.
-    pub fn spawn<F, Fut>(&mut self, name: impl Into<String>, make: F)
+    pub fn spawn<F, Fut>(&self, name: impl Into<String>, make: F)
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -67,7 +70,8 @@ impl Supervisor {
         let metrics = self.metrics.clone();
         let shared = self.shared.clone();
         let mut stop = self.stop.clone();
-        self.handles.push(tokio::spawn(async move {
+        let key = name.clone();
+        let supervising = tokio::spawn(async move {
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let started = tokio::time::Instant::now();
@@ -102,7 +106,39 @@ impl Supervisor {
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-        }));
+        });
+        self.loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, supervising);
+    }
+
+    /// Stops task `name` for good (it is not restarted) and waits until it
+    /// has ended and dropped what it held (a listener's socket, say). False
+    /// if no such task runs.
+    pub async fn retire(&self, name: &str) -> bool {
+        let Some(supervising) = self
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        else {
+            return false;
+        };
+        supervising.abort();
+        let _ = supervising.await;
+        let run = {
+            let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            s.down.remove(name);
+            s.running.remove(name)
+        };
+        if let Some(run) = run {
+            run.abort();
+            while !run.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        }
+        true
     }
 
     /// The tasks that are down (ended, waiting to be restarted).
@@ -129,18 +165,19 @@ impl Supervisor {
     }
 
     /// Stops every task (after `stop` was sent) and waits for them.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let running: Vec<AbortHandle> = {
             let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             s.running.values().cloned().collect()
         };
-        for h in &self.handles {
+        let loops = std::mem::take(&mut *self.loops.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in loops.values() {
             h.abort();
         }
         for h in running {
             h.abort();
         }
-        for h in self.handles {
+        for (_, h) in loops {
             let _ = h.await;
         }
     }
@@ -173,7 +210,7 @@ mod tests {
     async fn a_task_that_panics_is_counted_and_restarted() {
         let metrics = Arc::new(Metrics::new());
         let (stop_tx, stop) = watch::channel(false);
-        let mut sup = Supervisor::new(metrics.clone(), stop);
+        let sup = Supervisor::new(metrics.clone(), stop);
         let runs = Arc::new(AtomicUsize::new(0));
         let r = runs.clone();
         sup.spawn("flaky", move || {
@@ -214,7 +251,7 @@ mod tests {
     async fn tasks_that_end_because_the_node_stops_are_not_restarted() {
         let metrics = Arc::new(Metrics::new());
         let (stop_tx, stop) = watch::channel(false);
-        let mut sup = Supervisor::new(metrics.clone(), stop.clone());
+        let sup = Supervisor::new(metrics.clone(), stop.clone());
         let runs = Arc::new(AtomicUsize::new(0));
         let r = runs.clone();
         sup.spawn("worker", move || {
@@ -230,5 +267,32 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(!metrics.encode().contains("task=\"worker\""));
         sup.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_task_ends_for_good_and_drops_what_it_held() {
+        let metrics = Arc::new(Metrics::new());
+        let (_stop_tx, stop) = watch::channel(false);
+        let sup = Supervisor::new(metrics.clone(), stop);
+        let held = Arc::new(());
+        let h = held.clone();
+        sup.spawn("listener:old", move || {
+            let h = h.clone();
+            async move {
+                let _h = h;
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(Arc::strong_count(&held), 3, "the factory's and the run's");
+        assert!(sup.retire("listener:old").await);
+        assert_eq!(Arc::strong_count(&held), 1, "both dropped once retired");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(sup.down().is_empty(), "not down, not restarted");
+        assert!(
+            !metrics.encode().contains("listener:old"),
+            "no restart counted"
+        );
+        assert!(!sup.retire("listener:old").await, "already gone");
     }
 }

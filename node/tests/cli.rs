@@ -462,6 +462,67 @@ fn check_accepts_a_valid_config_and_prints_the_effective_config() {
     );
 }
 
+/// `shoal check --pre` before starting a node: a busy admin port fails, a
+/// key readable by others warns, a seed that is a live node of the mesh
+/// answers by name, and one where nothing listens fails with what to check.
+#[test]
+fn check_pre_finds_what_would_stop_a_node_before_it_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.save("a", &f.issue("a", &[]));
+    let a = Shoal::run("a", &f.write("a.toml", &node_config("a", "")), &[], None);
+    f.save("web-1", &f.issue("web-1", &["web"]));
+    let key = f.path().join("web-1/node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed = nobody.local_addr().unwrap();
+    drop(nobody);
+    let config = node_config("web-1", "").replace(
+        "admin = \"127.0.0.1:0\"",
+        &format!(
+            "admin = \"{}\"\nseeds = [\"{}\", \"{closed}\"]",
+            busy.local_addr().unwrap(),
+            a.quic
+        ),
+    );
+    let path = f.write("web-1.toml", &config);
+    let out = shoal(&["check", "--config", path.to_str().unwrap(), "--pre"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(line("ok    node.listen:").contains("is free"));
+    assert!(line("fail  node.admin:").contains("cannot be bound"));
+    assert!(line("warn  tls.key:").contains("mode 0644"));
+    assert!(line("ok    tls.cert:").contains("days left"));
+    assert!(line("ok    node.seeds[0]:").contains("answered: node a"));
+    assert!(line("fail  node.seeds[1]:").contains("node.listen, not node.admin"));
+    // JSON, the same findings.
+    let out = shoal(&[
+        "check",
+        "--config",
+        path.to_str().unwrap(),
+        "--pre",
+        "--json",
+    ]);
+    let json: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let levels: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels.iter().filter(|l| **l == "fail").count(), 2, "{json}");
+    drop(busy);
+    drop(a);
+}
+
 #[test]
 fn check_names_an_unknown_field_by_its_path() {
     let f = Fixture::new();
@@ -617,13 +678,9 @@ unhealthy_threshold = 1
         backend.addr
     );
     let a_config = f.write("a.toml", &node_config("a", &echo));
-    let b_config = f.write(
-        "b.toml",
-        &node_config(
-            "b",
-            "[[listener]]\nname = \"to-echo\"\nservice = \"echo\"\nbind = \"127.0.0.1:0\"\n",
-        ),
-    );
+    let to_echo_listener =
+        "[[listener]]\nname = \"to-echo\"\nservice = \"echo\"\nbind = \"127.0.0.1:0\"\n";
+    let b_config = f.write("b.toml", &node_config("b", to_echo_listener));
 
     let mut a = Shoal::run("a", &a_config, &[], None);
     let seed = a.quic.to_string();
@@ -721,6 +778,55 @@ unhealthy_threshold = 1
         });
         if called { Ok(()) } else { Err(stdout) }
     });
+    // --- config reload: `shoal reload` adds a listener written into b's file,
+    // SIGHUP removes it again; a field that needs a restart is named.
+    let second = "[[listener]]\nname = \"second\"\nservice = \"echo\"\nbind = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &b_config,
+        node_config("b", &format!("{to_echo_listener}{second}")),
+    )
+    .unwrap();
+    let from = b.lines().len();
+    let out = shoal(&["reload", "--admin", &admin_b]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("applied: listener second added"),
+        "{}",
+        text(&out.stdout)
+    );
+    let listening = b.wait_for_log(from, "the second listener", |v| {
+        v["fields"]["message"] == "listening" && v["fields"]["listener"] == "second"
+    });
+    let second_addr: SocketAddr = listening["fields"]["bind"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(TcpStream::connect(second_addr).is_ok(), "it accepts");
+    std::fs::write(
+        &b_config,
+        node_config("b", to_echo_listener).replace("[node]", "[node]\nzone = \"elsewhere\""),
+    )
+    .unwrap();
+    let from = b.lines().len();
+    b.signal(Signal::HUP);
+    b.wait_for_log(from, "the second listener removed", |v| {
+        v["fields"]["message"] == "config reload applied"
+            && v["fields"]["name"] == "second"
+            && v["fields"]["how"] == "removed"
+    });
+    b.wait_for_log(from, "node.zone refused", |v| {
+        v["fields"]["message"] == "config reload: field not applied"
+            && v["fields"]["field"] == "node.zone"
+    });
+    let out = shoal(&["reload", "--admin", &admin_b]);
+    assert_eq!(out.status.code(), Some(1), "a refused field is exit 1");
+    assert!(
+        text(&out.stdout).contains("not applied: node.zone"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(&b_config, node_config("b", to_echo_listener)).unwrap();
     // The same as one JSON object, the admin API named by $SHOAL_ADMIN as a URL.
     let url = format!("http://{admin_b}/");
     let out = shoal_env(&["status", "--json"], &[("SHOAL_ADMIN", Path::new(&url))]);
@@ -939,6 +1045,14 @@ fn route_apply_list_and_delete_through_the_cli() {
     assert!(
         stdout.starts_with("route shop created: document ") && stdout.contains("signed by alice"),
         "{stdout}"
+    );
+    // No node offers web here: applied, with a warning naming it.
+    assert!(
+        text(&out.stderr).contains(
+            "warning: route shop sends requests to service \"web\", which no node offers now"
+        ),
+        "{}",
+        text(&out.stderr)
     );
     // Applying the same file again (a new issue time, the same route) changes nothing.
     let out = signed_route("apply", file.to_str().unwrap(), cert_s, key_s, &admin);

@@ -314,6 +314,7 @@ impl Mesh {
                     config,
                     StartOptions {
                         socket: Some(socket),
+                        ..StartOptions::default()
                     },
                 )
                 .await

@@ -147,6 +147,7 @@ impl Cluster {
                     .expect("a loopback socket for a node")
                     as Arc<dyn quinn::AsyncUdpSocket>
             }),
+            ..StartOptions::default()
         }
     }
 

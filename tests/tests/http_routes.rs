@@ -590,3 +590,81 @@ async fn per_try_and_overall_timeouts_answer_504() {
         .await;
     assert_eq!(timeouts, 2.0, "two retries after timed-out tries");
 }
+
+/// The section of docs/routing.md that opens with "## A first route".
+fn first_route_section() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/routing.md"))
+        .unwrap();
+    let start = doc.find("## A first route").expect("the section");
+    let end = doc[start..].find("\n## ").map_or(doc.len(), |e| start + e);
+    doc[start..end].to_string()
+}
+
+/// docs/routing.md's first example, run as written on a mesh like the
+/// quickstart's (`web` on two nodes, a caller with a TCP listener): the HTTP
+/// listener its `printf` adds is taken by a config reload, its route document
+/// is applied, and its requests behave as the page says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_example_of_the_routing_page_runs_on_the_quickstart_mesh() {
+    let section = first_route_section();
+    let printf = section
+        .lines()
+        .find(|l| l.starts_with("printf '"))
+        .expect("the listener the page adds");
+    let listener_toml = printf
+        .trim_start_matches("printf '")
+        .split('\'')
+        .next()
+        .unwrap()
+        .replace("\\n", "\n");
+    // The page's port, bound here as port 0 so no test depends on 9080 being free.
+    assert!(
+        listener_toml.contains("bind = \"127.0.0.1:9080\""),
+        "{listener_toml}"
+    );
+    let listener_toml = listener_toml.replace("127.0.0.1:9080", "127.0.0.1:0");
+    let route_toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the route document");
+
+    let m = mesh(
+        &[("node-1", &["web"]), ("node-2", &["web"])],
+        NodeSpec::new("edge").listener("web", "web", "round_robin"),
+    )
+    .await;
+    let edge = &m["edge"];
+    let mut raw = edge.spec.raw_config(&edge.cert_dir, edge.data_dir.path());
+    let added = shoal_node::config::RawConfig::from_toml(&listener_toml).unwrap();
+    raw.listeners.extend(added.listeners);
+    let config = shoal_node::config::Config::validate(raw, edge.data_dir.path()).unwrap();
+    let report = edge.node.reload(config).await;
+    assert_eq!(report.applied, ["listener http added"], "{report:?}");
+    let http = report.listening["http"];
+
+    let route: serde_json::Value = toml::from_str(route_toml).unwrap();
+    apply(&m["node-1"], &operator(&m.pki), route, &m.all()).await;
+    let first = get(http, "web.localhost", "/").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let cookie = first
+        .header("set-cookie")
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let r = http_send(
+            http,
+            request("GET", "web.localhost", "/")
+                .header("cookie", &cookie)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(backend(&r), backend(&first), "the cookie keeps the session");
+    }
+    assert_eq!(get(http, "other.localhost", "/").await.status, 404);
+    m.cluster.stop().await;
+}

@@ -145,6 +145,9 @@ async fn apply_signed(admin: SocketAddr, key: &OperatorKey, spec: &RouteSpec) ->
     }
     let applied: ApplyResponse = serde_json::from_slice(&answer)
         .with_context(|| format!("POST /routes answered {status} with an unexpected body"))?;
+    if !spec.deleted {
+        warn_of_unknown_services(admin, spec).await;
+    }
     let r = &applied.route;
     say!(
         "route {} {}: document {}, issued {}, signed by {}",
@@ -155,6 +158,28 @@ async fn apply_signed(admin: SocketAddr, key: &OperatorKey, spec: &RouteSpec) ->
         r.signer
     );
     Ok(())
+}
+
+/// Warns (stderr) of each service `spec` sends traffic to that no node
+/// offers in `admin`'s routing table: a typo, or a service not deployed yet —
+/// requests for it would be answered 503 until one is.
+async fn warn_of_unknown_services(admin: SocketAddr, spec: &RouteSpec) {
+    let Ok(offered) =
+        get_json::<std::collections::BTreeMap<String, serde_json::Value>>(admin, "/services").await
+    else {
+        return;
+    };
+    let named: std::collections::BTreeSet<&str> = spec
+        .rules
+        .iter()
+        .flat_map(|r| r.backends.iter().map(|b| b.service.as_str()))
+        .collect();
+    for service in named.into_iter().filter(|s| !offered.contains_key(*s)) {
+        eprintln!(
+            "warning: route {} sends requests to service {service:?}, which no node offers now (a typo, or not deployed yet?); they are answered 503 until a node does",
+            spec.name
+        );
+    }
 }
 
 fn print_routes(routes: &[RouteView], rejected: &[RejectedView]) {

@@ -210,7 +210,8 @@ async fn stream(
             return;
         }
     };
-    let verdict = verdict(ctx.is_draining(), &ctx.services, &peer, &header);
+    let services = ctx.services();
+    let verdict = verdict(ctx.is_draining(), &services, &peer, &header);
     let asked = Asked {
         ctx: &ctx,
         caller,
@@ -366,7 +367,7 @@ pub async fn reap_pools(ctx: Arc<ProxyContext>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for local in ctx.services.values() {
+        for local in ctx.services().values() {
             local.pool.reap();
         }
     }
@@ -386,7 +387,7 @@ async fn answer_refusal(
         .inbound
         .refusals
         .get_or_create(&ServiceReasonLabels {
-            service: if ctx.services.contains_key(service) {
+            service: if ctx.services().contains_key(service) {
                 service.to_string()
             } else {
                 "-".to_string()

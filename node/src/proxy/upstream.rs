@@ -164,7 +164,8 @@ pub async fn open_tcp(
             dial(ctx, endpoint, &header, (timeout, heard)).await?,
         ));
     }
-    let (local, slot) = admit_local(&ctx.services, &ctx.node_name, &target)?;
+    let services = ctx.services();
+    let (local, slot) = admit_local(&services, &ctx.node_name, &target)?;
     let address = local.config.address;
     let timeout = timeout.min(local.config.connect_timeout);
     match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
@@ -199,7 +200,8 @@ pub async fn open_http(
             dial(ctx, endpoint, &header, (timeout, heard)).await?,
         ));
     }
-    let (local, slot) = admit_local(&ctx.services, &ctx.node_name, &target)?;
+    let services = ctx.services();
+    let (local, slot) = admit_local(&services, &ctx.node_name, &target)?;
     let connect_timeout = local.config.connect_timeout;
     let sender = match local.pool.take() {
         Some(s) => s,

@@ -518,7 +518,7 @@ impl HttpListener {
         if let HttpUpstream::Local { .. } = up {
             outcome.addr = self
                 .ctx
-                .services
+                .services()
                 .get(&f.service)
                 .map_or_else(String::new, |s| s.config.address.to_string());
         }
