@@ -999,6 +999,13 @@ fn garbage_and_other_clusters_change_nothing() {
     other.cluster = "elsewhere".into();
     net.inject("evil", from, "n1", &other);
     assert_eq!(refusals(&net, "n1", Refusal::WrongCluster), 1);
+    assert!(
+        net.node("n1").unwrap().events.iter().any(|(_, e)| matches!(
+            e,
+            Event::OtherCluster { sender, cluster } if sender == "evil" && cluster == "elsewhere"
+        )),
+        "the other cluster is named, for the operator"
+    );
     let after = net
         .node("n1")
         .unwrap()

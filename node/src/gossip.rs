@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod fair_queue;
 pub mod transport;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -94,6 +95,37 @@ pub struct Gossip {
     view_build_us: AtomicU64,
     view_read_us: AtomicU64,
     metrics: Arc<Metrics>,
+    /// This node's cluster, for the log line naming another cluster's node.
+    cluster: String,
+    /// When each node of another cluster was last named in the log.
+    other_clusters: Throttle,
+}
+
+/// Says something about a key at most once a minute (and remembers at most
+/// [`Throttle::KEYS`] keys: a flood of names forgets, it does not grow).
+#[derive(Debug, Default)]
+struct Throttle(Mutex<HashMap<String, Instant>>);
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(60);
+    const KEYS: usize = 256;
+
+    /// Whether to say it about `key` now (and then not for a minute).
+    fn should_say(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut said = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if said
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < Self::EVERY)
+        {
+            return false;
+        }
+        if said.len() >= Self::KEYS {
+            said.clear();
+        }
+        said.insert(key.to_string(), now);
+        true
+    }
 }
 
 /// Route documents peers sent that were refused, for `GET /routes/rejected`:
@@ -151,6 +183,7 @@ impl Gossip {
     ) -> Arc<Gossip> {
         let config: &MembershipConfig = membership.config();
         let (name, generation) = (config.name.clone(), config.generation);
+        let cluster = config.cluster.clone();
         for r in Refusal::ALL {
             let _ = metrics.gossip.rejected_for(r.as_str());
         }
@@ -170,6 +203,8 @@ impl Gossip {
             view_build_us: AtomicU64::new(0),
             view_read_us: AtomicU64::new(0),
             metrics,
+            cluster,
+            other_clusters: Throttle::default(),
         })
     }
 
@@ -448,10 +483,22 @@ impl Gossip {
             } => {
                 self.metrics.gossip.rejected_for(reason.as_str()).inc();
                 let origin = origin.unwrap_or_default();
-                if reason.is_benign() {
+                // Another cluster's messages are named once a minute by
+                // `OtherCluster` below, not once each.
+                if reason.is_benign() || reason == mesh_proto::membership::Refusal::WrongCluster {
                     tracing::debug!(%sender, %origin, %reason, "refused a gossip item");
                 } else {
                     tracing::warn!(%sender, %origin, %reason, "refused a gossip item");
+                }
+            }
+            Event::OtherCluster { sender, cluster } => {
+                if self.other_clusters.should_say(&sender) {
+                    tracing::warn!(
+                        peer = %sender,
+                        peer_cluster = %cluster,
+                        this_cluster = %self.cluster,
+                        "a node of another cluster gossips with this one; its messages are refused (check node.cluster on both, and the seeds)"
+                    );
                 }
             }
             Event::Joined { name, generation } => {
@@ -497,6 +544,18 @@ impl Gossip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_says_each_key_once_a_minute_and_stays_bounded() {
+        let t = Throttle::default();
+        assert!(t.should_say("evil"));
+        assert!(!t.should_say("evil"), "not again within the minute");
+        assert!(t.should_say("other"), "each key on its own");
+        for n in 0..(Throttle::KEYS * 4) {
+            t.should_say(&format!("flood-{n}"));
+        }
+        assert!(t.0.lock().unwrap().len() <= Throttle::KEYS);
+    }
 
     #[test]
     fn views_are_published_no_faster_than_they_are_cheap_to_build_and_read() {

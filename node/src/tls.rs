@@ -616,12 +616,25 @@ impl TlsState {
     ) -> Result<CertIdentity, rustls::Error> {
         result.map_err(|r| {
             self.metrics.tls.reject(r.as_str());
-            tracing::warn!(
-                peer_role = side,
-                peer = %describe_cert(cert),
-                reason = r.as_str(),
-                "refused a peer certificate"
-            );
+            if r == Rejection::OtherCa {
+                // The issuer's name is the same for every CA of a trust
+                // domain: the fingerprints of this mesh's CAs tell them apart.
+                tracing::warn!(
+                    peer_role = side,
+                    peer = %describe_cert(cert),
+                    reason = r.as_str(),
+                    issuer = %issuer_of(cert),
+                    this_mesh_ca = %self.trust.load().describe_cas(),
+                    "refused a peer certificate of another CA"
+                );
+            } else {
+                tracing::warn!(
+                    peer_role = side,
+                    peer = %describe_cert(cert),
+                    reason = r.as_str(),
+                    "refused a peer certificate"
+                );
+            }
             r.into_rustls()
         })
     }
@@ -649,6 +662,27 @@ impl TlsState {
             .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(cfg)
+    }
+}
+
+/// The issuer a certificate names.
+fn issuer_of(cert: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert)
+        .map_or_else(|_| "?".to_string(), |(_, x)| x.issuer().to_string())
+}
+
+impl MeshTrust {
+    /// This mesh's CAs as log lines name them: subject and SHA-256
+    /// fingerprint, `; `-separated.
+    pub fn describe_cas(&self) -> String {
+        self.ca_fingerprint
+            .iter()
+            .map(|der| match x509_parser::parse_x509_certificate(der) {
+                Ok((_, x)) => shoal_pki::verify::describe_ca(&x, der),
+                Err(_) => shoal_pki::inspect::sha256_fingerprint(der),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 

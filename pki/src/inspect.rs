@@ -83,11 +83,7 @@ pub fn inspect_der(der: &[u8], now: OffsetDateTime) -> Result<CertInfo, InspectE
     let id = CertIdentity::from_x509(&cert)?;
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
-    let fingerprint = Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let fingerprint = sha256_fingerprint(der);
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
@@ -154,4 +150,14 @@ impl CertInfo {
         line("sha256:", &self.sha256_fingerprint);
         out
     }
+}
+
+/// The SHA-256 fingerprint of a DER certificate as `shoal-pki inspect` prints
+/// it (`AB:CD:...`): what tells apart two CAs of the same name.
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

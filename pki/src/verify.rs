@@ -26,10 +26,15 @@ pub enum VerifyError {
     #[error("not yet valid: valid from {0}")]
     NotYetValid(String),
     /// It was not signed by this CA.
-    #[error("not signed by this CA (issuer: {issuer}); it belongs to another CA")]
+    #[error(
+        "not signed by this CA ({ca}); its issuer is {issuer}: it belongs to another CA{}",
+        if same_name_hint(ca, issuer) { " of the same name (each `shoal-pki ca init` makes a new CA: compare the sha256 with `shoal-pki inspect` of each ca.crt)" } else { "" }
+    )]
     OtherCa {
         /// The issuer named in the certificate.
         issuer: String,
+        /// This CA: its subject and SHA-256 fingerprint.
+        ca: String,
     },
     /// The CA certificate itself is expired or not yet valid.
     #[error("the CA certificate is not valid now: {0}")]
@@ -56,6 +61,22 @@ pub struct Verified {
     pub identity: CertIdentity,
     /// When it expires (RFC 3339).
     pub not_after: String,
+}
+
+/// A CA as error messages name it: subject and SHA-256 fingerprint (the
+/// subject alone is the same for every CA of a trust domain).
+pub fn describe_ca(x509: &x509_parser::certificate::X509Certificate<'_>, der: &[u8]) -> String {
+    format!(
+        "{}, sha256 {}",
+        x509.subject(),
+        crate::inspect::sha256_fingerprint(der)
+    )
+}
+
+/// Whether the issuer a certificate names is this CA's own name (so only the
+/// fingerprint tells them apart).
+fn same_name_hint(ca: &str, issuer: &str) -> bool {
+    ca.split(", sha256 ").next() == Some(issuer)
 }
 
 fn unix(t: OffsetDateTime) -> UnixTime {
@@ -127,6 +148,7 @@ pub fn verify_cert(
             webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
                 VerifyError::OtherCa {
                     issuer: x509.issuer().to_string(),
+                    ca: describe_ca(&ca_x509, ca),
                 }
             }
             other => VerifyError::Invalid(format!("{other:?}")),

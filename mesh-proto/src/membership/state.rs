@@ -127,6 +127,15 @@ pub enum Event {
         /// The node the item claimed to come from, if any.
         origin: Option<String>,
     },
+    /// A message from a node of another cluster (`cluster`: the cluster it
+    /// names), refused (a [`Event::Refused`] with `wrong_cluster` comes with
+    /// it): the operator's mistake to name, with both clusters.
+    OtherCluster {
+        /// The peer that sent it.
+        sender: String,
+        /// The cluster its message names.
+        cluster: String,
+    },
     /// A new member, or a new generation of one, was admitted.
     Joined {
         /// Its name.
@@ -599,6 +608,10 @@ impl<C: Crypto> Membership<C> {
     pub fn handle_message(&mut self, from: Peer, msg: GossipMessage, now: Instant, wall_ms: u64) {
         if msg.cluster != self.config.cluster {
             self.refused(Refusal::WrongCluster, &from.name, None);
+            self.events.push_back(Event::OtherCluster {
+                sender: from.name.clone(),
+                cluster: msg.cluster,
+            });
             return;
         }
         if self.is_quarantined(&from.name, now) {

@@ -242,10 +242,10 @@ fn chains(
             "tls.cert",
             format!("the certificate is {e}; is this host's clock right?"),
         ),
-        VerifyError::OtherCa { issuer } => (
+        VerifyError::OtherCa { .. } => (
             "tls.cert",
             format!(
-                "the certificate was not signed by the CA in tls.ca ({}); it belongs to another CA (issuer: {issuer})",
+                "the certificate was not signed by the CA in tls.ca ({}): {e}",
                 ca_path.display()
             ),
         ),
@@ -392,6 +392,13 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].reason.contains("not signed by the CA"),
+            "{problems:?}"
+        );
+        // Two CAs of one trust domain carry the same name: the fingerprint
+        // tells them apart, and the message says so.
+        assert!(
+            problems[0].reason.contains(", sha256 ")
+                && problems[0].reason.contains("another CA of the same name"),
             "{problems:?}"
         );
         let none = Paths {
