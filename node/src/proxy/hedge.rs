@@ -199,7 +199,9 @@ impl Heard {
     /// until it has been silent for [`suspicion_silence`] and, if it still
     /// has not, makes its peer `node` suspect — in a task of its own, so the
     /// caller does not wait. A peer merely holding its acknowledgement (or on
-    /// a longer path) answers within that time and is not suspected.
+    /// a longer path) answers within that time and is not suspected; until
+    /// then it is only doubted ([`super::suspects::Suspects::doubt`]):
+    /// avoided while others are usable, not counted, not logged.
     pub fn suspect_if_silent(&self, suspects: &Arc<super::suspects::Suspects>, node: &str) {
         let HeardState::On(conn, at_start, since) =
             &*self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -211,10 +213,15 @@ impl Heard {
         }
         let (conn, at_start, since) = (conn.clone(), *at_start, *since);
         let (suspects, node) = (suspects.clone(), node.to_string());
+        let decide_at = since + suspicion_silence(conn.rtt());
+        // Avoided meanwhile (a hedge already beat it), not yet suspected.
+        suspects.doubt(&node, decide_at.into_std());
         tokio::spawn(async move {
-            tokio::time::sleep_until(since + suspicion_silence(conn.rtt())).await;
+            tokio::time::sleep_until(decide_at).await;
             if frames_heard(&conn) == at_start {
                 suspects.no_answer(&node, "silent");
+            } else {
+                suspects.answered(&node);
             }
         });
     }

@@ -22,6 +22,8 @@ use crate::metrics::PeerLabels;
 pub const FIRST_SUSPICION: Duration = Duration::from_secs(1);
 /// The longest a suspicion lasts.
 pub const LONGEST_SUSPICION: Duration = Duration::from_secs(30);
+/// The longest a peer is doubted before it is suspected or cleared.
+pub const LONGEST_DOUBT: Duration = Duration::from_secs(1);
 /// Peers remembered before those no longer suspect are forgotten.
 const REMEMBERED: usize = 1024;
 
@@ -29,6 +31,9 @@ const REMEMBERED: usize = 1024;
 #[derive(Debug)]
 pub struct Suspects {
     set: Mutex<OutlierSet<String>>,
+    /// Peers doubted until an instant: a hedge beat their open and their
+    /// silence is being timed ([`Suspects::doubt`]).
+    doubted: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     suspicions: Family<PeerLabels, Counter>,
 }
 
@@ -46,6 +51,7 @@ impl Suspects {
                 base_ejection: FIRST_SUSPICION,
                 max_ejection: LONGEST_SUSPICION,
             })),
+            doubted: Mutex::default(),
             suspicions,
         }
     }
@@ -57,6 +63,10 @@ impl Suspects {
     /// `node` did not answer (`why`: a log word); it becomes suspect unless it
     /// already is.
     pub fn no_answer(&self, node: &str, why: &'static str) {
+        self.doubted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
         let now = now();
         let mut set = self.lock();
         if set.len() >= REMEMBERED {
@@ -75,17 +85,41 @@ impl Suspects {
         }
     }
 
+    /// `node` is avoided until `until` (at most [`LONGEST_DOUBT`]) while its
+    /// silence is timed: neither suspected nor counted; [`Self::no_answer`]
+    /// or [`Self::answered`] settle it sooner.
+    pub fn doubt(&self, node: &str, until: std::time::Instant) {
+        let until = until.min(now() + LONGEST_DOUBT);
+        let mut doubted = self.doubted.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now();
+        doubted.retain(|_, u| *u > now);
+        if doubted.len() < REMEMBERED {
+            doubted.insert(node.to_string(), until);
+        }
+    }
+
     /// `node` answered: no longer suspect, and its history forgotten.
     pub fn answered(&self, node: &str) {
+        self.doubted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
         let mut set = self.lock();
         if set.get(node).is_some() {
             set.retain(|n| n.as_str() != node);
         }
     }
 
-    /// Whether `node` is suspect now.
+    /// Whether `node` is suspect (or doubted) now.
     pub fn is_suspect(&self, node: &str) -> bool {
-        self.lock().is_ejected(node, now())
+        let now = now();
+        let doubted = self
+            .doubted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .is_some_and(|until| *until > now);
+        doubted || self.lock().is_ejected(node, now)
     }
 }
 
@@ -133,5 +167,27 @@ mod tests {
         assert!(s.is_suspect("suspect"), "kept while suspect");
         assert!(s.is_suspect("new"));
         assert_eq!(s.lock().len(), 2, "the lapsed ones are forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_doubted_peer_is_avoided_uncounted_until_it_is_settled() {
+        let s = Suspects::new(Family::default());
+        s.doubt("n2", now() + Duration::from_millis(50));
+        assert!(s.is_suspect("n2"), "avoided while its silence is timed");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert!(!s.is_suspect("n2"), "the doubt lapses by itself");
+        s.doubt("n2", now() + Duration::from_secs(60));
+        s.answered("n2");
+        assert!(!s.is_suspect("n2"), "an answer settles it");
+        s.doubt("n2", now() + Duration::from_secs(60));
+        tokio::time::advance(LONGEST_DOUBT).await;
+        assert!(!s.is_suspect("n2"), "never longer than LONGEST_DOUBT");
+        assert_eq!(
+            s.suspicions
+                .get_or_create(&PeerLabels { node: "n2".into() })
+                .get(),
+            0,
+            "a doubt is not a suspicion"
+        );
     }
 }
