@@ -264,7 +264,8 @@ async fn main_async(cli: Cli) -> Result<bool> {
         scenario.name,
         scenario.description
     );
-    let report = run(&scenario, RunOptions { mode, live }).await?;
+    let notes = !cli.common.quiet;
+    let report = run(&scenario, RunOptions { mode, live, notes }).await?;
     say_inline!("{}", report.to_text());
     if let Some(path) = &cli.common.json {
         let json = serde_json::to_string_pretty(&report)?;

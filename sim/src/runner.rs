@@ -26,6 +26,9 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Show a live status line (on a terminal).
     pub live: bool,
+    /// Without a live line (stderr is not a terminal), print each event and
+    /// each consequence as a plain line on stderr.
+    pub notes: bool,
 }
 
 type Shared = Arc<RwLock<Mesh>>;
@@ -64,6 +67,8 @@ struct Run {
     /// [`spawn_connection_sampler`].
     max_connections: MostConnections,
     bar: ProgressBar,
+    /// Print notes as plain lines when there is no live line.
+    notes: bool,
 }
 
 /// How often the runner polls every node: often in a small mesh, and in a
@@ -143,6 +148,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
         quiet: None,
         max_connections: Arc::default(),
         bar,
+        notes: options.notes,
     };
     for l in &scenario.mesh.listeners {
         let (tx, _) = watch::channel(Vec::new());
@@ -164,6 +170,9 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
             Mode::Processes { .. } => "processes",
         }
     ));
+    for line in topology(scenario) {
+        run.note(&line);
+    }
     let start = run.epoch.elapsed();
     for name in scenario.initial_nodes() {
         if let Err(e) = run.mesh.write().await.add(&name).await {
@@ -199,13 +208,46 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// Prints `what` at the current run time: above the live line, or (no live
+/// line, `notes` on) as a plain line on stderr, so a log or CI shows progress.
+fn say_note(bar: &ProgressBar, notes: bool, epoch: Instant, what: &str) {
+    let line = format!("[{:>7.1}s] {what}", since(epoch));
+    if !bar.is_hidden() {
+        bar.println(line);
+    } else if notes {
+        eprintln!("{line}");
+    }
+}
+
+/// The topology in words: which nodes host each service and which call it.
+fn topology(scenario: &Scenario) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &scenario.mesh.services {
+        let kind = match s.kind {
+            BackendKind::Echo => "TCP echo",
+            BackendKind::Http => "HTTP",
+        };
+        out.push(format!(
+            "{} ({kind}) is hosted on {}",
+            s.name,
+            s.on.join(", ")
+        ));
+    }
+    for l in &scenario.mesh.listeners {
+        out.push(format!(
+            "{} is called through {} listeners on {} ({}); the report counts every request",
+            l.service,
+            l.protocol.as_str(),
+            l.on.join(", "),
+            l.lb
+        ));
+    }
+    out
+}
+
 impl Run {
     fn note(&self, what: &str) {
-        self.bar
-            .println(format!("[{:>7.1}s] {what}", since(self.epoch)));
-        if self.bar.is_hidden() {
-            tracing::info!(t = since(self.epoch), "{what}");
-        }
+        say_note(&self.bar, self.notes, self.epoch, what);
     }
 
     async fn refresh_targets(&self) {
@@ -236,6 +278,7 @@ impl Run {
         let timings = self.timings.clone();
         let poll = self.poll;
         let epoch = self.epoch;
+        let (bar, notes) = (self.bar.clone(), self.notes);
         self.watchers.push(tokio::spawn(async move {
             let deadline = Instant::now() + bound;
             while Instant::now() < deadline {
@@ -247,6 +290,13 @@ impl Run {
                         .get_mut(index)
                     {
                         t.after_s = Some(after.as_secs_f64());
+                        let consequence = format!(
+                            "  -> {}: {} after {:.2} s",
+                            t.event,
+                            t.what,
+                            after.as_secs_f64()
+                        );
+                        say_note(&bar, notes, epoch, &consequence);
                     }
                     return;
                 }
@@ -258,13 +308,19 @@ impl Run {
     /// Records now as the time of the watched `event`, if not recorded yet.
     fn settle(&self, event: &str) {
         let now = self.epoch.elapsed().as_secs_f64();
-        let mut t = self.timings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = t
-            .iter_mut()
-            .rev()
-            .find(|t| t.event == event && t.after_s.is_none())
-        {
-            t.after_s = Some((now - t.at_s).max(0.0));
+        let said = {
+            let mut t = self.timings.lock().unwrap_or_else(|e| e.into_inner());
+            t.iter_mut()
+                .rev()
+                .find(|t| t.event == event && t.after_s.is_none())
+                .map(|t| {
+                    let after = (now - t.at_s).max(0.0);
+                    t.after_s = Some(after);
+                    format!("  -> {}: {} after {after:.2} s", t.event, t.what)
+                })
+        };
+        if let Some(line) = said {
+            self.note(&line);
         }
     }
 
@@ -710,4 +766,24 @@ fn process_cpu_ms() -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     Some((utime + stime) * 1000.0 / ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_says_who_hosts_and_who_calls_each_service() {
+        let text = include_str!("../scenarios/demo.toml");
+        let demo = Scenario::parse(text, "demo.toml").unwrap();
+        assert_eq!(
+            topology(&demo),
+            [
+                "echo (TCP echo) is hosted on n1, n2, n5",
+                "web (HTTP) is hosted on n1, n2, n5",
+                "echo is called through tcp listeners on n3, n4 (round_robin); the report counts every request",
+                "web is called through http listeners on n3, n4 (least_request); the report counts every request",
+            ]
+        );
+    }
 }

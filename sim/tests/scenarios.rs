@@ -102,6 +102,7 @@ async fn a_short_scenario_kills_partitions_heals_and_restarts() {
         RunOptions {
             mode: Mode::InProcess,
             live: false,
+            notes: false,
         },
     )
     .await
@@ -220,6 +221,7 @@ timeout = "1s"
         RunOptions {
             mode: Mode::InProcess,
             live: false,
+            notes: false,
         },
     )
     .await
@@ -268,6 +270,7 @@ min_ok = 1
         RunOptions {
             mode: Mode::InProcess,
             live: false,
+            notes: false,
         },
     )
     .await
@@ -372,6 +375,7 @@ min_ok = 1
         RunOptions {
             mode: Mode::Processes { shoal },
             live: false,
+            notes: false,
         },
     )
     .await

@@ -132,7 +132,9 @@ impl Run {
     }
 
     async fn kill(&mut self, node: &str) -> Result<()> {
-        self.note(&format!("killing {node}"));
+        self.note(&format!(
+            "killing {node} abruptly: its connections die without a word; callers must hedge to other endpoints, and gossip must declare it dead"
+        ));
         self.mesh.write().await.kill(node).await?;
         self.faults
             .push((self.epoch.elapsed(), vec![node.to_string()]));
@@ -156,7 +158,9 @@ impl Run {
     }
 
     async fn restart(&mut self, node: &str) -> Result<()> {
-        self.note(&format!("restarting {node}"));
+        self.note(&format!(
+            "restarting {node} (same name and certificate, a new generation): every node must see it alive, and it serves again"
+        ));
         self.mesh.write().await.start(node).await?;
         self.refresh_targets().await;
         self.watch_alive(
@@ -197,7 +201,10 @@ impl Run {
     }
 
     async fn partition(&mut self, nodes: &[String]) -> Result<()> {
-        self.note(&format!("partitioning {} from the rest", nodes.join(", ")));
+        self.note(&format!(
+            "cutting {} off from the rest (every datagram dropped, both ways): callers must hedge, and each side must declare the other dead",
+            nodes.join(", ")
+        ));
         self.mesh.read().await.partition(nodes)?;
         self.faults.push((self.epoch.elapsed(), nodes.to_vec()));
         let side = nodes.to_vec();
@@ -214,7 +221,9 @@ impl Run {
     }
 
     async fn heal(&mut self) -> Result<()> {
-        self.note("healing every partition");
+        self.note(
+            "healing every partition: the sides must see each other alive and converge again",
+        );
         self.mesh.read().await.heal()?;
         self.watch(
             "healed".into(),
