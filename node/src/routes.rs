@@ -841,11 +841,98 @@ fn decode_stored(text: &str) -> Result<RouteDocument, String> {
     }
 }
 
+/// The durations a route file may write as in the config (`timeout = "5s"`,
+/// `per_try_timeout = "1500ms"`, a session's `ttl = "1h"`), turned into the
+/// document's own fields (`timeout_ms`, `per_try_timeout_ms`, `ttl_s`) before
+/// it is validated and signed. Errors name the field.
+pub fn durations_as_written(route: &mut serde_json::Value) -> Result<(), String> {
+    let Some(rules) = route.get_mut("rules").and_then(|r| r.as_array_mut()) else {
+        return Ok(());
+    };
+    for (i, rule) in rules.iter_mut().enumerate() {
+        let at = format!("rules[{i}]");
+        convert(rule, &at, ("timeout", "timeout_ms"), 1)?;
+        convert(rule, &at, ("per_try_timeout", "per_try_timeout_ms"), 1)?;
+        if let Some(session) = rule.get_mut("session") {
+            convert(session, &format!("{at}.session"), ("ttl", "ttl_s"), 1000)?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `table[written]` (a duration string) by `table[field]` in units
+/// of `unit_ms` milliseconds.
+fn convert(
+    table: &mut serde_json::Value,
+    at: &str,
+    (written, field): (&str, &str),
+    unit_ms: u128,
+) -> Result<(), String> {
+    let Some(map) = table.as_object_mut() else {
+        return Ok(());
+    };
+    let Some(value) = map.remove(written) else {
+        return Ok(());
+    };
+    if map.contains_key(field) {
+        return Err(format!("{at}: give {written} or {field}, not both"));
+    }
+    let text = value.as_str().ok_or_else(|| {
+        format!("{at}.{written}: a duration with a unit, such as \"5s\" or \"500ms\" (got {value})")
+    })?;
+    let d = humantime_serde::re::humantime::parse_duration(text).map_err(|e| {
+        format!("{at}.{written}: {text:?} is not a duration ({e}); write it as \"5s\" or \"500ms\"")
+    })?;
+    let ms = d.as_millis();
+    if ms % unit_ms != 0 {
+        return Err(format!(
+            "{at}.{written}: {text:?} is not a whole number of seconds"
+        ));
+    }
+    let n =
+        u64::try_from(ms / unit_ms).map_err(|_| format!("{at}.{written}: {text:?} is too long"))?;
+    map.insert(field.to_string(), serde_json::Value::from(n));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use mesh_proto::membership::documents::document_id;
 
     use super::*;
+
+    #[test]
+    fn durations_written_as_in_the_config_become_the_documents_fields() {
+        let mut route = serde_json::json!({"name": "web", "rules": [
+            {"timeout": "2s", "per_try_timeout": "500ms", "session": {"type": "cookie", "ttl": "1h"}},
+            {"timeout_ms": 7}
+        ]});
+        durations_as_written(&mut route).unwrap();
+        assert_eq!(
+            route["rules"],
+            serde_json::json!([
+                {"timeout_ms": 2000, "per_try_timeout_ms": 500, "session": {"type": "cookie", "ttl_s": 3600}},
+                {"timeout_ms": 7}
+            ])
+        );
+        let error = |rule: serde_json::Value| {
+            let mut route = serde_json::json!({"rules": [rule]});
+            durations_as_written(&mut route).unwrap_err()
+        };
+        assert!(
+            error(serde_json::json!({"timeout": 5}))
+                .starts_with("rules[0].timeout: a duration with a unit")
+        );
+        assert!(error(serde_json::json!({"timeout": "5 parsecs"})).contains("is not a duration"));
+        assert!(
+            error(serde_json::json!({"session": {"ttl": "1500ms"}}))
+                .contains("whole number of seconds")
+        );
+        assert_eq!(
+            error(serde_json::json!({"timeout": "1s", "timeout_ms": 1000})),
+            "rules[0]: give timeout or timeout_ms, not both"
+        );
+    }
 
     fn doc(name: &str) -> RouteDocument {
         RouteDocument {

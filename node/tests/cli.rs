@@ -1001,12 +1001,12 @@ hosts = ["shop.example.org", "*.shop.example.org"]
 [[rules]]
 match = { path_prefix = "/api", methods = ["GET"] }
 backends = [{ service = "api", weight = 90 }, { service = "api-v2", weight = 10 }]
-timeout_ms = 5000
+timeout = "5s"
 retry = { on = ["connect_failure", "5xx"], attempts = 3 }
 
 [[rules]]
 backends = [{ service = "web" }]
-session = { type = "cookie", ttl_s = 3600 }
+session = { type = "cookie", ttl = "1h" }
 "#;
 
 /// One running node and an operator certificate (`alice/operator.crt`, `.key`).
@@ -1084,6 +1084,9 @@ fn route_apply_list_and_delete_through_the_cli() {
         listed[0]["spec"]["rules"][1]["session"]["name"],
         "shoal-session"
     );
+    // Durations written as in the config are signed as the document's fields.
+    assert_eq!(listed[0]["spec"]["rules"][0]["timeout_ms"], 5000);
+    assert_eq!(listed[0]["spec"]["rules"][1]["session"]["ttl_s"], 3600);
     let first_issue = listed[0]["issued_at_ms"].as_u64().unwrap();
     assert!(first_issue > 0, "the CLI stamped issued_at_ms: {listed}");
 
@@ -1159,8 +1162,18 @@ fn route_apply_reports_each_problem_on_one_line() {
             "rules[0].backends[1].weight: 0 is out of range 1..=10000",
         ],
     );
-    let unknown = f.write("unknown.toml", &SHOP_TOML.replace("timeout_ms", "timeout"));
-    refused(&unknown, &["rules[0]", "unknown field `timeout`"]);
+    let unknown = f.write("unknown.toml", &SHOP_TOML.replace("timeout =", "timeot ="));
+    refused(&unknown, &["rules[0]", "unknown field `timeot`"]);
+    let bare = f.write("bare.toml", &SHOP_TOML.replace("\"5s\"", "5000"));
+    refused(
+        &bare,
+        &["rules[0].timeout: a duration with a unit, such as \"5s\""],
+    );
+    let both = f.write(
+        "both.toml",
+        &SHOP_TOML.replace("timeout = \"5s\"", "timeout = \"5s\"\ntimeout_ms = 5000"),
+    );
+    refused(&both, &["rules[0]: give timeout or timeout_ms, not both"]);
     let broken = f.write("broken.toml", "name = \"shop\"\n[[rules]\n");
     refused(&broken, &["broken.toml: not valid TOML at line 2"]);
     let broken_json = f.write("broken.json", "{\"name\": ");

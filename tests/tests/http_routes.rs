@@ -643,7 +643,8 @@ async fn the_first_example_of_the_routing_page_runs_on_the_quickstart_mesh() {
     assert_eq!(report.applied, ["listener http added"], "{report:?}");
     let http = report.listening["http"];
 
-    let route: serde_json::Value = toml::from_str(route_toml).unwrap();
+    let mut route: serde_json::Value = toml::from_str(route_toml).unwrap();
+    shoal_node::routes::durations_as_written(&mut route).unwrap();
     apply(&m["node-1"], &operator(&m.pki), route, &m.all()).await;
     let first = get(http, "web.localhost", "/").await;
     assert_eq!(first.status, 200, "{}", first.body);

@@ -110,6 +110,7 @@ fn load_route_file(path: &Path, now_ms: u64) -> Result<RouteSpec> {
     fields
         .entry("issued_at_ms")
         .or_insert_with(|| serde_json::Value::from(now_ms));
+    shoal_node::routes::durations_as_written(&mut value).map_err(|e| anyhow!("{shown}: {e}"))?;
     let spec: RouteSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         if field == "." {
