@@ -95,6 +95,8 @@ pub struct Mesh {
     network: Option<Arc<Network>>,
     dir: TempDir,
     ca: CertificateAuthority,
+    /// The operator key route documents are signed with (issued by `ca`).
+    operator: shoal_pki::OperatorKey,
     spec: MeshSpec,
     order: Vec<String>,
     nodes: BTreeMap<String, SimNode>,
@@ -117,11 +119,17 @@ impl Mesh {
         let dir = tempfile::Builder::new().prefix("shoal-sim-").tempdir()?;
         let ca = CertificateAuthority::create("sim.shoal", Validity::days_from_now(2)?)?;
         let network = matches!(mode, Mode::InProcess).then(|| Network::new(seed));
+        let issued = ca.issue_operator("sim-operator", Validity::days_from_now(1)?)?;
+        let operator = shoal_pki::OperatorKey::from_pem(
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )?;
         Ok(Mesh {
             mode,
             network,
             dir,
             ca,
+            operator,
             spec,
             order: Vec::new(),
             nodes: BTreeMap::new(),
@@ -181,7 +189,13 @@ impl Mesh {
         cert.save(&cert_dir, true)?;
         let data_dir = self.dir.path().join(name).join("data");
         for (service, kind) in &services {
-            let b = Backend::start(*kind, name).await?;
+            // An HTTP backend answers `<node> <service>`: the report can then
+            // tell which service a route sent a request to.
+            let ident = match kind {
+                crate::scenario::BackendKind::Http => format!("{name} {service}"),
+                crate::scenario::BackendKind::Echo => name.to_string(),
+            };
+            let b = Backend::start(*kind, &ident).await?;
             self.backends.insert((service.clone(), name.to_string()), b);
         }
         self.order.push(name.to_string());
@@ -749,6 +763,72 @@ async fn spawn_process(shoal: &Path, config: &Path, name: &str) -> Result<Spawne
         }
     });
     Ok((Handle::Process(child), quic, admin, listeners))
+}
+
+impl Mesh {
+    /// Signs `spec` with the mesh's operator key, applies it through the first
+    /// running node's admin API, and waits until every running node has it in
+    /// force (bounded).
+    pub async fn apply_route(&self, spec: &mesh_proto::route::RouteSpec) -> Result<()> {
+        let signed = self.operator.sign_route(spec)?;
+        let body = serde_json::to_vec(&shoal_node::routes::ApplyRequest::new(&signed))?;
+        let admins: Vec<SocketAddr> = self
+            .order
+            .iter()
+            .filter_map(|n| self.nodes.get(n))
+            .filter(|n| n.state == NodeState::Running)
+            .filter_map(|n| n.admin)
+            .collect();
+        let first = *admins
+            .first()
+            .ok_or_else(|| anyhow!("no running node to apply the route through"))?;
+        let answer = post_text(first, "/routes", body).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for admin in admins {
+            loop {
+                let routes: Vec<serde_json::Value> =
+                    get_json(admin, "/routes").await.unwrap_or_default();
+                let in_force = routes.iter().any(|r| {
+                    r["name"] == spec.name.as_str() && r["issued_at_ms"] == spec.issued_at_ms
+                });
+                if in_force {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "route {} not in force at {admin} within 20 s (apply answered: {answer})",
+                        spec.name
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// POSTs `body` (JSON) to `path` of an admin API; the answer's body, or an
+/// error naming the status.
+async fn post_text(addr: SocketAddr, path: &str, body: Vec<u8>) -> Result<String> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await??;
+    let status = resp.status();
+    let text = String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned();
+    if !status.is_success() {
+        bail!("POST {path} answered {status}: {text}");
+    }
+    Ok(text)
 }
 
 async fn get_text(addr: SocketAddr, path: &str) -> Result<String> {

@@ -206,6 +206,23 @@ impl Report {
                 );
             }
         }
+        for (service, r) in &self.by_service {
+            if r.served_service.keys().any(|s| s != service) {
+                let total: u64 = r.served_service.values().sum();
+                let split: Vec<String> = r
+                    .served_service
+                    .iter()
+                    .map(|(s, n)| {
+                        format!("{s} {n} ({:.1}%)", *n as f64 * 100.0 / total.max(1) as f64)
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {service}: answered by service (a route's split): {}",
+                    split.join(", ")
+                );
+            }
+        }
         self.phases_text(&mut out);
         let _ = writeln!(
             out,

@@ -781,6 +781,7 @@ mod tests {
             [
                 "echo (TCP echo) is hosted on n1, n2, n5",
                 "web (HTTP) is hosted on n1, n2, n5",
+                "web-canary (HTTP) is hosted on n2, n5",
                 "echo is called through tcp listeners on n3, n4 (round_robin); the report counts every request",
                 "web is called through http listeners on n3, n4 (least_request); the report counts every request",
             ]

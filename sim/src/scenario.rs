@@ -200,6 +200,15 @@ pub enum Step {
     },
     /// Remove every partition.
     Heal,
+    /// Apply a route document (docs/routing.md's schema, durations as in the
+    /// config; `issued_at_ms` is set when it is applied), signed with an
+    /// operator certificate of the mesh's CA, through the first running node;
+    /// the step ends once every running node routes by it. HTTP listeners
+    /// route by it (the traffic's requests carry `Host: sim`).
+    Route {
+        /// The document, as a table.
+        document: serde_json::Value,
+    },
     /// Drop a share of the datagrams to and from a node (0 clears it).
     Loss {
         /// The node.
@@ -503,11 +512,42 @@ impl Scenario {
                         return Err(bad(field, "`for` must be longer than 0".into()));
                     }
                 }
+                Step::Route { document } => {
+                    let spec = route_spec(document, 0).map_err(|e| bad(field.clone(), e))?;
+                    for b in spec.rules.iter().flat_map(|r| &r.backends) {
+                        if !services.contains(&b.service) {
+                            return Err(bad(
+                                field.clone(),
+                                format!(
+                                    "the route sends to {:?}, which no [[mesh.service]] defines",
+                                    b.service
+                                ),
+                            ));
+                        }
+                    }
+                }
                 Step::Heal | Step::Expect { .. } => {}
             }
         }
         Ok(())
     }
+}
+
+/// The route document of a `route` step, stamped `issued_at_ms` and
+/// validated.
+pub fn route_spec(
+    document: &serde_json::Value,
+    issued_at_ms: u64,
+) -> Result<mesh_proto::route::RouteSpec, String> {
+    let mut document = document.clone();
+    shoal_node::routes::durations_as_written(&mut document)?;
+    if let Some(fields) = document.as_object_mut() {
+        fields.insert("issued_at_ms".into(), issued_at_ms.into());
+    }
+    let spec: mesh_proto::route::RouteSpec =
+        serde_json::from_value(document).map_err(|e| format!("document: {e}"))?;
+    spec.validate().map_err(|e| format!("document: {e}"))?;
+    Ok(spec)
 }
 
 #[cfg(test)]

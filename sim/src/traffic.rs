@@ -37,6 +37,9 @@ pub struct Record {
     pub via: String,
     /// The node whose backend answered.
     pub served_by: Option<String>,
+    /// The service whose backend answered (HTTP; a route may send a request
+    /// to another service than the one its listener leads to).
+    pub served_service: Option<String>,
     /// `None` if it succeeded, else why not.
     pub failure: Option<&'static str>,
 }
@@ -77,6 +80,10 @@ pub struct Summary {
     pub failed_by_reason: BTreeMap<String, u64>,
     /// Successful requests by serving node.
     pub served_by: BTreeMap<String, u64>,
+    /// Successful HTTP requests by the service that served them (a route's
+    /// split shows here).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub served_service: BTreeMap<String, u64>,
     /// Latency percentiles of successful requests, milliseconds.
     pub p50_ms: f64,
     /// 90th percentile.
@@ -102,6 +109,9 @@ impl Summary {
                     }
                     if let Some(n) = &r.served_by {
                         *s.served_by.entry(n.clone()).or_default() += 1;
+                    }
+                    if let Some(svc) = &r.served_service {
+                        *s.served_service.entry(svc.clone()).or_default() += 1;
                     }
                 }
                 Some(why) => {
@@ -169,6 +179,7 @@ impl Generator {
                         service: service.clone(),
                         via,
                         served_by: None,
+                        served_service: None,
                         failure: Some("generator_saturated"),
                     });
                     continue;
@@ -180,10 +191,18 @@ impl Generator {
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let result = tokio::time::timeout(REQUEST_TIMEOUT, request(kind, addr)).await;
-                    let (served_by, failure) = match result {
-                        Ok(Ok(node)) => (Some(node), None),
+                    let (served, failure) = match result {
+                        Ok(Ok(body)) => (Some(body), None),
                         Ok(Err(why)) => (None, Some(why)),
                         Err(_) => (None, Some("timeout")),
+                    };
+                    // `<node>` (echo) or `<node> <service>` (HTTP).
+                    let (served_by, served_service) = match served {
+                        Some(body) => match body.split_once(' ') {
+                            Some((node, svc)) => (Some(node.to_string()), Some(svc.to_string())),
+                            None => (Some(body), None),
+                        },
+                        None => (None, None),
                     };
                     stats.push(Record {
                         at,
@@ -191,6 +210,7 @@ impl Generator {
                         service,
                         via,
                         served_by,
+                        served_service,
                         failure,
                     });
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -281,6 +281,86 @@ min_ok = 1
     assert!(!report.expectations[0].passed);
 }
 
+/// A route step splits an HTTP service's requests between two services, as
+/// its weights say, once every node has it in force; a route naming a service
+/// the mesh does not define is refused when the scenario is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_step_splits_http_requests_between_services() {
+    let text = r#"
+name = "split"
+[mesh]
+nodes = 3
+gossip_interval = "100ms"
+health_interval = "200ms"
+[[mesh.service]]
+name = "web"
+kind = "http"
+on = ["n1"]
+[[mesh.service]]
+name = "web-v2"
+kind = "http"
+on = ["n2"]
+[[mesh.listener]]
+service = "web"
+on = ["n3"]
+protocol = "http"
+[[step]]
+action = "wait"
+until = "healthy"
+timeout = "30s"
+[[step]]
+action = "route"
+[step.document]
+name = "split"
+hosts = ["sim"]
+[[step.document.rules]]
+backends = [{ service = "web", weight = 1 }, { service = "web-v2", weight = 1 }]
+timeout = "2s"
+[[step]]
+action = "traffic"
+service = "web"
+rate = 50
+[[step]]
+action = "wait"
+for = "2s"
+[[step]]
+action = "expect"
+min_ok = 60
+max_failed = 0
+"#;
+    let scenario = Scenario::parse(text, "split").unwrap();
+    let report = run(
+        &scenario,
+        RunOptions {
+            mode: Mode::InProcess,
+            live: false,
+            notes: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{}", report.to_text());
+    let answered = &report.by_service["web"].served_service;
+    let (v1, v2) = (answered["web"], answered["web-v2"]);
+    let total = (v1 + v2) as f64;
+    assert!(
+        (0.3..=0.7).contains(&(v2 as f64 / total)),
+        "an even split: {answered:?}"
+    );
+    assert!(
+        report
+            .to_text()
+            .contains("answered by service (a route's split)")
+    );
+
+    let unknown = text.replace("service = \"web-v2\", weight", "service = \"nope\", weight");
+    let e = Scenario::parse(&unknown, "split").unwrap_err().to_string();
+    assert!(
+        e.contains("\"nope\", which no [[mesh.service]] defines"),
+        "{e}"
+    );
+}
+
 #[test]
 fn every_shipped_scenario_parses() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios");

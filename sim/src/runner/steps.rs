@@ -61,6 +61,7 @@ impl Run {
             Step::Resume { node } => self.resume(node).await?,
             Step::Partition { nodes } => self.partition(nodes).await?,
             Step::Heal => self.heal().await?,
+            Step::Route { document } => self.route(document).await?,
             Step::Loss { node, percent } => {
                 self.note(&format!("{percent}% packet loss on {node}"));
                 self.mesh.read().await.loss(node, *percent)?;
@@ -461,4 +462,44 @@ impl Run {
             });
         }
     }
+}
+
+impl Run {
+    /// Applies a route document through the mesh (see [`Step::Route`]).
+    async fn route(&mut self, document: &serde_json::Value) -> Result<()> {
+        let spec = crate::scenario::route_spec(document, wall_ms())
+            .map_err(|e| anyhow::anyhow!("route step: {e}"))?;
+        let split: Vec<String> = spec
+            .rules
+            .iter()
+            .map(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| format!("{} {}", b.service, b.weight))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+            .collect();
+        self.note(&format!(
+            "applying route {} for {} (signed by an operator of the mesh's CA): HTTP requests go {}; TCP listeners ignore routes",
+            spec.name,
+            spec.hosts.join(", "),
+            split.join("; then ")
+        ));
+        let at = self.epoch.elapsed();
+        self.mesh.read().await.apply_route(&spec).await?;
+        self.note(&format!(
+            "  -> route {}: in force on every running node after {:.2} s",
+            spec.name,
+            self.epoch.elapsed().saturating_sub(at).as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+/// Now, in ms since the Unix epoch (a route document's `issued_at_ms`).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
