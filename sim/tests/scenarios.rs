@@ -8,6 +8,20 @@ use shoal_sim::mesh::Mode;
 use shoal_sim::runner::{RunOptions, run};
 use shoal_sim::scenario::Scenario;
 
+/// Runs `scenario` with in-process nodes, quietly.
+async fn in_process(scenario: &Scenario) -> shoal_sim::report::Report {
+    run(
+        scenario,
+        RunOptions {
+            mode: Mode::InProcess,
+            live: false,
+            notes: false,
+        },
+    )
+    .await
+    .unwrap()
+}
+
 const SHORT: &str = r#"
 name = "short"
 [mesh]
@@ -97,16 +111,7 @@ fn timing<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_scenario_kills_partitions_heals_and_restarts() {
     let scenario = Scenario::parse(SHORT, "short").unwrap();
-    let report = run(
-        &scenario,
-        RunOptions {
-            mode: Mode::InProcess,
-            live: false,
-            notes: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = in_process(&scenario).await;
     assert!(report.passed(), "{}", report.to_text());
     assert!(
         timing(&report, "killed n1", "dropped by every node")
@@ -216,16 +221,7 @@ until = "converged"
 timeout = "1s"
 "#;
     let scenario = Scenario::parse(text, "wave").unwrap();
-    let report = run(
-        &scenario,
-        RunOptions {
-            mode: Mode::InProcess,
-            live: false,
-            notes: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = in_process(&scenario).await;
     assert_eq!(report.nodes, 5);
     let wave = timing(&report, "added n4..n5", "all seen alive by every node");
     assert!(wave.after_s.is_some(), "{}", report.to_text());
@@ -265,16 +261,7 @@ action = "expect"
 min_ok = 1
 "#;
     let scenario = Scenario::parse(text, "impossible").unwrap();
-    let report = run(
-        &scenario,
-        RunOptions {
-            mode: Mode::InProcess,
-            live: false,
-            notes: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = in_process(&scenario).await;
     assert!(!report.passed());
     assert!(report.to_text().contains("FAILED"));
     assert_eq!(report.expectations.len(), 1);
@@ -329,16 +316,7 @@ min_ok = 60
 max_failed = 0
 "#;
     let scenario = Scenario::parse(text, "split").unwrap();
-    let report = run(
-        &scenario,
-        RunOptions {
-            mode: Mode::InProcess,
-            live: false,
-            notes: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = in_process(&scenario).await;
     assert!(report.passed(), "{}", report.to_text());
     let answered = &report.by_service["web"].served_service;
     let (v1, v2) = (answered["web"], answered["web-v2"]);
