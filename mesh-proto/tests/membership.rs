@@ -12,9 +12,9 @@ use mesh_proto::codec::encode;
 use mesh_proto::gossip::{Health, NodeCertificate, NodeRecord, NodeState, RouteDocument};
 use mesh_proto::membership::signing::{indirect_ack_payload, record_payload, suspicion_payload};
 use mesh_proto::membership::sim::{Network, node_record, service_record};
-use mesh_proto::membership::wire::{Body, IndirectAck, Items, PingReq};
+use mesh_proto::membership::wire::{Body, IndirectAck, Items, PingReq, TimeIs};
 use mesh_proto::membership::{
-    Crypto, Event, GossipMessage, Refusal, SignedRecord, Suspicion, Timing,
+    Crypto, Destination, Event, GossipMessage, Refusal, SignedRecord, Suspicion, Timing,
 };
 use mesh_proto::revocation::{REVOCATIONS_DOCUMENT, Revocation, RevocationList};
 use mesh_proto::route::RouteSpec;
@@ -304,6 +304,55 @@ fn a_node_killed_in_a_small_mesh_dies_although_its_probers_keep_accusing_it() {
         "n2 is still {:?} on n1",
         net.health_seen("n1", "n2")
     );
+}
+
+#[test]
+fn a_node_tells_its_time_to_anyone_of_the_cluster_and_nothing_else_changes() {
+    // `shoal check --pre` asks a seed for its clock in the name of a node that
+    // is not running yet: the seed answers at the address it was asked from,
+    // and neither learns of a member nor counts the question as a sign of life.
+    let mut net = mesh(3);
+    let members_before = net
+        .node("n1")
+        .unwrap()
+        .membership
+        .view(net.now(), net.wall_ms())
+        .members
+        .len();
+    let (now, wall) = (net.now(), net.wall_ms());
+    let asker: SocketAddr = "10.9.9.9:7100".parse().unwrap();
+    let question = msg(&net, Body::Time(42));
+    let n1 = &mut net.node_mut("n1").unwrap().membership;
+    while n1.poll_transmit().is_some() {}
+    let peer = mesh_proto::membership::Peer {
+        name: "n9".into(),
+        addr: asker,
+    };
+    n1.handle_message(peer, question, now, wall);
+    let answers: Vec<_> = std::iter::from_fn(|| n1.poll_transmit()).collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let answer = &answers[0];
+    assert!(matches!(&answer.to, Destination::Member(p) if p.addr == asker && p.name == "n9"));
+    assert_eq!(
+        answer.message.body,
+        Body::TimeIs(TimeIs {
+            nonce: 42,
+            wall_ms: wall
+        })
+    );
+    let view = n1.view(now, wall);
+    assert_eq!(view.members.len(), members_before);
+    assert!(view.members.iter().all(|m| m.name != "n9"));
+    // An answer nobody asked for changes nothing either.
+    let stray = msg(
+        &net,
+        Body::TimeIs(TimeIs {
+            nonce: 1,
+            wall_ms: 0,
+        }),
+    );
+    net.inject("n2", addr(&net, "n2"), "n1", &stray);
+    assert_eq!(refusals(&net, "n1", Refusal::Malformed), 0);
 }
 
 #[test]

@@ -10,11 +10,11 @@
 //! state lives outside the loop, so a supervised restart of the loop loses
 //! nothing.
 
+pub mod clock;
 pub mod crypto;
 pub mod fair_queue;
 pub mod transport;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +33,7 @@ pub use fair_queue::FairQueue;
 pub use transport::{Outbound, Received};
 
 use crate::metrics::Metrics;
+use crate::throttle::Throttle;
 
 /// Messages one peer may have waiting for the state machine.
 pub const PEER_INBOUND_QUEUE: usize = 32;
@@ -99,33 +100,6 @@ pub struct Gossip {
     cluster: String,
     /// When each node of another cluster was last named in the log.
     other_clusters: Throttle,
-}
-
-/// Says something about a key at most once a minute (and remembers at most
-/// [`Throttle::KEYS`] keys: a flood of names forgets, it does not grow).
-#[derive(Debug, Default)]
-struct Throttle(Mutex<HashMap<String, Instant>>);
-
-impl Throttle {
-    const EVERY: Duration = Duration::from_secs(60);
-    const KEYS: usize = 256;
-
-    /// Whether to say it about `key` now (and then not for a minute).
-    fn should_say(&self, key: &str) -> bool {
-        let now = Instant::now();
-        let mut said = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if said
-            .get(key)
-            .is_some_and(|at| now.duration_since(*at) < Self::EVERY)
-        {
-            return false;
-        }
-        if said.len() >= Self::KEYS {
-            said.clear();
-        }
-        said.insert(key.to_string(), now);
-        true
-    }
 }
 
 /// Route documents peers sent that were refused, for `GET /routes/rejected`:
@@ -544,18 +518,6 @@ impl Gossip {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_throttle_says_each_key_once_a_minute_and_stays_bounded() {
-        let t = Throttle::default();
-        assert!(t.should_say("evil"));
-        assert!(!t.should_say("evil"), "not again within the minute");
-        assert!(t.should_say("other"), "each key on its own");
-        for n in 0..(Throttle::KEYS * 4) {
-            t.should_say(&format!("flood-{n}"));
-        }
-        assert!(t.0.lock().unwrap().len() <= Throttle::KEYS);
-    }
 
     #[test]
     fn views_are_published_no_faster_than_they_are_cheap_to_build_and_read() {

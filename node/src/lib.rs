@@ -45,6 +45,7 @@ pub mod routes;
 pub mod routing;
 pub mod seeds;
 pub mod supervisor;
+pub mod throttle;
 pub mod tls;
 
 pub use app::{Bound, Node, StartError, StartOptions};

@@ -276,6 +276,9 @@ pub struct TlsState {
     required_services: std::sync::Mutex<Vec<String>>,
     /// The revocation list in force (empty until one is).
     revoked: ArcSwap<RevocationList>,
+    /// Refused certificates already logged: one peer retrying a refused
+    /// handshake is one line a minute, not one per attempt.
+    refusals_logged: crate::throttle::Throttle,
 }
 
 /// Modification time and length of each TLS file, to notice changes on disk.
@@ -368,6 +371,7 @@ impl TlsState {
             trust_generation: tokio::sync::watch::channel(0).0,
             required_services: std::sync::Mutex::default(),
             revoked: ArcSwap::from_pointee(RevocationList::empty(String::new())),
+            refusals_logged: crate::throttle::Throttle::default(),
         }))
     }
 
@@ -616,23 +620,33 @@ impl TlsState {
     ) -> Result<CertIdentity, rustls::Error> {
         result.map_err(|r| {
             self.metrics.tls.reject(r.as_str());
+            let peer = describe_cert(cert);
+            let key = format!("{side} {} {peer}", r.as_str());
+            let Some(left_out) = self
+                .refusals_logged
+                .say_at(&key, std::time::Instant::now())
+            else {
+                return r.into_rustls();
+            };
             if r == Rejection::OtherCa {
                 // The issuer's name is the same for every CA of a trust
                 // domain: the fingerprints of this mesh's CAs tell them apart.
                 tracing::warn!(
                     peer_role = side,
-                    peer = %describe_cert(cert),
+                    %peer,
                     reason = r.as_str(),
                     issuer = %issuer_of(cert),
                     this_mesh_ca = %self.trust.load().describe_cas(),
-                    "refused a peer certificate of another CA"
+                    repeats_not_logged = left_out,
+                    "refused a peer certificate of another CA (logged once a minute per certificate)"
                 );
             } else {
                 tracing::warn!(
                     peer_role = side,
-                    peer = %describe_cert(cert),
+                    %peer,
                     reason = r.as_str(),
-                    "refused a peer certificate"
+                    repeats_not_logged = left_out,
+                    "refused a peer certificate (logged once a minute per certificate)"
                 );
             }
             r.into_rustls()

@@ -464,7 +464,8 @@ fn check_accepts_a_valid_config_and_prints_the_effective_config() {
 
 /// `shoal check --pre` before starting a node: a busy admin port fails, a
 /// key readable by others warns, a seed that is a live node of the mesh
-/// answers by name, and one where nothing listens fails with what to check.
+/// answers by name and tells its clock, and one where nothing listens fails
+/// with what to check.
 #[test]
 fn check_pre_finds_what_would_stop_a_node_before_it_starts() {
     use std::os::unix::fs::PermissionsExt;
@@ -502,6 +503,9 @@ fn check_pre_finds_what_would_stop_a_node_before_it_starts() {
     assert!(line("warn  tls.key:").contains("mode 0644"));
     assert!(line("ok    tls.cert:").contains("days left"));
     assert!(line("ok    node.seeds[0]:").contains("answered: node a"));
+    // The live seed told its time (the same machine's clock: within a second).
+    let clock = line("ok    node.seeds[0] clock:");
+    assert!(clock.contains("this machine's (±"), "{clock}");
     assert!(line("fail  node.seeds[1]:").contains("node.listen, not node.admin"));
     // JSON, the same findings.
     let out = shoal(&[

@@ -704,7 +704,10 @@ async fn spawn_process(shoal: &Path, config: &Path, name: &str) -> Result<Spawne
     let mut child = Command::new(shoal)
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("SHOAL_SIM_NODE_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -468,16 +468,20 @@ impl Run {
     }
 }
 
-/// The requests of each phase (those that started in it), per service; phases
-/// without requests are left out.
+/// The requests of each phase, per service; phases without requests are left
+/// out. A request counts in the phase in which it *ended* (its outcome
+/// known): one in flight when a fault began — a TCP connection whose serving
+/// node is killed mid-exchange — is counted after the fault, whose doing its
+/// outcome is, not in the quiet phase before it.
 fn phases(records: &[Record], marks: &[(Duration, String)], end: Duration) -> Vec<Phase> {
     let mut out = Vec::new();
     for (i, (from, name)) in marks.iter().enumerate() {
         let to = marks.get(i + 1).map_or(end, |m| m.0);
-        let inside: Vec<&Record> = records
-            .iter()
-            .filter(|r| r.at >= *from && r.at < to)
-            .collect();
+        let ended = |r: &&Record| {
+            let at = r.at + r.latency;
+            at >= *from && (at < to || i + 1 == marks.len())
+        };
+        let inside: Vec<&Record> = records.iter().filter(ended).collect();
         if inside.is_empty() {
             continue;
         }
@@ -771,6 +775,38 @@ fn process_cpu_ms() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(at_ms: u64, took_ms: u64, failure: Option<&'static str>) -> Record {
+        Record {
+            at: Duration::from_millis(at_ms),
+            latency: Duration::from_millis(took_ms),
+            service: "echo".into(),
+            via: "n3".into(),
+            served_by: failure.is_none().then(|| "n1".to_string()),
+            served_service: None,
+            failure,
+        }
+    }
+
+    #[test]
+    fn a_request_in_flight_when_a_fault_begins_counts_after_the_fault() {
+        let marks = [
+            (Duration::ZERO, "steady".to_string()),
+            (Duration::from_secs(6), "after kill n1".to_string()),
+        ];
+        let records = [
+            request(1_000, 1, None),
+            // Started just before the kill, timed out 5 s later.
+            request(5_999, 5_000, Some("timeout")),
+            request(7_000, 1, None),
+            // Ends after the last mark: still the last phase.
+            request(11_000, 20_000, None),
+        ];
+        let p = phases(&records, &marks, Duration::from_secs(12));
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].requests.sent, p[0].requests.failed), (1, 0));
+        assert_eq!((p[1].requests.sent, p[1].requests.failed), (3, 1));
+    }
 
     #[test]
     fn the_demo_says_who_hosts_and_who_calls_each_service() {

@@ -89,6 +89,8 @@ pub fn kind_of(body: &Body) -> &'static str {
         Body::PingReq(_) => "ping_req",
         Body::IndirectPing(_) => "indirect_ping",
         Body::IndirectAck(_) => "indirect_ack",
+        Body::Time(_) => "time",
+        Body::TimeIs(_) => "time_is",
     }
 }
 

@@ -39,7 +39,7 @@ use super::signing::{Crypto, indirect_ack_payload, record_payload, suspicion_pay
 use super::sync;
 use super::view::{MemberView, View};
 use super::wire::{
-    Body, GossipMessage, IndirectAck, IndirectPing, Items, PingReq, SignedRecord, Suspicion,
+    Body, GossipMessage, IndirectAck, IndirectPing, Items, PingReq, SignedRecord, Suspicion, TimeIs,
 };
 
 /// How long a peer that sent a bad signature is ignored.
@@ -618,6 +618,16 @@ impl<C: Crypto> Membership<C> {
             self.refused(Refusal::Quarantined, &from.name, None);
             return;
         }
+        match msg.body {
+            // Told to anyone of the cluster (`shoal check --pre` measures clock
+            // skew), with no other effect: neither counts as a sign of life.
+            Body::Time(nonce) => {
+                let answer = TimeIs { nonce, wall_ms };
+                return self.send(Destination::Member(from), Body::TimeIs(answer));
+            }
+            Body::TimeIs(_) => return,
+            _ => {}
+        }
         self.heard.insert(from.name.clone(), now);
         if self.unreachable.remove(&from.name).is_some() {
             self.topology_changed();
@@ -653,6 +663,7 @@ impl<C: Crypto> Membership<C> {
             Body::PingReq(req) => self.handle_ping_req(from, req, now),
             Body::IndirectPing(ping) => self.handle_indirect_ping(from, ping),
             Body::IndirectAck(ack) => self.handle_indirect_ack(from, ack, now),
+            Body::Time(_) | Body::TimeIs(_) => {}
         }
     }
 

@@ -281,6 +281,22 @@ pub enum Body {
     /// intermediary to the requester, who checks the target's signature: an
     /// intermediary cannot vouch for a dead node.
     IndirectAck(IndirectAck),
+    /// "What time is it by your clock?" (`shoal check --pre` asks a seed to
+    /// measure clock skew). Answered with [`Body::TimeIs`] carrying the same
+    /// nonce, to anyone of the cluster, with no other effect: not a sign of
+    /// life, not a join.
+    Time(u64),
+    /// The answer to a [`Body::Time`].
+    TimeIs(TimeIs),
+}
+
+/// See [`Body::TimeIs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct TimeIs {
+    /// The asker's nonce.
+    pub nonce: u64,
+    /// The answering node's wall clock, milliseconds since the Unix epoch.
+    pub wall_ms: u64,
 }
 
 /// See [`Body::PingReq`].
@@ -404,7 +420,7 @@ impl Frame for GossipMessage {
     fn validate(&self) -> Result<(), FieldError> {
         validate_name("cluster", &self.cluster)?;
         match &self.body {
-            Body::Ping(_) | Body::Ack(_) => Ok(()),
+            Body::Ping(_) | Body::Ack(_) | Body::Time(_) | Body::TimeIs(_) => Ok(()),
             Body::SyncHash(h) => h.range.validate(),
             Body::Sync(d) => d.validate(),
             Body::Items(items) => items.validate(),

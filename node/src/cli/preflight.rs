@@ -2,7 +2,10 @@
 //! found before it starts (like `linkerd check --pre`) — its ports free, its
 //! certificate far from expiry, its key private, and each seed resolving and
 //! answering an mTLS handshake with this node's own certificate (so a seed
-//! that is the admin port, or a node of another CA, shows here, named).
+//! that is the admin port, or a node of another CA, shows here, named), and
+//! each seed's clock close to this machine's ([`clock`]).
+
+mod clock;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 use shoal_node::config::Config;
-use shoal_node::endpoint::{MeshEndpoint, SocketSource, Use};
+use shoal_node::endpoint::{Accepted, MeshEndpoint, SocketSource, Use};
 use shoal_node::metrics::Metrics;
 use shoal_node::tls::{TlsFiles, TlsState};
 
@@ -162,7 +165,7 @@ async fn seeds(config: &Config) -> Vec<Finding> {
             "none: this node only joins when others seed it (or --seed is given)",
         )];
     }
-    let endpoint = match client(config) {
+    let (endpoint, mut accepted) = match client(config) {
         Ok(e) => e,
         Err(e) => return vec![Finding::new("fail", "tls", format!("{e:#}"))],
     };
@@ -181,15 +184,34 @@ async fn seeds(config: &Config) -> Vec<Finding> {
             }
         };
         for addr in addrs {
-            out.push(handshake(&endpoint, &field, seed, addr).await);
+            let answered = handshake(&endpoint, &field, seed, addr).await;
+            let ok = answered.level == "ok";
+            out.push(answered);
+            if ok {
+                let asked = clock::ask_time(
+                    &endpoint,
+                    &mut accepted.gossip,
+                    addr,
+                    &config.node.cluster,
+                    SEED_TIMEOUT,
+                )
+                .await;
+                out.push(clock::judge(
+                    &field,
+                    addr,
+                    asked,
+                    config.gossip.max_clock_skew,
+                ));
+            }
         }
     }
     endpoint.close();
     out
 }
 
-/// An endpoint with this node's own certificate, on a free port.
-fn client(config: &Config) -> Result<Arc<MeshEndpoint>> {
+/// An endpoint with this node's own certificate, on a free port, and where
+/// it hands the connections it accepts.
+fn client(config: &Config) -> Result<(Arc<MeshEndpoint>, Accepted)> {
     let metrics = Arc::new(Metrics::new());
     let files = TlsFiles {
         cert: config.tls.cert.clone(),
@@ -202,8 +224,7 @@ fn client(config: &Config) -> Result<Arc<MeshEndpoint>> {
     } else {
         "0.0.0.0:0".parse()?
     };
-    let (endpoint, _accepted) = MeshEndpoint::new(SocketSource::Bind(any), tls, metrics)?;
-    Ok(endpoint)
+    Ok(MeshEndpoint::new(SocketSource::Bind(any), tls, metrics)?)
 }
 
 /// The outcome of one handshake with a seed's address.

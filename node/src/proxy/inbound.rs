@@ -265,7 +265,7 @@ async fn tcp_stream(
         accepted.downstream.clone(),
     ));
     tracing::trace!(caller = %asked.caller, service = %asked.service(), request_id = %asked.header.request_id, "tunnel stream accepted");
-    splice::splice(
+    let totals = splice::splice(
         Side::quic(send, recv),
         Side::tcp(backend),
         local.config.idle_timeout,
@@ -273,6 +273,7 @@ async fn tcp_stream(
         progress,
     )
     .await;
+    tracing::debug!(caller = %asked.caller, service = %asked.service(), request_id = %asked.header.request_id, from_caller = totals.a_to_b, to_caller = totals.b_to_a, aborted = totals.aborted, "tunnel stream ended");
 }
 
 /// An HTTP request stream: a pooled (or new) keep-alive connection to the

@@ -132,7 +132,8 @@ impl Listener {
             TcpUpstream::Local(s, slot) => (Side::tcp(s), Some(slot)),
             TcpUpstream::Tunnel(t) => (Side::quic(t.send, t.recv), None),
         };
-        splice::splice(
+        tracing::debug!(listener = %self.cfg.name, client = %peer, node = %endpoint.node, setup = ?started.elapsed(), "connected");
+        let totals = splice::splice(
             Side::tcp(client),
             other,
             self.cfg.idle_timeout,
@@ -141,6 +142,7 @@ impl Listener {
         )
         .await;
         active.dec();
+        tracing::debug!(listener = %self.cfg.name, client = %peer, node = %endpoint.node, upstream = totals.a_to_b, downstream = totals.b_to_a, aborted = totals.aborted, took = ?started.elapsed(), "connection ended");
     }
 
     /// An endpoint of the service and a stream to it: up to `attempts` picks,
