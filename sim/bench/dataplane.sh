@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Data-plane benchmark: direct vs haproxy pair vs stunnel pair vs Shoal (two nodes),
-# measured side by side in one run, interleaved round by round. See sim/bench/README.md.
+# Data-plane benchmark: direct vs haproxy pairs (plaintext, and TLS 1.3 with client
+# certificates between the two in mode tcp and in mode http) vs stunnel pair vs Shoal
+# (two nodes), measured side by side in one run, interleaved round by round.
+# See sim/bench/README.md.
 #
 #   sim/bench/dataplane.sh [--rounds N] [--duration SECONDS] [--bulk-gib G] [--quick]
 #                          [--warmup SECONDS] [--quiet-wait SECONDS]
-#                          [--keepalive-requests N] [--keep]
+#                          [--keepalive-requests N] [--json FILE] [--keep]
 #
 # Needs: the release binaries (cargo build --release -p shoal-node -p shoal-pki),
 # python3, gcc, openssl; installs haproxy, stunnel4, nginx and wrk with apt-get if missing.
@@ -22,6 +24,7 @@ QUICK=0
 KEEP=0
 QUIET_WAIT=20
 KEEPALIVE_REQUESTS=1000   # nginx's own default
+JSON_OUT=""
 DISTURBED_CORE_FRACTION=0.10
 
 usage() {
@@ -39,6 +42,8 @@ Options:
   --keepalive-requests N
                       nginx keepalive_requests (default 1000, nginx's own default: each
                       wrk connection is re-opened after 1000 requests)
+  --json FILE         also write one object per setup (setup, rps, p50_ms, p99_ms,
+                      cpu_ms_per_1k, bulk_mib_s, cpu_s_per_gib; null where not measured)
   --keep              keep the temp dir (configs, certificates, logs) after the run
   -h, --help          this help
 EOF
@@ -49,7 +54,7 @@ MEASURE_RC=0
 need() { [ $# -ge 2 ] || { echo "dataplane.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --rounds|--duration|--warmup|--bulk-gib|--quiet-wait|--keepalive-requests) need "$@" ;;
+        --rounds|--duration|--warmup|--bulk-gib|--quiet-wait|--keepalive-requests|--json) need "$@" ;;
     esac
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -58,6 +63,8 @@ while [ $# -gt 0 ]; do
         --bulk-gib) BULK_GIB="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --keep) KEEP=1; shift ;;
+        --json) JSON_OUT="$(cd "$(dirname "$2")" 2>/dev/null && pwd)/$(basename "$2")" \
+                    || { echo "dataplane.sh: --json: no directory $(dirname "$2")" >&2; exit 2; }; shift 2 ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
         --keepalive-requests) KEEPALIVE_REQUESTS="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -146,7 +153,7 @@ gcc -O2 -Wall -o "$WORK/bin/bulk" "$HERE/bulk.c" || die "cannot compile $HERE/bu
 BULK="$WORK/bin/bulk"
 
 # ---------------------------------------------------------------- ports
-# 16 ports outside the ephemeral range, free for both TCP and UDP right now.
+# 23 ports outside the ephemeral range, free for both TCP and UDP right now.
 read -r -a P <<<"$(python3 - <<'EOF'
 import random, socket
 lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
@@ -165,17 +172,20 @@ for p in cands:
             s.close()
     if ok:
         ports.append(p)
-    if len(ports) == 17:
+    if len(ports) == 23:
         break
 print(" ".join(map(str, ports)))
 EOF
 )"
-[ ${#P[@]} -eq 17 ] || die "could not find 17 free ports"
+[ ${#P[@]} -eq 23 ] || die "could not find 23 free ports"
 NGINX_PORT=${P[0]};   SINK_PORT=${P[1]}
 HAA_HTTP=${P[2]};     HAA_BULK=${P[3]};   HAB_HTTP=${P[4]};   HAB_BULK=${P[5]}
 STA_HTTP=${P[6]};     STA_BULK=${P[7]};   STB_HTTP=${P[8]};   STB_BULK=${P[9]}
 SHA_QUIC=${P[10]};    SHA_ADMIN=${P[11]}; SHA_HTTP=${P[12]};  SHA_BULK=${P[13]}
 SHB_QUIC=${P[14]};    SHB_ADMIN=${P[15]}; SHA_L7=${P[16]}
+# haproxy pairs with mTLS between them: mode tcp (http and bulk), mode http (http).
+HTA_HTTP=${P[17]};    HTA_BULK=${P[18]};  HTB_HTTP=${P[19]};  HTB_BULK=${P[20]}
+HHA_HTTP=${P[21]};    HHB_HTTP=${P[22]}
 
 wait_listen() { # port what [seconds]: wait until something LISTENs on 127.0.0.1:port
     # (reads /proc/net/tcp instead of connecting, so that no proxy or backend sees a
@@ -317,6 +327,48 @@ log "starting stunnel pair (A client mode :$STA_HTTP/:$STA_BULK -> B server mode
 start stunnel-b "$STUNNEL" "$S/b.conf"
 start stunnel-a "$STUNNEL" "$S/a.conf"
 
+# ---------------------------------------------------------------- haproxy mTLS pairs
+# The same CA and certificates as stunnel's. Between A and B: TLS 1.3 only, B requires
+# and verifies A's client certificate, A verifies B's (name stunnel-b). One pair in
+# mode tcp (L4, like stunnel), one in mode http (parses HTTP on both sides and keeps
+# pooled TLS connections from A to B, like a mesh's L7 path).
+cat "$S/a.crt" "$S/a.key" >"$S/a.pem"; cat "$S/b.crt" "$S/b.key" >"$S/b.pem"
+haproxy_mtls_cfg() { # file mode side(a|b) "port:to_port"...
+    local file=$1 mode=$2 side=$3; shift 3
+    {
+        printf 'global\n    maxconn 4096\n'
+        printf '    ssl-default-bind-options ssl-min-ver TLSv1.3\n    ssl-default-server-options ssl-min-ver TLSv1.3\n'
+        printf 'defaults\n    mode %s\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n' "$mode"
+        local i=0 pair from to
+        for pair in "$@"; do
+            from=${pair%%:*}; to=${pair##*:}; i=$((i + 1))
+            printf 'frontend in%d\n' "$i"
+            if [ "$side" = b ]; then
+                printf '    bind 127.0.0.1:%s ssl crt %s/b.pem ca-file %s/ca.crt verify required\n' "$from" "$S" "$S"
+                printf '    default_backend out%d\nbackend out%d\n    server s1 127.0.0.1:%s\n' "$i" "$i" "$to"
+            else
+                printf '    bind 127.0.0.1:%s\n' "$from"
+                printf '    default_backend out%d\nbackend out%d\n' "$i" "$i"
+                printf '    server s1 127.0.0.1:%s ssl crt %s/a.pem ca-file %s/ca.crt verify required verifyhost stunnel-b sni str(stunnel-b)\n' "$to" "$S" "$S"
+            fi
+        done
+    } >"$file"
+}
+mkdir -p "$WORK/haproxy-mtls"
+haproxy_mtls_cfg "$WORK/haproxy-mtls/tcp-b.cfg" tcp b "$HTB_HTTP:$NGINX_PORT" "$HTB_BULK:$SINK_PORT"
+haproxy_mtls_cfg "$WORK/haproxy-mtls/tcp-a.cfg" tcp a "$HTA_HTTP:$HTB_HTTP" "$HTA_BULK:$HTB_BULK"
+haproxy_mtls_cfg "$WORK/haproxy-mtls/http-b.cfg" http b "$HHB_HTTP:$NGINX_PORT"
+haproxy_mtls_cfg "$WORK/haproxy-mtls/http-a.cfg" http a "$HHA_HTTP:$HHB_HTTP"
+for c in tcp-b tcp-a http-b http-a; do
+    haproxy -c -q -f "$WORK/haproxy-mtls/$c.cfg" >"$WORK/logs/haproxy-check-$c.log" 2>&1 \
+        || { cat "$WORK/logs/haproxy-check-$c.log" >&2; die "haproxy rejected $WORK/haproxy-mtls/$c.cfg"; }
+done
+log "starting haproxy mTLS pairs (mode tcp :$HTA_HTTP/:$HTA_BULK -> :$HTB_HTTP/:$HTB_BULK; mode http :$HHA_HTTP -> :$HHB_HTTP)"
+start haproxy-tcp-b haproxy -db -f "$WORK/haproxy-mtls/tcp-b.cfg"
+start haproxy-tcp-a haproxy -db -f "$WORK/haproxy-mtls/tcp-a.cfg"
+start haproxy-http-b haproxy -db -f "$WORK/haproxy-mtls/http-b.cfg"
+start haproxy-http-a haproxy -db -f "$WORK/haproxy-mtls/http-a.cfg"
+
 # ---------------------------------------------------------------- Shoal pair
 log "making Shoal certificates (shoal-pki) and configs"
 H="$WORK/shoal"; mkdir -p "$H"
@@ -385,11 +437,14 @@ RUST_LOG=warn start shoal-a "$SHOAL" run --config "$H/a/node.toml"
 # ---------------------------------------------------------------- readiness
 for port_name in "$HAB_HTTP haproxy-b" "$HAB_BULK haproxy-b" "$HAA_HTTP haproxy-a" "$HAA_BULK haproxy-a" \
                  "$STB_HTTP stunnel-b" "$STB_BULK stunnel-b" "$STA_HTTP stunnel-a" "$STA_BULK stunnel-a" \
+                 "$HTB_HTTP haproxy-tcp-b" "$HTB_BULK haproxy-tcp-b" "$HTA_HTTP haproxy-tcp-a" "$HTA_BULK haproxy-tcp-a" \
+                 "$HHB_HTTP haproxy-http-b" "$HHA_HTTP haproxy-http-a" \
                  "$SHB_ADMIN shoal-b" "$SHA_ADMIN shoal-a" "$SHA_HTTP shoal-a" "$SHA_BULK shoal-a" "$SHA_L7 shoal-a"; do
     set -- $port_name
     wait_listen "$1" "$2" 15
 done
-for n in nginx sink haproxy-a haproxy-b stunnel-a stunnel-b shoal-a shoal-b; do
+for n in nginx sink haproxy-a haproxy-b haproxy-tcp-a haproxy-tcp-b haproxy-http-a haproxy-http-b \
+         stunnel-a stunnel-b shoal-a shoal-b; do
     v="PID_${n//-/_}"; check_alive "$n" "${!v}"
 done
 log "waiting until node A's /services shows http and bulk healthy"
@@ -410,17 +465,21 @@ sys.exit(1)
 EOF
 
 # A request and a small bulk transfer through every setup before measuring.
-for hp in "direct $NGINX_PORT $SINK_PORT" "haproxy $HAA_HTTP $HAA_BULK" "stunnel $STA_HTTP $STA_BULK" "shoal $SHA_HTTP $SHA_BULK"; do
+for hp in "direct $NGINX_PORT $SINK_PORT" "haproxy $HAA_HTTP $HAA_BULK" "haproxy-mtls-tcp $HTA_HTTP $HTA_BULK" \
+          "stunnel $STA_HTTP $STA_BULK" "shoal $SHA_HTTP $SHA_BULK"; do
     set -- $hp
     body="$(python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$2/', timeout=5).read().decode())" 2>&1)" \
         || die "setup $1: HTTP request through 127.0.0.1:$2 failed: $body"
     [ "$body" = "hello world" ] || die "setup $1: wrong body through 127.0.0.1:$2: $body"
     "$BULK" send "$3" 1048576 >/dev/null || die "setup $1: 1 MiB bulk test through 127.0.0.1:$3 failed"
 done
-body="$(python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$SHA_L7/', timeout=5).read().decode())" 2>&1)" \
-    || die "setup shoal http: HTTP request through 127.0.0.1:$SHA_L7 failed: $body"
-[ "$body" = "hello world" ] || die "setup shoal http: wrong body through 127.0.0.1:$SHA_L7: $body"
-log "all five setups answer; measuring"
+for hp in "haproxy-mtls-http $HHA_HTTP" "shoal-http $SHA_L7"; do
+    set -- $hp
+    body="$(python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$2/', timeout=5).read().decode())" 2>&1)" \
+        || die "setup $1: HTTP request through 127.0.0.1:$2 failed: $body"
+    [ "$body" = "hello world" ] || die "setup $1: wrong body through 127.0.0.1:$2: $body"
+done
+log "all seven setups answer; measuring"
 
 # ---------------------------------------------------------------- versions, then measure
 RESULTS="$HERE/results"
@@ -437,6 +496,7 @@ cat >"$WORK/bench.json" <<EOF
   "disturbed_core_fraction": $DISTURBED_CORE_FRACTION, "quiet_wait": $QUIET_WAIT,
   "shoal_admin": {"shoal-a": $SHA_ADMIN, "shoal-b": $SHB_ADMIN},
   "bulk": "$BULK", "wrk": "$(command -v wrk)",
+  "json_out": $([ -n "$JSON_OUT" ] && python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$JSON_OUT" || echo null),
   "root_pid": $$,
   "results_dir": "$RESULTS",
   "repo": "$REPO",
@@ -454,6 +514,10 @@ cat >"$WORK/bench.json" <<EOF
     {"name": "direct", "what": "client -> backend", "http_port": $NGINX_PORT, "bulk_port": $SINK_PORT, "proxies": {}},
     {"name": "haproxy pair", "what": "client -> haproxy A -> haproxy B -> backend (mode tcp, plaintext)",
      "http_port": $HAA_HTTP, "bulk_port": $HAA_BULK, "proxies": {"haproxy-a": $PID_haproxy_a, "haproxy-b": $PID_haproxy_b}},
+    {"name": "haproxy mTLS tcp", "what": "client -> haproxy A -> TLS 1.3 mTLS -> haproxy B -> backend (mode tcp)",
+     "http_port": $HTA_HTTP, "bulk_port": $HTA_BULK, "proxies": {"haproxy-tcp-a": $PID_haproxy_tcp_a, "haproxy-tcp-b": $PID_haproxy_tcp_b}},
+    {"name": "haproxy mTLS http", "what": "client -> haproxy A -> TLS 1.3 mTLS, pooled -> haproxy B -> backend (mode http on both)",
+     "http_port": $HHA_HTTP, "bulk_port": null, "proxies": {"haproxy-http-a": $PID_haproxy_http_a, "haproxy-http-b": $PID_haproxy_http_b}},
     {"name": "stunnel pair", "what": "client -> stunnel A -> TLS 1.3 mTLS -> stunnel B -> backend",
      "http_port": $STA_HTTP, "bulk_port": $STA_BULK, "proxies": {"stunnel-a": $PID_stunnel_a, "stunnel-b": $PID_stunnel_b}},
     {"name": "shoal", "what": "client -> listener on node A -> mTLS QUIC -> node B -> backend",
@@ -472,7 +536,7 @@ PIDS+=($!)
 wait $! || MEASURE_RC=$?
 
 # Anything the proxies logged at warn or above is worth a look.
-for n in shoal-a shoal-b haproxy-a haproxy-b; do
+for n in shoal-a shoal-b haproxy-a haproxy-b haproxy-tcp-a haproxy-tcp-b haproxy-http-a haproxy-http-b; do
     if [ -s "$WORK/logs/$n.log" ]; then
         log "$n logged $(wc -l <"$WORK/logs/$n.log") line(s); last ones:"
         tail -5 "$WORK/logs/$n.log" | sed 's/^/    /' >&2

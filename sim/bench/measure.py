@@ -363,6 +363,27 @@ def summarize(cfg, raw):
     return summary
 
 
+def per_setup(cfg, summary):
+    """One object per setup (the `--json FILE` of dataplane.sh): medians, null where
+    not measured (no proxy: no CPU; no bulk port: no bulk)."""
+    def rnd(v, nd):
+        return None if v is None else round(v, nd)
+    out = []
+    for s in cfg["setups"]:
+        m = summary[s["name"]]
+        proxied = bool(s["proxies"])
+        out.append({
+            "setup": s["name"],
+            "rps": rnd(m["rps"], 1),
+            "p50_ms": rnd(None if m["p50_us"] is None else m["p50_us"] / 1e3, 3),
+            "p99_ms": rnd(None if m["p99_us"] is None else m["p99_us"] / 1e3, 3),
+            "cpu_ms_per_1k": rnd(m["proxy_ms_per_1k_req"], 2) if proxied else None,
+            "bulk_mib_s": rnd(None if m["mb_per_s"] is None else m["mb_per_s"] * 1e6 / 2**20, 1),
+            "cpu_s_per_gib": rnd(m["proxy_s_per_gib"], 3) if proxied else None,
+        })
+    return out
+
+
 GOALS = [  # design.md §9, for the Shoal row
     ("HTTP req/s ×direct", "rps_x_direct", ">=", 0.25, "stunnel pair 0.14, ztunnel 0.20"),
     ("p99 latency ×direct", "p99_x_direct", "<=", 6.0, "stunnel 7.7, ztunnel 11"),
@@ -573,7 +594,7 @@ def main():
             b = bulk_phase(cfg, s) if s.get("bulk_port") else {
                 "skipped": True, "other_core_fraction": 0.0, "disturbed": False}
             raw.append({"round": rnd, "setup": s["name"], "waited_for_quiet_s": waited, "http": h, "bulk": b})
-            print("[round %d/%d] %-13s %9s req/s  p50 %8s  p99 %8s  proxy %5s ms/1k  other %.2f%s | "
+            print("[round %d/%d] %-17s %9s req/s  p50 %8s  p99 %8s  proxy %5s ms/1k  other %.2f%s | "
                   "bulk %7s MB/s  proxy %5s s/GiB  other %.2f%s%s" % (
                       rnd, cfg["rounds"], s["name"], fmt(h.get("rps")), us(h.get("p50_us")), us(h.get("p99_us")),
                       fmt(h.get("proxy_ms_per_1k_req"), 1), h["other_core_fraction"], " D" if h["disturbed"] else "",
@@ -601,6 +622,10 @@ def main():
                    "summary": summary, "rounds": raw, "shoal_metrics_at_end": extra}, f, indent=1)
     print(md)
     print("results: %s.md and %s.json" % (base, base), file=sys.stderr)
+    if cfg.get("json_out"):
+        with open(cfg["json_out"], "w") as f:
+            json.dump(per_setup(cfg, summary), f, indent=1)
+        print("per-setup figures: %s" % cfg["json_out"], file=sys.stderr)
     failed = [r for r in raw for k in ("http", "bulk") if r[k].get("error")]
     sys.exit(1 if failed else 0)
 
