@@ -997,7 +997,8 @@ struct Chores {
     data_dir: PathBuf,
 }
 
-/// Periodic chores: close idle pooled connections and recycle those whose
+/// Periodic chores: close idle pooled connections (and gossip connections
+/// beyond the cap) and recycle those whose
 /// certificates expire, publish the local services' in-flight load, reload TLS
 /// files when they change on disk, and persist the last known peers.
 async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
@@ -1018,6 +1019,10 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
             data_dir,
         } = &*chores;
         endpoint.reap_idle();
+        endpoint.shed_gossip(
+            &gossip.neighbour_names(),
+            crate::endpoint::GOSSIP_CONNECTION_CAP,
+        );
         endpoint.recycle(false);
         for (name, local) in proxy.services().iter() {
             let n = local.active.load(Ordering::Relaxed);

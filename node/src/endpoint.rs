@@ -7,7 +7,7 @@
 //! drop datagrams under load) or handed in by the caller — the simulator wraps the
 //! real socket to inject partitions and loss underneath QUIC.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -282,6 +282,22 @@ struct Tracked {
     peer_not_after: i64,
     pooled_as: Option<(SocketAddr, Use)>,
     gossip: bool,
+}
+
+/// Gossip connections a node keeps open at most (beyond its overlay
+/// neighbours'): the scaling target of issue 13 (see
+/// [`MeshEndpoint::shed_gossip`]).
+pub const GOSSIP_CONNECTION_CAP: usize = 16;
+
+/// Which of `open` connections (when this node last used each, and whether it
+/// must be kept) to close so that at most `cap` stay: the least recently used
+/// ones not kept first (never used counts as oldest). Indices into `open`.
+pub fn shed_order(open: &[(Option<Instant>, bool)], cap: usize) -> Vec<usize> {
+    let excess = open.len().saturating_sub(cap);
+    let mut candidates: Vec<usize> = (0..open.len()).filter(|&i| !open[i].1).collect();
+    candidates.sort_by_key(|&i| open[i].0);
+    candidates.truncate(excess);
+    candidates
 }
 
 /// Bidirectional (tunnel) streams a peer may open at first on a connection this
@@ -738,6 +754,47 @@ impl MeshEndpoint {
             .count()
     }
 
+    /// Closes gossip connections beyond `cap`, those this node used least
+    /// recently first, never one to a peer named in `keep` (its overlay
+    /// neighbours): a seed that every joining node dials, or a node many
+    /// others probe, keeps at most `cap` open rather than one per peer for the
+    /// pool's idle time. Returns how many were closed (each counted in
+    /// `shoal_gossip_connections_shed_total`); a peer that needs one again
+    /// dials it again.
+    pub fn shed_gossip(&self, keep: &HashSet<String>, cap: usize) -> usize {
+        let slots: Vec<((SocketAddr, Use), SlotRef)> = {
+            let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter()
+                .filter(|(k, _)| k.1 == Use::Gossip)
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()
+        };
+        let mut open = Vec::new();
+        for (key, slot) in &slots {
+            let Ok(slot) = slot.try_lock() else { continue };
+            if let Some(conn) = slot.conn.as_ref().filter(|c| c.close_reason().is_none()) {
+                let kept = slot.peer.as_deref().is_some_and(|p| keep.contains(p));
+                open.push((*key, conn.clone(), slot.last_used, kept));
+            }
+        }
+        let order: Vec<(Option<Instant>, bool)> = open.iter().map(|o| (o.2, o.3)).collect();
+        let shed = shed_order(&order, cap);
+        for &i in &shed {
+            let (key, conn, _, _) = &open[i];
+            conn.close(VarInt::from_u32(0), b"over the gossip connection cap");
+            self.pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key);
+            self.metrics.gossip.connections_shed.inc();
+        }
+        if !shed.is_empty() {
+            let open = i64::try_from(self.gossip_connections()).unwrap_or(i64::MAX);
+            self.metrics.gossip.connections.set(open);
+        }
+        shed.len()
+    }
+
     /// Closes pooled connections unused for their use's [`Use::pool_idle`]
     /// (run periodically), and updates `shoal_gossip_connections`.
     pub fn reap_idle(&self) {
@@ -957,7 +1014,26 @@ fn server_config(
 
 #[cfg(test)]
 mod tests {
-    use super::{INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS, next_stream_limit, stream_cap};
+    use super::{
+        INITIAL_TUNNEL_STREAMS, MAX_TUNNEL_STREAMS, next_stream_limit, shed_order, stream_cap,
+    };
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn gossip_connections_over_the_cap_are_shed_least_recently_used_first_never_a_neighbour() {
+        let t0 = Instant::now();
+        let at = |s: u64| Some(t0 + Duration::from_secs(s));
+        let open = [
+            (at(5), false), // 0
+            (at(1), true),  // 1: oldest, but a neighbour's
+            (at(2), false), // 2
+            (None, false),  // 3: never used by this node: oldest of all
+            (at(9), false), // 4
+        ];
+        assert_eq!(shed_order(&open, 5), Vec::<usize>::new(), "at the cap");
+        assert_eq!(shed_order(&open, 3), vec![3, 2]);
+        assert_eq!(shed_order(&open, 0), vec![3, 2, 0, 4], "neighbours stay");
+    }
 
     #[test]
     fn the_stream_limit_doubles_when_three_quarters_are_open_up_to_the_cap() {

@@ -148,6 +148,17 @@ pub struct Wiring {
 
 impl Gossip {
     /// The gossip layer around `membership` (whose own records are published
+    /// The names of this node's overlay neighbours (see
+    /// [`MeshEndpoint::shed_gossip`](crate::endpoint::MeshEndpoint::shed_gossip)).
+    pub fn neighbour_names(&self) -> std::collections::HashSet<String> {
+        let state = self.lock();
+        state
+            .current_neighbours()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     /// already). Nothing runs until [`Gossip::run`].
     pub fn new(
         membership: Membership<NodeCrypto>,

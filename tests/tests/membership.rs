@@ -424,10 +424,11 @@ async fn the_peer_answers_over_the_gossip_connection_this_node_dialled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
     // 20 real nodes joining through one seed: at first every node talks to the
-    // seed, which then holds a connection to each (19). Once the overlay has
-    // settled, each node keeps about one connection per neighbour (at most 8,
-    // a few more while views differ) and the seed's others close when unused
-    // (15 s). All pairs would be 19.
+    // seed, which then holds a connection to each (19), more than the cap (16):
+    // it sheds the ones it used least recently, never a neighbour's. Once the
+    // overlay has settled, each node keeps about one connection per neighbour
+    // (at most 8, a few more while views differ) and the seed's others close
+    // when unused (15 s). All pairs would be 19.
     let mesh = Cluster::of((0..20).map(|i| NodeSpec::new(&format!("n{i:02}"))))
         .start()
         .await;
@@ -459,6 +460,12 @@ async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
     let seed_connections = seed.metric("shoal_quic_connections_accepted").await
         + seed.metric("shoal_quic_connections_opened").await;
     assert!(seed_connections >= 19.0, "the seed met {seed_connections}");
+    // It held more than the cap while the others joined, and shed the excess;
+    // the peers whose connections it closed dial again when they need one, so
+    // the mesh stays whole.
+    let shed = seed.metric("shoal_gossip_connections_shed_total").await;
+    assert!(shed >= 1.0, "the seed shed {shed} connections");
+    mesh.wait_converged().await;
     mesh.stop().await;
 }
 

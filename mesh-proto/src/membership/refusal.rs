@@ -65,8 +65,8 @@ pub enum Refusal {
     DocumentLimit,
     /// A message from a peer in quarantine (it sent a bad signature).
     Quarantined,
-    /// An anti-entropy request from a peer that sent one less than half a round
-    /// ago (each costs this node a digest).
+    /// An anti-entropy request from a peer that already sent two of its kind
+    /// in the last half round (each costs this node a digest).
     SyncRateLimited,
     /// An indirect probe this node will not help with: a ping-req for a member
     /// it does not hold (or for itself or the requester), beyond the relay caps,

@@ -71,6 +71,11 @@ const FIRST_CHOICE_ROUNDS: u64 = 2;
 /// Every this many anti-entropy exchanges, one goes to a member believed dead
 /// (so a healed partition is noticed) and one to a seed.
 const SYNC_WIDER_EVERY: u64 = 4;
+/// Anti-entropy requests of one kind answered per peer per half round. An
+/// honest member sends a node at most two in one round: as a neighbour, and as
+/// a seed it knows by another address than the node's own record gives (it
+/// cannot tell them apart before it connects).
+const SYNCS_PER_HALF_ROUND: u8 = 2;
 /// How rarely a wider exchange goes to a seed: with probability
 /// `1 / (members × SEED_SYNC_RARITY)`, so the whole mesh contacts a seed about
 /// once every `SEED_SYNC_RARITY` wider rounds (16 s at the default interval),
@@ -263,7 +268,9 @@ pub struct Membership<C: Crypto> {
     /// Unreachable members not yet accused for want of budget, oldest first.
     deferred: VecDeque<String>,
     quarantine: HashMap<String, Instant>,
-    sync_answered: HashMap<(String, bool), Instant>,
+    /// Per (peer, digest or hash): when its current half round began and how
+    /// many of its anti-entropy requests were answered in it.
+    sync_answered: HashMap<(String, bool), (Instant, u8)>,
     own_version: u64,
     last_signed_ms: u64,
     last_announce_ms: u64,
@@ -783,25 +790,25 @@ impl<C: Crypto> Membership<C> {
     }
 
     /// Whether `peer`'s anti-entropy request (a range hash, or a digest asking for
-    /// one back) is answered: at most one of each kind per peer per half round,
-    /// since each costs this node a digest.
+    /// one back) is answered: at most [`SYNCS_PER_HALF_ROUND`] of each kind per
+    /// peer per half round, since each costs this node a digest.
     fn may_answer_sync(&mut self, peer: &str, now: Instant, digest: bool) -> bool {
         let key = (peer.to_string(), digest);
         let spacing = self.config.timing.interval / 2;
-        let allowed = self
-            .sync_answered
-            .get(&key)
-            .is_none_or(|at| now.saturating_duration_since(*at) >= spacing);
-        if allowed {
-            if self.sync_answered.len() >= MAX_SYNC_PEERS {
-                self.sync_answered
-                    .retain(|_, at| now.saturating_duration_since(*at) < spacing);
-            }
-            self.sync_answered.insert(key, now);
-        } else {
+        let (since, count) = match self.sync_answered.get(&key) {
+            Some(&(at, n)) if now.saturating_duration_since(at) < spacing => (at, n),
+            _ => (now, 0),
+        };
+        if count >= SYNCS_PER_HALF_ROUND {
             self.refused(Refusal::SyncRateLimited, peer, None);
+            return false;
         }
-        allowed
+        if self.sync_answered.len() >= MAX_SYNC_PEERS {
+            self.sync_answered
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < spacing);
+        }
+        self.sync_answered.insert(key, (since, count + 1));
+        true
     }
 
     fn handle_items(&mut self, from: &Peer, items: Items, now: Instant, wall_ms: u64) {
@@ -1208,7 +1215,7 @@ impl<C: Crypto> Membership<C> {
         }
         let spacing = self.config.timing.interval;
         self.sync_answered
-            .retain(|_, at| now.saturating_duration_since(*at) < spacing);
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < spacing);
     }
 
     /// Accuses the unreachable members the budget refused earlier, while it
@@ -1243,6 +1250,12 @@ impl<C: Crypto> Membership<C> {
                 })
             })
             .collect()
+    }
+
+    /// This node's overlay neighbours as last chosen (none before the first
+    /// choice): the peers whose connections it keeps whatever else it sheds.
+    pub fn current_neighbours(&self) -> &[Peer] {
+        &self.neighbours
     }
 
     /// The set of members up, or their addresses, may have changed: the
@@ -1453,8 +1466,19 @@ impl<C: Crypto> Membership<C> {
             // exchange with a seed in the whole mesh every SEED_SYNC_RARITY
             // wider rounds), so that sides of a partition longer than
             // `dead_grace`, which forgot each other, still meet again, while
-            // the seeds keep few more connections than anyone else.
-            let seeds = self.seeds.clone();
+            // the seeds keep few more connections than anyone else. Not a seed
+            // already picked as a member this round: a second exchange with it
+            // would only be refused (`sync_rate_limited`).
+            let seeds: Vec<SocketAddr> = self
+                .seeds
+                .iter()
+                .filter(|s| {
+                    !targets
+                        .iter()
+                        .any(|t| matches!(t, Destination::Member(p) if p.addr == **s))
+                })
+                .copied()
+                .collect();
             if let Some(s) = self.pick(&seeds) {
                 targets.push(Destination::Seed(s));
             }

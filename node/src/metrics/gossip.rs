@@ -35,6 +35,8 @@ pub struct GossipMetrics {
     pub local_health: Gauge,
     /// Open QUIC connections carrying gossip (dialled or accepted).
     pub connections: Gauge,
+    /// Gossip connections closed for being over the cap.
+    pub connections_shed: Counter,
 }
 
 impl GossipMetrics {
@@ -98,8 +100,14 @@ impl GossipMetrics {
             connections: register(
                 r,
                 "gossip_connections",
-                "Open QUIC connections carrying gossip, dialled or accepted: about one per overlay neighbour (at most 8), plus the members reached in the last 15 s",
+                "Open QUIC connections carrying gossip, dialled or accepted: about one per overlay neighbour (at most 8), plus the members reached in the last 15 s, at most 16 beyond the neighbours' for long",
                 Gauge::default(),
+            ),
+            connections_shed: register(
+                r,
+                "gossip_connections_shed",
+                "Gossip connections this node closed because it held more than 16 (least recently used first, never an overlay neighbour's): a seed during mass joins",
+                Counter::default(),
             ),
         }
     }
