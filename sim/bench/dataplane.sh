@@ -9,7 +9,8 @@
 #                          [--keepalive-requests N] [--json FILE] [--keep]
 #
 # Needs: the release binaries (cargo build --release -p shoal-node -p shoal-pki),
-# python3, gcc, openssl; installs haproxy, stunnel4, nginx and wrk with apt-get if missing.
+# python3, gcc, openssl; installs haproxy, stunnel4, nginx, wrk and h2load (nghttp2-client)
+# with apt-get if missing.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -104,6 +105,7 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing missing packages with apt-get: ${missing[*]}"
     [ "$(id -u)" = 0 ] || die "need root to install ${missing[*]} (or install them yourself: apt-get install -y ${missing[*]})"
@@ -153,7 +155,7 @@ gcc -O2 -Wall -o "$WORK/bin/bulk" "$HERE/bulk.c" || die "cannot compile $HERE/bu
 BULK="$WORK/bin/bulk"
 
 # ---------------------------------------------------------------- ports
-# 23 ports outside the ephemeral range, free for both TCP and UDP right now.
+# 25 ports outside the ephemeral range, free for both TCP and UDP right now.
 read -r -a P <<<"$(python3 - <<'EOF'
 import random, socket
 lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
@@ -172,12 +174,12 @@ for p in cands:
             s.close()
     if ok:
         ports.append(p)
-    if len(ports) == 23:
+    if len(ports) == 25:
         break
 print(" ".join(map(str, ports)))
 EOF
 )"
-[ ${#P[@]} -eq 23 ] || die "could not find 23 free ports"
+[ ${#P[@]} -eq 25 ] || die "could not find 25 free ports"
 NGINX_PORT=${P[0]};   SINK_PORT=${P[1]}
 HAA_HTTP=${P[2]};     HAA_BULK=${P[3]};   HAB_HTTP=${P[4]};   HAB_BULK=${P[5]}
 STA_HTTP=${P[6]};     STA_BULK=${P[7]};   STB_HTTP=${P[8]};   STB_BULK=${P[9]}
@@ -186,6 +188,8 @@ SHB_QUIC=${P[14]};    SHB_ADMIN=${P[15]}; SHA_L7=${P[16]}
 # haproxy pairs with mTLS between them: mode tcp (http and bulk), mode http (http).
 HTA_HTTP=${P[17]};    HTA_BULK=${P[18]};  HTB_HTTP=${P[19]};  HTB_BULK=${P[20]}
 HHA_HTTP=${P[21]};    HHB_HTTP=${P[22]}
+# HTTP/2 (h2c, prior knowledge) entry points: nginx itself, haproxy mTLS http's A.
+NGINX_H2=${P[23]};    HHA_H2=${P[24]}
 
 wait_listen() { # port what [seconds]: wait until something LISTENs on 127.0.0.1:port
     # (reads /proc/net/tcp instead of connecting, so that no proxy or backend sees a
@@ -239,6 +243,14 @@ http {
     keepalive_timeout 300s;
     server {
         listen 127.0.0.1:$NGINX_PORT;
+        root $WORK/nginx/www;
+        location / { index index.html; }
+    }
+    # The direct HTTP/2 baseline: h2load does not reconnect when nginx ends a
+    # connection after keepalive_requests, so this one keeps its connections.
+    server {
+        listen 127.0.0.1:$NGINX_H2 http2;
+        keepalive_requests 100000000;
         root $WORK/nginx/www;
         location / { index index.html; }
     }
@@ -359,6 +371,9 @@ haproxy_mtls_cfg "$WORK/haproxy-mtls/tcp-b.cfg" tcp b "$HTB_HTTP:$NGINX_PORT" "$
 haproxy_mtls_cfg "$WORK/haproxy-mtls/tcp-a.cfg" tcp a "$HTA_HTTP:$HTB_HTTP" "$HTA_BULK:$HTB_BULK"
 haproxy_mtls_cfg "$WORK/haproxy-mtls/http-b.cfg" http b "$HHB_HTTP:$NGINX_PORT"
 haproxy_mtls_cfg "$WORK/haproxy-mtls/http-a.cfg" http a "$HHA_HTTP:$HHB_HTTP"
+# haproxy's h2 front end (h2c, prior knowledge) on A, to the same backend.
+printf 'frontend in_h2\n    bind 127.0.0.1:%s proto h2\n    default_backend out1\n' "$HHA_H2" \
+    >>"$WORK/haproxy-mtls/http-a.cfg"
 for c in tcp-b tcp-a http-b http-a; do
     haproxy -c -q -f "$WORK/haproxy-mtls/$c.cfg" >"$WORK/logs/haproxy-check-$c.log" 2>&1 \
         || { cat "$WORK/logs/haproxy-check-$c.log" >&2; die "haproxy rejected $WORK/haproxy-mtls/$c.cfg"; }
@@ -438,7 +453,7 @@ RUST_LOG=warn start shoal-a "$SHOAL" run --config "$H/a/node.toml"
 for port_name in "$HAB_HTTP haproxy-b" "$HAB_BULK haproxy-b" "$HAA_HTTP haproxy-a" "$HAA_BULK haproxy-a" \
                  "$STB_HTTP stunnel-b" "$STB_BULK stunnel-b" "$STA_HTTP stunnel-a" "$STA_BULK stunnel-a" \
                  "$HTB_HTTP haproxy-tcp-b" "$HTB_BULK haproxy-tcp-b" "$HTA_HTTP haproxy-tcp-a" "$HTA_BULK haproxy-tcp-a" \
-                 "$HHB_HTTP haproxy-http-b" "$HHA_HTTP haproxy-http-a" \
+                 "$HHB_HTTP haproxy-http-b" "$HHA_HTTP haproxy-http-a" "$HHA_H2 haproxy-http-a" "$NGINX_H2 nginx" \
                  "$SHB_ADMIN shoal-b" "$SHA_ADMIN shoal-a" "$SHA_HTTP shoal-a" "$SHA_BULK shoal-a" "$SHA_L7 shoal-a"; do
     set -- $port_name
     wait_listen "$1" "$2" 15
@@ -479,7 +494,12 @@ for hp in "haproxy-mtls-http $HHA_HTTP" "shoal-http $SHA_L7"; do
         || die "setup $1: HTTP request through 127.0.0.1:$2 failed: $body"
     [ "$body" = "hello world" ] || die "setup $1: wrong body through 127.0.0.1:$2: $body"
 done
-log "all seven setups answer; measuring"
+for hp in "direct $NGINX_H2" "haproxy-mtls-http $HHA_H2" "shoal-http $SHA_L7"; do
+    set -- $hp
+    out="$(h2load -n 4 -c 1 "http://127.0.0.1:$2/" 2>&1)" || die "setup $1: h2load through 127.0.0.1:$2 failed: $out"
+    grep -q "4 succeeded" <<<"$out" || die "setup $1: HTTP/2 (h2c) requests through 127.0.0.1:$2 failed: $(grep -E 'requests:|status codes' <<<"$out")"
+done
+log "all seven setups answer (and three over HTTP/2); measuring"
 
 # ---------------------------------------------------------------- versions, then measure
 RESULTS="$HERE/results"
@@ -495,7 +515,7 @@ cat >"$WORK/bench.json" <<EOF
   "git_status": $(cd "$REPO" && git status --porcelain 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))'),
   "disturbed_core_fraction": $DISTURBED_CORE_FRACTION, "quiet_wait": $QUIET_WAIT,
   "shoal_admin": {"shoal-a": $SHA_ADMIN, "shoal-b": $SHB_ADMIN},
-  "bulk": "$BULK", "wrk": "$(command -v wrk)",
+  "bulk": "$BULK", "wrk": "$(command -v wrk)", "h2load": "$(command -v h2load)",
   "json_out": $([ -n "$JSON_OUT" ] && python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$JSON_OUT" || echo null),
   "root_pid": $$,
   "results_dir": "$RESULTS",
@@ -511,19 +531,19 @@ cat >"$WORK/bench.json" <<EOF
     "git": $(cd "$REPO" && { git describe --always --dirty 2>/dev/null || echo unknown; } | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')
   },
   "setups": [
-    {"name": "direct", "what": "client -> backend", "http_port": $NGINX_PORT, "bulk_port": $SINK_PORT, "proxies": {}},
+    {"name": "direct", "what": "client -> backend", "http_port": $NGINX_PORT, "h2_port": $NGINX_H2, "bulk_port": $SINK_PORT, "proxies": {}},
     {"name": "haproxy pair", "what": "client -> haproxy A -> haproxy B -> backend (mode tcp, plaintext)",
      "http_port": $HAA_HTTP, "bulk_port": $HAA_BULK, "proxies": {"haproxy-a": $PID_haproxy_a, "haproxy-b": $PID_haproxy_b}},
     {"name": "haproxy mTLS tcp", "what": "client -> haproxy A -> TLS 1.3 mTLS -> haproxy B -> backend (mode tcp)",
      "http_port": $HTA_HTTP, "bulk_port": $HTA_BULK, "proxies": {"haproxy-tcp-a": $PID_haproxy_tcp_a, "haproxy-tcp-b": $PID_haproxy_tcp_b}},
     {"name": "haproxy mTLS http", "what": "client -> haproxy A -> TLS 1.3 mTLS, pooled -> haproxy B -> backend (mode http on both)",
-     "http_port": $HHA_HTTP, "bulk_port": null, "proxies": {"haproxy-http-a": $PID_haproxy_http_a, "haproxy-http-b": $PID_haproxy_http_b}},
+     "http_port": $HHA_HTTP, "h2_port": $HHA_H2, "bulk_port": null, "proxies": {"haproxy-http-a": $PID_haproxy_http_a, "haproxy-http-b": $PID_haproxy_http_b}},
     {"name": "stunnel pair", "what": "client -> stunnel A -> TLS 1.3 mTLS -> stunnel B -> backend",
      "http_port": $STA_HTTP, "bulk_port": $STA_BULK, "proxies": {"stunnel-a": $PID_stunnel_a, "stunnel-b": $PID_stunnel_b}},
     {"name": "shoal", "what": "client -> listener on node A -> mTLS QUIC -> node B -> backend",
      "http_port": $SHA_HTTP, "bulk_port": $SHA_BULK, "proxies": {"shoal-a": $PID_shoal_a, "shoal-b": $PID_shoal_b}},
     {"name": "shoal http", "what": "client -> HTTP listener on node A (parses, routes, one QUIC stream per request) -> node B -> backend",
-     "http_port": $SHA_L7, "bulk_port": null, "proxies": {"shoal-a": $PID_shoal_a, "shoal-b": $PID_shoal_b}}
+     "http_port": $SHA_L7, "h2_port": $SHA_L7, "bulk_port": null, "proxies": {"shoal-a": $PID_shoal_a, "shoal-b": $PID_shoal_b}}
   ],
   "backends": {"nginx": $PID_nginx, "sink": $PID_sink},
   "logs": "$WORK/logs"

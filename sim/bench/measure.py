@@ -286,6 +286,38 @@ def http_phase(cfg, setup):
     return res
 
 
+def parse_h2load(text):
+    """h2load's summary: req/s, requests that succeeded, mean time per request."""
+    r = {}
+    m = re.search(r"^finished in [\d.]+\w+, ([\d.]+) req/s", text, re.M)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"^requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", text, re.M)
+    if m:
+        r["requests"], r["failed"], r["errored"] = (int(x) for x in m.groups())
+    m = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    r["mean_us"] = parse_time_us(m.group(3)) if m else None
+    return r
+
+
+def h2_phase(cfg, setup):
+    """HTTP/2 (h2c, prior knowledge): h2load, 16 connections, 10 streams each."""
+    url = "http://127.0.0.1:%d/" % setup["h2_port"]
+    d = cfg["duration"]
+    argv = [cfg["h2load"], "-c16", "-m10", "-t1", "-D%d" % d, "--warm-up-time=%d" % cfg["warmup"], url]
+    with Phase(cfg, setup) as ph:
+        c0 = children_cpu()
+        rc, so, se = run_child(argv, d + cfg["warmup"] + 60)
+        client = children_cpu() - c0
+        res = ph.finish(client)
+    res.update(parse_h2load(so))
+    res["h2load_rc"] = rc
+    if rc != 0 or not res.get("rps") or not res.get("requests") or res.get("failed") or res.get("errored"):
+        res["error"] = "h2load exit %s: %s" % (rc, (se or so).strip()[-300:])
+    elif res.get("requests"):
+        res["proxy_ms_per_1k_req"] = round(res["proxy_cpu_s"] * 1e3 / (res["requests"] / 1e3), 3)
+    return res
+
+
 def bulk_phase(cfg, setup):
     n = cfg["bulk_bytes"]
     timeout = 30 + n / 20e6
@@ -351,6 +383,10 @@ def summarize(cfg, raw):
             "p99_us": median_of(h_rows, "p99_us"),
             "proxy_ms_per_1k_req": median_of(h_rows, "proxy_ms_per_1k_req"),
             "mb_per_s": median_of(b_rows, "mb_per_s"),
+            "h2_rps": median_of(usable([r["h2"] for r in raw if r["setup"] == name and "h2" in r])[0], "rps"),
+            "h2_mean_us": median_of(usable([r["h2"] for r in raw if r["setup"] == name and "h2" in r])[0], "mean_us"),
+            "h2_proxy_ms_per_1k_req": median_of(
+                usable([r["h2"] for r in raw if r["setup"] == name and "h2" in r])[0], "proxy_ms_per_1k_req"),
             "proxy_s_per_gib": median_of(b_rows, "proxy_s_per_gib"),
             "http_rounds_used": len(h_rows), "bulk_rounds_used": len(b_rows),
             "http_only_disturbed": h_fallback, "bulk_only_disturbed": b_fallback,
@@ -380,6 +416,9 @@ def per_setup(cfg, summary):
             "cpu_ms_per_1k": rnd(m["proxy_ms_per_1k_req"], 2) if proxied else None,
             "bulk_mib_s": rnd(None if m["mb_per_s"] is None else m["mb_per_s"] * 1e6 / 2**20, 1),
             "cpu_s_per_gib": rnd(m["proxy_s_per_gib"], 3) if proxied else None,
+            "h2_rps": rnd(m.get("h2_rps"), 1),
+            "h2_mean_ms": rnd(None if m.get("h2_mean_us") is None else m["h2_mean_us"] / 1e3, 3),
+            "h2_cpu_ms_per_1k": rnd(m.get("h2_proxy_ms_per_1k_req"), 2) if proxied else None,
         })
     return out
 
@@ -444,6 +483,23 @@ def render(cfg, machine, raw, summary, shoal_metrics=None):
     L.append("")
     L.append("Setups: " + "; ".join("**%s**: %s" % (s["name"], s["what"]) for s in cfg["setups"]) + ".")
     L.append("")
+    h2 = [s for s in cfg["setups"] if summary[s["name"]].get("h2_rps") is not None]
+    if h2:
+        d = summary.get("direct", {}).get("h2_rps")
+        L.append("## HTTP/2 (h2c, prior knowledge)")
+        L.append("")
+        L.append("`h2load -c16 -m10 -t1 -D%ds --warm-up-time=%ds` (16 connections, 10 concurrent streams each); "
+                 "the proxies speak HTTP/1.1 to nginx. h2load gives no percentiles: the mean time per request." % (
+                     cfg["duration"], cfg["warmup"]))
+        L.append("")
+        L.append("| setup | req/s | req/s ×direct | mean | proxy CPU ms / 1k req |")
+        L.append("|---|--:|--:|--:|--:|")
+        for s in h2:
+            m = summary[s["name"]]
+            L.append("| %s | %s | %s | %s | %s |" % (
+                s["name"], fmt(m["h2_rps"]), fmt(ratio(m["h2_rps"], d), 2), us(m.get("h2_mean_us")),
+                "—" if not s["proxies"] else fmt(m.get("h2_proxy_ms_per_1k_req"), 1)))
+        L.append("")
     sh = summary.get("shoal")
     if sh:
         L.append("## Shoal against the goals (design.md §9)")
@@ -593,7 +649,15 @@ def main():
             # A setup without a bulk port (the HTTP listener) has no bulk phase.
             b = bulk_phase(cfg, s) if s.get("bulk_port") else {
                 "skipped": True, "other_core_fraction": 0.0, "disturbed": False}
-            raw.append({"round": rnd, "setup": s["name"], "waited_for_quiet_s": waited, "http": h, "bulk": b})
+            row = {"round": rnd, "setup": s["name"], "waited_for_quiet_s": waited, "http": h, "bulk": b}
+            if s.get("h2_port"):
+                row["h2"] = h2_phase(cfg, s)
+                print("[round %d/%d] %-17s HTTP/2: %9s req/s  mean %8s  proxy %5s ms/1k%s" % (
+                    rnd, cfg["rounds"], s["name"], fmt(row["h2"].get("rps")), us(row["h2"].get("mean_us")),
+                    fmt(row["h2"].get("proxy_ms_per_1k_req"), 1),
+                    "  ERROR: %s" % row["h2"]["error"] if row["h2"].get("error") else ""),
+                      file=sys.stderr, flush=True)
+            raw.append(row)
             print("[round %d/%d] %-17s %9s req/s  p50 %8s  p99 %8s  proxy %5s ms/1k  other %.2f%s | "
                   "bulk %7s MB/s  proxy %5s s/GiB  other %.2f%s%s" % (
                       rnd, cfg["rounds"], s["name"], fmt(h.get("rps")), us(h.get("p50_us")), us(h.get("p99_us")),
@@ -626,7 +690,7 @@ def main():
         with open(cfg["json_out"], "w") as f:
             json.dump(per_setup(cfg, summary), f, indent=1)
         print("per-setup figures: %s" % cfg["json_out"], file=sys.stderr)
-    failed = [r for r in raw for k in ("http", "bulk") if r[k].get("error")]
+    failed = [r for r in raw for k in ("http", "bulk", "h2") if r.get(k, {}).get("error")]
     sys.exit(1 if failed else 0)
 
 
