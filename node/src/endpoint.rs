@@ -762,6 +762,8 @@ impl MeshEndpoint {
     /// `shoal_gossip_connections_shed_total`); a peer that needs one again
     /// dials it again.
     pub fn shed_gossip(&self, keep: &HashSet<String>, cap: usize) -> usize {
+        // When this node last used each pooled gossip connection, by id.
+        let mut used: HashMap<usize, (SocketAddr, Option<Instant>)> = HashMap::new();
         let slots: Vec<((SocketAddr, Use), SlotRef)> = {
             let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.iter()
@@ -769,23 +771,37 @@ impl MeshEndpoint {
                 .map(|(k, v)| (*k, v.clone()))
                 .collect()
         };
-        let mut open = Vec::new();
         for (key, slot) in &slots {
-            let Ok(slot) = slot.try_lock() else { continue };
-            if let Some(conn) = slot.conn.as_ref().filter(|c| c.close_reason().is_none()) {
-                let kept = slot.peer.as_deref().is_some_and(|p| keep.contains(p));
-                open.push((*key, conn.clone(), slot.last_used, kept));
+            if let Ok(slot) = slot.try_lock()
+                && let Some(conn) = &slot.conn
+            {
+                used.insert(conn.stable_id(), (key.0, slot.last_used));
             }
         }
-        let order: Vec<(Option<Instant>, bool)> = open.iter().map(|o| (o.2, o.3)).collect();
+        // Every open gossip connection, pooled or not (an accepted one the
+        // pool did not adopt counts too): never used by this node is oldest.
+        let open: Vec<(Connection, Option<Instant>, bool)> = {
+            let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            tracked
+                .iter()
+                .filter(|t| t.gossip && t.conn.close_reason().is_none())
+                .map(|t| {
+                    let peer = tls::peer_identity(t.conn.peer_identity()).and_then(|p| p.node);
+                    let kept = peer.as_deref().is_some_and(|p| keep.contains(p));
+                    let last = used.get(&t.conn.stable_id()).and_then(|u| u.1);
+                    (t.conn.clone(), last, kept)
+                })
+                .collect()
+        };
+        let order: Vec<(Option<Instant>, bool)> = open.iter().map(|o| (o.1, o.2)).collect();
         let shed = shed_order(&order, cap);
         for &i in &shed {
-            let (key, conn, _, _) = &open[i];
+            let conn = &open[i].0;
             conn.close(VarInt::from_u32(0), b"over the gossip connection cap");
-            self.pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(key);
+            if let Some((addr, _)) = used.get(&conn.stable_id()) {
+                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.remove(&(*addr, Use::Gossip));
+            }
             self.metrics.gossip.connections_shed.inc();
         }
         if !shed.is_empty() {
