@@ -1,7 +1,7 @@
 //! Shoal's wire contract and I/O-free logic.
 //!
 //! Every byte one Shoal node sends another is defined here: the frames at the start
-//! of each `shoal-tunnel/1` stream, the records each node publishes through gossip,
+//! of each `shoal-tunnel/2` stream, the records each node publishes through gossip,
 //! and the one codec that turns all of them into bytes and back. A node built from
 //! this crate agrees with every other node on layout, versions and limits, because
 //! there is no second place where they are written down.
@@ -29,15 +29,15 @@
 //! let header = StreamHeader {
 //!     target_service: "orders".into(),
 //!     source_service: Some("web".into()),
-//!     protocol: Protocol::Http,
+//!     protocol: Protocol::Tcp,
 //!     request_id: RequestId(7),
 //!     deadline_ms: Some(1500),
 //! };
 //! let mut wire = encode(&header)?;
-//! wire.extend_from_slice(b"GET / HTTP/1.1\r\n"); // payload follows the header
+//! wire.extend_from_slice(b"SSH-2.0-"); // a TCP stream's bytes follow the header
 //! let (decoded, used) = decode::<StreamHeader>(&wire)?;
 //! assert_eq!(decoded, header);
-//! assert_eq!(&wire[used..], b"GET / HTTP/1.1\r\n");
+//! assert_eq!(&wire[used..], b"SSH-2.0-");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -48,6 +48,8 @@
 //!   (base64, for gossip values) encoding and decoding, and their errors.
 //! - [`tunnel`]: [`tunnel::StreamHeader`] and [`tunnel::StreamStatus`], the frames
 //!   that open a tunnel stream.
+//! - [`exchange`]: the parts of one HTTP exchange on a tunnel stream (request
+//!   and response heads, body data, trailers, the "not forwarded" refusal).
 //! - [`gossip`]: the key names and the records each node publishes about itself:
 //!   [`gossip::NodeRecord`], [`gossip::NodeCertificate`], [`gossip::ServiceRecord`];
 //!   and the operator-signed [`gossip::RouteDocument`], relayed exactly as signed
@@ -71,6 +73,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod exchange;
 pub mod gossip;
 pub mod health;
 pub mod lb;

@@ -1,8 +1,10 @@
-//! The frames of a `shoal-tunnel/1` QUIC stream. Each proxied TCP connection or HTTP
-//! request is one bidirectional stream: the caller opens it with a [`StreamHeader`],
-//! the receiver checks authorization and its backend, answers with a
-//! [`StreamStatus`], and only after an ok status does payload flow. This module owns
-//! those two frames and the [`Protocol`] and [`RequestId`] they carry.
+//! The frames of a `shoal-tunnel/2` QUIC stream. Each proxied TCP connection or HTTP
+//! request is one bidirectional stream: the caller opens it with a [`StreamHeader`].
+//! For a TCP stream, the receiver checks authorization and its backend, answers
+//! with a [`StreamStatus`], and only after an ok status does payload flow. An HTTP
+//! request follows its header at once, as [`crate::exchange`] parts, and a
+//! refusal comes back as a "not forwarded" part carrying a [`StreamStatus`]. This
+//! module owns those two frames and the [`Protocol`] and [`RequestId`] they carry.
 
 use std::fmt;
 

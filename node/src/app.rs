@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  UDP socket ─ MeshEndpoint ─┬─ shoal-gossip/2 ─ fair queue ─ Gossip ───────┐
-//!                             └─ shoal-tunnel/1 ─ (proxying)   (membership)  │ View
+//!                             └─ shoal-tunnel/2 ─ (proxying)   (membership)  │ View
 //!  health checks ─ Publisher ─────────── signed own records ────────────────┤
 //!                                        routing::run, RouteStore::run ◀────┘
 //!                                              │ ArcSwap<RoutingTable>, ArcSwap<RouteTable>

@@ -80,7 +80,7 @@ pub const RETIRE_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 pub enum Use {
     /// Gossip (`shoal-gossip/2`).
     Gossip,
-    /// Proxied traffic (`shoal-tunnel/1`).
+    /// Proxied traffic (`shoal-tunnel/2`).
     Tunnel,
 }
 

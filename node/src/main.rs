@@ -14,6 +14,12 @@ macro_rules! say {
 
 mod cli;
 
+/// mimalloc instead of the system allocator: a request through the HTTP path
+/// makes a few dozen small allocations on each node, and glibc's malloc was a
+/// tenth of the node's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

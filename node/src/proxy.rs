@@ -7,6 +7,11 @@
 //!                                                                    └─ QUIC stream: StreamHeader ▶
 //!                            inbound.rs ◀──────────────────────────────┘  ◀ StreamStatus, then bytes
 //!                              └─ checks (service, caller, allow-list, limits) ─TCP─▶ backend
+//!
+//! client ─HTTP─▶ listener (http.rs, http/forward.rs) ─ route, pick ─┬─ same node: pooled backend connection
+//!        outbound_http.rs: StreamHeader ▶ RequestHead ▶ body ▶ end ─┘
+//!                            inbound.rs ─ checks ─ inbound_http.rs ─HTTP/1.1 (backend_pool.rs)─▶ backend
+//!        ◀ ResponseHead, body, end  |  ◀ NotForwarded (retry elsewhere)   (exchange.rs: the parts)
 //! ```
 //!
 //! Both ends move bytes with [`splice`], which keeps half-close, resets and
@@ -21,6 +26,7 @@ pub mod admission;
 pub mod backend_pool;
 pub mod balance;
 pub mod body;
+pub mod exchange;
 pub mod headers;
 pub mod hedge;
 pub mod http;
@@ -28,9 +34,11 @@ pub mod inbound;
 pub mod inbound_http;
 pub mod ingress_tls;
 pub mod observed;
+pub mod outbound_http;
 pub mod splice;
 pub mod suspects;
 pub mod tcp;
+pub mod upgrade;
 pub mod upstream;
 
 use arc_swap::ArcSwap;

@@ -37,8 +37,10 @@ pub mod files;
 /// `mesh_proto::membership` (version 2; version 1 was chitchat's, which nodes no
 /// longer speak).
 pub const ALPN_GOSSIP: &[u8] = b"shoal-gossip/2";
-/// ALPN of tunnel connections.
-pub const ALPN_TUNNEL: &[u8] = b"shoal-tunnel/1";
+/// ALPN of tunnel connections (version 2: an HTTP request travels as
+/// `mesh_proto::exchange` parts right after its stream header; version 1
+/// carried HTTP/1.1 after a status round trip, and nodes no longer speak it).
+pub const ALPN_TUNNEL: &[u8] = b"shoal-tunnel/2";
 /// The TLS server name every node dials. Which node must answer is checked after
 /// the handshake, against the peer certificate's node id: node names follow the
 /// DNS label rule but are not always valid TLS server names.

@@ -511,6 +511,16 @@ impl Reply {
 /// Sends `req` over a new HTTP/1.1 connection to `addr`; returns the response,
 /// read whole.
 pub async fn http_send(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Reply {
+    http_send_body(addr, req).await
+}
+
+/// [`http_send`] with any body (a stream of chunks, say).
+pub async fn http_send_body<B>(addr: SocketAddr, req: hyper::Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let what = format!("{} {}", req.method(), req.uri());
     tokio::time::timeout(3 * EVENTUALLY, send_once(addr, req))
         .await
@@ -522,13 +532,17 @@ pub async fn http_send(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Re
         })
 }
 
-async fn send_once(addr: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Reply {
+async fn send_once<B>(addr: SocketAddr, req: hyper::Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, B>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();

@@ -779,3 +779,85 @@ async fn the_serving_node_drops_an_http_exchange_idle_past_its_services_idle_tim
     .await;
     mesh.stop().await;
 }
+
+/// A tunnelled HTTP request as a hostile caller might send it, right after a
+/// valid stream header: each bad one resets its own stream and is counted;
+/// nothing reaches the backend, and a good request on the same connection is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_request_parts_are_reset_without_harming_other_requests() {
+    use mesh_proto::codec::{PROTOCOL_VERSION, encode};
+    use mesh_proto::exchange::{Part, RequestHead, decode_part, encode_part};
+    use mesh_proto::tunnel::{Protocol, RequestId, StreamHeader};
+    use shoal_node::endpoint::Use;
+
+    let app = WebApp::start("app-a").await;
+    let mesh = Cluster::of([NodeSpec::new("a").service("web", app.addr(), Check::Http)])
+        .start()
+        .await;
+    let a = &mesh["a"];
+    let client = mesh.pki.endpoint("stranger", &[]).0;
+    let conn = client
+        .connect(a.node.bound().quic, Use::Tunnel, Some("a"))
+        .await
+        .unwrap();
+    let header = encode(&StreamHeader {
+        target_service: "web".into(),
+        source_service: None,
+        protocol: Protocol::Http,
+        request_id: RequestId(9),
+        deadline_ms: Some(5_000),
+    })
+    .unwrap();
+    // A head whose header value smuggles a second line, encoded by hand
+    // (an honest node refuses to encode it): "GET", "/", [("x", "a\r\nb")], no body.
+    let mut smuggled = vec![1u8, PROTOCOL_VERSION, 0, 0, 0, 15];
+    smuggled.extend_from_slice(&[3, b'G', b'E', b'T', 1, b'/', 1, 1, b'x']);
+    smuggled.extend_from_slice(&[4, b'a', b'\r', b'\n', b'b', 0]);
+    let mut data_first = bytes::BytesMut::new();
+    encode_part(&Part::Data(Bytes::from_static(b"hi")), &mut data_first).unwrap();
+    let bad: [&[u8]; 3] = [b"\x09garbage", &data_first, &smuggled];
+    for part in bad {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&header).await.unwrap();
+        send.write_all(part).await.unwrap();
+        let _ = send.finish();
+        let mut buf = [0u8; 64];
+        let outcome = tokio::time::timeout(Duration::from_secs(10), recv.read(&mut buf))
+            .await
+            .expect("the node answers a bad request promptly");
+        assert!(
+            matches!(outcome, Err(quinn::ReadError::Reset(_))),
+            "a bad request resets its stream: {outcome:?}"
+        );
+    }
+    let refused = a
+        .metric("shoal_inbound_refusals_total{service=\"web\",reason=\"bad_request_head\"}")
+        .await;
+    assert_eq!(refused, 3.0);
+
+    // A good request on the same connection.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut out = bytes::BytesMut::from(&header[..]);
+    let head = RequestHead {
+        method: "GET".into(),
+        target: "/hello".into(),
+        fields: vec![mesh_proto::exchange::Field {
+            name: "host".into(),
+            value: b"web".to_vec(),
+        }],
+        has_body: false,
+    };
+    encode_part(&Part::RequestHead(head), &mut out).unwrap();
+    send.write_all(&out).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(64 * 1024).await.unwrap();
+    let mut answer = bytes::BytesMut::from(&answer[..]);
+    match decode_part(&mut answer).unwrap() {
+        Some(Part::ResponseHead(h)) => assert_eq!(h.status, 200),
+        other => panic!("a response head, not {other:?}"),
+    }
+    assert_eq!(conn.close_reason(), None, "the connection survived");
+    client.close();
+    mesh.stop().await;
+}

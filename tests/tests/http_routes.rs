@@ -11,9 +11,11 @@ use shoal_pki::{OperatorKey, Validity};
 use shoal_tests::cluster::Cluster;
 use shoal_tests::web::WebApp;
 use shoal_tests::{
-    Check, NodeSpec, Pki, Reply, TcpBackend, TestNode, eventually, get, http_send, request,
+    Check, NodeSpec, Pki, Reply, TcpBackend, TestNode, eventually, get, http_send, http_send_body,
+    request,
 };
 use std::collections::HashMap;
+use std::time::Duration;
 
 fn operator(pki: &Pki) -> OperatorKey {
     let issued = pki
@@ -111,6 +113,15 @@ impl std::ops::DerefMut for Mesh {
     fn deref_mut(&mut self) -> &mut Cluster {
         &mut self.cluster
     }
+}
+
+/// The last listener ejects no endpoint (1,000 failures in a row would be
+/// needed), so a failing one stays in rotation.
+fn never_ejected(raw: &mut shoal_node::config::RawConfig) {
+    raw.listeners.last_mut().unwrap().outlier = Some(shoal_node::config::RawOutlier {
+        consecutive_failures: Some(1000),
+        ..Default::default()
+    });
 }
 
 fn backend(r: &Reply) -> String {
@@ -404,13 +415,8 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
         NodeSpec::new("n2").service("flaky", app.addr(), Check::Http),
         NodeSpec::new("edge")
             .http_listener("web", None)
-            .tweak(|raw| {
-                // Keep the resetting endpoint in rotation for this test.
-                raw.listeners.last_mut().unwrap().outlier = Some(shoal_node::config::RawOutlier {
-                    consecutive_failures: Some(1000),
-                    ..Default::default()
-                });
-            }),
+            // Keep the resetting endpoint in rotation for this test.
+            .tweak(never_ejected),
     ])
     .start()
     .await;
@@ -520,6 +526,72 @@ async fn gets_are_retried_after_a_reset_posts_only_when_the_route_says_so() {
         reset_retries,
         "resets are not retried when only 5xx is listed"
     );
+}
+
+/// A serving node that could not hand a request to its backend says so
+/// ("not forwarded"), and the caller sends the request elsewhere whatever its
+/// method — with its whole streamed body, which it kept while it was small.
+/// (That a POST reset *after* it was forwarded is not retried is the test
+/// above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_serving_node_did_not_forward_is_sent_elsewhere_with_its_body() {
+    // n1's backend is gone, and its health check (every minute) has not
+    // noticed: n1 still advertises the service.
+    let mut gone = TcpBackend::start().await;
+    let app = WebApp::start("ok@n2").await;
+    let slow_checks = |raw: &mut shoal_node::config::RawConfig| {
+        for s in &mut raw.services {
+            let h = s.health.as_mut().unwrap();
+            h.interval = Some(Duration::from_secs(60));
+        }
+    };
+    let mesh = Cluster::of([
+        NodeSpec::new("n1")
+            .service("up", gone.addr(), Check::Tcp)
+            .tweak(slow_checks),
+        NodeSpec::new("n2")
+            .service("up", app.addr(), Check::Http)
+            .tweak(slow_checks),
+        NodeSpec::new("edge")
+            .http_listener("web", Some("up"))
+            // Keep n1 in rotation: every request meets it first or second.
+            .tweak(never_ejected),
+    ])
+    .start()
+    .await;
+    mesh.wait_healthy("edge", "up", 2).await;
+    gone.stop().await;
+    let (n1, edge) = (&mesh["n1"], &mesh["edge"]);
+    let l = edge.listener("web");
+    for i in 0..20 {
+        // 5,000 bytes in chunks: a streamed body, not one kept for replays.
+        let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = (0
+            ..5)
+            .map(|_| {
+                Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                    b'x';
+                    1000
+                ])))
+            })
+            .collect();
+        let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+        let r = http_send_body(l, request("POST", "up", "/upload").body(body).unwrap()).await;
+        assert_eq!(r.status, 200, "POST {i}: {}", r.body);
+        assert_eq!(r.body, "5000", "POST {i}: the whole body arrived");
+        assert_eq!(backend(&r), "ok@n2");
+    }
+    let not_forwarded = n1
+        .metric("shoal_inbound_refusals_total{service=\"up\",reason=\"backend_refused\"}")
+        .await;
+    assert!(
+        not_forwarded >= 5.0,
+        "round robin sent POSTs to n1: {not_forwarded}"
+    );
+    let retried = edge
+        .metric("shoal_http_retries_total{listener=\"web\",route=\"-\",service=\"up\",reason=\"connect_failure\"}")
+        .await;
+    assert_eq!(retried, not_forwarded, "each one sent elsewhere");
+    mesh.stop().await;
 }
 
 #[tokio::test]

@@ -105,7 +105,7 @@ async fn dial_with(addr: SocketAddr, cert_pem: &str, key_pem: &str) -> bool {
     refused
 }
 
-/// Dials `addr` with `shoal-tunnel/1`, presenting `cert_pem`/`key_pem`, opens a
+/// Dials `addr` with `shoal-tunnel/2`, presenting `cert_pem`/`key_pem`, opens a
 /// stream asking for `service` and returns the node's status answer: proof that
 /// the handshake was accepted and the stream served.
 async fn tunnel_status(

@@ -6,6 +6,7 @@
 use std::fs;
 
 use mesh_proto::codec::{Frame, decode_text, encode};
+use mesh_proto::exchange::{Field, Part, RequestHead, encode_part};
 use mesh_proto::gossip::{
     Health, LegacyRouteDocument, NodeCertificate, NodeRecord, NodeState, RouteDocument,
     ServiceRecord,
@@ -91,6 +92,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::create_dir_all("corpus/revocation_list")?;
     fs::write("corpus/revocation_list/seed", REVOCATION_LIST)?;
     println!("wrote corpus/revocation_list/seed");
+    // An exchange: a step byte (the piece size), then a request's parts.
+    let mut parts = bytes::BytesMut::from(&[7u8][..]);
+    for part in [
+        Part::RequestHead(RequestHead {
+            method: "POST".into(),
+            target: "/orders?full=1".into(),
+            fields: vec![Field {
+                name: "content-type".into(),
+                value: b"application/json".to_vec(),
+            }],
+            has_body: true,
+        }),
+        Part::Data(bytes::Bytes::from_static(b"{\"id\":7}")),
+        Part::End,
+    ] {
+        encode_part(&part, &mut parts)?;
+    }
+    fs::create_dir_all("corpus/exchange_parts")?;
+    fs::write("corpus/exchange_parts/seed", &parts)?;
+    println!("wrote corpus/exchange_parts/seed");
     Ok(())
 }
 

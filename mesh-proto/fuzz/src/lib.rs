@@ -150,3 +150,34 @@ pub fn check_incremental<F: Frame + PartialEq + Debug>(stream: &[u8], step: usiz
         }
     }
 }
+
+/// Reads `stream` as exchange parts ([`mesh_proto::exchange::decode_part`]),
+/// `step` bytes at a time and all at once, and checks that both readings agree
+/// and that every part survives re-encoding.
+pub fn check_exchange(stream: &[u8], step: usize) {
+    use mesh_proto::exchange::{Part, decode_part, encode_part};
+    let read = |step: usize| {
+        let mut buf = bytes::BytesMut::new();
+        let mut parts = Vec::new();
+        for piece in stream.chunks(step.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decode_part(&mut buf) {
+                    Ok(Some(part)) => parts.push(part),
+                    Ok(None) => break,
+                    Err(e) => return (parts, Err(e)),
+                }
+            }
+        }
+        (parts, Ok(buf.len()))
+    };
+    let whole = read(stream.len());
+    assert_eq!(read(step), whole, "pieces of {step} bytes read the same");
+    for part in &whole.0 {
+        let mut wire = bytes::BytesMut::new();
+        encode_part(part, &mut wire).expect("a decoded part encodes");
+        let again: Option<Part> = decode_part(&mut wire).expect("it decodes");
+        assert_eq!(again.as_ref(), Some(part));
+        assert!(wire.is_empty(), "nothing left over");
+    }
+}

@@ -4,15 +4,16 @@
 //! docs/routing.md) or goes to the listener's default service; the destination
 //! service is chosen (weighted split), then an endpoint (session cookie, header or
 //! source-address hashing, otherwise the load-balancing policy), and the request
-//! is sent to that endpoint's node on a QUIC stream of its own, as HTTP/1.1 — the
-//! serving node relays it over a pooled keep-alive connection to its backend (see
+//! is sent to that endpoint's node on a QUIC stream of its own, as exchange parts
+//! without waiting for the node to accept (`outbound_http`) — the serving node
+//! relays it over a pooled keep-alive connection to its backend (see
 //! `inbound_http`). Bodies stream both ways; only requests that may be retried
 //! after they were sent keep a bounded replay buffer. Paths are normalised before
 //! matching (`headers::routable_path`); client connections are bounded by
 //! `header_timeout` until their first request and `idle_timeout` after.
 //!
-//! Retries: a try that could not reach an endpoint (nothing was sent) is always
-//! retried elsewhere, up to the listener's `attempts` or the route's, whichever is
+//! Retries: a try that could not reach an endpoint, or that its node answered
+//! "not forwarded" (no backend saw it), is always retried elsewhere, up to the listener's `attempts` or the route's, whichever is
 //! more. A try that was sent and failed (5xx, reset, per-try timeout) is retried
 //! only if the route's retry policy says so for that method, the body fits the
 //! replay buffer, and the listener's retry budget allows. `Upgrade` (WebSocket)
@@ -47,8 +48,9 @@ use super::backend_pool::{SendError, Sent};
 use super::balance::{Balancer, InFlight};
 use super::headers;
 use super::ingress_tls::IngressCert;
-use super::observed::{self, Activity};
-use super::upstream::HttpUpstream;
+use super::observed::Activity;
+use super::upgrade::{Upgrade, splice_upgraded, switched};
+use super::upstream::LocalUpstream;
 use super::{CountGuard, ProxyContext};
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::metrics::{HttpLabels, ListenerLabels, ListenerReasonLabels};
@@ -56,10 +58,7 @@ use crate::routes::SharedRoutes;
 
 mod forward;
 
-/// Request bodies up to this size are kept to be sent again on a retry; larger
-/// ones stream and are not retried once sent.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
-pub use super::body::{Body, BoxError, MAX_HEADER_BYTES};
+pub use super::body::{Body, BoxError, MAX_HEADER_BYTES, REPLAY_LIMIT};
 use super::body::{boxed, full};
 
 /// One HTTP listener.
@@ -688,7 +687,7 @@ impl HttpListener {
     fn respond(
         &self,
         mut response: Response<Body>,
-        upgrade: Option<(OnUpgrade, OnUpgrade, impl Send + 'static)>,
+        upgrade: Option<(OnUpgrade, Upgrade, impl Send + 'static)>,
         rule: Option<&Rule>,
         cookie: Option<(&str, String, Option<u64>)>,
     ) -> Response<Body> {
@@ -705,7 +704,7 @@ impl HttpListener {
         }
         if let Some((client, upstream, keep)) = upgrade {
             splice_upgraded(
-                client,
+                Upgrade::Hyper(client),
                 upstream,
                 &self.cfg.name,
                 self.cfg.idle_timeout,
@@ -714,35 +713,6 @@ impl HttpListener {
         }
         response
     }
-}
-
-/// Once both sides of an exchange have switched protocols (WebSocket, `CONNECT`),
-/// copies bytes between them until both ends close or nothing has moved for
-/// `idle`. `keep` (connection slots, in-flight counts) is held as long.
-/// `whose` names the listener (or the inbound side) in the log line of an
-/// upgrade that did not complete.
-pub fn splice_upgraded(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    whose: &str,
-    idle: Duration,
-    keep: impl Send + 'static,
-) {
-    let whose = whose.to_string();
-    tokio::spawn(async move {
-        let _keep = keep;
-        match (client.await, upstream.await) {
-            (Ok(client), Ok(upstream)) => {
-                observed::splice_idle(TokioIo::new(client), TokioIo::new(upstream), idle).await;
-            }
-            (c, u) => tracing::debug!(
-                %whose,
-                client = ?c.err(),
-                upstream = ?u.err(),
-                "an upgraded connection did not complete"
-            ),
-        }
-    });
 }
 
 /// Normalises the request's path for the backend (it gets the path the rules
@@ -781,93 +751,48 @@ fn version_str(v: Version) -> &'static str {
 /// kept by the connection's task, and by the tunnel if the exchange upgrades.
 type Keep = Arc<dyn Send + Sync>;
 
-/// Sends one request over an established upstream as HTTP/1.1; returns the
-/// response head (its body streams on, holding what the upstream holds until it
-/// ends) and, for an upgrade, the upstream side of the switched connection with
-/// what it holds.
-async fn exchange(
-    up: HttpUpstream,
+/// Sends one request to the local backend over its pooled connection as
+/// HTTP/1.1; returns the response head (its body streams on, holding what the
+/// upstream holds until it ends) and, for an upgrade, the backend side of the
+/// switched connection with what it holds.
+async fn exchange_local(
+    local: LocalUpstream,
     request: Request<Body>,
     upgrade: Option<bool>,
     inflight: InFlight,
-) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), SendError> {
-    match up {
-        HttpUpstream::Local {
-            sender,
-            pool,
-            connect_timeout,
-            slot,
-        } => {
-            let Sent {
-                sender,
-                mut response,
-                ..
-            } = pool.send(Some(sender), request, connect_timeout).await?;
-            let keep: Keep = Arc::new((slot, inflight));
-            let upgraded = switched(&response, upgrade)
-                .then(|| (hyper::upgrade::on(&mut response), keep.clone()));
-            if upgraded.is_none() {
-                pool.give_back(sender);
-            }
-            let response = response.map(|b| {
-                Holding {
-                    inner: boxed(b),
-                    _keep: keep,
-                }
-                .boxed_unsync()
-            });
-            Ok((response, upgraded))
-        }
-        HttpUpstream::Tunnel(tunnel) => send(
-            TokioIo::new(tokio::io::join(tunnel.recv, tunnel.send)),
-            request,
-            upgrade,
-            Arc::new(inflight),
+) -> Result<(Response<Body>, Option<(Upgrade, Keep)>), SendError> {
+    let LocalUpstream {
+        sender,
+        pool,
+        connect_timeout,
+        slot,
+    } = local;
+    let Sent {
+        sender,
+        mut response,
+        ..
+    } = pool.send(Some(sender), request, connect_timeout).await?;
+    let keep: Keep = Arc::new((slot, inflight));
+    let upgraded = switched(&response, upgrade).then(|| {
+        (
+            Upgrade::Hyper(hyper::upgrade::on(&mut response)),
+            keep.clone(),
         )
-        .await
-        .map_err(SendError::Http),
-    }
-}
-
-/// Whether a response agrees to the upgrade asked for (`upgrade`: `None` for a
-/// plain request, `Some(true)` for `CONNECT`, `Some(false)` for an `Upgrade`
-/// such as WebSocket): `101`, or `2xx` to `CONNECT`.
-pub fn switched<B>(response: &Response<B>, upgrade: Option<bool>) -> bool {
-    match upgrade {
-        None => false,
-        Some(connect) => {
-            response.status() == StatusCode::SWITCHING_PROTOCOLS
-                || (connect && response.status().is_success())
-        }
-    }
-}
-
-async fn send<I>(
-    io: I,
-    request: Request<Body>,
-    upgrade: Option<bool>,
-    keep: Keep,
-) -> Result<(Response<Body>, Option<(OnUpgrade, Keep)>), hyper::Error>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEADER_BYTES.max(8192))
-        .handshake::<_, Body>(io)
-        .await?;
-    // The connection task owns the upstream (and `keep`) until the response body
-    // has been read or the connection fails.
-    let held = keep.clone();
-    tokio::spawn(async move {
-        let _keep = held;
-        let _ = conn.with_upgrades().await;
     });
-    let mut response = sender.send_request(request).await?;
-    let upgraded = switched(&response, upgrade).then(|| (hyper::upgrade::on(&mut response), keep));
-    Ok((
-        response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-        upgraded,
-    ))
+    if upgraded.is_none() {
+        pool.give_back(sender);
+    }
+    let response = response.map(|b| hold(boxed(b), keep));
+    Ok((response, upgraded))
+}
+
+/// `body`, holding `keep` until it ends.
+fn hold(body: Body, keep: impl Send + Unpin + 'static) -> Body {
+    Holding {
+        inner: body,
+        _keep: keep,
+    }
+    .boxed_unsync()
 }
 
 /// Reads up to [`REPLAY_LIMIT`] bytes of `body`. If it ends within the limit (and

@@ -1,9 +1,11 @@
 //! The receiving end of tunnels: every bidirectional stream on a
-//! `shoal-tunnel/1` connection starts with a `StreamHeader`. This node checks it —
-//! the caller's identity comes from its certificate, never from what it claims —
-//! answers with a `StreamStatus`, and on `ok` splices the stream to the local
-//! backend — or, for an HTTP request stream, relays its one exchange over a
-//! pooled keep-alive backend connection ([`super::inbound_http`]).
+//! `shoal-tunnel/2` connection starts with a `StreamHeader`. This node checks it —
+//! the caller's identity comes from its certificate, never from what it claims.
+//! A TCP stream is answered with a `StreamStatus` and, on `ok`, spliced to the
+//! local backend. An HTTP request stream carries its request right after the
+//! header (the caller does not wait for a status): a refusal is a "not
+//! forwarded" part, and an admitted request is relayed over a pooled keep-alive
+//! backend connection ([`super::inbound_http`]).
 //!
 //! Checks, in order (the first that fails decides the status):
 //! 1. the header is well-formed, of this protocol version, within its size limit
@@ -15,6 +17,8 @@
 //!    in the caller's certificate, and the service's allow-list admits the
 //!    caller (`unauthorized`, logged); the service is under its connection
 //!    limit (`overloaded`);
+//! 5. (HTTP) the request head follows, well-formed and in time (otherwise the
+//!    stream is reset);
 //! 6. the backend accepts a TCP connection in time, or (HTTP) a pooled keep-alive
 //!    connection is ready (`backend-refused`).
 
@@ -23,6 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mesh_proto::codec::{FRAME_HEADER_LEN, decode_exact, encode, frame_len};
+use mesh_proto::exchange::{Part, RequestHead};
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::admission::{Caller, Slot};
+use super::exchange::{self, PartReader, ReadError};
 use super::splice::{self, Progress, RESET_CODE, Side};
 use super::{HEADER_TIMEOUT, LocalService, ProxyContext, inbound_http};
 use crate::endpoint::{INITIAL_TUNNEL_STREAMS, Inbound, grow_stream_limit};
@@ -102,11 +108,13 @@ impl Asked<'_> {
         &self.header.target_service
     }
 
-    /// Answers `code` with `reason`, counted and logged, and ends the stream.
+    /// Answers `code` with `reason` — a status for a TCP stream, a "not
+    /// forwarded" part for an HTTP request — counted and logged, and ends the
+    /// stream.
     async fn refuse(&self, send: &mut SendStream, code: StatusCode, reason: String) {
         answer_refusal(
             self.ctx,
-            self.service(),
+            (self.service(), self.header.protocol),
             &self.caller,
             self.header.request_id,
             send,
@@ -196,14 +204,7 @@ async fn stream(
     let header = match read_header(&mut recv).await {
         Ok(h) => h,
         Err(reason) => {
-            ctx.metrics
-                .inbound
-                .refusals
-                .get_or_create(&ServiceReasonLabels {
-                    service: "-".into(),
-                    reason,
-                })
-                .inc();
+            count_refusal(&ctx, "-", reason);
             tracing::debug!(%caller, reason, "refused a tunnel stream without a valid header");
             let _ = recv.stop(RESET_CODE);
             let _ = send.reset(RESET_CODE);
@@ -276,8 +277,10 @@ async fn tcp_stream(
     tracing::debug!(caller = %asked.caller, service = %asked.service(), request_id = %asked.header.request_id, from_caller = totals.a_to_b, to_caller = totals.b_to_a, aborted = totals.aborted, "tunnel stream ended");
 }
 
-/// An HTTP request stream: a pooled (or new) keep-alive connection to the
-/// backend, `ok`, then the exchange relayed by [`inbound_http`].
+/// An HTTP request stream: its request head (sent by the caller right after
+/// the stream header, without waiting), a pooled (or new) keep-alive
+/// connection to the backend, then the exchange relayed by [`inbound_http`].
+/// Without a backend connection, the caller is told nothing was forwarded.
 async fn http_stream(
     asked: &Asked<'_>,
     local: &LocalService,
@@ -288,6 +291,17 @@ async fn http_stream(
 ) {
     let (caller, service) = (&asked.caller, asked.service());
     let request_id = asked.header.request_id;
+    let mut reader = PartReader::new(recv);
+    let head = match read_request_head(&mut reader).await {
+        Ok(head) => head,
+        Err(reason) => {
+            count_refusal(asked.ctx, service, reason);
+            tracing::debug!(%caller, %service, %request_id, reason, "refused a tunnelled HTTP request without a valid head");
+            reader.stop(RESET_CODE);
+            let _ = send.reset(RESET_CODE);
+            return;
+        }
+    };
     let (sender, connection) = match local.pool.take() {
         Some(s) => (s, "reused"),
         None => match local.pool.connect(budget.connect_timeout).await {
@@ -300,9 +314,7 @@ async fn http_stream(
             }
         },
     };
-    let Some(accepted) = accept(local, &mut send).await else {
-        return;
-    };
+    let accepted = accepted(local);
     let counters = (accepted.upstream.clone(), accepted.downstream.clone());
     let keep: Arc<dyn Send + Sync> = Arc::new((slot, accepted));
     let counted = inbound_http::Reuse {
@@ -321,14 +333,34 @@ async fn http_stream(
         deadline: budget.head_deadline(local.config.response_timeout),
         idle_timeout: local.config.idle_timeout,
     };
-    match inbound_http::serve(relay, send, recv).await {
+    let stream = inbound_http::Stream { head, reader, send };
+    match inbound_http::serve(relay, stream).await {
         inbound_http::Ended::Done => {}
+        inbound_http::Ended::NotForwarded(reason) => {
+            count_refusal(
+                asked.ctx,
+                service,
+                StatusCode::BackendRefused.metric_label(),
+            );
+            tracing::debug!(%caller, %service, %request_id, %reason, "tunnelled HTTP request not forwarded");
+        }
         inbound_http::Ended::Idle => {
             tracing::debug!(%caller, %service, %request_id, idle_timeout = ?local.config.idle_timeout, "tunnelled HTTP exchange idle past the service's idle_timeout; dropped");
         }
         inbound_http::Ended::Failed(e) => {
             tracing::debug!(%caller, %service, %request_id, error = %e, "tunnelled HTTP request ended with an error");
         }
+    }
+}
+
+/// Reads the request head that follows the stream header. `Err` carries the
+/// refusal label.
+async fn read_request_head(reader: &mut PartReader) -> Result<RequestHead, &'static str> {
+    match tokio::time::timeout(HEADER_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(Part::RequestHead(head)))) => Ok(head),
+        Ok(Ok(Some(_))) | Ok(Err(ReadError::Part(_))) => Err("bad_request_head"),
+        Ok(Ok(None)) | Ok(Err(_)) => Err("truncated_request_head"),
+        Err(_) => Err("header_timeout"),
     }
 }
 
@@ -346,19 +378,24 @@ impl Drop for Accepted {
     }
 }
 
-/// Answers `ok` on `send` and counts the stream as accepted; `None` if the
-/// caller is gone.
+/// Answers `ok` on `send` (a TCP stream) and counts the stream as accepted;
+/// `None` if the caller is gone.
 async fn accept(local: &LocalService, send: &mut SendStream) -> Option<Accepted> {
     let ok = encode(&StreamStatus::ok()).ok()?;
     send.write_all(&ok).await.ok()?;
+    Some(accepted(local))
+}
+
+/// Counts a stream as accepted.
+fn accepted(local: &LocalService) -> Accepted {
     let c = &local.counters;
     c.streams.inc();
     c.active.inc();
-    Some(Accepted {
+    Accepted {
         active: c.active.clone(),
         upstream: c.upstream.clone(),
         downstream: c.downstream.clone(),
-    })
+    }
 }
 
 /// Closes pooled backend connections idle for longer than their service's
@@ -374,16 +411,8 @@ pub async fn reap_pools(ctx: Arc<ProxyContext>) {
     }
 }
 
-async fn answer_refusal(
-    ctx: &ProxyContext,
-    service: &str,
-    caller: &str,
-    request_id: RequestId,
-    send: &mut SendStream,
-    code: StatusCode,
-    reason: String,
-) {
-    let label = code.metric_label();
+/// Counts a refused stream of `service` (`-` when not hosted here) by `reason`.
+fn count_refusal(ctx: &ProxyContext, service: &str, reason: &'static str) {
     ctx.metrics
         .inbound
         .refusals
@@ -393,16 +422,36 @@ async fn answer_refusal(
             } else {
                 "-".to_string()
             },
-            reason: label,
+            reason,
         })
         .inc();
+}
+
+async fn answer_refusal(
+    ctx: &ProxyContext,
+    (service, protocol): (&str, Protocol),
+    caller: &str,
+    request_id: RequestId,
+    send: &mut SendStream,
+    code: StatusCode,
+    reason: String,
+) {
+    count_refusal(ctx, service, code.metric_label());
     if code == StatusCode::Unauthorized {
         tracing::warn!(%caller, %service, %request_id, %reason, "refused an unauthorized caller");
     } else {
         tracing::debug!(%caller, %service, %request_id, %reason, status = %code, "refused a tunnel stream");
     }
-    if let Ok(frame) = encode(&StreamStatus::new(code, reason)) {
-        let _ = send.write_all(&frame).await;
+    let status = StreamStatus::new(code, reason);
+    match protocol {
+        Protocol::Tcp => {
+            if let Ok(frame) = encode(&status) {
+                let _ = send.write_all(&frame).await;
+            }
+        }
+        Protocol::Http => {
+            let _ = exchange::write_part(send, &Part::NotForwarded(status)).await;
+        }
     }
     let _ = send.finish();
 }

@@ -1,29 +1,39 @@
-//! The serving end of a tunnelled HTTP request: the stream (past its `ok`)
-//! carries one HTTP/1.1 exchange, which this node relays to its backend over a
-//! pooled keep-alive connection ([`BackendPool`]) instead of a fresh TCP
-//! connection per request. The caller's listener has already routed the request
-//! and shaped its headers; this end forwards head and body as they are, and
-//! splices the two sides when the backend switches protocols (WebSocket).
+//! The serving end of a tunnelled HTTP request: the request arrives as parts
+//! ([`super::exchange`]) right after the stream header, and this node relays
+//! it to its backend over a pooled keep-alive connection ([`BackendPool`])
+//! instead of a fresh TCP connection per request. The caller's listener has
+//! already routed the request and shaped its headers; this end forwards head
+//! and body as they are, answers with the response's parts, and splices the
+//! two sides when the backend switches protocols (WebSocket, `CONNECT`).
+//!
+//! What the caller learns is exact: [`Part::NotForwarded`] only when no
+//! backend connection took the request (none could be made, or a pooled one
+//! had closed and no new one could be made), so the caller may send it
+//! elsewhere; once the request was handed to the backend, a failure resets
+//! the stream ([`BACKEND_FAILED`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
+use hyper::Response;
+use mesh_proto::exchange::{Part, RequestHead};
+use mesh_proto::tunnel::{StatusCode, StreamStatus};
+use prometheus_client::metrics::counter::Counter;
+use quinn::{SendStream, VarInt};
 use tokio::time::Instant;
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::metrics::counter::Counter;
-use quinn::{RecvStream, SendStream};
-
-use super::HEADER_TIMEOUT;
-use super::backend_pool::{BackendPool, Sender, Sent};
-use super::body::{Body, BoxError, MAX_HEADER_BYTES};
+use super::backend_pool::{BackendPool, SendError, Sender, Sent};
+use super::body::{Body, BoxError};
+use super::exchange::{self, Observe, PartReader, PartsBody};
 use super::headers;
-use super::http::{splice_upgraded, switched};
-use super::observed::{Activity, Dir, Observed};
+use super::observed::Activity;
+use super::upgrade::{Upgrade, splice_upgraded, switched};
+
+/// The reset code of a request stream whose backend failed the request after
+/// it was handed over (or did not answer in time).
+pub const BACKEND_FAILED: VarInt = VarInt::from_u32(3);
 
 /// Whether the request's backend connection came from the pool, and the
 /// counters of `shoal_inbound_http_requests_total` to add the request to once
@@ -68,85 +78,58 @@ pub struct Relay {
 pub enum Ended {
     /// The exchange finished (or was handed over to an upgraded tunnel).
     Done,
+    /// Nothing was forwarded: the caller was told so (no backend connection).
+    NotForwarded(String),
     /// No byte moved on the stream for the service's `idle_timeout` (a body
     /// that stalled either way; a backend that never answers a caller that set
-    /// no deadline): the stream was
-    /// dropped, giving back the service's slot.
+    /// no deadline): the stream was dropped, giving back the service's slot.
     Idle,
-    /// hyper's error.
-    Failed(hyper::Error),
+    /// The exchange failed after the request was handed over; the stream was
+    /// reset.
+    Failed(String),
+}
+
+/// The stream of one exchange, past its request head.
+#[allow(missing_debug_implementations)]
+pub struct Stream {
+    /// The request head.
+    pub head: RequestHead,
+    /// The rest of what the caller sends.
+    pub reader: PartReader,
+    /// Towards the caller.
+    pub send: SendStream,
 }
 
 /// Serves the one HTTP exchange on a tunnel stream as `relay` says, until it
 /// ends or nothing moves on the stream for `relay.idle_timeout` — except while
 /// the backend's response head is awaited under the caller's deadline, which
 /// then bounds the wait instead.
-pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
-    let Relay {
-        pool,
-        sender,
-        reuse,
-        connect_timeout,
-        counters,
-        keep,
-        deadline,
-        idle_timeout,
-    } = relay;
-    let (read, written) = counters;
+pub async fn serve(relay: Relay, stream: Stream) -> Ended {
     let activity = Arc::new(Activity::new());
-    let seen = activity.clone();
-    let io = Observed::new(tokio::io::join(recv, send), move |dir, n| {
-        seen.touch();
-        match dir {
-            Dir::Read => read.inc_by(n as u64),
-            Dir::Write => written.inc_by(n as u64),
-        };
-    });
-    let sender = Arc::new(Mutex::new(Some((sender, reuse))));
-    // A request sent whole and its response head awaited under the caller's
-    // deadline: a slow head (a long poll) is the backend's to take, up to the
-    // deadline the caller chose, not an idle stream (a request body that
-    // stalls still is).
     let waits = Waits::default();
-    let watched = waits.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let pool = pool.clone();
-        let keep = keep.clone();
-        let sender = sender.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let waits = watched.clone();
-        async move {
-            let req = waits.watch_body(req);
-            let relayed = relay_one(pool, sender, req, (connect_timeout, idle_timeout), keep);
-            match deadline {
-                // The caller gives up at its deadline: stop waiting for the
-                // response head then (the body, once it flows, is not cut).
-                Some(d) => {
-                    waits.head.store(true, Ordering::Relaxed);
-                    let head = tokio::time::timeout_at(d, relayed).await;
-                    waits.head.store(false, Ordering::Relaxed);
-                    head.unwrap_or_else(|_| {
-                        Err("no response head in time (the caller's deadline, or the service's response_timeout)".into())
-                    })
-                }
-                None => relayed.await,
-            }
-        }
+    let (read, written) = relay.counters.clone();
+    let seen = activity.clone();
+    let on_read: Observe = Arc::new(move |n| {
+        seen.touch();
+        read.inc_by(n as u64);
     });
-    let serving = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(serving);
+    let seen = activity.clone();
+    let on_write: Observe = Arc::new(move |n| {
+        seen.touch();
+        written.inc_by(n as u64);
+    });
+    let idle = relay.idle_timeout;
+    let Stream { head, reader, send } = stream;
+    let reader = reader.observed(on_read);
+    let relayed = relay_one(relay, head, reader, send, (&waits, on_write));
+    tokio::pin!(relayed);
     loop {
         tokio::select! {
-            r = serving.as_mut() => return r.map_or_else(Ended::Failed, |()| Ended::Done),
-            () = tokio::time::sleep_until(activity.last() + idle_timeout) => {
+            ended = relayed.as_mut() => return ended,
+            () = tokio::time::sleep_until(activity.last() + idle) => {
                 if waits.backend_has_the_turn() {
                     activity.touch();
-                } else if activity.last() + idle_timeout <= Instant::now() {
+                } else if activity.last() + idle <= Instant::now() {
                     return Ended::Idle;
                 }
             }
@@ -154,53 +137,169 @@ pub async fn serve(relay: Relay, send: SendStream, recv: RecvStream) -> Ended {
     }
 }
 
+/// The request handed to the backend, its response sent back as parts.
 async fn relay_one(
-    pool: Arc<BackendPool>,
-    sender: Option<(Sender, Reuse)>,
-    mut req: Request<Body>,
-    (connect_timeout, idle_timeout): (Duration, Duration),
-    keep: Arc<dyn Send + Sync>,
-) -> Result<Response<Body>, String> {
-    let upgrade = headers::is_upgrade(req.method(), req.headers())
-        .then_some(req.method() == hyper::Method::CONNECT);
-    let caller_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let (sender, reuse) = match sender {
-        Some((sender, reuse)) => (Some(sender), Some(reuse)),
-        None => (None, None),
-    };
-    let sent = pool
-        .send(sender, req, connect_timeout)
-        .await
-        .map_err(|e| e.to_string());
-    if let (Ok(sent), Some(reuse)) = (&sent, reuse) {
-        if sent.on_given && reuse.reused {
-            reuse.reused_count.inc();
-        } else {
-            reuse.new.inc();
+    relay: Relay,
+    head: RequestHead,
+    reader: PartReader,
+    mut send: SendStream,
+    (waits, on_write): (&Waits, Observe),
+) -> Ended {
+    let upgrade = is_upgrade(&head);
+    let (body, raw): (Body, _) = match (head.has_body, upgrade) {
+        (false, _) => {
+            waits.body_done.store(true, Ordering::Relaxed);
+            (exchange::empty(), Some(reader))
         }
-    }
-    // A backend that fails the request ends the stream without a response, as a
-    // reset backend connection would: the caller's listener sees the failure as
-    // such (its retry policy's `reset`, its outlier detection).
+        (true, Some(_)) => {
+            // The stream goes raw after a switch: a body before it is not relayed.
+            return fail(&mut send, "a protocol switch with a request body".into());
+        }
+        (true, None) => {
+            let done = waits.body_done.clone();
+            let length = exchange::fields_to_map(&head.fields)
+                .ok()
+                .and_then(|h| exchange::content_length(&h));
+            let body = PartsBody::new(reader)
+                .with_length(length)
+                .on_end(move || done.store(true, Ordering::Relaxed));
+            (body.boxed_unsync(), None)
+        }
+    };
+    let request = match exchange::request_from_head(&head, body) {
+        Ok(r) => r,
+        Err(e) => return fail(&mut send, format!("the request head: {e}")),
+    };
+    let Relay {
+        pool,
+        sender,
+        reuse,
+        connect_timeout,
+        keep,
+        deadline,
+        idle_timeout,
+        ..
+    } = relay;
+    let sent = await_head(
+        pool.send(Some(sender), request, connect_timeout),
+        deadline,
+        waits,
+    )
+    .await;
     let Sent {
         sender,
         mut response,
-        ..
-    } = sent?;
-    if switched(&response, upgrade) {
-        if let Some(caller) = caller_upgrade {
-            splice_upgraded(
-                caller,
-                hyper::upgrade::on(&mut response),
-                "inbound",
-                idle_timeout,
-                keep,
-            );
-        }
-    } else {
-        pool.give_back(sender);
+        on_given,
+    } = match sent {
+        Ok(sent) => sent,
+        Err(Failure::NotForwarded(text)) => return not_forwarded(&mut send, text).await,
+        Err(Failure::Failed(text)) => return fail(&mut send, text),
+    };
+    reuse.count(on_given);
+    let switch = switched(&response, upgrade);
+    let has_body = !switch && !hyper::body::Body::is_end_stream(response.body());
+    let response_head = exchange::response_head(&response, has_body);
+    if let Err(e) = exchange::write_part(&mut send, &Part::ResponseHead(response_head)).await {
+        return fail(&mut send, format!("writing the response head: {e}"));
     }
-    Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+    if let (true, Some(reader)) = (switch, raw) {
+        let backend = Upgrade::Hyper(hyper::upgrade::on(&mut response));
+        let caller = Upgrade::Tunnel(tokio::io::join(reader.into_raw(), send));
+        splice_upgraded(caller, backend, "inbound", idle_timeout, keep);
+        return Ended::Done;
+    }
+    pool.give_back(sender);
+    if !has_body {
+        let _ = send.finish();
+        return Ended::Done;
+    }
+    send_body(&mut send, response, &on_write).await
+}
+
+/// Why the backend's response head did not come.
+enum Failure {
+    /// Nothing reached the backend.
+    NotForwarded(String),
+    /// The request was handed over, then failed.
+    Failed(String),
+}
+
+/// Awaits the backend's response head, bounded by `deadline` (marked in
+/// `waits` so the idle watchdog leaves the wait to it).
+async fn await_head(
+    sending: impl std::future::Future<Output = Result<Sent, SendError>>,
+    deadline: Option<Instant>,
+    waits: &Waits,
+) -> Result<Sent, Failure> {
+    let sent = match deadline {
+        Some(d) => {
+            waits.head.store(true, Ordering::Relaxed);
+            let head = tokio::time::timeout_at(d, sending).await;
+            waits.head.store(false, Ordering::Relaxed);
+            head.map_err(|_| {
+                Failure::Failed(
+                    "no response head in time (the caller's deadline, or the service's response_timeout)"
+                        .into(),
+                )
+            })?
+        }
+        None => sending.await,
+    };
+    sent.map_err(|e| match e {
+        SendError::Connect(e) => Failure::NotForwarded(format!("backend refused: {e}")),
+        e @ SendError::Http(_) => Failure::Failed(e.to_string()),
+    })
+}
+
+/// Tells the caller nothing was forwarded, and stops its sending.
+async fn not_forwarded(send: &mut SendStream, text: String) -> Ended {
+    let status = StreamStatus::new(StatusCode::BackendRefused, text.clone());
+    let _ = exchange::write_part(send, &Part::NotForwarded(status)).await;
+    let _ = send.finish();
+    Ended::NotForwarded(text)
+}
+
+/// Resets the stream: the exchange failed after the request was handed over.
+fn fail(send: &mut SendStream, text: String) -> Ended {
+    let _ = send.reset(BACKEND_FAILED);
+    Ended::Failed(text)
+}
+
+/// Sends the response body as parts, then finishes the stream.
+async fn send_body(
+    send: &mut SendStream,
+    response: Response<hyper::body::Incoming>,
+    on_write: &Observe,
+) -> Ended {
+    let body = response
+        .into_body()
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed_unsync();
+    match exchange::write_body(send, body, Some(on_write), |_| {}).await {
+        Ok(()) => {
+            let _ = send.finish();
+            Ended::Done
+        }
+        Err(e) => fail(send, e.to_string()),
+    }
+}
+
+/// The switch a request asks for, as [`switched`] takes it.
+fn is_upgrade(head: &RequestHead) -> Option<bool> {
+    let connect = head.method == "CONNECT";
+    let fields = exchange::fields_to_map(&head.fields).unwrap_or_default();
+    let method = hyper::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
+    headers::is_upgrade(&method, &fields).then_some(connect)
+}
+
+impl Reuse {
+    fn count(self, on_given: bool) {
+        if on_given && self.reused {
+            self.reused_count.inc();
+        } else {
+            self.new.inc();
+        }
+    }
 }
 
 /// Whose turn it is on an exchange, for the idle watchdog.
@@ -217,50 +316,5 @@ impl Waits {
     /// on the stream is the backend thinking, bounded by the caller's deadline.
     fn backend_has_the_turn(&self) -> bool {
         self.body_done.load(Ordering::Relaxed) && self.head.load(Ordering::Relaxed)
-    }
-
-    /// `req` with a body that marks [`Waits::body_done`] when it ends.
-    fn watch_body(&self, req: Request<Incoming>) -> Request<Body> {
-        let done = self.body_done.clone();
-        if hyper::body::Body::is_end_stream(req.body()) {
-            done.store(true, Ordering::Relaxed);
-        }
-        req.map(|b| {
-            MarksEnd {
-                inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                done,
-            }
-            .boxed_unsync()
-        })
-    }
-}
-
-/// A body that sets `done` once it has yielded its last frame.
-struct MarksEnd {
-    inner: Body,
-    done: Arc<AtomicBool>,
-}
-
-impl hyper::body::Body for MarksEnd {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.done.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }

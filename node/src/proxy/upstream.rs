@@ -1,5 +1,6 @@
 //! Reaching one endpoint of a service: a QUIC stream to its node, opened with a
-//! `StreamHeader` and answered with a `StreamStatus` — or, when the endpoint is on
+//! `StreamHeader` and (TCP) answered with a `StreamStatus`, or (HTTP) followed at
+//! once by the request (`outbound_http`) — or, when the endpoint is on
 //! this node, the local backend under the same admission the inbound side applies
 //! (`LocalService::admit`). TCP listeners open a [`TcpUpstream`] (a byte stream),
 //! HTTP listeners an [`HttpUpstream`] (a pooled keep-alive connection when the
@@ -67,6 +68,19 @@ impl OpenError {
         }
     }
 
+    /// The error for a refusal `node` answered (a status, or an HTTP request's
+    /// "not forwarded"): another endpoint may help unless the caller itself
+    /// was refused.
+    pub fn refused_by(node: &str, status: &StreamStatus) -> OpenError {
+        let reason = status_label(status.code);
+        let text = format!("{node} answered {}: {}", status.code, status.reason);
+        if status.code.is_retryable_elsewhere() {
+            OpenError::Unreachable { reason, text }
+        } else {
+            OpenError::Refused { reason, text }
+        }
+    }
+
     /// Whether another endpoint may succeed where this one failed.
     pub fn try_another(&self) -> bool {
         matches!(self, OpenError::Unreachable { .. })
@@ -79,7 +93,8 @@ impl OpenError {
     }
 }
 
-/// A tunnel stream to an endpoint's node, past its `ok`.
+/// A tunnel stream to an endpoint's node: past its `ok` (TCP), or with its
+/// header written (HTTP).
 #[derive(Debug)]
 pub struct Tunnel {
     /// Towards the serving node.
@@ -100,20 +115,25 @@ pub enum TcpUpstream {
 /// A way to send an HTTP request to an endpoint, for an HTTP listener.
 #[derive(Debug)]
 pub enum HttpUpstream {
-    /// The backend on this node: a keep-alive connection from its pool (or a
-    /// new one), given back to `pool` after the exchange.
-    Local {
-        /// The connection.
-        sender: Sender,
-        /// The backend's pool.
-        pool: Arc<BackendPool>,
-        /// The backend's connect timeout, should the connection need redoing.
-        connect_timeout: Duration,
-        /// The backend's connection slot.
-        slot: Slot,
-    },
-    /// A tunnel to the endpoint's node (a serving-side pool there).
+    /// The backend on this node.
+    Local(LocalUpstream),
+    /// A tunnel stream to the endpoint's node (a serving-side pool there),
+    /// its header written.
     Tunnel(Tunnel),
+}
+
+/// The backend on this node: a keep-alive connection from its pool (or a new
+/// one), given back to `pool` after the exchange.
+#[derive(Debug)]
+pub struct LocalUpstream {
+    /// The connection.
+    pub sender: Sender,
+    /// The backend's pool.
+    pub pool: Arc<BackendPool>,
+    /// The backend's connect timeout, should the connection need redoing.
+    pub connect_timeout: Duration,
+    /// The backend's connection slot.
+    pub slot: Slot,
 }
 
 /// What to open.
@@ -200,6 +220,8 @@ pub async fn open_http(
             dial(ctx, endpoint, &header, (timeout, heard)).await?,
         ));
     }
+    // (An HTTP tunnel's header is not answered: the request follows it at
+    // once, and the first part back is the answer; see `outbound_http`.)
     let services = ctx.services();
     let (local, slot) = admit_local(&services, &ctx.node_name, &target)?;
     let connect_timeout = local.config.connect_timeout;
@@ -221,12 +243,12 @@ pub async fn open_http(
                 )
             })?,
     };
-    Ok(HttpUpstream::Local {
+    Ok(HttpUpstream::Local(LocalUpstream {
         sender,
         pool: local.pool.clone(),
         connect_timeout,
         slot,
-    })
+    }))
 }
 
 /// A tunnel stream to `endpoint`'s node carrying `header`, once the node
@@ -246,6 +268,9 @@ async fn dial(
     let _counted = ctx.setup_times.opening();
     let opened = open_stream(ctx, endpoint, header, (timeout, heard)).await;
     match &opened {
+        // An HTTP stream is not answered before its request is sent: the
+        // answer (or the silence) comes in `outbound_http`'s exchange.
+        Ok(_) if header.protocol == Protocol::Http => {}
         Ok(_) => {
             // The stream's setup, not a handshake's: a dial is not what a
             // hedge waits on.
@@ -345,6 +370,12 @@ async fn open_stream(
             .write_all(&frame)
             .await
             .map_err(|e| broken(&e))?;
+        if header.protocol == Protocol::Http {
+            return Ok(Tunnel {
+                send: send.done(),
+                recv,
+            });
+        }
         let status = read_status(&mut recv).await?;
         if status.code.is_ok() {
             return Ok(Tunnel {
@@ -352,16 +383,7 @@ async fn open_stream(
                 recv,
             });
         }
-        let reason = status_label(status.code);
-        let text = format!(
-            "{} answered {}: {}",
-            endpoint.node, status.code, status.reason
-        );
-        Err(if status.code.is_retryable_elsewhere() {
-            OpenError::Unreachable { reason, text }
-        } else {
-            OpenError::Refused { reason, text }
-        })
+        Err(OpenError::refused_by(&endpoint.node, &status))
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -12,22 +12,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::upgrade::OnUpgrade;
 use hyper::{Response, StatusCode};
+use mesh_proto::exchange::RequestHead;
 use mesh_proto::lb::{self, Policy};
 use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
 use mesh_proto::routing::Endpoint;
 use mesh_proto::tunnel::RequestId;
 
 use super::{
-    Body, Exchange, HttpListener, Keep, Outcome, ReqBody, buffer_for_replay, exchange, full,
+    Body, Exchange, HttpListener, Keep, Outcome, ReqBody, buffer_for_replay, exchange_local, full,
+    hold,
 };
 use crate::config::ListenerKind;
 use crate::metrics::HttpRetryLabels;
 use crate::proxy::backend_pool::SendError;
 use crate::proxy::balance::Balancer;
+use crate::proxy::exchange::request_head;
 use crate::proxy::headers::{self, Client, UpstreamHead};
 use crate::proxy::hedge::{self, Heard, note_race};
+use crate::proxy::outbound_http::{self, ExchangeError, Outgoing, Reply};
+use crate::proxy::upgrade::Upgrade;
 use crate::proxy::upstream::{self, HttpUpstream, OpenError, Target};
 
 /// Why a try failed.
@@ -73,7 +77,7 @@ impl TryFailure {
 /// What one try came to.
 enum Tried {
     /// The endpoint answered (any status).
-    Answered(Response<Body>, Option<(OnUpgrade, Keep)>),
+    Answered(Response<Body>, Option<(Upgrade, Keep)>),
     /// The try failed; the response is what the client gets if no try follows.
     Failed(TryFailure, Response<Body>),
     /// An answer no other endpoint would change (the caller is refused, the
@@ -102,6 +106,17 @@ struct Forwarding<'r> {
     /// Tries that may be made when nothing was sent.
     connect_tries: u32,
     head: UpstreamHead,
+    /// The head as it crosses the tunnel.
+    wire: RequestHead,
+}
+
+/// An opened upstream, or — for a request sent within its open (see
+/// [`HttpListener::early`]) — the serving node's answer already.
+enum Opened {
+    Upstream(HttpUpstream),
+    Replied(Result<Reply, ExchangeError>),
+    /// The open (with its request) had no answer within the try's time.
+    TimedOut,
 }
 
 /// The service and how its endpoint is chosen.
@@ -135,6 +150,12 @@ impl HttpListener {
         let f = self.plan(&ex, rule, route_name, choice);
         if let Some(answer) = self.buffer_replayable(&mut ex, &f).await {
             return answer;
+        }
+        // A request without a body can be sent again as it is.
+        if let ReqBody::Once(Some(body)) = &ex.body
+            && hyper::body::Body::is_end_stream(body)
+        {
+            ex.body = ReqBody::Replay(Bytes::new());
         }
         self.tries(&mut ex, &f, &mut pinned, outcome).await
     }
@@ -236,6 +257,7 @@ impl HttpListener {
             rule.map(|r| &r.request_headers),
         );
         let session = rule.and_then(|r| r.session.as_ref());
+        let wire = request_head(&head.request(()));
         Forwarding {
             rule,
             route,
@@ -253,6 +275,7 @@ impl HttpListener {
             deadline: Instant::now() + total,
             connect_tries: self.cfg.attempts.max(rule.map_or(1, Rule::max_attempts)),
             head,
+            wire,
         }
     }
 
@@ -327,10 +350,18 @@ impl HttpListener {
             tried.push(endpoint.node.clone());
             let try_timeout = f.per_try.min(remaining);
             let try_time = (try_timeout, tokio::time::Instant::now() + try_timeout);
-            let tunnel_id = ex.tunnel_id;
-            let (endpoint, opened) = self
-                .open(tunnel_id, f, endpoint, try_timeout, &mut tried)
-                .await;
+            let early = self.early(ex, f);
+            let opening = self.open(
+                (ex.tunnel_id, early),
+                f,
+                endpoint.clone(),
+                try_timeout,
+                &mut tried,
+            );
+            // Only an open that carries its request can run this long.
+            let (endpoint, opened) = tokio::time::timeout_at(try_time.1, opening)
+                .await
+                .unwrap_or((endpoint, Ok(Opened::TimedOut)));
             let tries = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             outcome.attempts = tries;
             outcome.node = endpoint.node.clone();
@@ -423,17 +454,33 @@ impl HttpListener {
         f.balancer.record(table.endpoints(&f.service), node, ok);
     }
 
+    /// The request to send within the open, when it may be sent twice (a
+    /// hedge sends it to a second endpoint): an idempotent method, a body
+    /// known whole, no protocol switch. The open then lasts until the serving
+    /// node answers, so a node that went silent on an established connection
+    /// is hedged like one that does not accept. Other requests are sent once
+    /// their stream is open, and only the dial is hedged.
+    fn early(&self, ex: &Exchange, f: &Forwarding<'_>) -> Option<Bytes> {
+        match &ex.body {
+            ReqBody::Replay(bytes) if !ex.upgrade && is_idempotent(f.method.as_str()) => {
+                Some(bytes.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Reaches `endpoint` (the connect timeout bounds a blackholed node) within
     /// the try's time; if it is slow to accept, also another endpoint (a hedge,
-    /// added to `tried`), and the first to accept serves the try.
+    /// added to `tried`), and the first to accept serves the try. With an
+    /// `early` body, each open also sends the request and waits for the answer.
     async fn open(
         &self,
-        tunnel_id: RequestId,
+        (tunnel_id, early): (RequestId, Option<Bytes>),
         f: &Forwarding<'_>,
         endpoint: Endpoint,
         try_timeout: Duration,
         tried: &mut Vec<String>,
-    ) -> (Endpoint, Result<HttpUpstream, OpenError>) {
+    ) -> (Endpoint, Result<Opened, OpenError>) {
         let target = Target {
             service: &f.service,
             source_service: self.cfg.source_service.as_deref(),
@@ -447,13 +494,14 @@ impl HttpListener {
             open_timeout,
         );
         let heard = [Heard::default(), Heard::default()];
-        let first = self.open_one(endpoint.clone(), target, (open_timeout, &heard[0]));
+        let request = early.as_ref().map(|body| (&f.wire, body));
+        let first = self.open_one(endpoint.clone(), target, (open_timeout, &heard[0]), request);
         let raced = hedge::race(first, delay, || {
             if !self.ctx.setup_times.worth_hedging(&heard[0]) {
                 return None;
             }
             let second = self.hedge(f, tried)?;
-            Some(self.open_one(second, target, (open_timeout, &heard[1])))
+            Some(self.open_one(second, target, (open_timeout, &heard[1]), request))
         })
         .await;
         let labels = self.listener_labels();
@@ -469,16 +517,35 @@ impl HttpListener {
         }
     }
 
-    /// Opens an upstream to `endpoint`, keeping the endpoint with the outcome.
+    /// Opens an upstream to `endpoint`, keeping the endpoint with the outcome;
+    /// with a `request`, sends it on a tunnel and takes the answer (a "not
+    /// forwarded" is then the open's failure, like a refused status).
     async fn open_one(
         &self,
         endpoint: Endpoint,
         target: Target<'_>,
         limits: (Duration, &Heard),
-    ) -> Result<(Endpoint, HttpUpstream), (Endpoint, OpenError)> {
-        match upstream::open_http(&self.ctx, &endpoint, target, limits).await {
-            Ok(up) => Ok((endpoint, up)),
-            Err(e) => Err((endpoint, e)),
+        request: Option<(&RequestHead, &Bytes)>,
+    ) -> Result<(Endpoint, Opened), (Endpoint, OpenError)> {
+        let up = match upstream::open_http(&self.ctx, &endpoint, target, limits).await {
+            Ok(up) => up,
+            Err(e) => return Err((endpoint, e)),
+        };
+        let (tunnel, (head, body)) = match (up, request) {
+            (HttpUpstream::Tunnel(tunnel), Some(request)) => (tunnel, request),
+            (up, _) => return Ok((endpoint, Opened::Upstream(up))),
+        };
+        let replied =
+            outbound_http::exchange(tunnel, head, Outgoing::Whole(body.clone()), None).await;
+        if replied.is_ok() {
+            self.ctx.suspects.answered(&endpoint.node);
+        }
+        match replied {
+            Ok(Reply::NotForwarded(status, _)) => Err((
+                endpoint.clone(),
+                OpenError::refused_by(&endpoint.node, &status),
+            )),
+            replied => Ok((endpoint, Opened::Replied(replied))),
         }
     }
 
@@ -507,30 +574,50 @@ impl HttpListener {
         ex: &mut Exchange,
         f: &Forwarding<'_>,
         endpoint: &Endpoint,
-        opened: Result<HttpUpstream, OpenError>,
+        opened: Result<Opened, OpenError>,
         (try_timeout, try_deadline): (Duration, tokio::time::Instant),
         outcome: &mut Outcome,
     ) -> Tried {
         let up = match opened {
-            Ok(up) => up,
+            Ok(Opened::Replied(replied)) => return self.replied(ex, f, endpoint, replied),
+            Ok(Opened::TimedOut) => {
+                return self.timed_out(f, endpoint, try_timeout, &ex.request_id);
+            }
+            Ok(Opened::Upstream(up)) => up,
             Err(e) => return self.not_opened(ex, f, endpoint, e),
         };
-        if let HttpUpstream::Local { .. } = up {
-            outcome.addr = self
-                .ctx
-                .services()
-                .get(&f.service)
-                .map_or_else(String::new, |s| s.config.address.to_string());
-        }
-        let Some(body) = ex.body.take() else {
-            return Tried::NoBody;
+        let upgrade = ex.upgrade.then_some(f.method == hyper::Method::CONNECT);
+        let body = match ex.body.take() {
+            Some(body) => body,
+            None => return Tried::NoBody,
         };
+        let local = match up {
+            HttpUpstream::Tunnel(tunnel) => {
+                let outgoing = match std::mem::replace(&mut ex.body, ReqBody::Once(None)) {
+                    ReqBody::Replay(bytes) => {
+                        ex.body = ReqBody::Replay(bytes.clone());
+                        Outgoing::Whole(bytes)
+                    }
+                    ReqBody::Once(_) => Outgoing::Streamed(body),
+                };
+                let exchanged = outbound_http::exchange(tunnel, &f.wire, outgoing, upgrade);
+                return match tokio::time::timeout_at(try_deadline, exchanged).await {
+                    Ok(replied) => self.replied(ex, f, endpoint, replied),
+                    Err(_) => self.timed_out(f, endpoint, try_timeout, &ex.request_id),
+                };
+            }
+            HttpUpstream::Local(local) => local,
+        };
+        outcome.addr = self
+            .ctx
+            .services()
+            .get(&f.service)
+            .map_or_else(String::new, |s| s.config.address.to_string());
         let request = f.head.request(body);
         let inflight = f.balancer.in_flight(&endpoint.node);
-        let is_connect = f.method == hyper::Method::CONNECT;
         let sent = tokio::time::timeout_at(
             try_deadline,
-            exchange(up, request, ex.upgrade.then_some(is_connect), inflight),
+            exchange_local(local, request, upgrade, inflight),
         )
         .await;
         let rid = &ex.request_id;
@@ -559,11 +646,64 @@ impl HttpListener {
                     self.error_response(StatusCode::BAD_GATEWAY, &format!("{node}: {e}"), rid);
                 Tried::Failed(TryFailure::Reset, answer)
             }
-            Err(_) => {
-                self.record(f, node, false);
-                let message = format!("{node} did not answer within {try_timeout:?}");
-                let answer = self.error_response(StatusCode::GATEWAY_TIMEOUT, &message, rid);
-                Tried::Failed(TryFailure::Timeout, answer)
+            Err(_) => self.timed_out(f, endpoint, try_timeout, rid),
+        }
+    }
+
+    /// A try with no response head within its time.
+    fn timed_out(
+        &self,
+        f: &Forwarding<'_>,
+        endpoint: &Endpoint,
+        try_timeout: Duration,
+        rid: &str,
+    ) -> Tried {
+        self.record(f, &endpoint.node, false);
+        let message = format!("{} did not answer within {try_timeout:?}", endpoint.node);
+        let answer = self.error_response(StatusCode::GATEWAY_TIMEOUT, &message, rid);
+        Tried::Failed(TryFailure::Timeout, answer)
+    }
+
+    /// What a tunnelled try came to: the response (holding the endpoint's
+    /// in-flight count until its body ends), "not forwarded" (another
+    /// endpoint may take it, with the body given back), or a failure after
+    /// the request was sent.
+    fn replied(
+        &self,
+        ex: &mut Exchange,
+        f: &Forwarding<'_>,
+        endpoint: &Endpoint,
+        replied: Result<Reply, ExchangeError>,
+    ) -> Tried {
+        let (node, rid) = (&endpoint.node, &ex.request_id);
+        match replied {
+            Ok(Reply::Response(response, upgrade)) => {
+                self.ctx.suspects.answered(node);
+                self.record(f, node, !response.status().is_server_error());
+                let keep: Keep = Arc::new(f.balancer.in_flight(node));
+                let upgrade = upgrade.map(|u| (u, keep.clone()));
+                Tried::Answered(response.map(|b| hold(b, keep)), upgrade)
+            }
+            Ok(Reply::NotForwarded(status, body)) => {
+                self.ctx.suspects.answered(node);
+                if let Some(body) = body {
+                    ex.body = ReqBody::Once(Some(body));
+                }
+                self.not_opened(ex, f, endpoint, OpenError::refused_by(node, &status))
+            }
+            Err(e @ ExchangeError::Head(_)) => {
+                tracing::error!(listener = %self.cfg.name, service = %f.service, error = %e, "a request could not be tunnelled");
+                let answer =
+                    self.error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), rid);
+                Tried::Final(answer)
+            }
+            Err(ExchangeError::Failed { client, text }) => {
+                if !client {
+                    self.record(f, node, false);
+                }
+                let answer =
+                    self.error_response(StatusCode::BAD_GATEWAY, &format!("{node}: {text}"), rid);
+                Tried::Failed(TryFailure::Reset, answer)
             }
         }
     }
@@ -611,7 +751,7 @@ impl HttpListener {
         endpoint: &Endpoint,
         tries: u32,
         response: Response<Body>,
-        upstream_upgrade: Option<(OnUpgrade, Keep)>,
+        upstream_upgrade: Option<(Upgrade, Keep)>,
     ) -> Response<Body> {
         let cookie = match f.session {
             Some(Session::Cookie { name, ttl_s }) if f.repinned || tries > 1 => Some((

@@ -1,0 +1,260 @@
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+use crate::tunnel::StatusCode;
+
+fn field(name: &str, value: &[u8]) -> Field {
+    Field {
+        name: name.into(),
+        value: value.to_vec(),
+    }
+}
+
+fn get() -> RequestHead {
+    RequestHead {
+        method: "GET".into(),
+        target: "/orders/7?full=1".into(),
+        fields: vec![field("host", b"web"), field("x-request-id", b"abc")],
+        has_body: false,
+    }
+}
+
+fn encoded(parts: &[Part]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for p in parts {
+        encode_part(p, &mut out).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+    }
+    out
+}
+
+/// Decodes every part of `wire`, feeding it `step` bytes at a time.
+fn decode_all(wire: &[u8], step: usize) -> Result<Vec<Part>, PartError> {
+    let mut buf = BytesMut::new();
+    let mut parts = Vec::new();
+    for chunk in wire.chunks(step) {
+        buf.extend_from_slice(chunk);
+        while let Some(p) = decode_part(&mut buf)? {
+            parts.push(p);
+        }
+    }
+    assert!(buf.is_empty(), "{} bytes left over", buf.len());
+    Ok(parts)
+}
+
+fn an_exchange() -> Vec<Part> {
+    vec![
+        Part::RequestHead(get()),
+        Part::Data(Bytes::from_static(b"hello")),
+        Part::Data(Bytes::from(vec![7u8; MAX_DATA_PART])),
+        Part::Trailers(Trailers {
+            fields: vec![field("grpc-status", b"0")],
+        }),
+        Part::ResponseHead(ResponseHead {
+            status: 200,
+            fields: vec![field("content-type", b"text/plain; charset=\xff")],
+            has_body: true,
+        }),
+        Part::End,
+        Part::NotForwarded(StreamStatus::new(StatusCode::BackendRefused, "no backend")),
+    ]
+}
+
+#[test]
+fn every_part_survives_the_wire_whatever_the_read_sizes() {
+    let parts = an_exchange();
+    let wire = encoded(&parts);
+    for step in [1, 2, 5, 7, 1000, wire.len()] {
+        assert_eq!(decode_all(&wire, step).unwrap(), parts, "step {step}");
+    }
+}
+
+#[test]
+fn an_incomplete_part_takes_no_bytes() {
+    let wire = encoded(&[Part::RequestHead(get())]);
+    for len in 0..wire.len() {
+        let mut buf = BytesMut::from(&wire[..len]);
+        assert_eq!(decode_part(&mut buf), Ok(None), "{len} bytes");
+        assert_eq!(buf.len(), len, "nothing consumed");
+    }
+}
+
+#[test]
+fn data_is_split_into_parts_of_at_most_the_limit_without_copying() {
+    let data = Bytes::from(vec![1u8; 2 * MAX_DATA_PART + 10]);
+    let parts: Vec<_> = encode_data(data.clone()).collect();
+    let lens: Vec<usize> = parts.iter().map(|(_, b)| b.len()).collect();
+    assert_eq!(lens, [MAX_DATA_PART, MAX_DATA_PART, 10]);
+    assert_eq!(parts[0].1.as_ptr(), data.as_ptr(), "a slice, not a copy");
+    assert_eq!(encode_data(Bytes::new()).count(), 0);
+    let mut wire = BytesMut::new();
+    for (header, bytes) in parts {
+        wire.extend_from_slice(&header);
+        wire.extend_from_slice(&bytes);
+    }
+    let back = decode_all(&wire, 4096).unwrap();
+    assert_eq!(back.len(), 3);
+}
+
+#[test]
+fn bad_kinds_and_data_lengths_are_refused_from_their_header() {
+    let mut buf = BytesMut::from(&[9u8][..]);
+    assert_eq!(decode_part(&mut buf), Err(PartError::UnknownKind(9)));
+    // An oversize data part is refused before its bytes arrive.
+    let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 1][..]);
+    assert_eq!(
+        decode_part(&mut buf),
+        Err(PartError::DataLength(MAX_DATA_PART + 1))
+    );
+    let mut buf = BytesMut::from(&[3u8, 0, 0, 0, 0][..]);
+    assert_eq!(decode_part(&mut buf), Err(PartError::DataLength(0)));
+    // So is a head announcing more than its limit.
+    let mut buf = BytesMut::from(&[1u8, 1, 0, 2, 0, 0][..]);
+    assert!(matches!(
+        decode_part(&mut buf),
+        Err(PartError::Frame(InvalidFrame::TooLarge { .. }))
+    ));
+    let err = encode_part(&Part::Data(Bytes::new()), &mut BytesMut::new());
+    assert!(err.is_err(), "no empty data part is sent");
+}
+
+#[test]
+fn heads_that_would_smuggle_a_request_are_refused_both_ways() {
+    let mut bad = Vec::new();
+    let mut h = get();
+    h.fields.push(field("x", b"a\r\nx-injected: 1"));
+    bad.push(h);
+    let mut h = get();
+    h.fields.push(field("Host", b"upper"));
+    bad.push(h);
+    let mut h = get();
+    h.fields.push(field("", b"empty"));
+    bad.push(h);
+    let mut h = get();
+    h.method = "GET /x HTTP/1.1\r\n".into();
+    bad.push(h);
+    let mut h = get();
+    h.target = "/a b".into();
+    bad.push(h);
+    let mut h = get();
+    h.target = String::new();
+    bad.push(h);
+    let mut h = get();
+    h.fields = vec![field("a", b"1"); MAX_FIELDS + 1];
+    bad.push(h);
+    for h in bad {
+        assert!(h.validate().is_err(), "{h:?}");
+        let refused = encode_part(&Part::RequestHead(h.clone()), &mut BytesMut::new());
+        assert!(refused.is_err(), "not sent: {h:?}");
+        // A peer that sends one anyway is refused on arrival.
+        let mut body = Vec::new();
+        crate::codec::sealed::Body::encode_body(&h, &mut body).unwrap();
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&[1, crate::codec::PROTOCOL_VERSION]);
+        wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&body);
+        assert!(
+            matches!(decode_part(&mut wire), Err(PartError::Frame(_))),
+            "refused: {h:?}"
+        );
+    }
+    let status = ResponseHead {
+        status: 1000,
+        fields: Vec::new(),
+        has_body: false,
+    };
+    assert!(status.validate().is_err());
+}
+
+#[test]
+fn a_head_of_64_kib_of_fields_fits() {
+    let fields: Vec<Field> = (0..MAX_FIELDS)
+        .map(|i| field(&format!("x-{i}"), &[b'v'; 120]))
+        .collect();
+    let h = RequestHead {
+        method: "POST".into(),
+        target: format!("/{}", "p".repeat(MAX_TARGET_LEN - 1)),
+        fields,
+        has_body: true,
+    };
+    let wire = encoded(&[Part::RequestHead(h.clone())]);
+    assert_eq!(decode_all(&wire, 999).unwrap(), [Part::RequestHead(h)]);
+}
+
+fn arb_field() -> impl Strategy<Value = Field> + Clone {
+    (
+        "[a-z0-9-]{1,12}",
+        proptest::collection::vec(0x20u8..0x7f, 0..40),
+    )
+        .prop_map(|(name, value)| Field { name, value })
+}
+
+fn arb_part() -> impl Strategy<Value = Part> {
+    let fields = proptest::collection::vec(arb_field(), 0..6);
+    prop_oneof![
+        (
+            "[A-Z]{1,8}",
+            "/[a-z0-9/?=&]{0,30}",
+            fields.clone(),
+            any::<bool>()
+        )
+            .prop_map(|(method, target, fields, has_body)| {
+                Part::RequestHead(RequestHead {
+                    method,
+                    target,
+                    fields,
+                    has_body,
+                })
+            }),
+        (100u16..1000, fields.clone(), any::<bool>()).prop_map(|(status, fields, has_body)| {
+            Part::ResponseHead(ResponseHead {
+                status,
+                fields,
+                has_body,
+            })
+        }),
+        proptest::collection::vec(any::<u8>(), 1..3000).prop_map(|d| Part::Data(Bytes::from(d))),
+        fields.prop_map(|fields| Part::Trailers(Trailers { fields })),
+        Just(Part::End),
+        "[a-z ]{0,40}".prop_map(|r| Part::NotForwarded(StreamStatus::new(StatusCode::Draining, r))),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn any_sequence_of_parts_decodes_to_itself_in_any_pieces(
+        parts in proptest::collection::vec(arb_part(), 0..12),
+        step in 1usize..200,
+    ) {
+        let wire = encoded(&parts);
+        prop_assert_eq!(decode_all(&wire, step).unwrap(), parts);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_refusals_are_final(
+        wire in proptest::collection::vec(any::<u8>(), 0..300),
+        step in 1usize..50,
+    ) {
+        let whole = decode_all_lenient(&wire, wire.len().max(1));
+        let pieces = decode_all_lenient(&wire, step);
+        prop_assert_eq!(whole, pieces);
+    }
+}
+
+/// What reading `wire` in pieces of `step` comes to: the parts decoded, and
+/// the error that ended it, if any.
+fn decode_all_lenient(wire: &[u8], step: usize) -> (Vec<Part>, Option<PartError>) {
+    let mut buf = BytesMut::new();
+    let mut parts = Vec::new();
+    for chunk in wire.chunks(step) {
+        buf.extend_from_slice(chunk);
+        loop {
+            match decode_part(&mut buf) {
+                Ok(Some(p)) => parts.push(p),
+                Ok(None) => break,
+                Err(e) => return (parts, Some(e)),
+            }
+        }
+    }
+    (parts, None)
+}
