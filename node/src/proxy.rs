@@ -93,12 +93,13 @@ impl LocalService {
     /// callers and counters carry over; its idle backend connections too,
     /// unless the backend's address changed.
     pub fn reconfigured(&self, config: ServiceConfig) -> Self {
-        let pool = if config.address == self.config.address {
+        let pool = if config.address == self.config.address && config.http2 == self.config.http2 {
             self.pool.clone()
         } else {
-            Arc::new(backend_pool::BackendPool::new(
+            Arc::new(backend_pool::BackendPool::with_version(
                 config.address,
                 config.http_idle_timeout,
+                config.http2,
             ))
         };
         LocalService {
@@ -115,9 +116,10 @@ impl LocalService {
         LocalService {
             active: Arc::new(AtomicUsize::new(0)),
             callers: Arc::default(),
-            pool: Arc::new(backend_pool::BackendPool::new(
+            pool: Arc::new(backend_pool::BackendPool::with_version(
                 config.address,
                 config.http_idle_timeout,
+                config.http2,
             )),
             counters: crate::metrics::ServiceCounters::new(metrics, &config.name),
             config,
@@ -216,6 +218,7 @@ pub(crate) fn test_service(
         max_connections_per_caller: max_connections,
         connect_timeout: Duration::from_secs(1),
         http_idle_timeout: Duration::ZERO,
+        http2: false,
         idle_timeout: Duration::from_secs(600),
         response_timeout: Duration::from_secs(60),
     };

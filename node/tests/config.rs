@@ -1296,6 +1296,24 @@ http_idle_timeout = "2h"
 }
 
 #[test]
+fn http2_backends_are_for_http_services_only() {
+    let f = Fixture::new();
+    let c = f.ok(&minimal_with(
+        "[[service]]\nname = \"api\"\naddress = \"127.0.0.1:9090\"\nprotocol = \"http\"\nhttp2 = true\n\n[[service]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\nprotocol = \"http\"",
+    ));
+    assert!(c.services[0].http2);
+    assert!(!c.services[1].http2, "HTTP/1.1 unless asked");
+    let e = f.errors(&minimal_with(
+        "[[service]]\nname = \"cache\"\naddress = \"127.0.0.1:5432\"\nhttp2 = true",
+    ));
+    assert_error(
+        &e,
+        "service[0].http2",
+        &["only an HTTP service", "protocol = \"http\""],
+    );
+}
+
+#[test]
 fn a_callers_share_defaults_to_three_quarters_and_cannot_exceed_the_service() {
     let f = Fixture::new();
     let service = |extra: &str| {

@@ -16,6 +16,7 @@
 )]
 
 pub mod cluster;
+pub mod grpc;
 pub mod rogue;
 pub mod web;
 

@@ -861,3 +861,107 @@ async fn bad_request_parts_are_reset_without_harming_other_requests() {
     client.close();
     mesh.stop().await;
 }
+
+/// gRPC through the mesh: an HTTP/2 client calls the HTTP listener, the
+/// request crosses the tunnel as parts, and the serving node speaks HTTP/2 to
+/// a backend that speaks nothing else (`http2 = true`). A unary call and a
+/// bidirectional stream — each message echoed before the next is sent, so
+/// both bodies stream at once — end with the backend's trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_calls_reach_an_http2_backend() {
+    use shoal_tests::grpc::GrpcEcho;
+    let backend = GrpcEcho::start().await;
+    let mesh = Cluster::of([
+        NodeSpec::new("a")
+            .service("grpc", backend.addr(), Check::Tcp)
+            .tweak(|raw| {
+                raw.services[0].protocol = Some("http".into());
+                raw.services[0].http2 = Some(true);
+            }),
+        NodeSpec::new("c").http_listener("grpc", Some("grpc")),
+    ])
+    .start()
+    .await;
+    mesh.wait_healthy("c", "grpc", 1).await;
+    let listener = mesh["c"].listener("grpc");
+    let stream = TcpStream::connect(listener).await.unwrap();
+    type Chunks = futures::channel::mpsc::UnboundedReceiver<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::StreamBody<Chunks>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let call = |path: &str, body| {
+        hyper::Request::post(format!("http://grpc.example{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::StreamBody::new(body))
+            .unwrap()
+    };
+    let message = |text: &str| {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        m.extend_from_slice(text.as_bytes());
+        Bytes::from(m)
+    };
+
+    // Unary: one message, answered whole, then the trailers.
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(Ok(hyper::body::Frame::data(message("hello"))))
+        .unwrap();
+    drop(tx);
+    let resp = sender
+        .send_request(call("/echo.Echo/Unary", rx))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), message("hello"));
+
+    // Streaming: each message comes back before the next one is sent.
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(Ok(hyper::body::Frame::data(message("one"))))
+        .unwrap();
+    let resp = sender
+        .send_request(call("/echo.Echo/Stream", rx))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the answer begins before the request ends"
+    );
+    let mut body = resp.into_body();
+    let mut next_data = async || loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the echo arrives")
+            .expect("the body goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            return data;
+        }
+    };
+    assert_eq!(next_data().await, message("one"));
+    tx.unbounded_send(Ok(hyper::body::Frame::data(message("two"))))
+        .unwrap();
+    assert_eq!(next_data().await, message("two"));
+    drop(tx);
+    let rest = body.collect().await.unwrap();
+    let trailers = rest.trailers().cloned().expect("trailers end the stream");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-echo-frames"], "2");
+    assert!(
+        backend.connections() >= 1,
+        "the backend was spoken to in HTTP/2"
+    );
+    mesh.stop().await;
+}

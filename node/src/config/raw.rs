@@ -239,6 +239,10 @@ pub struct RawService {
         skip_serializing_if = "Option::is_none"
     )]
     pub http_idle_timeout: Option<Duration>,
+    /// `http2`: speak HTTP/2 to the backend (prior knowledge, "h2c"), over one
+    /// shared connection; for gRPC backends. HTTP services only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
     /// `idle_timeout`: how long a tunnelled connection to this service may
     /// carry no byte before this node closes it.
     #[serde(

@@ -260,6 +260,8 @@ pub struct ServiceConfig {
     /// the next tunnelled request (zero: every request gets its own connection).
     #[serde(with = "humantime_serde")]
     pub http_idle_timeout: Duration,
+    /// Whether the backend speaks HTTP/2 (prior knowledge) rather than HTTP/1.1.
+    pub http2: bool,
     /// How long a tunnelled connection to this service (a TCP stream, an
     /// upgraded HTTP one) may carry no byte before this node closes it,
     /// whatever the caller's listener allows.

@@ -1,23 +1,27 @@
-//! Keep-alive HTTP/1.1 connections from this node to one local HTTP backend,
-//! reused across tunnelled requests.
+//! Connections from this node to one local HTTP backend, reused across
+//! tunnelled requests: keep-alive HTTP/1.1 connections, or — for a service
+//! with `http2 = true` — one HTTP/2 connection (prior knowledge, "h2c") that
+//! carries every request at once, which is also what gRPC backends speak.
 //!
 //! Every HTTP request crosses the mesh on its own QUIC stream, but the serving
 //! node need not open a TCP connection to its backend for each of them: a fresh
 //! connection per request costs a handshake, a close and a TIME-WAIT entry, and at
 //! a few thousand requests a second the kernel's port search dominates the
-//! node's CPU. So a connection whose response has been read completely goes back
-//! to this pool, and the next request takes it (newest first, so idle ones age
-//! out). A connection unused for the service's `http_idle_timeout` is closed,
-//! before the backend's own keep-alive timeout would close it under a request.
+//! node's CPU. So an HTTP/1.1 connection whose response has been read completely
+//! goes back to this pool, and the next request takes it (newest first, so idle
+//! ones age out). A connection unused for the service's `http_idle_timeout` is
+//! closed, before the backend's own keep-alive timeout would close it under a
+//! request.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::header::HOST;
+use hyper::{Request, Response, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -27,7 +31,66 @@ use super::body::{Body, MAX_HEADER_BYTES};
 pub const MAX_IDLE: usize = 256;
 
 /// A request sender on one backend connection.
-pub type Sender = SendRequest<Body>;
+#[derive(Debug)]
+pub enum Sender {
+    /// An HTTP/1.1 connection: one request at a time.
+    Http1(http1::SendRequest<Body>),
+    /// The backend's HTTP/2 connection, shared by every request.
+    Http2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_ready(),
+            Sender::Http2(s) => s.is_ready(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(s) => s.ready().await,
+            Sender::Http2(s) => s.ready().await,
+        }
+    }
+
+    async fn try_send(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http2(s) => s.try_send_request(as_http2(req)).await,
+        }
+    }
+}
+
+/// `req` as HTTP/2 wants it: the authority (from `Host`) in the URI, so it
+/// becomes `:authority`, with the `http` scheme of prior knowledge.
+fn as_http2(mut req: Request<Body>) -> Request<Body> {
+    *req.version_mut() = Version::HTTP_2;
+    if req.uri().authority().is_none()
+        && let Some(host) = req.headers_mut().remove(HOST)
+    {
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        if let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(host.as_bytes())
+            .path_and_query(path)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
 
 #[derive(Debug)]
 struct Idle {
@@ -35,22 +98,42 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle keep-alive connections to one backend.
+/// The connections to one backend: idle HTTP/1.1 keep-alive ones, or the one
+/// HTTP/2 connection.
 #[derive(Debug)]
 pub struct BackendPool {
     addr: SocketAddr,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// Speak HTTP/2 (prior knowledge) to the backend.
+    http2: bool,
+    shared: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
 impl BackendPool {
-    /// A pool for the backend at `addr`; `idle_timeout` zero disables reuse.
+    /// A pool for the HTTP/1.1 backend at `addr`; `idle_timeout` zero
+    /// disables reuse.
     pub fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
         Self {
             addr,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
+            http2: false,
+            shared: Mutex::new(None),
         }
+    }
+
+    /// A pool for a backend at `addr` that speaks HTTP/2 (`http2`) or
+    /// HTTP/1.1.
+    pub fn with_version(addr: SocketAddr, idle_timeout: Duration, http2: bool) -> Self {
+        Self {
+            http2,
+            ..Self::new(addr, idle_timeout)
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<Body>>> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -60,6 +143,13 @@ impl BackendPool {
     /// An idle connection ready for a request, if there is one. Connections the
     /// backend closed, or unused for longer than the idle timeout, are dropped.
     pub fn take(&self) -> Option<Sender> {
+        if self.http2 {
+            let shared = self.shared();
+            return shared
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .map(|s| Sender::Http2(s.clone()));
+        }
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
@@ -70,9 +160,10 @@ impl BackendPool {
         None
     }
 
-    /// Opens a new connection within `timeout`. The connection's task supports
-    /// protocol upgrades (WebSocket): an upgraded connection leaves HTTP and
-    /// never comes back to the pool.
+    /// Opens a new connection within `timeout` (for HTTP/2, the one the pool
+    /// then shares). An HTTP/1.1 connection's task supports protocol upgrades
+    /// (WebSocket): an upgraded connection leaves HTTP and never comes back to
+    /// the pool.
     pub async fn connect(&self, timeout: Duration) -> std::io::Result<Sender> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(self.addr))
             .await
@@ -83,7 +174,17 @@ impl BackendPool {
                 )
             })??;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = Builder::new()
+        if self.http2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+                .handshake::<_, Body>(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            *self.shared() = Some(sender.clone());
+            return Ok(Sender::Http2(sender));
+        }
+        let (sender, conn) = http1::Builder::new()
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .handshake::<_, Body>(TokioIo::new(stream))
             .await
@@ -91,14 +192,15 @@ impl BackendPool {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        Ok(sender)
+        Ok(Sender::Http1(sender))
     }
 
     /// Returns `sender` to the pool once its current exchange has completed (the
     /// response body read to its end); if the connection closes instead, or reuse
     /// is off, it is dropped.
     pub fn give_back(self: &Arc<Self>, mut sender: Sender) {
-        if self.idle_timeout.is_zero() {
+        // The HTTP/2 connection is shared, never taken out.
+        if self.idle_timeout.is_zero() || matches!(sender, Sender::Http2(_)) {
             return;
         }
         let pool = self.clone();
@@ -139,7 +241,7 @@ impl BackendPool {
         connect_timeout: Duration,
     ) -> Result<Sent, SendError> {
         let req = match sender {
-            Some(mut sender) => match sender.try_send_request(req).await {
+            Some(mut sender) => match sender.try_send(req).await {
                 Ok(response) => {
                     return Ok(Sent {
                         sender,
@@ -158,7 +260,10 @@ impl BackendPool {
             .connect(connect_timeout)
             .await
             .map_err(SendError::Connect)?;
-        let response = sender.send_request(req).await.map_err(SendError::Http)?;
+        let response = sender
+            .try_send(req)
+            .await
+            .map_err(|e| SendError::Http(e.into_error()))?;
         Ok(Sent {
             sender,
             response,

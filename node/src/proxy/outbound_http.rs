@@ -225,7 +225,9 @@ impl Pumped {
 }
 
 /// Streams `body` as parts until it ends, the stream fails, or `stop` fires
-/// (the request was not forwarded: the rest of the body is kept).
+/// (the request was not forwarded: the rest of the body is kept). A response
+/// may come while the body still streams (a gRPC stream, a backend that
+/// answers early): then `stop` is dropped, and the body goes on.
 async fn pump(mut send: SendStream, mut body: Body, mut stop: oneshot::Receiver<()>) -> Pumped {
     let mut p = Pumped {
         sent: Some(BytesMut::new()),
@@ -233,14 +235,24 @@ async fn pump(mut send: SendStream, mut body: Body, mut stop: oneshot::Receiver<
         finished: false,
         body_failed: false,
     };
+    // `stop` fires when the request was not forwarded; once its sender is
+    // gone (the answer was a response) the body streams on to its end.
+    let mut stop = Some(&mut stop);
     loop {
-        let frame = tokio::select! {
-            biased;
-            _ = &mut stop => {
-                p.rest = Some(body);
-                return p;
-            }
-            frame = http_body_util::BodyExt::frame(&mut body) => frame,
+        let frame = match stop.as_mut() {
+            Some(signal) => tokio::select! {
+                biased;
+                stopped = &mut **signal => {
+                    if stopped.is_ok() {
+                        p.rest = Some(body);
+                        return p;
+                    }
+                    stop = None;
+                    continue;
+                }
+                frame = http_body_util::BodyExt::frame(&mut body) => frame,
+            },
+            None => http_body_util::BodyExt::frame(&mut body).await,
         };
         let written = match frame {
             None => {

@@ -94,6 +94,7 @@ impl Validator {
             Duration::ZERO,
             MAX_HTTP_IDLE_TIMEOUT,
         );
+        let http2 = self.http2(&f("http2"), raw.http2, protocol);
         let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
         let response_timeout = raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
         self.duration_range(
@@ -118,9 +119,30 @@ impl Validator {
             max_connections_per_caller: per_caller,
             connect_timeout,
             http_idle_timeout,
+            http2: http2?,
             idle_timeout,
             response_timeout,
         })
+    }
+
+    /// `http2`: only for an HTTP service (a TCP service's bytes are not HTTP
+    /// to this node).
+    fn http2(
+        &mut self,
+        field: &str,
+        http2: Option<bool>,
+        protocol: Option<Protocol>,
+    ) -> Option<bool> {
+        match (http2, protocol) {
+            (Some(true), Some(Protocol::Tcp)) => {
+                self.err(
+                    field.to_string(),
+                    "only an HTTP service speaks HTTP/2 to its backend: set protocol = \"http\", or remove http2".to_string(),
+                );
+                None
+            }
+            (http2, _) => Some(http2.unwrap_or(false)),
+        }
     }
 
     /// A service's name: valid, listed once, and allowed by the certificate.
