@@ -19,6 +19,7 @@ use std::time::Duration;
 use mesh_proto::routing::Endpoint;
 
 use super::ProxyContext;
+use crate::endpoint::ConnectError;
 use crate::metrics::ListenerLabels;
 
 /// Setups remembered for the p99.
@@ -345,9 +346,28 @@ pub fn note_race<T, E>(
             // A dial unanswered while a whole open elsewhere succeeded: the
             // peer is avoided until its dial ends, which then decides.
             ctx.suspects.no_answer(&first.node, "dial_unanswered");
-            super::upstream::follow_dial(ctx, first, service);
+            follow_dial(ctx, first, service);
         }
     }
+}
+
+/// Waits, in a task of its own, for the end of the dial to `endpoint` that an
+/// open gave up on (it runs on in the endpoint's pool: see
+/// `MeshEndpoint::connect_for_service`), and takes its outcome as evidence: a
+/// handshake clears a suspicion of the peer, a dial that failed or timed out
+/// makes it suspect.
+pub fn follow_dial(ctx: &ProxyContext, endpoint: &Endpoint, service: &str) {
+    let (mesh, suspects) = (ctx.endpoint.clone(), ctx.suspects.clone());
+    let (addr, node, service) = (endpoint.addr, endpoint.node.clone(), service.to_string());
+    tokio::spawn(async move {
+        match mesh.connect_for_service(addr, &node, &service).await {
+            Ok(_) | Err(ConnectError::ServiceNotAllowed { .. }) => suspects.answered(&node),
+            Err(ConnectError::Timeout { .. } | ConnectError::Handshake { .. }) => {
+                suspects.no_answer(&node, "connect_failed");
+            }
+            Err(_) => {}
+        }
+    });
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::admission::{Caller, Refused, Slot};
 use super::backend_pool::{BackendPool, Sender};
-use super::hedge::Heard;
+use super::hedge::{self, Heard};
 use super::{LocalService, ProxyContext};
 use crate::endpoint::ConnectError;
 
@@ -257,7 +257,7 @@ pub async fn open_http(
 /// silence makes the peer suspect ([`super::suspects`]) — a connection that
 /// said nothing for [`hedge::suspicion_silence`] since the open began, or a
 /// dial that ends without a handshake (followed to its end by
-/// [`follow_dial`], whatever this open's own deadline).
+/// [`hedge::follow_dial`], whatever this open's own deadline).
 async fn dial(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
@@ -281,29 +281,10 @@ async fn dial(
         Err(OpenError::Header(_)) => {}
         Err(e) if !e.is_silence() => ctx.suspects.answered(&endpoint.node),
         Err(e) if heard.dial_failed() => ctx.suspects.no_answer(&endpoint.node, e.label()),
-        Err(_) if !heard.connected() => follow_dial(ctx, endpoint, &header.target_service),
+        Err(_) if !heard.connected() => hedge::follow_dial(ctx, endpoint, &header.target_service),
         Err(_) => heard.suspect_if_silent(&ctx.suspects, &endpoint.node),
     }
     opened
-}
-
-/// Waits, in a task of its own, for the end of the dial to `endpoint` that an
-/// open gave up on (it runs on in the endpoint's pool: see
-/// `MeshEndpoint::connect_for_service`), and takes its outcome as evidence: a
-/// handshake clears a suspicion of the peer, a dial that failed or timed out
-/// makes it suspect.
-pub fn follow_dial(ctx: &ProxyContext, endpoint: &Endpoint, service: &str) {
-    let (mesh, suspects) = (ctx.endpoint.clone(), ctx.suspects.clone());
-    let (addr, node, service) = (endpoint.addr, endpoint.node.clone(), service.to_string());
-    tokio::spawn(async move {
-        match mesh.connect_for_service(addr, &node, &service).await {
-            Ok(_) | Err(ConnectError::ServiceNotAllowed { .. }) => suspects.answered(&node),
-            Err(ConnectError::Timeout { .. } | ConnectError::Handshake { .. }) => {
-                suspects.no_answer(&node, "connect_failed");
-            }
-            Err(_) => {}
-        }
-    });
 }
 
 /// A send stream reset (`CANCELLED`) if dropped before the open is done: an
