@@ -92,26 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::create_dir_all("corpus/revocation_list")?;
     fs::write("corpus/revocation_list/seed", REVOCATION_LIST)?;
     println!("wrote corpus/revocation_list/seed");
-    // An exchange: a step byte (the piece size), then a request's parts.
-    let mut parts = bytes::BytesMut::from(&[7u8][..]);
-    for part in [
-        Part::RequestHead(RequestHead {
-            method: "POST".into(),
-            target: "/orders?full=1".into(),
-            fields: vec![Field {
-                name: "content-type".into(),
-                value: b"application/json".to_vec(),
-            }],
-            has_body: true,
-        }),
-        Part::Data(bytes::Bytes::from_static(b"{\"id\":7}")),
-        Part::End,
-    ] {
-        encode_part(&part, &mut parts)?;
-    }
-    fs::create_dir_all("corpus/exchange_parts")?;
-    fs::write("corpus/exchange_parts/seed", &parts)?;
-    println!("wrote corpus/exchange_parts/seed");
+    write_exchange_seed()?;
     Ok(())
 }
 
@@ -144,4 +125,29 @@ fn route_spec() -> RouteSpec {
       ]
     }"#;
     RouteSpec::parse_body(body).expect("the seed route is valid")
+}
+
+/// The `exchange_parts` seed: a step byte (the piece size), then a request's
+/// parts.
+fn write_exchange_seed() -> Result<(), Box<dyn std::error::Error>> {
+    let mut parts = bytes::BytesMut::from(&[7u8][..]);
+    for part in [
+        Part::RequestHead(RequestHead {
+            method: "POST".into(),
+            target: "/orders?full=1".into(),
+            fields: vec![Field {
+                name: "content-type".into(),
+                value: b"application/json".to_vec(),
+            }],
+            has_body: true,
+        }),
+        Part::Data(bytes::Bytes::from_static(b"{\"id\":7}")),
+        Part::End,
+    ] {
+        encode_part(&part, &mut parts)?;
+    }
+    fs::create_dir_all("corpus/exchange_parts")?;
+    fs::write("corpus/exchange_parts/seed", &parts)?;
+    println!("wrote corpus/exchange_parts/seed");
+    Ok(())
 }

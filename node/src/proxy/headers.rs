@@ -342,6 +342,16 @@ impl UpstreamHead {
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The target: origin-form, or the authority for `CONNECT`.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.

@@ -78,22 +78,7 @@ impl Validator {
                 ),
             );
         }
-        let connect_timeout = raw
-            .connect_timeout
-            .unwrap_or(DEFAULT_BACKEND_CONNECT_TIMEOUT);
-        self.duration_range(
-            &f("connect_timeout"),
-            connect_timeout,
-            MIN_BACKEND_CONNECT_TIMEOUT,
-            MAX_BACKEND_CONNECT_TIMEOUT,
-        );
-        let http_idle_timeout = raw.http_idle_timeout.unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT);
-        self.duration_range(
-            &f("http_idle_timeout"),
-            http_idle_timeout,
-            Duration::ZERO,
-            MAX_HTTP_IDLE_TIMEOUT,
-        );
+        let (connect_timeout, http_idle_timeout) = self.backend_timeouts(&f, raw);
         let http2 = self.http2(&f("http2"), raw.http2, protocol);
         let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
         let response_timeout = raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
@@ -123,6 +108,31 @@ impl Validator {
             idle_timeout,
             response_timeout,
         })
+    }
+
+    /// `connect_timeout` and `http_idle_timeout`, defaulted and range-checked.
+    fn backend_timeouts(
+        &mut self,
+        f: &dyn Fn(&str) -> String,
+        raw: &RawService,
+    ) -> (Duration, Duration) {
+        let connect_timeout = raw
+            .connect_timeout
+            .unwrap_or(DEFAULT_BACKEND_CONNECT_TIMEOUT);
+        self.duration_range(
+            &f("connect_timeout"),
+            connect_timeout,
+            MIN_BACKEND_CONNECT_TIMEOUT,
+            MAX_BACKEND_CONNECT_TIMEOUT,
+        );
+        let http_idle_timeout = raw.http_idle_timeout.unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT);
+        self.duration_range(
+            &f("http_idle_timeout"),
+            http_idle_timeout,
+            Duration::ZERO,
+            MAX_HTTP_IDLE_TIMEOUT,
+        );
+        (connect_timeout, http_idle_timeout)
     }
 
     /// `http2`: only for an HTTP service (a TCP service's bytes are not HTTP

@@ -257,7 +257,7 @@ impl HttpListener {
             rule.map(|r| &r.request_headers),
         );
         let session = rule.and_then(|r| r.session.as_ref());
-        let wire = request_head(&head.request(()));
+        let wire = request_head(head.method(), head.uri(), head.headers());
         Forwarding {
             rule,
             route,
