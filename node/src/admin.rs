@@ -16,6 +16,7 @@
 //! | `POST /routes` | apply a signed route document (see [`crate::routes::ApplyRequest`]) |
 //! | `GET /revocations` | JSON: the revocation list in force |
 //! | `POST /revocations` | apply a CA-signed revocation list file (`shoal revoke apply`) |
+//! | `GET /connections` | JSON: every open QUIC connection ([`crate::endpoint::connections::ConnectionView`]): peer, use, direction, RTT, congestion window, packet size, packets sent and lost, MTU probes and black holes, UDP bytes |
 //! | `GET /stats` | JSON: the golden metrics ([`crate::golden::GoldenView`]): per service and per edge requests per second, success rate, p50/p95/p99, connections, retries, ejections (last 10 s, and series over 5 min); served streams; refusals by reason; gossip connections |
 //! | `POST /reload` | re-read the config file and apply what can change live ([`crate::reload`]): JSON report |
 //! | `GET /metrics` | Prometheus text |
@@ -79,6 +80,8 @@ pub struct AdminState {
     pub golden: Arc<crate::golden::History>,
     /// Config reloads: `POST /reload`, and the config in force for `/config`.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// The QUIC endpoint: `/connections`.
+    pub endpoint: Arc<crate::endpoint::MeshEndpoint>,
 }
 
 /// This node's certificate in `/certificate`.
@@ -447,6 +450,7 @@ async fn route(
         "/services" => json(&state.services()),
         "/certificate" => json(&state.certificate()),
         "/stats" => json(&state.golden.view()),
+        "/connections" => json(&state.endpoint.connections()),
         "/config" => json(&*state.reloader.config().await),
         "/metrics" => {
             state.members().await; // refresh the member gauges

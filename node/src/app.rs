@@ -256,6 +256,7 @@ impl Node {
             tls: tls.clone(),
             golden,
             reloader: reloader.clone(),
+            endpoint: core.endpoint.clone(),
         });
         supervisor.spawn("admin", {
             let (listener, admin, stop) = (sockets.admin.clone(), admin.clone(), stop_rx.clone());

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::tls::{self, ALPN_GOSSIP, ALPN_TUNNEL, ANY_NODE, TlsState};
 
+pub mod connections;
 pub mod incoming;
 
 pub use incoming::IncomingLimits;
@@ -335,12 +336,50 @@ pub fn transport_config(accepting: bool, use_: Option<Use>) -> TransportConfig {
     finish_transport(t)
 }
 
+/// The largest UDP payload this node sends or accepts: what path MTU discovery
+/// may grow a connection's packets to (quinn's default stops at 1,452, an
+/// Ethernet frame). Loopback and jumbo-frame links carry more, and larger
+/// packets cut the per-packet work of a bulk transfer (measured in
+/// docs/benchmarks.md: 1,452 → 6,500 bytes took a 1 GiB transfer from 2.1 to
+/// 1.3 CPU seconds). Not more: quinn hands the kernel up to ten packets per
+/// GSO send (`MAX_TRANSMIT_SEGMENTS`), the kernel refuses a send over 65,507
+/// bytes (`EMSGSIZE`, which quinn-udp drops silently), so packets over 6,550
+/// bytes would be lost ten at a time, read as an MTU black hole, and the
+/// connection sent back to 1,200-byte packets for a minute at a time.
+pub const MAX_UDP_PAYLOAD: u16 = 6_500;
+const _: () = assert!(
+    MAX_UDP_PAYLOAD as usize * 10 <= 65_507,
+    "ten packets per GSO send must fit one UDP send"
+);
+
+/// The endpoint's settings: [`MAX_UDP_PAYLOAD`] advertised to peers (it bounds
+/// the packets they send here).
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    if c.max_udp_payload_size(MAX_UDP_PAYLOAD).is_err() {
+        tracing::warn!(
+            MAX_UDP_PAYLOAD,
+            "quinn refused the UDP payload size; keeping its default"
+        );
+    }
+    c
+}
+
+/// Path MTU discovery up to [`MAX_UDP_PAYLOAD`]; a path that carries less (an
+/// Ethernet link) settles at what it carries, its lost probes costing nothing.
+fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut m = quinn::MtuDiscoveryConfig::default();
+    m.upper_bound(MAX_UDP_PAYLOAD);
+    m
+}
+
 fn finish_transport(mut t: TransportConfig) -> TransportConfig {
     // Bound what one connection can make this node buffer: per stream, and for
     // all of a connection's streams together.
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.mtu_discovery_config(Some(mtu_discovery()));
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
@@ -380,7 +419,7 @@ impl MeshEndpoint {
         };
         let server_config = server_config(&tls, Arc::new(transport_config(true, None)))?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config(),
             Some(server_config),
             socket,
             runtime,
@@ -977,6 +1016,16 @@ impl MeshEndpoint {
     pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
         self.open_streams.fetch_add(1, Ordering::Relaxed);
         StreamGuard(self.clone())
+    }
+
+    /// Every open connection with its path figures (`GET /connections`), by
+    /// peer, then use.
+    pub fn connections(&self) -> Vec<connections::ConnectionView> {
+        let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = tracked.iter().filter_map(connections::view).collect();
+        drop(tracked);
+        out.sort_by(|a, b| (&a.peer, &a.use_, &a.addr).cmp(&(&b.peer, &b.use_, &b.addr)));
+        out
     }
 
     /// Streams currently open through [`MeshEndpoint::stream_guard`].

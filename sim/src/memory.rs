@@ -135,6 +135,9 @@ pub async fn run(
             name: "echo".into(),
             kind: BackendKind::Echo,
             on: vec!["n1".into()],
+            // One caller holds them all: the per-caller share (three quarters
+            // by default) would refuse the last quarter.
+            max_connections: Some(u32::try_from(connections).unwrap_or(u32::MAX).max(1)),
         }],
         listeners: vec![ListenerSpec {
             service: "echo".into(),

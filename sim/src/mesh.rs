@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 
 use crate::backends::Backend;
 use crate::faults::Network;
-use crate::scenario::{BackendKind, ListenerProtocol, MeshSpec};
+use crate::scenario::{BackendKind, ListenerProtocol, MeshSpec, ServiceSpec};
 
 /// How nodes run.
 #[derive(Debug, Clone)]
@@ -269,7 +269,10 @@ impl Mesh {
             .filter_map(|s| {
                 let b = self.backends.get(&(s.clone(), node.name.clone()))?;
                 let http = b_kind(&self.spec, s) == BackendKind::Http;
+                let max_connections = service_spec(&self.spec, s).and_then(|s| s.max_connections);
                 Some(RawService {
+                    max_connections,
+                    max_connections_per_caller: max_connections,
                     name: Some(s.clone()),
                     address: Some(b.addr().to_string()),
                     protocol: Some(if http { "http" } else { "tcp" }.into()),
@@ -663,12 +666,12 @@ impl Mesh {
     }
 }
 
+fn service_spec<'a>(spec: &'a MeshSpec, service: &str) -> Option<&'a ServiceSpec> {
+    spec.services.iter().find(|s| s.name == service)
+}
+
 fn b_kind(spec: &MeshSpec, service: &str) -> BackendKind {
-    spec.services
-        .iter()
-        .find(|s| s.name == service)
-        .map(|s| s.kind)
-        .unwrap_or(BackendKind::Echo)
+    service_spec(spec, service).map_or(BackendKind::Echo, |s| s.kind)
 }
 
 fn rss_of(pid: &str) -> u64 {

@@ -99,6 +99,11 @@ pub struct ServiceSpec {
     pub kind: BackendKind,
     /// Nodes hosting it (`"all"` for every node, including ones added later).
     pub on: Vec<String>,
+    /// Tunnelled connections each backend takes at once, all of them from one
+    /// caller if need be (the service's `max_connections` and
+    /// `max_connections_per_caller`); the node's defaults when unset.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 fn default_kind() -> BackendKind {

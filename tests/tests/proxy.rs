@@ -10,7 +10,8 @@ use std::time::Duration;
 use mesh_proto::codec::encode;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use sha2::{Digest, Sha256};
-use shoal_node::endpoint::{MeshEndpoint, Use};
+use shoal_node::endpoint::connections::ConnectionView;
+use shoal_node::endpoint::{MAX_UDP_PAYLOAD, MeshEndpoint, Use};
 use shoal_tests::cluster::Cluster;
 use shoal_tests::{Check, EVENTUALLY, NodeSpec, Pki, TcpBackend, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,6 +129,45 @@ async fn bytes_cross_the_mesh_intact_in_both_directions() {
             > 0.0
     );
     assert!(n3.metric("shoal_tunnel_setup_seconds_count").await >= 202.0);
+    mesh.stop().await;
+}
+
+/// The tunnel connection `node` dialled to `peer`, from its `/connections`.
+async fn tunnel_to(node: &shoal_tests::TestNode, peer: &str) -> Option<ConnectionView> {
+    let all: Vec<ConnectionView> =
+        serde_json::from_value(node.admin_json("/connections").await).unwrap();
+    all.into_iter()
+        .find(|c| c.use_ == "tunnel" && c.dialled && c.peer.as_deref() == Some(peer))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_grows_its_packets_past_ethernet_and_keeps_them() {
+    let backend = TcpBackend::start().await;
+    let mesh = Cluster::new(2)
+        .with_service("n1", "echo", backend.addr(), Check::Tcp)
+        .with_listener("n2", "echo", "echo", "round_robin")
+        .start()
+        .await;
+    mesh.wait_healthy("n2", "echo", 1).await;
+
+    // 32 MiB each way: enough full GSO sends of the largest packets that a
+    // send the kernel refuses (ten packets over 65,507 bytes) would be lost
+    // again and again, read as an MTU black hole and undo the discovery.
+    let data = Arc::new(pseudo_random(32 << 20, 11));
+    let got = echo_roundtrip(mesh.client("n2", "echo"), data.clone()).await;
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&*data));
+
+    let n2 = &mesh["n2"];
+    eventually(
+        "n2's tunnel to n1 carries packets beyond Ethernet's 1,452 bytes",
+        || async { tunnel_to(n2, "n1").await.is_some_and(|c| c.mtu > 1452) },
+    )
+    .await;
+    let tunnel = tunnel_to(n2, "n1").await.unwrap();
+    assert!(tunnel.mtu <= MAX_UDP_PAYLOAD, "{tunnel:?}");
+    assert_eq!(tunnel.black_holes_detected, 0, "{tunnel:?}");
+    assert!(tunnel.bytes_sent >= 32 << 20, "{tunnel:?}");
+    assert!(tunnel.rtt_us > 0 && tunnel.cwnd > 0, "{tunnel:?}");
     mesh.stop().await;
 }
 
