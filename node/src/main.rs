@@ -16,7 +16,9 @@ mod cli;
 
 /// mimalloc instead of the system allocator: a request through the HTTP path
 /// makes a few dozen small allocations on each node, and glibc's malloc was a
-/// tenth of the node's CPU under load (docs/benchmarks.md).
+/// tenth of the node's CPU under load (docs/benchmarks.md). Built with
+/// `no_thp`: otherwise it asks for transparent huge pages on its arenas, and an
+/// idle node's memory doubled (17 → 35 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -100,13 +100,36 @@ pub enum Writer {
 /// packet each); gathering them lets the TCP side write them with one `writev`.
 const MAX_CHUNKS: usize = 128;
 
+/// Gathering space a direction keeps between reads (chunk handles, not bytes):
+/// enough for request/response traffic. A read that gathered more lets it go
+/// before waiting again, so an idle connection holds 128 bytes per direction,
+/// not the 4 KiB of [`MAX_CHUNKS`] handles.
+const KEPT_CHUNKS: usize = 4;
+
+/// What a read found after the chunks it returned, for the next read to report.
+type After = Option<Result<usize, ()>>;
+
 impl Reader {
-    /// Reads the next chunks into `chunks`; returns how many (0: a clean end), or
-    /// `Err` for a reset or a broken connection. QUIC chunks come without a copy.
-    /// A TCP read goes into a fresh buffer that is handed on whole, sized by the
-    /// previous read (small for request/response traffic, [`BUFFER`] for bulk),
-    /// and only taken once data is there: an idle connection holds no buffer.
-    async fn read_chunks(&mut self, chunks: &mut [Bytes], size: &mut usize) -> Result<usize, ()> {
+    /// Reads the next chunks into `chunks` (empty on entry); returns how many
+    /// (0: a clean end), or `Err` for a reset or a broken connection. QUIC
+    /// chunks come without a copy: the first is awaited, then whatever else has
+    /// already arrived is taken without waiting (an end found then is kept in
+    /// `after` for the next call). A TCP read goes into a fresh buffer that is
+    /// handed on whole, sized by the previous read (small for request/response
+    /// traffic, [`BUFFER`] for bulk), and only taken once data is there: an
+    /// idle connection holds no buffer.
+    async fn read_chunks(
+        &mut self,
+        chunks: &mut Vec<Bytes>,
+        size: &mut usize,
+        after: &mut After,
+    ) -> Result<usize, ()> {
+        if let Some(result) = after.take() {
+            return result;
+        }
+        if chunks.capacity() > KEPT_CHUNKS {
+            *chunks = Vec::with_capacity(KEPT_CHUNKS);
+        }
         match self {
             Reader::Tcp(r) => loop {
                 r.readable().await.map_err(drop)?;
@@ -119,18 +142,22 @@ impl Reader {
                         } else {
                             (n * 2).next_power_of_two().clamp(MIN_READ, BUFFER)
                         };
-                        chunks[0] = buf.freeze();
+                        chunks.push(buf.freeze());
                         return Ok(1);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Err(()),
                 }
             },
-            Reader::Quic(r) => match r.read_chunks(chunks).await {
-                Ok(Some(n)) => Ok(n),
-                Ok(None) => Ok(0),
-                Err(_) => Err(()),
-            },
+            Reader::Quic(r) => {
+                match r.read_chunk(usize::MAX, true).await {
+                    Ok(Some(c)) => chunks.push(c.bytes),
+                    Ok(None) => return Ok(0),
+                    Err(_) => return Err(()),
+                }
+                *after = gather_ready(r, chunks);
+                Ok(chunks.len())
+            }
         }
     }
 
@@ -139,6 +166,26 @@ impl Reader {
             let _ = r.stop(RESET_CODE);
         }
     }
+}
+
+/// Takes the chunks `r` already holds, up to [`MAX_CHUNKS`] in `chunks`,
+/// without waiting; returns the stream's end if it was reached.
+fn gather_ready(r: &mut RecvStream, chunks: &mut Vec<Bytes>) -> After {
+    use futures::FutureExt;
+    while chunks.len() < MAX_CHUNKS {
+        match r.read_chunk(usize::MAX, true).now_or_never() {
+            None => return None,
+            Some(Ok(Some(c))) => {
+                if chunks.len() == KEPT_CHUNKS {
+                    chunks.reserve_exact(MAX_CHUNKS - KEPT_CHUNKS);
+                }
+                chunks.push(c.bytes);
+            }
+            Some(Ok(None)) => return Some(Ok(0)),
+            Some(Err(_)) => return Some(Err(())),
+        }
+    }
+    None
 }
 
 impl Writer {
@@ -240,9 +287,9 @@ async fn pump(
     epoch: Instant,
 ) -> End {
     let mut size = MIN_READ;
-    let mut chunks: [Bytes; MAX_CHUNKS] = std::array::from_fn(|_| Bytes::new());
+    let (mut chunks, mut after) = (Vec::with_capacity(KEPT_CHUNKS), None);
     loop {
-        let count = match reader.read_chunks(&mut chunks, &mut size).await {
+        let count = match reader.read_chunks(&mut chunks, &mut size, &mut after).await {
             Ok(0) => {
                 writer.finish().await;
                 return End::Finished;
@@ -255,9 +302,7 @@ async fn pump(
             return End::Reset;
         }
         // Written: let go of the buffers before waiting for more.
-        for c in &mut chunks[..count] {
-            *c = Bytes::new();
-        }
+        chunks.clear();
         counter.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(m) = metric {
             m.inc_by(n as u64);
