@@ -185,18 +185,21 @@ impl Cluster {
         self.node(node).listener(listener)
     }
 
-    /// Waits until every running node lists every running node alive.
+    /// Waits until every running node lists every running node alive and has
+    /// it in its routing table (the record may follow the membership by a beat).
     pub async fn wait_converged(&self) {
         let names = self.names();
         for n in &self.nodes {
             eventually(
-                &format!("{} lists {names:?} alive", n.spec.name),
+                &format!("{} lists {names:?} alive and routes to them", n.spec.name),
                 || async {
                     let states = n.member_states().await;
+                    let table = n.node.table();
                     names.iter().all(|name| {
                         states
                             .iter()
                             .any(|(member, state)| member == name && state == "alive")
+                            && table.node(name).is_some()
                     })
                 },
             )
