@@ -204,6 +204,21 @@ const DIAL_RACE: Duration = Duration::from_secs(5);
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 
+impl Slot {
+    /// The pooled connection and its peer's services, if it is open and (with
+    /// `node`) to that node; marked used.
+    fn usable(&mut self, node: Option<&str>) -> Option<(Connection, Arc<[String]>)> {
+        let conn = self.conn.as_ref()?;
+        let same_node = node.is_none_or(|n| self.peer.as_deref() == Some(n));
+        if conn.close_reason().is_some() || !same_node {
+            return None;
+        }
+        let found = (conn.clone(), self.services.clone());
+        self.last_used = Some(Instant::now());
+        Some(found)
+    }
+}
+
 /// The QUIC endpoint and its outbound connection pool.
 #[derive(Debug)]
 pub struct MeshEndpoint {
@@ -513,6 +528,13 @@ impl MeshEndpoint {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.entry((addr, use_)).or_default().clone()
         };
+        // The usual case, a live connection to the right node and nobody
+        // dialling, needs no task.
+        if let Ok(mut held) = slot.try_lock()
+            && let Some(found) = held.usable(node)
+        {
+            return Ok(found);
+        }
         let this = self.clone();
         let node = node.map(str::to_string);
         tokio::spawn(async move { this.fill(slot, addr, use_, node.as_deref()).await })
@@ -529,12 +551,8 @@ impl MeshEndpoint {
         node: Option<&str>,
     ) -> Result<(Connection, Arc<[String]>), ConnectError> {
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.conn.clone() {
-            let same_node = node.is_none_or(|n| slot.peer.as_deref() == Some(n));
-            if conn.close_reason().is_none() && same_node {
-                slot.last_used = Some(Instant::now());
-                return Ok((conn, slot.services.clone()));
-            }
+        if let Some(found) = slot.usable(node) {
+            return Ok(found);
         }
         let conn = self.dial(addr, use_, ANY_NODE).await?;
         let (peer, services) = peer_of(&conn);

@@ -14,7 +14,7 @@
 //! request.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -51,13 +51,6 @@ impl Sender {
         match self {
             Sender::Http1(s) => s.is_closed(),
             Sender::Http2(s) => s.is_closed(),
-        }
-    }
-
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::Http1(s) => s.ready().await,
-            Sender::Http2(s) => s.ready().await,
         }
     }
 
@@ -152,12 +145,11 @@ impl BackendPool {
         }
         let now = Instant::now();
         let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
-            if entry.sender.is_ready() && now.duration_since(entry.since) < self.idle_timeout {
-                return Some(entry.sender);
-            }
-        }
-        None
+        idle.retain(|e| now.duration_since(e.since) < self.idle_timeout && !e.sender.is_closed());
+        // Newest first; one given back an instant ago may still be finishing
+        // its exchange (not ready yet): it stays for the next request.
+        let ready = idle.iter().rposition(|e| e.sender.is_ready())?;
+        Some(idle.remove(ready).sender)
     }
 
     /// Opens a new connection within `timeout` (for HTTP/2, the one the pool
@@ -195,20 +187,17 @@ impl BackendPool {
         Ok(Sender::Http1(sender))
     }
 
-    /// Returns `sender` to the pool once its current exchange has completed (the
-    /// response body read to its end); if the connection closes instead, or reuse
-    /// is off, it is dropped.
-    pub fn give_back(self: &Arc<Self>, mut sender: Sender) {
+    /// Returns `sender` to the pool, its current exchange done (the response
+    /// body read to its end). The connection may still be finishing that
+    /// exchange for an instant: [`BackendPool::take`] passes over it until it
+    /// is ready, and drops it if it closes instead. With reuse off it is
+    /// dropped.
+    pub fn give_back(&self, sender: Sender) {
         // The HTTP/2 connection is shared, never taken out.
         if self.idle_timeout.is_zero() || matches!(sender, Sender::Http2(_)) {
             return;
         }
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.put(sender);
-            }
-        });
+        self.put(sender);
     }
 
     fn put(&self, sender: Sender) {
@@ -304,5 +293,106 @@ impl SendError {
     /// mid-upload) rather than the backend's.
     pub fn is_user(&self) -> bool {
         matches!(self, SendError::Http(e) if e.is_user())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::server::conn::http1 as server;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::body::full;
+
+    /// A keep-alive HTTP/1.1 backend on loopback answering `body` to all.
+    async fn backend(body: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, Infallible>(Response::new(full(Bytes::from_static(body))))
+                });
+                tokio::spawn(server::Builder::new().serve_connection(TokioIo::new(stream), answer));
+            }
+        });
+        addr
+    }
+
+    fn get() -> Request<Body> {
+        Request::get("/")
+            .header(HOST, "b")
+            .body(full(Bytes::new()))
+            .unwrap()
+    }
+
+    /// Takes an idle connection, letting the runtime run in between (bounded).
+    async fn take_soon(pool: &BackendPool) -> Option<Sender> {
+        for _ in 0..100 {
+            if let Some(sender) = pool.take() {
+                return Some(sender);
+            }
+            tokio::task::yield_now().await;
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_right_after_its_body_serves_the_next_request() {
+        let pool = BackendPool::new(backend(b"hello").await, Duration::from_secs(30));
+        let sent = pool
+            .send(None, get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let body = sent
+            .response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "hello");
+        // Given back at once, perhaps before its connection has finished the
+        // exchange: kept, and taken once ready.
+        pool.give_back(sent.sender);
+        assert_eq!(pool.idle_count(), 1);
+        let sender = take_soon(&pool).await.expect("the connection is reused");
+        let again = pool
+            .send(Some(sender), get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            again.on_given,
+            "the second request went on the pooled connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_body_was_abandoned_is_never_taken() {
+        // Far more than hyper buffers: the exchange cannot end unread.
+        static BIG: [u8; 4 << 20] = [b'x'; 4 << 20];
+        let pool = BackendPool::new(backend(&BIG).await, Duration::from_secs(30));
+        let sent = pool
+            .send(None, get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        pool.give_back(sent.sender);
+        assert!(
+            take_soon(&pool).await.is_none(),
+            "a connection still in its exchange is passed over"
+        );
+        drop(sent.response);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            pool.take().is_none(),
+            "a connection closed mid-body is dropped"
+        );
+        assert_eq!(pool.idle_count(), 0);
     }
 }

@@ -17,14 +17,14 @@ use mesh_proto::tunnel::RequestId;
 /// `Proxy-Authorization` is also dropped: it is meant for a proxy, and Shoal
 /// authenticates none, so it must not leak to a backend. (`Trailer` is end to end
 /// and kept: it announces the trailer fields.)
-pub const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+pub const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Longest client-supplied `x-request-id` kept as is.
@@ -205,8 +205,10 @@ fn normalize_path(path: &str) -> Result<String, &'static str> {
 /// switch is negotiated hop by hop but must reach the backend). `TE: trailers` is
 /// kept: it says the client accepts trailers, which the backend needs to know.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = connection_tokens(headers)
-        .map(str::to_ascii_lowercase)
+    // Names are compared, not looked up one by one: most heads carry none of
+    // them, and each lookup by name hashes it.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     let trailers = headers
         .get_all(header::TE)
@@ -214,10 +216,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
-        if keep_upgrade && name == "upgrade" {
-            continue;
-        }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k) || named.contains(k))
+        .filter(|k| !(keep_upgrade && *k == header::UPGRADE))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
     if keep_upgrade {

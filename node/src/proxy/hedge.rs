@@ -254,16 +254,20 @@ pub struct Raced<T, E> {
 /// Runs `first`; if it has not finished after `after`, starts `second()` (if it
 /// gives one: another endpoint, room in the retry budget) and takes whichever
 /// succeeds first, dropping the other. If one fails, the other is awaited.
+///
+/// Both legs are `Unpin` so that neither is stored in the race's own state:
+/// the caller pins `first` where it lives (`std::pin::pin!`) and boxes the
+/// rarely started hedge. Every request awaits a race, and a leg held by value
+/// would be copied into it (kilobytes per request).
 pub async fn race<T, E, F1, F2>(
-    first: F1,
+    mut first: F1,
     after: Duration,
     second: impl FnOnce() -> Option<F2>,
 ) -> Raced<T, E>
 where
-    F1: Future<Output = Result<T, E>>,
-    F2: Future<Output = Result<T, E>>,
+    F1: Future<Output = Result<T, E>> + Unpin,
+    F2: Future<Output = Result<T, E>> + Unpin,
 {
-    tokio::pin!(first);
     let alone = |result| Raced {
         leg: Leg::First,
         result,
@@ -274,10 +278,9 @@ where
         r = &mut first => return alone(r),
         () = tokio::time::sleep(after) => {}
     }
-    let Some(second) = second() else {
+    let Some(mut second) = second() else {
         return alone(first.await);
     };
-    tokio::pin!(second);
     let (leg, result) = tokio::select! {
         r = &mut first => (Leg::First, r),
         r = &mut second => (Leg::Second, r),
@@ -389,9 +392,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fast_first_open_starts_no_hedge() {
         let mut asked = false;
-        let r = race(after(ms(5), Ok("a")), ms(25), || {
+        let r = race(Box::pin(after(ms(5), Ok("a"))), ms(25), || {
             asked = true;
-            Some(after(ms(1), Ok("b")))
+            Some(Box::pin(after(ms(1), Ok("b"))))
         })
         .await;
         assert_eq!(
@@ -403,8 +406,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_first_open_loses_to_the_hedge() {
         let started = tokio::time::Instant::now();
-        let r = race(after(ms(1000), Ok("a")), ms(25), || {
-            Some(after(ms(3), Ok("b")))
+        let r = race(Box::pin(after(ms(1000), Ok("a"))), ms(25), || {
+            Some(Box::pin(after(ms(3), Ok("b"))))
         })
         .await;
         assert_eq!((r.leg, r.result, r.hedged), (Leg::Second, Ok("b"), true));
@@ -417,16 +420,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_leg_waits_for_the_other_and_both_failing_gives_the_first_error() {
-        let r = race(after(ms(30), Err("a")), ms(25), || {
-            Some(after(ms(50), Ok("b")))
+        let r = race(Box::pin(after(ms(30), Err("a"))), ms(25), || {
+            Some(Box::pin(after(ms(50), Ok("b"))))
         })
         .await;
         assert_eq!(
             (r.leg, r.result, r.other_failed),
             (Leg::Second, Ok("b"), Some("a"))
         );
-        let r = race(after(ms(100), Err("a")), ms(25), || {
-            Some(after(ms(1), Err("b")))
+        let r = race(Box::pin(after(ms(100), Err("a"))), ms(25), || {
+            Some(Box::pin(after(ms(1), Err("b"))))
         })
         .await;
         assert_eq!(
@@ -437,7 +440,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_hedge_offered_means_waiting_for_the_first() {
-        let r = race(after(ms(100), Ok("a")), ms(25), || {
+        let r = race(Box::pin(after(ms(100), Ok("a"))), ms(25), || {
             None::<std::future::Ready<_>>
         })
         .await;

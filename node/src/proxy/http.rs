@@ -190,7 +190,10 @@ impl Pending<'_> {
             service: dash(&self.outcome.service),
             status,
             upstream_node: dash(&self.outcome.node),
-            upstream_addr: dash(&self.outcome.addr),
+            upstream_addr: self
+                .outcome
+                .addr
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
             attempts: self.outcome.attempts,
             request_bytes: start.request_bytes.load(Ordering::Relaxed),
             response_bytes: 0,
@@ -282,7 +285,8 @@ struct Outcome {
     route: String,
     service: String,
     node: String,
-    addr: String,
+    /// Formatted only for the access log.
+    addr: Option<SocketAddr>,
     attempts: u32,
 }
 
@@ -475,7 +479,10 @@ impl HttpListener {
         let service = hyper::service::service_fn(move |req| {
             let me = me.clone();
             let conn = for_requests.clone();
-            async move { Ok::<_, Infallible>(me.handle(req, peer, conn).await) }
+            // Boxed: the request's future is kilobytes, and hyper would move
+            // it by value into its dispatcher.
+            let handling = Box::pin(me.handle(req, peer, conn));
+            async move { Ok::<_, Infallible>(handling.await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder

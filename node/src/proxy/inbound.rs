@@ -67,8 +67,11 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 let peer = peer.clone();
                 let open = open.clone();
+                // Boxed: a stream's future is kilobytes, and spawning moves a
+                // future by value through several frames into its task.
+                let serving = Box::pin(stream(ctx, peer, send, recv));
                 tokio::spawn(async move {
-                    stream(ctx, peer, send, recv).await;
+                    serving.await;
                     open.fetch_sub(1, Ordering::Relaxed);
                 });
             }

@@ -180,12 +180,8 @@ async fn relay_one(
         idle_timeout,
         ..
     } = relay;
-    let sent = await_head(
-        pool.send(Some(sender), request, connect_timeout),
-        deadline,
-        waits,
-    )
-    .await;
+    let sending = std::pin::pin!(pool.send(Some(sender), request, connect_timeout));
+    let sent = await_head(sending, deadline, waits).await;
     let Sent {
         sender,
         mut response,
@@ -208,12 +204,16 @@ async fn relay_one(
         splice_upgraded(caller, backend, "inbound", idle_timeout, keep);
         return Ended::Done;
     }
-    pool.give_back(sender);
     if !has_body {
+        pool.give_back(sender);
         let _ = send.finish();
         return Ended::Done;
     }
-    send_body(&mut send, response, &on_write).await
+    let ended = send_body(&mut send, response, &on_write).await;
+    // After the body: by then the connection is usually ready for the next
+    // request, and goes back to the pool without a task of its own.
+    pool.give_back(sender);
+    ended
 }
 
 /// Why the backend's response head did not come.
@@ -225,9 +225,11 @@ enum Failure {
 }
 
 /// Awaits the backend's response head, bounded by `deadline` (marked in
-/// `waits` so the idle watchdog leaves the wait to it).
+/// `waits` so the idle watchdog leaves the wait to it). `sending` is pinned by
+/// the caller: held here by value, it would be stored twice in this future's
+/// state (as the argument and inside the timeout).
 async fn await_head(
-    sending: impl std::future::Future<Output = Result<Sent, SendError>>,
+    sending: std::pin::Pin<&mut impl std::future::Future<Output = Result<Sent, SendError>>>,
     deadline: Option<Instant>,
     waits: &Waits,
 ) -> Result<Sent, Failure> {

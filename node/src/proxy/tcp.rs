@@ -173,13 +173,13 @@ impl Listener {
             let table = self.ctx.table.load_full();
             let endpoints = table.endpoints(self.cfg.service());
             let heard = [Heard::default(), Heard::default()];
-            let first = self.open(endpoint.clone(), target, &heard[0]);
+            let first = std::pin::pin!(self.open(endpoint.clone(), target, &heard[0]));
             let raced = hedge::race(first, self.hedge_delay(), || {
                 if !self.ctx.setup_times.worth_hedging(&heard[0]) {
                     return None;
                 }
                 let second = self.hedge(&mut tried, key)?;
-                Some(self.open(second, target, &heard[1]))
+                Some(Box::pin(self.open(second, target, &heard[1])))
             })
             .await;
             let labels = (&self.labels, self.cfg.service());

@@ -330,11 +330,9 @@ impl HttpListener {
     ) -> Response<Body> {
         let mut tried: Vec<String> = Vec::new();
         let mut retrying: Option<TryFailure> = None;
-        let mut last = self.error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("no endpoint of service {:?} is available", f.service),
-            &ex.request_id,
-        );
+        // The answer if no try is left: the last try's, or (none made) a 503
+        // made only then.
+        let mut last: Option<Response<Body>> = None;
         loop {
             let remaining = f.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -342,7 +340,7 @@ impl HttpListener {
                 return self.error_response(StatusCode::GATEWAY_TIMEOUT, &message, &ex.request_id);
             }
             let Some(endpoint) = self.next_endpoint(f, pinned, &tried) else {
-                return last;
+                return self.last_or_unavailable(last, f, &ex.request_id);
             };
             if let Some(failure) = retrying.take() {
                 self.count_retry(f, failure);
@@ -351,21 +349,23 @@ impl HttpListener {
             let try_timeout = f.per_try.min(remaining);
             let try_time = (try_timeout, tokio::time::Instant::now() + try_timeout);
             let early = self.early(ex, f);
-            let opening = self.open(
-                (ex.tunnel_id, early),
-                f,
-                endpoint.clone(),
-                try_timeout,
-                &mut tried,
-            );
             // Only an open that carries its request can run this long.
-            let (endpoint, opened) = tokio::time::timeout_at(try_time.1, opening)
-                .await
-                .unwrap_or((endpoint, Ok(Opened::TimedOut)));
+            let (endpoint, opened) = tokio::time::timeout_at(
+                try_time.1,
+                self.open(
+                    (ex.tunnel_id, early),
+                    f,
+                    endpoint.clone(),
+                    try_timeout,
+                    &mut tried,
+                ),
+            )
+            .await
+            .unwrap_or((endpoint, Ok(Opened::TimedOut)));
             let tries = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             outcome.attempts = tries;
             outcome.node = endpoint.node.clone();
-            outcome.addr = endpoint.addr.to_string();
+            outcome.addr = Some(endpoint.addr);
             let failure = match self
                 .attempt(ex, f, &endpoint, opened, try_time, outcome)
                 .await
@@ -377,21 +377,38 @@ impl HttpListener {
                     {
                         return self.finish(ex, f, &endpoint, tries, response, upgrade);
                     }
-                    last = response;
+                    last = Some(response);
                     TryFailure::ServerError
                 }
                 Tried::Final(answer) => return answer,
-                Tried::NoBody => return last,
+                Tried::NoBody => return self.last_or_unavailable(last, f, &ex.request_id),
                 Tried::Failed(failure, response) => {
-                    last = response;
                     if !self.may_retry(f, failure, tries, ex.body.replayable()) {
-                        return last;
+                        return response;
                     }
+                    last = Some(response);
                     failure
                 }
             };
             retrying = Some(failure);
         }
+    }
+
+    /// The answer when no try is left: the last try's, or a 503 if none was
+    /// made (made only then: most requests never need it).
+    fn last_or_unavailable(
+        &self,
+        last: Option<Response<Body>>,
+        f: &Forwarding<'_>,
+        request_id: &str,
+    ) -> Response<Body> {
+        last.unwrap_or_else(|| {
+            self.error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no endpoint of service {:?} is available", f.service),
+                request_id,
+            )
+        })
     }
 
     /// The next endpoint: the pinned one first; then one not tried yet while
@@ -495,13 +512,23 @@ impl HttpListener {
         );
         let heard = [Heard::default(), Heard::default()];
         let request = early.as_ref().map(|body| (&f.wire, body));
-        let first = self.open_one(endpoint.clone(), target, (open_timeout, &heard[0]), request);
+        let first = std::pin::pin!(self.open_one(
+            endpoint.clone(),
+            target,
+            (open_timeout, &heard[0]),
+            request
+        ));
         let raced = hedge::race(first, delay, || {
             if !self.ctx.setup_times.worth_hedging(&heard[0]) {
                 return None;
             }
             let second = self.hedge(f, tried)?;
-            Some(self.open_one(second, target, (open_timeout, &heard[1]), request))
+            Some(Box::pin(self.open_one(
+                second,
+                target,
+                (open_timeout, &heard[1]),
+                request,
+            )))
         })
         .await;
         let labels = self.listener_labels();
@@ -612,7 +639,7 @@ impl HttpListener {
             .ctx
             .services()
             .get(&f.service)
-            .map_or_else(String::new, |s| s.config.address.to_string());
+            .map(|s| s.config.address);
         let request = f.head.request(body);
         let inflight = f.balancer.in_flight(&endpoint.node);
         let sent = tokio::time::timeout_at(
