@@ -26,8 +26,11 @@
 //! [`MAX_DATA_PART`]); [`Part::End`] is the kind byte alone. This module owns the
 //! parts, their limits and the incremental [`decode_part`]; it does no I/O.
 
+use bincode::de::{Decoder, read::Reader};
+use bincode::enc::Encoder;
 use bincode::{Decode, Encode};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use thiserror::Error;
 
 use crate::codec::{self, DecodeError, EncodeError, FieldError, Frame, InvalidFrame};
@@ -62,13 +65,124 @@ mod kind {
     pub const NOT_FORWARDED: u8 = 6;
 }
 
-/// One header or trailer field: a lowercase name and a value of visible bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct Field {
-    /// The name, lowercase (as HTTP/2 and hyper spell it).
-    pub name: String,
-    /// The value's bytes (not necessarily UTF-8).
-    pub value: Vec<u8>,
+/// Header (or trailer) fields, as the `http` crate's map holds them: names
+/// lowercase tokens, values visible bytes or tab. On the wire a list of
+/// (name, value) pairs, each a length-prefixed byte string, at most
+/// [`MAX_FIELDS`]; read straight into the map (no intermediate strings), and
+/// anything the map would not hold (an uppercase or empty name, a control
+/// character in a value) refuses the whole frame.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fields(pub HeaderMap);
+
+impl Fields {
+    /// Empty fields.
+    pub fn new() -> Self {
+        Fields::default()
+    }
+}
+
+impl From<HeaderMap> for Fields {
+    fn from(map: HeaderMap) -> Self {
+        Fields(map)
+    }
+}
+
+impl Encode for Fields {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), bincode::error::EncodeError> {
+        (self.0.len() as u64).encode(e)?;
+        for (name, value) in &self.0 {
+            name.as_str().encode(e)?;
+            value.as_bytes().encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+impl<Ctx> Decode<Ctx> for Fields {
+    fn decode<D: Decoder<Context = Ctx>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        let count = u64::decode(d)?;
+        if count > MAX_FIELDS as u64 {
+            return Err(refused(FieldError::TooMany {
+                field: "header fields",
+                count: usize::try_from(count).unwrap_or(usize::MAX),
+                max: MAX_FIELDS,
+            }));
+        }
+        let mut map = HeaderMap::with_capacity(count as usize);
+        for _ in 0..count {
+            let name = with_bytes(d, |b| field_name(b).map_err(refused))?;
+            let value = with_bytes(d, |b| {
+                HeaderValue::from_bytes(b).map_err(|_| refused(bad_value(b)))
+            })?;
+            map.append(name, value);
+        }
+        Ok(Fields(map))
+    }
+}
+bincode::impl_borrow_decode!(Fields);
+
+/// Reads one length-prefixed byte string and hands it to `f`: borrowed from
+/// the frame when the reader can lend it, copied otherwise. Its bytes count
+/// against the decoder's memory limit.
+fn with_bytes<D: Decoder, T>(
+    d: &mut D,
+    f: impl FnOnce(&[u8]) -> Result<T, bincode::error::DecodeError>,
+) -> Result<T, bincode::error::DecodeError> {
+    let len = u64::decode(d)?;
+    let len =
+        usize::try_from(len).map_err(|_| bincode::error::DecodeError::OutsideUsizeRange(len))?;
+    d.claim_bytes_read(len)?;
+    if let Some(bytes) = d.reader().peek_read(len) {
+        let out = f(bytes)?;
+        d.reader().consume(len);
+        return Ok(out);
+    }
+    let mut owned = vec![0u8; len];
+    d.reader().read(&mut owned)?;
+    f(&owned)
+}
+
+/// A field name as the wire must carry it: a lowercase RFC 9110 token.
+fn field_name(b: &[u8]) -> Result<HeaderName, FieldError> {
+    if b.is_empty() {
+        return Err(FieldError::Empty {
+            field: "header name",
+        });
+    }
+    let bad = |ch: u8| FieldError::BadChar {
+        field: "header name",
+        ch: char::from(ch),
+        allowed: "header names are lowercase letters, digits and !#$%&'*+-.^_`|~",
+    };
+    if let Some(&upper) = b.iter().find(|c| c.is_ascii_uppercase()) {
+        return Err(bad(upper));
+    }
+    HeaderName::from_bytes(b).map_err(|_| {
+        let ch = b
+            .iter()
+            .copied()
+            .find(|&c| !valid_name_byte(c))
+            .unwrap_or(b[0]);
+        bad(ch)
+    })
+}
+
+fn bad_value(b: &[u8]) -> FieldError {
+    let ch = b
+        .iter()
+        .copied()
+        .find(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
+        .unwrap_or(0);
+    FieldError::BadChar {
+        field: "header value",
+        ch: char::from(ch),
+        allowed: "header values hold no control characters but tab",
+    }
+}
+
+/// A field refusal as the decoder reports it (the frame is then malformed).
+fn refused(e: FieldError) -> bincode::error::DecodeError {
+    bincode::error::DecodeError::OtherString(e.to_string())
 }
 
 /// The routed request's head, sent right after the stream header.
@@ -80,7 +194,7 @@ pub struct RequestHead {
     pub target: String,
     /// The header fields, hop-by-hop ones already removed by the caller (except
     /// `upgrade` and `connection: upgrade` on a protocol switch).
-    pub fields: Vec<Field>,
+    pub fields: Fields,
     /// Body parts and their end follow the head.
     pub has_body: bool,
 }
@@ -91,7 +205,7 @@ pub struct ResponseHead {
     /// The status code, 100 to 999.
     pub status: u16,
     /// The header fields.
-    pub fields: Vec<Field>,
+    pub fields: Fields,
     /// Body parts and their end follow the head.
     pub has_body: bool,
 }
@@ -100,7 +214,7 @@ pub struct ResponseHead {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Trailers {
     /// The fields.
-    pub fields: Vec<Field>,
+    pub fields: Fields,
 }
 
 /// One part of an exchange.
@@ -140,38 +254,14 @@ fn valid_name_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn validate_fields(fields: &[Field]) -> Result<(), FieldError> {
-    if fields.len() > MAX_FIELDS {
+/// The count limit; the map's own types hold every other rule.
+fn validate_fields(fields: &Fields) -> Result<(), FieldError> {
+    if fields.0.len() > MAX_FIELDS {
         return Err(FieldError::TooMany {
             field: "header fields",
-            count: fields.len(),
+            count: fields.0.len(),
             max: MAX_FIELDS,
         });
-    }
-    for f in fields {
-        if f.name.is_empty() {
-            return Err(FieldError::Empty {
-                field: "header name",
-            });
-        }
-        if let Some(ch) = f.name.bytes().find(|&b| !valid_name_byte(b)) {
-            return Err(FieldError::BadChar {
-                field: "header name",
-                ch: char::from(ch),
-                allowed: "header names are lowercase letters, digits and !#$%&'*+-.^_`|~",
-            });
-        }
-        if let Some(&b) = f
-            .value
-            .iter()
-            .find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-        {
-            return Err(FieldError::BadChar {
-                field: "header value",
-                ch: char::from(b),
-                allowed: "header values hold no control characters but tab",
-            });
-        }
     }
     Ok(())
 }

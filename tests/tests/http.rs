@@ -842,10 +842,14 @@ async fn bad_request_parts_are_reset_without_harming_other_requests() {
     let head = RequestHead {
         method: "GET".into(),
         target: "/hello".into(),
-        fields: vec![mesh_proto::exchange::Field {
-            name: "host".into(),
-            value: b"web".to_vec(),
-        }],
+        fields: mesh_proto::exchange::Fields(
+            [(
+                hyper::header::HOST,
+                hyper::header::HeaderValue::from_static("web"),
+            )]
+            .into_iter()
+            .collect(),
+        ),
         has_body: false,
     };
     encode_part(&Part::RequestHead(head), &mut out).unwrap();

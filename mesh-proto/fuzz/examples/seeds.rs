@@ -6,7 +6,7 @@
 use std::fs;
 
 use mesh_proto::codec::{Frame, decode_text, encode};
-use mesh_proto::exchange::{Field, Part, RequestHead, encode_part};
+use mesh_proto::exchange::{Fields, Part, RequestHead, encode_part};
 use mesh_proto::gossip::{
     Health, LegacyRouteDocument, NodeCertificate, NodeRecord, NodeState, RouteDocument,
     ServiceRecord,
@@ -135,10 +135,14 @@ fn write_exchange_seed() -> Result<(), Box<dyn std::error::Error>> {
         Part::RequestHead(RequestHead {
             method: "POST".into(),
             target: "/orders?full=1".into(),
-            fields: vec![Field {
-                name: "content-type".into(),
-                value: b"application/json".to_vec(),
-            }],
+            fields: Fields(
+                [(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                )]
+                .into_iter()
+                .collect(),
+            ),
             has_body: true,
         }),
         Part::Data(bytes::Bytes::from_static(b"{\"id\":7}")),

@@ -13,11 +13,11 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use mesh_proto::codec::EncodeError;
 use mesh_proto::exchange::{
-    self, Field, Part, PartError, RequestHead, ResponseHead, Trailers, encode_data, encode_part,
+    self, Fields, Part, PartError, RequestHead, ResponseHead, Trailers, encode_data, encode_part,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
@@ -220,7 +220,7 @@ impl hyper::body::Body for PartsBody {
             }
             Ok(Some(Part::Trailers(t))) => {
                 self.end();
-                Some(fields_to_map(&t.fields).map(Frame::trailers))
+                Some(Ok(Frame::trailers(t.fields.0)))
             }
             Ok(Some(Part::End)) => {
                 self.end();
@@ -317,35 +317,12 @@ pub async fn write_body(
             Ok(data) => write_data(send, data, observe).await?,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    let fields = map_to_fields(&trailers);
+                    let fields = Fields(trailers);
                     return write_part(send, &Part::Trailers(Trailers { fields })).await;
                 }
             }
         }
     }
-}
-
-/// The wire fields of `headers`.
-pub fn map_to_fields(headers: &HeaderMap) -> Vec<Field> {
-    headers
-        .iter()
-        .map(|(name, value)| Field {
-            name: name.as_str().to_string(),
-            value: value.as_bytes().to_vec(),
-        })
-        .collect()
-}
-
-/// `fields` as a header map (decoded fields are valid names and values; a
-/// field hyper still refuses is an error).
-pub fn fields_to_map(fields: &[Field]) -> Result<HeaderMap, BoxError> {
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes())?;
-        let value = HeaderValue::from_bytes(&f.value)?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 /// The wire head of a request about to be tunnelled (`has_body` is set when
@@ -361,37 +338,38 @@ pub fn request_head(method: &Method, uri: &Uri, headers: &HeaderMap) -> RequestH
     RequestHead {
         method: method.as_str().to_string(),
         target,
-        fields: map_to_fields(headers),
+        fields: Fields(headers.clone()),
         has_body: false,
     }
 }
 
 /// The request a wire head describes, as HTTP/1.1 for the backend, with `body`.
-pub fn request_from_head<B>(head: &RequestHead, body: B) -> Result<Request<B>, BoxError> {
+pub fn request_from_head<B>(head: RequestHead, body: B) -> Result<Request<B>, BoxError> {
     let method = Method::from_bytes(head.method.as_bytes())?;
     let uri: Uri = head.target.parse()?;
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = fields_to_map(&head.fields)?;
+    *request.headers_mut() = head.fields.0;
     Ok(request)
 }
 
-/// The wire head of a backend's response.
-pub fn response_head<B>(response: &Response<B>, has_body: bool) -> ResponseHead {
+/// The wire head of a backend's response; its headers are taken from it
+/// (only its status, body and upgrade are of use after).
+pub fn response_head<B>(response: &mut Response<B>, has_body: bool) -> ResponseHead {
     ResponseHead {
         status: response.status().as_u16(),
-        fields: map_to_fields(response.headers()),
+        fields: Fields(std::mem::take(response.headers_mut())),
         has_body,
     }
 }
 
 /// The response a wire head describes, with `body`.
-pub fn response_from_head<B>(head: &ResponseHead, body: B) -> Result<Response<B>, BoxError> {
+pub fn response_from_head<B>(head: ResponseHead, body: B) -> Result<Response<B>, BoxError> {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(head.status)?;
-    *response.headers_mut() = fields_to_map(&head.fields)?;
+    *response.headers_mut() = head.fields.0;
     Ok(response)
 }
 
@@ -419,7 +397,7 @@ mod tests {
         let head = request_head(request.method(), request.uri(), request.headers());
         assert_eq!(head.method, "PATCH");
         assert_eq!(head.target, "/orders/7?x=1");
-        let back = request_from_head(&head, ()).unwrap();
+        let back = request_from_head(head, ()).unwrap();
         assert_eq!(back.method(), request.method());
         assert_eq!(back.uri(), request.uri());
         assert_eq!(back.headers(), request.headers());
@@ -432,33 +410,30 @@ mod tests {
             .unwrap();
         let connect_head = request_head(connect.method(), connect.uri(), connect.headers());
         assert_eq!(connect_head.target, "db.internal:5432");
-        let back = request_from_head(&connect_head, ()).unwrap();
+        let back = request_from_head(connect_head, ()).unwrap();
         assert_eq!(back.uri().authority().unwrap().as_str(), "db.internal:5432");
 
-        let response = Response::builder()
-            .status(418)
-            .header("set-cookie", "a=1")
-            .header("set-cookie", "b=2")
-            .body(())
-            .unwrap();
-        let back = response_from_head(&response_head(&response, false), ()).unwrap();
+        let response = || {
+            Response::builder()
+                .status(418)
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .body(())
+                .unwrap()
+        };
+        let back = response_from_head(response_head(&mut response(), false), ()).unwrap();
         assert_eq!(back.status(), 418);
-        assert_eq!(back.headers(), response.headers());
+        assert_eq!(back.headers(), response().headers());
     }
 
     #[test]
-    fn a_field_hyper_refuses_is_an_error_not_a_panic() {
-        let bad = [Field {
-            name: "x".into(),
-            value: vec![0xff, b'\n'],
-        }];
-        assert!(fields_to_map(&bad).is_err());
+    fn a_target_hyper_refuses_is_an_error_not_a_panic() {
         let head = RequestHead {
             method: "GET".into(),
             target: "http://[bad".into(),
-            fields: Vec::new(),
+            fields: Fields::new(),
             has_body: false,
         };
-        assert!(request_from_head(&head, ()).is_err());
+        assert!(request_from_head(head, ()).is_err());
     }
 }

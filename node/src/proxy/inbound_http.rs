@@ -157,16 +157,14 @@ async fn relay_one(
         }
         (true, None) => {
             let done = waits.body_done.clone();
-            let length = exchange::fields_to_map(&head.fields)
-                .ok()
-                .and_then(|h| exchange::content_length(&h));
+            let length = exchange::content_length(&head.fields.0);
             let body = PartsBody::new(reader)
                 .with_length(length)
                 .on_end(move || done.store(true, Ordering::Relaxed));
             (body.boxed_unsync(), None)
         }
     };
-    let request = match exchange::request_from_head(&head, body) {
+    let request = match exchange::request_from_head(head, body) {
         Ok(r) => r,
         Err(e) => return fail(&mut send, format!("the request head: {e}")),
     };
@@ -194,7 +192,7 @@ async fn relay_one(
     reuse.count(on_given);
     let switch = switched(&response, upgrade);
     let has_body = !switch && !hyper::body::Body::is_end_stream(response.body());
-    let response_head = exchange::response_head(&response, has_body);
+    let response_head = exchange::response_head(&mut response, has_body);
     if let Err(e) = exchange::write_part(&mut send, &Part::ResponseHead(response_head)).await {
         return fail(&mut send, format!("writing the response head: {e}"));
     }
@@ -289,9 +287,8 @@ async fn send_body(
 /// The switch a request asks for, as [`switched`] takes it.
 fn is_upgrade(head: &RequestHead) -> Option<bool> {
     let connect = head.method == "CONNECT";
-    let fields = exchange::fields_to_map(&head.fields).unwrap_or_default();
     let method = hyper::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
-    headers::is_upgrade(&method, &fields).then_some(connect)
+    headers::is_upgrade(&method, &head.fields.0).then_some(connect)
 }
 
 impl Reuse {

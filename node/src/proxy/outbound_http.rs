@@ -88,7 +88,7 @@ pub async fn exchange(
             };
             Ok(Reply::NotForwarded(status, body))
         }
-        Ok(Some(Part::ResponseHead(h))) => response(&h, reader, send, upgrade),
+        Ok(Some(Part::ResponseHead(h))) => response(h, reader, send, upgrade),
         Ok(Some(other)) => Err(ExchangeError::Failed {
             client: false,
             text: format!("the serving node answered with a {} part", other.name()),
@@ -143,18 +143,19 @@ async fn send_request(
 /// The response a head begins: its body streams from the parts that follow,
 /// or, after a protocol switch, the stream goes on raw.
 fn response(
-    h: &mesh_proto::exchange::ResponseHead,
+    h: mesh_proto::exchange::ResponseHead,
     reader: PartReader,
     send: Option<SendStream>,
     upgrade: Option<bool>,
 ) -> Result<Reply, ExchangeError> {
+    let has_body = h.has_body;
     let probe = exchange::response_from_head(h, ()).map_err(failed(false))?;
     if let (true, Some(send)) = (switched(&probe, upgrade), send) {
         let raw = tokio::io::join(reader.into_raw(), send);
         let response = probe.map(|()| exchange::empty());
         return Ok(Reply::Response(response, Some(Upgrade::Tunnel(raw))));
     }
-    let body = if h.has_body {
+    let body = if has_body {
         let length = exchange::content_length(probe.headers());
         http_body_util::BodyExt::boxed_unsync(PartsBody::new(reader).with_length(length))
     } else {
@@ -308,7 +309,7 @@ async fn write_frame(send: &mut SendStream, frame: Frame<Bytes>) -> Result<bool,
         Ok(data) => exchange::write_data(send, data, None).await.map(|()| false),
         Err(frame) => match frame.into_trailers() {
             Ok(trailers) => {
-                let fields = exchange::map_to_fields(&trailers);
+                let fields = mesh_proto::exchange::Fields(trailers);
                 let part = Part::Trailers(mesh_proto::exchange::Trailers { fields });
                 exchange::write_part(send, &part).await.map(|()| true)
             }
