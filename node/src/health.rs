@@ -1,6 +1,6 @@
 //! Active health checks of this node's own backends: each local service is probed
-//! on its interval (TCP connect, or HTTP `GET path` expecting 2xx) within its
-//! timeout; results go through the consecutive-threshold state machine
+//! on its interval (TCP connect, or HTTP `GET path` expecting 2xx — in HTTP/2
+//! for an `http2` service, over TLS for a `tls` one) within its timeout; results go through the consecutive-threshold state machine
 //! (`mesh_proto::health`), and state changes are published to gossip.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::config::{HealthKind, ServiceConfig};
 use crate::gossip::Gossip;
 use crate::metrics::{HealthCheckLabels, Metrics};
+use crate::proxy::backend_tls::{BackendConnector, Offer};
 use crate::publish::Publisher;
 
 /// One probe of `svc`'s backend: `Ok` if healthy, else why not.
@@ -41,28 +42,57 @@ async fn http_get(svc: &ServiceConfig) -> Result<(), String> {
     let stream = TcpStream::connect(svc.address)
         .await
         .map_err(|e| format!("connect {}: {e}", svc.address))?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+    let Some(tls) = &svc.tls else {
+        return get_over(stream, svc.http2, svc).await;
+    };
+    let connector = BackendConnector::new(tls, svc.http2).map_err(|e| e.to_string())?;
+    let (stream, h2) = connector
+        .handshake(stream, Offer::Service)
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    let driver = tokio::spawn(conn);
-    let req = hyper::Request::get(svc.health.path.as_str())
-        .header(hyper::header::HOST, svc.address.to_string())
-        .header(hyper::header::USER_AGENT, "shoal-health-check")
-        .body(Empty::new())
-        .map_err(|e| format!("bad request: {e}"))?;
-    let result = sender.send_request(req).await;
+        .map_err(|e| format!("{}: {e}", svc.address))?;
+    get_over(stream, h2, svc).await
+}
+
+/// `GET` the health path over `io`, in HTTP/2 (`h2`) or HTTP/1.1.
+async fn get_over<IO>(io: IO, h2: bool, svc: &ServiceConfig) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let path = svc.health.path.as_str();
+    let (result, driver) = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            io,
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let driver = tokio::spawn(conn);
+        let scheme = if svc.tls.is_some() { "https" } else { "http" };
+        let req = request(&format!("{scheme}://{}{path}", svc.address), svc)?;
+        (sender.send_request(req).await, driver)
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
+        let driver = tokio::spawn(conn);
+        (sender.send_request(request(path, svc)?).await, driver)
+    };
     driver.abort();
-    let resp = result.map_err(|e| format!("GET {}: {e}", svc.health.path))?;
+    let resp = result.map_err(|e| format!("GET {path}: {e}"))?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!(
-            "GET {} answered {}",
-            svc.health.path,
-            resp.status()
-        ))
+        Err(format!("GET {path} answered {}", resp.status()))
     }
+}
+
+fn request(uri: &str, svc: &ServiceConfig) -> Result<hyper::Request<Empty<Bytes>>, String> {
+    hyper::Request::get(uri)
+        .header(hyper::header::HOST, svc.address.to_string())
+        .header(hyper::header::USER_AGENT, "shoal-health-check")
+        .body(Empty::new())
+        .map_err(|e| format!("bad request: {e}"))
 }
 
 /// Checks `svc` until `stop` fires, publishing every state change.

@@ -24,6 +24,7 @@
 pub mod access_log;
 pub mod admission;
 pub mod backend_pool;
+pub mod backend_tls;
 pub mod balance;
 pub mod body;
 pub mod exchange;
@@ -93,14 +94,13 @@ impl LocalService {
     /// callers and counters carry over; its idle backend connections too,
     /// unless the backend's address changed.
     pub fn reconfigured(&self, config: ServiceConfig) -> Self {
-        let pool = if config.address == self.config.address && config.http2 == self.config.http2 {
+        let same_backend = config.address == self.config.address
+            && config.http2 == self.config.http2
+            && config.tls == self.config.tls;
+        let pool = if same_backend {
             self.pool.clone()
         } else {
-            Arc::new(backend_pool::BackendPool::with_version(
-                config.address,
-                config.http_idle_timeout,
-                config.http2,
-            ))
+            Arc::new(backend_pool::BackendPool::for_service(&config))
         };
         LocalService {
             active: self.active.clone(),
@@ -116,11 +116,7 @@ impl LocalService {
         LocalService {
             active: Arc::new(AtomicUsize::new(0)),
             callers: Arc::default(),
-            pool: Arc::new(backend_pool::BackendPool::with_version(
-                config.address,
-                config.http_idle_timeout,
-                config.http2,
-            )),
+            pool: Arc::new(backend_pool::BackendPool::for_service(&config)),
             counters: crate::metrics::ServiceCounters::new(metrics, &config.name),
             config,
         }
@@ -219,6 +215,7 @@ pub(crate) fn test_service(
         connect_timeout: Duration::from_secs(1),
         http_idle_timeout: Duration::ZERO,
         http2: false,
+        tls: None,
         idle_timeout: Duration::from_secs(600),
         response_timeout: Duration::from_secs(60),
     };

@@ -1314,6 +1314,66 @@ fn http2_backends_are_for_http_services_only() {
 }
 
 #[test]
+fn tls_to_a_backend_reads_its_cas_with_the_config_and_names_what_is_wrong() {
+    let f = Fixture::new();
+    // The mesh CA's file serves as the backend's CA here: any PEM CA will do.
+    let service = |extra: &str| {
+        minimal_with(&format!(
+            "[[service]]\nname = \"web\"\naddress = \"127.0.0.1:8443\"\nprotocol = \"http\"\n{extra}"
+        ))
+    };
+    let c = f.ok(&service("tls = true\ntls_ca = \"tls/ca.crt\""));
+    let tls = c.services[0].tls.as_ref().expect("tls configured");
+    assert_eq!(tls.server_name, "127.0.0.1", "the address's IP by default");
+    assert_eq!(
+        tls.ca.as_deref(),
+        Some(f.path().join("tls/ca.crt").as_path())
+    );
+    assert_eq!(tls.roots.len(), 1, "the CA file's certificate is read now");
+    let c = f.ok(&service(
+        "tls = true\ntls_ca = \"tls/ca.crt\"\ntls_server_name = \"web.internal\"\nhttp2 = true",
+    ));
+    let tls = c.services[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name, "web.internal");
+    assert!(c.services[0].http2);
+    assert!(
+        f.ok(&service("")).services[0].tls.is_none(),
+        "plain by default"
+    );
+
+    let e = f.errors(&minimal_with(
+        "[[service]]\nname = \"cache\"\naddress = \"127.0.0.1:5432\"\ntls = true\ntls_ca = \"tls/ca.crt\"",
+    ));
+    assert_error(
+        &e,
+        "service[0].tls",
+        &["only an HTTP service", "protocol = \"http\""],
+    );
+    let e = f.errors(&service("tls_ca = \"tls/ca.crt\"\ntls_server_name = \"x\""));
+    assert_error(&e, "service[0].tls_ca", &["only with tls = true"]);
+    assert_error(&e, "service[0].tls_server_name", &["only with tls = true"]);
+    let e = f.errors(&service("tls = true\ntls_ca = \"tls/missing.pem\""));
+    assert_error(&e, "service[0].tls_ca", &["cannot read", "missing.pem"]);
+    f.write("tls/empty.pem", "not a certificate\n");
+    let e = f.errors(&service("tls = true\ntls_ca = \"tls/empty.pem\""));
+    assert_error(&e, "service[0].tls_ca", &["holds no PEM certificate"]);
+    f.write(
+        "tls/garbage.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let e = f.errors(&service("tls = true\ntls_ca = \"tls/garbage.pem\""));
+    assert_error(&e, "service[0].tls_ca", &["cannot be a trust anchor"]);
+    let e = f.errors(&service(
+        "tls = true\ntls_ca = \"tls/ca.crt\"\ntls_server_name = \"not a name\"",
+    ));
+    assert_error(
+        &e,
+        "service[0].tls_server_name",
+        &["not a DNS name or an IP address"],
+    );
+}
+
+#[test]
 fn a_callers_share_defaults_to_three_quarters_and_cannot_exceed_the_service() {
     let f = Fixture::new();
     let service = |extra: &str| {

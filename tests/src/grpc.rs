@@ -1,6 +1,6 @@
 //! A gRPC-shaped backend for the HTTP/2 tests: it speaks HTTP/2 only (prior
-//! knowledge, as gRPC servers do without TLS), so a request that reaches it
-//! as HTTP/1.1 fails. `POST /echo.Echo/Unary` answers the request's whole body
+//! knowledge, as gRPC servers do without TLS; or over TLS, [`GrpcEcho::start_tls`]),
+//! so a request that reaches it as HTTP/1.1 fails. `POST /echo.Echo/Unary` answers the request's whole body
 //! (gRPC's length-prefixed messages, passed through as they are) and
 //! `POST /echo.Echo/Stream` echoes each body frame as it arrives — both end
 //! with the trailers `grpc-status: 0` and `x-echo-frames: N` (the non-empty
@@ -37,6 +37,16 @@ type Reply = Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
 impl GrpcEcho {
     /// Starts it on a free loopback port.
     pub async fn start() -> GrpcEcho {
+        GrpcEcho::start_with(None).await
+    }
+
+    /// Starts it serving TLS with `tls` (whose ALPN should offer `h2`, as
+    /// gRPC servers' does).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> GrpcEcho {
+        GrpcEcho::start_with(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> GrpcEcho {
         let listener = shoal_node::proxy::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -44,16 +54,15 @@ impl GrpcEcho {
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let conns = conns.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        Ok::<_, Infallible>(echo(req))
-                    });
-                    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc);
-                    // Counted once the connection proved to be HTTP/2.
-                    conns.fetch_add(1, Ordering::Relaxed);
-                    if served.await.is_err() {
-                        conns.fetch_sub(1, Ordering::Relaxed);
+                    match tls {
+                        None => serve(s, &conns).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(s).await {
+                                serve(s, &conns).await;
+                            }
+                        }
                     }
                 });
             }
@@ -73,6 +82,23 @@ impl GrpcEcho {
     /// HTTP/2 connections it has served without a protocol error.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves HTTP/2 over `io`, counting the connection unless it fails.
+async fn serve<IO>(io: IO, connections: &AtomicUsize)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+        Ok::<_, Infallible>(echo(req))
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc);
+    // Counted once the connection proved to be HTTP/2.
+    connections.fetch_add(1, Ordering::Relaxed);
+    if served.await.is_err() {
+        connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -113,4 +139,29 @@ fn echo(req: Request<Incoming>) -> Reply {
         .headers_mut()
         .insert("content-type", "application/grpc".parse().unwrap());
     response
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`, as a gRPC client
+/// opens to an HTTP listener; its connection task runs in the background.
+pub async fn h2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `text` as one gRPC message: uncompressed, length-prefixed.
+pub fn message(text: &str) -> Bytes {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    m.extend_from_slice(text.as_bytes());
+    Bytes::from(m)
 }

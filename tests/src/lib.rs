@@ -15,6 +15,7 @@
     missing_debug_implementations
 )]
 
+pub mod backend_tls;
 pub mod cluster;
 pub mod grpc;
 pub mod rogue;

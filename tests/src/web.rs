@@ -9,7 +9,8 @@
 //! trailers; `/slow/MS` answers after MS
 //! milliseconds; `/ws` is a WebSocket echo; `CONNECT host:port` opens a tunnel
 //! that echoes what it gets, prefixed with `host:port:`; `/healthz` answers 200 (not counted);
-//! anything else answers a JSON echo of the request. It also counts the TCP
+//! anything else answers a JSON echo of the request (with its HTTP version).
+//! [`WebApp::start_tls`] serves it over TLS, in HTTP/2 or HTTP/1.1 by ALPN. It also counts the TCP
 //! connections that carried counted requests (keep-alive reuse shows there).
 
 use std::convert::Infallible;
@@ -42,6 +43,16 @@ pub struct WebApp {
 impl WebApp {
     /// Starts the app called `name` on a free loopback port.
     pub async fn start(name: &str) -> WebApp {
+        WebApp::start_with(name, None).await
+    }
+
+    /// Starts it serving TLS with `tls`: HTTP/2 on a connection whose ALPN
+    /// chose `h2`, HTTP/1.1 (with upgrades) otherwise.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> WebApp {
+        WebApp::start_with(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> WebApp {
         let listener = shoal_node::proxy::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -55,6 +66,7 @@ impl WebApp {
                 let counter = counter.clone();
                 let conns = conns.clone();
                 let seen = AtomicBool::new(false);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         if req.uri().path() != "/healthz" && !seen.swap(true, Ordering::Relaxed) {
@@ -62,10 +74,21 @@ impl WebApp {
                         }
                         handle(who.clone(), counter.clone(), req)
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let Some(acceptor) = tls else {
+                        return serve_http1(s, svc).await;
+                    };
+                    let Ok(s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
                         .serve_connection(TokioIo::new(s), svc)
-                        .with_upgrades()
                         .await;
+                    } else {
+                        serve_http1(s, svc).await;
+                    }
                 });
             }
         });
@@ -103,6 +126,19 @@ impl Drop for WebApp {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// HTTP/1.1 with upgrades (WebSocket, `CONNECT`) over `io`.
+async fn serve_http1<IO, S>(io: IO, svc: S)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
@@ -247,6 +283,7 @@ async fn handle(
     let echo = serde_json::json!({
         "backend": &*who,
         "method": req.method().as_str(),
+        "version": format!("{:?}", req.version()),
         "path": path,
         "query": req.uri().query(),
         "headers": headers,
@@ -273,4 +310,20 @@ pub fn pattern_body(total: u64) -> BoxBody<Bytes, std::io::Error> {
         }
     });
     BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Sends `n` text messages on `ws`, each echoed (by [`WebApp`]'s `/ws`)
+/// before the next is sent.
+pub async fn ws_round_trips<S>(ws: &mut WebSocketStream<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..n {
+        let text = format!("message {i}");
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
+        let echoed = ws.next().await.expect("an echo").unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
 }

@@ -228,14 +228,7 @@ async fn websocket_echo_through_the_mesh() {
             .and_then(|v| v.to_str().ok()),
         Some("app-a")
     );
-    for i in 0..20 {
-        let text = format!("message {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
-            .await
-            .unwrap();
-        let echoed = ws.next().await.expect("an echo").unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
+    shoal_tests::web::ws_round_trips(&mut ws, 20).await;
     let big = vec![7u8; 300_000];
     ws.send(tokio_tungstenite::tungstenite::Message::binary(big.clone()))
         .await
@@ -887,19 +880,13 @@ async fn grpc_unary_and_streaming_calls_reach_an_http2_backend() {
     .start()
     .await;
     mesh.wait_healthy("c", "grpc", 1).await;
-    let listener = mesh["c"].listener("grpc");
-    let stream = TcpStream::connect(listener).await.unwrap();
     type Chunks = futures::channel::mpsc::UnboundedReceiver<
         Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
     >;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake::<_, _, http_body_util::StreamBody<Chunks>>(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = shoal_tests::grpc::h2_client::<http_body_util::StreamBody<Chunks>>(
+        mesh["c"].listener("grpc"),
+    )
+    .await;
     let call = |path: &str, body| {
         hyper::Request::post(format!("http://grpc.example{path}"))
             .header("content-type", "application/grpc")
@@ -907,12 +894,7 @@ async fn grpc_unary_and_streaming_calls_reach_an_http2_backend() {
             .body(http_body_util::StreamBody::new(body))
             .unwrap()
     };
-    let message = |text: &str| {
-        let mut m = vec![0u8];
-        m.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        m.extend_from_slice(text.as_bytes());
-        Bytes::from(m)
-    };
+    let message = shoal_tests::grpc::message;
 
     // Unary: one message, answered whole, then the trailers.
     let (tx, rx) = futures::channel::mpsc::unbounded();

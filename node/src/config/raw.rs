@@ -243,6 +243,18 @@ pub struct RawService {
     /// shared connection; for gRPC backends. HTTP services only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
+    /// `tls`: speak TLS to the backend (HTTP services only); ALPN picks HTTP/2
+    /// or HTTP/1.1 unless `http2 = true` asks for HTTP/2 alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// `tls_ca`: PEM file of the CAs the backend's certificate must chain to
+    /// (default: the system's trust store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_server_name`: the name the backend's certificate must be valid for,
+    /// also sent as SNI (default: the IP address of `address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// `idle_timeout`: how long a tunnelled connection to this service may
     /// carry no byte before this node closes it.
     #[serde(

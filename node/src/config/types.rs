@@ -260,8 +260,11 @@ pub struct ServiceConfig {
     /// the next tunnelled request (zero: every request gets its own connection).
     #[serde(with = "humantime_serde")]
     pub http_idle_timeout: Duration,
-    /// Whether the backend speaks HTTP/2 (prior knowledge) rather than HTTP/1.1.
+    /// Whether the backend speaks HTTP/2 (prior knowledge, or the only
+    /// protocol offered by ALPN over TLS) rather than HTTP/1.1.
     pub http2: bool,
+    /// TLS to the backend (`tls = true`), with what verifies its certificate.
+    pub tls: Option<BackendTls>,
     /// How long a tunnelled connection to this service (a TCP stream, an
     /// upgraded HTTP one) may carry no byte before this node closes it,
     /// whatever the caller's listener allows.
@@ -283,6 +286,22 @@ impl ServiceConfig {
         self.allow_nodes.iter().any(|n| n == node)
             || source_service.is_some_and(|s| self.allow_services.iter().any(|a| a == s))
     }
+}
+
+/// TLS from this node to a service's backend (`tls = true`): the backend's
+/// certificate must chain to `roots` and be valid for `server_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendTls {
+    /// `tls_ca`: the PEM file of the trusted CAs (absolute path); `None`: the
+    /// system's trust store.
+    pub ca: Option<PathBuf>,
+    /// `tls_server_name`: the name sent as SNI and checked against the
+    /// certificate (a DNS name or an IP address; default: the address's IP).
+    pub server_name: String,
+    /// The trusted CA certificates, read from `ca` or the system's store
+    /// when the config was loaded.
+    #[serde(skip)]
+    pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// A validated `[[listener]]`: a local entry point into the mesh.

@@ -14,6 +14,7 @@ use crate::config::error::{ConfigError, ConfigErrors};
 use crate::config::raw::{ROOT_FIELD, RawConfig};
 use crate::config::types::Config;
 
+mod backend_tls;
 mod gossip;
 mod listener;
 mod node;

@@ -2,6 +2,8 @@
 //! tunnelled requests: keep-alive HTTP/1.1 connections, or — for a service
 //! with `http2 = true` — one HTTP/2 connection (prior knowledge, "h2c") that
 //! carries every request at once, which is also what gRPC backends speak.
+//! With `tls = true` every connection is TLS ([`super::backend_tls`]) and the
+//! backend chooses HTTP/2 or HTTP/1.1 by ALPN.
 //!
 //! Every HTTP request crosses the mesh on its own QUIC stream, but the serving
 //! node need not open a TCP connection to its backend for each of them: a fresh
@@ -15,17 +17,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
-use hyper::header::HOST;
-use hyper::{Request, Response, Uri, Version};
+use hyper::header::{HOST, UPGRADE};
+use hyper::http::uri::Scheme;
+use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::backend_tls::{BackendConnector, Offer};
 use super::body::{Body, MAX_HEADER_BYTES};
+use crate::config::ServiceConfig;
 
 /// Most idle connections kept per backend; beyond, finished ones are closed.
 pub const MAX_IDLE: usize = 256;
@@ -36,21 +43,29 @@ pub enum Sender {
     /// An HTTP/1.1 connection: one request at a time.
     Http1(http1::SendRequest<Body>),
     /// The backend's HTTP/2 connection, shared by every request.
-    Http2(http2::SendRequest<Body>),
+    Http2(H2Sender),
+}
+
+/// The sender of a backend's HTTP/2 connection, and the scheme of the URIs
+/// its requests carry (`:scheme`).
+#[derive(Debug, Clone)]
+pub struct H2Sender {
+    sender: http2::SendRequest<Body>,
+    scheme: Scheme,
 }
 
 impl Sender {
     fn is_ready(&self) -> bool {
         match self {
             Sender::Http1(s) => s.is_ready(),
-            Sender::Http2(s) => s.is_ready(),
+            Sender::Http2(s) => s.sender.is_ready(),
         }
     }
 
     fn is_closed(&self) -> bool {
         match self {
             Sender::Http1(s) => s.is_closed(),
-            Sender::Http2(s) => s.is_closed(),
+            Sender::Http2(s) => s.sender.is_closed(),
         }
     }
 
@@ -60,21 +75,25 @@ impl Sender {
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         match self {
             Sender::Http1(s) => s.try_send_request(req).await,
-            Sender::Http2(s) => s.try_send_request(as_http2(req)).await,
+            Sender::Http2(s) => {
+                let req = as_http2(req, s.scheme.clone());
+                s.sender.try_send_request(req).await
+            }
         }
     }
 }
 
 /// `req` as HTTP/2 wants it: the authority (from `Host`) in the URI, so it
-/// becomes `:authority`, with the `http` scheme of prior knowledge.
-fn as_http2(mut req: Request<Body>) -> Request<Body> {
+/// becomes `:authority`, with `scheme` (`http` for prior knowledge, `https`
+/// over TLS).
+fn as_http2(mut req: Request<Body>, scheme: Scheme) -> Request<Body> {
     *req.version_mut() = Version::HTTP_2;
     if req.uri().authority().is_none()
         && let Some(host) = req.headers_mut().remove(HOST)
     {
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         if let Ok(uri) = Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(host.as_bytes())
             .path_and_query(path)
             .build()
@@ -83,6 +102,11 @@ fn as_http2(mut req: Request<Body>) -> Request<Body> {
         }
     }
     req
+}
+
+/// Whether `req` switches protocols (WebSocket, `CONNECT`): HTTP/1.1 only.
+fn switches_protocols(req: &Request<Body>) -> bool {
+    req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE)
 }
 
 #[derive(Debug)]
@@ -98,9 +122,12 @@ pub struct BackendPool {
     addr: SocketAddr,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
-    /// Speak HTTP/2 (prior knowledge) to the backend.
-    http2: bool,
-    shared: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Requests go on the shared HTTP/2 connection: the service says
+    /// `http2 = true`, or its TLS backend chose HTTP/2 by ALPN.
+    h2: AtomicBool,
+    shared: Mutex<Option<H2Sender>>,
+    /// TLS to the backend (`tls = true`); the error if it cannot be set up.
+    tls: Option<Result<BackendConnector, String>>,
 }
 
 impl BackendPool {
@@ -111,21 +138,27 @@ impl BackendPool {
             addr,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
-            http2: false,
+            h2: AtomicBool::new(false),
             shared: Mutex::new(None),
+            tls: None,
         }
     }
 
-    /// A pool for a backend at `addr` that speaks HTTP/2 (`http2`) or
-    /// HTTP/1.1.
-    pub fn with_version(addr: SocketAddr, idle_timeout: Duration, http2: bool) -> Self {
+    /// The pool for `service`'s backend: its address, idle timeout, HTTP
+    /// version and TLS.
+    pub fn for_service(service: &ServiceConfig) -> Self {
+        let tls = service
+            .tls
+            .as_ref()
+            .map(|tls| BackendConnector::new(tls, service.http2).map_err(|e| e.to_string()));
         Self {
-            http2,
-            ..Self::new(addr, idle_timeout)
+            h2: AtomicBool::new(service.http2),
+            tls,
+            ..Self::new(service.address, service.http_idle_timeout)
         }
     }
 
-    fn shared(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<Body>>> {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -136,11 +169,11 @@ impl BackendPool {
     /// An idle connection ready for a request, if there is one. Connections the
     /// backend closed, or unused for longer than the idle timeout, are dropped.
     pub fn take(&self) -> Option<Sender> {
-        if self.http2 {
+        if self.h2.load(Ordering::Relaxed) {
             let shared = self.shared();
             return shared
                 .as_ref()
-                .filter(|s| !s.is_closed())
+                .filter(|s| !s.sender.is_closed())
                 .map(|s| Sender::Http2(s.clone()));
         }
         let now = Instant::now();
@@ -157,34 +190,59 @@ impl BackendPool {
     /// (WebSocket): an upgraded connection leaves HTTP and never comes back to
     /// the pool.
     pub async fn connect(&self, timeout: Duration) -> std::io::Result<Sender> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.addr))
+        self.connect_offering(timeout, Offer::Service).await
+    }
+
+    async fn connect_offering(&self, timeout: Duration, offer: Offer) -> std::io::Result<Sender> {
+        tokio::time::timeout(timeout, self.open(offer))
             .await
             .map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("did not accept within {timeout:?}"),
                 )
-            })??;
+            })?
+    }
+
+    /// A TCP connection, then TLS if the service says so, then the HTTP
+    /// handshake of the version the service (or ALPN) chose.
+    async fn open(&self, offer: Offer) -> std::io::Result<Sender> {
+        let stream = TcpStream::connect(self.addr).await?;
         let _ = stream.set_nodelay(true);
-        if self.http2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .max_header_list_size(MAX_HEADER_BYTES as u32)
-                .handshake::<_, Body>(TokioIo::new(stream))
-                .await
-                .map_err(std::io::Error::other)?;
-            tokio::spawn(conn);
-            *self.shared() = Some(sender.clone());
-            return Ok(Sender::Http2(sender));
+        let Some(tls) = &self.tls else {
+            return if self.h2.load(Ordering::Relaxed) {
+                self.handshake_h2(stream, Scheme::HTTP).await
+            } else {
+                handshake_h1(stream).await
+            };
+        };
+        let tls = tls.as_ref().map_err(|e| std::io::Error::other(e.clone()))?;
+        let (stream, h2) = tls.handshake(stream, offer).await?;
+        if offer == Offer::Service {
+            // What the backend chose now decides where the next requests go.
+            self.h2.store(h2, Ordering::Relaxed);
         }
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(MAX_HEADER_BYTES.max(8192))
-            .handshake::<_, Body>(TokioIo::new(stream))
+        if h2 {
+            self.handshake_h2(stream, Scheme::HTTPS).await
+        } else {
+            handshake_h1(stream).await
+        }
+    }
+
+    /// The HTTP/2 connection over `io`, which the pool then shares.
+    async fn handshake_h2<IO>(&self, io: IO, scheme: Scheme) -> std::io::Result<Sender>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .handshake::<_, Body>(TokioIo::new(io))
             .await
             .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(Sender::Http1(sender))
+        tokio::spawn(conn);
+        let sender = H2Sender { sender, scheme };
+        *self.shared() = Some(sender.clone());
+        Ok(Sender::Http2(sender))
     }
 
     /// Returns `sender` to the pool, its current exchange done (the response
@@ -229,6 +287,10 @@ impl BackendPool {
         req: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Sent, SendError> {
+        // A TLS backend that chose HTTP/2 gets a protocol switch on a
+        // connection of its own that offers HTTP/1.1 alone.
+        let switching = self.tls.is_some() && switches_protocols(&req);
+        let sender = sender.filter(|s| !(switching && matches!(s, Sender::Http2(_))));
         let req = match sender {
             Some(mut sender) => match sender.try_send(req).await {
                 Ok(response) => {
@@ -245,8 +307,13 @@ impl BackendPool {
             },
             None => req,
         };
+        let offer = if switching {
+            Offer::Http1
+        } else {
+            Offer::Service
+        };
         let mut sender = self
-            .connect(connect_timeout)
+            .connect_offering(connect_timeout, offer)
             .await
             .map_err(SendError::Connect)?;
         let response = sender
@@ -264,6 +331,22 @@ impl BackendPool {
     pub fn idle_count(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// An HTTP/1.1 connection over `io`, its task driving upgrades too.
+async fn handshake_h1<IO>(io: IO) -> std::io::Result<Sender>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .handshake::<_, Body>(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(Sender::Http1(sender))
 }
 
 /// A request sent by [`BackendPool::send`], with its response head.

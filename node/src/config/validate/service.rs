@@ -80,6 +80,7 @@ impl Validator {
         }
         let (connect_timeout, http_idle_timeout) = self.backend_timeouts(&f, raw);
         let http2 = self.http2(&f("http2"), raw.http2, protocol);
+        let tls = self.backend_tls(i, raw, protocol, address);
         let idle_timeout = self.idle_timeout(&f("idle_timeout"), raw.idle_timeout);
         let response_timeout = raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
         self.duration_range(
@@ -105,6 +106,7 @@ impl Validator {
             connect_timeout,
             http_idle_timeout,
             http2: http2?,
+            tls: tls?,
             idle_timeout,
             response_timeout,
         })
