@@ -194,7 +194,10 @@ impl BackendPool {
     }
 
     async fn connect_offering(&self, timeout: Duration, offer: Offer) -> std::io::Result<Sender> {
-        tokio::time::timeout(timeout, self.open(offer))
+        // Boxed: a TLS handshake's state is large, and this future is part of
+        // every request's future (which is moved as it is handed on) while
+        // it is needed only when no pooled connection is at hand.
+        tokio::time::timeout(timeout, Box::pin(self.open(offer)))
             .await
             .map_err(|_| {
                 std::io::Error::new(
