@@ -318,27 +318,41 @@ pub fn encode_into<F: Frame>(frame: &F, out: &mut Vec<u8>) -> Result<usize, Enco
         frame: F::NAME,
         reason,
     })?;
+    encode_body_into((F::NAME, F::MAX_BODY_LEN), out, |out| {
+        frame.encode_body(out)
+    })
+}
+
+/// Appends a frame (header and the body `body` writes) of the type named
+/// `name` whose bodies are at most `max_body_len` bytes, its values already
+/// validated; returns how many bytes were appended. On error `out` is left as
+/// it was. (Also for a borrowed view of a frame type, encoded as that type.)
+pub(crate) fn encode_body_into(
+    (name, max_body_len): (&'static str, usize),
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<usize, bincode::error::EncodeError>,
+) -> Result<usize, EncodeError> {
     let start = out.len();
     out.push(PROTOCOL_VERSION);
     out.extend_from_slice(&[0; 4]);
-    let body_len = match frame.encode_body(out) {
+    let body_len = match body(out) {
         Ok(n) => n,
         Err(e) => {
             out.truncate(start);
             return Err(EncodeError::Body {
-                frame: F::NAME,
+                frame: name,
                 reason: e.to_string(),
             });
         }
     };
     let len_field = match u32::try_from(body_len) {
-        Ok(n) if body_len <= F::MAX_BODY_LEN => n,
+        Ok(n) if body_len <= max_body_len => n,
         _ => {
             out.truncate(start);
             return Err(EncodeError::TooLarge {
-                frame: F::NAME,
+                frame: name,
                 len: body_len,
-                max: F::MAX_BODY_LEN,
+                max: max_body_len,
             });
         }
     };

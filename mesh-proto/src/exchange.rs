@@ -89,13 +89,21 @@ impl From<HeaderMap> for Fields {
 
 impl Encode for Fields {
     fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), bincode::error::EncodeError> {
-        (self.0.len() as u64).encode(e)?;
-        for (name, value) in &self.0 {
-            name.as_str().encode(e)?;
-            value.as_bytes().encode(e)?;
-        }
-        Ok(())
+        encode_fields(&self.0, e)
     }
+}
+
+/// The wire form of header fields: their count, then each name and value.
+fn encode_fields<E: Encoder>(
+    map: &HeaderMap,
+    e: &mut E,
+) -> Result<(), bincode::error::EncodeError> {
+    (map.len() as u64).encode(e)?;
+    for (name, value) in map {
+        name.as_str().encode(e)?;
+        value.as_bytes().encode(e)?;
+    }
+    Ok(())
 }
 
 impl<Ctx> Decode<Ctx> for Fields {
@@ -199,6 +207,50 @@ pub struct RequestHead {
     pub has_body: bool,
 }
 
+impl RequestHead {
+    /// This head as a [`RequestHeadRef`].
+    pub fn as_ref(&self) -> RequestHeadRef<'_> {
+        RequestHeadRef {
+            method: &self.method,
+            target: &self.target,
+            fields: &self.fields.0,
+            has_body: self.has_body,
+        }
+    }
+}
+
+/// A request head borrowed from the caller's own request: encoded exactly as
+/// the [`RequestHead`] of the same values (and checked by the same rules), so a
+/// caller sends its request's fields without copying them into one.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHeadRef<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// Path and query, `*`, or `host:port` for `CONNECT`.
+    pub target: &'a str,
+    /// The header fields (see [`RequestHead::fields`]).
+    pub fields: &'a HeaderMap,
+    /// Body parts and their end follow the head.
+    pub has_body: bool,
+}
+
+impl Encode for RequestHeadRef<'_> {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), bincode::error::EncodeError> {
+        // The field order of `RequestHead`'s derived encoding.
+        self.method.encode(e)?;
+        self.target.encode(e)?;
+        encode_fields(self.fields, e)?;
+        self.has_body.encode(e)
+    }
+}
+
+impl RequestHeadRef<'_> {
+    /// The rules of [`RequestHead`]'s fields.
+    fn validate(&self) -> Result<(), FieldError> {
+        validate_request(self.method, self.target, self.fields)
+    }
+}
+
 /// The backend's response head.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct ResponseHead {
@@ -255,11 +307,11 @@ fn valid_name_byte(b: u8) -> bool {
 }
 
 /// The count limit; the map's own types hold every other rule.
-fn validate_fields(fields: &Fields) -> Result<(), FieldError> {
-    if fields.0.len() > MAX_FIELDS {
+fn validate_fields(fields: &HeaderMap) -> Result<(), FieldError> {
+    if fields.len() > MAX_FIELDS {
         return Err(FieldError::TooMany {
             field: "header fields",
-            count: fields.0.len(),
+            count: fields.len(),
             max: MAX_FIELDS,
         });
     }
@@ -271,46 +323,48 @@ impl Frame for RequestHead {
     const MAX_BODY_LEN: usize = MAX_HEAD_BODY;
 
     fn validate(&self) -> Result<(), FieldError> {
-        let too_long = |field, len, max| FieldError::TooLong { field, len, max };
-        if self.method.is_empty() {
-            return Err(FieldError::Empty { field: "method" });
-        }
-        if self.method.len() > MAX_METHOD_LEN {
-            return Err(too_long("method", self.method.len(), MAX_METHOD_LEN));
-        }
-        if let Some(ch) = self
-            .method
-            .bytes()
-            .find(|&b| !(b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
-        {
-            return Err(FieldError::BadChar {
-                field: "method",
-                ch: char::from(ch),
-                allowed: "a method is a token (letters, digits, !#$%&'*+-.^_`|~)",
-            });
-        }
-        if self.target.is_empty() {
-            return Err(FieldError::Empty {
-                field: "request target",
-            });
-        }
-        if self.target.len() > MAX_TARGET_LEN {
-            return Err(too_long(
-                "request target",
-                self.target.len(),
-                MAX_TARGET_LEN,
-            ));
-        }
-        if let Some(ch) = self.target.bytes().find(|b| !b.is_ascii_graphic()) {
-            return Err(FieldError::BadChar {
-                field: "request target",
-                ch: char::from(ch),
-                allowed: "a request target is visible ASCII (percent-encode the rest)",
-            });
-        }
-        validate_fields(&self.fields)
+        validate_request(&self.method, &self.target, &self.fields.0)
     }
 }
+
+/// The rules of a request head: the method a token, the target visible
+/// ASCII, both within their limits; the fields within their count.
+fn validate_request(method: &str, target: &str, fields: &HeaderMap) -> Result<(), FieldError> {
+    let too_long = |field, len, max| FieldError::TooLong { field, len, max };
+    if method.is_empty() {
+        return Err(FieldError::Empty { field: "method" });
+    }
+    if method.len() > MAX_METHOD_LEN {
+        return Err(too_long("method", method.len(), MAX_METHOD_LEN));
+    }
+    if let Some(ch) = method
+        .bytes()
+        .find(|&b| !(b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+    {
+        return Err(FieldError::BadChar {
+            field: "method",
+            ch: char::from(ch),
+            allowed: "a method is a token (letters, digits, !#$%&'*+-.^_`|~)",
+        });
+    }
+    if target.is_empty() {
+        return Err(FieldError::Empty {
+            field: "request target",
+        });
+    }
+    if target.len() > MAX_TARGET_LEN {
+        return Err(too_long("request target", target.len(), MAX_TARGET_LEN));
+    }
+    if let Some(ch) = target.bytes().find(|b| !b.is_ascii_graphic()) {
+        return Err(FieldError::BadChar {
+            field: "request target",
+            ch: char::from(ch),
+            allowed: "a request target is visible ASCII (percent-encode the rest)",
+        });
+    }
+    validate_fields(fields)
+}
+
 codec::impl_frame_body!(RequestHead);
 
 impl Frame for ResponseHead {
@@ -326,7 +380,7 @@ impl Frame for ResponseHead {
                 max: 999,
             });
         }
-        validate_fields(&self.fields)
+        validate_fields(&self.fields.0)
     }
 }
 codec::impl_frame_body!(ResponseHead);
@@ -336,7 +390,7 @@ impl Frame for Trailers {
     const MAX_BODY_LEN: usize = MAX_HEAD_BODY;
 
     fn validate(&self) -> Result<(), FieldError> {
-        validate_fields(&self.fields)
+        validate_fields(&self.fields.0)
     }
 }
 codec::impl_frame_body!(Trailers);
@@ -371,7 +425,7 @@ pub fn encode_part(part: &Part, out: &mut BytesMut) -> Result<(), EncodeError> {
         Ok(())
     }
     match part {
-        Part::RequestHead(h) => frame(out, kind::REQUEST_HEAD, codec::encode(h)),
+        Part::RequestHead(h) => encode_request_head(&h.as_ref(), out),
         Part::ResponseHead(h) => frame(out, kind::RESPONSE_HEAD, codec::encode(h)),
         Part::Trailers(t) => frame(out, kind::TRAILERS, codec::encode(t)),
         Part::NotForwarded(s) => frame(out, kind::NOT_FORWARDED, codec::encode(s)),
@@ -392,6 +446,27 @@ pub fn encode_part(part: &Part, out: &mut BytesMut) -> Result<(), EncodeError> {
             Ok(())
         }
     }
+}
+
+/// Appends the request-head part `head` describes to `out`: the same bytes
+/// as [`encode_part`] of the [`RequestHead`] of the same values.
+pub fn encode_request_head(
+    head: &RequestHeadRef<'_>,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    head.validate().map_err(|reason| EncodeError::Invalid {
+        frame: RequestHead::NAME,
+        reason,
+    })?;
+    let mut encoded = Vec::with_capacity(256);
+    codec::encode_body_into(
+        (RequestHead::NAME, RequestHead::MAX_BODY_LEN),
+        &mut encoded,
+        |buf| bincode::encode_into_std_write(head, buf, bincode::config::standard()),
+    )?;
+    out.put_u8(kind::REQUEST_HEAD);
+    out.extend_from_slice(&encoded);
+    Ok(())
 }
 
 /// The header of a data part of `len` bytes (1 to [`MAX_DATA_PART`]), for a

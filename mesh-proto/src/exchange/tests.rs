@@ -327,3 +327,33 @@ fn decode_all_lenient(wire: &[u8], step: usize) -> (Vec<Part>, Option<PartError>
     }
     (parts, None)
 }
+
+#[test]
+fn a_borrowed_request_head_is_the_same_part_as_the_owned_one() {
+    let mut head = get();
+    head.fields
+        .0
+        .append("accept", HeaderValue::from_static("*/*"));
+    head.fields
+        .0
+        .append("accept", HeaderValue::from_static("text/html"));
+    head.has_body = true;
+    let mut out = BytesMut::new();
+    encode_request_head(&head.as_ref(), &mut out).unwrap();
+    // The layout written field by field with no shared code.
+    assert_eq!(out, RawHead::from(&head).wire());
+    assert_eq!(
+        decode_all(&out, 3).unwrap(),
+        vec![Part::RequestHead(head.clone())]
+    );
+
+    // The owned head's rules hold for the borrowed one: nothing is written.
+    let mut out = BytesMut::new();
+    let bad = RequestHeadRef {
+        method: "GET /",
+        ..head.as_ref()
+    };
+    let err = encode_request_head(&bad, &mut out).unwrap_err();
+    assert!(err.to_string().contains("method"), "{err}");
+    assert!(out.is_empty());
+}

@@ -17,7 +17,8 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use mesh_proto::codec::EncodeError;
 use mesh_proto::exchange::{
-    self, Fields, Part, PartError, RequestHead, ResponseHead, Trailers, encode_data, encode_part,
+    self, Fields, Part, PartError, RequestHead, RequestHeadRef, ResponseHead, Trailers,
+    encode_data, encode_part,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
@@ -326,19 +327,23 @@ pub async fn write_body(
 }
 
 /// The wire head of a request about to be tunnelled (`has_body` is set when
-/// it is sent).
-pub fn request_head(method: &Method, uri: &Uri, headers: &HeaderMap) -> RequestHead {
+/// it is sent), borrowed from the request: nothing is copied until it is
+/// encoded. (A `CONNECT` without an authority, which hyper does not let
+/// through, would get an empty target, which the encoder refuses.)
+pub fn request_head<'a>(
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> RequestHeadRef<'a> {
     let target = if method == Method::CONNECT {
-        uri.authority()
-            .map_or_else(|| uri.to_string(), |a| a.to_string())
+        uri.authority().map_or("", |a| a.as_str())
     } else {
-        uri.path_and_query()
-            .map_or_else(|| "/".to_string(), |pq| pq.to_string())
+        uri.path_and_query().map_or("/", |pq| pq.as_str())
     };
-    RequestHead {
-        method: method.as_str().to_string(),
+    RequestHeadRef {
+        method: method.as_str(),
         target,
-        fields: Fields(headers.clone()),
+        fields: headers,
         has_body: false,
     }
 }
@@ -384,6 +389,16 @@ pub fn empty() -> Body {
 mod tests {
     use super::*;
 
+    /// `head` encoded as a part, and decoded as the serving node does.
+    fn across(head: RequestHeadRef<'_>) -> RequestHead {
+        let mut wire = BytesMut::new();
+        mesh_proto::exchange::encode_request_head(&head, &mut wire).unwrap();
+        match mesh_proto::exchange::decode_part(&mut wire) {
+            Ok(Some(Part::RequestHead(h))) => h,
+            other => panic!("not a request head: {other:?}"),
+        }
+    }
+
     #[test]
     fn heads_cross_the_wire_unchanged() {
         let request = Request::builder()
@@ -394,7 +409,11 @@ mod tests {
             .header("x-multi", "b")
             .body(())
             .unwrap();
-        let head = request_head(request.method(), request.uri(), request.headers());
+        let head = across(request_head(
+            request.method(),
+            request.uri(),
+            request.headers(),
+        ));
         assert_eq!(head.method, "PATCH");
         assert_eq!(head.target, "/orders/7?x=1");
         let back = request_from_head(head, ()).unwrap();
@@ -408,7 +427,11 @@ mod tests {
             .uri("db.internal:5432")
             .body(())
             .unwrap();
-        let connect_head = request_head(connect.method(), connect.uri(), connect.headers());
+        let connect_head = across(request_head(
+            connect.method(),
+            connect.uri(),
+            connect.headers(),
+        ));
         assert_eq!(connect_head.target, "db.internal:5432");
         let back = request_from_head(connect_head, ()).unwrap();
         assert_eq!(back.uri().authority().unwrap().as_str(), "db.internal:5432");

@@ -205,21 +205,26 @@ fn normalize_path(path: &str) -> Result<String, &'static str> {
 /// switch is negotiated hop by hop but must reach the backend). `TE: trailers` is
 /// kept: it says the client accepts trailers, which the backend needs to know.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Names are compared, not looked up one by one: most heads carry none of
-    // them, and each lookup by name hashes it.
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // One pass over the head, comparing names (a lookup by name hashes it),
+    // and nothing allocated for a head with no hop-by-hop header.
+    let mut named: Vec<&str> = Vec::new();
+    let mut trailers = false;
+    for (k, v) in headers.iter() {
+        let Ok(v) = v.to_str() else { continue };
+        if k == header::CONNECTION {
+            named.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()));
+        } else if k == header::TE {
+            trailers |= v
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        }
+    }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| HOP_BY_HOP.contains(k) || named.contains(k))
-        .filter(|k| !(keep_upgrade && *k == header::UPGRADE))
+        .filter(|k| {
+            (HOP_BY_HOP.contains(k) || named.iter().any(|t| t.eq_ignore_ascii_case(k.as_str())))
+                && !(keep_upgrade && *k == header::UPGRADE)
+        })
         .cloned()
         .collect();
     for name in doomed {

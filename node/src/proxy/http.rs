@@ -53,7 +53,8 @@ use super::upgrade::{Upgrade, splice_upgraded, switched};
 use super::upstream::LocalUpstream;
 use super::{CountGuard, ProxyContext};
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::metrics::{HttpLabels, ListenerLabels, ListenerReasonLabels};
+use crate::metrics::http::RequestCounts;
+use crate::metrics::{ListenerLabels, ListenerReasonLabels};
 use crate::routes::SharedRoutes;
 
 mod forward;
@@ -72,6 +73,8 @@ pub struct HttpListener {
     log: Option<Writer>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     random: Balancer,
+    /// Its handles into the request metrics.
+    counts: RequestCounts,
 }
 
 impl std::fmt::Debug for HttpListener {
@@ -159,19 +162,12 @@ impl Pending<'_> {
     /// Counts the request in the metrics.
     fn count(&self, status: StatusCode) {
         let l = self.listener;
-        let labels = HttpLabels {
-            listener: l.cfg.name.clone(),
-            route: dash(&self.outcome.route),
-            service: dash(&self.outcome.service),
-            class: headers::status_class(status),
-        };
-        let metrics = &l.ctx.metrics;
-        metrics.http.requests.get_or_create(&labels).inc();
-        metrics
-            .http
-            .duration
-            .get_or_create(&labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        l.counts.count(
+            &l.ctx.metrics.http,
+            (&self.outcome.route, &self.outcome.service),
+            headers::status_class(status),
+            self.started.elapsed().as_secs_f64(),
+        );
     }
 
     /// The access-log line as far as it is known now.
@@ -343,6 +339,7 @@ impl HttpListener {
             None => None,
         };
         Ok(Arc::new(HttpListener {
+            counts: RequestCounts::new(&cfg.name),
             budget: Mutex::new(RetryBudget::new(RetryBudgetConfig::default())),
             balancers: Mutex::new(std::collections::HashMap::new()),
             active: Arc::default(),

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::Response;
 use hyper::body::Frame;
 use mesh_proto::codec::EncodeError;
-use mesh_proto::exchange::{Part, RequestHead, encode_data, encode_part};
+use mesh_proto::exchange::{Part, RequestHeadRef, encode_data, encode_part, encode_request_head};
 use mesh_proto::tunnel::StreamStatus;
 use quinn::{SendStream, VarInt};
 use thiserror::Error;
@@ -70,12 +70,42 @@ const CLIENT_GONE: u32 = 2;
 /// [`switched`].
 pub async fn exchange(
     tunnel: Tunnel,
-    head: &RequestHead,
+    head: RequestHeadRef<'_>,
     body: Outgoing,
     upgrade: Option<bool>,
 ) -> Result<Reply, ExchangeError> {
     let Tunnel { send, recv } = tunnel;
     let (send, pump) = send_request(send, head, body, upgrade).await?;
+    read_answer(recv, send, pump, upgrade).await
+}
+
+/// The parts [`exchange`] writes for a request whose body is known whole, to
+/// be sent with the stream's header in one write; [`answer`] then reads the
+/// reply.
+pub fn encode_whole(head: RequestHeadRef<'_>, body: &Bytes) -> Result<Bytes, ExchangeError> {
+    let head = RequestHeadRef {
+        has_body: !body.is_empty(),
+        ..head
+    };
+    let mut out = BytesMut::new();
+    encode_request_head(&head, &mut out)?;
+    append_whole(&mut out, body.clone())?;
+    Ok(out.freeze())
+}
+
+/// Reads the answer to a request [`encode_whole`] wrote on `tunnel` with its
+/// header.
+pub async fn answer(tunnel: Tunnel) -> Result<Reply, ExchangeError> {
+    read_answer(tunnel.recv, Some(tunnel.send), None, None).await
+}
+
+/// Reads the serving node's first part, and the response it begins.
+async fn read_answer(
+    recv: quinn::RecvStream,
+    send: Option<SendStream>,
+    pump: Option<Pump>,
+    upgrade: Option<bool>,
+) -> Result<Reply, ExchangeError> {
     let mut reader = PartReader::new(recv);
     match reader.next().await {
         Ok(Some(Part::NotForwarded(status))) => {
@@ -108,17 +138,19 @@ type Pump = (oneshot::Sender<()>, JoinHandle<Pumped>);
 /// (a protocol switch writes its body first and keeps it for the raw bytes).
 async fn send_request(
     mut send: SendStream,
-    head: &RequestHead,
+    head: RequestHeadRef<'_>,
     body: Outgoing,
     upgrade: Option<bool>,
 ) -> Result<(Option<SendStream>, Option<Pump>), ExchangeError> {
-    let mut head = head.clone();
-    head.has_body = match &body {
-        Outgoing::Whole(bytes) => !bytes.is_empty(),
-        Outgoing::Streamed(_) => true,
+    let head = RequestHeadRef {
+        has_body: match &body {
+            Outgoing::Whole(bytes) => !bytes.is_empty(),
+            Outgoing::Streamed(_) => true,
+        },
+        ..head
     };
     let mut out = BytesMut::new();
-    encode_part(&Part::RequestHead(head), &mut out)?;
+    encode_request_head(&head, &mut out)?;
     // A write that fails is not the answer: a serving node that refuses the
     // request stops the stream after saying so. The first part read decides.
     match body {

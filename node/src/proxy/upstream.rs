@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use mesh_proto::codec::{EncodeError, FRAME_HEADER_LEN, decode_exact, encode, frame_len};
 use mesh_proto::routing::Endpoint;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
@@ -181,7 +182,7 @@ pub async fn open_tcp(
     if endpoint.node != ctx.node_name {
         let header = target.header(Protocol::Tcp);
         return Ok(TcpUpstream::Tunnel(
-            dial(ctx, endpoint, &header, (timeout, heard)).await?,
+            dial(ctx, endpoint, &header, (timeout, heard), None).await?,
         ));
     }
     let services = ctx.services();
@@ -207,17 +208,19 @@ pub async fn open_tcp(
 /// Opens a way to send an HTTP request to `endpoint` within `timeout`: a
 /// tunnel stream, or a pooled keep-alive connection to the local backend (as
 /// on the serving side of a tunnel); `heard` learns the connection a tunnel
-/// uses.
+/// uses. A tunnel stream carries `request` (a whole request's parts,
+/// `outbound_http::encode_whole`) in the same write as its header.
 pub async fn open_http(
     ctx: &ProxyContext,
     endpoint: &Endpoint,
     target: Target<'_>,
     (timeout, heard): (Duration, &Heard),
+    request: Option<&Bytes>,
 ) -> Result<HttpUpstream, OpenError> {
     if endpoint.node != ctx.node_name {
         let header = target.header(Protocol::Http);
         return Ok(HttpUpstream::Tunnel(
-            dial(ctx, endpoint, &header, (timeout, heard)).await?,
+            dial(ctx, endpoint, &header, (timeout, heard), request).await?,
         ));
     }
     // (An HTTP tunnel's header is not answered: the request follows it at
@@ -263,10 +266,11 @@ async fn dial(
     endpoint: &Endpoint,
     header: &StreamHeader,
     (timeout, heard): (Duration, &Heard),
+    request: Option<&Bytes>,
 ) -> Result<Tunnel, OpenError> {
     let started = tokio::time::Instant::now();
     let _counted = ctx.setup_times.opening();
-    let opened = open_stream(ctx, endpoint, header, (timeout, heard)).await;
+    let opened = open_stream(ctx, endpoint, header, (timeout, heard), request).await;
     match &opened {
         // An HTTP stream is not answered before its request is sent: the
         // answer (or the silence) comes in `outbound_http`'s exchange.
@@ -321,8 +325,19 @@ async fn open_stream(
     endpoint: &Endpoint,
     header: &StreamHeader,
     (timeout, heard): (Duration, &Heard),
+    request: Option<&Bytes>,
 ) -> Result<Tunnel, OpenError> {
-    let frame = encode(header)?;
+    // The header, and the request that follows it when it is known whole:
+    // one write, so both leave in one packet.
+    let mut frames = [
+        Bytes::from(encode(header)?),
+        request.cloned().unwrap_or_default(),
+    ];
+    let frames = if request.is_some() {
+        &mut frames[..]
+    } else {
+        &mut frames[..1]
+    };
     let broken =
         |e: &dyn std::fmt::Display| OpenError::unreachable("connect_failed", e.to_string());
     let work = async {
@@ -348,7 +363,7 @@ async fn open_stream(
         let (send, mut recv) = conn.open_bi().await.map_err(|e| broken(&e))?;
         let mut send = Opening(Some(send));
         send.stream()
-            .write_all(&frame)
+            .write_all_chunks(frames)
             .await
             .map_err(|e| broken(&e))?;
         if header.protocol == Protocol::Http {

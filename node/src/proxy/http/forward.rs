@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use mesh_proto::exchange::RequestHead;
+use mesh_proto::exchange::RequestHeadRef;
 use mesh_proto::lb::{self, Policy};
 use mesh_proto::route::{RetryOn, Rule, Session, is_idempotent};
 use mesh_proto::routing::Endpoint;
@@ -106,8 +106,13 @@ struct Forwarding<'r> {
     /// Tries that may be made when nothing was sent.
     connect_tries: u32,
     head: UpstreamHead,
-    /// The head as it crosses the tunnel.
-    wire: RequestHead,
+}
+
+impl Forwarding<'_> {
+    /// The head as it crosses the tunnel (borrowed from `head`).
+    fn wire(&self) -> RequestHeadRef<'_> {
+        request_head(self.head.method(), self.head.uri(), self.head.headers())
+    }
 }
 
 /// An opened upstream, or — for a request sent within its open (see
@@ -257,7 +262,6 @@ impl HttpListener {
             rule.map(|r| &r.request_headers),
         );
         let session = rule.and_then(|r| r.session.as_ref());
-        let wire = request_head(head.method(), head.uri(), head.headers());
         Forwarding {
             rule,
             route,
@@ -275,7 +279,6 @@ impl HttpListener {
             deadline: Instant::now() + total,
             connect_tries: self.cfg.attempts.max(rule.map_or(1, Rule::max_attempts)),
             head,
-            wire,
         }
     }
 
@@ -511,7 +514,12 @@ impl HttpListener {
             open_timeout,
         );
         let heard = [Heard::default(), Heard::default()];
-        let request = early.as_ref().map(|body| (&f.wire, body));
+        // Encoded once, for the first open and a hedge alike; a head the
+        // format cannot carry is left to the try to report.
+        let request = early
+            .as_ref()
+            .and_then(|body| outbound_http::encode_whole(f.wire(), body).ok());
+        let request = request.as_ref();
         let first = std::pin::pin!(self.open_one(
             endpoint.clone(),
             target,
@@ -552,18 +560,17 @@ impl HttpListener {
         endpoint: Endpoint,
         target: Target<'_>,
         limits: (Duration, &Heard),
-        request: Option<(&RequestHead, &Bytes)>,
+        request: Option<&Bytes>,
     ) -> Result<(Endpoint, Opened), (Endpoint, OpenError)> {
-        let up = match upstream::open_http(&self.ctx, &endpoint, target, limits).await {
+        let up = match upstream::open_http(&self.ctx, &endpoint, target, limits, request).await {
             Ok(up) => up,
             Err(e) => return Err((endpoint, e)),
         };
-        let (tunnel, (head, body)) = match (up, request) {
-            (HttpUpstream::Tunnel(tunnel), Some(request)) => (tunnel, request),
+        let tunnel = match (up, request) {
+            (HttpUpstream::Tunnel(tunnel), Some(_)) => tunnel,
             (up, _) => return Ok((endpoint, Opened::Upstream(up))),
         };
-        let replied =
-            outbound_http::exchange(tunnel, head, Outgoing::Whole(body.clone()), None).await;
+        let replied = outbound_http::answer(tunnel).await;
         if replied.is_ok() {
             self.ctx.suspects.answered(&endpoint.node);
         }
@@ -627,7 +634,7 @@ impl HttpListener {
                     }
                     ReqBody::Once(_) => Outgoing::Streamed(body),
                 };
-                let exchanged = outbound_http::exchange(tunnel, &f.wire, outgoing, upgrade);
+                let exchanged = outbound_http::exchange(tunnel, f.wire(), outgoing, upgrade);
                 return match tokio::time::timeout_at(try_deadline, exchanged).await {
                     Ok(replied) => self.replied(ex, f, endpoint, replied),
                     Err(_) => self.timed_out(f, endpoint, try_timeout, &ex.request_id),
