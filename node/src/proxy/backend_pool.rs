@@ -176,13 +176,32 @@ impl BackendPool {
                 .filter(|s| !s.sender.is_closed())
                 .map(|s| Sender::Http2(s.clone()));
         }
-        let now = Instant::now();
         let mut idle = self.lock();
-        idle.retain(|e| now.duration_since(e.since) < self.idle_timeout && !e.sender.is_closed());
+        self.drop_expired(&mut idle, Instant::now());
         // Newest first; one given back an instant ago may still be finishing
-        // its exchange (not ready yet): it stays for the next request.
-        let ready = idle.iter().rposition(|e| e.sender.is_ready())?;
-        Some(idle.remove(ready).sender)
+        // its exchange (not ready yet): it stays for the next request. One the
+        // backend closed is dropped on the way.
+        while let Some(i) = idle
+            .iter()
+            .rposition(|e| e.sender.is_ready() || e.sender.is_closed())
+        {
+            let entry = idle.remove(i);
+            if !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Drops the connections unused for the idle timeout: the oldest, at the
+    /// front (each is put back at the end), so this looks at one entry unless
+    /// some did expire.
+    fn drop_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
+        let fresh = idle
+            .iter()
+            .position(|e| now.duration_since(e.since) < self.idle_timeout)
+            .unwrap_or(idle.len());
+        idle.drain(..fresh);
     }
 
     /// Opens a new connection within `timeout` (for HTTP/2, the one the pool
@@ -264,7 +283,10 @@ impl BackendPool {
     fn put(&self, sender: Sender) {
         let now = Instant::now();
         let mut idle = self.lock();
-        idle.retain(|e| now.duration_since(e.since) < self.idle_timeout && !e.sender.is_closed());
+        self.drop_expired(&mut idle, now);
+        if idle.len() >= MAX_IDLE {
+            idle.retain(|e| !e.sender.is_closed());
+        }
         if idle.len() < MAX_IDLE {
             idle.push(Idle { sender, since: now });
         }
@@ -479,6 +501,35 @@ mod tests {
             pool.take().is_none(),
             "a connection closed mid-body is dropped"
         );
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_unused_for_the_idle_timeout_are_dropped_oldest_first() {
+        let pool = BackendPool::new(backend(b"hello").await, Duration::from_secs(5));
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let sent = pool
+                .send(None, get(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            sent.response.into_body().collect().await.unwrap();
+            open.push(sent.sender);
+        }
+        let newer = open.pop().unwrap();
+        pool.give_back(open.pop().unwrap());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        pool.give_back(newer);
+        assert_eq!(pool.idle_count(), 2);
+        // The first has been idle 6 s, the second 3 s.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let taken = take_soon(&pool)
+            .await
+            .expect("the newer one is still fresh");
+        assert_eq!(pool.idle_count(), 0, "the expired one was dropped");
+        pool.give_back(taken);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(pool.take().is_none(), "past its timeout too");
         assert_eq!(pool.idle_count(), 0);
     }
 }

@@ -299,30 +299,102 @@ pub async fn write_data(
     Ok(())
 }
 
+/// Most bytes of ready body data copied to leave in one write with what
+/// precedes them (the response head, earlier small frames, the end); larger
+/// data is written as it is, without a copy.
+const COALESCE: usize = 16 * 1024;
+
 /// Writes `body` as parts: its data, then its trailers or the end part.
 /// `tap` sees each data frame before it is written.
 pub async fn write_body(
     send: &mut SendStream,
+    body: Body,
+    observe: Option<&Observe>,
+    tap: impl FnMut(&Frame<Bytes>),
+) -> Result<(), WriteError> {
+    write_body_after(send, BytesMut::new(), body, observe, tap).await
+}
+
+/// [`write_body`] after the parts already encoded in `out`: what the body
+/// has ready at once goes in the same write, so a small answer — head, data
+/// and end — leaves in one write (and one packet) rather than three.
+pub async fn write_body_after(
+    send: &mut SendStream,
+    mut out: BytesMut,
     mut body: Body,
     observe: Option<&Observe>,
     mut tap: impl FnMut(&Frame<Bytes>),
 ) -> Result<(), WriteError> {
+    let mut out = Pending {
+        out: &mut out,
+        data: 0,
+        observe,
+    };
     loop {
-        let frame = match body.frame().await {
-            None => return write_part(send, &Part::End).await,
-            Some(Err(e)) => return Err(WriteError::Body(e)),
+        let frame = match futures::FutureExt::now_or_never(body.frame()) {
+            Some(frame) => frame,
+            None => {
+                out.flush(send).await?;
+                body.frame().await
+            }
+        };
+        let frame = match frame {
+            None => {
+                encode_part(&Part::End, out.out)?;
+                return out.flush(send).await;
+            }
+            Some(Err(e)) => {
+                out.flush(send).await?;
+                return Err(WriteError::Body(e));
+            }
             Some(Ok(frame)) => frame,
         };
         tap(&frame);
         match frame.into_data() {
-            Ok(data) => write_data(send, data, observe).await?,
+            Ok(data) if out.out.len() + data.len() <= COALESCE => out.data(data),
+            Ok(data) => {
+                out.flush(send).await?;
+                write_data(send, data, observe).await?;
+            }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     let fields = Fields(trailers);
-                    return write_part(send, &Part::Trailers(Trailers { fields })).await;
+                    encode_part(&Part::Trailers(Trailers { fields }), out.out)?;
+                    return out.flush(send).await;
                 }
             }
         }
+    }
+}
+
+/// Parts encoded but not written yet, and how many of their bytes are body
+/// data (observed once written).
+struct Pending<'a> {
+    out: &'a mut BytesMut,
+    data: usize,
+    observe: Option<&'a Observe>,
+}
+
+impl Pending<'_> {
+    fn data(&mut self, data: Bytes) {
+        for (header, bytes) in encode_data(data) {
+            self.out.extend_from_slice(&header);
+            self.out.extend_from_slice(&bytes);
+            self.data += header.len() + bytes.len();
+        }
+    }
+
+    async fn flush(&mut self, send: &mut SendStream) -> Result<(), WriteError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        send.write_all(self.out).await?;
+        self.out.clear();
+        if let (Some(observe), n @ 1..) = (self.observe, self.data) {
+            observe(n);
+        }
+        self.data = 0;
+        Ok(())
     }
 }
 

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::Response;
-use mesh_proto::exchange::{Part, RequestHead};
+use mesh_proto::exchange::{Part, RequestHead, encode_part};
 use mesh_proto::tunnel::{StatusCode, StreamStatus};
 use prometheus_client::metrics::counter::Counter;
 use quinn::{SendStream, VarInt};
@@ -192,8 +193,20 @@ async fn relay_one(
     reuse.count(on_given);
     let switch = switched(&response, upgrade);
     let has_body = !switch && !hyper::body::Body::is_end_stream(response.body());
-    let response_head = exchange::response_head(&mut response, has_body);
-    if let Err(e) = exchange::write_part(&mut send, &Part::ResponseHead(response_head)).await {
+    let response_head = Part::ResponseHead(exchange::response_head(&mut response, has_body));
+    if has_body {
+        // The head leaves with as much of the body as is ready.
+        let mut out = BytesMut::new();
+        if let Err(e) = encode_part(&response_head, &mut out) {
+            return fail(&mut send, format!("the response head: {e}"));
+        }
+        let ended = send_body(&mut send, out, response, &on_write).await;
+        // After the body: by then the connection is usually ready for the
+        // next request, and goes back to the pool without a task of its own.
+        pool.give_back(sender);
+        return ended;
+    }
+    if let Err(e) = exchange::write_part(&mut send, &response_head).await {
         return fail(&mut send, format!("writing the response head: {e}"));
     }
     if let (true, Some(reader)) = (switch, raw) {
@@ -202,16 +215,9 @@ async fn relay_one(
         splice_upgraded(caller, backend, "inbound", idle_timeout, keep);
         return Ended::Done;
     }
-    if !has_body {
-        pool.give_back(sender);
-        let _ = send.finish();
-        return Ended::Done;
-    }
-    let ended = send_body(&mut send, response, &on_write).await;
-    // After the body: by then the connection is usually ready for the next
-    // request, and goes back to the pool without a task of its own.
     pool.give_back(sender);
-    ended
+    let _ = send.finish();
+    Ended::Done
 }
 
 /// Why the backend's response head did not come.
@@ -268,6 +274,7 @@ fn fail(send: &mut SendStream, text: String) -> Ended {
 /// Sends the response body as parts, then finishes the stream.
 async fn send_body(
     send: &mut SendStream,
+    head: BytesMut,
     response: Response<hyper::body::Incoming>,
     on_write: &Observe,
 ) -> Ended {
@@ -275,7 +282,7 @@ async fn send_body(
         .into_body()
         .map_err(|e| Box::new(e) as BoxError)
         .boxed_unsync();
-    match exchange::write_body(send, body, Some(on_write), |_| {}).await {
+    match exchange::write_body_after(send, head, body, Some(on_write), |_| {}).await {
         Ok(()) => {
             let _ = send.finish();
             Ended::Done
