@@ -162,17 +162,19 @@ fn field_name(b: &[u8]) -> Result<HeaderName, FieldError> {
         ch: char::from(ch),
         allowed: "header names are lowercase letters, digits and !#$%&'*+-.^_`|~",
     };
-    if let Some(&upper) = b.iter().find(|c| c.is_ascii_uppercase()) {
-        return Err(bad(upper));
-    }
-    HeaderName::from_bytes(b).map_err(|_| {
-        let ch = b
-            .iter()
+    let first_bad = || {
+        b.iter()
             .copied()
             .find(|&c| !valid_name_byte(c))
-            .unwrap_or(b[0]);
-        bad(ch)
-    })
+            .unwrap_or(b[0])
+    };
+    let name = HeaderName::from_bytes(b).map_err(|_| bad(first_bad()))?;
+    // `from_bytes` lowercases what it takes: a name that comes out
+    // different had uppercase letters, which the wire does not allow.
+    if name.as_str().as_bytes() != b {
+        return Err(bad(first_bad()));
+    }
+    Ok(name)
 }
 
 fn bad_value(b: &[u8]) -> FieldError {
@@ -464,6 +466,7 @@ pub fn encode_request_head(
         &mut encoded,
         |buf| bincode::encode_into_std_write(head, buf, bincode::config::standard()),
     )?;
+    out.reserve(1 + encoded.len());
     out.put_u8(kind::REQUEST_HEAD);
     out.extend_from_slice(&encoded);
     Ok(())

@@ -27,6 +27,29 @@ pub const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// `x-request-id` (names made once: a name given as a string is parsed and
+/// checked on every use).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether `name` is one of [`HOP_BY_HOP`] (compared as text: a match on
+/// lengths first, where comparing `HeaderName`s would look at each of seven).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
+}
+
 /// Longest client-supplied `x-request-id` kept as is.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -36,7 +59,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// the tunnel header (derived from the text when the client chose it).
 pub fn request_id(headers: &HeaderMap, mut random: impl FnMut() -> u64) -> (String, RequestId) {
     let given = headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -210,10 +233,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let mut named: Vec<&str> = Vec::new();
     let mut trailers = false;
     for (k, v) in headers.iter() {
-        let Ok(v) = v.to_str() else { continue };
-        if k == header::CONNECTION {
+        // (A value is checked as text only for the two names read here.)
+        if k == header::CONNECTION
+            && let Ok(v) = v.to_str()
+        {
             named.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()));
-        } else if k == header::TE {
+        } else if k == header::TE
+            && let Ok(v) = v.to_str()
+        {
             trailers |= v
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
@@ -222,7 +249,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
-            (HOP_BY_HOP.contains(k) || named.iter().any(|t| t.eq_ignore_ascii_case(k.as_str())))
+            (is_hop_by_hop(k) || named.iter().any(|t| t.eq_ignore_ascii_case(k.as_str())))
                 && !(keep_upgrade && *k == header::UPGRADE)
         })
         .cloned()
@@ -303,19 +330,19 @@ impl UpstreamHead {
             headers.insert(header::HOST, h);
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert("x-request-id", v);
+            headers.insert(X_REQUEST_ID, v);
         }
         if let Some(client) = client {
             let ip = client.addr.ip().to_canonical().to_string();
-            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let forwarded = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prior) => format!("{prior}, {ip}"),
                 None => ip,
             };
             if let Ok(v) = HeaderValue::from_str(&forwarded) {
-                headers.insert("x-forwarded-for", v);
+                headers.insert(X_FORWARDED_FOR, v);
             }
             headers.insert(
-                "x-forwarded-proto",
+                X_FORWARDED_PROTO,
                 HeaderValue::from_static(if client.tls { "https" } else { "http" }),
             );
         }
@@ -427,6 +454,12 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&name), "{name}");
+        }
+        for name in [header::HOST, header::TRAILER, X_REQUEST_ID, header::CONTENT_LENGTH] {
+            assert!(!is_hop_by_hop(&name), "{name}");
+        }
         let p = parts(
             "GET",
             "/a?b=1",

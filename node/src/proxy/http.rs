@@ -573,7 +573,7 @@ impl HttpListener {
             }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", v);
+            response.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
         // Both stay until the response body has ended.
         pending.answer(response, (in_flight, busy))

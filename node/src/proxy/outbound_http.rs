@@ -87,7 +87,7 @@ pub fn encode_whole(head: RequestHeadRef<'_>, body: &Bytes) -> Result<Bytes, Exc
         has_body: !body.is_empty(),
         ..head
     };
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(512 + body.len());
     encode_request_head(&head, &mut out)?;
     append_whole(&mut out, body.clone())?;
     Ok(out.freeze())
@@ -149,7 +149,7 @@ async fn send_request(
         },
         ..head
     };
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(512);
     encode_request_head(&head, &mut out)?;
     // A write that fails is not the answer: a serving node that refuses the
     // request stops the stream after saying so. The first part read decides.
