@@ -28,7 +28,9 @@ use crate::metrics::EndpointLabels;
 const PRUNE_SLACK: usize = 64;
 
 /// Streams in flight per endpoint node.
-type Counts = Arc<Mutex<HashMap<String, u32>>>;
+/// Streams in flight per node; a key is shared with the guards counting under
+/// it, so counting allocates only for a node with none in flight yet.
+type Counts = Arc<Mutex<HashMap<Arc<str>, u32>>>;
 
 /// Endpoint choice for one service, as seen by one listener.
 #[derive(Debug)]
@@ -137,7 +139,7 @@ impl Balancer {
         let available = |e: &Endpoint| {
             !tried.contains(&e.node) && !outliers.is_ejected(&e.node, now) && !self.suspect(&e.node)
         };
-        let load = |e: &Endpoint| inflight.get(&e.node).copied().unwrap_or(0);
+        let load = |e: &Endpoint| inflight.get(e.node.as_str()).copied().unwrap_or(0);
         let mut pick = PickContext {
             local_zone: self.local_zone.as_deref(),
             min_zone_healthy: 1,
@@ -201,10 +203,15 @@ impl Balancer {
     /// Counts a stream to `node` as in flight until the guard is dropped
     /// (least-request balancing reads the count).
     pub fn in_flight(&self, node: &str) -> InFlight {
-        *lock(&self.inflight).entry(node.to_string()).or_insert(0) += 1;
+        let mut counts = lock(&self.inflight);
+        let node = match counts.get_key_value(node) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(node),
+        };
+        *counts.entry(node.clone()).or_insert(0) += 1;
         InFlight {
             counts: self.inflight.clone(),
-            node: node.to_string(),
+            node,
         }
     }
 
@@ -219,16 +226,16 @@ impl Balancer {
 #[derive(Debug)]
 pub struct InFlight {
     counts: Counts,
-    node: String,
+    node: Arc<str>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
-        if let Some(n) = counts.get_mut(&self.node) {
+        if let Some(n) = counts.get_mut(&*self.node) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.remove(&self.node);
+                counts.remove(&*self.node);
             }
         }
     }

@@ -457,7 +457,12 @@ mod tests {
         for name in HOP_BY_HOP {
             assert!(is_hop_by_hop(&name), "{name}");
         }
-        for name in [header::HOST, header::TRAILER, X_REQUEST_ID, header::CONTENT_LENGTH] {
+        for name in [
+            header::HOST,
+            header::TRAILER,
+            X_REQUEST_ID,
+            header::CONTENT_LENGTH,
+        ] {
             assert!(!is_hop_by_hop(&name), "{name}");
         }
         let p = parts(

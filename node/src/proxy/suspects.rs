@@ -100,12 +100,14 @@ impl Suspects {
 
     /// `node` answered: no longer suspect, and its history forgotten.
     pub fn answered(&self, node: &str) {
-        self.doubted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(node);
+        // (Called for every answer: nothing is hashed while nothing is doubted.)
+        let mut doubted = self.doubted.lock().unwrap_or_else(|e| e.into_inner());
+        if !doubted.is_empty() {
+            doubted.remove(node);
+        }
+        drop(doubted);
         let mut set = self.lock();
-        if set.get(node).is_some() {
+        if !set.is_empty() && set.get(node).is_some() {
             set.retain(|n| n.as_str() != node);
         }
     }
