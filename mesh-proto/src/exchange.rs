@@ -422,6 +422,7 @@ pub fn encode_part(part: &Part, out: &mut BytesMut) -> Result<(), EncodeError> {
         encoded: Result<Vec<u8>, EncodeError>,
     ) -> Result<(), EncodeError> {
         let encoded = encoded?;
+        out.reserve(1 + encoded.len());
         out.put_u8(kind);
         out.extend_from_slice(&encoded);
         Ok(())
