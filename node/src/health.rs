@@ -19,8 +19,19 @@ use crate::metrics::{HealthCheckLabels, Metrics};
 use crate::proxy::backend_tls::{BackendConnector, Offer};
 use crate::publish::Publisher;
 
-/// One probe of `svc`'s backend: `Ok` if healthy, else why not.
-pub async fn probe(svc: &ServiceConfig) -> Result<(), String> {
+/// What a TLS backend's health checks connect with: made once per checking
+/// task (its trusted CAs parsed once), or why it cannot be.
+pub type ProbeTls = Option<Result<BackendConnector, String>>;
+
+/// The [`ProbeTls`] of `svc`: `None` unless it says `tls = true`.
+pub fn probe_tls(svc: &ServiceConfig) -> ProbeTls {
+    let tls = svc.tls.as_ref()?;
+    Some(BackendConnector::new(tls, svc.http2).map_err(|e| e.to_string()))
+}
+
+/// One probe of `svc`'s backend (over `tls`, from [`probe_tls`]): `Ok` if
+/// healthy, else why not.
+pub async fn probe(svc: &ServiceConfig, tls: &ProbeTls) -> Result<(), String> {
     let timeout = svc.health.timeout;
     let work = async {
         match svc.health.kind {
@@ -29,7 +40,7 @@ pub async fn probe(svc: &ServiceConfig) -> Result<(), String> {
                 .await
                 .map(drop)
                 .map_err(|e| format!("connect {}: {e}", svc.address)),
-            HealthKind::Http => http_get(svc).await,
+            HealthKind::Http => http_get(svc, tls).await,
         }
     };
     match tokio::time::timeout(timeout, work).await {
@@ -38,15 +49,16 @@ pub async fn probe(svc: &ServiceConfig) -> Result<(), String> {
     }
 }
 
-async fn http_get(svc: &ServiceConfig) -> Result<(), String> {
+async fn http_get(svc: &ServiceConfig, tls: &ProbeTls) -> Result<(), String> {
     let stream = TcpStream::connect(svc.address)
         .await
         .map_err(|e| format!("connect {}: {e}", svc.address))?;
-    let Some(tls) = &svc.tls else {
+    let Some(connector) = tls else {
         return get_over(stream, svc.http2, svc).await;
     };
-    let connector = BackendConnector::new(tls, svc.http2).map_err(|e| e.to_string())?;
     let (stream, h2) = connector
+        .as_ref()
+        .map_err(Clone::clone)?
         .handshake(stream, Offer::Service)
         .await
         .map_err(|e| format!("{}: {e}", svc.address))?;
@@ -105,6 +117,7 @@ pub async fn run(
 ) {
     let mut tracker =
         HealthTracker::new(svc.health.healthy_threshold, svc.health.unhealthy_threshold);
+    let tls = probe_tls(&svc);
     let mut ticker = tokio::time::interval(svc.health.interval.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -112,7 +125,7 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let result = probe(&svc).await;
+        let result = probe(&svc, &tls).await;
         metrics
             .inbound
             .health_checks

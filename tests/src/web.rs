@@ -160,116 +160,133 @@ fn reply(who: &str, status: StatusCode, body: Body) -> Response<Body> {
 async fn handle(
     who: Arc<str>,
     counter: Arc<AtomicUsize>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Ok(reply(&who, StatusCode::OK, full("ok")));
     }
     counter.fetch_add(1, Ordering::Relaxed);
-    if req.method() == hyper::Method::CONNECT {
-        // A tunnel to "anywhere": answers 200, then echoes what comes through,
-        // prefixed with the authority it was asked for.
-        let target = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if let Ok(upgraded) = upgrade.await {
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut out = format!("{target}:").into_bytes();
-                    out.extend_from_slice(&buf[..n]);
-                    if io.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        return Ok(reply(&who, StatusCode::OK, full("")));
-    }
-    if let Some(code) = path.strip_prefix("/status/") {
-        let status = code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::BAD_REQUEST);
-        return Ok(reply(&who, status, full(who.to_string())));
-    }
-    if let Some(ms) = path.strip_prefix("/slow/") {
+    let answer = if req.method() == hyper::Method::CONNECT {
+        connect_tunnel(&who, req)
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        status(&who, code)
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
         let ms = ms.parse::<u64>().unwrap_or(0);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        return Ok(reply(&who, StatusCode::OK, full(who.to_string())));
-    }
-    if path == "/upload" {
-        let mut body = req.into_body();
-        let mut n: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
-                Err(e) => {
-                    return Ok(reply(
-                        &who,
-                        StatusCode::BAD_REQUEST,
-                        full(format!("body: {e}")),
-                    ));
+        reply(&who, StatusCode::OK, full(who.to_string()))
+    } else if path == "/upload" {
+        upload(&who, req).await
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        let total = n.parse::<u64>().unwrap_or(0);
+        reply(&who, StatusCode::OK, pattern_body(total))
+    } else if path == "/trailers" {
+        with_trailers(&who)
+    } else if path == "/ws" {
+        websocket(&who, req)
+    } else {
+        echo(&who, &path, &req)
+    };
+    Ok(answer)
+}
+
+/// A tunnel to "anywhere": answers 200, then echoes what comes through,
+/// prefixed with the authority it was asked for.
+fn connect_tunnel(who: &str, mut req: Request<Incoming>) -> Response<Body> {
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Ok(upgraded) = upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut out = format!("{target}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if io.write_all(&out).await.is_err() {
+                    break;
                 }
             }
         }
-        return Ok(reply(&who, StatusCode::OK, full(n.to_string())));
+    });
+    reply(who, StatusCode::OK, full(""))
+}
+
+/// The status `code` asks for (400 if it names none).
+fn status(who: &str, code: &str) -> Response<Body> {
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_REQUEST);
+    reply(who, status, full(who.to_string()))
+}
+
+/// Reads the body to its end and answers its length.
+async fn upload(who: &str, req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut n: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(e) => return reply(who, StatusCode::BAD_REQUEST, full(format!("body: {e}"))),
+        }
     }
-    if let Some(n) = path.strip_prefix("/download/") {
-        let total = n.parse::<u64>().unwrap_or(0);
-        return Ok(reply(&who, StatusCode::OK, pattern_body(total)));
-    }
-    if path == "/trailers" {
-        // A chunked body ending in trailers (as gRPC does).
-        let mut trailers = hyper::HeaderMap::new();
-        trailers.insert("x-checksum", "abc123".parse().unwrap());
-        let frames = vec![
-            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"part one, "))),
-            Ok(Frame::data(Bytes::from_static(b"part two"))),
-            Ok(Frame::trailers(trailers)),
-        ];
-        let body = BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)));
-        let mut r = reply(&who, StatusCode::OK, body);
-        r.headers_mut()
-            .insert("trailer", "x-checksum".parse().unwrap());
-        return Ok(r);
-    }
-    if path == "/ws" {
-        let Some(key) = req.headers().get("sec-websocket-key") else {
-            return Ok(reply(&who, StatusCode::BAD_REQUEST, full("no key")));
-        };
-        let accept = derive_accept_key(key.as_bytes());
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = upgrade.await {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
-                let (mut tx, mut rx) = ws.split();
-                while let Some(Ok(msg)) = rx.next().await {
-                    if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
-                        break;
-                    }
+    reply(who, StatusCode::OK, full(n.to_string()))
+}
+
+/// A chunked body ending in trailers (as gRPC does).
+fn with_trailers(who: &str) -> Response<Body> {
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let frames = vec![
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"part one, "))),
+        Ok(Frame::data(Bytes::from_static(b"part two"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)));
+    let mut r = reply(who, StatusCode::OK, body);
+    r.headers_mut()
+        .insert("trailer", "x-checksum".parse().unwrap());
+    r
+}
+
+/// Switches to WebSocket and echoes every text and binary message.
+fn websocket(who: &str, mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        return reply(who, StatusCode::BAD_REQUEST, full("no key"));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(msg)) = rx.next().await {
+                if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                    break;
                 }
             }
-        });
-        let mut r = reply(&who, StatusCode::SWITCHING_PROTOCOLS, full(""));
-        let h = r.headers_mut();
-        h.insert("upgrade", "websocket".parse().unwrap());
-        h.insert("connection", "upgrade".parse().unwrap());
-        h.insert("sec-websocket-accept", accept.parse().unwrap());
-        return Ok(r);
-    }
+        }
+    });
+    let mut r = reply(who, StatusCode::SWITCHING_PROTOCOLS, full(""));
+    let h = r.headers_mut();
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("sec-websocket-accept", accept.parse().unwrap());
+    r
+}
+
+/// A JSON echo of the request: backend, method, version, path, query, headers.
+fn echo(who: &str, path: &str, req: &Request<Incoming>) -> Response<Body> {
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
@@ -281,14 +298,14 @@ async fn handle(
         })
         .collect();
     let echo = serde_json::json!({
-        "backend": &*who,
+        "backend": who,
         "method": req.method().as_str(),
         "version": format!("{:?}", req.version()),
         "path": path,
         "query": req.uri().query(),
         "headers": headers,
     });
-    Ok(reply(&who, StatusCode::OK, full(echo.to_string())))
+    reply(who, StatusCode::OK, full(echo.to_string()))
 }
 
 /// `total` bytes of a repeating pattern, produced 64 KiB at a time as the
