@@ -34,7 +34,8 @@
 //! - [`liveness`]: accusations, refutations and each node's verdicts.
 //! - [`documents`]: route documents in force.
 //! - [`overlay`]: the few neighbours a node talks to, whatever the mesh size.
-//! - [`broadcast`]: new items flooded to the neighbours.
+//! - [`broadcast`]: new items queued for the neighbours.
+//! - [`tree`]: which neighbours get records in full and which announcements.
 //! - [`sync`]: anti-entropy digests and answers.
 //! - [`state`]: the [`Membership`] state machine tying them together.
 //! - [`view`]: the plain-data snapshot readers get.
@@ -56,6 +57,7 @@ pub mod sim;
 pub mod state;
 pub mod sync;
 pub mod toy;
+pub mod tree;
 pub mod view;
 pub mod wire;
 

@@ -448,6 +448,66 @@ fn a_restarted_node_replaces_its_old_generation() {
     assert!(net.run_until(Duration::from_secs(10), replaced));
 }
 
+/// Messages of `kind` ([`mesh_proto::membership::sim::kind_of`]) sent so far.
+fn sent(net: &Network, kind: &str) -> u64 {
+    net.stats.messages_by_kind.get(kind).copied().unwrap_or(0)
+}
+
+/// Flips `node`'s `web` to `health` and runs until every node sees it (or
+/// fails the test): the pushes of records it took.
+fn flip(net: &mut Network, node: &str, health: Health) -> u64 {
+    let before = sent(net, "records");
+    net.set_health(node, "web", health);
+    let everywhere = |net: &Network| {
+        net.names()
+            .iter()
+            .all(|o| service_health(net, o, node, "web") == Some(health))
+    };
+    assert!(
+        net.run_until(Duration::from_secs(5), everywhere),
+        "{node} {health:?}"
+    );
+    // Let late pushes and announcements land before counting.
+    net.run_for(INTERVAL * 4);
+    sent(net, "records") - before
+}
+
+#[test]
+fn a_change_crosses_each_node_about_once_in_full_once_the_tree_settles() {
+    // 40 nodes with up to 8 neighbours each: flooding would push a change
+    // about 40 × 7 times. Along the push tree each node gets it in full about
+    // once, and its other neighbours only announce it.
+    let mut net = mesh(40);
+    let n = net.names().len() as u64;
+    for (i, node) in ["n3", "n9", "n17", "n25"].into_iter().enumerate() {
+        let health = if i % 2 == 0 {
+            Health::Unhealthy
+        } else {
+            Health::Healthy
+        };
+        flip(&mut net, node, health);
+    }
+    let announcements = sent(&net, "ihave");
+    let pushes = flip(&mut net, "n30", Health::Unhealthy);
+    assert!(pushes <= 2 * n, "{pushes} pushes for {n} nodes");
+    assert!(sent(&net, "ihave") > announcements, "lazy links announce");
+}
+
+#[test]
+fn a_change_whose_pushes_are_lost_is_grafted_from_an_announcer() {
+    // Once the tree is settled, a third of all messages is lost: pushes along
+    // the tree miss whole subtrees, whose nodes hear announcements from their
+    // lazy neighbours, ask for the change (a graft) and put those links back.
+    let mut net = mesh(40);
+    for node in ["n3", "n9", "n17"] {
+        flip(&mut net, node, Health::Unhealthy);
+    }
+    let grafts = sent(&net, "graft");
+    net.set_loss(0.33);
+    flip(&mut net, "n30", Health::Unhealthy);
+    assert!(sent(&net, "graft") > grafts, "lost pushes are grafted");
+}
+
 /// Bytes sent per node per second by a quiet mesh of `n` nodes at the default
 /// interval (250 ms), once every item has been pushed.
 fn quiet_cost(n: usize) -> f64 {

@@ -1,7 +1,8 @@
-//! New items waiting to be pushed to peers (rumour mongering): each is sent in
-//! the next few rounds, to a few random peers each round, then dropped; anti-
-//! entropy catches whoever the rumour missed. A newer item replaces an older one
-//! of the same key, so a flapping record costs one slot.
+//! New items waiting to be pushed to the neighbours: each goes out in the next
+//! round (or its next few), remembering the peer it came from so it is not
+//! pushed back there, then is dropped; anti-entropy catches whoever the push
+//! missed. A newer item replaces an older one of the same key, so a flapping
+//! record costs one slot.
 
 use std::collections::BTreeMap;
 
@@ -39,9 +40,43 @@ impl Item {
 #[derive(Debug, Clone)]
 struct Queued {
     item: Item,
+    /// The peer it came from (not pushed back to it), if any.
+    from: Option<String>,
     rounds_left: u32,
     /// Queue order, so older items go first when a round cannot take them all.
     seq: u64,
+}
+
+/// One round's items, and for each record the peer it came from (which it is
+/// not pushed back to).
+#[derive(Debug, Default)]
+pub struct Round {
+    /// The items.
+    pub items: Items,
+    /// `items.records[i]` came from `senders[i]`.
+    pub senders: Vec<Option<String>>,
+}
+
+impl Round {
+    /// What goes to `peer`: every item but the records it sent.
+    pub fn for_peer(&self, peer: &str) -> Items {
+        if !self.senders.iter().flatten().any(|s| s == peer) {
+            return self.items.clone();
+        }
+        let records = self
+            .items
+            .records
+            .iter()
+            .zip(&self.senders)
+            .filter(|(_, from)| from.as_deref() != Some(peer))
+            .map(|(r, _)| r.clone())
+            .collect();
+        Items {
+            records,
+            suspicions: self.items.suspicions.clone(),
+            documents: self.items.documents.clone(),
+        }
+    }
 }
 
 /// The items to push.
@@ -62,25 +97,27 @@ impl TransmitQueue {
         self.slots.is_empty()
     }
 
-    fn put(&mut self, slot: Slot, item: Item, rounds: u32) {
+    fn put(&mut self, slot: Slot, item: Item, rounds: u32, from: Option<String>) {
         self.seq += 1;
         self.slots.insert(
             slot,
             Queued {
                 item,
+                from,
                 rounds_left: rounds.max(1),
                 seq: self.seq,
             },
         );
     }
 
-    /// Queues a record for `rounds` rounds (replacing an older one of its key).
-    pub fn record(&mut self, r: SignedRecord, rounds: u32) {
+    /// Queues a record for `rounds` rounds (replacing an older one of its key),
+    /// received from `from` (`None`: this node's own).
+    pub fn record(&mut self, r: SignedRecord, rounds: u32, from: Option<&str>) {
         let slot = Slot::Record {
             origin: r.origin.clone(),
             key: r.key.clone(),
         };
-        self.put(slot, Item::Record(r), rounds);
+        self.put(slot, Item::Record(r), rounds, from.map(str::to_string));
     }
 
     /// Queues a suspicion.
@@ -89,7 +126,7 @@ impl TransmitQueue {
             target: s.target.clone(),
             accuser: s.accuser.clone(),
         };
-        self.put(slot, Item::Suspicion(s), rounds);
+        self.put(slot, Item::Suspicion(s), rounds, None);
     }
 
     /// Queues a route document.
@@ -97,7 +134,7 @@ impl TransmitQueue {
         let slot = Slot::Document {
             name: d.name.clone(),
         };
-        self.put(slot, Item::Document(d), rounds);
+        self.put(slot, Item::Document(d), rounds, None);
     }
 
     /// Drops every queued item about `origin` (it was forgotten or replaced).
@@ -111,7 +148,7 @@ impl TransmitQueue {
 
     /// The items of this round, oldest first, up to a message's worth; each taken
     /// item has one round less to go.
-    pub fn next_round(&mut self) -> Items {
+    pub fn next_round(&mut self) -> Round {
         let mut order: Vec<(u64, Slot)> = self
             .slots
             .iter()
@@ -119,6 +156,7 @@ impl TransmitQueue {
             .collect();
         order.sort();
         let mut items = Items::default();
+        let mut senders = Vec::new();
         let mut bytes = 0;
         for (_, slot) in order {
             let Some(q) = self.slots.get_mut(&slot) else {
@@ -142,7 +180,10 @@ impl TransmitQueue {
             }
             bytes += w;
             match &q.item {
-                Item::Record(r) => items.records.push(r.clone()),
+                Item::Record(r) => {
+                    items.records.push(r.clone());
+                    senders.push(q.from.clone());
+                }
                 Item::Suspicion(s) => items.suspicions.push(s.clone()),
                 Item::Document(d) => items.documents.push(d.clone()),
             }
@@ -153,10 +194,12 @@ impl TransmitQueue {
         }
         // Certificates first, so a receiver that meets an origin in this message
         // can check its other records.
-        items
-            .records
-            .sort_by_key(|r| r.key != crate::gossip::CERT_KEY);
-        items
+        let mut order: Vec<usize> = (0..items.records.len()).collect();
+        order.sort_by_key(|&i| items.records[i].key != crate::gossip::CERT_KEY);
+        let records = order.iter().map(|&i| items.records[i].clone()).collect();
+        let senders = order.iter().map(|&i| senders[i].clone()).collect();
+        items.records = records;
+        Round { items, senders }
     }
 }
 
@@ -179,23 +222,30 @@ mod tests {
     #[test]
     fn items_go_out_for_their_rounds_then_leave() {
         let mut q = TransmitQueue::default();
-        q.record(record("a", "node", 1), 2);
-        assert_eq!(q.next_round().records.len(), 1);
-        assert_eq!(q.next_round().records.len(), 1);
-        assert!(q.next_round().is_empty());
+        q.record(record("a", "node", 1), 2, None);
+        assert_eq!(q.next_round().items.records.len(), 1);
+        assert_eq!(q.next_round().items.records.len(), 1);
+        assert!(q.next_round().items.is_empty());
         assert!(q.is_empty());
     }
 
     #[test]
     fn a_newer_record_replaces_the_queued_one_and_certificates_lead() {
         let mut q = TransmitQueue::default();
-        q.record(record("a", "svc:web", 1), 3);
-        q.record(record("a", "svc:web", 2), 3);
-        q.record(record("a", "cert", 3), 3);
-        let items = q.next_round();
+        q.record(record("a", "svc:web", 1), 3, None);
+        q.record(record("a", "svc:web", 2), 3, Some("b"));
+        q.record(record("a", "cert", 3), 3, None);
+        let round = q.next_round();
+        let items = &round.items;
         assert_eq!(items.records.len(), 2);
         assert_eq!(items.records[0].key, "cert");
         assert_eq!(items.records[1].version, 2);
+        assert_eq!(round.senders, [None, Some("b".to_string())]);
+        // Not pushed back to the peer it came from.
+        let to_b = round.for_peer("b");
+        assert_eq!(to_b.records.len(), 1);
+        assert_eq!(to_b.records[0].key, "cert");
+        assert_eq!(round.for_peer("c"), round.items);
     }
 
     #[test]
@@ -204,9 +254,9 @@ mod tests {
         for i in 0..2000 {
             let mut r = record(&format!("n{i}"), "node", 1);
             r.value = vec![0; 200];
-            q.record(r, 1);
+            q.record(r, 1, None);
         }
-        let first = q.next_round();
+        let first = q.next_round().items;
         let bytes: usize = first.records.iter().map(SignedRecord::weight).sum();
         assert!(bytes <= TARGET_MESSAGE_BYTES, "{bytes}");
         assert!(first.records.len() <= crate::membership::wire::MAX_RECORDS_PER_MESSAGE);

@@ -172,6 +172,14 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         self.origins.get(name)
     }
 
+    /// Whether `origin` at (`generation`, `version`) would be news here: not
+    /// held at that version or later, nor replaced by a later generation.
+    pub fn is_news(&self, origin: &str, generation: u64, version: u64) -> bool {
+        self.origins
+            .get(origin)
+            .is_none_or(|o| (o.generation, o.max_version) < (generation, version))
+    }
+
     /// Every origin, by name.
     pub fn origins(&self) -> impl Iterator<Item = &Origin<K>> {
         self.origins.values()

@@ -68,6 +68,10 @@ pub enum Refusal {
     /// An anti-entropy request from a peer that already sent two of its kind
     /// in the last half round (each costs this node a digest).
     SyncRateLimited,
+    /// A graft (a request for announced records) from a peer that already sent
+    /// two in the last half round: an honest neighbour grafts at most once per
+    /// graft wait.
+    GraftRateLimited,
     /// An indirect probe this node will not help with: a ping-req for a member
     /// it does not hold (or for itself or the requester), beyond the relay caps,
     /// or an indirect ping beyond this round's answer budget.
@@ -76,7 +80,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, for metrics.
-    pub const ALL: [Refusal; 27] = [
+    pub const ALL: [Refusal; 28] = [
         Refusal::Malformed,
         Refusal::WrongCluster,
         Refusal::AboutSelf,
@@ -103,6 +107,7 @@ impl Refusal {
         Refusal::DocumentLimit,
         Refusal::Quarantined,
         Refusal::SyncRateLimited,
+        Refusal::GraftRateLimited,
         Refusal::IndirectProbeRefused,
     ];
 
@@ -135,6 +140,7 @@ impl Refusal {
             Refusal::DocumentLimit => "document_limit",
             Refusal::Quarantined => "quarantined",
             Refusal::SyncRateLimited => "sync_rate_limited",
+            Refusal::GraftRateLimited => "graft_rate_limited",
             Refusal::IndirectProbeRefused => "indirect_probe_refused",
         }
     }

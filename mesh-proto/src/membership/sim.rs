@@ -72,10 +72,13 @@ pub struct Stats {
     pub deaths_of_running: u64,
     /// Bytes sent, by what the message carried ([`kind_of`]).
     pub bytes_by_kind: BTreeMap<&'static str, u64>,
+    /// Messages sent, by what they carried ([`kind_of`]).
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
 }
 
 /// What a message is, for [`Stats::bytes_by_kind`]: `ping`, `ack`, `sync_hash`,
-/// `sync`, `ping_req`, `indirect_ping`, `indirect_ack`, or for items what they
+/// `sync`, `ping_req`, `indirect_ping`, `indirect_ack`, `ihave`, `prune`,
+/// `graft`, or for items what they
 /// carry (`records` if any, else `suspicions` if any, else `documents`).
 pub fn kind_of(body: &Body) -> &'static str {
     match body {
@@ -91,6 +94,9 @@ pub fn kind_of(body: &Body) -> &'static str {
         Body::IndirectAck(_) => "indirect_ack",
         Body::Time(_) => "time",
         Body::TimeIs(_) => "time_is",
+        Body::IHave(_) => "ihave",
+        Body::Prune => "prune",
+        Body::Graft(_) => "graft",
     }
 }
 
@@ -552,11 +558,9 @@ impl Network {
             };
             self.stats.messages += 1;
             self.stats.bytes += bytes.len() as u64;
-            *self
-                .stats
-                .bytes_by_kind
-                .entry(kind_of(&t.message.body))
-                .or_default() += bytes.len() as u64;
+            let kind = kind_of(&t.message.body);
+            *self.stats.bytes_by_kind.entry(kind).or_default() += bytes.len() as u64;
+            *self.stats.messages_by_kind.entry(kind).or_default() += 1;
             if self.loss_per_million > 0 && self.random() % 1_000_000 < self.loss_per_million {
                 self.stats.dropped += 1;
                 continue;

@@ -13,9 +13,11 @@
 //!    ping the target for it (SWIM's indirect probe, answered with the target's
 //!    signature), and only when all of that stays unanswered does it become a
 //!    signed accusation ([`super::probe`], [`super::liveness`]);
-//! 2. floods what is still queued to its neighbours ([`super::broadcast`]) — news
-//!    is flooded as soon as it arrives, so the round only catches up what did not
-//!    fit in a message;
+//! 2. pushes what is still queued to its neighbours ([`super::broadcast`]):
+//!    records in full along the push tree and announced off it
+//!    ([`super::tree`]) — news is pushed as soon as it arrives, so the round only
+//!    catches up what did not fit in a message, and asks for announced records
+//!    no push brought;
 //! 3. every `sync_every` rounds, reconciles one range of origin names with one
 //!    neighbour ([`super::sync`]), and now and then with a member it believes
 //!    dead or with a seed, so partitions heal and a new node pulls the state;
@@ -37,10 +39,13 @@ use super::records::{Applied, Judge, RecordStore};
 use super::refusal::Refusal;
 use super::signing::{Crypto, indirect_ack_payload, record_payload, suspicion_payload};
 use super::sync;
+use super::tree::PushTree;
 use super::view::{MemberView, View};
 use super::wire::{
     Body, GossipMessage, IndirectAck, IndirectPing, Items, PingReq, SignedRecord, Suspicion, TimeIs,
 };
+
+mod push;
 
 /// How long a peer that sent a bad signature is ignored.
 pub const QUARANTINE: Duration = Duration::from_secs(30);
@@ -51,10 +56,13 @@ const MAX_SYNC_PEERS: usize = 4096;
 const TIMED_OUT_REMEMBERED: usize = 8;
 /// Highest [`Membership::local_health`].
 pub const MAX_LOCAL_HEALTH: u32 = 8;
-/// Floods of this node's own news: the second, a round later, covers a loss on
-/// the first hop, where a flood has no redundancy yet.
+/// Floods of this node's own suspicions: the second, a round later, covers a
+/// loss on the first hop, where a flood has no redundancy yet. (Its own
+/// records are pushed once: a second push would be a duplicate that prunes the
+/// tree, and its announcements to lazy neighbours cover a lost push.)
 const OWN_FLOODS: u32 = 2;
-/// Floods of news from others (each neighbour floods it too).
+/// Pushes of news from others, and of this node's own records (each neighbour
+/// passes it on too).
 const RELAY_FLOODS: u32 = 1;
 /// Items signed longer ago than this are not flooded on when they arrive: they
 /// are old state a node is catching up on (by anti-entropy), not news.
@@ -90,6 +98,17 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// A request whose answers [`Membership::may_answer`] limits per peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Ask {
+    /// An anti-entropy range hash.
+    RangeHash,
+    /// A digest asking for one back.
+    Digest,
+    /// A graft of announced records.
+    Graft,
 }
 
 /// A peer: its certificate's node name and its address.
@@ -237,6 +256,7 @@ pub struct Membership<C: Crypto> {
     liveness: Liveness,
     documents: DocumentStore,
     queue: TransmitQueue,
+    tree: PushTree,
     seeds: Vec<SocketAddr>,
     rng: u64,
     outbox: VecDeque<Transmit>,
@@ -270,7 +290,7 @@ pub struct Membership<C: Crypto> {
     quarantine: HashMap<String, Instant>,
     /// Per (peer, digest or hash): when its current half round began and how
     /// many of its anti-entropy requests were answered in it.
-    sync_answered: HashMap<(String, bool), (Instant, u8)>,
+    sync_answered: HashMap<(String, Ask), (Instant, u8)>,
     own_version: u64,
     last_signed_ms: u64,
     last_announce_ms: u64,
@@ -293,6 +313,7 @@ impl<C: Crypto> Membership<C> {
             liveness: Liveness::default(),
             documents: DocumentStore::default(),
             queue: TransmitQueue::default(),
+            tree: PushTree::default(),
             seeds,
             rng: rng_seed | 1,
             outbox: VecDeque::new(),
@@ -403,7 +424,7 @@ impl<C: Crypto> Membership<C> {
             })
             .unwrap_or_default();
         self.records.insert_own(record.clone(), Some(cert), now);
-        self.queue.record(record, OWN_FLOODS);
+        self.queue.record(record, RELAY_FLOODS, None);
         self.last_announce_ms = wall_ms;
         for (key, value) in others {
             self.publish(&key, value, now, wall_ms)?;
@@ -455,7 +476,7 @@ impl<C: Crypto> Membership<C> {
         })?;
         let record = self.sign_own(key, value, wall_ms)?;
         self.records.insert_own(record.clone(), None, now);
-        self.queue.record(record, OWN_FLOODS);
+        self.queue.record(record, RELAY_FLOODS, None);
         self.changed();
         self.push_round();
         Ok(())
@@ -670,6 +691,11 @@ impl<C: Crypto> Membership<C> {
             Body::PingReq(req) => self.handle_ping_req(from, req, now),
             Body::IndirectPing(ping) => self.handle_indirect_ping(from, ping),
             Body::IndirectAck(ack) => self.handle_indirect_ack(from, ack, now),
+            Body::IHave(list) => self.handle_ihave(&from, list, now),
+            Body::Prune => {
+                self.tree.prune(&from.name);
+            }
+            Body::Graft(list) => self.handle_graft(from, list, now),
             Body::Time(_) | Body::TimeIs(_) => {}
         }
     }
@@ -757,7 +783,7 @@ impl<C: Crypto> Membership<C> {
     /// A peer's range hash: answered with this node's digest of the range if
     /// they differ.
     fn handle_sync_hash(&mut self, from: Peer, theirs: super::wire::RangeHash, now: Instant) {
-        if !self.may_answer_sync(&from.name, now, false) {
+        if !self.may_answer(&from.name, now, Ask::RangeHash) {
             return;
         }
         let (records, liveness, documents) = (&self.records, &self.liveness, &self.documents);
@@ -771,7 +797,7 @@ impl<C: Crypto> Membership<C> {
     /// A peer's digest: answered with what it lacks, and with this node's own
     /// digest of the range if it asked for one.
     fn handle_sync(&mut self, from: Peer, digest: super::wire::Digest, now: Instant, wall_ms: u64) {
-        if digest.reply && !self.may_answer_sync(&from.name, now, true) {
+        if digest.reply && !self.may_answer(&from.name, now, Ask::Digest) {
             return;
         }
         self.catching_up = true;
@@ -789,18 +815,23 @@ impl<C: Crypto> Membership<C> {
         }
     }
 
-    /// Whether `peer`'s anti-entropy request (a range hash, or a digest asking for
-    /// one back) is answered: at most [`SYNCS_PER_HALF_ROUND`] of each kind per
-    /// peer per half round, since each costs this node a digest.
-    fn may_answer_sync(&mut self, peer: &str, now: Instant, digest: bool) -> bool {
-        let key = (peer.to_string(), digest);
+    /// Whether `peer`'s request (a range hash, a digest asking for one back,
+    /// or a graft) is answered: at most [`SYNCS_PER_HALF_ROUND`] of each kind
+    /// per peer per half round, since each costs this node a digest or a
+    /// message of records.
+    fn may_answer(&mut self, peer: &str, now: Instant, ask: Ask) -> bool {
+        let key = (peer.to_string(), ask);
         let spacing = self.config.timing.interval / 2;
         let (since, count) = match self.sync_answered.get(&key) {
             Some(&(at, n)) if now.saturating_duration_since(at) < spacing => (at, n),
             _ => (now, 0),
         };
         if count >= SYNCS_PER_HALF_ROUND {
-            self.refused(Refusal::SyncRateLimited, peer, None);
+            let reason = match ask {
+                Ask::Graft => Refusal::GraftRateLimited,
+                Ask::RangeHash | Ask::Digest => Refusal::SyncRateLimited,
+            };
+            self.refused(reason, peer, None);
             return false;
         }
         if self.sync_answered.len() >= MAX_SYNC_PEERS {
@@ -812,10 +843,17 @@ impl<C: Crypto> Membership<C> {
     }
 
     fn handle_items(&mut self, from: &Peer, items: Items, now: Instant, wall_ms: u64) {
+        let pushed = items.records.len();
+        let mut changed = 0;
         for record in items.records {
-            if !self.handle_record(from, record, now, wall_ms) {
-                return;
+            match self.handle_record(from, record, now, wall_ms) {
+                Some(true) => changed += 1,
+                Some(false) => {}
+                None => return,
             }
+        }
+        if pushed > 0 && changed * 2 <= pushed {
+            self.pushed_nothing_new(from);
         }
         for s in items.suspicions {
             if !self.handle_suspicion(from, s, now, wall_ms) {
@@ -841,14 +879,15 @@ impl<C: Crypto> Membership<C> {
         o.node.as_ref().map(|n| n.quic_addr)
     }
 
-    /// Applies one record; `false` if the sender is now quarantined.
+    /// Applies one record: whether it changed the state, `None` if the sender
+    /// is now quarantined.
     fn handle_record(
         &mut self,
         from: &Peer,
         record: SignedRecord,
         now: Instant,
         wall_ms: u64,
-    ) -> bool {
+    ) -> Option<bool> {
         let (origin, key) = (record.origin.clone(), record.key.clone());
         let node_record = key == NODE_KEY;
         let addr_before = node_record.then(|| self.node_addr(&origin)).flatten();
@@ -862,7 +901,7 @@ impl<C: Crypto> Membership<C> {
             limits: &self.config.limits,
         };
         match self.records.apply(record, &judge) {
-            Ok(Applied::Stale) => true,
+            Ok(Applied::Stale) => Some(false),
             Ok(Applied::Changed { new_generation }) => {
                 // The overlay depends on who is up and where: a re-signed node
                 // record at the same address leaves it as it is.
@@ -874,17 +913,18 @@ impl<C: Crypto> Membership<C> {
                 }
                 let stored = self.records.get(&origin).and_then(|o| o.records.get(&key));
                 if let Some(record) = stored.cloned() {
-                    self.on_new_record(record, new_generation, now, wall_ms);
+                    self.on_new_record(record, &from.name, new_generation, now, wall_ms);
                 }
-                true
+                Some(true)
             }
-            Err(reason) => self.on_refusal(reason, from, origin, now),
+            Err(reason) => self.on_refusal(reason, from, origin, now).then_some(false),
         }
     }
 
     fn on_new_record(
         &mut self,
         record: SignedRecord,
+        from: &str,
         new_generation: bool,
         now: Instant,
         wall_ms: u64,
@@ -909,7 +949,7 @@ impl<C: Crypto> Membership<C> {
             }
         }
         if is_fresh(record.signed_at_ms, wall_ms) {
-            self.queue.record(record, RELAY_FLOODS);
+            self.queue.record(record, RELAY_FLOODS, Some(from));
         }
         self.changed();
     }
@@ -1070,6 +1110,7 @@ impl<C: Crypto> Membership<C> {
             self.next_round,
             self.probes.iter().map(|p| p.deadline).min(),
             self.liveness.next_deadline(&self.config.timing),
+            self.tree.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -1087,6 +1128,7 @@ impl<C: Crypto> Membership<C> {
             self.worse_local_health();
         }
         self.advance_probes(now, wall_ms);
+        self.graft_due(now);
         for t in self.liveness.tick(now, &self.config.timing) {
             if let Transition::Died { name, accusers, .. } = t {
                 self.topology_changed();
@@ -1325,6 +1367,8 @@ impl<C: Crypto> Membership<C> {
                 }
             }
             self.neighbours = chosen;
+            self.tree
+                .keep_links(self.neighbours.iter().map(|p| p.name.as_str()));
             self.neighbours_of = Some((self.round, self.topology, epoch));
         }
         self.neighbours.clone()
@@ -1426,24 +1470,6 @@ impl<C: Crypto> Membership<C> {
         self.changed();
         self.push_round();
         true
-    }
-
-    /// Floods what is queued to every neighbour.
-    fn push_round(&mut self) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let neighbours = self.neighbours();
-        if neighbours.is_empty() {
-            return;
-        }
-        let items = self.queue.next_round();
-        if items.is_empty() {
-            return;
-        }
-        for peer in neighbours {
-            self.send(Destination::Member(peer), Body::Items(items.clone()));
-        }
     }
 
     fn sync_round(&mut self) {

@@ -1,6 +1,7 @@
 //! The gossip wire format (`shoal-gossip/2`): one [`GossipMessage`] frame per
 //! QUIC unidirectional stream. It carries signed records, signed suspicions and
-//! operator-signed route documents, anti-entropy digests, and probes.
+//! operator-signed route documents, anti-entropy digests, probes, and the push
+//! tree's announcements, prunes and grafts ([`super::tree`]).
 //!
 //! Nothing in a message is trusted because of who relayed it: the sender's
 //! identity is the TLS certificate of the connection (not a field here), and every
@@ -288,6 +289,39 @@ pub enum Body {
     Time(u64),
     /// The answer to a [`Body::Time`].
     TimeIs(TimeIs),
+    /// Lazy push ([`super::tree`]): "I hold these": sent instead of the items to
+    /// the neighbours the sender's pushes do not go to in full.
+    IHave(Vec<Announced>),
+    /// "Your pushes reach me by another path: announce them only." The link
+    /// leaves the push tree both ways.
+    Prune,
+    /// "I lack what you announced: send it, and push to me in full again."
+    /// Each entry names the version the sender holds (records after it are
+    /// wanted). Answered with [`Body::Items`].
+    Graft(Vec<Announced>),
+}
+
+/// One origin in a [`Body::IHave`] (the version announced) or a
+/// [`Body::Graft`] (the version held; records after it are wanted).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Announced {
+    /// The origin.
+    pub origin: String,
+    /// Its generation.
+    pub generation: u64,
+    /// A version of that generation.
+    pub version: u64,
+}
+
+/// Most origins in one [`Body::IHave`] or [`Body::Graft`].
+pub const MAX_ANNOUNCED: usize = MAX_RECORDS_PER_MESSAGE;
+
+fn validate_announced(field: &'static str, list: &[Announced]) -> Result<(), FieldError> {
+    too_many(field, list.len(), MAX_ANNOUNCED)?;
+    for a in list {
+        validate_name(field, &a.origin)?;
+    }
+    Ok(())
 }
 
 /// See [`Body::TimeIs`].
@@ -420,7 +454,9 @@ impl Frame for GossipMessage {
     fn validate(&self) -> Result<(), FieldError> {
         validate_name("cluster", &self.cluster)?;
         match &self.body {
-            Body::Ping(_) | Body::Ack(_) | Body::Time(_) | Body::TimeIs(_) => Ok(()),
+            Body::Ping(_) | Body::Ack(_) | Body::Time(_) | Body::TimeIs(_) | Body::Prune => Ok(()),
+            Body::IHave(list) => validate_announced("announced origin", list),
+            Body::Graft(list) => validate_announced("grafted origin", list),
             Body::SyncHash(h) => h.range.validate(),
             Body::Sync(d) => d.validate(),
             Body::Items(items) => items.validate(),
@@ -524,6 +560,46 @@ mod tests {
                 }),
             };
             assert!(encode(&msg).is_err(), "{r:?}");
+        }
+    }
+
+    fn announced(origin: &str) -> Announced {
+        Announced {
+            origin: origin.into(),
+            generation: 7,
+            version: 9,
+        }
+    }
+
+    #[test]
+    fn push_tree_messages_round_trip_and_are_bounded() {
+        for body in [
+            Body::IHave(vec![announced("node-1"), announced("node-2")]),
+            Body::Graft(vec![announced("node-3")]),
+            Body::Prune,
+        ] {
+            let msg = GossipMessage {
+                cluster: "mesh".into(),
+                sender_generation: 1,
+                body,
+            };
+            let bytes = encode(&msg).unwrap();
+            assert_eq!(decode_exact::<GossipMessage>(&bytes).unwrap(), msg);
+        }
+        let too_many = vec![announced("node-1"); MAX_ANNOUNCED + 1];
+        let bad_name = vec![announced("Node 1")];
+        for body in [
+            Body::IHave(too_many.clone()),
+            Body::Graft(too_many),
+            Body::IHave(bad_name.clone()),
+            Body::Graft(bad_name),
+        ] {
+            let msg = GossipMessage {
+                cluster: "mesh".into(),
+                sender_generation: 1,
+                body,
+            };
+            assert!(encode(&msg).is_err(), "{msg:?}");
         }
     }
 
