@@ -1166,6 +1166,53 @@ fn anti_entropy_requests_from_one_peer_are_answered_at_most_twice_per_half_round
 }
 
 #[test]
+fn grafts_are_answered_with_held_records_only_and_at_most_twice_per_half_round() {
+    use mesh_proto::membership::wire::Announced;
+    let mut net = with_evil();
+    let from = addr(&net, "evil");
+    let want = |origin: &str, generation: u64| Announced {
+        origin: origin.into(),
+        generation,
+        version: 0,
+    };
+    // A graft naming members n1 holds and one it never heard of.
+    let graft = Body::Graft(vec![
+        want("n2", generation(&net, "n2")),
+        want("n3", generation(&net, "n3")),
+        want("ghost", 1),
+    ]);
+    let (messages, record_msgs) = (net.stats.messages, sent(&net, "records"));
+    for _ in 0..20 {
+        let m = msg(&net, graft.clone());
+        net.inject("evil", from, "n1", &m);
+    }
+    // Two answered (each one message of n2's and n3's records), 18 refused and
+    // counted; nothing about the unknown member.
+    assert_eq!(refusals(&net, "n1", Refusal::GraftRateLimited), 18);
+    assert_eq!(net.stats.messages - messages, 2);
+    assert_eq!(sent(&net, "records") - record_msgs, 2);
+    // Announcements of what n1 lacks make it wait, then graft from the
+    // announcer; announcements of what it holds change nothing.
+    let grafts = sent(&net, "graft");
+    let ihave = Body::IHave(vec![
+        Announced {
+            origin: "n2".into(),
+            generation: generation(&net, "n2"),
+            version: 1,
+        },
+        want("ghost", 1),
+    ]);
+    let m = msg(&net, ihave);
+    net.inject("evil", from, "n1", &m);
+    net.run_for(INTERVAL);
+    assert_eq!(
+        sent(&net, "graft") - grafts,
+        1,
+        "one graft, for the ghost only"
+    );
+}
+
+#[test]
 fn route_documents_are_taken_only_as_an_operator_signed_them() {
     let mut net = with_evil();
     let ca = net.crypto_of("op");
