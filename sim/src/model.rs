@@ -290,7 +290,11 @@ pub fn run(opts: ModelOptions) -> Result<ModelReport> {
         rng: opts.seed ^ 0x6d6f_6465_6c00,
         opts,
     };
-    m.execute()
+    let report = m.execute();
+    // The run is over and the process ends soon after: freeing every simulated
+    // node's state one allocation at a time took 4.6 s of a 1,000-node run.
+    std::mem::forget(m);
+    report
 }
 
 impl Model {

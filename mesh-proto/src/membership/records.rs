@@ -18,6 +18,8 @@
 //! dropped before any cryptography.
 
 use std::collections::{BTreeMap, HashMap};
+
+use litemap::LiteMap;
 use std::time::{Duration, Instant};
 
 use crate::codec::decode_exact;
@@ -39,12 +41,14 @@ pub struct Origin<K> {
     pub cert: NodeCert<K>,
     /// The version of the certificate record.
     pub cert_version: u64,
-    /// The latest record per key (the certificate record included).
-    pub records: BTreeMap<String, SignedRecord>,
+    /// The latest record per key (the certificate record included): a few,
+    /// kept in a sorted vector rather than a tree whose first node holds room
+    /// for eleven.
+    pub records: LiteMap<String, SignedRecord>,
     /// The node record, decoded.
     pub node: Option<NodeRecord>,
     /// The service records, decoded, by service name.
-    pub services: BTreeMap<String, ServiceRecord>,
+    pub services: LiteMap<String, ServiceRecord>,
     /// The highest version held.
     pub max_version: u64,
     /// The signing time of the record with the highest version: the freshest
@@ -84,7 +88,7 @@ impl<K> Origin<K> {
 
     fn rehash(&mut self) {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (k, r) in &self.records {
+        for (k, r) in self.records.iter() {
             h.update(&(k.len() as u64).to_be_bytes());
             h.update(k.as_bytes());
             h.update(&r.version.to_be_bytes());
@@ -555,9 +559,10 @@ fn empty_origin<K>(record: &SignedRecord, cert: NodeCert<K>, now: Instant) -> Or
         generation: record.generation,
         cert,
         cert_version: record.version,
-        records: BTreeMap::new(),
+        // The usual origin: a certificate, a node record and one service.
+        records: LiteMap::with_capacity(3),
         node: None,
-        services: BTreeMap::new(),
+        services: LiteMap::with_capacity(1),
         max_version: 0,
         max_signed_at_ms: 0,
         bytes: 0,

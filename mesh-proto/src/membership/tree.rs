@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use super::wire::MAX_ANNOUNCED;
+
 /// Announced origins this node waits for, at most: announcements beyond it are
 /// ignored (anti-entropy brings what they named).
 pub const MAX_MISSING: usize = 4096;
@@ -119,10 +121,11 @@ impl PushTree {
     }
 
     /// What to graft now: for each announcer asked, the origins (with the
-    /// generation announced) it is asked for. Origins `holds` says are held
-    /// (at the announced generation and version or later) are dropped; an
-    /// origin whose every announcer was asked is dropped too. The links to
-    /// the announcers asked are back in the tree.
+    /// generation announced) it is asked for, at most one message's worth
+    /// ([`MAX_ANNOUNCED`]; the rest wait another `wait`). Origins `holds` says
+    /// are held (at the announced generation and version or later) are
+    /// dropped; an origin whose every announcer was asked is dropped too. The
+    /// links to the announcers asked are back in the tree.
     pub fn due(
         &mut self,
         now: Instant,
@@ -137,11 +140,13 @@ impl PushTree {
             if now < m.due {
                 return true;
             }
-            let peer = m.announcers.remove(0);
-            asks.entry(peer)
-                .or_default()
-                .push((origin.clone(), m.generation));
             m.due = now + wait;
+            let ask = asks.entry(m.announcers[0].clone()).or_default();
+            if ask.len() >= MAX_ANNOUNCED {
+                return true;
+            }
+            ask.push((origin.clone(), m.generation));
+            m.announcers.remove(0);
             !m.announcers.is_empty()
         });
         for peer in asks.keys() {
@@ -227,6 +232,25 @@ mod tests {
     }
 
     #[test]
+    fn a_graft_asks_for_one_message_worth_and_the_rest_waits() {
+        let t0 = Instant::now();
+        let mut t = PushTree::default();
+        for i in 0..MAX_ANNOUNCED + 88 {
+            t.announced("b", &format!("n{i:04}"), (1, 1), t0, WAIT);
+        }
+        let first = t.due(t0 + WAIT, WAIT, |_, _, _| false);
+        assert_eq!(first["b"].len(), MAX_ANNOUNCED);
+        assert_eq!(t.missing(), 88);
+        assert!(
+            t.due(t0 + WAIT, WAIT, |_, _, _| false).is_empty(),
+            "not at once"
+        );
+        let second = t.due(t0 + WAIT * 2, WAIT, |_, _, _| false);
+        assert_eq!(second["b"].len(), 88);
+        assert_eq!(t.missing(), 0);
+    }
+
+    #[test]
     fn announcements_beyond_the_cap_are_ignored() {
         let t0 = Instant::now();
         let mut t = PushTree::default();
@@ -237,10 +261,17 @@ mod tests {
         for i in 0..10 {
             t.announced(&format!("p{i}"), "n0", (1, 1), t0, WAIT);
         }
-        let asks = t.due(t0 + WAIT, WAIT, |_, _, _| false);
-        assert_eq!(asks["b"].len(), MAX_MISSING);
-        assert_eq!(t.missing(), 1, "n0 has announcers left to ask");
-        let again = t.due(t0 + WAIT * 2, WAIT, |_, _, _| false);
-        assert_eq!(again.keys().collect::<Vec<_>>(), ["p0"]);
+        let first = t.due(t0 + WAIT, WAIT, |_, _, _| false);
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(first["b"][0].0, "n0");
+        // n0 goes to its next announcer; b is asked a message at a time.
+        let second = t.due(t0 + WAIT * 2, WAIT, |_, _, _| false);
+        assert_eq!(second["p0"], vec![("n0".to_string(), 1)]);
+        let mut asked = first["b"].len() + second["b"].len();
+        for round in 3..=9 {
+            let asks = t.due(t0 + WAIT * round, WAIT, |_, _, _| false);
+            asked += asks.get("b").map_or(0, Vec::len);
+        }
+        assert_eq!(asked, MAX_MISSING, "every origin asked of b");
     }
 }
