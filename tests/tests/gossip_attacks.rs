@@ -11,7 +11,7 @@ use std::time::Duration;
 use mesh_proto::codec::encode;
 use mesh_proto::gossip::{Health, NodeRecord, NodeState, RouteDocument, ServiceRecord};
 use mesh_proto::membership::SignedRecord;
-use mesh_proto::membership::wire::{Body, Digest, Items, NameRange, OriginSummary};
+use mesh_proto::membership::wire::{Announced, Body, Digest, Items, NameRange, OriginSummary};
 use mesh_proto::route::RouteSpec;
 use mesh_proto::tunnel::Protocol;
 use rcgen::SigningKey as _;
@@ -618,6 +618,41 @@ async fn a_flooding_member_cannot_starve_the_others() {
         a.endpoint_health("echo", "c").await.as_deref() == Some("healthy")
     })
     .await;
+    mesh.assert_unaffected_and_working(&before, "rogue").await;
+    mesh.stop().await;
+}
+
+/// The push tree's messages from a hostile member: grafts asking a node again
+/// and again for everyone's records are answered twice per half round and
+/// the rest refused and counted; prunes and announcements of members that do
+/// not exist change nothing but what the node sends to the rogue itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_tree_messages_cannot_amplify_or_reshape_gossip() {
+    let mut mesh = Mesh::start().await;
+    let rogue = mesh.rogue("rogue", &[]).await;
+    let before = mesh.snapshot("rogue").await;
+    let wanted = |origin: &str| Announced {
+        origin: origin.into(),
+        generation: 0,
+        version: 0,
+    };
+    let graft = Body::Graft(vec![wanted("b"), wanted("c"), wanted("ghost")]);
+    let a = mesh.node("a");
+    rogue.send(a, Body::Prune).await;
+    rogue
+        .send(a, Body::IHave(vec![wanted("ghost"), wanted("b")]))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while mesh.rejected("a", "graft_rate_limited").await < 1.0
+        && tokio::time::Instant::now() < deadline
+    {
+        let sends = (0..8).map(|_| rogue.send(a, graft.clone()));
+        futures::future::join_all(sends).await;
+    }
+    assert!(
+        mesh.rejected("a", "graft_rate_limited").await >= 1.0,
+        "grafts beyond two per half round are refused and counted"
+    );
     mesh.assert_unaffected_and_working(&before, "rogue").await;
     mesh.stop().await;
 }
