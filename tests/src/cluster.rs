@@ -24,6 +24,7 @@ use std::sync::Arc;
 use shoal_node::StartOptions;
 use shoal_sim::faults::Network;
 
+use crate::web::WebApp;
 use crate::{Check, NodeSpec, Pki, TestNode, eventually};
 
 /// What a cluster is to be: its nodes' specs, its CA, and whether its nodes'
@@ -58,6 +59,19 @@ impl Cluster {
     #[allow(clippy::new_ret_no_self)]
     pub fn new(n: usize) -> ClusterBuilder {
         Cluster::of((1..=n).map(|i| NodeSpec::new(&format!("n{i}"))))
+    }
+
+    /// The usual HTTP mesh: nodes `a` and `b` serve `web` from the web apps
+    /// `app-a` and `app-b` (returned, to be kept alive), and `c` calls it
+    /// through an HTTP listener `web`; each spec goes through `tweak`.
+    pub async fn web_pair(tweak: impl Fn(NodeSpec) -> NodeSpec) -> ([WebApp; 2], ClusterBuilder) {
+        let apps = [WebApp::start("app-a").await, WebApp::start("app-b").await];
+        let builder = Cluster::of([
+            tweak(NodeSpec::new("a").service("web", apps[0].addr(), Check::Http)),
+            tweak(NodeSpec::new("b").service("web", apps[1].addr(), Check::Http)),
+            tweak(NodeSpec::new("c").http_listener("web", Some("web"))),
+        ]);
+        (apps, builder)
     }
 
     /// Nodes from `specs`; the first is every other's seed.

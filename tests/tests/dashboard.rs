@@ -16,8 +16,7 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::Page;
 use futures::StreamExt;
 use shoal_tests::cluster::Cluster;
-use shoal_tests::web::WebApp;
-use shoal_tests::{Check, NodeSpec, eventually, get};
+use shoal_tests::{eventually, get};
 
 /// The Chromium executable on `PATH`, if any.
 fn chromium() -> Option<PathBuf> {
@@ -60,14 +59,8 @@ async fn the_dashboard_shows_members_golden_metrics_and_a_death_in_a_real_browse
         eprintln!("SKIPPED: no Chromium on PATH (apt-get install chromium)");
         return;
     };
-    let (a_app, b_app) = (WebApp::start("app-a").await, WebApp::start("app-b").await);
-    let mut mesh = Cluster::of([
-        NodeSpec::new("a").service("web", a_app.addr(), Check::Http),
-        NodeSpec::new("b").service("web", b_app.addr(), Check::Http),
-        NodeSpec::new("c").http_listener("web", Some("web")),
-    ])
-    .start()
-    .await;
+    let (_apps, mesh) = Cluster::web_pair(|s| s).await;
+    let mut mesh = mesh.start().await;
     mesh.wait_healthy("c", "web", 2).await;
     let listener = mesh.client("c", "web");
     let traffic = tokio::spawn(async move {

@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use shoal_tests::cluster::Cluster;
-use shoal_tests::web::WebApp;
 use shoal_tests::{Check, NodeSpec, TcpBackend, get};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -142,15 +141,8 @@ async fn a_serving_node_cut_off_before_any_tunnel_to_it_costs_a_hedge_per_suspic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_serving_node_costs_http_callers_a_hedge_not_a_connect_timeout() {
-    let (a_app, b_app) = (WebApp::start("app-a").await, WebApp::start("app-b").await);
-    let mesh = Cluster::of([
-        slow_to_notice(NodeSpec::new("a").service("web", a_app.addr(), Check::Http)),
-        slow_to_notice(NodeSpec::new("b").service("web", b_app.addr(), Check::Http)),
-        slow_to_notice(NodeSpec::new("c").http_listener("web", Some("web"))),
-    ])
-    .with_faults(7)
-    .start()
-    .await;
+    let (_apps, mesh) = Cluster::web_pair(slow_to_notice).await;
+    let mesh = mesh.with_faults(7).start().await;
     mesh.wait_healthy("c", "web", 2).await;
     let listener = mesh.client("c", "web");
     for _ in 0..4 {
@@ -207,5 +199,28 @@ async fn a_paused_serving_node_costs_callers_a_hedge_and_is_used_again_when_it_r
         greeting_through(listener).await == "a"
     })
     .await;
+    mesh.stop().await;
+}
+
+/// The other side of hedging: a serving node that is alive but slow to
+/// answer is not hedged. Its peer may hold its acknowledgement of a request
+/// for QUIC's `max_ack_delay` (25 ms, the default hedge delay too), so its
+/// connection can look silent at the hedge delay; a hedge then would send
+/// every slow request twice. Requests here take 150 ms at the backend: each
+/// is acknowledged long before it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_serving_node_slow_to_answer_is_not_hedged() {
+    let (_apps, mesh) = Cluster::web_pair(|s| s).await;
+    let mesh = mesh.start().await;
+    mesh.wait_healthy("c", "web", 2).await;
+    let listener = mesh.client("c", "web");
+    for i in 0..12 {
+        let reply = get(listener, "web", "/slow/150").await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
+    }
+    let hedges = mesh["c"]
+        .metric("shoal_hedged_attempts_total{listener=\"web\"}")
+        .await;
+    assert_eq!(hedges, 0.0, "slow requests sent twice");
     mesh.stop().await;
 }

@@ -660,7 +660,17 @@ async fn per_try_and_overall_timeouts_answer_504() {
     let timeouts = m["edge"]
         .metric("shoal_http_retries_total{listener=\"web\",route=\"slow\",service=\"slow\",reason=\"timeout\"}")
         .await;
-    assert_eq!(timeouts, 2.0, "two retries after timed-out tries");
+    // The two tries after the first are retries, or (on a machine so busy
+    // that a live peer's acknowledgement arrives late) one of them a hedge:
+    // either way counted.
+    let hedges = m["edge"]
+        .metric("shoal_hedged_attempts_total{listener=\"web\"}")
+        .await;
+    assert_eq!(
+        timeouts + hedges,
+        2.0,
+        "two tries after the first timed out: {timeouts} retries, {hedges} hedges"
+    );
 }
 
 /// The section of docs/routing.md that opens with "## A first route".

@@ -1,10 +1,12 @@
 //! Hedged opens: when the endpoint picked first has not accepted a tunnel
 //! within a delay derived from recent setups (their p99, at least the
 //! listener's `hedge_min_delay`) and its peer has said nothing since the open
-//! began ([`SetupTimes::worth_hedging`]), the same open starts on another
-//! endpoint and the first to be accepted is used; the other is dropped, which
-//! resets its stream (`CANCELLED`, see `upstream`). Only the open is hedged — nothing of the caller's request or bytes
-//! has gone anywhere before a node accepts — so a hedge is always safe to send.
+//! began, for longer than a live peer may hold its acknowledgement
+//! ([`SetupTimes::hedge_due`]), the same open starts on another endpoint and
+//! the first to be accepted is used; the other is dropped, which resets its
+//! stream (`CANCELLED`, see `upstream`). A TCP open carries nothing of the
+//! caller's bytes; an HTTP open carries its request only when sending it
+//! twice is harmless (`HttpListener::early`).
 //!
 //! [`race`] is the rule, [`SetupTimes`] the latency it derives the delay from,
 //! and [`Heard`] tells an open on a silent connection (the peer sent nothing
@@ -55,17 +57,24 @@ impl SetupTimes {
         Opening(self.in_progress.clone())
     }
 
-    /// Whether a hedge is worth starting for an open that has not been
-    /// accepted within the delay (`first`: what was heard from its peer): the
-    /// node is not in a burst of opens (then every setup is slow because the
-    /// node is busy, and a hedge would only add to it), and the open's
-    /// connection went silent — the peer is dead, stopped or cut off — or it
-    /// has no connection yet (a dial to a peer that does not answer). A peer
-    /// that acknowledges the open is alive and working on it: that open is not
-    /// hedged.
-    pub fn worth_hedging(&self, first: &Heard) -> bool {
+    /// Waits until a hedge is worth starting for an open that has not been
+    /// accepted within the delay (`first`: what is heard from its peer), and
+    /// says whether it is: the open has no connection yet (a dial to a peer
+    /// that does not answer), or its connection has stayed silent long enough
+    /// to mean the peer is dead, stopped or cut off ([`Silence::hedge_after`]);
+    /// and the node is not in a burst of opens (then every setup is slow
+    /// because the node is busy, and a hedge would only add to it). A peer
+    /// that acknowledges the open meanwhile is alive and working on it: that
+    /// open is not hedged.
+    pub async fn hedge_due(&self, first: &Heard) -> bool {
+        loop {
+            match first.silence().hedge_after() {
+                None => return false,
+                Some(wait) if wait.is_zero() => break,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
         self.in_progress.load(Ordering::Relaxed) <= MAX_OPENS_TO_HEDGE
-            && (first.silent() || !first.connected())
     }
 
     /// Records one setup.
@@ -156,6 +165,36 @@ pub fn suspicion_silence(rtt: Duration) -> Duration {
 /// QUIC's default `max_ack_delay` (RFC 9000 §18.2), which quinn uses.
 const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 
+/// What an open's peer has said since the open began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// The open has no connection: a dial in progress or failed, or a local
+    /// endpoint.
+    NoConnection,
+    /// The peer sent a frame since: it is alive.
+    Heard,
+    /// Nothing from the peer for `for_`, on a connection whose round trip is
+    /// `rtt`.
+    Silent { for_: Duration, rtt: Duration },
+}
+
+impl Silence {
+    /// When a hedge of the open may start, from now: at once (`Some(ZERO)`)
+    /// for an open without a connection, or whose peer has been silent for
+    /// [`suspicion_silence`] — longer than a live peer may hold its
+    /// acknowledgement and send it back; after the rest of that time for one
+    /// silent for less (a live peer's acknowledgement may still be on its
+    /// way: hedging it would send its request twice); never (`None`) for a
+    /// peer that answered.
+    pub fn hedge_after(self) -> Option<Duration> {
+        match self {
+            Silence::NoConnection => Some(Duration::ZERO),
+            Silence::Heard => None,
+            Silence::Silent { for_, rtt } => Some(suspicion_silence(rtt).saturating_sub(for_)),
+        }
+    }
+}
+
 impl Heard {
     /// The open uses `conn`.
     pub fn connection(&self, conn: &quinn::Connection) {
@@ -187,12 +226,20 @@ impl Heard {
         )
     }
 
-    /// Whether the open ran on a connection whose peer sent nothing since it
-    /// began (no acknowledgement, no keep-alive, no answer).
-    pub fn silent(&self) -> bool {
+    /// What the open's peer has said since the open began.
+    pub fn silence(&self) -> Silence {
         match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            HeardState::Nothing | HeardState::DialFailed => false,
-            HeardState::On(conn, at_start, _) => frames_heard(conn) == *at_start,
+            HeardState::Nothing | HeardState::DialFailed => Silence::NoConnection,
+            HeardState::On(conn, at_start, since) => {
+                if frames_heard(conn) == *at_start {
+                    Silence::Silent {
+                        for_: since.elapsed(),
+                        rtt: conn.rtt(),
+                    }
+                } else {
+                    Silence::Heard
+                }
+            }
         }
     }
 
@@ -251,9 +298,10 @@ pub struct Raced<T, E> {
     pub hedged: bool,
 }
 
-/// Runs `first`; if it has not finished after `after`, starts `second()` (if it
-/// gives one: another endpoint, room in the retry budget) and takes whichever
-/// succeeds first, dropping the other. If one fails, the other is awaited.
+/// Runs `first` and, alongside, `hedge`, which waits for the hedge to be due
+/// and gives it (or `None`: no other endpoint, no room in the retry budget, a
+/// peer that answered); takes whichever leg succeeds first, dropping the
+/// other. If one fails, the other is awaited.
 ///
 /// Both legs are `Unpin` so that neither is stored in the race's own state:
 /// the caller pins `first` where it lives (`std::pin::pin!`) and boxes the
@@ -261,8 +309,7 @@ pub struct Raced<T, E> {
 /// would be copied into it (kilobytes per request).
 pub async fn race<T, E, F1, F2>(
     mut first: F1,
-    after: Duration,
-    second: impl FnOnce() -> Option<F2>,
+    hedge: impl Future<Output = Option<F2>>,
 ) -> Raced<T, E>
 where
     F1: Future<Output = Result<T, E>> + Unpin,
@@ -274,11 +321,11 @@ where
         other_failed: None,
         hedged: false,
     };
-    tokio::select! {
+    let hedge = tokio::select! {
         r = &mut first => return alone(r),
-        () = tokio::time::sleep(after) => {}
-    }
-    let Some(mut second) = second() else {
+        hedge = hedge => hedge,
+    };
+    let Some(mut second) = hedge else {
         return alone(first.await);
     };
     let (leg, result) = tokio::select! {
@@ -319,7 +366,24 @@ where
     }
 }
 
-/// Counts a race's hedge (and its win) for `listener`, and, when the hedge won
+/// Waits the hedge `delay`, then until a hedge of the open that `first`
+/// hears is due ([`SetupTimes::hedge_due`]); says whether it is.
+pub async fn due(ctx: &ProxyContext, delay: Duration, first: &Heard) -> bool {
+    tokio::time::sleep(delay).await;
+    ctx.setup_times.hedge_due(first).await
+}
+
+/// Counts a hedge for `listener` as it starts: a try that times out drops its
+/// race before [`note_race`] could count it.
+pub fn started(ctx: &ProxyContext, listener: &ListenerLabels) {
+    ctx.metrics
+        .proxy
+        .hedged_attempts
+        .get_or_create(listener)
+        .inc();
+}
+
+/// Counts a hedge's win for `listener`, and, when the hedge won
 /// while the first open's connection was silent, makes that peer suspect for
 /// the whole node if it stays silent ([`Heard::suspect_if_silent`]), or
 /// follows its unfinished dial to its end (`first`: the first open's
@@ -335,10 +399,12 @@ pub fn note_race<T, E>(
     if !raced.hedged {
         return;
     }
-    let proxy = &ctx.metrics.proxy;
-    proxy.hedged_attempts.get_or_create(listener).inc();
     if raced.leg == Leg::Second && raced.result.is_ok() {
-        proxy.hedged_attempts_won.get_or_create(listener).inc();
+        ctx.metrics
+            .proxy
+            .hedged_attempts_won
+            .get_or_create(listener)
+            .inc();
     }
     // The first open, dropped mid-open because the hedge was accepted: its
     // connection's silence, or its dial's end, tells about its peer.
@@ -389,10 +455,17 @@ mod tests {
         r
     }
 
+    /// A hedge offered after `delay`.
+    async fn hedge_after<F>(delay: Duration, second: impl FnOnce() -> Option<F>) -> Option<F> {
+        tokio::time::sleep(delay).await;
+        second()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_fast_first_open_starts_no_hedge() {
         let mut asked = false;
-        let r = race(Box::pin(after(ms(5), Ok("a"))), ms(25), || {
+        let r = race(Box::pin(after(ms(5), Ok("a"))), async {
+            tokio::time::sleep(ms(25)).await;
             asked = true;
             Some(Box::pin(after(ms(1), Ok("b"))))
         })
@@ -406,9 +479,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_first_open_loses_to_the_hedge() {
         let started = tokio::time::Instant::now();
-        let r = race(Box::pin(after(ms(1000), Ok("a"))), ms(25), || {
-            Some(Box::pin(after(ms(3), Ok("b"))))
-        })
+        let r = race(
+            Box::pin(after(ms(1000), Ok("a"))),
+            hedge_after(ms(25), || Some(Box::pin(after(ms(3), Ok("b"))))),
+        )
         .await;
         assert_eq!((r.leg, r.result, r.hedged), (Leg::Second, Ok("b"), true));
         assert_eq!(
@@ -420,17 +494,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_leg_waits_for_the_other_and_both_failing_gives_the_first_error() {
-        let r = race(Box::pin(after(ms(30), Err("a"))), ms(25), || {
-            Some(Box::pin(after(ms(50), Ok("b"))))
-        })
+        let r = race(
+            Box::pin(after(ms(30), Err("a"))),
+            hedge_after(ms(25), || Some(Box::pin(after(ms(50), Ok("b"))))),
+        )
         .await;
         assert_eq!(
             (r.leg, r.result, r.other_failed),
             (Leg::Second, Ok("b"), Some("a"))
         );
-        let r = race(Box::pin(after(ms(100), Err("a"))), ms(25), || {
-            Some(Box::pin(after(ms(1), Err("b"))))
-        })
+        let r = race(
+            Box::pin(after(ms(100), Err("a"))),
+            hedge_after(ms(25), || Some(Box::pin(after(ms(1), Err("b"))))),
+        )
         .await;
         assert_eq!(
             (r.leg, r.result, r.other_failed),
@@ -440,22 +516,42 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_hedge_offered_means_waiting_for_the_first() {
-        let r = race(Box::pin(after(ms(100), Ok("a"))), ms(25), || {
-            None::<std::future::Ready<_>>
-        })
+        let r = race(
+            Box::pin(after(ms(100), Ok("a"))),
+            hedge_after(ms(25), || None::<std::future::Ready<_>>),
+        )
         .await;
         assert_eq!((r.leg, r.result, r.hedged), (Leg::First, Ok("a"), false));
     }
 
-    #[test]
-    fn a_dial_not_answered_is_hedged_unless_the_node_is_in_a_burst_of_opens() {
+    #[tokio::test(start_paused = true)]
+    async fn a_dial_not_answered_is_hedged_unless_the_node_is_in_a_burst_of_opens() {
         let times = SetupTimes::default();
         let dialling = Heard::default();
-        assert!(times.worth_hedging(&dialling));
+        assert!(times.hedge_due(&dialling).await);
         let burst: Vec<Opening> = (0..=MAX_OPENS_TO_HEDGE).map(|_| times.opening()).collect();
-        assert!(!times.worth_hedging(&dialling), "the node is busy");
+        assert!(!times.hedge_due(&dialling).await, "the node is busy");
         drop(burst);
-        assert!(times.worth_hedging(&dialling), "the burst is over");
+        assert!(times.hedge_due(&dialling).await, "the burst is over");
+    }
+
+    #[test]
+    fn a_silent_peer_is_hedged_only_once_a_live_one_would_have_acknowledged() {
+        let rtt = ms(1);
+        // A live peer may hold its acknowledgement 25 ms, and it then takes a
+        // round trip: at the default hedge delay its silence means nothing.
+        let early = Silence::Silent { for_: ms(25), rtt };
+        assert_eq!(
+            early.hedge_after(),
+            Some(ms(27)),
+            "2 × (25 ms + 1 ms) in all"
+        );
+        let long = Silence::Silent { for_: ms(52), rtt };
+        assert_eq!(long.hedge_after(), Some(Duration::ZERO));
+        let longer = Silence::Silent { for_: ms(500), rtt };
+        assert_eq!(longer.hedge_after(), Some(Duration::ZERO));
+        assert_eq!(Silence::Heard.hedge_after(), None, "an acknowledged open");
+        assert_eq!(Silence::NoConnection.hedge_after(), Some(Duration::ZERO));
     }
 
     #[test]

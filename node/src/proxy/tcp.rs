@@ -174,14 +174,15 @@ impl Listener {
             let endpoints = table.endpoints(self.cfg.service());
             let heard = [Heard::default(), Heard::default()];
             let first = std::pin::pin!(self.open(endpoint.clone(), target, &heard[0]));
-            let raced = hedge::race(first, self.hedge_delay(), || {
-                if !self.ctx.setup_times.worth_hedging(&heard[0]) {
+            let hedge = async {
+                if !hedge::due(&self.ctx, self.hedge_delay(), &heard[0]).await {
                     return None;
                 }
                 let second = self.hedge(&mut tried, key)?;
+                hedge::started(&self.ctx, &self.labels);
                 Some(Box::pin(self.open(second, target, &heard[1])))
-            })
-            .await;
+            };
+            let raced = hedge::race(first, hedge).await;
             let labels = (&self.labels, self.cfg.service());
             note_race(&self.ctx, labels, &raced, &heard, &endpoint);
             if let Some((e, failed)) = &raced.other_failed

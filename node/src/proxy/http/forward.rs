@@ -526,20 +526,21 @@ impl HttpListener {
             (open_timeout, &heard[0]),
             request
         ));
-        let raced = hedge::race(first, delay, || {
-            if !self.ctx.setup_times.worth_hedging(&heard[0]) {
+        let labels = self.listener_labels();
+        let hedge = async {
+            if !hedge::due(&self.ctx, delay, &heard[0]).await {
                 return None;
             }
             let second = self.hedge(f, tried)?;
+            hedge::started(&self.ctx, &labels);
             Some(Box::pin(self.open_one(
                 second,
                 target,
                 (open_timeout, &heard[1]),
                 request,
             )))
-        })
-        .await;
-        let labels = self.listener_labels();
+        };
+        let raced = hedge::race(first, hedge).await;
         note_race(&self.ctx, (&labels, &f.service), &raced, &heard, &endpoint);
         if let Some((e, failed)) = &raced.other_failed
             && failed.try_another()
