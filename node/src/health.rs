@@ -62,7 +62,14 @@ async fn http_get(svc: &ServiceConfig, tls: &ProbeTls) -> Result<(), String> {
         .handshake(stream, Offer::Service)
         .await
         .map_err(|e| format!("{}: {e}", svc.address))?;
-    get_over(stream, h2, svc).await
+    let refused = stream.refused();
+    get_over(stream, h2, svc).await.map_err(|e| match refused.get() {
+        Some(alert) => format!(
+            "{}: the backend refused this node's TLS client certificate (alert {alert}): check the service's tls_cert and tls_key",
+            svc.address
+        ),
+        None => e,
+    })
 }
 
 /// `GET` the health path over `io`, in HTTP/2 (`h2`) or HTTP/1.1.

@@ -1374,6 +1374,79 @@ fn tls_to_a_backend_reads_its_cas_with_the_config_and_names_what_is_wrong() {
 }
 
 #[test]
+fn a_client_certificate_for_a_backend_is_read_with_its_key_and_only_with_tls() {
+    let f = Fixture::new();
+    let other = node_cert(&f.ca, "web-2", &["web"]);
+    f.write("tls/other.key", &other.key_pem);
+    let service = |extra: &str| {
+        minimal_with(&format!(
+            "[[service]]\nname = \"web\"\naddress = \"127.0.0.1:8443\"\nprotocol = \"http\"\n{extra}"
+        ))
+    };
+    let with_ca = |extra: &str| service(&format!("tls = true\ntls_ca = \"tls/ca.crt\"\n{extra}"));
+    // Any certificate with its key serves: the node's own files here.
+    let c = f.ok(&with_ca(
+        "tls_cert = \"tls/node.crt\"\ntls_key = \"tls/node.key\"",
+    ));
+    let id = c.services[0]
+        .tls
+        .as_ref()
+        .unwrap()
+        .client
+        .as_ref()
+        .expect("a client identity");
+    assert_eq!(id.cert, f.path().join("tls/node.crt"));
+    assert_eq!(id.key, f.path().join("tls/node.key"));
+    assert_eq!(id.chain.len(), 1, "the chain is read now");
+    assert!(
+        format!("{id:?}").contains("secret key elided"),
+        "no key in logs: {id:?}"
+    );
+    assert!(
+        f.ok(&with_ca("")).services[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .client
+            .is_none(),
+        "no client certificate unless given"
+    );
+
+    let e = f.errors(&with_ca("tls_cert = \"tls/node.crt\""));
+    assert_error(&e, "service[0].tls_key", &["required with tls_cert"]);
+    let e = f.errors(&with_ca("tls_key = \"tls/node.key\""));
+    assert_error(&e, "service[0].tls_cert", &["required with tls_key"]);
+    let e = f.errors(&service(
+        "tls_cert = \"tls/node.crt\"\ntls_key = \"tls/node.key\"",
+    ));
+    assert_error(&e, "service[0].tls_cert", &["only with tls = true"]);
+    assert_error(&e, "service[0].tls_key", &["only with tls = true"]);
+    let e = f.errors(&with_ca(
+        "tls_cert = \"tls/node.crt\"\ntls_key = \"tls/other.key\"",
+    ));
+    assert_error(
+        &e,
+        "service[0].tls_key",
+        &[
+            "other.key does not match the first certificate of",
+            "node.crt",
+        ],
+    );
+    let e = f.errors(&with_ca(
+        "tls_cert = \"tls/node.crt\"\ntls_key = \"tls/ca.crt\"",
+    ));
+    assert_error(
+        &e,
+        "service[0].tls_key",
+        &["is not a usable PEM private key"],
+    );
+    let e = f.errors(&with_ca(
+        "tls_cert = \"tls/missing.crt\"\ntls_key = \"tls/node.key\"",
+    ));
+    assert_error(&e, "service[0].tls_cert", &["cannot read", "missing.crt"]);
+}
+
+#[test]
 fn a_callers_share_defaults_to_three_quarters_and_cannot_exceed_the_service() {
     let f = Fixture::new();
     let service = |extra: &str| {

@@ -77,8 +77,9 @@ impl WebApp {
                     let Some(acceptor) = tls else {
                         return serve_http1(s, svc).await;
                     };
-                    let Ok(s) = acceptor.accept(s).await else {
-                        return;
+                    let s = match acceptor.accept(s).into_fallible().await {
+                        Ok(s) => s,
+                        Err((_, s)) => return linger(s).await,
                     };
                     if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                         let _ = hyper::server::conn::http2::Builder::new(
@@ -343,4 +344,14 @@ where
         let echoed = ws.next().await.expect("an echo").unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
+}
+
+/// Reads what the client still sends after a failed TLS handshake, until it
+/// closes (bounded), before closing: closing with its data unread would
+/// reset the connection, and the reset can destroy the alert that told the
+/// client why (a lingering close, as web servers make).
+async fn linger(mut s: tokio::net::TcpStream) {
+    let mut sink = tokio::io::sink();
+    let drain = tokio::io::copy(&mut s, &mut sink);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }

@@ -2,11 +2,12 @@
 //! certificates of a CA of the backends' own (`shoal_tests::backend_tls`), and
 //! backends that choose HTTP/2 or HTTP/1.1 by ALPN. The serving node verifies
 //! the backend's certificate for the service's `tls_server_name`, health-checks
-//! it over TLS, sends a WebSocket on a connection of its own in HTTP/1.1, and
-//! refuses a backend whose certificate names another host.
+//! it over TLS, sends a WebSocket on a connection of its own in HTTP/1.1,
+//! refuses a backend whose certificate names another host, and presents the
+//! service's client certificate to a backend that requires one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +36,32 @@ fn over_tls(spec: NodeSpec, service: &str, ca: &Path, server_name: Option<&str>)
         svc.tls_ca = Some(ca.clone());
         svc.tls_server_name = server_name.clone();
     })
+}
+
+/// Node `a` (serving `services`) and `c`, with an HTTP listener for each of
+/// them named after it; returned once `c` sees each one healthy.
+async fn called_by_c(a: NodeSpec, services: [&str; 3]) -> Cluster {
+    let c = services
+        .iter()
+        .fold(NodeSpec::new("c"), |c, s| c.http_listener(s, Some(s)));
+    let mesh = Cluster::of([a, c]).start().await;
+    for service in services {
+        mesh.wait_healthy("c", service, 1).await;
+    }
+    mesh
+}
+
+/// `a` counted a refusal by the backend of `service`.
+async fn assert_backend_refused(mesh: &Cluster, service: &str) {
+    let refused = mesh["a"]
+        .metric(&format!(
+            "shoal_inbound_refusals_total{{service=\"{service}\",reason=\"backend_refused\"}}"
+        ))
+        .await;
+    assert!(
+        refused >= 1.0,
+        "{service}: the refusal is counted: {refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,18 +154,7 @@ async fn an_http11_tls_backend_is_reached_and_one_with_a_wrong_name_or_ca_is_ref
         &ca.ca_file(),
         Some("vault.internal"),
     );
-    let mesh = Cluster::of([
-        a,
-        NodeSpec::new("c")
-            .http_listener("old", Some("old"))
-            .http_listener("bank", Some("bank"))
-            .http_listener("vault", Some("vault")),
-    ])
-    .start()
-    .await;
-    for service in ["old", "bank", "vault"] {
-        mesh.wait_healthy("c", service, 1).await;
-    }
+    let mesh = called_by_c(a, ["old", "bank", "vault"]).await;
 
     for _ in 0..3 {
         let r = get(mesh["c"].listener("old"), "old.example", "/").await;
@@ -157,15 +173,7 @@ async fn an_http11_tls_backend_is_reached_and_one_with_a_wrong_name_or_ca_is_ref
         let r = get(mesh["c"].listener(service), "x.example", "/").await;
         assert_eq!(r.status, 503, "{service}: {}", r.body);
         assert_eq!(app.requests(), 0, "{service}: nothing was sent to it");
-        let refused = mesh["a"]
-            .metric(&format!(
-                "shoal_inbound_refusals_total{{service=\"{service}\",reason=\"backend_refused\"}}"
-            ))
-            .await;
-        assert!(
-            refused >= 1.0,
-            "{service}: the refusal is counted: {refused}"
-        );
+        assert_backend_refused(&mesh, service).await;
     }
     mesh.stop().await;
 }
@@ -207,5 +215,94 @@ async fn grpc_reaches_a_tls_backend_that_speaks_only_http2() {
         backend.connections() >= 1,
         "the pooled connection spoke HTTP/2 over TLS"
     );
+    mesh.stop().await;
+}
+
+/// `spec`'s service `service` presents the client certificate in `cert` and
+/// `key` to its backend.
+fn with_client_cert(spec: NodeSpec, service: &str, (cert, key): (PathBuf, PathBuf)) -> NodeSpec {
+    let service = service.to_string();
+    spec.tweak(move |raw| {
+        let svc = raw
+            .services
+            .iter_mut()
+            .find(|s| s.name.as_deref() == Some(service.as_str()))
+            .unwrap();
+        svc.tls_cert = Some(cert.clone());
+        svc.tls_key = Some(key.clone());
+    })
+}
+
+/// Mutual TLS to the backend: one backend that requires a client certificate
+/// of its CA serves three services of node `a`. `paid` presents one of that
+/// CA (its health check too: it is checked over HTTP); `anon` presents none
+/// and `stray` one of another CA: the backend refuses both, the caller is
+/// told why, and no request of theirs reaches it; a reload that gives `anon`
+/// a certificate of the right CA takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_requires_a_client_certificate_gets_the_services_own() {
+    let ca = BackendCa::new();
+    let strict = WebApp::start_tls(
+        "strict",
+        ca.server_config_for_clients(&["strict.internal"], &[b"h2", b"http/1.1"]),
+    )
+    .await;
+    let tls = |spec: NodeSpec, service: &str| {
+        over_tls(spec, service, &ca.ca_file(), Some("strict.internal"))
+    };
+    let a = NodeSpec::new("a")
+        .service("paid", strict.addr(), Check::Http)
+        .service("anon", strict.addr(), Check::Tcp)
+        .service("stray", strict.addr(), Check::Tcp);
+    let a = tls(tls(tls(a, "paid"), "anon"), "stray");
+    let a = with_client_cert(a, "paid", ca.client_identity("node-a"));
+    let other_ca = BackendCa::new();
+    let a = with_client_cert(a, "stray", other_ca.client_identity("node-a"));
+    // `paid` is healthy only if its HTTP health check presented the certificate.
+    let mesh = called_by_c(a, ["paid", "anon", "stray"]).await;
+    for _ in 0..3 {
+        let r = get(mesh["c"].listener("paid"), "paid.example", "/").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["backend"], "strict");
+    }
+    let served = strict.requests();
+    assert!(served >= 3, "{served}");
+
+    // Refused in the handshake's last step, which TLS 1.3 leaves until after
+    // the client has finished its side: the serving node reads the alert as
+    // the first answer to its request, knows nothing was forwarded, and says
+    // so (a caller could retry elsewhere, even a POST).
+    for service in ["anon", "stray"] {
+        let r = get(mesh["c"].listener(service), "x.example", "/").await;
+        assert_eq!(r.status, 503, "{service}: {}", r.body);
+        assert!(
+            r.body
+                .contains("refused this node's TLS client certificate"),
+            "{service}: {}",
+            r.body
+        );
+        assert_backend_refused(&mesh, service).await;
+    }
+    assert_eq!(
+        strict.requests(),
+        served,
+        "nothing of anon or stray reached it"
+    );
+
+    // A reload that gives `anon` a certificate of the backend's CA applies.
+    let a = &mesh["a"];
+    let mut raw = a.spec.raw_config(&a.cert_dir, a.data_dir.path());
+    let (cert, key) = ca.client_identity("node-a-anon");
+    let anon = raw
+        .services
+        .iter_mut()
+        .find(|s| s.name.as_deref() == Some("anon"))
+        .unwrap();
+    (anon.tls_cert, anon.tls_key) = (Some(cert), Some(key));
+    let config = shoal_node::config::Config::validate(raw, a.data_dir.path()).unwrap();
+    let report = a.node.reload(config).await;
+    assert_eq!(report.applied, ["service anon changed"], "{report:?}");
+    let r = get(mesh["c"].listener("anon"), "anon.example", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
     mesh.stop().await;
 }

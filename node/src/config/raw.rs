@@ -255,6 +255,13 @@ pub struct RawService {
     /// also sent as SNI (default: the IP address of `address`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
+    /// `tls_cert`: PEM file of the client certificate (and its chain) this
+    /// node presents to a backend that asks for one; with `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: PEM file of the private key of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// `idle_timeout`: how long a tunnelled connection to this service may
     /// carry no byte before this node closes it.
     #[serde(

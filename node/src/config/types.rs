@@ -302,6 +302,36 @@ pub struct BackendTls {
     /// when the config was loaded.
     #[serde(skip)]
     pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `tls_cert` and `tls_key`: the client certificate presented to a
+    /// backend that asks for one; `None`: none is presented.
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate this node presents to a backend (mutual TLS to the
+/// backend), read when the config was loaded.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct ClientIdentity {
+    /// `tls_cert` (absolute path).
+    pub cert: PathBuf,
+    /// `tls_key` (absolute path).
+    pub key: PathBuf,
+    /// The certificate chain, leaf first.
+    #[serde(skip)]
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The private key (its `Debug` shows no secret).
+    #[serde(skip)]
+    pub key_der: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+impl Clone for ClientIdentity {
+    fn clone(&self) -> Self {
+        ClientIdentity {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            chain: self.chain.clone(),
+            key_der: self.key_der.clone_key(),
+        }
+    }
 }
 
 /// A validated `[[listener]]`: a local entry point into the mesh.

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::backend_tls::{BackendConnector, Offer};
+use super::backend_tls::{BackendConnector, Offer, Refused};
 use super::body::{Body, MAX_HEADER_BYTES};
 use crate::config::ServiceConfig;
 
@@ -41,7 +41,7 @@ pub const MAX_IDLE: usize = 256;
 #[derive(Debug)]
 pub enum Sender {
     /// An HTTP/1.1 connection: one request at a time.
-    Http1(http1::SendRequest<Body>),
+    Http1(http1::SendRequest<Body>, Refused),
     /// The backend's HTTP/2 connection, shared by every request.
     Http2(H2Sender),
 }
@@ -52,20 +52,34 @@ pub enum Sender {
 pub struct H2Sender {
     sender: http2::SendRequest<Body>,
     scheme: Scheme,
+    refused: Refused,
 }
 
 impl Sender {
     fn is_ready(&self) -> bool {
         match self {
-            Sender::Http1(s) => s.is_ready(),
+            Sender::Http1(s, _) => s.is_ready(),
             Sender::Http2(s) => s.sender.is_ready(),
         }
     }
 
     fn is_closed(&self) -> bool {
         match self {
-            Sender::Http1(s) => s.is_closed(),
+            Sender::Http1(s, _) => s.is_closed(),
             Sender::Http2(s) => s.sender.is_closed(),
+        }
+    }
+
+    /// Why the exchange on this connection failed with `e`: the backend's
+    /// refusal of this node's client certificate if its TLS noted one.
+    fn failed(&self, e: hyper::Error) -> SendError {
+        let refused = match self {
+            Sender::Http1(_, r) => r,
+            Sender::Http2(s) => &s.refused,
+        };
+        match refused.get() {
+            Some(alert) => SendError::CertificateRefused(alert),
+            None => SendError::Http(e),
         }
     }
 
@@ -74,7 +88,7 @@ impl Sender {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         match self {
-            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http1(s, _) => s.try_send_request(req).await,
             Sender::Http2(s) => {
                 let req = as_http2(req, s.scheme.clone());
                 s.sender.try_send_request(req).await
@@ -232,10 +246,11 @@ impl BackendPool {
         let stream = TcpStream::connect(self.addr).await?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
+            let refused = Refused::default();
             return if self.h2.load(Ordering::Relaxed) {
-                self.handshake_h2(stream, Scheme::HTTP).await
+                self.handshake_h2(stream, Scheme::HTTP, refused).await
             } else {
-                handshake_h1(stream).await
+                handshake_h1(stream, refused).await
             };
         };
         let tls = tls.as_ref().map_err(|e| std::io::Error::other(e.clone()))?;
@@ -244,15 +259,21 @@ impl BackendPool {
             // What the backend chose now decides where the next requests go.
             self.h2.store(h2, Ordering::Relaxed);
         }
+        let refused = stream.refused();
         if h2 {
-            self.handshake_h2(stream, Scheme::HTTPS).await
+            self.handshake_h2(stream, Scheme::HTTPS, refused).await
         } else {
-            handshake_h1(stream).await
+            handshake_h1(stream, refused).await
         }
     }
 
     /// The HTTP/2 connection over `io`, which the pool then shares.
-    async fn handshake_h2<IO>(&self, io: IO, scheme: Scheme) -> std::io::Result<Sender>
+    async fn handshake_h2<IO>(
+        &self,
+        io: IO,
+        scheme: Scheme,
+        refused: Refused,
+    ) -> std::io::Result<Sender>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -262,7 +283,11 @@ impl BackendPool {
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
-        let sender = H2Sender { sender, scheme };
+        let sender = H2Sender {
+            sender,
+            scheme,
+            refused,
+        };
         *self.shared() = Some(sender.clone());
         Ok(Sender::Http2(sender))
     }
@@ -327,7 +352,7 @@ impl BackendPool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(req) => req,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => return Err(sender.failed(e.into_error())),
                 },
             },
             None => req,
@@ -341,10 +366,10 @@ impl BackendPool {
             .connect_offering(connect_timeout, offer)
             .await
             .map_err(SendError::Connect)?;
-        let response = sender
-            .try_send(req)
-            .await
-            .map_err(|e| SendError::Http(e.into_error()))?;
+        let response = match sender.try_send(req).await {
+            Ok(response) => response,
+            Err(e) => return Err(sender.failed(e.into_error())),
+        };
         Ok(Sent {
             sender,
             response,
@@ -359,7 +384,7 @@ impl BackendPool {
 }
 
 /// An HTTP/1.1 connection over `io`, its task driving upgrades too.
-async fn handshake_h1<IO>(io: IO) -> std::io::Result<Sender>
+async fn handshake_h1<IO>(io: IO, refused: Refused) -> std::io::Result<Sender>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -371,7 +396,7 @@ where
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    Ok(Sender::Http1(sender))
+    Ok(Sender::Http1(sender, refused))
 }
 
 /// A request sent by [`BackendPool::send`], with its response head.
@@ -394,6 +419,12 @@ pub enum SendError {
     /// The exchange failed.
     #[error("the backend failed the request: {0}")]
     Http(hyper::Error),
+    /// The backend's TLS refused this node's client certificate (or its
+    /// lack of one) with this alert, before it read the request.
+    #[error(
+        "the backend refused this node's TLS client certificate (alert {0}): check the service's tls_cert and tls_key"
+    )]
+    CertificateRefused(&'static str),
 }
 
 impl SendError {

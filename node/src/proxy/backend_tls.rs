@@ -1,20 +1,24 @@
 //! TLS from this node to the backend of a service that says `tls = true`: the
 //! backend's certificate must chain to the service's trusted CAs (`tls_ca`, or
 //! the system's store) and be valid for its `tls_server_name`, which is also
-//! sent as SNI. ALPN offers HTTP/2 and HTTP/1.1 and the backend chooses —
+//! sent as SNI; a service with `tls_cert` and `tls_key` presents that client
+//! certificate to a backend that asks for one. ALPN offers HTTP/2 and HTTP/1.1 and the backend chooses —
 //! HTTP/2 alone when the service says `http2 = true` — except for a request
 //! that switches protocols (WebSocket, `CONNECT`), which only HTTP/1.1
 //! carries the way the mesh relays it, so its connection offers HTTP/1.1 alone.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::BackendTls;
+use crate::config::{BackendTls, ClientIdentity};
 
 /// ALPN protocol id of HTTP/2.
 const H2: &[u8] = b"h2";
@@ -70,9 +74,10 @@ impl BackendConnector {
         } else {
             vec![H2.to_vec(), HTTP11.to_vec()]
         };
+        let client = tls.client.as_ref();
         Ok(BackendConnector {
-            service: connector(roots.clone(), service)?,
-            http1: connector(roots, vec![HTTP11.to_vec()])?,
+            service: connector(roots.clone(), client, service)?,
+            http1: connector(roots, client, vec![HTTP11.to_vec()])?,
             server_name,
         })
     }
@@ -82,7 +87,7 @@ impl BackendConnector {
         &self,
         tcp: TcpStream,
         offer: Offer,
-    ) -> std::io::Result<(TlsStream<TcpStream>, bool)> {
+    ) -> std::io::Result<(Watched<TlsStream<TcpStream>>, bool)> {
         let connector = match offer {
             Offer::Service => &self.service,
             Offer::Http1 => &self.http1,
@@ -92,15 +97,176 @@ impl BackendConnector {
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(H2);
-        Ok((stream, h2))
+        Ok((Watched::new(stream), h2))
     }
 }
 
-fn connector(roots: Arc<RootCertStore>, alpn: Vec<Vec<u8>>) -> Result<TlsConnector, rustls::Error> {
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+/// Where a backend connection notes the TLS alert by which the backend
+/// refused this node's client certificate (or its lack of one), once read.
+pub type Refused = Arc<OnceLock<&'static str>>;
+
+/// A backend connection's TLS stream, noting in [`Refused`] the alert by
+/// which the backend refused this node's client certificate. TLS 1.3 ends
+/// the client's side of the handshake before the server has checked that
+/// certificate, so its refusal is the first thing read after the handshake:
+/// by then a request may be queued, and hyper reports it only as a closed
+/// connection. A server sends these alerts while verifying the handshake,
+/// before it reads any request, so a request they fail was not forwarded.
+#[derive(Debug)]
+pub struct Watched<IO> {
+    io: IO,
+    refused: Refused,
+}
+
+impl<IO> Watched<IO> {
+    fn new(io: IO) -> Self {
+        Watched {
+            io,
+            refused: Refused::default(),
+        }
+    }
+
+    /// Where the refusal is noted.
+    pub fn refused(&self) -> Refused {
+        self.refused.clone()
+    }
+}
+
+/// The TLS alerts (by rustls's names) a server sends when it refuses a
+/// client's certificate, or the handshake's proof of its key: each ends the
+/// handshake, before any request is read.
+const CLIENT_CERTIFICATE_ALERTS: [&str; 10] = [
+    "CertificateRequired",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "AccessDenied",
+    "HandshakeFailure",
+    "DecryptError",
+];
+
+/// The alert by which a backend refused this node's client certificate, if
+/// `e` (from reading its TLS stream) is one. tokio-rustls hands it on inside
+/// an `io::Error`, typed or as rustls's text ("received fatal alert: …").
+pub fn certificate_alert(e: &std::io::Error) -> Option<&'static str> {
+    let inner = e.get_ref()?;
+    let name = match inner.downcast_ref::<rustls::Error>() {
+        Some(rustls::Error::AlertReceived(alert)) => format!("{alert:?}"),
+        _ => inner
+            .to_string()
+            .strip_prefix("received fatal alert: ")?
+            .to_string(),
+    };
+    CLIENT_CERTIFICATE_ALERTS
+        .iter()
+        .find(|a| **a == name)
+        .copied()
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &read
+            && let Some(alert) = certificate_alert(e)
+        {
+            let _ = self.refused.set(alert);
+        }
+        read
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+fn connector(
+    roots: Arc<RootCertStore>,
+    client: Option<&ClientIdentity>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<TlsConnector, rustls::Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key_der.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn;
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use rustls::AlertDescription;
+
+    use super::*;
+
+    #[test]
+    fn only_alerts_about_the_clients_certificate_are_refusals() {
+        let typed = |a| Error::new(ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        assert_eq!(
+            certificate_alert(&typed(AlertDescription::CertificateRequired)),
+            Some("CertificateRequired")
+        );
+        assert_eq!(
+            certificate_alert(&typed(AlertDescription::UnknownCA)),
+            Some("UnknownCA")
+        );
+        // As text, the way an error that was turned into a string arrives.
+        let text = Error::new(
+            ErrorKind::InvalidData,
+            "received fatal alert: BadCertificate",
+        );
+        assert_eq!(certificate_alert(&text), Some("BadCertificate"));
+        // Alerts a server may send after it has read a request, and errors
+        // that are not alerts, say nothing about what was forwarded.
+        assert_eq!(
+            certificate_alert(&typed(AlertDescription::InternalError)),
+            None
+        );
+        assert_eq!(
+            certificate_alert(&typed(AlertDescription::CloseNotify)),
+            None
+        );
+        assert_eq!(
+            certificate_alert(&Error::from(ErrorKind::ConnectionReset)),
+            None
+        );
+        assert_eq!(certificate_alert(&Error::other("UnknownCA")), None);
+    }
 }

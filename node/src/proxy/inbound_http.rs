@@ -253,6 +253,7 @@ async fn await_head(
     };
     sent.map_err(|e| match e {
         SendError::Connect(e) => Failure::NotForwarded(format!("backend refused: {e}")),
+        e @ SendError::CertificateRefused(_) => Failure::NotForwarded(e.to_string()),
         e @ SendError::Http(_) => Failure::Failed(e.to_string()),
     })
 }

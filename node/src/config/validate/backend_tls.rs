@@ -1,8 +1,8 @@
 //! Validation of a service's TLS to its backend (`tls`, `tls_ca`,
-//! `tls_server_name`): HTTP services only, a server name rustls accepts, and
-//! trusted CAs read now — from `tls_ca`, or the system's trust store — so a
-//! file that holds no usable certificate is refused with the config, not at
-//! the first request.
+//! `tls_server_name`, `tls_cert`, `tls_key`): HTTP services only, a server
+//! name rustls accepts, trusted CAs read now — from `tls_ca`, or the system's
+//! trust store — and a client certificate with its own key, so a file that
+//! holds nothing usable is refused with the config, not at the first request.
 
 use std::net::SocketAddr;
 
@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::Validator;
 use crate::config::raw::RawService;
-use crate::config::types::BackendTls;
+use crate::config::types::{BackendTls, ClientIdentity};
 
 impl Validator {
     /// `Some(None)` without `tls = true`; `None` after reporting an error.
@@ -47,19 +47,60 @@ impl Validator {
             }
             None => (None, self.system_roots(&f("tls_ca"))?),
         };
+        let client = self.client_identity(&f, raw)?;
         Some(Some(BackendTls {
             ca,
             server_name,
             roots,
+            client,
         }))
     }
 
-    /// `tls_ca` and `tls_server_name` mean nothing without `tls = true`.
+    /// `tls_cert` and `tls_key`, which go together: `Some(None)` without
+    /// them; `None` after reporting an error.
+    fn client_identity(
+        &mut self,
+        f: &dyn Fn(&str) -> String,
+        raw: &RawService,
+    ) -> Option<Option<ClientIdentity>> {
+        match (&raw.tls_cert, &raw.tls_key) {
+            (None, None) => Some(None),
+            (Some(_), None) | (None, Some(_)) => {
+                let (set, missing) = if raw.tls_cert.is_some() {
+                    ("tls_cert", "tls_key")
+                } else {
+                    ("tls_key", "tls_cert")
+                };
+                self.err(
+                    f(missing),
+                    format!(
+                        "required with {set}: a client certificate needs its key (tls_cert: the PEM certificate chain, tls_key: its PEM private key)"
+                    ),
+                );
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let pair =
+                    self.cert_and_key((&f("tls_cert"), Some(cert)), (&f("tls_key"), Some(key)))?;
+                Some(Some(ClientIdentity {
+                    cert: pair.cert,
+                    key: pair.key,
+                    chain: pair.chain,
+                    key_der: pair.key_der,
+                }))
+            }
+        }
+    }
+
+    /// `tls_ca`, `tls_server_name`, `tls_cert` and `tls_key` mean nothing
+    /// without `tls = true`.
     fn no_tls_settings(&mut self, f: &dyn Fn(&str) -> String, raw: &RawService) -> bool {
         let mut ok = true;
         for (field, set) in [
             ("tls_ca", raw.tls_ca.is_some()),
             ("tls_server_name", raw.tls_server_name.is_some()),
+            ("tls_cert", raw.tls_cert.is_some()),
+            ("tls_key", raw.tls_key.is_some()),
         ] {
             if set {
                 self.err(

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use mesh_proto::lb::Policy;
 use mesh_proto::tunnel::Protocol;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::Validator;
 use crate::config::defaults::{
@@ -337,52 +335,13 @@ impl Validator {
     }
 
     pub(super) fn listener_tls(&mut self, i: usize, raw: &RawListenerTls) -> Option<ListenerTls> {
-        let cert = self.read_file(&format!("listener[{i}].tls.cert"), raw.cert.as_ref());
-        let key = self.read_file(&format!("listener[{i}].tls.key"), raw.key.as_ref());
-        let (Some((cert_path, cert_pem)), Some((key_path, key_pem))) = (cert, key) else {
-            return None;
-        };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .filter_map(Result::ok)
-            .collect();
-        if chain.is_empty() {
-            self.err(
-                format!("listener[{i}].tls.cert"),
-                format!("{} holds no PEM certificate", cert_path.display()),
-            );
-            return None;
-        }
-        let key_ok = std::str::from_utf8(&key_pem)
-            .ok()
-            .and_then(|k| rcgen::KeyPair::from_pem(k).ok());
-        match key_ok {
-            None => {
-                self.err(
-                    format!("listener[{i}].tls.key"),
-                    format!("{} is not a usable PEM private key", key_path.display()),
-                );
-                None
-            }
-            Some(k) => {
-                let matches = x509_parser::parse_x509_certificate(&chain[0]).is_ok_and(|(_, x)| {
-                    x.public_key().subject_public_key.data.as_ref() == k.public_key_raw()
-                });
-                if !matches {
-                    self.err(
-                        format!("listener[{i}].tls.key"),
-                        format!(
-                            "{} does not match the first certificate of {}",
-                            key_path.display(),
-                            cert_path.display()
-                        ),
-                    );
-                    return None;
-                }
-                Some(ListenerTls {
-                    cert: cert_path,
-                    key: key_path,
-                })
-            }
-        }
+        let pair = self.cert_and_key(
+            (&format!("listener[{i}].tls.cert"), raw.cert.as_ref()),
+            (&format!("listener[{i}].tls.key"), raw.key.as_ref()),
+        )?;
+        Some(ListenerTls {
+            cert: pair.cert,
+            key: pair.key,
+        })
     }
 }

@@ -662,10 +662,11 @@ impl HttpListener {
                 self.record(f, node, !response.status().is_server_error());
                 Tried::Answered(response, upgrade)
             }
-            Ok(Err(e @ SendError::Connect(_))) => {
+            Ok(Err(e @ (SendError::Connect(_) | SendError::CertificateRefused(_)))) => {
                 // A pooled local connection had closed and no new one could be
-                // made: nothing was sent. (A streamed body is gone with the
-                // request, so then the next try does not happen.)
+                // made, or the backend's TLS refused this node's certificate:
+                // nothing was sent. (A streamed body is gone with the request,
+                // so then the next try does not happen.)
                 self.record(f, node, false);
                 let message = format!("cannot reach service {} on {node}: {e}", f.service);
                 let answer = self.error_response(StatusCode::SERVICE_UNAVAILABLE, &message, rid);
