@@ -600,6 +600,10 @@ pub struct TcpBackend {
     greeting: Option<String>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// While stopped: the port, bound but not listening (connects are
+    /// refused), so that no other socket of the test process — an outgoing
+    /// connection's ephemeral port included — takes it before `restart`.
+    held: Option<tokio::net::TcpSocket>,
 }
 
 impl TcpBackend {
@@ -626,6 +630,7 @@ impl TcpBackend {
             greeting,
             accepted: Arc::default(),
             task: None,
+            held: None,
         };
         b.serve(listener);
         b
@@ -669,17 +674,26 @@ impl TcpBackend {
         self.addr
     }
 
-    /// Stops listening (connects are refused).
+    /// Stops listening (connects are refused) but keeps the port.
     pub async fn stop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = t.await;
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket
+                .bind(self.addr)
+                .expect("the stopped backend's port is still free");
+            self.held = Some(socket);
         }
     }
 
     /// Listens again on the same port.
     pub async fn restart(&mut self) {
-        let listener = shoal_node::proxy::listen(self.addr).unwrap();
+        let listener = match self.held.take() {
+            Some(socket) => socket.listen(shoal_node::proxy::LISTEN_BACKLOG).unwrap(),
+            None => shoal_node::proxy::listen(self.addr).unwrap(),
+        };
         self.serve(listener);
     }
 }
