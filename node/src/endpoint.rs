@@ -63,6 +63,14 @@ pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// QUIC idle timeout.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest this node asks a peer to hold an acknowledgement (QUIC's ACK
+/// frequency extension, which quinn implements on both sides: without it a
+/// peer may wait its own `max_ack_delay`, 25 ms). A live peer's silence then
+/// means something sooner: a hedge or a suspicion of a silent peer waits
+/// 2 × (this + RTT) (`proxy::hedge::suspicion_silence`). Under load
+/// acknowledgements ride on other packets, every second packet is
+/// acknowledged anyway, and the delay changes nothing.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// A pooled tunnel connection unused for this long is closed.
 pub const POOL_IDLE: Duration = Duration::from_secs(60);
 /// A pooled gossip connection this node sent nothing on for this long is
@@ -395,6 +403,9 @@ fn finish_transport(mut t: TransportConfig) -> TransportConfig {
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.mtu_discovery_config(Some(mtu_discovery()));
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.max_ack_delay(Some(ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()

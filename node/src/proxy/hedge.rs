@@ -21,7 +21,7 @@ use std::time::Duration;
 use mesh_proto::routing::Endpoint;
 
 use super::ProxyContext;
-use crate::endpoint::ConnectError;
+use crate::endpoint::{ACK_DELAY, ConnectError};
 use crate::metrics::ListenerLabels;
 
 /// Setups remembered for the p99.
@@ -156,14 +156,11 @@ fn frames_heard(conn: &quinn::Connection) -> u64 {
 
 /// How long past its start an open's connection must have stayed silent
 /// before its peer is suspected: the peer may hold its acknowledgement for
-/// QUIC's `max_ack_delay` (25 ms by default), and it then travels one round
+/// the [`ACK_DELAY`] this node asks of it, and it then travels one round
 /// trip; twice that is left as margin.
 pub fn suspicion_silence(rtt: Duration) -> Duration {
-    2 * (MAX_ACK_DELAY + rtt)
+    2 * (ACK_DELAY + rtt)
 }
-
-/// QUIC's default `max_ack_delay` (RFC 9000 §18.2), which quinn uses.
-const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 
 /// What an open's peer has said since the open began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,15 +535,12 @@ mod tests {
     #[test]
     fn a_silent_peer_is_hedged_only_once_a_live_one_would_have_acknowledged() {
         let rtt = ms(1);
-        // A live peer may hold its acknowledgement 25 ms, and it then takes a
-        // round trip: at the default hedge delay its silence means nothing.
-        let early = Silence::Silent { for_: ms(25), rtt };
-        assert_eq!(
-            early.hedge_after(),
-            Some(ms(27)),
-            "2 × (25 ms + 1 ms) in all"
-        );
-        let long = Silence::Silent { for_: ms(52), rtt };
+        // A live peer may hold its acknowledgement 5 ms (what this node asks
+        // of it), and it then takes a round trip: silent for 5 ms means
+        // nothing yet.
+        let early = Silence::Silent { for_: ms(5), rtt };
+        assert_eq!(early.hedge_after(), Some(ms(7)), "2 × (5 ms + 1 ms) in all");
+        let long = Silence::Silent { for_: ms(12), rtt };
         assert_eq!(long.hedge_after(), Some(Duration::ZERO));
         let longer = Silence::Silent { for_: ms(500), rtt };
         assert_eq!(longer.hedge_after(), Some(Duration::ZERO));
