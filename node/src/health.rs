@@ -62,7 +62,7 @@ async fn http_get(svc: &ServiceConfig, tls: &ProbeTls) -> Result<(), String> {
         .handshake(stream, Offer::Service)
         .await
         .map_err(|e| format!("{}: {e}", svc.address))?;
-    let refused = stream.refused();
+    let refused = stream.observer().refused();
     get_over(stream, h2, svc).await.map_err(|e| match refused.get() {
         Some(alert) => format!(
             "{}: the backend refused this node's TLS client certificate (alert {alert}): check the service's tls_cert and tls_key",

@@ -40,8 +40,9 @@ pub const MAX_IDLE: usize = 256;
 /// A request sender on one backend connection.
 #[derive(Debug)]
 pub enum Sender {
-    /// An HTTP/1.1 connection: one request at a time.
-    Http1(http1::SendRequest<Body>, Refused),
+    /// An HTTP/1.1 connection: one request at a time (and, over TLS, where
+    /// a refusal of the client certificate is noted).
+    Http1(http1::SendRequest<Body>, Option<Refused>),
     /// The backend's HTTP/2 connection, shared by every request.
     Http2(H2Sender),
 }
@@ -52,7 +53,8 @@ pub enum Sender {
 pub struct H2Sender {
     sender: http2::SendRequest<Body>,
     scheme: Scheme,
-    refused: Refused,
+    /// Over TLS: where a refusal of the client certificate is noted.
+    refused: Option<Refused>,
 }
 
 impl Sender {
@@ -77,7 +79,7 @@ impl Sender {
             Sender::Http1(_, r) => r,
             Sender::Http2(s) => &s.refused,
         };
-        match refused.get() {
+        match refused.as_ref().and_then(|r| r.get()) {
             Some(alert) => SendError::CertificateRefused(alert),
             None => SendError::Http(e),
         }
@@ -246,11 +248,10 @@ impl BackendPool {
         let stream = TcpStream::connect(self.addr).await?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            let refused = Refused::default();
             return if self.h2.load(Ordering::Relaxed) {
-                self.handshake_h2(stream, Scheme::HTTP, refused).await
+                self.handshake_h2(stream, Scheme::HTTP, None).await
             } else {
-                handshake_h1(stream, refused).await
+                handshake_h1(stream, None).await
             };
         };
         let tls = tls.as_ref().map_err(|e| std::io::Error::other(e.clone()))?;
@@ -259,7 +260,7 @@ impl BackendPool {
             // What the backend chose now decides where the next requests go.
             self.h2.store(h2, Ordering::Relaxed);
         }
-        let refused = stream.refused();
+        let refused = Some(stream.observer().refused());
         if h2 {
             self.handshake_h2(stream, Scheme::HTTPS, refused).await
         } else {
@@ -272,7 +273,7 @@ impl BackendPool {
         &self,
         io: IO,
         scheme: Scheme,
-        refused: Refused,
+        refused: Option<Refused>,
     ) -> std::io::Result<Sender>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -384,7 +385,7 @@ impl BackendPool {
 }
 
 /// An HTTP/1.1 connection over `io`, its task driving upgrades too.
-async fn handshake_h1<IO>(io: IO, refused: Refused) -> std::io::Result<Sender>
+async fn handshake_h1<IO>(io: IO, refused: Option<Refused>) -> std::io::Result<Sender>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -7,17 +7,15 @@
 //! that switches protocols (WebSocket, `CONNECT`), which only HTTP/1.1
 //! carries the way the mesh relays it, so its connection offers HTTP/1.1 alone.
 
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::observed::{Dir, Observed, Observer};
 use crate::config::{BackendTls, ClientIdentity};
 
 /// ALPN protocol id of HTTP/2.
@@ -97,7 +95,7 @@ impl BackendConnector {
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(H2);
-        Ok((Watched::new(stream), h2))
+        Ok((Observed::new(stream, NoteRefusal::default()), h2))
     }
 }
 
@@ -112,23 +110,27 @@ pub type Refused = Arc<OnceLock<&'static str>>;
 /// by then a request may be queued, and hyper reports it only as a closed
 /// connection. A server sends these alerts while verifying the handshake,
 /// before it reads any request, so a request they fail was not forwarded.
-#[derive(Debug)]
-pub struct Watched<IO> {
-    io: IO,
-    refused: Refused,
-}
+pub type Watched<IO> = Observed<IO, NoteRefusal>;
 
-impl<IO> Watched<IO> {
-    fn new(io: IO) -> Self {
-        Watched {
-            io,
-            refused: Refused::default(),
-        }
-    }
+/// The [`Observer`] of a [`Watched`] stream: notes a certificate alert that
+/// failed a read.
+#[derive(Debug, Default)]
+pub struct NoteRefusal(Refused);
 
+impl NoteRefusal {
     /// Where the refusal is noted.
     pub fn refused(&self) -> Refused {
-        self.refused.clone()
+        self.0.clone()
+    }
+}
+
+impl Observer for NoteRefusal {
+    fn moved(&self, _: Dir, _: usize) {}
+
+    fn read_failed(&self, e: &std::io::Error) {
+        if let Some(alert) = certificate_alert(e) {
+            let _ = self.0.set(alert);
+        }
     }
 }
 
@@ -164,52 +166,6 @@ pub fn certificate_alert(e: &std::io::Error) -> Option<&'static str> {
         .iter()
         .find(|a| **a == name)
         .copied()
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let read = Pin::new(&mut self.io).poll_read(cx, buf);
-        if let Poll::Ready(Err(e)) = &read
-            && let Some(alert) = certificate_alert(e)
-        {
-            let _ = self.refused.set(alert);
-        }
-        read
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 fn connector(

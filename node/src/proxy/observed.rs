@@ -1,7 +1,9 @@
 //! I/O that reports what moves through it: a wrapper around any async stream
-//! that calls back with the size of every read and write. HTTP proxying uses it
-//! to count bytes (the serving end of a tunnelled request) and to notice idle
-//! connections ([`Activity`]: client connections, upgraded tunnels).
+//! that tells an [`Observer`] the size of every read and write, and every
+//! failed read. HTTP proxying uses it to count bytes (the serving end of a
+//! tunnelled request), to notice idle connections ([`Activity`]: client
+//! connections, upgraded tunnels) and to read a backend's TLS refusal
+//! (`backend_tls::Watched`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,21 +23,43 @@ pub enum Dir {
     Write,
 }
 
-/// A stream that calls `observe` with every read and write that moved bytes.
+/// What an [`Observed`] stream reports to. A closure `Fn(Dir, usize)` is one
+/// that only counts bytes.
+pub trait Observer {
+    /// A read or write moved `n` (> 0) bytes.
+    fn moved(&self, dir: Dir, n: usize);
+
+    /// A read failed with `e`.
+    fn read_failed(&self, _e: &std::io::Error) {}
+}
+
+impl<F: Fn(Dir, usize)> Observer for F {
+    fn moved(&self, dir: Dir, n: usize) {
+        self(dir, n)
+    }
+}
+
+/// A stream that tells its [`Observer`] of every read and write that moved
+/// bytes, and of every failed read.
 #[derive(Debug)]
 pub struct Observed<T, F> {
     inner: T,
     observe: F,
 }
 
-impl<T, F: Fn(Dir, usize)> Observed<T, F> {
+impl<T, F: Observer> Observed<T, F> {
     /// Wraps `inner`.
     pub fn new(inner: T, observe: F) -> Self {
         Self { inner, observe }
     }
+
+    /// Its observer.
+    pub fn observer(&self) -> &F {
+        &self.observe
+    }
 }
 
-impl<T: AsyncRead + Unpin, F: Fn(Dir, usize) + Unpin> AsyncRead for Observed<T, F> {
+impl<T: AsyncRead + Unpin, F: Observer + Unpin> AsyncRead for Observed<T, F> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -43,15 +67,21 @@ impl<T: AsyncRead + Unpin, F: Fn(Dir, usize) + Unpin> AsyncRead for Observed<T, 
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            (self.observe)(Dir::Read, n);
+        match &r {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    self.observe.moved(Dir::Read, n);
+                }
+            }
+            Poll::Ready(Err(e)) => self.observe.read_failed(e),
+            Poll::Pending => {}
         }
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin, F: Fn(Dir, usize) + Unpin> AsyncWrite for Observed<T, F> {
+impl<T: AsyncWrite + Unpin, F: Observer + Unpin> AsyncWrite for Observed<T, F> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -61,7 +91,7 @@ impl<T: AsyncWrite + Unpin, F: Fn(Dir, usize) + Unpin> AsyncWrite for Observed<T
         if let Poll::Ready(Ok(n)) = r
             && n > 0
         {
-            (self.observe)(Dir::Write, n);
+            self.observe.moved(Dir::Write, n);
         }
         r
     }
@@ -75,7 +105,7 @@ impl<T: AsyncWrite + Unpin, F: Fn(Dir, usize) + Unpin> AsyncWrite for Observed<T
         if let Poll::Ready(Ok(n)) = r
             && n > 0
         {
-            (self.observe)(Dir::Write, n);
+            self.observe.moved(Dir::Write, n);
         }
         r
     }
@@ -203,5 +233,50 @@ mod tests {
                 .sum::<usize>(),
             5
         );
+    }
+
+    /// An observer that keeps what it is told.
+    #[derive(Default)]
+    struct Log(std::sync::Mutex<Vec<String>>);
+
+    impl Observer for Log {
+        fn moved(&self, dir: Dir, n: usize) {
+            self.0.lock().unwrap().push(format!("{dir:?} {n}"));
+        }
+
+        fn read_failed(&self, e: &std::io::Error) {
+            self.0.lock().unwrap().push(format!("failed: {e}"));
+        }
+    }
+
+    /// A reader whose every read fails.
+    struct Failing;
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Err(std::io::Error::other("received fatal alert: X")))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_reported_and_still_returned() {
+        let mut failing = Observed::new(Failing, Log::default());
+        let mut buf = [0u8; 4];
+        let err = failing.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.to_string(), "received fatal alert: X");
+        assert_eq!(
+            *failing.observer().0.lock().unwrap(),
+            ["failed: received fatal alert: X"]
+        );
+        // A read that ends the stream (0 bytes) is neither moved bytes nor a failure.
+        let (x, x_peer) = tokio::io::duplex(8);
+        drop(x_peer);
+        let mut ended = Observed::new(x, Log::default());
+        assert_eq!(ended.read(&mut buf).await.unwrap(), 0);
+        assert!(ended.observer().0.lock().unwrap().is_empty());
     }
 }

@@ -32,7 +32,7 @@ use crate::proxy::headers::{self, Client, UpstreamHead};
 use crate::proxy::hedge::{self, Heard, note_race};
 use crate::proxy::outbound_http::{self, ExchangeError, Outgoing, Reply};
 use crate::proxy::upgrade::Upgrade;
-use crate::proxy::upstream::{self, HttpUpstream, OpenError, Target};
+use crate::proxy::upstream::{self, HttpUpstream, LocalUpstream, OpenError, Target, Tunnel};
 
 /// Why a try failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,44 +610,73 @@ impl HttpListener {
         f: &Forwarding<'_>,
         endpoint: &Endpoint,
         opened: Result<Opened, OpenError>,
-        (try_timeout, try_deadline): (Duration, tokio::time::Instant),
+        times: (Duration, tokio::time::Instant),
         outcome: &mut Outcome,
     ) -> Tried {
         let up = match opened {
             Ok(Opened::Replied(replied)) => return self.replied(ex, f, endpoint, replied),
             Ok(Opened::TimedOut) => {
-                return self.timed_out(f, endpoint, try_timeout, &ex.request_id);
+                return self.timed_out(f, endpoint, times.0, &ex.request_id);
             }
             Ok(Opened::Upstream(up)) => up,
             Err(e) => return self.not_opened(ex, f, endpoint, e),
         };
         let upgrade = ex.upgrade.then_some(f.method == hyper::Method::CONNECT);
-        let body = match ex.body.take() {
-            Some(body) => body,
-            None => return Tried::NoBody,
+        let Some(body) = ex.body.take() else {
+            return Tried::NoBody;
         };
-        let local = match up {
+        match up {
             HttpUpstream::Tunnel(tunnel) => {
-                let outgoing = match std::mem::replace(&mut ex.body, ReqBody::Once(None)) {
-                    ReqBody::Replay(bytes) => {
-                        ex.body = ReqBody::Replay(bytes.clone());
-                        Outgoing::Whole(bytes)
-                    }
-                    ReqBody::Once(_) => Outgoing::Streamed(body),
-                };
-                let exchanged = outbound_http::exchange(tunnel, f.wire(), outgoing, upgrade);
-                return match tokio::time::timeout_at(try_deadline, exchanged).await {
-                    Ok(replied) => self.replied(ex, f, endpoint, replied),
-                    Err(_) => self.timed_out(f, endpoint, try_timeout, &ex.request_id),
-                };
+                self.tunnelled(ex, f, endpoint, tunnel, (body, upgrade), times)
+                    .await
             }
-            HttpUpstream::Local(local) => local,
+            HttpUpstream::Local(local) => {
+                outcome.addr = self
+                    .ctx
+                    .services()
+                    .get(&f.service)
+                    .map(|s| s.config.address);
+                self.local(&ex.request_id, f, endpoint, local, (body, upgrade), times)
+                    .await
+            }
+        }
+    }
+
+    /// The try through a tunnel to the endpoint's node: the request in
+    /// frames, the serving node's answer read back.
+    async fn tunnelled(
+        &self,
+        ex: &mut Exchange,
+        f: &Forwarding<'_>,
+        endpoint: &Endpoint,
+        tunnel: Tunnel,
+        (body, upgrade): (Body, Option<bool>),
+        (try_timeout, try_deadline): (Duration, tokio::time::Instant),
+    ) -> Tried {
+        let outgoing = match std::mem::replace(&mut ex.body, ReqBody::Once(None)) {
+            ReqBody::Replay(bytes) => {
+                ex.body = ReqBody::Replay(bytes.clone());
+                Outgoing::Whole(bytes)
+            }
+            ReqBody::Once(_) => Outgoing::Streamed(body),
         };
-        outcome.addr = self
-            .ctx
-            .services()
-            .get(&f.service)
-            .map(|s| s.config.address);
+        let exchanged = outbound_http::exchange(tunnel, f.wire(), outgoing, upgrade);
+        match tokio::time::timeout_at(try_deadline, exchanged).await {
+            Ok(replied) => self.replied(ex, f, endpoint, replied),
+            Err(_) => self.timed_out(f, endpoint, try_timeout, &ex.request_id),
+        }
+    }
+
+    /// The try to the backend on this node, over a connection of its pool.
+    async fn local(
+        &self,
+        rid: &str,
+        f: &Forwarding<'_>,
+        endpoint: &Endpoint,
+        local: LocalUpstream,
+        (body, upgrade): (Body, Option<bool>),
+        (try_timeout, try_deadline): (Duration, tokio::time::Instant),
+    ) -> Tried {
         let request = f.head.request(body);
         let inflight = f.balancer.in_flight(&endpoint.node);
         let sent = tokio::time::timeout_at(
@@ -655,7 +684,6 @@ impl HttpListener {
             exchange_local(local, request, upgrade, inflight),
         )
         .await;
-        let rid = &ex.request_id;
         let node = &endpoint.node;
         match sent {
             Ok(Ok((response, upgrade))) => {
