@@ -819,39 +819,58 @@ impl Rule {
     fn validate(&self, at: &str) -> Result<(), RouteError> {
         self.r#match.validate(&format!("{at}.match"))?;
         self.validate_backends(at)?;
-        if let Some(session) = &self.session {
-            let field = format!("{at}.session");
-            match session {
-                Session::Cookie { name, ttl_s } => {
-                    if !is_token(name) || name.len() > MAX_HEADER_NAME_LEN {
-                        return Err(invalid(
-                            format!("{field}.name"),
-                            Problem::BadCookieName { name: name.clone() },
-                        ));
-                    }
-                    if let Some(ttl) = *ttl_s {
-                        check_range(&format!("{field}.ttl_s"), ttl, 1, MAX_COOKIE_TTL_S)?;
-                    }
+        self.validate_session(at)?;
+        self.validate_timeouts(at)?;
+        self.validate_retry(at)?;
+        self.request_headers
+            .validate(&format!("{at}.request_headers"))?;
+        self.response_headers
+            .validate(&format!("{at}.response_headers"))?;
+        self.validate_allow_services(at)
+    }
+
+    /// The session's key rules, and the balancing it needs.
+    fn validate_session(&self, at: &str) -> Result<(), RouteError> {
+        let Some(session) = &self.session else {
+            return Ok(());
+        };
+        let field = format!("{at}.session");
+        match session {
+            Session::Cookie { name, ttl_s } => {
+                if !is_token(name) || name.len() > MAX_HEADER_NAME_LEN {
+                    return Err(invalid(
+                        format!("{field}.name"),
+                        Problem::BadCookieName { name: name.clone() },
+                    ));
                 }
-                Session::Header { name } => {
-                    check_header_name(&format!("{field}.name"), name)?;
+                if let Some(ttl) = *ttl_s {
+                    check_range(&format!("{field}.ttl_s"), ttl, 1, MAX_COOKIE_TTL_S)?;
                 }
-                Session::SourceIp => {}
             }
-            let hashed = !matches!(session, Session::Cookie { .. });
-            if let Some(policy) = self.lb
-                && hashed
-                && policy != Policy::RingHash
-            {
-                return Err(invalid(
-                    format!("{at}.lb"),
-                    Problem::PolicyConflict {
-                        policy,
-                        session: session.kind(),
-                    },
-                ));
+            Session::Header { name } => {
+                check_header_name(&format!("{field}.name"), name)?;
             }
+            Session::SourceIp => {}
         }
+        let hashed = !matches!(session, Session::Cookie { .. });
+        if let Some(policy) = self.lb
+            && hashed
+            && policy != Policy::RingHash
+        {
+            return Err(invalid(
+                format!("{at}.lb"),
+                Problem::PolicyConflict {
+                    policy,
+                    session: session.kind(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// The overall and per-try timeouts: in range, the per-try one within the
+    /// overall one.
+    fn validate_timeouts(&self, at: &str) -> Result<(), RouteError> {
         if let Some(t) = self.timeout_ms {
             check_range(&format!("{at}.timeout_ms"), t, 1, MAX_TIMEOUT_MS)?;
         }
@@ -870,38 +889,45 @@ impl Rule {
                 ));
             }
         }
-        if let Some(retry) = &self.retry {
-            let field = format!("{at}.retry");
-            if retry.on.is_empty() {
+        Ok(())
+    }
+
+    /// The retry policy: causes listed once each, attempts in range.
+    fn validate_retry(&self, at: &str) -> Result<(), RouteError> {
+        let Some(retry) = &self.retry else {
+            return Ok(());
+        };
+        let field = format!("{at}.retry");
+        if retry.on.is_empty() {
+            return Err(invalid(
+                format!("{field}.on"),
+                Problem::Empty {
+                    hint: "list at least one of \"connect_failure\", \"5xx\", \"reset\"",
+                },
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, on) in retry.on.iter().enumerate() {
+            if !seen.insert(*on) {
                 return Err(invalid(
-                    format!("{field}.on"),
-                    Problem::Empty {
-                        hint: "list at least one of \"connect_failure\", \"5xx\", \"reset\"",
+                    format!("{field}.on[{i}]"),
+                    Problem::Duplicate {
+                        value: on.to_string(),
                     },
                 ));
             }
-            let mut seen = BTreeSet::new();
-            for (i, on) in retry.on.iter().enumerate() {
-                if !seen.insert(*on) {
-                    return Err(invalid(
-                        format!("{field}.on[{i}]"),
-                        Problem::Duplicate {
-                            value: on.to_string(),
-                        },
-                    ));
-                }
-            }
-            check_range(
-                &format!("{field}.attempts"),
-                retry.attempts.into(),
-                1,
-                MAX_ATTEMPTS.into(),
-            )?;
         }
-        self.request_headers
-            .validate(&format!("{at}.request_headers"))?;
-        self.response_headers
-            .validate(&format!("{at}.response_headers"))?;
+        check_range(
+            &format!("{field}.attempts"),
+            retry.attempts.into(),
+            1,
+            MAX_ATTEMPTS.into(),
+        )?;
+        Ok(())
+    }
+
+    /// The services allowed to call: valid names, listed once, not too many.
+    fn validate_allow_services(&self, at: &str) -> Result<(), RouteError> {
         let field = format!("{at}.allow_services");
         if self.allow_services.len() > MAX_ALLOW_SERVICES {
             return Err(invalid(
@@ -990,6 +1016,14 @@ impl Match {
     }
 
     fn validate(&self, at: &str) -> Result<(), RouteError> {
+        self.validate_path_prefix(at)?;
+        self.validate_headers(at)?;
+        self.validate_methods(at)
+    }
+
+    /// The path prefix: visible ASCII, starting and not ending with '/', no
+    /// query, within its length.
+    fn validate_path_prefix(&self, at: &str) -> Result<(), RouteError> {
         let field = format!("{at}.path_prefix");
         let p = &self.path_prefix;
         let bad = |rule| {
@@ -1028,6 +1062,11 @@ impl Match {
                 "contains a space, a control or a non-ASCII character; percent-encode it",
             ));
         }
+        Ok(())
+    }
+
+    /// The matched headers: valid names and values, not too many.
+    fn validate_headers(&self, at: &str) -> Result<(), RouteError> {
         let field = format!("{at}.headers");
         if self.headers.len() > MAX_MATCH_HEADERS {
             return Err(invalid(
@@ -1043,6 +1082,11 @@ impl Match {
             check_header_name(&at, name)?;
             check_header_value(&at, value)?;
         }
+        Ok(())
+    }
+
+    /// The matched methods: uppercase tokens, listed once, not too many.
+    fn validate_methods(&self, at: &str) -> Result<(), RouteError> {
         let field = format!("{at}.methods");
         if self.methods.len() > MAX_METHODS {
             return Err(invalid(

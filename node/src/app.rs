@@ -178,6 +178,42 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Refuses to start a node whose own certificate the stored revocation list
+/// names.
+fn refuse_if_revoked(config: &Config, tls: &TlsState) -> Result<(), StartError> {
+    let Some(entry) = tls.revocation_of(&tls.identity().cert_der) else {
+        return Ok(());
+    };
+    Err(StartError::Revoked {
+        what: entry.describe(),
+        reason: entry.reason,
+        list: config
+            .node
+            .data_dir
+            .join(crate::revocations::REVOCATIONS_FILE)
+            .display()
+            .to_string(),
+    })
+}
+
+/// The golden-signal history and the task that samples it every second.
+fn start_golden(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    supervisor: &Supervisor,
+    stop: &watch::Receiver<bool>,
+) -> Arc<crate::golden::History> {
+    let golden = Arc::new(crate::golden::History::new(
+        &config.node.name,
+        crate::golden::listeners_of(config),
+    ));
+    supervisor.spawn("golden", {
+        let (history, metrics, stop) = (golden.clone(), metrics.clone(), stop.clone());
+        move || crate::golden::sample_every(history.clone(), metrics.clone(), stop.clone())
+    });
+    golden
+}
+
 impl Node {
     /// Starts a node. Must run inside a tokio runtime.
     pub async fn start(config: Config, options: StartOptions) -> Result<Node, StartError> {
@@ -192,18 +228,7 @@ impl Node {
             &metrics,
             config.gossip.max_clock_skew,
         );
-        if let Some(entry) = tls.revocation_of(&tls.identity().cert_der) {
-            return Err(StartError::Revoked {
-                what: entry.describe(),
-                reason: entry.reason,
-                list: config
-                    .node
-                    .data_dir
-                    .join(crate::revocations::REVOCATIONS_FILE)
-                    .display()
-                    .to_string(),
-            });
-        }
+        refuse_if_revoked(&config, &tls)?;
         let config_file = options.config_file.clone();
         let sockets = bind(&config, options, &tls, &metrics).await?;
         let (stop, stop_rx) = watch::channel(false);
@@ -220,28 +245,9 @@ impl Node {
         .await;
         let (routes, route_store) =
             start_routes(&config, &tls, &core.gossip, &metrics, &supervisor).await?;
-        let golden = Arc::new(crate::golden::History::new(
-            &config.node.name,
-            crate::golden::listeners_of(&config),
-        ));
-        supervisor.spawn("golden", {
-            let (history, metrics, stop) = (golden.clone(), metrics.clone(), stop_rx.clone());
-            move || crate::golden::sample_every(history.clone(), metrics.clone(), stop.clone())
-        });
-        let reloader = Arc::new(Reloader::new(
-            crate::reload::Parts {
-                proxy: core.proxy.clone(),
-                gossip: core.gossip.clone(),
-                publisher: core.publisher.clone(),
-                metrics: metrics.clone(),
-                routes: routes.clone(),
-                tls: tls.clone(),
-                supervisor: supervisor.clone(),
-                golden: golden.clone(),
-            },
-            config.clone(),
-            config_file,
-        ));
+        let golden = start_golden(&config, &metrics, &supervisor, &stop_rx);
+        let parts = core.reload_parts(&metrics, &routes, &tls, &supervisor, &golden);
+        let reloader = Arc::new(Reloader::new(parts, config.clone(), config_file));
         let admin = Arc::new(AdminState {
             config: config.clone(),
             gossip: core.gossip.clone(),
@@ -271,23 +277,16 @@ impl Node {
             listeners,
         };
         bound.log_started(&config.node.name);
-        let Core {
-            endpoint,
-            gossip,
-            publisher,
-            table,
-            proxy,
-        } = core;
         Ok(Node {
             config,
             bound,
-            endpoint,
-            gossip,
-            publisher,
-            table,
+            endpoint: core.endpoint,
+            gossip: core.gossip,
+            publisher: core.publisher,
+            table: core.table,
             admin,
             metrics,
-            proxy,
+            proxy: core.proxy,
             routes,
             reloader,
             stop,
@@ -471,6 +470,27 @@ struct Core {
 }
 
 impl Core {
+    /// What a config reload changes: these parts and the others named.
+    fn reload_parts(
+        &self,
+        metrics: &Arc<Metrics>,
+        routes: &SharedRoutes,
+        tls: &Arc<TlsState>,
+        supervisor: &Arc<Supervisor>,
+        golden: &Arc<crate::golden::History>,
+    ) -> crate::reload::Parts {
+        crate::reload::Parts {
+            proxy: self.proxy.clone(),
+            gossip: self.gossip.clone(),
+            publisher: self.publisher.clone(),
+            metrics: metrics.clone(),
+            routes: routes.clone(),
+            tls: tls.clone(),
+            supervisor: supervisor.clone(),
+            golden: golden.clone(),
+        }
+    }
+
     /// The housekeeping chores over these parts.
     fn chores(&self, files: TlsFiles, config: &Config) -> Chores {
         Chores {

@@ -9,6 +9,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use thiserror::Error;
 use time::OffsetDateTime;
 use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::certificate::X509Certificate;
 
 use crate::identity::{CertIdentity, CertKind};
 use crate::inspect::rfc3339;
@@ -65,7 +66,7 @@ pub struct Verified {
 
 /// A CA as error messages name it: subject and SHA-256 fingerprint (the
 /// subject alone is the same for every CA of a trust domain).
-pub fn describe_ca(x509: &x509_parser::certificate::X509Certificate<'_>, der: &[u8]) -> String {
+pub fn describe_ca(x509: &X509Certificate<'_>, der: &[u8]) -> String {
     format!(
         "{}, sha256 {}",
         x509.subject(),
@@ -90,30 +91,14 @@ pub fn verify_cert(
     cert: &CertificateDer<'_>,
     now: OffsetDateTime,
 ) -> Result<Verified, VerifyError> {
-    let malformed =
-        |what: &str, e: &dyn std::fmt::Display| VerifyError::Malformed(format!("{what}: {e}"));
     let (_, ca_x509) =
         x509_parser::parse_x509_certificate(ca).map_err(|e| malformed("CA certificate", &e))?;
     let (_, x509) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| malformed("certificate", &e))?;
     let ca_id = CertIdentity::from_x509(&ca_x509).map_err(|e| malformed("CA certificate", &e))?;
     let id = CertIdentity::from_x509(&x509).map_err(|e| malformed("certificate", &e))?;
-    let nb = x509.validity().not_before.to_datetime();
     let na = x509.validity().not_after.to_datetime();
-    let ca_nb = ca_x509.validity().not_before.to_datetime();
-    let ca_na = ca_x509.validity().not_after.to_datetime();
-    if now < ca_nb {
-        return Err(VerifyError::CaNotValid(format!(
-            "valid from {}",
-            rfc3339(ca_nb)
-        )));
-    }
-    if now > ca_na {
-        return Err(VerifyError::CaNotValid(format!(
-            "expired on {}",
-            rfc3339(ca_na)
-        )));
-    }
+    check_ca_validity(&ca_x509, now)?;
 
     if ca.as_ref() == cert.as_ref() {
         // The CA certificate itself: self-signed, checked above for validity.
@@ -124,49 +109,7 @@ pub fn verify_cert(
         });
     }
 
-    let anchors =
-        [webpki::anchor_from_trusted_cert(ca).map_err(|e| malformed("CA certificate", &e))?];
-    let ee = EndEntityCert::try_from(cert).map_err(|e| malformed("certificate", &e))?;
-    let usage = if id.kind() == CertKind::Node {
-        KeyUsage::server_auth()
-    } else {
-        KeyUsage::client_auth()
-    };
-    let result = ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        &[],
-        unix(now),
-        usage,
-        None,
-        None,
-    );
-    if let Err(e) = result {
-        return Err(match e {
-            webpki::Error::CertExpired { .. } => VerifyError::Expired(rfc3339(na)),
-            webpki::Error::CertNotValidYet { .. } => VerifyError::NotYetValid(rfc3339(nb)),
-            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
-                VerifyError::OtherCa {
-                    issuer: x509.issuer().to_string(),
-                    ca: describe_ca(&ca_x509, ca),
-                }
-            }
-            other => VerifyError::Invalid(format!("{other:?}")),
-        });
-    }
-    if id.kind() == CertKind::Node {
-        // Node certificates are also TLS clients (they dial other nodes).
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &[],
-            unix(now),
-            KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| VerifyError::Invalid(format!("not usable as a TLS client: {e:?}")))?;
-    }
+    verify_chain((ca, &ca_x509), (cert, &x509), id.kind(), now)?;
     if let (Some(ca_td), Some(td)) = (&ca_id.trust_domain, &id.trust_domain)
         && ca_td != td
     {
@@ -180,6 +123,80 @@ pub fn verify_cert(
         identity: id,
         not_after: rfc3339(na),
     })
+}
+
+/// A certificate that could not be read: `what` and why.
+fn malformed(what: &str, e: &dyn std::fmt::Display) -> VerifyError {
+    VerifyError::Malformed(format!("{what}: {e}"))
+}
+
+/// The CA certificate is valid at `now`.
+fn check_ca_validity(ca: &X509Certificate<'_>, now: OffsetDateTime) -> Result<(), VerifyError> {
+    let nb = ca.validity().not_before.to_datetime();
+    let na = ca.validity().not_after.to_datetime();
+    if now < nb {
+        return Err(VerifyError::CaNotValid(format!(
+            "valid from {}",
+            rfc3339(nb)
+        )));
+    }
+    if now > na {
+        return Err(VerifyError::CaNotValid(format!(
+            "expired on {}",
+            rfc3339(na)
+        )));
+    }
+    Ok(())
+}
+
+/// `cert` chains to `ca` at `now` for the TLS role of its kind: a node's
+/// certificate as server and client, any other as client.
+fn verify_chain(
+    (ca, ca_x509): (&CertificateDer<'_>, &X509Certificate<'_>),
+    (cert, x509): (&CertificateDer<'_>, &X509Certificate<'_>),
+    kind: CertKind,
+    now: OffsetDateTime,
+) -> Result<(), VerifyError> {
+    let anchors =
+        [webpki::anchor_from_trusted_cert(ca).map_err(|e| malformed("CA certificate", &e))?];
+    let ee = EndEntityCert::try_from(cert).map_err(|e| malformed("certificate", &e))?;
+    let verify = |usage| {
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            unix(now),
+            usage,
+            None,
+            None,
+        )
+    };
+    let usage = if kind == CertKind::Node {
+        KeyUsage::server_auth()
+    } else {
+        KeyUsage::client_auth()
+    };
+    if let Err(e) = verify(usage) {
+        let nb = x509.validity().not_before.to_datetime();
+        let na = x509.validity().not_after.to_datetime();
+        return Err(match e {
+            webpki::Error::CertExpired { .. } => VerifyError::Expired(rfc3339(na)),
+            webpki::Error::CertNotValidYet { .. } => VerifyError::NotYetValid(rfc3339(nb)),
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                VerifyError::OtherCa {
+                    issuer: x509.issuer().to_string(),
+                    ca: describe_ca(ca_x509, ca),
+                }
+            }
+            other => VerifyError::Invalid(format!("{other:?}")),
+        });
+    }
+    if kind == CertKind::Node {
+        // Node certificates are also TLS clients (they dial other nodes).
+        verify(KeyUsage::client_auth())
+            .map_err(|e| VerifyError::Invalid(format!("not usable as a TLS client: {e:?}")))?;
+    }
+    Ok(())
 }
 
 /// A set of trusted mesh CAs of one trust domain: usually one; two while a CA is
@@ -279,5 +296,42 @@ impl CaBundle {
             }
         }
         Err(best.unwrap_or_else(|| VerifyError::Malformed("empty CA bundle".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+    use crate::{CertificateAuthority, Validity};
+
+    #[test]
+    fn a_certificate_verifies_only_while_its_ca_is_valid() {
+        let ca = CertificateAuthority::create("mesh.test", Validity::days_from_now(30).unwrap())
+            .unwrap();
+        let node = ca
+            .issue_node("n1", &[], Validity::days_from_now(10).unwrap())
+            .unwrap();
+        let now = OffsetDateTime::now_utc();
+        let verified = verify_cert(ca.cert_der(), &node.cert_der, now).unwrap();
+        assert_eq!(verified.kind, CertKind::Node);
+        for (at, said) in [
+            (
+                now - Duration::days(2),
+                "the CA certificate is not valid now: valid from",
+            ),
+            (
+                now + Duration::days(40),
+                "the CA certificate is not valid now: expired on",
+            ),
+        ] {
+            let err = verify_cert(ca.cert_der(), &node.cert_der, at).unwrap_err();
+            assert!(matches!(err, VerifyError::CaNotValid(_)), "{err}");
+            assert!(err.to_string().starts_with(said), "{err}");
+        }
+        // The CA certificate itself is the CA kind.
+        let itself = verify_cert(ca.cert_der(), ca.cert_der(), now).unwrap();
+        assert_eq!(itself.kind, CertKind::Ca);
     }
 }

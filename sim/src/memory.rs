@@ -111,21 +111,10 @@ pub async fn hold(addr: SocketAddr, count: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs the memory benchmark with `shoal` processes; `me` is this program (run
-/// again as the connection holder).
-pub async fn run(
-    shoal: std::path::PathBuf,
-    me: std::path::PathBuf,
-    connections: usize,
-) -> Result<MemoryReport> {
-    let limit = raise_fd_limit(connections as u64 + 1024)?;
-    if limit < connections as u64 + 256 {
-        bail!(
-            "the open-file limit is {limit}; {connections} connections need about {}: raise the hard limit (ulimit -Hn)",
-            connections + 256
-        );
-    }
-    let spec = MeshSpec {
+/// The benchmark's mesh: `echo` on n1, reached through a listener on n2 that
+/// may hold `connections`.
+fn two_nodes(connections: usize) -> MeshSpec {
+    MeshSpec {
         nodes: 2,
         zones: vec!["zone-a".into()],
         gossip_interval: Duration::from_millis(250),
@@ -145,25 +134,17 @@ pub async fn run(
             lb: "round_robin".into(),
             protocol: Default::default(),
         }],
-    };
-    let mut mesh = Mesh::new(spec, Mode::Processes { shoal }, 1)?;
-    mesh.add("n1").await?;
-    mesh.add("n2").await?;
-    let start = Instant::now();
-    while !converged(&mesh, true).await {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("the two nodes did not converge within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = |m: &Mesh, n: &str| m.node_rss(n).unwrap_or(0);
-    let (server_idle, caller_idle) = (rss(&mesh, "n1"), rss(&mesh, "n2"));
-    let addr = *mesh
-        .node("n2")
-        .and_then(|n| n.listeners.get("echo"))
-        .context("n2 has no listener")?;
+}
 
+/// Starts `me` as the connection holder of `connections` to `addr` and
+/// waits until it has opened them all; returns it (it holds them until its
+/// stdin closes) and how long the opening took, in seconds.
+async fn hold_connections(
+    me: &std::path::Path,
+    addr: std::net::SocketAddr,
+    connections: usize,
+) -> Result<(tokio::process::Child, f64)> {
     let mut holder = tokio::process::Command::new(me)
         .args(["hold-connections", "--addr", &addr.to_string(), "--count"])
         .arg(connections.to_string())
@@ -184,6 +165,42 @@ pub async fn run(
         .nth(2)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("the holder said {line:?}"))?;
+    Ok((holder, open_s))
+}
+
+/// Runs the memory benchmark with `shoal` processes; `me` is this program (run
+/// again as the connection holder).
+pub async fn run(
+    shoal: std::path::PathBuf,
+    me: std::path::PathBuf,
+    connections: usize,
+) -> Result<MemoryReport> {
+    let limit = raise_fd_limit(connections as u64 + 1024)?;
+    if limit < connections as u64 + 256 {
+        bail!(
+            "the open-file limit is {limit}; {connections} connections need about {}: raise the hard limit (ulimit -Hn)",
+            connections + 256
+        );
+    }
+    let mut mesh = Mesh::new(two_nodes(connections), Mode::Processes { shoal }, 1)?;
+    mesh.add("n1").await?;
+    mesh.add("n2").await?;
+    let start = Instant::now();
+    while !converged(&mesh, true).await {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the two nodes did not converge within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = |m: &Mesh, n: &str| m.node_rss(n).unwrap_or(0);
+    let (server_idle, caller_idle) = (rss(&mesh, "n1"), rss(&mesh, "n2"));
+    let addr = *mesh
+        .node("n2")
+        .and_then(|n| n.listeners.get("echo"))
+        .context("n2 has no listener")?;
+
+    let (mut holder, open_s) = hold_connections(&me, addr, connections).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (server_loaded, caller_loaded) = (rss(&mesh, "n1"), rss(&mesh, "n2"));
     drop(holder.stdin.take());

@@ -156,6 +156,16 @@ impl Report {
             "Shoal simulation: {} ({}, {} nodes, {:.1} s)",
             self.scenario, self.mode, self.nodes, self.duration_s
         );
+        self.timings_text(&mut out);
+        self.requests_text(&mut out);
+        self.phases_text(&mut out);
+        self.mesh_text(&mut out);
+        self.outcome_text(&mut out);
+        out
+    }
+
+    /// What the mesh did, event by event.
+    fn timings_text(&self, out: &mut String) {
         let _ = writeln!(out, "\nwhat the mesh did:");
         for t in &self.timings {
             let after = match t.after_s {
@@ -168,6 +178,10 @@ impl Report {
                 t.at_s, t.event, t.what, after
             );
         }
+    }
+
+    /// The requests: counts, latency, who served them.
+    fn requests_text(&self, out: &mut String) {
         let r = &self.requests;
         let _ = writeln!(
             out,
@@ -223,7 +237,10 @@ impl Report {
                 );
             }
         }
-        self.phases_text(&mut out);
+    }
+
+    /// Gossip cost, memory and false deaths.
+    fn mesh_text(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\ngossip: {:.1} KB/s sent per node, at most {} gossip connections per node ({}); memory: {:.0} MiB resident; datagrams dropped by faults: {}",
@@ -261,6 +278,10 @@ impl Report {
             "(times are measured by polling every node every {} ms)",
             self.resolution_ms
         );
+    }
+
+    /// The expectations, errors and the verdict.
+    fn outcome_text(&self, out: &mut String) {
         if !self.expectations.is_empty() {
             let passed = self.expectations.iter().filter(|e| e.passed).count();
             let _ = writeln!(
@@ -287,6 +308,5 @@ impl Report {
             "\nresult: {}",
             if self.passed() { "PASSED" } else { "FAILED" }
         );
-        out
     }
 }

@@ -2,7 +2,7 @@
 //! the mesh reacts to each event (by polling every node's members and routing
 //! table), drives traffic, checks expectations, and builds the report.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,72 +88,9 @@ fn since(epoch: Instant) -> f64 {
 
 /// Runs `scenario` and returns its report.
 pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
-    if matches!(options.mode, Mode::Processes { .. }) {
-        for (i, step) in scenario.steps.iter().enumerate() {
-            if matches!(
-                step,
-                Step::Partition { .. } | Step::Heal | Step::Loss { .. }
-            ) {
-                bail!(
-                    "step[{i}]: partitions and packet loss act on the simulated network, which only exists in in-process mode; run without --processes"
-                );
-            }
-        }
-    }
+    refuse_network_faults_in_processes(scenario, &options.mode)?;
     let mesh = Mesh::new(scenario.mesh.clone(), options.mode.clone(), scenario.seed)?;
-    let total_nodes = scenario.mesh.nodes
-        + scenario
-            .steps
-            .iter()
-            .map(|s| {
-                if let Step::Add { count } = s {
-                    *count
-                } else {
-                    0
-                }
-            })
-            .sum::<usize>();
-    let bar = if options.live {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        b.enable_steady_tick(Duration::from_millis(200));
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut run = Run {
-        mesh: Arc::new(RwLock::new(mesh)),
-        epoch: Instant::now(),
-        stats: Arc::new(Stats::default()),
-        timings: Arc::default(),
-        watchers: Vec::new(),
-        targets: HashMap::new(),
-        generators: HashMap::new(),
-        kinds: scenario
-            .mesh
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.kind))
-            .collect(),
-        faults: Vec::new(),
-        phase_marks: vec![(Duration::ZERO, "steady".to_string())],
-        expectations: Vec::new(),
-        errors: Vec::new(),
-        poll: poll_interval(total_nodes),
-        max_nodes: 0,
-        false_deaths: 0,
-        quiet: None,
-        max_connections: Arc::default(),
-        bar,
-        notes: options.notes,
-    };
-    for l in &scenario.mesh.listeners {
-        let (tx, _) = watch::channel(Vec::new());
-        run.targets.entry(l.service.clone()).or_insert(tx);
-    }
+    let mut run = Run::new(scenario, mesh, progress_bar(options.live), options.notes);
     let status = spawn_status(
         run.mesh.clone(),
         run.stats.clone(),
@@ -161,36 +98,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
         run.bar.clone(),
     );
     let sampler = spawn_connection_sampler(run.mesh.clone(), run.max_connections.clone());
-
-    run.note(&format!(
-        "starting {} nodes ({})",
-        scenario.mesh.nodes,
-        match options.mode {
-            Mode::InProcess => "in-process",
-            Mode::Processes { .. } => "processes",
-        }
-    ));
-    for line in topology(scenario) {
-        run.note(&line);
-    }
-    let start = run.epoch.elapsed();
-    for name in scenario.initial_nodes() {
-        if let Err(e) = run.mesh.write().await.add(&name).await {
-            run.errors.push(format!("starting {name}: {e:#}"));
-        }
-    }
-    run.max_nodes = scenario.mesh.nodes;
-    run.refresh_targets().await;
-    run.timings
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Timing {
-            event: format!("started {} nodes", scenario.mesh.nodes),
-            at_s: start.as_secs_f64(),
-            what: "all running".into(),
-            after_s: Some((run.epoch.elapsed() - start).as_secs_f64()),
-        });
-
+    run.start_nodes(scenario, &options.mode).await;
     if run.errors.is_empty() {
         for (i, step) in scenario.steps.iter().enumerate() {
             if let Err(e) = run.step(i, step).await {
@@ -206,6 +114,39 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report> {
     let report = run.finish(scenario, &options, finished).await;
     status.abort();
     Ok(report)
+}
+
+/// Partitions and packet loss act on the simulated network, which only the
+/// in-process mode has.
+fn refuse_network_faults_in_processes(scenario: &Scenario, mode: &Mode) -> Result<()> {
+    if !matches!(mode, Mode::Processes { .. }) {
+        return Ok(());
+    }
+    for (i, step) in scenario.steps.iter().enumerate() {
+        if matches!(
+            step,
+            Step::Partition { .. } | Step::Heal | Step::Loss { .. }
+        ) {
+            bail!(
+                "step[{i}]: partitions and packet loss act on the simulated network, which only exists in in-process mode; run without --processes"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The live progress line, or a hidden one.
+fn progress_bar(live: bool) -> ProgressBar {
+    if !live {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new_spinner();
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
 }
 
 /// Prints `what` at the current run time: above the live line, or (no live
@@ -246,6 +187,73 @@ fn topology(scenario: &Scenario) -> Vec<String> {
 }
 
 impl Run {
+    /// A run of `scenario` on `mesh`, nothing started yet.
+    fn new(scenario: &Scenario, mesh: Mesh, bar: ProgressBar, notes: bool) -> Run {
+        let mut targets = HashMap::new();
+        for l in &scenario.mesh.listeners {
+            let (tx, _) = watch::channel(Vec::new());
+            targets.entry(l.service.clone()).or_insert(tx);
+        }
+        Run {
+            mesh: Arc::new(RwLock::new(mesh)),
+            epoch: Instant::now(),
+            stats: Arc::new(Stats::default()),
+            timings: Arc::default(),
+            watchers: Vec::new(),
+            targets,
+            generators: HashMap::new(),
+            kinds: scenario
+                .mesh
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.kind))
+                .collect(),
+            faults: Vec::new(),
+            phase_marks: vec![(Duration::ZERO, "steady".to_string())],
+            expectations: Vec::new(),
+            errors: Vec::new(),
+            poll: poll_interval(scenario.most_nodes()),
+            max_nodes: 0,
+            false_deaths: 0,
+            quiet: None,
+            max_connections: Arc::default(),
+            bar,
+            notes,
+        }
+    }
+
+    /// Starts the scenario's initial nodes and notes how long they took.
+    async fn start_nodes(&mut self, scenario: &Scenario, mode: &Mode) {
+        self.note(&format!(
+            "starting {} nodes ({})",
+            scenario.mesh.nodes,
+            match mode {
+                Mode::InProcess => "in-process",
+                Mode::Processes { .. } => "processes",
+            }
+        ));
+        for line in topology(scenario) {
+            self.note(&line);
+        }
+        let start = self.epoch.elapsed();
+        for name in scenario.initial_nodes() {
+            if let Err(e) = self.mesh.write().await.add(&name).await {
+                self.errors.push(format!("starting {name}: {e:#}"));
+            }
+        }
+        self.max_nodes = scenario.mesh.nodes;
+        self.refresh_targets().await;
+        self.timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Timing {
+                event: format!("started {} nodes", scenario.mesh.nodes),
+                at_s: start.as_secs_f64(),
+                what: "all running".into(),
+                after_s: Some((self.epoch.elapsed() - start).as_secs_f64()),
+            });
+    }
+
     fn note(&self, what: &str) {
         say_note(&self.bar, self.notes, self.epoch, what);
     }
@@ -377,40 +385,14 @@ impl Run {
         options: &RunOptions,
         finished: Duration,
     ) -> Report {
-        for (_, g) in self.generators.drain() {
-            g.stop();
-        }
-        // Let requests in flight finish (each is bounded by its own timeout).
-        let mut last = usize::MAX;
-        for _ in 0..60 {
-            let n = self.stats.records().len();
-            if n == last {
-                break;
-            }
-            last = n;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Give pending watchers a moment, then stop them.
-        for w in &self.watchers {
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while !w.is_finished() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            w.abort();
-        }
+        self.wind_down().await;
         let records = self.stats.records();
-        let mut timings = self
-            .timings
+        let timings = self.timings_with_traffic(&records, finished).await;
+        let (most_connections, most_connected) = self
+            .max_connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        timings.extend(traffic_moved(
-            &records,
-            &self.faults,
-            &self.mesh.read().await.hosts_map(),
-            finished,
-        ));
-        timings.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         let mesh = self.mesh.read().await;
         let gossip = mesh.gossip_bytes_sent().await as f64;
         let node_seconds = (self.max_nodes.max(1) as f64) * finished.as_secs_f64().max(0.001);
@@ -425,39 +407,15 @@ impl Run {
             timings,
             requests: Summary::of(records.iter()),
             phases: phases(&records, &self.phase_marks, finished),
-            by_service: {
-                let services: std::collections::BTreeSet<&str> =
-                    records.iter().map(|r| r.service.as_str()).collect();
-                services
-                    .into_iter()
-                    .map(|svc| {
-                        (
-                            svc.to_string(),
-                            Summary::of(records.iter().filter(|r| r.service == svc)),
-                        )
-                    })
-                    .collect()
-            },
+            by_service: by_service(&records),
             gossip_bytes_per_node_per_s: gossip / node_seconds,
             rss_mib: mesh.rss_bytes() as f64 / (1024.0 * 1024.0),
             datagrams_dropped: mesh.network().map(|n| n.stats().dropped()).unwrap_or(0),
             resolution_ms: self.poll.as_millis() as u64,
             false_deaths: self.false_deaths,
             quiet: self.quiet.take(),
-            max_connections_per_node: {
-                let most = self
-                    .max_connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                most.0
-            },
-            max_connections_node: {
-                let most = self
-                    .max_connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                most.1.clone()
-            },
+            max_connections_per_node: most_connections,
+            max_connections_node: most_connected,
             expectations: std::mem::take(&mut self.expectations),
             errors: std::mem::take(&mut self.errors),
         };
@@ -466,6 +424,62 @@ impl Run {
         self.mesh.write().await.shutdown().await;
         report
     }
+
+    /// Stops the traffic, lets requests in flight finish (each is bounded by
+    /// its own timeout) and pending watchers a moment, then stops them.
+    async fn wind_down(&mut self) {
+        for (_, g) in self.generators.drain() {
+            g.stop();
+        }
+        let mut last = usize::MAX;
+        for _ in 0..60 {
+            let n = self.stats.records().len();
+            if n == last {
+                break;
+            }
+            last = n;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for w in &self.watchers {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !w.is_finished() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            w.abort();
+        }
+    }
+
+    /// The timings noted during the run, with when traffic moved away from
+    /// each fault and back, in order.
+    async fn timings_with_traffic(&self, records: &[Record], finished: Duration) -> Vec<Timing> {
+        let mut timings = self
+            .timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        timings.extend(traffic_moved(
+            records,
+            &self.faults,
+            &self.mesh.read().await.hosts_map(),
+            finished,
+        ));
+        timings.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        timings
+    }
+}
+
+/// The requests' summary per service.
+fn by_service(records: &[Record]) -> BTreeMap<String, Summary> {
+    let services: BTreeSet<&str> = records.iter().map(|r| r.service.as_str()).collect();
+    services
+        .into_iter()
+        .map(|svc| {
+            (
+                svc.to_string(),
+                Summary::of(records.iter().filter(|r| r.service == svc)),
+            )
+        })
+        .collect()
 }
 
 /// The requests of each phase, per service; phases without requests are left

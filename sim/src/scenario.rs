@@ -364,23 +364,8 @@ impl Scenario {
         (1..=self.mesh.nodes).map(|i| format!("n{i}")).collect()
     }
 
-    fn check(&self, origin: &str) -> Result<(), ScenarioError> {
-        let bad = |field: String, reason: String| ScenarioError::Invalid {
-            path: origin.to_string(),
-            field,
-            reason,
-        };
-        if self.mesh.nodes == 0 {
-            return Err(bad("mesh.nodes".into(), "must be at least 1".into()));
-        }
-        if self.mesh.zones.is_empty() {
-            return Err(bad("mesh.zones".into(), "needs at least one zone".into()));
-        }
-        for z in &self.mesh.zones {
-            mesh_proto::names::validate_name("zone", z)
-                .map_err(|e| bad("mesh.zones".into(), e.to_string()))?;
-        }
-        // Every node name that can ever exist: initial ones plus added ones.
+    /// How many nodes can ever exist: the initial ones plus every `add`.
+    pub fn most_nodes(&self) -> usize {
         let added: usize = self
             .steps
             .iter()
@@ -389,43 +374,114 @@ impl Scenario {
                 _ => 0,
             })
             .sum();
-        let known: BTreeSet<String> = (1..=self.mesh.nodes + added)
+        self.mesh.nodes + added
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ScenarioError> {
+        let mut check = Check {
+            origin,
+            scenario: self,
+            known: BTreeSet::new(),
+            services: BTreeSet::new(),
+        };
+        check.mesh()?;
+        check.services()?;
+        check.listeners()?;
+        for (i, step) in self.steps.iter().enumerate() {
+            check.step(format!("step[{i}]"), step)?;
+        }
+        Ok(())
+    }
+}
+
+/// The checks of a scenario, each refusal naming its field.
+struct Check<'a> {
+    origin: &'a str,
+    scenario: &'a Scenario,
+    /// Every node name that can ever exist: initial ones plus added ones.
+    known: BTreeSet<String>,
+    /// The services defined so far.
+    services: BTreeSet<String>,
+}
+
+impl Check<'_> {
+    fn bad(&self, field: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
+        ScenarioError::Invalid {
+            path: self.origin.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The mesh's size and zones; the node names they make.
+    fn mesh(&mut self) -> Result<(), ScenarioError> {
+        let mesh = &self.scenario.mesh;
+        if mesh.nodes == 0 {
+            return Err(self.bad("mesh.nodes", "must be at least 1"));
+        }
+        if mesh.zones.is_empty() {
+            return Err(self.bad("mesh.zones", "needs at least one zone"));
+        }
+        for z in &mesh.zones {
+            mesh_proto::names::validate_name("zone", z)
+                .map_err(|e| self.bad("mesh.zones", e.to_string()))?;
+        }
+        self.known = (1..=self.scenario.most_nodes())
             .map(|i| format!("n{i}"))
             .collect();
-        let mut services = BTreeSet::new();
-        for (i, s) in self.mesh.services.iter().enumerate() {
-            mesh_proto::names::validate_name("service name", &s.name)
-                .map_err(|e| bad(format!("mesh.service[{i}].name"), e.to_string()))?;
-            if !services.insert(s.name.clone()) {
-                return Err(bad(
-                    format!("mesh.service[{i}].name"),
-                    "listed twice".into(),
-                ));
-            }
-            for n in &s.on {
-                if n != "all" && !known.contains(n) {
-                    return Err(bad(
-                        format!("mesh.service[{i}].on"),
-                        format!("unknown node {n:?}"),
-                    ));
-                }
-            }
+        Ok(())
+    }
+
+    /// `on = [...]`: `all` or known nodes.
+    fn on(&self, field: String, nodes: &[String]) -> Result<(), ScenarioError> {
+        match nodes
+            .iter()
+            .find(|n| *n != "all" && !self.known.contains(*n))
+        {
+            Some(n) => Err(self.bad(field, format!("unknown node {n:?}"))),
+            None => Ok(()),
         }
-        for (i, l) in self.mesh.listeners.iter().enumerate() {
-            if !services.contains(&l.service) {
-                return Err(bad(
-                    format!("mesh.listener[{i}].service"),
-                    format!("unknown service {:?}", l.service),
-                ));
+    }
+
+    fn node(&self, field: &str, node: &String) -> Result<(), ScenarioError> {
+        if self.known.contains(node) {
+            Ok(())
+        } else {
+            Err(self.bad(field, format!("unknown node {node:?}")))
+        }
+    }
+
+    fn service(&self, field: &str, service: &String) -> Result<(), ScenarioError> {
+        if self.services.contains(service) {
+            Ok(())
+        } else {
+            Err(self.bad(field, format!("unknown service {service:?}")))
+        }
+    }
+
+    fn services(&mut self) -> Result<(), ScenarioError> {
+        for (i, s) in self.scenario.mesh.services.iter().enumerate() {
+            mesh_proto::names::validate_name("service name", &s.name)
+                .map_err(|e| self.bad(format!("mesh.service[{i}].name"), e.to_string()))?;
+            if !self.services.insert(s.name.clone()) {
+                return Err(self.bad(format!("mesh.service[{i}].name"), "listed twice"));
             }
+            self.on(format!("mesh.service[{i}].on"), &s.on)?;
+        }
+        Ok(())
+    }
+
+    fn listeners(&self) -> Result<(), ScenarioError> {
+        let mesh = &self.scenario.mesh;
+        for (i, l) in mesh.listeners.iter().enumerate() {
+            self.service(&format!("mesh.listener[{i}].service"), &l.service)?;
             if l.protocol == ListenerProtocol::Http
-                && self
-                    .mesh
+                && mesh
                     .services
                     .iter()
                     .any(|s| s.name == l.service && s.kind != BackendKind::Http)
             {
-                return Err(bad(
+                return Err(self.bad(
                     format!("mesh.listener[{i}].protocol"),
                     format!(
                         "an http listener needs an http service; {:?} is not one",
@@ -434,107 +490,97 @@ impl Scenario {
                 ));
             }
             if l.lb.parse::<mesh_proto::lb::Policy>().is_err() {
-                return Err(bad(
+                return Err(self.bad(
                     format!("mesh.listener[{i}].lb"),
                     format!("{:?}: use round_robin, least_request or ring_hash", l.lb),
                 ));
             }
-            for n in &l.on {
-                if n != "all" && !known.contains(n) {
-                    return Err(bad(
-                        format!("mesh.listener[{i}].on"),
-                        format!("unknown node {n:?}"),
-                    ));
-                }
-            }
-        }
-        for (i, step) in self.steps.iter().enumerate() {
-            let field = format!("step[{i}]");
-            let node_ok = |n: &String| {
-                if known.contains(n) {
-                    Ok(())
-                } else {
-                    Err(bad(field.clone(), format!("unknown node {n:?}")))
-                }
-            };
-            match step {
-                Step::Kill { node }
-                | Step::Restart { node }
-                | Step::Stop { node }
-                | Step::Pause { node }
-                | Step::Resume { node } => node_ok(node)?,
-                Step::Partition { nodes } => {
-                    if nodes.is_empty() {
-                        return Err(bad(field, "partition needs at least one node".into()));
-                    }
-                    for n in nodes {
-                        node_ok(n)?;
-                    }
-                }
-                Step::Loss { node, percent } => {
-                    node_ok(node)?;
-                    if !(0.0..=100.0).contains(percent) {
-                        return Err(bad(
-                            field,
-                            format!("percent {percent} is not between 0 and 100"),
-                        ));
-                    }
-                }
-                Step::Traffic { service, rate } => {
-                    if !services.contains(service) {
-                        return Err(bad(field, format!("unknown service {service:?}")));
-                    }
-                    if !self.mesh.listeners.iter().any(|l| l.service == *service) {
-                        return Err(bad(field, format!("no listener leads to {service:?}")));
-                    }
-                    if !(0.0..=100_000.0).contains(rate) {
-                        return Err(bad(
-                            field,
-                            format!("rate {rate} is not between 0 and 100000"),
-                        ));
-                    }
-                }
-                Step::Health { service, node, .. } => {
-                    node_ok(node)?;
-                    if !services.contains(service) {
-                        return Err(bad(field, format!("unknown service {service:?}")));
-                    }
-                }
-                Step::Wait {
-                    duration, until, ..
-                } => {
-                    if duration.is_some() == until.is_some() {
-                        return Err(bad(field, "give exactly one of `for` and `until`".into()));
-                    }
-                }
-                Step::Add { count } => {
-                    if *count == 0 {
-                        return Err(bad(field, "count must be at least 1".into()));
-                    }
-                }
-                Step::Steady { duration } | Step::Quiet { duration } => {
-                    if duration.is_zero() {
-                        return Err(bad(field, "`for` must be longer than 0".into()));
-                    }
-                }
-                Step::Route { document } => {
-                    let spec = route_spec(document, 0).map_err(|e| bad(field.clone(), e))?;
-                    for b in spec.rules.iter().flat_map(|r| &r.backends) {
-                        if !services.contains(&b.service) {
-                            return Err(bad(
-                                field.clone(),
-                                format!(
-                                    "the route sends to {:?}, which no [[mesh.service]] defines",
-                                    b.service
-                                ),
-                            ));
-                        }
-                    }
-                }
-                Step::Heal | Step::Expect { .. } => {}
-            }
+            self.on(format!("mesh.listener[{i}].on"), &l.on)?;
         }
         Ok(())
+    }
+
+    fn step(&self, field: String, step: &Step) -> Result<(), ScenarioError> {
+        match step {
+            Step::Kill { node }
+            | Step::Restart { node }
+            | Step::Stop { node }
+            | Step::Pause { node }
+            | Step::Resume { node } => self.node(&field, node),
+            Step::Partition { nodes } => {
+                if nodes.is_empty() {
+                    return Err(self.bad(field, "partition needs at least one node"));
+                }
+                nodes.iter().try_for_each(|n| self.node(&field, n))
+            }
+            Step::Loss { node, percent } => {
+                self.node(&field, node)?;
+                if !(0.0..=100.0).contains(percent) {
+                    return Err(
+                        self.bad(field, format!("percent {percent} is not between 0 and 100"))
+                    );
+                }
+                Ok(())
+            }
+            Step::Traffic { service, rate } => self.traffic(field, service, *rate),
+            Step::Health { service, node, .. } => {
+                self.node(&field, node)?;
+                self.service(&field, service)
+            }
+            Step::Wait {
+                duration, until, ..
+            } if duration.is_some() == until.is_some() => {
+                Err(self.bad(field, "give exactly one of `for` and `until`"))
+            }
+            Step::Add { count: 0 } => Err(self.bad(field, "count must be at least 1")),
+            Step::Steady { duration } | Step::Quiet { duration } if duration.is_zero() => {
+                Err(self.bad(field, "`for` must be longer than 0"))
+            }
+            Step::Route { document } => self.route(field, document),
+            Step::Wait { .. }
+            | Step::Add { .. }
+            | Step::Steady { .. }
+            | Step::Quiet { .. }
+            | Step::Heal
+            | Step::Expect { .. } => Ok(()),
+        }
+    }
+
+    fn traffic(&self, field: String, service: &String, rate: f64) -> Result<(), ScenarioError> {
+        self.service(&field, service)?;
+        if !self
+            .scenario
+            .mesh
+            .listeners
+            .iter()
+            .any(|l| l.service == *service)
+        {
+            return Err(self.bad(field, format!("no listener leads to {service:?}")));
+        }
+        if !(0.0..=100_000.0).contains(&rate) {
+            return Err(self.bad(field, format!("rate {rate} is not between 0 and 100000")));
+        }
+        Ok(())
+    }
+
+    /// A route document: valid, and sending only to defined services.
+    fn route(&self, field: String, document: &serde_json::Value) -> Result<(), ScenarioError> {
+        let spec = route_spec(document, 0).map_err(|e| self.bad(field.clone(), e))?;
+        match spec
+            .rules
+            .iter()
+            .flat_map(|r| &r.backends)
+            .find(|b| !self.services.contains(&b.service))
+        {
+            Some(b) => Err(self.bad(
+                field,
+                format!(
+                    "the route sends to {:?}, which no [[mesh.service]] defines",
+                    b.service
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::config::{Limits, Timing};
-use super::records::RecordStore;
+use super::records::{Origin, RecordStore};
 use super::refusal::Refusal;
 use super::signing::{Crypto, suspicion_payload};
 use super::wire::{Suspicion, SuspicionId};
@@ -211,31 +211,9 @@ impl Liveness {
         if s.accuser == s.target {
             return Err(Refusal::SelfAccusation);
         }
+        check_timely(&s, timing, wall_ms)?;
+        let (accuser, target) = parties(&s, records)?;
         let skew = millis(timing.max_clock_skew);
-        if s.issued_at_ms > wall_ms.saturating_add(skew) {
-            return Err(Refusal::FromTheFuture);
-        }
-        if s.issued_at_ms
-            .saturating_add(millis(timing.suspicion_ttl()))
-            < wall_ms
-        {
-            return Err(Refusal::SuspicionTooOld);
-        }
-        let accuser = records
-            .get(&s.accuser)
-            .filter(|o| o.generation == s.accuser_generation)
-            .ok_or(Refusal::UnknownAccuser)?;
-        let target = records.get(&s.target).ok_or(Refusal::UnknownTarget)?;
-        if target.generation != s.target_generation {
-            return Err(if s.target_generation < target.generation {
-                Refusal::StaleGeneration
-            } else {
-                Refusal::UnknownTarget
-            });
-        }
-        if s.target_version > target.max_version {
-            return Err(Refusal::UnknownVersion);
-        }
         if refutes(target.max_version, target.max_signed_at_ms, &s, skew) {
             return Ok(Accepted::Stale);
         }
@@ -264,6 +242,13 @@ impl Liveness {
             }
         }
         self.spend(&s.accuser, timing, limits, now);
+        self.hold(s, now);
+        Ok(Accepted::New)
+    }
+
+    /// Holds `s` (it passed every check): it replaces the same accuser's
+    /// accusation of the target, and every accusation of an older generation.
+    fn hold(&mut self, s: Suspicion, now: Instant) {
         let t = self.targets.entry(s.target.clone()).or_default();
         if t.generation != s.target_generation {
             self.open -= t.accusations.len();
@@ -282,7 +267,6 @@ impl Liveness {
         if replaced.is_none() {
             self.open += 1;
         }
-        Ok(Accepted::New)
     }
 
     fn refill(&mut self, accuser: &str, timing: &Timing, limits: &Limits, now: Instant) -> f64 {
@@ -405,6 +389,45 @@ impl Liveness {
             .map(|(n, _)| n.clone())
             .collect()
     }
+}
+
+/// `s` was issued neither later than the allowed skew from now nor longer
+/// ago than a suspicion lives.
+fn check_timely(s: &Suspicion, timing: &Timing, wall_ms: u64) -> Result<(), Refusal> {
+    if s.issued_at_ms > wall_ms.saturating_add(millis(timing.max_clock_skew)) {
+        return Err(Refusal::FromTheFuture);
+    }
+    if s.issued_at_ms
+        .saturating_add(millis(timing.suspicion_ttl()))
+        < wall_ms
+    {
+        return Err(Refusal::SuspicionTooOld);
+    }
+    Ok(())
+}
+
+/// The accuser (of the generation it signed as) and the target (of the
+/// generation and at most the version accused) as this node holds them.
+fn parties<'r, K: Clone + std::fmt::Debug>(
+    s: &Suspicion,
+    records: &'r RecordStore<K>,
+) -> Result<(&'r Origin<K>, &'r Origin<K>), Refusal> {
+    let accuser = records
+        .get(&s.accuser)
+        .filter(|o| o.generation == s.accuser_generation)
+        .ok_or(Refusal::UnknownAccuser)?;
+    let target = records.get(&s.target).ok_or(Refusal::UnknownTarget)?;
+    if target.generation != s.target_generation {
+        return Err(if s.target_generation < target.generation {
+            Refusal::StaleGeneration
+        } else {
+            Refusal::UnknownTarget
+        });
+    }
+    if s.target_version > target.max_version {
+        return Err(Refusal::UnknownVersion);
+    }
+    Ok((accuser, target))
 }
 
 /// Whether the target's freshest record (version `max_version`, signed at

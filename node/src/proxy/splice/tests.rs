@@ -116,3 +116,86 @@ async fn a_passed_deadline_ends_a_connection_that_is_not_idle() {
     assert!(totals.aborted, "cut off at the caller's deadline");
     assert!(tokio::time::Instant::now() >= deadline);
 }
+
+/// A QUIC stream between two endpoints on loopback (a self-signed server
+/// certificate, no client certificate): its send half, its receive half, and
+/// the connection keeping them open.
+async fn quic_stream() -> (quinn::SendStream, quinn::RecvStream, quinn::Connection) {
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let tls13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let server_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(tls13)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key.into())
+        .unwrap();
+    let server_quic = QuicServerConfig::try_from(server_tls).unwrap();
+    let server_config = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client_tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(tls13)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client_quic = QuicClientConfig::try_from(client_tls).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_quic)));
+    let connecting = client
+        .connect(server.local_addr().unwrap(), "localhost")
+        .unwrap();
+    let (to_server, at_server) =
+        tokio::join!(connecting, async { server.accept().await.unwrap().await });
+    let (to_server, at_server) = (to_server.unwrap(), at_server.unwrap());
+    let (mut send, _) = to_server.open_bi().await.unwrap();
+    // A stream reaches the peer with its first bytes.
+    send.write_all(b"!").await.unwrap();
+    let (_, mut recv) = at_server.accept_bi().await.unwrap();
+    let mut first = [0u8; 1];
+    recv.read_exact(&mut first).await.unwrap();
+    (send, recv, to_server)
+}
+
+#[tokio::test]
+async fn a_quic_read_gathers_every_chunk_already_there_up_to_the_limit() {
+    let (mut send, recv, _connection) = quic_stream().await;
+    let sent: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
+    send.write_all(&sent).await.unwrap();
+    send.finish().unwrap();
+    // Once the peer acknowledged every byte, all of them wait in its stream.
+    assert_eq!(send.stopped().await.unwrap(), None);
+    let mut reader = super::Reader::Quic(recv);
+    let (mut chunks, mut size, mut after) = (Vec::new(), 0, None);
+    let (mut got, mut per_read) = (Vec::new(), Vec::new());
+    loop {
+        let n = reader
+            .read_chunks(&mut chunks, &mut size, &mut after)
+            .await
+            .unwrap();
+        assert_eq!(n, chunks.len());
+        if n == 0 {
+            break;
+        }
+        per_read.push(n);
+        for c in chunks.drain(..) {
+            got.extend_from_slice(&c);
+        }
+    }
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "the bytes arrive whole and in order");
+    let total: usize = per_read.iter().sum();
+    assert!(
+        total > super::MAX_CHUNKS,
+        "{total} chunks: the test needs more than one read's worth"
+    );
+    let (last, full) = per_read.split_last().unwrap();
+    assert!(
+        full.iter().all(|&n| n == super::MAX_CHUNKS) && *last <= super::MAX_CHUNKS,
+        "each read takes every chunk already there, up to {}: {per_read:?}",
+        super::MAX_CHUNKS
+    );
+}
