@@ -298,7 +298,10 @@ pub struct Raced<T, E> {
 /// Runs `first` and, alongside, `hedge`, which waits for the hedge to be due
 /// and gives it (or `None`: no other endpoint, no room in the retry budget, a
 /// peer that answered); takes whichever leg succeeds first, dropping the
-/// other. If one fails, the other is awaited.
+/// other. If one fails, the other is awaited. `first` is always polled
+/// before the hedge: an open that is ready at once (a stream on a live
+/// connection) wins without the hedge's wait ever being started (no timer
+/// registered), and a tie goes to `first`.
 ///
 /// Both legs are `Unpin` so that neither is stored in the race's own state:
 /// the caller pins `first` where it lives (`std::pin::pin!`) and boxes the
@@ -319,6 +322,7 @@ where
         hedged: false,
     };
     let hedge = tokio::select! {
+        biased;
         r = &mut first => return alone(r),
         hedge = hedge => hedge,
     };
@@ -471,6 +475,21 @@ mod tests {
             (r.leg, r.result, r.hedged, asked),
             (Leg::First, Ok("a"), false, false)
         );
+    }
+
+    #[tokio::test]
+    async fn an_open_ready_at_once_never_starts_the_hedges_wait() {
+        // Twenty races: an unbiased choice of which leg to poll first would
+        // start the wait in about half of them.
+        for _ in 0..20 {
+            let mut polled = false;
+            let r = race(Box::pin(async { Ok::<_, &str>("a") }), async {
+                polled = true;
+                None::<std::pin::Pin<Box<dyn Future<Output = Result<&str, &str>> + Send>>>
+            })
+            .await;
+            assert_eq!((r.leg, r.result, polled), (Leg::First, Ok("a"), false));
+        }
     }
 
     #[tokio::test(start_paused = true)]
