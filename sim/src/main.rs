@@ -195,22 +195,7 @@ async fn main_async(cli: Cli) -> Result<bool> {
     let mut scenario = match &cli.command {
         None => demo(&cli.demo)?,
         Some(Command::Memory { connections }) => {
-            let shoal = shoal_binary()?;
-            let me = std::env::current_exe()?;
-            let r = shoal_sim::memory::run(shoal, me, *connections).await?;
-            say!(
-                "memory of `shoal run` (RSS):\n  idle: caller {:.1} MiB, server {:.1} MiB\n  with {} tunnelled connections open: caller {:.1} MiB, server {:.1} MiB (opened in {:.1} s)",
-                r.caller_idle_mib,
-                r.server_idle_mib,
-                r.connections,
-                r.caller_loaded_mib,
-                r.server_loaded_mib,
-                r.open_s
-            );
-            if let Some(path) = &cli.common.json {
-                std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
-            }
-            return Ok(true);
+            return run_memory(*connections, cli.common.json.as_deref()).await;
         }
         Some(Command::Model {
             nodes,
@@ -273,6 +258,28 @@ async fn main_async(cli: Cli) -> Result<bool> {
         say!("report written to {}", path.display());
     }
     Ok(report.passed())
+}
+
+/// `shoal-sim memory`: measures a node's memory idle and holding
+/// `connections`, prints and optionally saves it.
+async fn run_memory(connections: usize, json: Option<&std::path::Path>) -> Result<bool> {
+    let shoal = shoal_binary()?;
+    let me = std::env::current_exe()?;
+    let r = shoal_sim::memory::run(shoal, me, connections).await?;
+    say!(
+        "memory of `shoal run` (RSS):\n  idle: caller {:.1} MiB, server {:.1} MiB\n  with {} tunnelled connections open: caller {:.1} MiB, server {:.1} MiB (opened in {:.1} s)",
+        r.caller_idle_mib,
+        r.server_idle_mib,
+        r.connections,
+        r.caller_loaded_mib,
+        r.server_loaded_mib,
+        r.open_s
+    );
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
 }
 
 /// `shoal-sim model`: runs the membership model, prints and optionally saves

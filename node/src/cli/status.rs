@@ -66,6 +66,17 @@ pub(crate) async fn status(admin: SocketAddr, json: bool) -> Result<()> {
 }
 
 fn print_tables(status: &Status) {
+    print_members(status);
+    say!();
+    print_services(status);
+    say!();
+    print_traffic(&status.traffic);
+    say!();
+    print_refused(status);
+}
+
+/// The MEMBERS table: every member as this node sees it.
+fn print_members(status: &Status) {
     say!("MEMBERS");
     let rows: Vec<Vec<String>> = status
         .members
@@ -97,7 +108,10 @@ fn print_tables(status: &Status) {
         ],
         &rows,
     );
-    say!();
+}
+
+/// The SERVICES table: every endpoint of every service.
+fn print_services(status: &Status) {
     say!("SERVICES");
     let rows: Vec<Vec<String>> = status
         .services
@@ -128,9 +142,10 @@ fn print_tables(status: &Status) {
         ],
         &rows,
     );
-    say!();
-    print_traffic(&status.traffic);
-    say!();
+}
+
+/// The REFUSED table: what this node refused, by reason and place.
+fn print_refused(status: &Status) {
     say!("REFUSED");
     if status.refused.is_empty() {
         say!("nothing refused since the node started");
