@@ -31,6 +31,7 @@
 //! - [`wire`]: the [`GossipMessage`] frame and the items it carries.
 //! - [`signing`]: the signed payloads and the [`Crypto`] trait.
 //! - [`records`]: the verified records of every member and the rules to apply one.
+//! - [`shared`]: checked records held once between the stores that share them.
 //! - [`liveness`]: accusations, refutations and each node's verdicts.
 //! - [`documents`]: route documents in force.
 //! - [`overlay`]: the few neighbours a node talks to, whatever the mesh size.
@@ -52,6 +53,7 @@ pub mod overlay;
 pub mod probe;
 pub mod records;
 pub mod refusal;
+pub mod shared;
 pub mod signing;
 pub mod sim;
 pub mod state;

@@ -48,6 +48,13 @@ fn service_health(net: &Network, observer: &str, node: &str, service: &str) -> O
         .map(|s| s.health)
 }
 
+/// Whether every node sees `web` on `node` with `health`.
+fn web_seen_everywhere(net: &Network, node: &str, health: Health) -> bool {
+    net.names()
+        .iter()
+        .all(|o| service_health(net, o, node, "web") == Some(health))
+}
+
 fn refusals(net: &Network, node: &str, reason: Refusal) -> usize {
     net.node(node)
         .unwrap()
@@ -127,14 +134,28 @@ fn nodes_joining_through_one_seed_converge_on_members_and_services() {
 }
 
 #[test]
+fn the_nodes_of_a_network_hold_one_copy_of_each_record_between_them() {
+    let mut net = mesh(8);
+    // Eight origins of three records each (certificate, node, `web`): 24
+    // records, held by eight nodes each, not 192 copies.
+    let once = |net: &Network| net.distinct_records_held() == 8 * 3;
+    assert!(
+        net.run_until(Duration::from_secs(5), once),
+        "{} records held",
+        net.distinct_records_held()
+    );
+    net.set_health("n3", "web", Health::Unhealthy);
+    let flipped = |net: &Network| web_seen_everywhere(net, "n3", Health::Unhealthy);
+    assert!(net.run_until(Duration::from_secs(5), flipped));
+    // The old `web` record of n3 is gone once no node holds it.
+    assert_eq!(net.distinct_records_held(), 8 * 3);
+}
+
+#[test]
 fn a_health_change_reaches_every_node() {
     let mut net = mesh(8);
     net.set_health("n3", "web", Health::Unhealthy);
-    let everywhere = |net: &Network| {
-        net.names()
-            .iter()
-            .all(|o| service_health(net, o, "n3", "web") == Some(Health::Unhealthy))
-    };
+    let everywhere = |net: &Network| web_seen_everywhere(net, "n3", Health::Unhealthy);
     assert!(net.run_until(Duration::from_secs(5), everywhere));
 }
 

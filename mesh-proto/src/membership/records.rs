@@ -16,10 +16,14 @@
 //!
 //! Signatures are checked last and once per (record, version): old news is
 //! dropped before any cryptography.
+//!
+//! A record is held once checked as an immutable [`Held`] behind an `Arc`: the
+//! push queue and anti-entropy share it instead of copying it, and record stores
+//! given the same [`SharedRecords`] (the simulator's nodes) hold one copy of
+//! each record between them.
 
 use std::collections::{BTreeMap, HashMap};
-
-use litemap::LiteMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::decode_exact;
@@ -27,6 +31,7 @@ use crate::gossip::{Key, NodeCertificate, NodeRecord, ServiceRecord, parse_key};
 
 use super::config::Limits;
 use super::refusal::Refusal;
+use super::shared::SharedRecords;
 use super::signing::{Crypto, NodeCert, record_payload};
 use super::wire::{NameRange, OriginSummary, SignedRecord};
 
@@ -37,18 +42,14 @@ pub struct Origin<K> {
     pub name: String,
     /// The generation held.
     pub generation: u64,
-    /// Its certificate, as checked.
-    pub cert: NodeCert<K>,
+    /// Its certificate, as checked (shared with its certificate record).
+    pub cert: Arc<NodeCert<K>>,
     /// The version of the certificate record.
     pub cert_version: u64,
-    /// The latest record per key (the certificate record included): a few,
-    /// kept in a sorted vector rather than a tree whose first node holds room
-    /// for eleven.
-    pub records: LiteMap<String, SignedRecord>,
-    /// The node record, decoded.
-    pub node: Option<NodeRecord>,
-    /// The service records, decoded, by service name.
-    pub services: LiteMap<String, ServiceRecord>,
+    /// The latest record per key (the certificate record included), sorted by
+    /// key: a few, kept in a vector rather than a tree whose first node holds
+    /// room for eleven.
+    records: Vec<Arc<Held<K>>>,
     /// The highest version held.
     pub max_version: u64,
     /// The signing time of the record with the highest version: the freshest
@@ -56,15 +57,74 @@ pub struct Origin<K> {
     pub max_signed_at_ms: u64,
     /// Bytes of its records.
     pub bytes: usize,
-    /// When a record of it was last applied here.
-    pub changed_at: Instant,
+    /// When this node last heard from it or of it: a message from it, or one
+    /// of its records applied.
+    pub heard_at: Instant,
     /// [`Origin::fingerprint`], kept up to date by every change.
     fingerprint: u64,
     /// [`Origin::summary_hash`], likewise.
     summary_hash: u64,
 }
 
+/// A record as held once checked: immutable, shared by reference.
+#[derive(Debug)]
+pub struct Held<K> {
+    /// The record as signed.
+    pub record: SignedRecord,
+    /// Its value, decoded.
+    pub value: Value<K>,
+}
+
+/// A held record's value, decoded.
+#[derive(Debug)]
+pub enum Value<K> {
+    /// A certificate, as checked.
+    Cert(Arc<NodeCert<K>>),
+    /// A node record.
+    Node(NodeRecord),
+    /// A service record.
+    Service(ServiceRecord),
+    /// One of this node's own values that did not decode (it is still
+    /// published as signed; [`check_own_value`] stops it before signing).
+    Undecoded,
+}
+
 impl<K> Origin<K> {
+    /// Its latest record under `key`.
+    pub fn record(&self, key: &str) -> Option<&SignedRecord> {
+        self.held(key).map(|h| &h.record)
+    }
+
+    /// Its latest record per key, by key.
+    pub fn records(&self) -> impl Iterator<Item = &SignedRecord> {
+        self.records.iter().map(|h| &h.record)
+    }
+
+    /// Its node record, once received.
+    pub fn node(&self) -> Option<&NodeRecord> {
+        self.records.iter().find_map(|h| match &h.value {
+            Value::Node(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Its service records, by service name.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
+        self.records.iter().filter_map(|h| match &h.value {
+            Value::Service(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    fn held(&self, key: &str) -> Option<&Arc<Held<K>>> {
+        self.slot(key).ok().map(|i| &self.records[i])
+    }
+
+    fn slot(&self, key: &str) -> Result<usize, usize> {
+        self.records
+            .binary_search_by(|h| h.record.key.as_str().cmp(key))
+    }
+
     /// Its summary for digests.
     pub fn summary(&self) -> OriginSummary {
         OriginSummary {
@@ -88,9 +148,9 @@ impl<K> Origin<K> {
 
     fn rehash(&mut self) {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (k, r) in self.records.iter() {
-            h.update(&(k.len() as u64).to_be_bytes());
-            h.update(k.as_bytes());
+        for r in self.records() {
+            h.update(&(r.key.len() as u64).to_be_bytes());
+            h.update(r.key.as_bytes());
             h.update(&r.version.to_be_bytes());
         }
         self.fingerprint = h.digest();
@@ -101,11 +161,7 @@ impl<K> Origin<K> {
     /// Its records with a version above `after`: the certificate first, then by
     /// version, so a receiver cut short still holds a prefix of the versions.
     pub fn records_after(&self, after: u64) -> Vec<&SignedRecord> {
-        let mut out: Vec<&SignedRecord> = self
-            .records
-            .values()
-            .filter(|r| r.version > after)
-            .collect();
+        let mut out: Vec<&SignedRecord> = self.records().filter(|r| r.version > after).collect();
         out.sort_by_key(|r| (r.key != crate::gossip::CERT_KEY, r.version));
         out
     }
@@ -158,6 +214,7 @@ pub struct RecordStore<K> {
     origins: BTreeMap<String, Origin<K>>,
     tombstones: HashMap<String, Tombstone>,
     bytes: usize,
+    shared: Option<Arc<SharedRecords<K>>>,
 }
 
 impl<K> Default for RecordStore<K> {
@@ -166,11 +223,28 @@ impl<K> Default for RecordStore<K> {
             origins: BTreeMap::new(),
             tombstones: HashMap::new(),
             bytes: 0,
+            shared: None,
         }
     }
 }
 
 impl<K: Clone + std::fmt::Debug> RecordStore<K> {
+    /// Holds the records it takes from now on in `shared`, with every other
+    /// store given the same: a record checked here and there is held once.
+    pub fn share(&mut self, shared: Arc<SharedRecords<K>>) {
+        self.shared = Some(shared);
+    }
+
+    /// `record`, checked, as this store holds it: the copy already in the
+    /// shared records if there is one.
+    fn hold(&self, record: SignedRecord, value: Value<K>) -> Arc<Held<K>> {
+        let held = Held { record, value };
+        match &self.shared {
+            Some(shared) => shared.intern(held),
+            None => Arc::new(held),
+        }
+    }
+
     /// The origin called `name`.
     pub fn get(&self, name: &str) -> Option<&Origin<K>> {
         self.origins.get(name)
@@ -212,11 +286,22 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         self.bytes
     }
 
+    /// Notes a message from `name`, if it is held.
+    pub fn heard_from(&mut self, name: &str, now: Instant) {
+        if let Some(o) = self.origins.get_mut(name) {
+            o.heard_at = now;
+        }
+    }
+
     /// Stores one of this node's own records (signed by it, checked by nothing).
     /// The certificate record must come first.
     pub fn insert_own(&mut self, record: SignedRecord, cert: Option<NodeCert<K>>, now: Instant) {
         let name = record.origin.clone();
-        if let Some(cert) = cert {
+        let value = match cert {
+            Some(cert) => Value::Cert(Arc::new(cert)),
+            None => decode_value(&record, &name, None).unwrap_or(Value::Undecoded),
+        };
+        if let Value::Cert(cert) = &value {
             let replace = self
                 .origins
                 .get(&name)
@@ -227,16 +312,13 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
                 }
                 self.origins
                     .insert(name.clone(), empty_origin(&record, cert.clone(), now));
-            } else if let Some(o) = self.origins.get_mut(&name) {
-                o.cert = cert;
-                o.cert_version = record.version;
             }
         }
+        let held = self.hold(record, value);
         let Some(origin) = self.origins.get_mut(&name) else {
             return;
         };
-        let decoded = decode_value(&record, &name, None);
-        store(origin, &mut self.bytes, record, decoded, now);
+        store(origin, &mut self.bytes, held, now);
     }
 
     /// Judges a record from a peer and applies it if it passes (see the module
@@ -274,8 +356,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             Some(own)
                 if record.generation == own.generation
                     && own
-                        .records
-                        .get(&record.key)
+                        .record(&record.key)
                         .is_some_and(|r| r.version >= record.version) =>
             {
                 Ok(Applied::Stale)
@@ -316,15 +397,15 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         if self.bytes - freed + record.weight() > judge.limits.max_state_bytes {
             return Err(Refusal::StateFull);
         }
-        let cert = check_certificate(&record, judge)?;
+        let cert = Arc::new(check_certificate(&record, judge)?);
         let replaced = self.origins.remove(&record.origin);
         if let Some(old) = replaced {
             self.bytes -= old.bytes;
             self.bury(&old.name, old.generation, judge.now, judge.wall_ms);
         }
-        let mut origin = empty_origin(&record, cert, judge.now);
-        let decoded = decode_value(&record, &record.origin, None);
-        store(&mut origin, &mut self.bytes, record, decoded, judge.now);
+        let mut origin = empty_origin(&record, cert.clone(), judge.now);
+        let held = self.hold(record, Value::Cert(cert));
+        store(&mut origin, &mut self.bytes, held, judge.now);
         self.origins.insert(origin.name.clone(), origin);
         Ok(Applied::Changed {
             new_generation: true,
@@ -340,7 +421,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         let Some(origin) = self.origins.get(&record.origin) else {
             return Err(Refusal::UnknownOrigin);
         };
-        let held = origin.records.get(&record.key);
+        let held = origin.record(&record.key);
         if held.is_some_and(|r| r.version >= record.version) {
             return Ok(Applied::Stale);
         }
@@ -351,7 +432,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         }
         if held.is_none()
             && key == Kind::Service
-            && origin.services.len() >= judge.limits.max_services_per_member
+            && origin.services().count() >= judge.limits.max_services_per_member
         {
             return Err(Refusal::KeyLimit);
         }
@@ -359,11 +440,11 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         if self.bytes - freed + record.weight() > judge.limits.max_state_bytes {
             return Err(Refusal::StateFull);
         }
-        let (decoded, new_cert) = if key == Kind::Cert {
-            (Decoded::Cert, Some(check_certificate(&record, judge)?))
+        let value = if key == Kind::Cert {
+            Value::Cert(Arc::new(check_certificate(&record, judge)?))
         } else {
-            let decoded = decode_value(&record, &record.origin, Some(judge.cluster))?;
-            if let Decoded::Service(s) = &decoded
+            let value = decode_value(&record, &record.origin, Some(judge.cluster))?;
+            if let Value::Service(s) = &value
                 && !origin.cert.services.contains(&s.name)
             {
                 return Err(Refusal::ServiceNotInCertificate);
@@ -375,16 +456,13 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             {
                 return Err(Refusal::BadSignature);
             }
-            (decoded, None)
+            value
         };
-        let Some(origin) = self.origins.get_mut(&record.origin) else {
+        let held = self.hold(record, value);
+        let Some(origin) = self.origins.get_mut(&held.record.origin) else {
             return Err(Refusal::UnknownOrigin);
         };
-        if let Some(cert) = new_cert {
-            origin.cert = cert;
-            origin.cert_version = record.version;
-        }
-        store(origin, &mut self.bytes, record, Ok(decoded), judge.now);
+        store(origin, &mut self.bytes, held, judge.now);
         Ok(Applied::Changed {
             new_generation: false,
         })
@@ -448,7 +526,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             .values()
             .filter(|o| o.name != self_name)
             .filter(|o| {
-                let Some(r) = o.records.get(crate::gossip::CERT_KEY) else {
+                let Some(r) = o.record(crate::gossip::CERT_KEY) else {
                     return true;
                 };
                 let Ok(cert) = decode_exact::<NodeCertificate>(&r.value) else {
@@ -471,8 +549,8 @@ pub fn check_own_value<K>(
     own: &Origin<K>,
     cluster: &str,
 ) -> Result<(), String> {
-    match decode_value(record, &own.name, Some(cluster)) {
-        Ok(Decoded::Service(s)) if !own.cert.services.contains(&s.name) => Err(format!(
+    match decode_value::<K>(record, &own.name, Some(cluster)) {
+        Ok(Value::Service(s)) if !own.cert.services.contains(&s.name) => Err(format!(
             "this node's certificate does not allow service {:?}",
             s.name
         )),
@@ -489,24 +567,17 @@ enum Kind {
     Service,
 }
 
-/// A decoded record value.
-#[derive(Debug)]
-enum Decoded {
-    Cert,
-    Node(NodeRecord),
-    Service(ServiceRecord),
-}
-
 /// Decodes a value as its key's record and checks it against its key, its origin
-/// and (for node records, with `cluster`) the cluster.
-fn decode_value(
+/// and (for node records, with `cluster`) the cluster. A certificate is only
+/// checked to decode: it is [`Value::Undecoded`] until [`check_certificate`].
+fn decode_value<K>(
     record: &SignedRecord,
     origin: &str,
     cluster: Option<&str>,
-) -> Result<Decoded, Refusal> {
+) -> Result<Value<K>, Refusal> {
     match parse_key(&record.key) {
         Some(Key::Cert) => decode_exact::<NodeCertificate>(&record.value)
-            .map(|_| Decoded::Cert)
+            .map(|_| Value::Undecoded)
             .map_err(|_| Refusal::InvalidValue),
         Some(Key::Node) => {
             let node =
@@ -515,7 +586,7 @@ fn decode_value(
             if node.name != origin || !cluster_ok {
                 return Err(Refusal::InvalidValue);
             }
-            Ok(Decoded::Node(node))
+            Ok(Value::Node(node))
         }
         Some(Key::Service(name)) => {
             let svc =
@@ -523,7 +594,7 @@ fn decode_value(
             if svc.name != name {
                 return Err(Refusal::InvalidValue);
             }
-            Ok(Decoded::Service(svc))
+            Ok(Value::Service(svc))
         }
         _ => Err(Refusal::InvalidValue),
     }
@@ -553,20 +624,18 @@ fn check_certificate<C: Crypto>(
     Ok(checked)
 }
 
-fn empty_origin<K>(record: &SignedRecord, cert: NodeCert<K>, now: Instant) -> Origin<K> {
+fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) -> Origin<K> {
     Origin {
         name: record.origin.clone(),
         generation: record.generation,
         cert,
         cert_version: record.version,
         // The usual origin: a certificate, a node record and one service.
-        records: LiteMap::with_capacity(3),
-        node: None,
-        services: LiteMap::with_capacity(1),
+        records: Vec::with_capacity(3),
         max_version: 0,
         max_signed_at_ms: 0,
         bytes: 0,
-        changed_at: now,
+        heard_at: now,
         fingerprint: 0,
         summary_hash: 0,
     }
@@ -577,31 +646,27 @@ fn mix(h: u64) -> u64 {
     super::state::splitmix64(&mut state)
 }
 
-fn store<K>(
-    origin: &mut Origin<K>,
-    total: &mut usize,
-    record: SignedRecord,
-    decoded: Result<Decoded, Refusal>,
-    now: Instant,
-) {
-    match decoded {
-        Ok(Decoded::Node(n)) => origin.node = Some(n),
-        Ok(Decoded::Service(s)) => {
-            origin.services.insert(s.name.clone(), s);
-        }
-        Ok(Decoded::Cert) | Err(_) => {}
+fn store<K>(origin: &mut Origin<K>, total: &mut usize, held: Arc<Held<K>>, now: Instant) {
+    let record = &held.record;
+    if let Value::Cert(cert) = &held.value {
+        origin.cert = cert.clone();
+        origin.cert_version = record.version;
     }
     if record.version >= origin.max_version {
         origin.max_version = record.version;
         origin.max_signed_at_ms = record.signed_at_ms;
     }
     let weight = record.weight();
-    if let Some(old) = origin.records.insert(record.key.clone(), record) {
-        origin.bytes -= old.weight();
-        *total -= old.weight();
+    match origin.slot(&record.key) {
+        Ok(i) => {
+            let old = std::mem::replace(&mut origin.records[i], held);
+            origin.bytes -= old.record.weight();
+            *total -= old.record.weight();
+        }
+        Err(i) => origin.records.insert(i, held),
     }
     origin.bytes += weight;
     *total += weight;
-    origin.changed_at = now;
+    origin.heard_at = now;
     origin.rehash();
 }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{decode_exact, encode};
@@ -18,6 +19,7 @@ use crate::gossip::{Health, NODE_KEY, NodeRecord, NodeState, ServiceRecord, serv
 use crate::tunnel::Protocol;
 
 use super::config::{Config, Limits, Timing};
+use super::shared::SharedRecords;
 use super::state::{Destination, Event, Membership, Peer};
 use super::toy::ToyCrypto;
 use super::wire::{Body, GossipMessage};
@@ -128,6 +130,8 @@ pub struct Network {
     /// Counters.
     pub stats: Stats,
     next_ip: u32,
+    /// The records every node holds, held once between them.
+    shared: Arc<SharedRecords<String>>,
 }
 
 impl Network {
@@ -156,6 +160,7 @@ impl Network {
             record_events: true,
             stats: Stats::default(),
             next_ip: 1,
+            shared: Arc::default(),
         }
     }
 
@@ -234,6 +239,7 @@ impl Network {
         let seed = self.random();
         let (now, wall) = (self.now(), self.wall_ms());
         let mut m = Membership::new(config, crypto, seeds, seed, now);
+        m.share_records(self.shared.clone());
         let started = m
             .publish_certificate(&cert, now, wall)
             .and_then(|()| m.publish(NODE_KEY, node_record(name, addr, generation), now, wall));
@@ -578,6 +584,12 @@ impl Network {
                 bytes,
             });
         }
+    }
+
+    /// How many distinct records the nodes hold between them (each held once
+    /// however many nodes hold it).
+    pub fn distinct_records_held(&self) -> usize {
+        self.shared.len()
     }
 
     /// Whether every running node sees every other running node up and no

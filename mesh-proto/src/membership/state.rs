@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::encode;
@@ -37,6 +38,7 @@ use super::liveness::{Accepted, Health, Liveness, Transition, millis};
 use super::probe::{AckBudget, INDIRECT_PROBES, MAX_PROBES, Next, Probe, Relays};
 use super::records::{Applied, Judge, RecordStore};
 use super::refusal::Refusal;
+use super::shared::SharedRecords;
 use super::signing::{Crypto, indirect_ack_payload, record_payload, suspicion_payload};
 use super::sync;
 use super::tree::PushTree;
@@ -279,7 +281,6 @@ pub struct Membership<C: Crypto> {
     neighbours_of: Option<(u64, u64, u64)>,
 
     sync_cursor: String,
-    heard: HashMap<String, Instant>,
     /// Members whose probe from here went unanswered through every stage,
     /// until when they stay out of this node's neighbours: as long as an
     /// accusation stays valid ([`Timing::suspicion_ttl`]), or until they are
@@ -335,7 +336,6 @@ impl<C: Crypto> Membership<C> {
             neighbours_of: None,
 
             sync_cursor: String::new(),
-            heard: HashMap::new(),
             unreachable: HashMap::new(),
             deferred: VecDeque::new(),
             quarantine: HashMap::new(),
@@ -344,6 +344,14 @@ impl<C: Crypto> Membership<C> {
             last_signed_ms: 0,
             last_announce_ms: 0,
         }
+    }
+
+    /// Holds the records it takes in `shared`, with every other state machine
+    /// given the same, so identical records are held once between them (the
+    /// simulator's nodes; see [`super::shared`]). Call it before the first
+    /// record is published.
+    pub fn share_records(&mut self, shared: Arc<SharedRecords<C::PublicKey>>) {
+        self.records.share(shared);
     }
 
     /// The configuration.
@@ -416,10 +424,9 @@ impl<C: Crypto> Membership<C> {
             .get(&self.config.name)
             .filter(|o| o.generation == self.config.generation)
             .map(|o| {
-                o.records
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != CERT_KEY)
-                    .map(|(k, r)| (k.clone(), r.value.clone()))
+                o.records()
+                    .filter(|r| r.key != CERT_KEY)
+                    .map(|r| (r.key.clone(), r.value.clone()))
                     .collect()
             })
             .unwrap_or_default();
@@ -533,7 +540,7 @@ impl<C: Crypto> Membership<C> {
         let der = self
             .records
             .get(me)
-            .and_then(|o| o.records.get(CERT_KEY))
+            .and_then(|o| o.record(CERT_KEY))
             .and_then(|r| crate::codec::decode_exact::<NodeCertificate>(&r.value).ok())
             .map(|c| c.der);
         if let Some(der) = der
@@ -549,7 +556,7 @@ impl<C: Crypto> Membership<C> {
         let value = self
             .records
             .get(&self.config.name)
-            .and_then(|o| o.records.get(NODE_KEY))
+            .and_then(|o| o.record(NODE_KEY))
             .map(|r| r.value.clone());
         if let Some(value) = value {
             let _ = self.publish(NODE_KEY, value, now, wall_ms);
@@ -602,7 +609,6 @@ impl<C: Crypto> Membership<C> {
         self.liveness.forget(name);
         self.relays.forget(name);
         self.queue.forget_origin(name);
-        self.heard.remove(name);
         self.unreachable.remove(name);
         self.events.push_back(Event::Forgotten {
             name: name.to_string(),
@@ -656,7 +662,7 @@ impl<C: Crypto> Membership<C> {
             Body::TimeIs(_) => return,
             _ => {}
         }
-        self.heard.insert(from.name.clone(), now);
+        self.records.heard_from(&from.name, now);
         if self.unreachable.remove(&from.name).is_some() {
             self.topology_changed();
         }
@@ -876,7 +882,7 @@ impl<C: Crypto> Membership<C> {
     /// The QUIC address `origin`'s node record gives, if one is held.
     fn node_addr(&self, origin: &str) -> Option<SocketAddr> {
         let o = self.records.get(origin)?;
-        o.node.as_ref().map(|n| n.quic_addr)
+        o.node().map(|n| n.quic_addr)
     }
 
     /// Applies one record: whether it changed the state, `None` if the sender
@@ -911,9 +917,9 @@ impl<C: Crypto> Membership<C> {
                 if new_generation {
                     self.learned_round = self.round;
                 }
-                let stored = self.records.get(&origin).and_then(|o| o.records.get(&key));
+                let stored = self.records.get(&origin).and_then(|o| o.record(&key));
                 if let Some(record) = stored.cloned() {
-                    self.on_new_record(record, &from.name, new_generation, now, wall_ms);
+                    self.on_new_record(record, &from.name, new_generation, wall_ms);
                 }
                 Some(true)
             }
@@ -926,11 +932,9 @@ impl<C: Crypto> Membership<C> {
         record: SignedRecord,
         from: &str,
         new_generation: bool,
-        now: Instant,
         wall_ms: u64,
     ) {
         let origin = record.origin.clone();
-        self.heard.insert(origin.clone(), now);
         if new_generation {
             self.liveness.forget(&origin);
             self.events.push_back(Event::Joined {
@@ -1286,7 +1290,7 @@ impl<C: Crypto> Membership<C> {
                     .records
                     .get(name)
                     .filter(|o| o.generation == generation)?;
-                o.node.as_ref().map(|n| Peer {
+                o.node().map(|n| Peer {
                     name: o.name.clone(),
                     addr: n.quic_addr,
                 })
@@ -1346,7 +1350,7 @@ impl<C: Crypto> Membership<C> {
                 .filter(|o| o.name != *me)
                 .filter(|o| self.liveness.health(&o.name, o.generation, timing).is_up())
                 .filter(|o| !self.unreachable.contains_key(&o.name))
-                .filter_map(|o| o.node.as_ref().map(|n| (o.name.as_str(), n.quic_addr)))
+                .filter_map(|o| o.node().map(|n| (o.name.as_str(), n.quic_addr)))
                 .collect();
             let names: Vec<&str> = up.iter().map(|(n, _)| *n).collect();
             let chosen: Vec<Peer> = super::overlay::neighbours(me, &names, timing.rings)
@@ -1421,11 +1425,8 @@ impl<C: Crypto> Membership<C> {
         let Some(t) = self.records.get(target) else {
             return true;
         };
-        let (generation, version, addr) = (
-            t.generation,
-            t.max_version,
-            t.node.as_ref().map(|n| n.quic_addr),
-        );
+        let (generation, version, addr) =
+            (t.generation, t.max_version, t.node().map(|n| n.quic_addr));
         let me = self.config.name.clone();
         if !self
             .liveness
@@ -1559,7 +1560,7 @@ impl<C: Crypto> Membership<C> {
     pub fn record_version(&self, origin: &str, key: &str) -> Option<u64> {
         self.records
             .get(origin)
-            .and_then(|o| o.records.get(key))
+            .and_then(|o| o.record(key))
             .map(|r| r.version)
     }
 
@@ -1618,8 +1619,8 @@ impl<C: Crypto> Membership<C> {
                     is_self,
                     health: health.as_str(),
                     accusers: self.liveness.accusers(&o.name),
-                    node: o.node.clone(),
-                    services: o.services.values().cloned().collect(),
+                    node: o.node().cloned(),
+                    services: o.services().cloned().collect(),
                     allowed_services: if cert_valid {
                         o.cert.services.clone()
                     } else {
@@ -1630,9 +1631,7 @@ impl<C: Crypto> Membership<C> {
                     last_heard_ms: if is_self {
                         0
                     } else {
-                        self.heard
-                            .get(&o.name)
-                            .map_or(u64::MAX, |t| millis(now.saturating_duration_since(*t)))
+                        millis(now.saturating_duration_since(o.heard_at))
                     },
                 }
             })
