@@ -159,6 +159,42 @@ fn a_health_change_reaches_every_node() {
     assert!(net.run_until(Duration::from_secs(5), everywhere));
 }
 
+/// How long ago `observer` last heard from or of `name`, by its view.
+fn last_heard_ms(net: &Network, observer: &str, name: &str) -> u64 {
+    let view = net
+        .node(observer)
+        .unwrap()
+        .membership
+        .view(net.now(), net.wall_ms());
+    view.members
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap()
+        .last_heard_ms
+}
+
+#[test]
+fn a_member_is_heard_of_when_its_records_arrive_and_never_after_it_stopped() {
+    let mut net = mesh(8);
+    net.kill("n3");
+    net.run_for(Duration::from_secs(1));
+    // Messages already on the wire when it stopped land within a link's latency.
+    let silent = last_heard_ms(&net, "n1", "n3");
+    assert!(silent >= 900, "n3 last heard {silent} ms ago");
+    net.set_health("n4", "web", Health::Unhealthy);
+    let seen = |net: &Network| service_health(net, "n1", "n4", "web") == Some(Health::Unhealthy);
+    assert!(net.run_until(Duration::from_secs(5), seen));
+    let fresh = last_heard_ms(&net, "n1", "n4");
+    assert!(
+        fresh < 50,
+        "n4 last heard {fresh} ms ago, as its new record arrived"
+    );
+    assert!(
+        last_heard_ms(&net, "n1", "n3") > silent,
+        "n3 was not heard of since"
+    );
+}
+
 #[test]
 fn a_killed_node_is_dead_everywhere_then_forgotten() {
     let mut net = mesh(6);
