@@ -14,7 +14,7 @@ use mesh_proto::membership::signing::{indirect_ack_payload, record_payload, susp
 use mesh_proto::membership::sim::{Network, node_record, service_record};
 use mesh_proto::membership::wire::{Body, IndirectAck, Items, PingReq, TimeIs};
 use mesh_proto::membership::{
-    Crypto, Destination, Event, GossipMessage, Refusal, SignedRecord, Suspicion, Timing,
+    Crypto, Destination, Event, GossipMessage, MemberView, Refusal, SignedRecord, Suspicion, Timing,
 };
 use mesh_proto::revocation::{REVOCATIONS_DOCUMENT, Revocation, RevocationList};
 use mesh_proto::route::RouteSpec;
@@ -102,17 +102,17 @@ fn generation(net: &Network, name: &str) -> u64 {
     net.node(name).unwrap().membership.config().generation
 }
 
-fn max_version(net: &Network, observer: &str, name: &str) -> u64 {
+/// How `observer` sees `name`, if it holds it.
+fn member_view(net: &Network, observer: &str, name: &str) -> Option<MemberView> {
     let view = net
-        .node(observer)
-        .unwrap()
+        .node(observer)?
         .membership
         .view(net.now(), net.wall_ms());
-    view.members
-        .iter()
-        .find(|m| m.name == name)
-        .map(|m| m.version)
-        .unwrap_or(0)
+    view.members.into_iter().find(|m| m.name == name)
+}
+
+fn max_version(net: &Network, observer: &str, name: &str) -> u64 {
+    member_view(net, observer, name).map_or(0, |m| m.version)
 }
 
 // ---------------------------------------------------------------------------
@@ -161,16 +161,7 @@ fn a_health_change_reaches_every_node() {
 
 /// How long ago `observer` last heard from or of `name`, by its view.
 fn last_heard_ms(net: &Network, observer: &str, name: &str) -> u64 {
-    let view = net
-        .node(observer)
-        .unwrap()
-        .membership
-        .view(net.now(), net.wall_ms());
-    view.members
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap()
-        .last_heard_ms
+    member_view(net, observer, name).unwrap().last_heard_ms
 }
 
 #[test]
