@@ -17,10 +17,10 @@
 //! Signatures are checked last and once per (record, version): old news is
 //! dropped before any cryptography.
 //!
-//! A record is held once checked as an immutable [`Held`] behind an `Arc`: the
-//! push queue and anti-entropy share it instead of copying it, and record stores
-//! given the same [`SharedRecords`] (the simulator's nodes) hold one copy of
-//! each record between them.
+//! A record is held once checked as an immutable [`Held`] (the record and its
+//! decoded value) behind an `Arc`, so record stores given the same
+//! [`SharedRecords`] (the simulator's nodes) hold one copy of each record
+//! between them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
