@@ -134,21 +134,50 @@ fn nodes_joining_through_one_seed_converge_on_members_and_services() {
 }
 
 #[test]
-fn the_nodes_of_a_network_hold_one_copy_of_each_record_between_them() {
+fn the_nodes_of_a_network_hold_one_copy_of_each_record_and_origin_between_them() {
     let mut net = mesh(8);
     // Eight origins of three records each (certificate, node, `web`): 24
-    // records, held by eight nodes each, not 192 copies.
-    let once = |net: &Network| net.distinct_records_held() == 8 * 3;
+    // records and 8 origins, held by eight nodes each, not 192 and 64 copies.
+    let once =
+        |net: &Network| (net.distinct_records_held(), net.distinct_origins_held()) == (8 * 3, 8);
     assert!(
         net.run_until(Duration::from_secs(5), once),
-        "{} records held",
-        net.distinct_records_held()
+        "{} records and {} origins held",
+        net.distinct_records_held(),
+        net.distinct_origins_held()
     );
     net.set_health("n3", "web", Health::Unhealthy);
     let flipped = |net: &Network| web_seen_everywhere(net, "n3", Health::Unhealthy);
     assert!(net.run_until(Duration::from_secs(5), flipped));
-    // The old `web` record of n3 is gone once no node holds it.
+    // The old `web` record of n3, and n3 as it was, are gone once no node
+    // holds them.
     assert_eq!(net.distinct_records_held(), 8 * 3);
+    assert_eq!(net.distinct_origins_held(), 8);
+}
+
+#[test]
+fn a_shared_origin_changes_only_for_the_nodes_that_take_the_change() {
+    let mut net = mesh(8);
+    let once = |net: &Network| net.distinct_origins_held() == 8;
+    assert!(net.run_until(Duration::from_secs(5), once));
+    // n8 holds the same n3 as everyone else, and is cut off before n3 changes.
+    net.partition(&["n8"]);
+    net.set_health("n3", "web", Health::Unhealthy);
+    let others = |net: &Network| {
+        (1..=7)
+            .all(|i| service_health(net, &format!("n{i}"), "n3", "web") == Some(Health::Unhealthy))
+    };
+    assert!(net.run_until(Duration::from_secs(5), others));
+    assert_eq!(
+        service_health(&net, "n8", "n3", "web"),
+        Some(Health::Healthy)
+    );
+    net.heal();
+    let flipped = |net: &Network| {
+        web_seen_everywhere(net, "n3", Health::Unhealthy)
+            && (net.distinct_records_held(), net.distinct_origins_held()) == (8 * 3, 8)
+    };
+    assert!(net.run_until(Duration::from_secs(5), flipped));
 }
 
 #[test]

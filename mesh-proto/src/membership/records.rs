@@ -20,9 +20,12 @@
 //! A record is held once checked as an immutable [`Held`] (the record and its
 //! decoded value) behind an `Arc`, so record stores given the same
 //! [`SharedRecords`] (the simulator's nodes) hold one copy of each record
-//! between them.
+//! between them. So is an [`Origin`] (copied on write), and stores that hold
+//! the same records of it share one; a store's own part of a member is only
+//! when it last heard from it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,11 +38,12 @@ use super::shared::SharedRecords;
 use super::signing::{Crypto, NodeCert, record_payload};
 use super::wire::{NameRange, OriginSummary, SignedRecord};
 
-/// What one member holds of one origin.
+/// What one member holds of one origin: a function of the records held, shared
+/// between stores that hold the same ones (copied on write).
 #[derive(Debug, Clone)]
 pub struct Origin<K> {
     /// The origin's name.
-    pub name: String,
+    pub name: Arc<str>,
     /// The generation held.
     pub generation: u64,
     /// Its certificate, as checked (shared with its certificate record).
@@ -57,9 +61,6 @@ pub struct Origin<K> {
     pub max_signed_at_ms: u64,
     /// Bytes of its records.
     pub bytes: usize,
-    /// When this node last heard from it or of it: a message from it, or one
-    /// of its records applied.
-    pub heard_at: Instant,
     /// [`Origin::fingerprint`], kept up to date by every change.
     fingerprint: u64,
     /// [`Origin::summary_hash`], likewise.
@@ -69,8 +70,8 @@ pub struct Origin<K> {
 /// A record as held once checked: immutable, shared by reference.
 #[derive(Debug)]
 pub struct Held<K> {
-    /// The record as signed.
-    pub record: SignedRecord,
+    /// The record as signed (shared with the push queue while it waits there).
+    pub record: Arc<SignedRecord>,
     /// Its value, decoded.
     pub value: Value<K>,
 }
@@ -92,12 +93,17 @@ pub enum Value<K> {
 impl<K> Origin<K> {
     /// Its latest record under `key`.
     pub fn record(&self, key: &str) -> Option<&SignedRecord> {
+        self.held(key).map(|h| &*h.record)
+    }
+
+    /// Its latest record under `key`, shared.
+    pub fn shared_record(&self, key: &str) -> Option<&Arc<SignedRecord>> {
         self.held(key).map(|h| &h.record)
     }
 
     /// Its latest record per key, by key.
     pub fn records(&self) -> impl Iterator<Item = &SignedRecord> {
-        self.records.iter().map(|h| &h.record)
+        self.records.iter().map(|h| &*h.record)
     }
 
     /// Its node record, once received.
@@ -128,7 +134,7 @@ impl<K> Origin<K> {
     /// Its summary for digests.
     pub fn summary(&self) -> OriginSummary {
         OriginSummary {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             generation: self.generation,
             max_version: self.max_version,
             fingerprint: self.fingerprint(),
@@ -165,6 +171,28 @@ impl<K> Origin<K> {
         out.sort_by_key(|r| (r.key != crate::gossip::CERT_KEY, r.version));
         out
     }
+
+    /// Whether `other` holds the same records of the same origin (everything
+    /// else in an origin follows from them).
+    pub(super) fn same_records(&self, other: &Origin<K>) -> bool {
+        self.name == other.name
+            && self.generation == other.generation
+            && self.records.len() == other.records.len()
+            && self
+                .records
+                .iter()
+                .zip(&other.records)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.record == b.record)
+    }
+}
+
+/// A held origin, and when this node last heard from it or of it (a message
+/// from it, or one of its records applied): the only part that is this node's
+/// own.
+#[derive(Debug)]
+struct Entry<K> {
+    origin: Arc<Origin<K>>,
+    heard_at: Instant,
 }
 
 /// What applying a record did.
@@ -211,7 +239,8 @@ struct Tombstone {
 /// The verified records of every member.
 #[derive(Debug)]
 pub struct RecordStore<K> {
-    origins: BTreeMap<String, Origin<K>>,
+    /// Keyed by the origin's own name (shared with it).
+    origins: BTreeMap<Arc<str>, Entry<K>>,
     tombstones: HashMap<String, Tombstone>,
     bytes: usize,
     shared: Option<Arc<SharedRecords<K>>>,
@@ -238,7 +267,10 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
     /// `record`, checked, as this store holds it: the copy already in the
     /// shared records if there is one.
     fn hold(&self, record: SignedRecord, value: Value<K>) -> Arc<Held<K>> {
-        let held = Held { record, value };
+        let held = Held {
+            record: Arc::new(record),
+            value,
+        };
         match &self.shared {
             Some(shared) => shared.intern(held),
             None => Arc::new(held),
@@ -247,28 +279,33 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// The origin called `name`.
     pub fn get(&self, name: &str) -> Option<&Origin<K>> {
-        self.origins.get(name)
+        self.origins.get(name).map(|e| &*e.origin)
+    }
+
+    /// When this node last heard from `name` or of it, if it is held.
+    pub fn heard_at(&self, name: &str) -> Option<Instant> {
+        self.origins.get(name).map(|e| e.heard_at)
     }
 
     /// Whether `origin` at (`generation`, `version`) would be news here: not
     /// held at that version or later, nor replaced by a later generation.
     pub fn is_news(&self, origin: &str, generation: u64, version: u64) -> bool {
-        self.origins
-            .get(origin)
+        self.get(origin)
             .is_none_or(|o| (o.generation, o.max_version) < (generation, version))
     }
 
     /// Every origin, by name.
     pub fn origins(&self) -> impl Iterator<Item = &Origin<K>> {
-        self.origins.values()
+        self.origins.values().map(|e| &*e.origin)
     }
 
     /// The origins whose names fall in `range`.
     pub fn in_range<'s>(&'s self, range: &'s NameRange) -> impl Iterator<Item = &'s Origin<K>> {
+        let from = (Bound::Included(range.from.as_str()), Bound::Unbounded);
         self.origins
-            .range(range.from.clone()..)
-            .take_while(move |(name, _)| range.to.as_deref().is_none_or(|to| name.as_str() < to))
-            .map(|(_, o)| o)
+            .range::<str, _>(from)
+            .take_while(move |(name, _)| range.to.as_deref().is_none_or(|to| &***name < to))
+            .map(|(_, e)| &*e.origin)
     }
 
     /// How many origins are held.
@@ -288,8 +325,8 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// Notes a message from `name`, if it is held.
     pub fn heard_from(&mut self, name: &str, now: Instant) {
-        if let Some(o) = self.origins.get_mut(name) {
-            o.heard_at = now;
+        if let Some(e) = self.origins.get_mut(name) {
+            e.heard_at = now;
         }
     }
 
@@ -301,24 +338,51 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             Some(cert) => Value::Cert(Arc::new(cert)),
             None => decode_value(&record, &name, None).unwrap_or(Value::Undecoded),
         };
-        if let Value::Cert(cert) = &value {
-            let replace = self
-                .origins
+        let replace = match &value {
+            Value::Cert(cert) => self
                 .get(&name)
-                .is_none_or(|o| o.generation != record.generation);
-            if replace {
-                if let Some(old) = self.origins.remove(&name) {
-                    self.bytes -= old.bytes;
-                }
-                self.origins
-                    .insert(name.clone(), empty_origin(&record, cert.clone(), now));
+                .is_none_or(|o| o.generation != record.generation)
+                .then(|| empty_origin(&record, cert.clone(), now)),
+            _ => None,
+        };
+        let held = self.hold(record, value);
+        match replace {
+            Some(entry) => {
+                self.remove_unburied(&name);
+                self.start(entry, held, now);
+            }
+            None => {
+                self.update(held, now);
             }
         }
-        let held = self.hold(record, value);
-        let Some(origin) = self.origins.get_mut(&name) else {
-            return;
+    }
+
+    /// Holds a new origin (or generation) with its first record.
+    fn start(&mut self, mut entry: Entry<K>, held: Arc<Held<K>>, now: Instant) {
+        store(
+            &mut entry,
+            &mut self.bytes,
+            held,
+            now,
+            self.shared.as_deref(),
+        );
+        // Keyed by the origin's name as held: one shared copy of the name.
+        self.origins.insert(entry.origin.name.clone(), entry);
+    }
+
+    /// Holds a record of an origin held; false if the origin is not.
+    fn update(&mut self, held: Arc<Held<K>>, now: Instant) -> bool {
+        let RecordStore {
+            origins,
+            bytes,
+            shared,
+            ..
+        } = self;
+        let Some(entry) = origins.get_mut(held.record.origin.as_str()) else {
+            return false;
         };
-        store(origin, &mut self.bytes, held, now);
+        store(entry, bytes, held, now, shared.as_deref());
+        true
     }
 
     /// Judges a record from a peer and applies it if it passes (see the module
@@ -341,7 +405,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             Some(Key::Service(_)) => Kind::Service,
             _ => return Err(Refusal::InvalidValue),
         };
-        match self.origins.get(&record.origin) {
+        match self.get(&record.origin) {
             Some(o) if o.generation > record.generation => Ok(Applied::Stale),
             Some(o) if o.generation == record.generation => {
                 self.apply_to_current(record, key, judge)
@@ -351,7 +415,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
     }
 
     fn judge_about_self(&self, record: &SignedRecord) -> Result<Applied, Refusal> {
-        match self.origins.get(&record.origin) {
+        match self.get(&record.origin) {
             Some(own) if record.generation < own.generation => Ok(Applied::Stale),
             Some(own)
                 if record.generation == own.generation
@@ -389,7 +453,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         if key != Kind::Cert {
             return Err(Refusal::UnknownOrigin);
         }
-        let existing = self.origins.get(&record.origin);
+        let existing = self.get(&record.origin);
         if existing.is_none() && self.origins.len() >= judge.limits.max_members {
             return Err(Refusal::MemberLimit);
         }
@@ -398,15 +462,12 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             return Err(Refusal::StateFull);
         }
         let cert = Arc::new(check_certificate(&record, judge)?);
-        let replaced = self.origins.remove(&record.origin);
-        if let Some(old) = replaced {
-            self.bytes -= old.bytes;
+        if let Some(old) = self.remove_unburied(&record.origin) {
             self.bury(&old.name, old.generation, judge.now, judge.wall_ms);
         }
-        let mut origin = empty_origin(&record, cert.clone(), judge.now);
+        let entry = empty_origin(&record, cert.clone(), judge.now);
         let held = self.hold(record, Value::Cert(cert));
-        store(&mut origin, &mut self.bytes, held, judge.now);
-        self.origins.insert(origin.name.clone(), origin);
+        self.start(entry, held, judge.now);
         Ok(Applied::Changed {
             new_generation: true,
         })
@@ -418,7 +479,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         key: Kind,
         judge: &Judge<'_, C>,
     ) -> Result<Applied, Refusal> {
-        let Some(origin) = self.origins.get(&record.origin) else {
+        let Some(origin) = self.get(&record.origin) else {
             return Err(Refusal::UnknownOrigin);
         };
         let held = origin.record(&record.key);
@@ -459,10 +520,9 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
             value
         };
         let held = self.hold(record, value);
-        let Some(origin) = self.origins.get_mut(&held.record.origin) else {
+        if !self.update(held, judge.now) {
             return Err(Refusal::UnknownOrigin);
-        };
-        store(origin, &mut self.bytes, held, judge.now);
+        }
         Ok(Applied::Changed {
             new_generation: false,
         })
@@ -470,7 +530,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// Forgets `name`: its generation stays refused for `tombstone_ttl`, unless
     /// records it signs after now arrive.
-    pub fn remove(&mut self, name: &str, now: Instant, wall_ms: u64) -> Option<Origin<K>> {
+    pub fn remove(&mut self, name: &str, now: Instant, wall_ms: u64) -> Option<Arc<Origin<K>>> {
         let origin = self.remove_unburied(name)?;
         self.bury(name, origin.generation, now, wall_ms);
         Some(origin)
@@ -478,10 +538,10 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// Forgets `name` without refusing its generation afterwards: its records
     /// are welcome again once they check out (after a trust change, say).
-    pub fn remove_unburied(&mut self, name: &str) -> Option<Origin<K>> {
-        let origin = self.origins.remove(name)?;
-        self.bytes -= origin.bytes;
-        Some(origin)
+    pub fn remove_unburied(&mut self, name: &str) -> Option<Arc<Origin<K>>> {
+        let entry = self.origins.remove(name)?;
+        self.bytes -= entry.origin.bytes;
+        Some(entry.origin)
     }
 
     fn bury(&mut self, name: &str, generation: u64, now: Instant, wall_ms: u64) {
@@ -522,9 +582,8 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         wall_ms: u64,
         self_name: &str,
     ) -> Vec<String> {
-        self.origins
-            .values()
-            .filter(|o| o.name != self_name)
+        self.origins()
+            .filter(|o| &*o.name != self_name)
             .filter(|o| {
                 let Some(r) = o.record(crate::gossip::CERT_KEY) else {
                     return true;
@@ -534,9 +593,9 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
                 };
                 crypto
                     .node_certificate(&cert.der, wall_ms)
-                    .map_or(true, |c| c.node != o.name)
+                    .map_or(true, |c| *c.node != *o.name)
             })
-            .map(|o| o.name.clone())
+            .map(|o| o.name.to_string())
             .collect()
     }
 }
@@ -624,9 +683,9 @@ fn check_certificate<C: Crypto>(
     Ok(checked)
 }
 
-fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) -> Origin<K> {
-    Origin {
-        name: record.origin.clone(),
+fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) -> Entry<K> {
+    let origin = Origin {
+        name: Arc::from(record.origin.as_str()),
         generation: record.generation,
         cert,
         cert_version: record.version,
@@ -635,9 +694,12 @@ fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) 
         max_version: 0,
         max_signed_at_ms: 0,
         bytes: 0,
-        heard_at: now,
         fingerprint: 0,
         summary_hash: 0,
+    };
+    Entry {
+        origin: Arc::new(origin),
+        heard_at: now,
     }
 }
 
@@ -646,7 +708,16 @@ fn mix(h: u64) -> u64 {
     super::state::splitmix64(&mut state)
 }
 
-fn store<K>(origin: &mut Origin<K>, total: &mut usize, held: Arc<Held<K>>, now: Instant) {
+/// Holds `held` in `entry`'s origin: a copy of it if another store shares it,
+/// then the copy another store holds of the result if there is one.
+fn store<K: Clone>(
+    entry: &mut Entry<K>,
+    total: &mut usize,
+    held: Arc<Held<K>>,
+    now: Instant,
+    shared: Option<&SharedRecords<K>>,
+) {
+    let origin = Arc::make_mut(&mut entry.origin);
     let record = &held.record;
     if let Value::Cert(cert) = &held.value {
         origin.cert = cert.clone();
@@ -667,6 +738,9 @@ fn store<K>(origin: &mut Origin<K>, total: &mut usize, held: Arc<Held<K>>, now: 
     }
     origin.bytes += weight;
     *total += weight;
-    origin.heard_at = now;
     origin.rehash();
+    entry.heard_at = now;
+    if let Some(shared) = shared {
+        entry.origin = shared.intern_origin(entry.origin.clone());
+    }
 }

@@ -3,6 +3,8 @@
 //! held by reference, not copied. The simulator gives all its nodes one
 //! [`SharedRecords`], so N nodes that each hold every member's records keep one
 //! copy of each record, not N; a real node has one store and needs none.
+//! Origins (what a store holds of a member: a function of its records) are
+//! shared the same way.
 //!
 //! Only the memory is shared, never a verdict: a store takes the shared copy
 //! after its own checks passed, so nothing one store accepted is accepted by
@@ -12,35 +14,43 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::records::Held;
+use super::records::{Held, Origin};
 use super::wire::SignedRecord;
 
-/// Records held by some store, by content. Entries of records no store holds
-/// any more are swept as the table grows.
+/// Records, and origins (a function of the records held), held by some store,
+/// by content. Entries no store holds any more are swept as the tables grow.
 #[derive(Debug)]
 pub struct SharedRecords<K> {
-    table: Mutex<Table<K>>,
+    records: Mutex<Table<Held<K>>>,
+    origins: Mutex<Table<Origin<K>>>,
 }
 
 #[derive(Debug)]
-struct Table<K> {
-    by_hash: HashMap<u64, Vec<Weak<Held<K>>>>,
+struct Table<T> {
+    by_hash: HashMap<u64, Vec<Weak<T>>>,
     entries: usize,
     /// Entries left by the last sweep: the next one waits until twice as many.
     after_sweep: usize,
 }
 
-/// Entries below which the table is never swept.
+/// Entries below which a table is never swept.
 const MIN_SWEEP: usize = 1024;
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            by_hash: HashMap::new(),
+            entries: 0,
+            after_sweep: 0,
+        }
+    }
+}
 
 impl<K> Default for SharedRecords<K> {
     fn default() -> Self {
         SharedRecords {
-            table: Mutex::new(Table {
-                by_hash: HashMap::new(),
-                entries: 0,
-                after_sweep: 0,
-            }),
+            records: Mutex::default(),
+            origins: Mutex::default(),
         }
     }
 }
@@ -51,46 +61,81 @@ impl<K> SharedRecords<K> {
     /// and checked itself, and an identical record decodes identically.
     pub fn intern(&self, held: Held<K>) -> Arc<Held<K>> {
         let hash = content_hash(&held.record);
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let same = table.by_hash.get(&hash).and_then(|list| {
-            list.iter()
-                .filter_map(Weak::upgrade)
-                .find(|h| h.record == held.record)
-        });
-        if let Some(existing) = same {
-            return existing;
-        }
-        let held = Arc::new(held);
-        table
-            .by_hash
-            .entry(hash)
-            .or_default()
-            .push(Arc::downgrade(&held));
-        table.entries += 1;
-        if table.entries >= (2 * table.after_sweep).max(MIN_SWEEP) {
-            table.sweep();
-        }
-        held
+        let mut table = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        table.intern(hash, held, |a, b| a.record == b.record)
+    }
+
+    /// The copy held of `origin` if a store holds the same records of it, else
+    /// `origin`, now shared.
+    pub fn intern_origin(&self, origin: Arc<Origin<K>>) -> Arc<Origin<K>> {
+        let hash = origin.summary_hash();
+        let mut table = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        table.intern_arc(hash, origin, Origin::same_records)
     }
 
     /// Records some store still holds.
     pub fn len(&self) -> usize {
-        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table
-            .by_hash
-            .values()
-            .flatten()
-            .filter(|w| w.strong_count() > 0)
-            .count()
+        lock(&self.records).live()
     }
 
     /// Whether no store holds a record of it.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Distinct origins some store still holds (an origin held at different
+    /// versions by different stores counts once per version).
+    pub fn origins_len(&self) -> usize {
+        lock(&self.origins).live()
+    }
 }
 
-impl<K> Table<K> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T> Table<T> {
+    fn intern(&mut self, hash: u64, item: T, same: impl Fn(&T, &T) -> bool) -> Arc<T> {
+        if let Some(existing) = self.find(hash, |held| same(held, &item)) {
+            return existing;
+        }
+        let item = Arc::new(item);
+        self.add(hash, &item);
+        item
+    }
+
+    fn intern_arc(&mut self, hash: u64, item: Arc<T>, same: impl Fn(&T, &T) -> bool) -> Arc<T> {
+        if let Some(existing) = self.find(hash, |held| same(held, &item)) {
+            return existing;
+        }
+        self.add(hash, &item);
+        item
+    }
+
+    fn find(&self, hash: u64, same: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        let list = self.by_hash.get(&hash)?;
+        list.iter().filter_map(Weak::upgrade).find(|h| same(h))
+    }
+
+    fn add(&mut self, hash: u64, item: &Arc<T>) {
+        self.by_hash
+            .entry(hash)
+            .or_default()
+            .push(Arc::downgrade(item));
+        self.entries += 1;
+        if self.entries >= (2 * self.after_sweep).max(MIN_SWEEP) {
+            self.sweep();
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.by_hash
+            .values()
+            .flatten()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
     fn sweep(&mut self) {
         self.by_hash.retain(|_, list| {
             list.retain(|w| w.strong_count() > 0);
@@ -126,7 +171,7 @@ mod tests {
 
     fn held(version: u64, value: &[u8]) -> Held<()> {
         Held {
-            record: record(version, value),
+            record: Arc::new(record(version, value)),
             value: Value::Undecoded,
         }
     }
@@ -146,9 +191,12 @@ mod tests {
         let a = shared.intern(held(1, b"x"));
         let b = shared.intern(held(2, b"x"));
         let c = shared.intern(held(1, b"y"));
-        let mut other_signature = held(1, b"x");
-        other_signature.record.signature = vec![8; 32];
-        let d = shared.intern(other_signature);
+        let mut other_signature = record(1, b"x");
+        other_signature.signature = vec![8; 32];
+        let d = shared.intern(Held {
+            record: Arc::new(other_signature),
+            value: Value::Undecoded,
+        });
         for (x, y) in [(&a, &b), (&a, &c), (&a, &d), (&b, &c)] {
             assert!(!Arc::ptr_eq(x, y));
         }
@@ -163,7 +211,7 @@ mod tests {
             drop(shared.intern(held(v, b"dropped")));
         }
         assert_eq!(shared.len(), 1);
-        let table = shared.table.lock().unwrap();
+        let table = shared.records.lock().unwrap();
         assert!(
             table.entries < 2 * MIN_SWEEP,
             "{} entries left after sweeps",

@@ -592,6 +592,12 @@ impl Network {
         self.shared.len()
     }
 
+    /// How many distinct origins the nodes hold between them (an origin held
+    /// at the same records by many nodes counts once).
+    pub fn distinct_origins_held(&self) -> usize {
+        self.shared.origins_len()
+    }
+
     /// Whether every running node sees every other running node up and no
     /// stopped node up.
     pub fn converged(&self) -> bool {

@@ -430,8 +430,8 @@ impl<C: Crypto> Membership<C> {
                     .collect()
             })
             .unwrap_or_default();
-        self.records.insert_own(record.clone(), Some(cert), now);
-        self.queue.record(record, RELAY_FLOODS, None);
+        self.records.insert_own(record, Some(cert), now);
+        self.queue_own(CERT_KEY);
         self.last_announce_ms = wall_ms;
         for (key, value) in others {
             self.publish(&key, value, now, wall_ms)?;
@@ -482,11 +482,19 @@ impl<C: Crypto> Membership<C> {
             }
         })?;
         let record = self.sign_own(key, value, wall_ms)?;
-        self.records.insert_own(record.clone(), None, now);
-        self.queue.record(record, RELAY_FLOODS, None);
+        self.records.insert_own(record, None, now);
+        self.queue_own(key);
         self.changed();
         self.push_round();
         Ok(())
+    }
+
+    /// Queues this node's own record under `key`, as the store holds it.
+    fn queue_own(&mut self, key: &str) {
+        let own = self.records.get(&self.config.name);
+        if let Some(record) = own.and_then(|o| o.shared_record(key)) {
+            self.queue.record(record.clone(), RELAY_FLOODS, None);
+        }
     }
 
     fn sign_own(
@@ -917,7 +925,10 @@ impl<C: Crypto> Membership<C> {
                 if new_generation {
                     self.learned_round = self.round;
                 }
-                let stored = self.records.get(&origin).and_then(|o| o.record(&key));
+                let stored = self
+                    .records
+                    .get(&origin)
+                    .and_then(|o| o.shared_record(&key));
                 if let Some(record) = stored.cloned() {
                     self.on_new_record(record, &from.name, new_generation, wall_ms);
                 }
@@ -929,7 +940,7 @@ impl<C: Crypto> Membership<C> {
 
     fn on_new_record(
         &mut self,
-        record: SignedRecord,
+        record: Arc<SignedRecord>,
         from: &str,
         new_generation: bool,
         wall_ms: u64,
@@ -1291,7 +1302,7 @@ impl<C: Crypto> Membership<C> {
                     .get(name)
                     .filter(|o| o.generation == generation)?;
                 o.node().map(|n| Peer {
-                    name: o.name.clone(),
+                    name: o.name.to_string(),
                     addr: n.quic_addr,
                 })
             })
@@ -1347,10 +1358,10 @@ impl<C: Crypto> Membership<C> {
             let up: Vec<(&str, SocketAddr)> = self
                 .records
                 .origins()
-                .filter(|o| o.name != *me)
+                .filter(|o| *o.name != **me)
                 .filter(|o| self.liveness.health(&o.name, o.generation, timing).is_up())
-                .filter(|o| !self.unreachable.contains_key(&o.name))
-                .filter_map(|o| o.node().map(|n| (o.name.as_str(), n.quic_addr)))
+                .filter(|o| !self.unreachable.contains_key(&*o.name))
+                .filter_map(|o| o.node().map(|n| (&*o.name, n.quic_addr)))
                 .collect();
             let names: Vec<&str> = up.iter().map(|(n, _)| *n).collect();
             let chosen: Vec<Peer> = super::overlay::neighbours(me, &names, timing.rings)
@@ -1605,7 +1616,7 @@ impl<C: Crypto> Membership<C> {
             .records
             .origins()
             .map(|o| {
-                let is_self = o.name == self.config.name;
+                let is_self = *o.name == *self.config.name;
                 let health = if is_self {
                     Health::Alive
                 } else {
@@ -1614,7 +1625,7 @@ impl<C: Crypto> Membership<C> {
                 };
                 let cert_valid = o.cert.not_after_ms >= wall_ms;
                 MemberView {
-                    name: o.name.clone(),
+                    name: o.name.to_string(),
                     generation: o.generation,
                     is_self,
                     health: health.as_str(),
@@ -1631,7 +1642,8 @@ impl<C: Crypto> Membership<C> {
                     last_heard_ms: if is_self {
                         0
                     } else {
-                        millis(now.saturating_duration_since(o.heard_at))
+                        let heard = self.records.heard_at(&o.name).unwrap_or(now);
+                        millis(now.saturating_duration_since(heard))
                     },
                 }
             })

@@ -56,7 +56,7 @@ pub fn next_range<K: Clone + std::fmt::Debug>(
     for o in records.in_range(&start) {
         let w = o.name.len() + 28;
         if count >= MAX_DIGEST_ORIGINS || bytes + w > DIGEST_BUDGET {
-            next = Some(o.name.clone());
+            next = Some(o.name.to_string());
             break;
         }
         count += 1;
@@ -216,7 +216,7 @@ fn answer_records<K: Clone + std::fmt::Debug>(
         .map(|s| (s.name.as_str(), s))
         .collect();
     for o in records.in_range(&digest.range) {
-        let after = match theirs.get(o.name.as_str()) {
+        let after = match theirs.get(&*o.name) {
             None => {
                 if !liveness.health(&o.name, o.generation, timing).is_up() {
                     continue;
