@@ -282,11 +282,6 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         self.origins.get(name).map(|e| &*e.origin)
     }
 
-    /// When this node last heard from `name` or of it, if it is held.
-    pub fn heard_at(&self, name: &str) -> Option<Instant> {
-        self.origins.get(name).map(|e| e.heard_at)
-    }
-
     /// Whether `origin` at (`generation`, `version`) would be news here: not
     /// held at that version or later, nor replaced by a later generation.
     pub fn is_news(&self, origin: &str, generation: u64, version: u64) -> bool {
@@ -297,6 +292,11 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
     /// Every origin, by name.
     pub fn origins(&self) -> impl Iterator<Item = &Origin<K>> {
         self.origins.values().map(|e| &*e.origin)
+    }
+
+    /// Every origin, by name, with when this node last heard from it or of it.
+    pub fn members(&self) -> impl Iterator<Item = (&Origin<K>, Instant)> {
+        self.origins.values().map(|e| (&*e.origin, e.heard_at))
     }
 
     /// The origins whose names fall in `range`.

@@ -1614,8 +1614,8 @@ impl<C: Crypto> Membership<C> {
     pub fn view(&self, now: Instant, wall_ms: u64) -> View {
         let members = self
             .records
-            .origins()
-            .map(|o| {
+            .members()
+            .map(|(o, heard)| {
                 let is_self = *o.name == *self.config.name;
                 let health = if is_self {
                     Health::Alive
@@ -1642,7 +1642,6 @@ impl<C: Crypto> Membership<C> {
                     last_heard_ms: if is_self {
                         0
                     } else {
-                        let heard = self.records.heard_at(&o.name).unwrap_or(now);
                         millis(now.saturating_duration_since(heard))
                     },
                 }
