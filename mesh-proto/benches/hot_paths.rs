@@ -5,6 +5,7 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_proto::codec::{decode_exact, encode};
@@ -37,7 +38,7 @@ fn codec(c: &mut Criterion) {
 }
 
 /// One member of the benchmark cluster: name, node record, services, allowed.
-type Member = (String, NodeRecord, Vec<ServiceRecord>, Vec<String>);
+type Member = (String, Arc<NodeRecord>, Vec<ServiceRecord>, Vec<String>);
 
 /// 100 nodes, each hosting 100 of 1,000 services: 1,000 services × 10 endpoints.
 fn cluster() -> Vec<Member> {
@@ -47,7 +48,7 @@ fn cluster() -> Vec<Member> {
             let addr: SocketAddr = format!("10.0.{}.{}:7100", n / 250, n % 250 + 1)
                 .parse()
                 .unwrap();
-            let node = NodeRecord {
+            let node = Arc::new(NodeRecord {
                 name: name.clone(),
                 zone: format!("zone-{}", n % 3),
                 cluster: "bench".into(),
@@ -55,7 +56,7 @@ fn cluster() -> Vec<Member> {
                 version: "shoal bench".into(),
                 started_at_ms: 1,
                 state: NodeState::Serving,
-            };
+            });
             let services: Vec<ServiceRecord> = (0..100u32)
                 .map(|k| ServiceRecord {
                     name: format!("svc-{}", (n * 10 + k * 10) % 1000 + n % 10),

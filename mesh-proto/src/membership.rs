@@ -67,5 +67,5 @@ pub use config::{Config, Limits, Timing};
 pub use refusal::Refusal;
 pub use signing::{Crypto, CryptoRefusal, DocumentSigner, NodeCert};
 pub use state::{Destination, Event, Membership, Peer, PublishError, Transmit};
-pub use view::{MemberView, View};
+pub use view::{MemberRecords, MemberView, View};
 pub use wire::{GossipMessage, SignedRecord, Suspicion};

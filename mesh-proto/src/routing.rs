@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
 use crate::tunnel::Protocol;
@@ -31,8 +32,8 @@ pub struct MemberInput<'a> {
     pub name: &'a str,
     /// Its generation (start time); higher is newer.
     pub generation: u64,
-    /// Its node record, if received.
-    pub node: Option<&'a NodeRecord>,
+    /// Its node record, if received (shared with the view it came from).
+    pub node: Option<&'a Arc<NodeRecord>>,
     /// Its service records.
     pub services: &'a [ServiceRecord],
     /// The services its certificate allows now (none once it expired).
@@ -65,8 +66,8 @@ pub struct Endpoint {
 /// A node in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeEntry {
-    /// Its record.
-    pub record: NodeRecord,
+    /// Its record (shared with the view the table was built from).
+    pub record: Arc<NodeRecord>,
     /// Its generation.
     pub generation: u64,
 }
@@ -149,11 +150,14 @@ pub enum Ignored {
     },
 }
 
-/// Builds the table from the members that are up (see the module documentation).
-pub fn build_table<'a>(
-    members: impl IntoIterator<Item = MemberInput<'a>>,
-) -> (RoutingTable, Vec<Ignored>) {
-    // Rule 1: newest generation per node.
+/// Rule 1: the newest generation per node, by name. A view lists each member
+/// once, by name, so that is the input as it comes (checked in one pass);
+/// anything else goes through a map.
+fn newest_by_name<'a>(members: impl IntoIterator<Item = MemberInput<'a>>) -> Vec<MemberInput<'a>> {
+    let members: Vec<MemberInput<'a>> = members.into_iter().collect();
+    if members.windows(2).all(|w| w[0].name < w[1].name) {
+        return members;
+    }
     let mut newest: BTreeMap<&str, MemberInput<'a>> = BTreeMap::new();
     for m in members {
         match newest.get(m.name) {
@@ -163,9 +167,17 @@ pub fn build_table<'a>(
             }
         }
     }
+    newest.into_values().collect()
+}
+
+/// Builds the table from the members that are up (see the module documentation).
+pub fn build_table<'a>(
+    members: impl IntoIterator<Item = MemberInput<'a>>,
+) -> (RoutingTable, Vec<Ignored>) {
     let mut table = RoutingTable::default();
     let mut ignored = Vec::new();
-    for (name, member) in newest {
+    for member in newest_by_name(members) {
+        let name = member.name;
         let record = match member.node {
             Some(r) if r.name == name => r.clone(),
             Some(r) => {
@@ -254,7 +266,7 @@ mod tests {
     struct Owned {
         id: String,
         generation: u64,
-        node: Option<NodeRecord>,
+        node: Option<Arc<NodeRecord>>,
         services: Vec<ServiceRecord>,
         allowed: Vec<String>,
     }
@@ -263,7 +275,7 @@ mod tests {
         Owned {
             id: id.into(),
             generation,
-            node: Some(node(id, state)),
+            node: Some(Arc::new(node(id, state))),
             services: services.iter().map(|(s, h)| svc(s, *h)).collect(),
             allowed: services.iter().map(|(s, _)| s.to_string()).collect(),
         }
@@ -396,6 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn members_in_any_order_give_endpoints_in_node_order() {
+        let web = &[("web", Health::Healthy)];
+        let sorted = [
+            member("a", 1, NodeState::Serving, web),
+            member("b", 1, NodeState::Serving, web),
+            member("c", 1, NodeState::Serving, web),
+        ];
+        let shuffled = [
+            member("c", 1, NodeState::Serving, web),
+            member("a", 1, NodeState::Serving, web),
+            member("b", 1, NodeState::Serving, web),
+        ];
+        let (table, _) = build_table(inputs(&shuffled));
+        let nodes: Vec<&str> = table
+            .endpoints("web")
+            .iter()
+            .map(|e| e.node.as_str())
+            .collect();
+        assert_eq!(nodes, ["a", "b", "c"]);
+        assert_eq!(table, build_table(inputs(&sorted)).0);
+    }
+
+    #[test]
     fn newest_generation_wins() {
         let members = [
             member("a", 5, NodeState::Serving, &[("new", Health::Healthy)]),
@@ -409,7 +444,7 @@ mod tests {
     #[test]
     fn members_without_a_usable_node_record_are_skipped_with_a_reason() {
         let mut imposter = member("b", 1, NodeState::Serving, &[("web", Health::Healthy)]);
-        imposter.node = Some(node("someone-else", NodeState::Serving));
+        imposter.node = Some(Arc::new(node("someone-else", NodeState::Serving)));
         let mut no_record = member("c", 1, NodeState::Serving, &[("web", Health::Healthy)]);
         no_record.node = None;
         let members = [

@@ -181,6 +181,40 @@ fn a_shared_origin_changes_only_for_the_nodes_that_take_the_change() {
 }
 
 #[test]
+fn views_share_each_members_records_until_they_change() {
+    let mut net = mesh(8);
+    let view = |net: &Network| {
+        net.node("n1")
+            .unwrap()
+            .membership
+            .view(net.now(), net.wall_ms())
+    };
+    let before = view(&net);
+    let again = view(&net);
+    assert_eq!(before.members.len(), 8);
+    for (a, b) in before.members.iter().zip(&again.members) {
+        assert!(
+            std::sync::Arc::ptr_eq(&a.records, &b.records),
+            "{}: rebuilt though nothing changed",
+            a.name
+        );
+    }
+    net.set_health("n3", "web", Health::Unhealthy);
+    let flipped = |net: &Network| service_health(net, "n1", "n3", "web") == Some(Health::Unhealthy);
+    assert!(net.run_until(Duration::from_secs(5), flipped));
+    let after = view(&net);
+    for (a, b) in before.members.iter().zip(&after.members) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(
+            std::sync::Arc::ptr_eq(&a.records, &b.records),
+            a.name != "n3",
+            "{}: only the member that changed is built again",
+            a.name
+        );
+    }
+}
+
+#[test]
 fn a_health_change_reaches_every_node() {
     let mut net = mesh(8);
     net.set_health("n3", "web", Health::Unhealthy);

@@ -387,7 +387,7 @@ proptest! {
         let mut w = World::new();
         let before_n2 = signed_state(&w.net, "n1", "n2");
         let before_n3 = signed_state(&w.net, "n1", "n3");
-        let before_self = signed_state(&w.net, "n1", "n1").map(|m| (m.node, m.services));
+        let before_self = signed_state(&w.net, "n1", "n1").map(|m| (m.node.clone(), m.services.clone()));
         let evil = w.net.node("evil").unwrap().addr;
         for plan in &plans {
             match w.message(plan) {
@@ -405,7 +405,7 @@ proptest! {
         }
         prop_assert_eq!(signed_state(&w.net, "n1", "n2"), before_n2);
         prop_assert_eq!(signed_state(&w.net, "n1", "n3"), before_n3);
-        let after_self = signed_state(&w.net, "n1", "n1").map(|m| (m.node, m.services));
+        let after_self = signed_state(&w.net, "n1", "n1").map(|m| (m.node.clone(), m.services.clone()));
         prop_assert_eq!(after_self, before_self);
         prop_assert!(signed_state(&w.net, "n1", "ghost").is_none(), "no ghost without a certificate");
     }

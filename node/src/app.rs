@@ -14,6 +14,7 @@
 //! Every long-running task runs under the [`Supervisor`]: one that ends
 //! unexpectedly is logged, counted and restarted, and `/readyz` says so.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -1057,18 +1058,16 @@ async fn housekeeping(chores: Arc<Chores>, mut stop: watch::Receiver<bool>) {
         {
             tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the current ones");
         }
-        let mut peers: Vec<SocketAddr> = gossip
+        let up: BTreeSet<SocketAddr> = gossip
             .view()
             .members
             .iter()
             .filter(|m| m.is_up() && !m.is_self)
             .filter_map(|m| m.addr())
             .collect();
-        peers.sort();
-        peers.dedup();
-        if !peers.is_empty() && peers != saved {
-            crate::seeds::write_members_file(data_dir, &peers);
-            saved = peers;
+        if let Some(next) = crate::seeds::peers_to_save(gossip.advertise(), &saved, &up) {
+            crate::seeds::write_members_file(data_dir, &next);
+            saved = next;
         }
     }
 }

@@ -35,9 +35,22 @@ pub fn table_of(view: &View) -> (RoutingTable, Vec<Ignored>) {
                 generation: m.generation,
                 node: m.node.as_ref(),
                 services: &m.services,
-                allowed: &m.allowed_services,
+                allowed: m.allowed_services(),
             }),
     )
+}
+
+/// Whether `a` and `b` give the same table: the same members, each with the
+/// same records (shared, so compared by pointer), up or not, and with a
+/// certificate valid or not alike. Most view changes in a large mesh are
+/// liveness details (an accusation, a refutation) that leave the table as it is.
+pub fn same_table_inputs(a: &View, b: &View) -> bool {
+    a.members.len() == b.members.len()
+        && a.members.iter().zip(&b.members).all(|(x, y)| {
+            Arc::ptr_eq(&x.records, &y.records)
+                && x.is_up() == y.is_up()
+                && x.cert_valid == y.cert_valid
+        })
 }
 
 /// Whether this node routes by gossip or, having lost every peer at once, by
@@ -68,25 +81,54 @@ pub fn next_table(
     }
 }
 
-/// Rebuilds the table on every change of the view until `stop` fires.
+/// Rebuilds the table on every change of the view that can change it, until
+/// `stop` fires.
 pub async fn run(
     gossip: Arc<Gossip>,
     table: SharedTable,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let self_name = gossip.name().to_string();
+    let mut builder = Builder {
+        self_name: gossip.name().to_string(),
+        reported: HashSet::new(),
+        reach: Reach::Peers,
+    };
     let mut views = gossip.watch();
-    let mut reported: HashSet<(String, String)> = HashSet::new();
-    let mut reach = Reach::Peers;
+    let mut last: Option<Arc<View>> = None;
     loop {
         let view = views.borrow_and_update().clone();
         let started = std::time::Instant::now();
-        let (built, ignored) = table_of(&view);
+        if last.as_ref().is_some_and(|l| same_table_inputs(l, &view)) {
+            metrics.routing.rebuilds_skipped.inc();
+        } else {
+            builder.rebuild(&view, &table, &metrics);
+            metrics.routing.rebuilds.inc();
+        }
         gossip.note_view_read(started.elapsed());
-        report(&ignored, &mut reported, &metrics);
-        let (next, now) = next_table(&table.load_full(), built, &self_name);
-        match (reach, now) {
+        last = Some(view);
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// What [`run`] keeps between rebuilds.
+struct Builder {
+    self_name: String,
+    /// Service claims reported (see [`report`]).
+    reported: HashSet<(String, String)>,
+    reach: Reach,
+}
+
+impl Builder {
+    /// Builds the table `view` gives and swaps it in.
+    fn rebuild(&mut self, view: &View, table: &SharedTable, metrics: &Metrics) {
+        let (built, ignored) = table_of(view);
+        report(&ignored, &mut self.reported, metrics);
+        let (next, now) = next_table(&table.load_full(), built, &self.self_name);
+        match (self.reach, now) {
             (Reach::Peers, Reach::Isolated) => {
                 tracing::warn!("lost every peer; keeping their last known state until they return");
             }
@@ -95,13 +137,8 @@ pub async fn run(
             }
             _ => {}
         }
-        reach = now;
+        self.reach = now;
         table.store(Arc::new(next));
-        metrics.routing.rebuilds.inc();
-        tokio::select! {
-            changed = views.changed() => if changed.is_err() { return },
-            _ = stop.changed() => return,
-        }
     }
 }
 
@@ -132,18 +169,21 @@ fn report(ignored: &[Ignored], reported: &mut HashSet<(String, String)>, metrics
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::Arc;
 
     use mesh_proto::gossip::{Health, NodeRecord, NodeState, ServiceRecord};
     use mesh_proto::routing::{Ignored, MemberInput, RoutingTable, build_table};
     use mesh_proto::tunnel::Protocol;
 
-    use super::{Reach, next_table, report};
+    use mesh_proto::membership::{MemberRecords, MemberView, View};
+
+    use super::{Reach, next_table, report, same_table_inputs, table_of};
     use crate::metrics::Metrics;
 
     /// A member `name` hosting `web` with `health`.
     struct Member {
         name: String,
-        record: NodeRecord,
+        record: Arc<NodeRecord>,
         services: Vec<ServiceRecord>,
         allowed: Vec<String>,
     }
@@ -151,7 +191,7 @@ mod tests {
     fn member(name: &str, health: Health) -> Member {
         Member {
             name: name.into(),
-            record: NodeRecord {
+            record: Arc::new(NodeRecord {
                 name: name.into(),
                 zone: "zone-a".into(),
                 cluster: "test".into(),
@@ -159,7 +199,7 @@ mod tests {
                 version: "0.1.0".into(),
                 started_at_ms: 1,
                 state: NodeState::Serving,
-            },
+            }),
             services: vec![ServiceRecord {
                 name: "web".into(),
                 protocol: Protocol::Tcp,
@@ -224,6 +264,68 @@ mod tests {
         let alone = table(&[member("me", Health::Healthy)]);
         let (t, reach) = next_table(&RoutingTable::default(), alone.clone(), "me");
         assert_eq!((t, reach), (alone, Reach::Peers));
+    }
+
+    fn view_of(members: &[(&Arc<MemberRecords>, &'static str)]) -> View {
+        View {
+            members: members
+                .iter()
+                .map(|(records, health)| MemberView {
+                    records: Arc::clone(records),
+                    is_self: false,
+                    health,
+                    accusers: Vec::new(),
+                    cert_valid: true,
+                    last_heard_ms: 0,
+                })
+                .collect(),
+            ..View::default()
+        }
+    }
+
+    fn records_of(m: &Member) -> Arc<MemberRecords> {
+        Arc::new(MemberRecords {
+            name: m.name.clone(),
+            generation: 1,
+            node: Some(m.record.clone()),
+            services: m.services.clone(),
+            cert_services: m.allowed.clone(),
+            cert_not_after_ms: u64::MAX,
+            version: 3,
+        })
+    }
+
+    #[test]
+    fn a_view_that_changes_only_in_liveness_details_gives_the_same_table() {
+        let (a, b) = (
+            records_of(&member("a", Health::Healthy)),
+            records_of(&member("b", Health::Healthy)),
+        );
+        let before = view_of(&[(&a, "alive"), (&b, "alive")]);
+        let mut accused = view_of(&[(&a, "alive"), (&b, "suspect")]);
+        accused.members[1].accusers = vec!["a".into()];
+        accused.members[1].last_heard_ms = 4_000;
+        assert!(
+            same_table_inputs(&before, &accused),
+            "b is accused, still up"
+        );
+        assert_eq!(table_of(&before).0, table_of(&accused).0);
+
+        let dead = view_of(&[(&a, "alive"), (&b, "dead")]);
+        assert!(!same_table_inputs(&before, &dead), "b is down");
+        let mut expired = view_of(&[(&a, "alive"), (&b, "alive")]);
+        expired.members[1].cert_valid = false;
+        assert!(
+            !same_table_inputs(&before, &expired),
+            "b's certificate expired"
+        );
+        // New records of b (its `web` turned unhealthy): a change.
+        let rebuilt = records_of(&member("b", Health::Unhealthy));
+        let changed = view_of(&[(&a, "alive"), (&rebuilt, "alive")]);
+        assert!(!same_table_inputs(&before, &changed), "b's records changed");
+        assert_ne!(table_of(&before).0, table_of(&changed).0);
+        let joined = view_of(&[(&a, "alive")]);
+        assert!(!same_table_inputs(&joined, &before), "b joined");
     }
 
     #[test]

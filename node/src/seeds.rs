@@ -26,6 +26,10 @@ use crate::routing::SharedTable;
 pub const MEMBERS_FILE: &str = "members.json";
 /// How often names are resolved again while the node has no live peer.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// At most this many peers are saved in [`MEMBERS_FILE`]: enough to find the
+/// mesh again after a restart, and a file (and a seed list at the next start)
+/// that does not grow with the mesh.
+pub const SAVED_PEERS: usize = 16;
 
 /// Every address `seeds` resolve to (an `IP:PORT` to itself), then the peers
 /// saved in `data_dir`, without `advertise`, each once. A name that does not
@@ -153,6 +157,44 @@ pub fn read_members_file(dir: &Path) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
+/// The peers to save next, given those saved and the peers up now (`up`,
+/// without this node): `None` while every saved peer is up and there are as
+/// many as there can be ([`SAVED_PEERS`], or every peer up if fewer), so the
+/// file is rewritten when a saved peer goes down, not whenever the mesh
+/// changes. Otherwise the saved peers still up, topped up from the others in
+/// an order of their own for each node (`me`), so that nodes restarting
+/// together do not all try the same few peers first. Never empty: an
+/// isolated node keeps its last list.
+pub fn peers_to_save(
+    me: SocketAddr,
+    saved: &[SocketAddr],
+    up: &BTreeSet<SocketAddr>,
+) -> Option<Vec<SocketAddr>> {
+    let want = up.len().min(SAVED_PEERS);
+    let mut kept: Vec<SocketAddr> = saved.iter().copied().filter(|a| up.contains(a)).collect();
+    let full = kept.len() == saved.len() && (want..=SAVED_PEERS).contains(&kept.len());
+    if want == 0 || full {
+        return None;
+    }
+    // A longer list (saved by an earlier version) is cut down.
+    kept.truncate(SAVED_PEERS);
+    let mut others: Vec<SocketAddr> = up.iter().copied().filter(|a| !kept.contains(a)).collect();
+    others.sort_by_cached_key(|a| order_for(me, *a));
+    let mut next = kept;
+    next.extend(others.into_iter().take(want.saturating_sub(next.len())));
+    next.sort();
+    Some(next)
+}
+
+/// A fixed pseudo-random rank of `peer` as seen by `me` (SipHash with fixed
+/// keys: the same on every run).
+fn order_for(me: SocketAddr, peer: SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (me, peer).hash(&mut h);
+    h.finish()
+}
+
 /// Saves `peers` to `dir`'s [`MEMBERS_FILE`], atomically.
 pub fn write_members_file(dir: &Path, peers: &[SocketAddr]) {
     let Ok(json) = serde_json::to_vec_pretty(peers) else {
@@ -199,6 +241,62 @@ mod tests {
         let seeds = vec!["10.0.0.1:7100".to_string()];
         let mut rule = Reresolver::new(&seeds, vec![addr(7100)], now);
         assert!(!rule.due(now + RESOLVE_EVERY * 10, true));
+    }
+
+    fn peers(ports: impl IntoIterator<Item = u16>) -> BTreeSet<SocketAddr> {
+        ports.into_iter().map(addr).collect()
+    }
+
+    #[test]
+    fn a_large_mesh_saves_a_bounded_set_of_peers_and_keeps_it_while_they_are_up() {
+        let me = addr(1);
+        let mut up = peers(100..1100);
+        let saved = peers_to_save(me, &[], &up).expect("nothing saved yet");
+        assert_eq!(saved.len(), SAVED_PEERS, "bounded, however large the mesh");
+        assert!(saved.iter().all(|a| up.contains(a)));
+        // Others join and leave: the saved peers still do, so nothing is written.
+        up.extend(peers(2000..2100));
+        let unsaved = *up.iter().find(|a| !saved.contains(a)).unwrap();
+        up.remove(&unsaved);
+        assert_eq!(peers_to_save(me, &saved, &up), None);
+        // One saved peer goes down: it alone is replaced.
+        up.remove(&saved[0]);
+        let next = peers_to_save(me, &saved, &up).expect("a saved peer is gone");
+        assert_eq!(next.len(), SAVED_PEERS);
+        assert!(!next.contains(&saved[0]));
+        assert_eq!(
+            next.iter().filter(|a| saved.contains(a)).count(),
+            SAVED_PEERS - 1,
+            "the others are kept"
+        );
+        // Another node picks other peers first.
+        let theirs = peers_to_save(addr(2), &[], &peers(100..1100)).unwrap();
+        assert_ne!(theirs, saved, "each node its own order");
+    }
+
+    #[test]
+    fn a_small_mesh_saves_every_peer_and_an_isolated_node_keeps_its_list() {
+        let me = addr(1);
+        let saved = peers_to_save(me, &[], &peers([7, 8])).unwrap();
+        assert_eq!(saved, vec![addr(7), addr(8)]);
+        assert_eq!(peers_to_save(me, &saved, &peers([7, 8])), None);
+        assert_eq!(
+            peers_to_save(me, &saved, &peers([7, 8, 9])),
+            Some(vec![addr(7), addr(8), addr(9)]),
+            "room for one more"
+        );
+        assert_eq!(
+            peers_to_save(me, &saved, &peers([])),
+            None,
+            "alone: keep the list"
+        );
+        let long: Vec<SocketAddr> = peers(100..200).into_iter().collect();
+        let cut = peers_to_save(me, &long, &peers(100..200)).expect("too long a list");
+        assert_eq!(
+            cut.len(),
+            SAVED_PEERS,
+            "a list saved by an earlier version is cut down"
+        );
     }
 
     #[tokio::test]

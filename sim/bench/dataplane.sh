@@ -26,6 +26,7 @@ KEEP=0
 QUIET_WAIT=20
 KEEPALIVE_REQUESTS=1000   # nginx's own default
 JSON_OUT=""
+SHOAL_THREADS=1           # `shoal run --threads`, both nodes
 DISTURBED_CORE_FRACTION=0.10
 
 usage() {
@@ -45,6 +46,7 @@ Options:
                       wrk connection is re-opened after 1000 requests)
   --json FILE         also write one object per setup (setup, rps, p50_ms, p99_ms,
                       cpu_ms_per_1k, bulk_mib_s, cpu_s_per_gib; null where not measured)
+  --shoal-threads N   worker threads of each Shoal node (`shoal run --threads N`, default 1)
   --keep              keep the temp dir (configs, certificates, logs) after the run
   -h, --help          this help
 EOF
@@ -55,7 +57,7 @@ MEASURE_RC=0
 need() { [ $# -ge 2 ] || { echo "dataplane.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --rounds|--duration|--warmup|--bulk-gib|--quiet-wait|--keepalive-requests|--json) need "$@" ;;
+        --rounds|--duration|--warmup|--bulk-gib|--quiet-wait|--keepalive-requests|--json|--shoal-threads) need "$@" ;;
     esac
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -68,6 +70,7 @@ while [ $# -gt 0 ]; do
                     || { echo "dataplane.sh: --json: no directory $(dirname "$2")" >&2; exit 2; }; shift 2 ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
         --keepalive-requests) KEEPALIVE_REQUESTS="$2"; shift 2 ;;
+        --shoal-threads) SHOAL_THREADS="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "dataplane.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -80,7 +83,7 @@ else
         && [ "$BULK_BYTES" -gt 0 ] || { echo "dataplane.sh: --bulk-gib takes a positive number of GiB" >&2; exit 2; }
     [ "$BULK_BYTES" -ge $((1 << 30)) ] || echo "dataplane.sh: note: bulk transfers under 1 GiB are too short for published figures" >&2
 fi
-case "$ROUNDS$DURATION$WARMUP$QUIET_WAIT$KEEPALIVE_REQUESTS" in *[!0-9]*) echo "dataplane.sh: --rounds, --duration, --warmup, --quiet-wait and --keepalive-requests take whole numbers" >&2; exit 2 ;; esac
+case "$ROUNDS$DURATION$WARMUP$QUIET_WAIT$KEEPALIVE_REQUESTS$SHOAL_THREADS" in *[!0-9]*) echo "dataplane.sh: --rounds, --duration, --warmup, --quiet-wait, --keepalive-requests and --shoal-threads take whole numbers" >&2; exit 2 ;; esac
 [ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || { echo "dataplane.sh: --rounds and --duration must be at least 1" >&2; exit 2; }
 
 log() { printf '[dataplane %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -446,8 +449,8 @@ for n in a b; do
         || { cat "$WORK/logs/check-$n.log" >&2; die "shoal check rejected the config of node $n"; }
 done
 log "starting Shoal nodes (A: listeners :$SHA_HTTP/:$SHA_BULK, QUIC :$SHA_QUIC; B: QUIC :$SHB_QUIC)"
-RUST_LOG=warn start shoal-b "$SHOAL" run --config "$H/b/node.toml"
-RUST_LOG=warn start shoal-a "$SHOAL" run --config "$H/a/node.toml"
+RUST_LOG=warn start shoal-b "$SHOAL" run --threads "$SHOAL_THREADS" --config "$H/b/node.toml"
+RUST_LOG=warn start shoal-a "$SHOAL" run --threads "$SHOAL_THREADS" --config "$H/a/node.toml"
 
 # ---------------------------------------------------------------- readiness
 for port_name in "$HAB_HTTP haproxy-b" "$HAB_BULK haproxy-b" "$HAA_HTTP haproxy-a" "$HAA_BULK haproxy-a" \

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::codec::decode_exact;
@@ -36,6 +36,7 @@ use super::config::Limits;
 use super::refusal::Refusal;
 use super::shared::SharedRecords;
 use super::signing::{Crypto, NodeCert, record_payload};
+use super::view::MemberRecords;
 use super::wire::{NameRange, OriginSummary, SignedRecord};
 
 /// What one member holds of one origin: a function of the records held, shared
@@ -65,6 +66,8 @@ pub struct Origin<K> {
     fingerprint: u64,
     /// [`Origin::summary_hash`], likewise.
     summary_hash: u64,
+    /// [`Origin::member_records`], built on first use after each change.
+    member_records: OnceLock<Arc<MemberRecords>>,
 }
 
 /// A record as held once checked: immutable, shared by reference.
@@ -129,6 +132,24 @@ impl<K> Origin<K> {
     fn slot(&self, key: &str) -> Result<usize, usize> {
         self.records
             .binary_search_by(|h| h.record.key.as_str().cmp(key))
+    }
+
+    /// What its records say, for views: built once per change and shared by
+    /// every view built until the next one.
+    pub fn member_records(&self) -> Arc<MemberRecords> {
+        self.member_records
+            .get_or_init(|| {
+                Arc::new(MemberRecords {
+                    name: self.name.to_string(),
+                    generation: self.generation,
+                    node: self.node().cloned().map(Arc::new),
+                    services: self.services().cloned().collect(),
+                    cert_services: self.cert.services.clone(),
+                    cert_not_after_ms: self.cert.not_after_ms,
+                    version: self.max_version,
+                })
+            })
+            .clone()
     }
 
     /// Its summary for digests.
@@ -696,6 +717,7 @@ fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) 
         bytes: 0,
         fingerprint: 0,
         summary_hash: 0,
+        member_records: OnceLock::new(),
     };
     Entry {
         origin: Arc::new(origin),
@@ -739,6 +761,7 @@ fn store<K: Clone>(
     origin.bytes += weight;
     *total += weight;
     origin.rehash();
+    origin.member_records = OnceLock::new();
     entry.heard_at = now;
     if let Some(shared) = shared {
         entry.origin = shared.intern_origin(entry.origin.clone());

@@ -1623,22 +1623,12 @@ impl<C: Crypto> Membership<C> {
                     self.liveness
                         .health(&o.name, o.generation, &self.config.timing)
                 };
-                let cert_valid = o.cert.not_after_ms >= wall_ms;
                 MemberView {
-                    name: o.name.to_string(),
-                    generation: o.generation,
+                    records: o.member_records(),
                     is_self,
                     health: health.as_str(),
                     accusers: self.liveness.accusers(&o.name),
-                    node: o.node().cloned(),
-                    services: o.services().cloned().collect(),
-                    allowed_services: if cert_valid {
-                        o.cert.services.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    cert_not_after_ms: o.cert.not_after_ms,
-                    version: o.max_version,
+                    cert_valid: o.cert.not_after_ms >= wall_ms,
                     last_heard_ms: if is_self {
                         0
                     } else {

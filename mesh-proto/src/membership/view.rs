@@ -4,38 +4,60 @@
 //! it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::gossip::{NodeRecord, ServiceRecord};
 
 use super::documents::{HeldDocument, HeldRevocations};
 
-/// One member.
+/// What a member's records say: its name, generation, node and service
+/// records and what its certificate allows. Built once per set of records
+/// held and shared (`Arc`) by every view built while they stay the same, so a
+/// view of N members costs N reference counts, not N copies of every record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberView {
+pub struct MemberRecords {
     /// Its name.
     pub name: String,
     /// Its generation.
     pub generation: u64,
+    /// Its node record (address, zone, state), once received.
+    pub node: Option<Arc<NodeRecord>>,
+    /// Its service records.
+    pub services: Vec<ServiceRecord>,
+    /// The services its certificate allows while it is valid.
+    pub cert_services: Vec<String>,
+    /// When its certificate expires, ms since the Unix epoch.
+    pub cert_not_after_ms: u64,
+    /// The highest version held.
+    pub version: u64,
+}
+
+/// One member: its records (shared, see [`MemberRecords`], whose fields read
+/// through this type) and this node's verdict on it as of the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// What its records say.
+    pub records: Arc<MemberRecords>,
     /// Whether this is the node itself.
     pub is_self: bool,
     /// `alive`, `suspect` or `dead` (this node's verdict).
     pub health: &'static str,
     /// Who accuses it, if anyone.
     pub accusers: Vec<String>,
-    /// Its node record (address, zone, state), once received.
-    pub node: Option<NodeRecord>,
-    /// Its service records.
-    pub services: Vec<ServiceRecord>,
-    /// The services its certificate allows now: none once it expired.
-    pub allowed_services: Vec<String>,
-    /// When its certificate expires, ms since the Unix epoch.
-    pub cert_not_after_ms: u64,
-    /// The highest version held.
-    pub version: u64,
+    /// Whether its certificate was still valid when the view was built.
+    pub cert_valid: bool,
     /// Milliseconds since this node last heard from it or of it (an answer, a
     /// message, a newer record), as of when the view was built; `u64::MAX` if
     /// never.
     pub last_heard_ms: u64,
+}
+
+impl std::ops::Deref for MemberView {
+    type Target = MemberRecords;
+
+    fn deref(&self) -> &MemberRecords {
+        &self.records
+    }
 }
 
 impl MemberView {
@@ -47,6 +69,15 @@ impl MemberView {
     /// Whether it is alive or suspect (not declared dead).
     pub fn is_up(&self) -> bool {
         self.health != "dead"
+    }
+
+    /// The services its certificate allows now: none once it expired.
+    pub fn allowed_services(&self) -> &[String] {
+        if self.cert_valid {
+            &self.records.cert_services
+        } else {
+            &[]
+        }
     }
 }
 

@@ -13,6 +13,9 @@ use super::{ReasonLabels, register};
 pub struct RoutingMetrics {
     /// Routing-table rebuilds.
     pub rebuilds: Counter,
+    /// View changes that could not change the table (liveness details only),
+    /// so no rebuild.
+    pub rebuilds_skipped: Counter,
     /// Service claims ignored because the publishing node's certificate does not
     /// name the service.
     pub ignored_service_claims: Counter,
@@ -34,6 +37,12 @@ impl RoutingMetrics {
                 r,
                 "routing_table_rebuilds",
                 "Routing-table rebuilds",
+                Counter::default(),
+            ),
+            rebuilds_skipped: register(
+                r,
+                "routing_table_rebuilds_skipped",
+                "Membership view changes that could not change the routing table (no rebuild)",
                 Counter::default(),
             ),
             ignored_service_claims: register(
