@@ -213,19 +213,31 @@ async fn a_paused_serving_node_costs_callers_a_hedge_and_is_used_again_when_it_r
 /// connection can look silent at the hedge delay; a hedge then would send
 /// every slow request twice. Requests here take 150 ms at the backend: each
 /// is acknowledged long before it is answered.
+///
+/// A hedge still follows a real silence of 2 × (acknowledgement delay + RTT),
+/// about 10 ms here, and a loaded two-core machine running the other tests
+/// can deschedule a node that long: `.ci/run` once saw one hedge in 12. So a
+/// couple are allowed in 24; the fault this guards against hedged about every
+/// other request (24 binomial draws at one half give two or fewer once in
+/// 50,000 runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_serving_node_slow_to_answer_is_not_hedged() {
+    const SLOW_REQUESTS: usize = 24;
+    const MOST_STALLS: f64 = 2.0;
     let (_apps, mesh) = Cluster::web_pair(|s| s).await;
     let mesh = mesh.start().await;
     mesh.wait_healthy("c", "web", 2).await;
     let listener = mesh.client("c", "web");
-    for i in 0..12 {
+    for i in 0..SLOW_REQUESTS {
         let reply = get(listener, "web", "/slow/150").await;
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
     }
     let hedges = mesh["c"]
         .metric("shoal_hedged_attempts_total{listener=\"web\"}")
         .await;
-    assert_eq!(hedges, 0.0, "slow requests sent twice");
+    assert!(
+        hedges <= MOST_STALLS,
+        "{hedges} of {SLOW_REQUESTS} slow requests sent twice"
+    );
     mesh.stop().await;
 }
