@@ -148,13 +148,40 @@ pub async fn run(
     }
 }
 
-/// The peers saved in `dir`'s [`MEMBERS_FILE`] (none if it is missing or
-/// unreadable).
+/// The largest [`MEMBERS_FILE`] read: far more than [`SAVED_PEERS`]
+/// addresses take, and enough for the longer lists of earlier versions.
+const MEMBERS_FILE_MAX_BYTES: u64 = 256 * 1024;
+
+/// The peers saved in `dir`'s [`MEMBERS_FILE`], at most [`SAVED_PEERS`]
+/// (none if it is missing; a file that is too large or not a JSON list of
+/// addresses is ignored with a warning, and replaced at the next save).
 pub fn read_members_file(dir: &Path) -> Vec<SocketAddr> {
-    std::fs::read(dir.join(MEMBERS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Vec<SocketAddr>>(&b).ok())
-        .unwrap_or_default()
+    use std::io::Read;
+    let path = dir.join(MEMBERS_FILE);
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Vec::new();
+    };
+    let mut bytes = Vec::new();
+    let read = file
+        .take(MEMBERS_FILE_MAX_BYTES + 1)
+        .read_to_end(&mut bytes);
+    let parsed = match read {
+        Ok(n) if n as u64 > MEMBERS_FILE_MAX_BYTES => {
+            Err(format!("larger than {MEMBERS_FILE_MAX_BYTES} bytes"))
+        }
+        Ok(_) => serde_json::from_slice::<Vec<SocketAddr>>(&bytes).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match parsed {
+        Ok(mut peers) => {
+            peers.truncate(SAVED_PEERS);
+            peers
+        }
+        Err(reason) => {
+            tracing::warn!(file = %path.display(), %reason, "ignoring the saved members");
+            Vec::new()
+        }
+    }
 }
 
 /// The peers to save next, given those saved and the peers up now (`up`,
@@ -241,6 +268,20 @@ mod tests {
         let seeds = vec!["10.0.0.1:7100".to_string()];
         let mut rule = Reresolver::new(&seeds, vec![addr(7100)], now);
         assert!(!rule.due(now + RESOLVE_EVERY * 10, true));
+    }
+
+    #[test]
+    fn a_saved_members_file_is_read_bounded_and_garbage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_members_file(dir.path()).is_empty(), "no file");
+        let long: Vec<SocketAddr> = (100..300).map(addr).collect();
+        write_members_file(dir.path(), &long);
+        assert_eq!(read_members_file(dir.path()), long[..SAVED_PEERS]);
+        let file = dir.path().join(MEMBERS_FILE);
+        std::fs::write(&file, b"{not json").unwrap();
+        assert!(read_members_file(dir.path()).is_empty(), "garbage");
+        std::fs::write(&file, vec![b' '; MEMBERS_FILE_MAX_BYTES as usize + 1]).unwrap();
+        assert!(read_members_file(dir.path()).is_empty(), "too large");
     }
 
     fn peers(ports: impl IntoIterator<Item = u16>) -> BTreeSet<SocketAddr> {

@@ -466,6 +466,33 @@ async fn each_node_keeps_gossip_connections_to_its_neighbours_only() {
     let shed = seed.metric("shoal_gossip_connections_shed_total").await;
     assert!(shed >= 1.0, "the seed shed {shed} connections");
     mesh.wait_converged().await;
+    // Each node saves 16 of its 19 peers for its next start, not all of them,
+    // and nodes pick different ones.
+    let advertised: Vec<String> = mesh
+        .nodes()
+        .map(|n| n.node.bound().advertise.to_string())
+        .collect();
+    let saved = |name: &str| -> Vec<String> {
+        let path = mesh[name].data_dir.path().join("members.json");
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    shoal_tests::eventually("every node saved 16 peers", || async {
+        mesh.nodes().all(|n| saved(&n.spec.name).len() == 16)
+    })
+    .await;
+    for n in mesh.nodes() {
+        let own = n.node.bound().advertise.to_string();
+        let list = saved(&n.spec.name);
+        assert!(
+            list.iter().all(|a| advertised.contains(a) && *a != own),
+            "{}: {list:?}",
+            n.spec.name
+        );
+    }
+    assert_ne!(saved("n01"), saved("n02"), "each node its own order");
     mesh.stop().await;
 }
 
