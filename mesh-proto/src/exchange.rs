@@ -12,7 +12,10 @@
 //!
 //! A head says whether a body follows it (`has_body`, like HTTP/2's
 //! `END_STREAM` flag left clear): a request without one is known to be empty
-//! from its head, so the backend is not sent a chunked empty body.
+//! from its head, so the backend is not sent a chunked empty body. The caller
+//! ends its side of the stream after the request unless a protocol switch may
+//! follow (then the raw bytes do); the serving node reads nothing past the
+//! request.
 //!
 //! [`Part::NotForwarded`] (a [`StreamStatus`]) says the serving node did *not*
 //! hand the request to a backend — it refused the stream, or no backend

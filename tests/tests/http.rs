@@ -951,3 +951,50 @@ async fn grpc_unary_and_streaming_calls_reach_an_http2_backend() {
     );
     mesh.stop().await;
 }
+
+/// The tunnel connection between `node` and `peer` (dialled by `node` or not),
+/// from `node`'s `/connections`.
+async fn tunnel_with(
+    node: &shoal_tests::TestNode,
+    peer: &str,
+    dialled: bool,
+) -> shoal_node::endpoint::connections::ConnectionView {
+    let all: Vec<shoal_node::endpoint::connections::ConnectionView> =
+        serde_json::from_value(node.admin_json("/connections").await).unwrap();
+    all.into_iter()
+        .find(|c| c.use_ == "tunnel" && c.dialled == dialled && c.peer.as_deref() == Some(peer))
+        .unwrap_or_else(|| panic!("no tunnel between {} and {peer}", node.spec.name))
+}
+
+#[tokio::test]
+async fn whole_requests_end_their_streams_so_nothing_is_stopped_or_reset() {
+    let (mesh, app) = two_nodes().await;
+    let listener = mesh["c"].listener("web");
+
+    // GETs (sent with the stream's header, hedge-able) and POSTs with small
+    // bodies (sent once the stream is open), each answered in full.
+    for i in 0..20 {
+        let r = get(listener, "shop.example", &format!("/get/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let post = request("POST", "shop.example", "/upload")
+            .body(Full::new(Bytes::from(vec![b'x'; 100 + i])))
+            .unwrap();
+        let r = http_send(listener, post).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, (100 + i).to_string());
+    }
+    assert_eq!(app.requests(), 40);
+
+    // The caller ended each stream with its request, so the serving node had
+    // no unread rest to refuse (STOP_SENDING) and the caller nothing to
+    // abandon in answer (RESET_STREAM): one packet each way per exchange.
+    let caller = tunnel_with(&mesh["c"], "a", true).await;
+    let serving = tunnel_with(&mesh["a"], "c", false).await;
+    for (who, c) in [("caller", &caller), ("serving node", &serving)] {
+        assert_eq!(c.stop_sending_sent, 0, "{who}: {c:?}");
+        assert_eq!(c.stop_sending_received, 0, "{who}: {c:?}");
+        assert_eq!(c.reset_stream_sent, 0, "{who}: {c:?}");
+        assert_eq!(c.reset_stream_received, 0, "{who}: {c:?}");
+    }
+    mesh.stop().await;
+}

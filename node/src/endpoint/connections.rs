@@ -1,6 +1,7 @@
 //! What `GET /connections` shows of every open QUIC connection: the peer, its
-//! use and direction, and quinn's path figures (RTT, congestion window, packet
-//! size, losses, MTU black holes) — what an operator reads when a tunnel is slow.
+//! use and direction, quinn's path figures (RTT, congestion window, packet
+//! size, losses, MTU black holes) and the streams stopped or reset on it —
+//! what an operator reads when a tunnel is slow.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,16 @@ pub struct ConnectionView {
     pub datagrams_received: u64,
     /// UDP bytes received.
     pub bytes_received: u64,
+    /// `STOP_SENDING` frames sent: streams whose rest this node refused (a
+    /// caller gone, a request not forwarded).
+    pub stop_sending_sent: u64,
+    /// `STOP_SENDING` frames received.
+    pub stop_sending_received: u64,
+    /// `RESET_STREAM` frames sent: streams this node abandoned (a hedge lost,
+    /// a backend that failed after taking the request).
+    pub reset_stream_sent: u64,
+    /// `RESET_STREAM` frames received.
+    pub reset_stream_received: u64,
 }
 
 /// `t`'s view, or `None` once it closed.
@@ -76,6 +87,10 @@ pub(super) fn view(t: &Tracked) -> Option<ConnectionView> {
         bytes_sent: stats.udp_tx.bytes,
         datagrams_received: stats.udp_rx.datagrams,
         bytes_received: stats.udp_rx.bytes,
+        stop_sending_sent: stats.frame_tx.stop_sending,
+        stop_sending_received: stats.frame_rx.stop_sending,
+        reset_stream_sent: stats.frame_tx.reset_stream,
+        reset_stream_received: stats.frame_rx.reset_stream,
     })
 }
 

@@ -96,7 +96,8 @@ pub fn encode_whole(head: RequestHeadRef<'_>, body: &Bytes) -> Result<Bytes, Exc
 /// Reads the answer to a request [`encode_whole`] wrote on `tunnel` with its
 /// header.
 pub async fn answer(tunnel: Tunnel) -> Result<Reply, ExchangeError> {
-    read_answer(tunnel.recv, Some(tunnel.send), None, None).await
+    // The request was whole: `open_stream` finished the send side with it.
+    read_answer(tunnel.recv, None, None, None).await
 }
 
 /// Reads the serving node's first part, and the response it begins.
@@ -134,8 +135,9 @@ async fn read_answer(
 type Pump = (oneshot::Sender<()>, JoinHandle<Pumped>);
 
 /// Writes the request: its head and a whole body at once, or its head and a
-/// pump streaming the body. The send stream is kept unless the pump took it
-/// (a protocol switch writes its body first and keeps it for the raw bytes).
+/// pump streaming the body. The send stream is kept only for a protocol
+/// switch (it writes its body first and keeps the stream for the raw bytes);
+/// a whole request finishes it, a pump takes it.
 async fn send_request(
     mut send: SendStream,
     head: RequestHeadRef<'_>,
@@ -157,7 +159,13 @@ async fn send_request(
         Outgoing::Whole(bytes) => {
             append_whole(&mut out, bytes)?;
             let _ = send.write_all(&out).await;
-            Ok((Some(send), None))
+            if upgrade.is_some() {
+                return Ok((Some(send), None));
+            }
+            // Nothing follows a whole request that cannot switch protocols:
+            // its end leaves with it (see `upstream::open_stream`).
+            let _ = send.finish();
+            Ok((None, None))
         }
         Outgoing::Streamed(body) if upgrade.is_some() => {
             let _ = send.write_all(&out).await;

@@ -366,6 +366,13 @@ async fn open_stream(
             .write_all_chunks(frames)
             .await
             .map_err(|e| broken(&e))?;
+        if request.is_some() {
+            // The request is whole: the stream's end leaves with it, so the
+            // serving node need not stop the stream after its response, and
+            // its acknowledgement rides on that response instead of a packet
+            // of its own (two datagrams per exchange, not four).
+            let _ = send.stream().finish();
+        }
         if header.protocol == Protocol::Http {
             return Ok(Tunnel {
                 send: send.done(),
