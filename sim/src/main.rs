@@ -121,6 +121,13 @@ enum Command {
     },
 }
 
+/// mimalloc, as the `shoal` binary: the model's nodes make small allocations
+/// for every message and record they handle (glibc's malloc and free were about
+/// a third of a 1,000-node run's CPU, docs/benchmarks.md), and in-process real
+/// nodes then allocate as `shoal run` does. Built with `no_thp`, as the node.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
