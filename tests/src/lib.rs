@@ -450,6 +450,20 @@ impl TestNode {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The tunnel (not gossip) connection between this node and `peer` from
+    /// its `/connections`: the one it dialled, or with `dialled = false` the
+    /// one it accepted.
+    pub async fn tunnel(
+        &self,
+        peer: &str,
+        dialled: bool,
+    ) -> Option<shoal_node::endpoint::connections::ConnectionView> {
+        let all: Vec<shoal_node::endpoint::connections::ConnectionView> =
+            serde_json::from_value(self.admin_json("/connections").await).unwrap();
+        all.into_iter()
+            .find(|c| c.use_ == "tunnel" && c.dialled == dialled && c.peer.as_deref() == Some(peer))
+    }
+
     /// `(name, state)` of every member in `/members`, sorted.
     pub async fn member_states(&self) -> Vec<(String, String)> {
         let members = self.admin_json("/members").await;

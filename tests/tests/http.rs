@@ -952,20 +952,6 @@ async fn grpc_unary_and_streaming_calls_reach_an_http2_backend() {
     mesh.stop().await;
 }
 
-/// The tunnel connection between `node` and `peer` (dialled by `node` or not),
-/// from `node`'s `/connections`.
-async fn tunnel_with(
-    node: &shoal_tests::TestNode,
-    peer: &str,
-    dialled: bool,
-) -> shoal_node::endpoint::connections::ConnectionView {
-    let all: Vec<shoal_node::endpoint::connections::ConnectionView> =
-        serde_json::from_value(node.admin_json("/connections").await).unwrap();
-    all.into_iter()
-        .find(|c| c.use_ == "tunnel" && c.dialled == dialled && c.peer.as_deref() == Some(peer))
-        .unwrap_or_else(|| panic!("no tunnel between {} and {peer}", node.spec.name))
-}
-
 #[tokio::test]
 async fn whole_requests_end_their_streams_so_nothing_is_stopped_or_reset() {
     let (mesh, app) = two_nodes().await;
@@ -988,8 +974,8 @@ async fn whole_requests_end_their_streams_so_nothing_is_stopped_or_reset() {
     // The caller ended each stream with its request, so the serving node had
     // no unread rest to refuse (STOP_SENDING) and the caller nothing to
     // abandon in answer (RESET_STREAM): one packet each way per exchange.
-    let caller = tunnel_with(&mesh["c"], "a", true).await;
-    let serving = tunnel_with(&mesh["a"], "c", false).await;
+    let caller = mesh["c"].tunnel("a", true).await.expect("c dialled a");
+    let serving = mesh["a"].tunnel("c", false).await.expect("a accepted c");
     for (who, c) in [("caller", &caller), ("serving node", &serving)] {
         assert_eq!(c.stop_sending_sent, 0, "{who}: {c:?}");
         assert_eq!(c.stop_sending_received, 0, "{who}: {c:?}");

@@ -10,7 +10,6 @@ use std::time::Duration;
 use mesh_proto::codec::encode;
 use mesh_proto::tunnel::{Protocol, RequestId, StatusCode, StreamHeader, StreamStatus};
 use sha2::{Digest, Sha256};
-use shoal_node::endpoint::connections::ConnectionView;
 use shoal_node::endpoint::{MAX_UDP_PAYLOAD, MeshEndpoint, Use};
 use shoal_tests::cluster::Cluster;
 use shoal_tests::{Check, EVENTUALLY, NodeSpec, Pki, TcpBackend, eventually};
@@ -132,14 +131,6 @@ async fn bytes_cross_the_mesh_intact_in_both_directions() {
     mesh.stop().await;
 }
 
-/// The tunnel connection `node` dialled to `peer`, from its `/connections`.
-async fn tunnel_to(node: &shoal_tests::TestNode, peer: &str) -> Option<ConnectionView> {
-    let all: Vec<ConnectionView> =
-        serde_json::from_value(node.admin_json("/connections").await).unwrap();
-    all.into_iter()
-        .find(|c| c.use_ == "tunnel" && c.dialled && c.peer.as_deref() == Some(peer))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_transfer_grows_its_packets_past_ethernet_and_keeps_them() {
     let backend = TcpBackend::start().await;
@@ -160,10 +151,10 @@ async fn a_bulk_transfer_grows_its_packets_past_ethernet_and_keeps_them() {
     let n2 = &mesh["n2"];
     eventually(
         "n2's tunnel to n1 carries packets beyond Ethernet's 1,452 bytes",
-        || async { tunnel_to(n2, "n1").await.is_some_and(|c| c.mtu > 1452) },
+        || async { n2.tunnel("n1", true).await.is_some_and(|c| c.mtu > 1452) },
     )
     .await;
-    let tunnel = tunnel_to(n2, "n1").await.unwrap();
+    let tunnel = n2.tunnel("n1", true).await.unwrap();
     assert!(tunnel.mtu <= MAX_UDP_PAYLOAD, "{tunnel:?}");
     assert_eq!(tunnel.black_holes_detected, 0, "{tunnel:?}");
     assert!(tunnel.bytes_sent >= 32 << 20, "{tunnel:?}");
