@@ -101,6 +101,11 @@ enum Command {
         /// Fraction of the nodes cut off in the partition phase (0: none).
         #[arg(long, default_value_t = 0.1)]
         partition: f64,
+        /// How the mesh starts: `waves` (from nothing, the cold start
+        /// measured) or `settled` (every node holding every other's records,
+        /// for meshes too large to cold-start in a simulation).
+        #[arg(long, value_enum, default_value = "waves")]
+        start: shoal_sim::model::Start,
     },
     /// Memory benchmark: RSS of `shoal run` processes idle and with many
     /// tunnelled connections open (needs the release `shoal` binary).
@@ -210,6 +215,7 @@ async fn main_async(cli: Cli) -> Result<bool> {
             duration,
             quiet_period,
             partition,
+            start,
         }) => {
             let opts = shoal_sim::model::ModelOptions {
                 nodes: *nodes,
@@ -217,6 +223,7 @@ async fn main_async(cli: Cli) -> Result<bool> {
                 steady: *duration,
                 quiet: *quiet_period,
                 partition: *partition,
+                start: *start,
                 seed: cli.common.seed.unwrap_or(1),
                 progress: !cli.common.quiet,
                 ..shoal_sim::model::ModelOptions::default()

@@ -7,7 +7,10 @@
 //! A run is a script of phases, each measured:
 //!
 //! 1. **cold start**: the nodes start in waves of 50 every 250 ms, seeded with
-//!    the first three; measured from the last wave;
+//!    the first three; measured from the last wave. Or, with
+//!    [`Start::Settled`], every node starts holding every other's records, as
+//!    if gossip had spread them (the cold start of 10,000 nodes is 10⁸ records
+//!    received and judged, more than this simulator does in minutes);
 //! 2. **quiet**: nothing changes; gossip bytes per node per second;
 //! 3. **join**: one more node joins; time until it holds the full membership and
 //!    state (the same records as the others);
@@ -50,9 +53,23 @@ const START_SPACING: Duration = Duration::from_millis(250);
 /// How often a phase's condition is checked, in simulated time.
 const POLL: Duration = Duration::from_millis(10);
 
+/// How the mesh starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// From nothing: waves of nodes that learn each other by gossip (measured
+    /// as the cold start).
+    Waves,
+    /// Settled: every node starts holding every other node's records, as
+    /// gossip would have left them; no cold start is run or measured.
+    Settled,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
+    /// How the mesh starts.
+    pub start: Start,
     /// Nodes in the mesh (the joiner comes on top).
     pub nodes: usize,
     /// Probability that any one message is lost (0 to 1), for the whole run.
@@ -74,6 +91,7 @@ pub struct ModelOptions {
 impl Default for ModelOptions {
     fn default() -> Self {
         ModelOptions {
+            start: Start::Waves,
             nodes: 1000,
             loss: 0.0,
             steady: Duration::from_secs(60),
@@ -130,7 +148,10 @@ pub struct ModelReport {
     pub wall_s: f64,
     /// Peak resident memory of the process, MiB.
     pub rss_mib: f64,
-    /// Seconds for every node started together to see every other.
+    /// How the mesh started (`waves` or `settled`).
+    pub start: Start,
+    /// Seconds for every node started together to see every other (null when
+    /// the mesh started settled).
     pub cold_start_s: f64,
     /// Most peers any node exchanged messages with around the partition and its
     /// heal (not counted in `max_connections_per_node`).
@@ -171,7 +192,10 @@ impl ModelReport {
         let rows = [
             (
                 "cold start: every node sees every other",
-                secs(self.cold_start_s),
+                match self.start {
+                    Start::Waves => secs(self.cold_start_s),
+                    Start::Settled => "not run (the mesh started settled)".into(),
+                },
             ),
             (
                 "a joining node holds the full state",
@@ -333,6 +357,7 @@ impl Model {
             max_connections_partition,
             wall_s: self.wall.elapsed().as_secs_f64(),
             rss_mib: peak_rss_mib(),
+            start: self.opts.start,
             cold_start_s,
             partition_detected_s,
             healed_s,
@@ -385,6 +410,26 @@ impl Model {
     }
 
     fn cold_start(&mut self) -> f64 {
+        match self.opts.start {
+            Start::Waves => self.start_in_waves(),
+            Start::Settled => self.start_settled(),
+        }
+    }
+
+    /// Every node added at once, then given every other's records.
+    fn start_settled(&mut self) -> f64 {
+        let n = self.opts.nodes;
+        for i in 0..n {
+            self.net.add(&format!("n{i:05}"), &[SERVICE]);
+        }
+        let taken = self.net.settle();
+        self.progress(&format!(
+            "settled start: {n} nodes, {taken} members held between them"
+        ));
+        f64::NAN
+    }
+
+    fn start_in_waves(&mut self) -> f64 {
         let n = self.opts.nodes;
         // A fleet comes up in waves (a rollout), not all in one millisecond
         // on three seeds: START_BATCH nodes every START_SPACING.
@@ -704,5 +749,23 @@ mod tests {
         assert_eq!(a.messages, b.messages);
         assert_eq!(a.broadcast_p99_s, b.broadcast_p99_s);
         assert_eq!(a.dead_detected_p99_s, b.dead_detected_p99_s);
+    }
+
+    #[test]
+    fn a_settled_start_skips_the_cold_start_and_meets_the_targets() {
+        let opts = ModelOptions {
+            start: Start::Settled,
+            nodes: 40,
+            steady: Duration::from_secs(10),
+            quiet: Duration::from_secs(10),
+            loss: 0.01,
+            ..ModelOptions::default()
+        };
+        let r = run(opts).unwrap();
+        assert!(r.passed(), "{}", r.to_text());
+        assert_eq!(r.start, Start::Settled);
+        assert!(r.cold_start_s.is_nan(), "no cold start is run");
+        assert!(r.join_converged_s.is_finite());
+        assert!(r.to_text().contains("not run (the mesh started settled)"));
     }
 }

@@ -32,33 +32,42 @@ pub fn position(name: &str, ring: usize) -> u64 {
 /// just before. Distinct, in ring order, at most `2 × rings`; indices into
 /// `members`.
 pub fn neighbours(me: &str, members: &[&str], rings: usize) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::with_capacity(2 * rings);
-    for ring in 0..rings.min(MAX_RINGS) {
-        let mine = position(me, ring);
-        // (distance, name) keeps the choice deterministic even on a collision.
-        let mut after: Option<(u64, &str, usize)> = None;
-        let mut before: Option<(u64, &str, usize)> = None;
-        for (i, m) in members.iter().enumerate() {
-            if *m == me {
-                continue;
-            }
-            let p = position(m, ring);
-            let up = (p.wrapping_sub(mine), *m, i);
-            let down = (mine.wrapping_sub(p), *m, i);
-            if after.is_none_or(|a| (up.0, up.1) < (a.0, a.1)) {
-                after = Some(up);
-            }
-            if before.is_none_or(|b| (down.0, down.1) < (b.0, b.1)) {
-                before = Some(down);
-            }
+    let rings = rings.min(MAX_RINGS);
+    let mine: [u64; MAX_RINGS] = std::array::from_fn(|ring| position(me, ring));
+    // Per ring, the nearest member after this node and the nearest before it:
+    // (distance, index). One pass over the members, each hashed once per ring.
+    let mut after: [Option<(u64, usize)>; MAX_RINGS] = [None; MAX_RINGS];
+    let mut before: [Option<(u64, usize)>; MAX_RINGS] = [None; MAX_RINGS];
+    for (i, m) in members.iter().enumerate() {
+        let first = position(m, 0);
+        // Names are compared only when the positions collide.
+        if first == mine[0] && *m == me {
+            continue;
         }
-        for (_, _, i) in after.into_iter().chain(before) {
+        for ring in 0..rings {
+            let p = if ring == 0 { first } else { position(m, ring) };
+            closer(&mut after[ring], p.wrapping_sub(mine[ring]), i, members);
+            closer(&mut before[ring], mine[ring].wrapping_sub(p), i, members);
+        }
+    }
+    let mut out: Vec<usize> = Vec::with_capacity(2 * rings);
+    for ring in 0..rings {
+        for (_, i) in after[ring].into_iter().chain(before[ring]) {
             if !out.contains(&i) {
                 out.push(i);
             }
         }
     }
     out
+}
+
+/// Keeps in `best` the nearer of it and member `i` at `distance`;
+/// (distance, name) keeps the choice deterministic even on a collision.
+fn closer(best: &mut Option<(u64, usize)>, distance: u64, i: usize, members: &[&str]) {
+    let nearer = best.is_none_or(|(d, b)| (distance, members[i]) < (d, members[b]));
+    if nearer {
+        *best = Some((distance, i));
+    }
 }
 
 #[cfg(test)]

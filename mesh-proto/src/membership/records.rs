@@ -68,6 +68,10 @@ pub struct Origin<K> {
     summary_hash: u64,
     /// [`Origin::member_records`], built on first use after each change.
     member_records: OnceLock<Arc<MemberRecords>>,
+    /// When this state of the origin was built (one of its records applied):
+    /// when the store last heard *of* it. Between stores that share origins
+    /// (the simulator's), when the first of them built it.
+    pub changed_at: Instant,
 }
 
 /// A record as held once checked: immutable, shared by reference.
@@ -207,15 +211,6 @@ impl<K> Origin<K> {
     }
 }
 
-/// A held origin, and when this node last heard from it or of it (a message
-/// from it, or one of its records applied): the only part that is this node's
-/// own.
-#[derive(Debug)]
-struct Entry<K> {
-    origin: Arc<Origin<K>>,
-    heard_at: Instant,
-}
-
 /// What applying a record did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -260,8 +255,13 @@ struct Tombstone {
 /// The verified records of every member.
 #[derive(Debug)]
 pub struct RecordStore<K> {
-    /// Keyed by the origin's own name (shared with it).
-    origins: BTreeMap<Arc<str>, Entry<K>>,
+    /// Keyed by the origin's own name (shared with it): a name and a pointer
+    /// per member, nothing of this store's own (so a settled simulator of
+    /// 10,000 nodes holds 10⁸ of them in about 2.5 GB).
+    origins: BTreeMap<Arc<str>, Arc<Origin<K>>>,
+    /// When members this store's node heard from last (a message from them),
+    /// for those it did.
+    heard: HashMap<Arc<str>, Instant>,
     tombstones: HashMap<String, Tombstone>,
     bytes: usize,
     shared: Option<Arc<SharedRecords<K>>>,
@@ -271,6 +271,7 @@ impl<K> Default for RecordStore<K> {
     fn default() -> Self {
         RecordStore {
             origins: BTreeMap::new(),
+            heard: HashMap::new(),
             tombstones: HashMap::new(),
             bytes: 0,
             shared: None,
@@ -300,7 +301,48 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// The origin called `name`.
     pub fn get(&self, name: &str) -> Option<&Origin<K>> {
-        self.origins.get(name).map(|e| &*e.origin)
+        self.origins.get(name).map(|o| &**o)
+    }
+
+    /// The origin called `name`, as this store holds it (to share).
+    pub fn get_shared(&self, name: &str) -> Option<Arc<Origin<K>>> {
+        self.origins.get(name).cloned()
+    }
+
+    /// Holds `origins` as if their records had been received and applied here,
+    /// without judging them again: the caller vouches that a store of the same
+    /// cluster checked each (the simulator's settled start, where every node
+    /// begins with what gossip would have given it). Origins already held, of
+    /// any generation, are left as they are. Returns how many were taken.
+    ///
+    /// The map is built again in one pass (sorted, full B-tree nodes), so a
+    /// store that adopts thousands of origins at once holds them compactly.
+    pub fn adopt(&mut self, origins: impl IntoIterator<Item = Arc<Origin<K>>>) -> usize {
+        let mut fresh: Vec<Arc<Origin<K>>> = origins.into_iter().collect();
+        if !fresh.is_sorted_by(|a, b| a.name <= b.name) {
+            fresh.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        }
+        fresh.dedup_by(|a, b| a.name == b.name);
+        // Merged in name order with what is held, which wins on a tie.
+        let held = std::mem::take(&mut self.origins);
+        let mut merged: Vec<(Arc<str>, Arc<Origin<K>>)> =
+            Vec::with_capacity(held.len() + fresh.len());
+        let mut held = held.into_iter().peekable();
+        let mut taken = 0;
+        for origin in fresh {
+            while let Some(entry) = held.next_if(|(name, _)| **name <= *origin.name) {
+                merged.push(entry);
+            }
+            if merged.last().is_some_and(|(name, _)| *name == origin.name) {
+                continue;
+            }
+            self.bytes += origin.bytes;
+            taken += 1;
+            merged.push((origin.name.clone(), origin));
+        }
+        merged.extend(held);
+        self.origins = merged.into_iter().collect();
+        taken
     }
 
     /// Whether `origin` at (`generation`, `version`) would be news here: not
@@ -312,12 +354,15 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// Every origin, by name.
     pub fn origins(&self) -> impl Iterator<Item = &Origin<K>> {
-        self.origins.values().map(|e| &*e.origin)
+        self.origins.values().map(|o| &**o)
     }
 
     /// Every origin, by name, with when this node last heard from it or of it.
     pub fn members(&self) -> impl Iterator<Item = (&Origin<K>, Instant)> {
-        self.origins.values().map(|e| (&*e.origin, e.heard_at))
+        self.origins.values().map(|o| {
+            let from = self.heard.get(&*o.name).copied();
+            (&**o, from.map_or(o.changed_at, |t| t.max(o.changed_at)))
+        })
     }
 
     /// The origins whose names fall in `range`.
@@ -326,7 +371,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
         self.origins
             .range::<str, _>(from)
             .take_while(move |(name, _)| range.to.as_deref().is_none_or(|to| &***name < to))
-            .map(|(_, e)| &*e.origin)
+            .map(|(_, o)| &**o)
     }
 
     /// How many origins are held.
@@ -346,8 +391,10 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
 
     /// Notes a message from `name`, if it is held.
     pub fn heard_from(&mut self, name: &str, now: Instant) {
-        if let Some(e) = self.origins.get_mut(name) {
-            e.heard_at = now;
+        if let Some(t) = self.heard.get_mut(name) {
+            *t = now;
+        } else if let Some((name, _)) = self.origins.get_key_value(name) {
+            self.heard.insert(name.clone(), now);
         }
     }
 
@@ -379,16 +426,16 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
     }
 
     /// Holds a new origin (or generation) with its first record.
-    fn start(&mut self, mut entry: Entry<K>, held: Arc<Held<K>>, now: Instant) {
+    fn start(&mut self, mut origin: Arc<Origin<K>>, held: Arc<Held<K>>, now: Instant) {
         store(
-            &mut entry,
+            &mut origin,
             &mut self.bytes,
             held,
             now,
             self.shared.as_deref(),
         );
         // Keyed by the origin's name as held: one shared copy of the name.
-        self.origins.insert(entry.origin.name.clone(), entry);
+        self.origins.insert(origin.name.clone(), origin);
     }
 
     /// Holds a record of an origin held; false if the origin is not.
@@ -560,9 +607,10 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
     /// Forgets `name` without refusing its generation afterwards: its records
     /// are welcome again once they check out (after a trust change, say).
     pub fn remove_unburied(&mut self, name: &str) -> Option<Arc<Origin<K>>> {
-        let entry = self.origins.remove(name)?;
-        self.bytes -= entry.origin.bytes;
-        Some(entry.origin)
+        let origin = self.origins.remove(name)?;
+        self.heard.remove(name);
+        self.bytes -= origin.bytes;
+        Some(origin)
     }
 
     fn bury(&mut self, name: &str, generation: u64, now: Instant, wall_ms: u64) {
@@ -704,8 +752,8 @@ fn check_certificate<C: Crypto>(
     Ok(checked)
 }
 
-fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) -> Entry<K> {
-    let origin = Origin {
+fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) -> Arc<Origin<K>> {
+    Arc::new(Origin {
         name: Arc::from(record.origin.as_str()),
         generation: record.generation,
         cert,
@@ -718,11 +766,8 @@ fn empty_origin<K>(record: &SignedRecord, cert: Arc<NodeCert<K>>, now: Instant) 
         fingerprint: 0,
         summary_hash: 0,
         member_records: OnceLock::new(),
-    };
-    Entry {
-        origin: Arc::new(origin),
-        heard_at: now,
-    }
+        changed_at: now,
+    })
 }
 
 fn mix(h: u64) -> u64 {
@@ -730,16 +775,16 @@ fn mix(h: u64) -> u64 {
     super::state::splitmix64(&mut state)
 }
 
-/// Holds `held` in `entry`'s origin: a copy of it if another store shares it,
-/// then the copy another store holds of the result if there is one.
+/// Holds `held` in `entry`, an origin: a copy of it if another store shares
+/// it, then the copy another store holds of the result if there is one.
 fn store<K: Clone>(
-    entry: &mut Entry<K>,
+    entry: &mut Arc<Origin<K>>,
     total: &mut usize,
     held: Arc<Held<K>>,
     now: Instant,
     shared: Option<&SharedRecords<K>>,
 ) {
-    let origin = Arc::make_mut(&mut entry.origin);
+    let origin = Arc::make_mut(entry);
     let record = &held.record;
     if let Value::Cert(cert) = &held.value {
         origin.cert = cert.clone();
@@ -762,8 +807,8 @@ fn store<K: Clone>(
     *total += weight;
     origin.rehash();
     origin.member_records = OnceLock::new();
-    entry.heard_at = now;
+    origin.changed_at = now;
     if let Some(shared) = shared {
-        entry.origin = shared.intern_origin(entry.origin.clone());
+        *entry = shared.intern_origin(entry.clone());
     }
 }
