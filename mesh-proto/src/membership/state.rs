@@ -84,7 +84,7 @@ const BULK_PULL_RECORDS: u32 = 512;
 /// Rounds a new node waits at most for its first neighbours while it still
 /// pulls in bulk: chosen in a fraction of the membership, its ring neighbours
 /// would all be replaced once it holds the rest, and both sets would be its
-/// connections for a while (a joiner of 10,000 nodes had 19).
+/// connections for a while (a joiner of 10,000 nodes had 18).
 const BULK_PULL_CHOICE_ROUNDS: u64 = 40;
 
 /// Most anti-entropy rounds in a row that hash the same range again because
