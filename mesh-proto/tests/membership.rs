@@ -688,6 +688,30 @@ fn one_lost_ping_is_not_an_accusation() {
 }
 
 #[test]
+fn a_lost_ping_is_retried_twice_so_indirect_probes_stay_rare() {
+    // At 10% loss a ping's round trip fails about 19% of the time. With one
+    // ping at the retry, a probe went indirect after two failed round trips
+    // (3.6% of probes, each asking three intermediaries: 0.11 `ping_req` per
+    // probe); with two pings at the retry, after three (0.7%: 0.02 per probe).
+    // Indirect probes are what widen a member's connections beyond its
+    // neighbours, so they must stay that rare.
+    let mut net = mesh(12);
+    net.set_loss(0.10);
+    net.run_for(Duration::from_secs(120));
+    let count = |kind: &str| net.stats.messages_by_kind.get(kind).copied().unwrap_or(0);
+    // Every probe sends one ping, and a retried one two more.
+    let probes = count("ping") as f64 / (1.0 + 2.0 * 0.19);
+    let per_probe = count("ping_req") as f64 / probes;
+    assert!(probes > 2_000.0, "only {probes} probes");
+    assert!(
+        per_probe < 0.05,
+        "{per_probe:.3} ping requests per probe ({} pings, {} ping requests)",
+        count("ping"),
+        count("ping_req")
+    );
+}
+
+#[test]
 fn a_broken_path_between_two_neighbours_is_not_an_accusation() {
     // n1 and n2 cannot reach each other at all, while both reach everyone
     // else: their probes of each other fail twice, then other neighbours ping

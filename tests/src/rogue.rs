@@ -185,16 +185,39 @@ impl Rogue {
     }
 
     /// Sends raw bytes as one gossip message to `to`.
+    ///
+    /// A pooled connection may close under the rogue (of two connections the
+    /// rogue and a node dialled each other at once, only one stays): the send
+    /// is tried again on a fresh one, as often as a node's gossip would.
     pub async fn send_bytes(&self, to: &TestNode, bytes: &[u8]) {
+        let mut last_error = None;
+        for _ in 0..3 {
+            match self.try_send_bytes(to, bytes).await {
+                Ok(()) => return,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!(
+            "the rogue could not send to {}: {}",
+            to.spec.name,
+            last_error.unwrap_or_default()
+        );
+    }
+
+    async fn try_send_bytes(&self, to: &TestNode, bytes: &[u8]) -> Result<(), String> {
         let conn = self
             .endpoint
             .connect(to.node.bound().quic, Use::Gossip, Some(to.node.name()))
             .await
-            .unwrap();
-        let mut stream = conn.open_uni().await.unwrap();
-        stream.write_all(bytes).await.unwrap();
-        stream.finish().unwrap();
+            .map_err(|e| format!("dial: {e}"))?;
+        let mut stream = conn.open_uni().await.map_err(|e| format!("open: {e}"))?;
+        stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        stream.finish().map_err(|e| format!("finish: {e}"))?;
         let _ = stream.stopped().await;
+        Ok(())
     }
 
     /// Answers every ping sent to it, so the mesh sees it alive.

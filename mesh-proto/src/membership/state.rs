@@ -35,7 +35,7 @@ use super::broadcast::TransmitQueue;
 use super::config::Config;
 use super::documents::{DocumentApplied, DocumentRefusal, DocumentStore};
 use super::liveness::{Accepted, Health, Liveness, Transition, millis};
-use super::probe::{AckBudget, INDIRECT_PROBES, MAX_PROBES, Next, Probe, Relays};
+use super::probe::{AckBudget, INDIRECT_PROBES, MAX_PROBES, Next, Probe, RETRY_PINGS, Relays};
 use super::records::{Applied, Judge, Origin, RecordStore};
 use super::refusal::Refusal;
 use super::shared::SharedRecords;
@@ -1250,7 +1250,9 @@ impl<C: Crypto> Membership<C> {
             match p.advance(now, wait) {
                 Next::Retry => {
                     let to = p.peer();
-                    self.send(Destination::Member(to), Body::Ping(nonce));
+                    for _ in 0..RETRY_PINGS {
+                        self.send(Destination::Member(to.clone()), Body::Ping(nonce));
+                    }
                 }
                 Next::Indirect => self.ask_intermediaries(&target, nonce, now, wall_ms),
                 Next::Accuse => {
