@@ -712,6 +712,43 @@ fn a_lost_ping_is_retried_twice_so_indirect_probes_stay_rare() {
 }
 
 #[test]
+fn a_member_accused_by_enough_others_is_not_accused_again() {
+    // n12 is cut off: each of its observers' probes fails in turn. Once four
+    // accusers agree (the shortest suspicion timeout), a fifth accusation would
+    // change no timer and only spend its accuser's budget, which a node cut
+    // off from most of the mesh needs for the members only it can accuse.
+    let mut net = mesh(16);
+    let observers = net
+        .names()
+        .into_iter()
+        .filter(|n| {
+            let node = net.node_mut(n).unwrap();
+            node.membership
+                .neighbour_names()
+                .contains(&"n12".to_string())
+        })
+        .count();
+    assert!(observers > 5, "n12 has only {observers} observers");
+    net.partition(&["n12"]);
+    assert!(net.run_until(Duration::from_secs(20), |net| all_see(net, "n12", "dead")));
+    let accusers: std::collections::BTreeSet<String> = net
+        .names()
+        .iter()
+        .flat_map(|n| net.node(n).unwrap().events.clone())
+        .filter_map(|(_, e)| match e {
+            Event::Accused { target, accuser } if target == "n12" => Some(accuser),
+            _ => None,
+        })
+        .collect();
+    let needed = timing().confirmations_for_min as usize + 1;
+    assert!(
+        accusers.len() <= needed,
+        "{} of {observers} observers accused n12: {accusers:?}",
+        accusers.len()
+    );
+}
+
+#[test]
 fn a_broken_path_between_two_neighbours_is_not_an_accusation() {
     // n1 and n2 cannot reach each other at all, while both reach everyone
     // else: their probes of each other fail twice, then other neighbours ping

@@ -158,6 +158,10 @@ pub struct ModelReport {
     pub max_connections_partition: usize,
     /// Seconds until both sides of the partition saw the other side dead.
     pub partition_detected_s: f64,
+    /// Seconds until every node of the larger side saw every node cut off dead.
+    pub partition_rest_sees_cut_s: f64,
+    /// Seconds until every node cut off saw every node of the larger side dead.
+    pub partition_cut_sees_rest_s: f64,
     /// Seconds after the heal until every node saw every other alive again.
     pub healed_s: f64,
     /// Message loss of the run.
@@ -215,7 +219,16 @@ impl ModelReport {
             ),
             (
                 "partition: both sides see the other dead",
-                secs(self.partition_detected_s),
+                if self.partition_detected_s.is_nan() {
+                    secs(self.partition_detected_s)
+                } else {
+                    format!(
+                        "{} (the rest {}, the cut-off side {})",
+                        secs(self.partition_detected_s),
+                        secs(self.partition_rest_sees_cut_s),
+                        secs(self.partition_cut_sees_rest_s)
+                    )
+                },
             ),
             ("healed: the mesh whole again", secs(self.healed_s)),
             ("false deaths", self.false_deaths.to_string()),
@@ -336,7 +349,7 @@ impl Model {
         let dead_detected_p99_s = self.kills();
         max_conn = max_conn.max(self.net.max_connections());
         let deaths_before = self.net.stats.deaths_of_running;
-        let (partition_detected_s, healed_s) = self.partition();
+        let partition = self.partition();
         let partition_deaths = self.net.stats.deaths_of_running - deaths_before;
         let max_connections_partition = self.net.max_connections();
         // The steady phase counts connections afresh: a partition and its heal
@@ -359,8 +372,10 @@ impl Model {
             rss_mib: peak_rss_mib(),
             start: self.opts.start,
             cold_start_s,
-            partition_detected_s,
-            healed_s,
+            partition_detected_s: partition.detected_s,
+            partition_rest_sees_cut_s: partition.rest_sees_cut_s,
+            partition_cut_sees_rest_s: partition.cut_sees_rest_s,
+            healed_s: partition.healed_s,
             loss: self.opts.loss,
             seed: self.opts.seed,
             simulated_s: self.net.elapsed().as_secs_f64(),
@@ -619,9 +634,9 @@ impl Model {
         }
     }
 
-    fn partition(&mut self) -> (f64, f64) {
+    fn partition(&mut self) -> PartitionTimes {
         if self.opts.partition <= 0.0 {
-            return (f64::NAN, f64::NAN);
+            return PartitionTimes::default();
         }
         let running = self.running();
         let cut = ((running.len() as f64 * self.opts.partition) as usize).max(1);
@@ -633,14 +648,7 @@ impl Model {
         }
         let refs: Vec<&str> = side.iter().map(String::as_str).collect();
         self.net.partition(&refs);
-        let (inside, outside) = (side.len(), running.len() - side.len());
-        let detected_s = self.seconds_until(|net| {
-            running.iter().all(|n| {
-                let want = if side.contains(n) { inside } else { outside };
-                net.node(n)
-                    .is_some_and(|x| x.membership.up_members() == want)
-            })
-        });
+        let cut = self.watch_partition(&running, &side);
         self.net.heal();
         let total = running.len();
         let healed_s = self.seconds_until(|net| {
@@ -650,11 +658,73 @@ impl Model {
             })
         });
         self.progress(&format!(
-            "partition of {inside}: detected after {}, whole again {} after the heal",
-            secs(detected_s),
+            "partition of {}: the rest saw it dead after {}, it saw the rest dead after {}; \
+             whole again {} after the heal",
+            side.len(),
+            secs(cut.rest_sees_cut_s),
+            secs(cut.cut_sees_rest_s),
             secs(healed_s)
         ));
-        (detected_s, healed_s)
+        PartitionTimes { healed_s, ..cut }
+    }
+
+    /// Runs the partition of `side` from `running` until each side sees the
+    /// other dead (or [`PHASE_LIMIT`]), timing each side, with progress.
+    ///
+    /// Counting a node's members up walks its whole view, so each poll checks
+    /// only the nodes whose view was not complete yet, and all of them again
+    /// when a side seems done (a view may change back).
+    fn watch_partition(&mut self, running: &[String], side: &[String]) -> PartitionTimes {
+        let cut_off: BTreeSet<&str> = side.iter().map(String::as_str).collect();
+        let (inside, outside) = (side.len(), running.len() - side.len());
+        let complete = |net: &Network, n: &str| {
+            let want = if cut_off.contains(n) { inside } else { outside };
+            net.node(n)
+                .is_some_and(|x| x.membership.up_members() == want)
+        };
+        let t0 = self.net.elapsed();
+        let (mut rest_sees_cut_s, mut cut_sees_rest_s) = (f64::INFINITY, f64::INFINITY);
+        let mut pending: Vec<&str> = running.iter().map(String::as_str).collect();
+        let mut last_report = Instant::now();
+        while self.net.elapsed() - t0 < PHASE_LIMIT {
+            pending.retain(|n| !complete(&self.net, n));
+            let mut cut_pending = pending.iter().filter(|n| cut_off.contains(**n)).count();
+            let mut rest_pending = pending.len() - cut_pending;
+            let newly_done = (rest_pending == 0 && rest_sees_cut_s.is_infinite())
+                || (cut_pending == 0 && cut_sees_rest_s.is_infinite());
+            if newly_done {
+                pending = running.iter().map(String::as_str).collect();
+                pending.retain(|n| !complete(&self.net, n));
+                cut_pending = pending.iter().filter(|n| cut_off.contains(**n)).count();
+                rest_pending = pending.len() - cut_pending;
+            }
+            let at = (self.net.elapsed() - t0).as_secs_f64();
+            if rest_pending == 0 && rest_sees_cut_s.is_infinite() {
+                rest_sees_cut_s = at;
+            }
+            if cut_pending == 0 && cut_sees_rest_s.is_infinite() {
+                cut_sees_rest_s = at;
+            }
+            if rest_sees_cut_s.is_finite() && cut_sees_rest_s.is_finite() {
+                break;
+            }
+            if self.opts.progress && last_report.elapsed() > Duration::from_secs(5) {
+                last_report = Instant::now();
+                self.progress(&format!(
+                    "partition: {} of {outside} see the cut-off side dead, \
+                     {} of {inside} on it see the rest dead",
+                    outside - rest_pending,
+                    inside - cut_pending
+                ));
+            }
+            self.net.run_for(POLL * 5);
+        }
+        PartitionTimes {
+            detected_s: rest_sees_cut_s.max(cut_sees_rest_s),
+            rest_sees_cut_s,
+            cut_sees_rest_s,
+            healed_s: f64::NAN,
+        }
     }
 
     fn steady(&mut self, max_conn: &mut usize) {
@@ -673,6 +743,27 @@ impl Model {
             "steady: {} false deaths in all; {} connections at most",
             self.net.stats.deaths_of_running, *max_conn
         ));
+    }
+}
+
+/// How long the partition phase took to be seen, side by side (NaN when not
+/// run; infinite when not within [`PHASE_LIMIT`]).
+#[derive(Debug, Clone, Copy)]
+struct PartitionTimes {
+    detected_s: f64,
+    rest_sees_cut_s: f64,
+    cut_sees_rest_s: f64,
+    healed_s: f64,
+}
+
+impl Default for PartitionTimes {
+    fn default() -> PartitionTimes {
+        PartitionTimes {
+            detected_s: f64::NAN,
+            rest_sees_cut_s: f64::NAN,
+            cut_sees_rest_s: f64::NAN,
+            healed_s: f64::NAN,
+        }
     }
 }
 

@@ -18,11 +18,15 @@ use std::time::{Duration, Instant};
 use super::state::Peer;
 use super::wire::IndirectAck;
 
-/// Probes of different neighbours this node runs at once. A new one starts
-/// every round while fewer are pending: in a healthy mesh each ends within a
-/// round, so this changes nothing; when a partition leaves most neighbours
-/// unreachable, their probes overlap instead of queueing one after another.
-pub const MAX_PROBES: usize = 3;
+/// Probes of different neighbours this node runs at once: as many as it has
+/// neighbours with the default 4 rings. A new one starts every round while
+/// fewer are pending: in a healthy mesh each ends within a round, so this
+/// changes nothing; when a partition leaves most neighbours unreachable, their
+/// probes overlap instead of queueing one after another, and a node cut off
+/// from most of the mesh walks its rings to the members on its side sooner
+/// (300 nodes, a tenth cut off: that side saw the rest dead after 35 s rather
+/// than 45 s with 3 at once).
+pub const MAX_PROBES: usize = 8;
 /// Pings sent at once when a probe's first ping went unanswered. Each
 /// indirect probe brings the target messages from three members that are not
 /// its neighbours (and each intermediary one), so in a large mesh the few

@@ -1525,6 +1525,14 @@ impl<C: Crypto> Membership<C> {
         let (generation, version, addr) =
             (t.generation, t.max_version, t.node().map(|n| n.quic_addr));
         let me = self.config.name.clone();
+        // Enough others accuse it already for the shortest timeout: one more
+        // accusation would change no timer, and would spend this node's budget
+        // (which a node cut off from most of the mesh needs for the many
+        // members only it can accuse).
+        let others = self.liveness.accusers(target).len();
+        if others > self.config.timing.confirmations_for_min as usize {
+            return true;
+        }
         if !self
             .liveness
             .may_accuse(&me, &self.config.timing, &self.config.limits, now)
