@@ -836,6 +836,11 @@ mod tests {
         };
         let a = run(opts.clone()).unwrap();
         assert!(a.passed(), "{}", a.to_text());
+        // The partition phase is timed side by side; both sides see it.
+        let (rest, cut) = (a.partition_rest_sees_cut_s, a.partition_cut_sees_rest_s);
+        assert!(rest.is_finite() && cut.is_finite(), "{}", a.to_text());
+        assert_eq!(a.partition_detected_s, rest.max(cut));
+        assert!(a.to_text().contains("(the rest "), "{}", a.to_text());
         let b = run(opts).unwrap();
         assert_eq!(a.messages, b.messages);
         assert_eq!(a.broadcast_p99_s, b.broadcast_p99_s);
