@@ -193,7 +193,26 @@ impl ModelReport {
             self.wall_s,
             self.rss_mib
         );
-        let rows = [
+        for (what, v) in self.figures() {
+            s.push_str(&format!("  {what:<44} {v}\n"));
+        }
+        s.push_str("targets:\n");
+        for t in &self.targets {
+            s.push_str(&format!(
+                "  [{}] {} ≤ {}: found {}\n",
+                if t.met { "ok" } else { "MISSED" },
+                t.field,
+                t.limit,
+                t.found
+            ));
+        }
+        s.push('\n');
+        s
+    }
+
+    /// Each figure of the run as (what, value) for the text report.
+    fn figures(&self) -> [(&'static str, String); 9] {
+        [
             (
                 "cold start: every node sees every other",
                 match self.start {
@@ -247,22 +266,7 @@ impl ModelReport {
                     )
                 },
             ),
-        ];
-        for (what, v) in rows {
-            s.push_str(&format!("  {what:<44} {v}\n"));
-        }
-        s.push_str("targets:\n");
-        for t in &self.targets {
-            s.push_str(&format!(
-                "  [{}] {} ≤ {}: found {}\n",
-                if t.met { "ok" } else { "MISSED" },
-                t.field,
-                t.limit,
-                t.found
-            ));
-        }
-        s.push('\n');
-        s
+        ]
     }
 }
 
