@@ -399,6 +399,68 @@ fn a_cut_off_minority_finds_its_own_side_and_sees_the_rest_dead() {
     }
 }
 
+/// A member of `net` that is not among `of`'s neighbours (nor `of` among its).
+fn not_a_neighbour_of(net: &mut Network, of: &str) -> String {
+    let near = net.node_mut(of).unwrap().membership.neighbour_names();
+    net.names()
+        .into_iter()
+        .filter(|n| n != of && !near.contains(n))
+        .find(|n| {
+            let theirs = net.node_mut(n).unwrap().membership.neighbour_names();
+            !theirs.iter().any(|t| t == of)
+        })
+        .expect("a mesh larger than one node's neighbours")
+}
+
+#[test]
+fn a_node_paused_while_a_member_died_learns_the_death_when_it_resumes() {
+    // A node is paused (a stopped process, a suspended VM) while a member that
+    // is not its neighbour dies, and longer than an accusation lives. When it
+    // resumes, every accusation of the dead member is too old for it to
+    // accept, and it never probes that member itself; a neighbour holding the
+    // member dead sees it held alive (their range hashes differ) and accuses it
+    // again for it.
+    let mut net = mesh(30);
+    let victim = "n7";
+    let sleeper = not_a_neighbour_of(&mut net, victim);
+    net.kill(&sleeper);
+    net.kill(victim);
+    let others: Vec<String> = net
+        .names()
+        .into_iter()
+        .filter(|n| *n != sleeper && n != victim)
+        .collect();
+    assert!(net.run_until(Duration::from_secs(10), |n| {
+        others
+            .iter()
+            .all(|o| n.health_seen(o, victim) == Some("dead"))
+    }));
+    net.run_for(timing().suspicion_ttl() + Duration::from_secs(1));
+    net.resume(&sleeper);
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| n.health_seen(&sleeper, victim)
+            == Some("dead")),
+        "{sleeper} still holds {victim} {:?}",
+        net.health_seen(&sleeper, victim)
+    );
+    let reaccused = net
+        .names()
+        .iter()
+        .flat_map(|o| net.node(o).unwrap().events.iter())
+        .filter(|(_, e)| matches!(e, Event::Reaccused { target } if target == victim))
+        .count();
+    assert!(reaccused >= 1, "nobody accused {victim} again");
+    // Nobody handed it an accusation it could only refuse as too old.
+    assert_eq!(refusals(&net, &sleeper, Refusal::SuspicionTooOld), 0);
+    // The sleeper is back in every view, and nobody else died.
+    assert!(net.run_until(Duration::from_secs(10), |n| {
+        others
+            .iter()
+            .all(|o| n.health_seen(o, &sleeper) == Some("alive"))
+    }));
+    assert_eq!(net.stats.deaths_of_running, 0);
+}
+
 #[test]
 fn a_node_killed_in_a_small_mesh_dies_although_its_probers_keep_accusing_it() {
     // Three nodes at the default interval: two accusers, whose probes of the

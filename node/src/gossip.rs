@@ -496,6 +496,10 @@ impl Gossip {
             Event::Died { name, accusers } => {
                 tracing::warn!(member = %name, accusers = %accusers.join(","), "member declared dead")
             }
+            Event::Reaccused { target } => {
+                self.metrics.gossip.reaccusations.inc();
+                tracing::info!(member = %target, "member held dead accused again for a peer that held it alive");
+            }
             Event::Revived { name } => tracing::info!(member = %name, "member alive again"),
             Event::Forgotten { name } => tracing::info!(member = %name, "dead member forgotten"),
             Event::Refuted { accuser } => {

@@ -20,14 +20,16 @@
 //! - a dead member that comes back (a healed partition) refutes and is alive
 //!   again.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::config::{Limits, Timing};
 use super::records::{Origin, RecordStore};
 use super::refusal::Refusal;
 use super::signing::{Crypto, suspicion_payload};
-use super::wire::{Suspicion, SuspicionId};
+use super::wire::{NameRange, Suspicion, SuspicionId};
 
 /// A member's liveness, as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,40 @@ pub struct Liveness {
     targets: BTreeMap<String, Target>,
     budgets: BTreeMap<String, Budget>,
     open: usize,
+    /// [`Liveness::next_deadline`], until the accusations held change: the
+    /// driver asks after every message, and a node cut off from most of the
+    /// mesh holds thousands.
+    next: Cell<Option<Option<Instant>>>,
+}
+
+/// An accused member, as [`Liveness::accused_in`] lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct Accused<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The generation accused.
+    pub generation: u64,
+    /// Whether this node declared it dead.
+    pub dead: bool,
+    accusations: &'a BTreeMap<String, Accusation>,
+}
+
+impl<'a> Accused<'a> {
+    /// How many accusations are held.
+    pub fn count(&self) -> usize {
+        self.accusations.len()
+    }
+
+    /// The accusations held, by accuser.
+    pub fn suspicions(&self) -> impl Iterator<Item = &'a Suspicion> + use<'a> {
+        self.accusations.values().map(|a| &a.suspicion)
+    }
+}
+
+/// Whether `s` is still accepted at `wall_ms`: not from the future, and not
+/// older than [`Timing::suspicion_ttl`].
+pub fn is_timely(s: &Suspicion, timing: &Timing, wall_ms: u64) -> bool {
+    check_timely(s, timing, wall_ms).is_ok()
 }
 
 /// What accepting a suspicion did.
@@ -165,6 +201,34 @@ impl Liveness {
             .get(name)
             .map(|t| t.accusations.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// How many distinct members accuse `name`.
+    pub fn accusation_count(&self, name: &str) -> usize {
+        self.targets.get(name).map_or(0, |t| t.accusations.len())
+    }
+
+    /// The accusations held of `name`.
+    pub fn accusations_of(&self, name: &str) -> impl Iterator<Item = &Suspicion> {
+        self.targets
+            .get(name)
+            .into_iter()
+            .flat_map(|t| t.accusations.values().map(|a| &a.suspicion))
+    }
+
+    /// The accused members whose names fall in `range`, in name order.
+    pub fn accused_in<'a>(&'a self, range: &'a NameRange) -> impl Iterator<Item = Accused<'a>> {
+        let from = (Bound::Included(range.from.as_str()), Bound::Unbounded);
+        self.targets
+            .range::<str, _>(from)
+            .take_while(move |(name, _)| range.to.as_deref().is_none_or(|to| name.as_str() < to))
+            .filter(|(_, t)| !t.accusations.is_empty())
+            .map(|(name, t)| Accused {
+                name,
+                generation: t.generation,
+                dead: t.dead_since.is_some(),
+                accusations: &t.accusations,
+            })
     }
 
     /// Every suspicion held.
@@ -226,7 +290,15 @@ impl Liveness {
         // accusing again (its next probe failed too) changes nothing — in
         // particular it does not restart anyone's timer. Only an accusation of a
         // newer version (the target refuted, then went silent again) replaces it.
-        if held.is_some_and(|a| a.suspicion.target_version >= s.target_version) {
+        // The same accusation issued again later (its accuser still holds the
+        // target dead, and the first is about to be refused as too old) is a
+        // refresh: checked like a new one, it replaces the old without
+        // restarting any timer, and is not relayed.
+        let refresh = held.is_some_and(|a| {
+            a.suspicion.target_version == s.target_version
+                && a.suspicion.issued_at_ms < s.issued_at_ms
+        });
+        if !refresh && held.is_some_and(|a| a.suspicion.target_version >= s.target_version) {
             return Ok(Accepted::Stale);
         }
         if held.is_none() && self.open >= limits.max_suspicions {
@@ -242,13 +314,30 @@ impl Liveness {
             }
         }
         self.spend(&s.accuser, timing, limits, now);
+        if refresh {
+            self.refresh(s);
+            return Ok(Accepted::Stale);
+        }
         self.hold(s, now);
         Ok(Accepted::New)
+    }
+
+    /// Replaces a held accusation by the same one issued later, keeping when
+    /// it was first received.
+    fn refresh(&mut self, s: Suspicion) {
+        if let Some(a) = self
+            .targets
+            .get_mut(&s.target)
+            .and_then(|t| t.accusations.get_mut(&s.accuser))
+        {
+            a.suspicion = s;
+        }
     }
 
     /// Holds `s` (it passed every check): it replaces the same accuser's
     /// accusation of the target, and every accusation of an older generation.
     fn hold(&mut self, s: Suspicion, now: Instant) {
+        self.next.set(None);
         let t = self.targets.entry(s.target.clone()).or_default();
         if t.generation != s.target_generation {
             self.open -= t.accusations.len();
@@ -305,6 +394,21 @@ impl Liveness {
         self.has_budget(me, timing, limits, now)
     }
 
+    /// Whether this node may accuse again, for a peer, a member it holds dead:
+    /// only while half its budget is left, kept for the members its own probes
+    /// find unreachable (peers' digests, which ask for these, could otherwise
+    /// spend it all).
+    pub fn may_reaccuse(
+        &mut self,
+        me: &str,
+        timing: &Timing,
+        limits: &Limits,
+        now: Instant,
+    ) -> bool {
+        let reserve = f64::from(limits.suspicion_burst.max(1) / 2);
+        self.refill(me, timing, limits, now) >= 1.0 + reserve
+    }
+
     /// After `name` signed something new: drops the accusations it refutes;
     /// returns a transition if it was dead and is not any more.
     pub fn on_record(
@@ -323,6 +427,10 @@ impl Liveness {
         let before = t.accusations.len();
         t.accusations
             .retain(|_, a| !refutes(max_version, max_signed_at_ms, &a.suspicion, skew));
+        if t.accusations.len() == before {
+            return None;
+        }
+        self.next.set(None);
         self.open -= before - t.accusations.len();
         if !t.accusations.is_empty() {
             return None;
@@ -339,13 +447,15 @@ impl Liveness {
     pub fn forget(&mut self, name: &str) {
         if let Some(t) = self.targets.remove(name) {
             self.open -= t.accusations.len();
+            self.next.set(None);
         }
     }
 
     /// Runs the timers: declares dead every suspect whose deadline passed.
     pub fn tick(&mut self, now: Instant, timing: &Timing) -> Vec<Transition> {
         let mut out = Vec::new();
-        for (name, t) in &mut self.targets {
+        let due = self.next_deadline(timing).is_some_and(|d| now >= d);
+        for (name, t) in self.targets.iter_mut().filter(|_| due) {
             if t.dead_since.is_some() {
                 continue;
             }
@@ -354,6 +464,7 @@ impl Liveness {
             };
             if now >= first + timing.suspicion_timeout(t.accusations.len()) {
                 t.dead_since = Some(now);
+                self.next.set(None);
                 out.push(Transition::Died {
                     name: name.clone(),
                     generation: t.generation,
@@ -368,14 +479,20 @@ impl Liveness {
 
     /// The next time [`Liveness::tick`] has something to do.
     pub fn next_deadline(&self, timing: &Timing) -> Option<Instant> {
-        self.targets
+        if let Some(next) = self.next.get() {
+            return next;
+        }
+        let next = self
+            .targets
             .values()
             .filter(|t| t.dead_since.is_none())
             .filter_map(|t| {
                 t.first_received()
                     .map(|f| f + timing.suspicion_timeout(t.accusations.len()))
             })
-            .min()
+            .min();
+        self.next.set(Some(next));
+        next
     }
 
     /// Members dead for longer than `grace`: to be forgotten.

@@ -309,6 +309,15 @@ impl Network {
         }
     }
 
+    /// Starts a stopped node again with the state it had (a paused process or
+    /// virtual machine that resumes).
+    pub fn resume(&mut self, name: &str) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.running = true;
+        }
+        self.schedule(name);
+    }
+
     /// Cuts every link between `side` and the other nodes.
     pub fn partition(&mut self, side: &[&str]) {
         let names = self.names();

@@ -212,6 +212,12 @@ pub enum Event {
         /// The accuser.
         accuser: String,
     },
+    /// This node accused `target` again for a peer that still held it alive
+    /// when every accusation of it was too old to hand on.
+    Reaccused {
+        /// The member.
+        target: String,
+    },
     /// A peer is ignored for [`QUARANTINE`] after sending a bad signature.
     Quarantined {
         /// The peer.
@@ -870,12 +876,28 @@ impl<C: Crypto> Membership<C> {
             self.sync_again(&digest.range);
         }
         self.reannounce_if_unknown(&digest, now, wall_ms);
-        let (records, liveness, documents) = (&self.records, &self.liveness, &self.documents);
-        let answer = sync::answer(&digest, records, liveness, documents, &self.config.timing);
+        let held = (&self.records, &self.liveness, &self.documents);
+        let mut answer = sync::answer(&digest, &from.name, held, &self.config.timing, wall_ms);
+        let (records, liveness, documents) = held;
         let mine = digest.reply.then(|| {
             sync::digest_of_range(digest.range.clone(), records, liveness, documents, false)
         });
-        for items in answer {
+        // Only for a peer on this node's side: one held dead (across a
+        // partition) holds members alive that this node cannot reach, and
+        // learns of its own accusations and refutes instead.
+        let peer_up = self.health(&from.name).is_some_and(Health::is_up);
+        let fresh = if peer_up {
+            self.reaccuse(&answer.reaccuse, now, wall_ms)
+        } else {
+            Vec::new()
+        };
+        if !fresh.is_empty() {
+            answer.items.push(Items {
+                suspicions: fresh,
+                ..Items::default()
+            });
+        }
+        for items in answer.items {
             self.send(Destination::Member(from.clone()), Body::Items(items));
         }
         if let Some(mine) = mine {
@@ -1522,14 +1544,13 @@ impl<C: Crypto> Membership<C> {
         let Some(t) = self.records.get(target) else {
             return true;
         };
-        let (generation, version, addr) =
-            (t.generation, t.max_version, t.node().map(|n| n.quic_addr));
+        let addr = t.node().map(|n| n.quic_addr);
         let me = self.config.name.clone();
         // Enough others accuse it already for the shortest timeout: one more
         // accusation would change no timer, and would spend this node's budget
         // (which a node cut off from most of the mesh needs for the many
         // members only it can accuse).
-        let others = self.liveness.accusers(target).len();
+        let others = self.liveness.accusation_count(target);
         if others > self.config.timing.confirmations_for_min as usize {
             return true;
         }
@@ -1539,20 +1560,9 @@ impl<C: Crypto> Membership<C> {
         {
             return false;
         }
-        let mut s = Suspicion {
-            accuser: me,
-            accuser_generation: self.config.generation,
-            target: target.to_string(),
-            target_generation: generation,
-            target_version: version,
-            issued_at_ms: wall_ms,
-            signature: Vec::new(),
-        };
-        let payload = suspicion_payload(&self.config.cluster, &s);
-        let Some(sig) = self.sign_or_report(&payload, || format!("suspicion of {target}")) else {
+        let Some(s) = self.sign_suspicion(target, wall_ms) else {
             return true;
         };
-        s.signature = sig;
         let accepted = self.accept_suspicion(s.clone(), now, wall_ms, true);
         if accepted != Ok(Accepted::New) {
             return true;
@@ -1576,6 +1586,50 @@ impl<C: Crypto> Membership<C> {
         self.changed();
         self.push_round();
         true
+    }
+
+    /// Accuses `targets` again (each held dead here, and every accusation held
+    /// too old to hand on) for a peer held alive that holds them alive, as far as this
+    /// node's budget allows; returns the accusations, held here too, so the
+    /// next peer that needs one is handed it without a signature. Not flooded:
+    /// the peer floods what is new to it.
+    fn reaccuse(&mut self, targets: &[String], now: Instant, wall_ms: u64) -> Vec<Suspicion> {
+        let me = self.config.name.clone();
+        let mut out = Vec::new();
+        for target in targets {
+            let (timing, limits) = (&self.config.timing, &self.config.limits);
+            if !self.liveness.may_reaccuse(&me, timing, limits, now) {
+                break;
+            }
+            let Some(s) = self.sign_suspicion(target, wall_ms) else {
+                continue;
+            };
+            if self.accept_suspicion(s.clone(), now, wall_ms, true).is_ok() {
+                self.events.push_back(Event::Reaccused {
+                    target: target.clone(),
+                });
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// This node's signed accusation of `target` as held here (its generation
+    /// and highest version); `None` if unknown or signing failed (reported).
+    fn sign_suspicion(&mut self, target: &str, wall_ms: u64) -> Option<Suspicion> {
+        let t = self.records.get(target)?;
+        let mut s = Suspicion {
+            accuser: self.config.name.clone(),
+            accuser_generation: self.config.generation,
+            target: target.to_string(),
+            target_generation: t.generation,
+            target_version: t.max_version,
+            issued_at_ms: wall_ms,
+            signature: Vec::new(),
+        };
+        let payload = suspicion_payload(&self.config.cluster, &s);
+        s.signature = self.sign_or_report(&payload, || format!("suspicion of {target}"))?;
+        Some(s)
     }
 
     /// One anti-entropy exchange: with a neighbour, and in every
@@ -1627,7 +1681,7 @@ impl<C: Crypto> Membership<C> {
         if self.last_sync_range.is_some() {
             self.sync_repeats = 0;
         }
-        let range = sync::next_range(&mut self.sync_cursor, &self.records);
+        let range = sync::next_range(&mut self.sync_cursor, &self.records, &self.liveness);
         self.last_sync_range = Some(range.clone());
         // The walk reached its last range: catching up ends here, unless this
         // range (or a peer's) is found different again.

@@ -214,7 +214,7 @@ pub struct Digest {
     pub range: NameRange,
     /// What the sender holds of each origin in `range`.
     pub origins: Vec<OriginSummary>,
-    /// Every suspicion the sender holds (of any range; there are few).
+    /// The suspicions the sender holds of members in `range`.
     pub suspicions: Vec<SuspicionId>,
     /// Every route document the sender holds.
     pub documents: Vec<DocumentSummary>,
@@ -234,7 +234,8 @@ pub struct RangeHash {
     pub count: u32,
     /// An order-independent hash of (name, generation, fingerprint) of each.
     pub origins: u64,
-    /// The same over the suspicions held.
+    /// The same over the suspicions held of members in the range (one mark
+    /// for each member held dead).
     pub suspicions: u64,
     /// The same over the route documents held.
     pub documents: u64,

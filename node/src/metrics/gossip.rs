@@ -27,6 +27,9 @@ pub struct GossipMetrics {
     pub suspicions: Counter,
     /// Accusations of this node it refuted.
     pub refutations: Counter,
+    /// Members held dead that this node accused again for a peer that still
+    /// held them alive.
+    pub reaccusations: Counter,
     /// Peers quarantined for sending a bad signature.
     pub quarantines: Counter,
     /// Bytes of signed records held.
@@ -77,6 +80,12 @@ impl GossipMetrics {
                 r,
                 "gossip_refutations",
                 "Accusations of this node that it refuted",
+                Counter::default(),
+            ),
+            reaccusations: register(
+                r,
+                "gossip_reaccusations",
+                "Members held dead accused again for a peer that still held them alive after every accusation grew too old to hand on",
                 Counter::default(),
             ),
             quarantines: register(
