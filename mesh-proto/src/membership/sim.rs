@@ -132,6 +132,9 @@ pub struct Network {
     next_ip: u32,
     /// The records every node holds, held once between them.
     shared: Arc<SharedRecords<String>>,
+    /// The node whose messages are kept in `watched` (see [`Network::watch`]).
+    watching: Option<String>,
+    watched: Vec<(Duration, Body)>,
 }
 
 impl Network {
@@ -161,7 +164,21 @@ impl Network {
             stats: Stats::default(),
             next_ip: 1,
             shared: Arc::default(),
+            watching: None,
+            watched: Vec::new(),
         }
+    }
+
+    /// Keeps every message `name` sends from now on, lost or not (a test reads
+    /// them with [`Network::sent_by_watched`]); one node at a time.
+    pub fn watch(&mut self, name: &str) {
+        self.watching = Some(name.to_string());
+        self.watched.clear();
+    }
+
+    /// The messages the watched node sent, with when, oldest first.
+    pub fn sent_by_watched(&self) -> &[(Duration, Body)] {
+        &self.watched
     }
 
     /// The simulated time since the start.
@@ -593,6 +610,9 @@ impl Network {
             self.stats.messages += 1;
             self.stats.bytes += bytes.len() as u64;
             let kind = kind_of(&t.message.body);
+            if self.watching.as_deref() == Some(name) {
+                self.watched.push((self.elapsed, t.message.body.clone()));
+            }
             *self.stats.bytes_by_kind.entry(kind).or_default() += bytes.len() as u64;
             *self.stats.messages_by_kind.entry(kind).or_default() += 1;
             if self.loss_per_million > 0 && self.random() % 1_000_000 < self.loss_per_million {

@@ -885,8 +885,8 @@ impl<C: Crypto> Membership<C> {
         // Only for a peer on this node's side: one held dead (across a
         // partition) holds members alive that this node cannot reach, and
         // learns of its own accusations and refutes instead.
-        let peer_up = self.health(&from.name).is_some_and(Health::is_up);
-        let fresh = if peer_up {
+        let peer_up = || self.health(&from.name).is_some_and(Health::is_up);
+        let fresh = if !answer.reaccuse.is_empty() && peer_up() {
             self.reaccuse(&answer.reaccuse, now, wall_ms)
         } else {
             Vec::new()
