@@ -22,7 +22,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | an HTML page polling the certificate, members, services and routes |
 //!
-//! What it lets in (connections, timeouts, the `Host` header) is [`guard`].
+//! What it lets in (connections, timeouts, the `Host` header) is `guard`.
 
 mod guard;
 
@@ -295,7 +295,7 @@ pub fn services_view(
 }
 
 /// Serves the admin API on `listener` until `stop` fires, within the limits
-/// of [`guard`].
+/// of `guard`.
 pub async fn serve(
     listener: Arc<TcpListener>,
     state: Arc<AdminState>,

@@ -1,5 +1,5 @@
 //! Config reload while the node runs (SIGHUP, `shoal reload`, `POST /reload`):
-//! [`plan`] says what changed; [`Reloader`] applies it — services (their
+//! [`plan()`] says what changed; [`Reloader`] applies it — services (their
 //! backends, health checks, allow-lists, limits, weights and tags) and
 //! listeners are added, changed or removed in place; a removed listener stops
 //! accepting and its open connections finish (drained, not cut); a removed

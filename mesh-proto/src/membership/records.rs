@@ -317,7 +317,7 @@ impl<K: Clone + std::fmt::Debug> RecordStore<K> {
     ///
     /// The map is built again in one pass (sorted, full B-tree nodes), so a
     /// store that adopts thousands of origins at once holds them compactly.
-    pub fn adopt(&mut self, origins: impl IntoIterator<Item = Arc<Origin<K>>>) -> usize {
+    pub(crate) fn adopt(&mut self, origins: impl IntoIterator<Item = Arc<Origin<K>>>) -> usize {
         let mut fresh: Vec<Arc<Origin<K>>> = origins.into_iter().collect();
         if !fresh.is_sorted_by(|a, b| a.name <= b.name) {
             fresh.sort_unstable_by(|a, b| a.name.cmp(&b.name));

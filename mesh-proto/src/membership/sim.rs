@@ -284,7 +284,7 @@ impl Network {
     }
 
     /// Gives every running node every other running node's records, as if
-    /// gossip had already spread them (see [`Membership::adopt_settled`]): a
+    /// gossip had already spread them (see `Membership::adopt_settled`, in this crate only): a
     /// settled mesh without its cold start, which at 10,000 nodes is 10⁸
     /// records received and judged. Nothing is sent. Returns how many origins
     /// the nodes took between them.

@@ -387,7 +387,7 @@ impl<C: Crypto> Membership<C> {
     }
 
     /// This node's own origin as its store holds it (its certificate, node
-    /// and service records), to give to [`Membership::adopt_settled`] of
+    /// and service records), to give to `Membership::adopt_settled` of
     /// another node.
     pub fn own_origin(&self) -> Option<Arc<Origin<C::PublicKey>>> {
         self.records.get_shared(&self.config.name)
@@ -395,11 +395,14 @@ impl<C: Crypto> Membership<C> {
 
     /// Starts this node as if gossip had already given it `origins`, each
     /// checked by another node of the same cluster and held unjudged (see
-    /// [`RecordStore::adopt`]): the simulator's settled start, which skips the
+    /// `RecordStore::adopt`): the simulator's settled start, which skips the
     /// cold start of a mesh too large to start from nothing in a simulation.
     /// No event is raised and nothing is queued for the neighbours (every node
     /// starts with the same state). Returns how many origins were taken.
-    pub fn adopt_settled(
+    ///
+    /// Crate-private: it takes records without checking them, which only the
+    /// simulator (`sim::Network::settle`) may do.
+    pub(crate) fn adopt_settled(
         &mut self,
         origins: impl IntoIterator<Item = Arc<Origin<C::PublicKey>>>,
     ) -> usize {

@@ -30,7 +30,7 @@ use super::wire::{
 /// Bytes of records one message of an answer carries at most.
 const ANSWER_CHUNK_BYTES: usize = 16 * 1024;
 /// Bytes of records one answer carries at most, in messages of
-/// [`ANSWER_CHUNK_BYTES`]: a node pulling the whole state (it just joined)
+/// `ANSWER_CHUNK_BYTES`: a node pulling the whole state (it just joined)
 /// gets it in a few exchanges, and a node a few changes behind gets only those.
 /// The requester reconciles with one neighbour a round, so answers overlap
 /// little; the next exchange, with its newer digest, brings the rest.
@@ -305,7 +305,7 @@ fn answer_documents(
 }
 
 /// The records the sender of `digest` lacks, in messages of at most
-/// [`ANSWER_CHUNK_BYTES`], [`ANSWER_BYTES`] in all.
+/// `ANSWER_CHUNK_BYTES`, [`ANSWER_BYTES`] in all.
 fn answer_records<K: Clone + std::fmt::Debug>(
     digest: &Digest,
     records: &RecordStore<K>,

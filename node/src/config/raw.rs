@@ -12,7 +12,7 @@ use crate::config::error::{ConfigError, ConfigErrors};
 /// The config file as written: every table and field of the TOML, nothing checked
 /// beyond TOML types. Unknown fields are refused. Required fields are `Option`s too,
 /// so that a missing one is reported together with every other problem by
-/// [`Config::validate`].
+/// [`Config::validate`](super::Config::validate).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -40,10 +40,10 @@ pub struct RawNode {
     /// `name`: defaults to the node name in the certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `cluster`: defaults to [`DEFAULT_CLUSTER`].
+    /// `cluster`: defaults to [`DEFAULT_CLUSTER`](super::defaults::DEFAULT_CLUSTER).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
-    /// `zone`: defaults to [`DEFAULT_ZONE`].
+    /// `zone`: defaults to [`DEFAULT_ZONE`](super::defaults::DEFAULT_ZONE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
     /// `listen`: UDP `IP:PORT` of the QUIC endpoint (required).
@@ -52,7 +52,7 @@ pub struct RawNode {
     /// `advertise`: the `IP:PORT` peers use to reach this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
-    /// `admin`: TCP `IP:PORT` of the admin API; defaults to [`DEFAULT_ADMIN`].
+    /// `admin`: TCP `IP:PORT` of the admin API; defaults to [`DEFAULT_ADMIN`](super::defaults::DEFAULT_ADMIN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
     /// `data_dir`: directory for durable state (required).
@@ -183,7 +183,7 @@ pub struct RawGossip {
     /// `max_documents`: most route documents held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_documents: Option<usize>,
-    /// Settings that no longer exist ([`REMOVED_GOSSIP_FIELDS`]): read only to
+    /// Settings that no longer exist ([`REMOVED_GOSSIP_FIELDS`](super::defaults::REMOVED_GOSSIP_FIELDS)): read only to
     /// say so.
     #[serde(flatten, skip_serializing)]
     pub removed: std::collections::BTreeMap<String, toml::Value>,
@@ -202,7 +202,7 @@ pub struct RawService {
     /// `protocol`: `"tcp"` or `"http"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// `weight`: load-balancing weight, 1 to [`MAX_WEIGHT`].
+    /// `weight`: load-balancing weight, 1 to [`MAX_WEIGHT`](super::defaults::MAX_WEIGHT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
     /// `tags`: free labels published with the endpoint.

@@ -237,7 +237,7 @@ pub struct ServiceConfig {
     /// What the backend speaks.
     #[serde(serialize_with = "serialize_protocol")]
     pub protocol: Protocol,
-    /// Load-balancing weight, 1 to [`MAX_WEIGHT`].
+    /// Load-balancing weight, 1 to [`MAX_WEIGHT`](super::defaults::MAX_WEIGHT).
     pub weight: u32,
     /// Labels published with the endpoint.
     pub tags: Vec<String>,

@@ -79,7 +79,7 @@ pub async fn exchange(
     read_answer(recv, send, pump, upgrade).await
 }
 
-/// The parts [`exchange`] writes for a request whose body is known whole, to
+/// The parts [`exchange()`] writes for a request whose body is known whole, to
 /// be sent with the stream's header in one write; [`answer`] then reads the
 /// reply.
 pub fn encode_whole(head: RequestHeadRef<'_>, body: &Bytes) -> Result<Bytes, ExchangeError> {
