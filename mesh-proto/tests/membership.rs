@@ -1367,8 +1367,8 @@ fn a_dead_node_cannot_be_kept_alive_by_replaying_its_records() {
     assert_eq!(net.health_seen("n1", "n3"), Some("dead"));
 }
 
-#[test]
-fn a_withheld_old_record_does_not_refute_a_recent_accusation() {
+/// Four nodes and evil, converged, with a clock skew allowance of 2 s.
+fn with_evil_and_a_skew_of_two_seconds() -> Network {
     let mut t = timing();
     t.max_clock_skew = Duration::from_secs(2);
     let mut net = Network::new(t, 7);
@@ -1376,28 +1376,36 @@ fn a_withheld_old_record_does_not_refute_a_recent_accusation() {
         net.add(n, &["web"]);
     }
     assert!(net.run_until(Duration::from_secs(10), Network::converged));
+    net
+}
+
+/// `origin`'s healthy `web` record at `version`, signed at `signed_at_ms` with
+/// its own key.
+fn web_signed(net: &Network, origin: &str, version: u64, signed_at_ms: u64) -> SignedRecord {
+    signed_by(
+        net,
+        origin,
+        SignedRecord {
+            origin: origin.into(),
+            generation: generation(net, origin),
+            version,
+            signed_at_ms,
+            key: "svc:web".into(),
+            value: service_record("web", Health::Healthy),
+            signature: vec![],
+        },
+    )
+}
+
+#[test]
+fn a_withheld_old_record_does_not_refute_a_recent_accusation() {
+    let mut net = with_evil_and_a_skew_of_two_seconds();
     // A record n3 genuinely signed ten seconds ago that evil kept to itself
     // (modelled by signing with n3's key, back-dated).
     let v = max_version(&net, "n1", "n3") + 1;
-    let g = generation(&net, "n3");
-    let withheld = |net: &Network, signed_at_ms: u64| {
-        signed_by(
-            net,
-            "n3",
-            SignedRecord {
-                origin: "n3".into(),
-                generation: g,
-                version: v,
-                signed_at_ms,
-                key: "svc:web".into(),
-                value: service_record("web", Health::Healthy),
-                signature: vec![],
-            },
-        )
-    };
     net.kill("n3");
     assert!(net.run_until(Duration::from_secs(10), |n| all_see(n, "n3", "dead")));
-    let old = withheld(&net, net.wall_ms() - 10_000);
+    let old = web_signed(&net, "n3", v, net.wall_ms() - 10_000);
     let from = addr(&net, "evil");
     let m = msg(&net, items(vec![old], vec![]));
     net.inject("evil", from, "n1", &m);
@@ -1408,10 +1416,7 @@ fn a_withheld_old_record_does_not_refute_a_recent_accusation() {
         "too old to refute"
     );
     // The control: a record n3 signs now (it came back) does refute.
-    let fresh = withheld(&net, net.wall_ms());
-    let mut fresh = fresh;
-    fresh.version = v + 1;
-    let fresh = signed_by(&net, "n3", fresh);
+    let fresh = web_signed(&net, "n3", v + 1, net.wall_ms());
     let m = msg(&net, items(vec![fresh], vec![]));
     net.inject("evil", from, "n1", &m);
     assert_eq!(net.health_seen("n1", "n3"), Some("alive"));
@@ -1558,6 +1563,79 @@ fn anti_entropy_requests_from_one_peer_are_answered_at_most_twice_per_half_round
         net.inject("evil", from, "n1", &m);
     }
     assert!(refusals(&net, "n1", Refusal::SyncRateLimited) <= 49);
+}
+
+#[test]
+fn digests_that_answer_nothing_asked_are_answered_at_most_four_times_per_half_round() {
+    // A digest asking for nothing back is how a peer answers this node's own,
+    // yet anyone can send one unasked, and each costs an answer (up to 256 KB
+    // of records, and possibly re-accusations). Answers to this node's digests
+    // arrive a round trip after its questions, so two windows' worth (four) are
+    // let through per half round.
+    let mut net = with_evil();
+    let from = addr(&net, "evil");
+    let digest = Body::Sync(Digest {
+        range: NameRange::all(),
+        origins: vec![],
+        suspicions: vec![],
+        documents: vec![],
+        reply: false,
+    });
+    let sent = net.stats.messages;
+    for _ in 0..20 {
+        let m = msg(&net, digest.clone());
+        net.inject("evil", from, "n1", &m);
+    }
+    assert_eq!(refusals(&net, "n1", Refusal::SyncRateLimited), 16);
+    assert!(
+        net.stats.messages - sent <= 4 * 2,
+        "only four digests were answered"
+    );
+    // Honest exchanges never hit the limit (see
+    // `honest_members_never_trip_the_anti_entropy_rate_limit`).
+    net.run_for(Duration::from_secs(10));
+    assert!(net.converged());
+    assert_eq!(refusals(&net, "n1", Refusal::SyncRateLimited), 16);
+}
+
+#[test]
+fn a_later_copy_of_an_accusation_does_not_outlast_the_refutation_of_the_first() {
+    // evil accuses n2; n2 refutes; before the refutation reaches n1, evil hands
+    // n1 the same accusation issued later, dated as far ahead as the clock skew
+    // allows. The later copy replaces the one n1 holds (a refresh: its timer
+    // keeps running from the first), but what refutes it is still the first
+    // copy's date, so n2's refutation clears it. Were the bar the later date,
+    // n2 would have to refute again before a timer that started with the first
+    // copy ran out, and would not even learn it had to (a refresh is not relayed).
+    let mut net = with_evil_and_a_skew_of_two_seconds();
+    // n1 hears only what the test hands it.
+    net.partition(&["n1"]);
+    let from = addr(&net, "evil");
+    let v = max_version(&net, "n1", "n2");
+    let first = accuse(&net, "evil", "n2", v);
+    net.inject("evil", from, "n1", &msg(&net, items(vec![], vec![first])));
+    assert_eq!(net.health_seen("n1", "n2"), Some("suspect"));
+    let refutation = web_signed(&net, "n2", v + 1, net.wall_ms());
+    net.run_for(Duration::from_millis(10));
+    let mut later = accuse(&net, "evil", "n2", v);
+    later.issued_at_ms = net.wall_ms() + 2_000;
+    later.signature = net
+        .crypto_of("evil")
+        .sign(&suspicion_payload(net.cluster(), &later))
+        .unwrap();
+    net.inject("evil", from, "n1", &msg(&net, items(vec![], vec![later])));
+    assert_eq!(net.health_seen("n1", "n2"), Some("suspect"));
+    net.inject(
+        "evil",
+        from,
+        "n1",
+        &msg(&net, items(vec![refutation], vec![])),
+    );
+    assert_eq!(
+        net.health_seen("n1", "n2"),
+        Some("alive"),
+        "the refutation of the first copy clears the later one"
+    );
 }
 
 #[test]

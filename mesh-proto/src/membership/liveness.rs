@@ -68,6 +68,19 @@ impl Health {
 struct Accusation {
     suspicion: Suspicion,
     received: Instant,
+    /// When the first copy held of this accusation (same accuser, same
+    /// version) was issued: what a refutation must answer. A refresh (the
+    /// same accusation issued again later) replaces the copy handed on, never
+    /// this bar, so a refutation signed after the first copy clears it
+    /// whatever later copies arrived before it.
+    first_issued_ms: u64,
+}
+
+impl Accusation {
+    fn refuted_by(&self, max_version: u64, signed_at_ms: u64, skew_ms: u64) -> bool {
+        max_version > self.suspicion.target_version
+            && signed_at_ms.saturating_add(skew_ms) >= self.first_issued_ms
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -155,6 +168,9 @@ pub fn is_timely(s: &Suspicion, timing: &Timing, wall_ms: u64) -> bool {
 pub enum Accepted {
     /// New: relay it.
     New,
+    /// The same accusation issued later replaced the copy held (see
+    /// [`Liveness::accept`]): checked and paid for, not relayed.
+    Refreshed,
     /// Already held, or already refuted.
     Stale,
 }
@@ -316,14 +332,15 @@ impl Liveness {
         self.spend(&s.accuser, timing, limits, now);
         if refresh {
             self.refresh(s);
-            return Ok(Accepted::Stale);
+            return Ok(Accepted::Refreshed);
         }
         self.hold(s, now);
         Ok(Accepted::New)
     }
 
     /// Replaces a held accusation by the same one issued later, keeping when
-    /// it was first received.
+    /// it was first received and when it was first issued (its timer and what
+    /// refutes it do not move).
     fn refresh(&mut self, s: Suspicion) {
         if let Some(a) = self
             .targets
@@ -349,6 +366,7 @@ impl Liveness {
         let replaced = t.accusations.insert(
             s.accuser.clone(),
             Accusation {
+                first_issued_ms: s.issued_at_ms,
                 suspicion: s,
                 received: now,
             },
@@ -394,6 +412,12 @@ impl Liveness {
         self.has_budget(me, timing, limits, now)
     }
 
+    /// Takes one token of `me`'s budget: an accusation this node signed that
+    /// was not held after all still cost a signature.
+    pub fn charge(&mut self, me: &str, timing: &Timing, limits: &Limits, now: Instant) {
+        self.spend(me, timing, limits, now);
+    }
+
     /// Whether this node may accuse again, for a peer, a member it holds dead:
     /// only while half its budget is left, kept for the members its own probes
     /// find unreachable (peers' digests, which ask for these, could otherwise
@@ -426,7 +450,7 @@ impl Liveness {
         }
         let before = t.accusations.len();
         t.accusations
-            .retain(|_, a| !refutes(max_version, max_signed_at_ms, &a.suspicion, skew));
+            .retain(|_, a| !a.refuted_by(max_version, max_signed_at_ms, skew));
         if t.accusations.len() == before {
             return None;
         }
@@ -454,8 +478,10 @@ impl Liveness {
     /// Runs the timers: declares dead every suspect whose deadline passed.
     pub fn tick(&mut self, now: Instant, timing: &Timing) -> Vec<Transition> {
         let mut out = Vec::new();
-        let due = self.next_deadline(timing).is_some_and(|d| now >= d);
-        for (name, t) in self.targets.iter_mut().filter(|_| due) {
+        if self.next_deadline(timing).is_none_or(|d| now < d) {
+            return out;
+        }
+        for (name, t) in &mut self.targets {
             if t.dead_since.is_some() {
                 continue;
             }

@@ -123,8 +123,22 @@ enum Ask {
     RangeHash,
     /// A digest asking for one back.
     Digest,
+    /// A digest answering one of this node's (asking for nothing back).
+    DigestAnswer,
     /// A graft of announced records.
     Graft,
+}
+
+impl Ask {
+    /// How many of this kind one peer may send per half round: answers to
+    /// this node's digests come one round trip after the questions, so up to
+    /// two windows' worth of them can land in one.
+    fn limit(self) -> u8 {
+        match self {
+            Ask::DigestAnswer => SYNCS_PER_HALF_ROUND * 2,
+            Ask::RangeHash | Ask::Digest | Ask::Graft => SYNCS_PER_HALF_ROUND,
+        }
+    }
 }
 
 /// A peer: its certificate's node name and its address.
@@ -871,7 +885,15 @@ impl<C: Crypto> Membership<C> {
     /// A peer's digest: answered with what it lacks, and with this node's own
     /// digest of the range if it asked for one.
     fn handle_sync(&mut self, from: Peer, digest: super::wire::Digest, now: Instant, wall_ms: u64) {
-        if digest.reply && !self.may_answer(&from.name, now, Ask::Digest) {
+        // Each digest costs an answer (and may cost re-accusations): those
+        // that answer this node's own are limited too, since a peer can send
+        // them unasked.
+        let ask = if digest.reply {
+            Ask::Digest
+        } else {
+            Ask::DigestAnswer
+        };
+        if !self.may_answer(&from.name, now, ask) {
             return;
         }
         self.catching_up = true;
@@ -935,10 +957,10 @@ impl<C: Crypto> Membership<C> {
             Some(&(at, n)) if now.saturating_duration_since(at) < spacing => (at, n),
             _ => (now, 0),
         };
-        if count >= SYNCS_PER_HALF_ROUND {
+        if count >= ask.limit() {
             let reason = match ask {
                 Ask::Graft => Refusal::GraftRateLimited,
-                Ask::RangeHash | Ask::Digest => Refusal::SyncRateLimited,
+                Ask::RangeHash | Ask::Digest | Ask::DigestAnswer => Refusal::SyncRateLimited,
             };
             self.refused(reason, peer, None);
             return false;
@@ -1090,7 +1112,7 @@ impl<C: Crypto> Membership<C> {
         let copy = s.clone();
         let result = self.accept_suspicion(s, now, wall_ms, false);
         match result {
-            Ok(Accepted::Stale) => true,
+            Ok(Accepted::Stale | Accepted::Refreshed) => true,
             Ok(Accepted::New) => {
                 self.events.push_back(Event::Accused {
                     target: copy.target.clone(),
@@ -1607,11 +1629,20 @@ impl<C: Crypto> Membership<C> {
             let Some(s) = self.sign_suspicion(target, wall_ms) else {
                 continue;
             };
-            if self.accept_suspicion(s.clone(), now, wall_ms, true).is_ok() {
-                self.events.push_back(Event::Reaccused {
-                    target: target.clone(),
-                });
-                out.push(s);
+            match self.accept_suspicion(s.clone(), now, wall_ms, true) {
+                Ok(Accepted::New | Accepted::Refreshed) => {
+                    self.events.push_back(Event::Reaccused {
+                        target: target.clone(),
+                    });
+                    out.push(s);
+                }
+                // Signed but not held (no room for another accusation, or one
+                // as new held already): the signature still costs a token, so
+                // no run of digests can make this node sign without limit.
+                Ok(Accepted::Stale) | Err(_) => {
+                    let (timing, limits) = (&self.config.timing, &self.config.limits);
+                    self.liveness.charge(&me, timing, limits, now);
+                }
             }
         }
         out
