@@ -304,6 +304,9 @@ struct Tracked {
     conn: Connection,
     peer_cert: rustls::pki_types::CertificateDer<'static>,
     peer_not_after: i64,
+    /// The node name in the peer's certificate, read once (the gossip
+    /// connection cap, checked every 2 s, needs it for every connection).
+    peer_node: Option<String>,
     pooled_as: Option<(SocketAddr, Use)>,
     gossip: bool,
 }
@@ -649,6 +652,7 @@ impl MeshEndpoint {
         let peer_not_after = x509_parser::parse_x509_certificate(&peer_cert)
             .map(|(_, x)| x.validity().not_after.timestamp())
             .unwrap_or(i64::MAX);
+        let peer_node = tls::peer_identity(conn.peer_identity()).and_then(|p| p.node);
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
         if self.tls.revocation_of(&peer_cert).is_some() {
             tracing::info!(peer = %conn.remote_address(), "closing a connection whose peer certificate was revoked during the handshake");
@@ -667,6 +671,7 @@ impl MeshEndpoint {
             conn: conn.clone(),
             peer_cert,
             peer_not_after,
+            peer_node,
             pooled_as,
             gossip,
         });
@@ -854,8 +859,7 @@ impl MeshEndpoint {
                 .iter()
                 .filter(|t| t.gossip && t.conn.close_reason().is_none())
                 .map(|t| {
-                    let peer = tls::peer_identity(t.conn.peer_identity()).and_then(|p| p.node);
-                    let kept = peer.as_deref().is_some_and(|p| keep.contains(p));
+                    let kept = t.peer_node.as_deref().is_some_and(|p| keep.contains(p));
                     let last = used.get(&t.conn.stable_id()).and_then(|u| u.1);
                     (t.conn.clone(), last, kept)
                 })

@@ -890,6 +890,23 @@ impl Seen {
         self.state(member) == Some("alive")
     }
 
+    /// Those of `names` (in name order, as a `BTreeSet` gives them) that this
+    /// node does not hold alive. One walk over both lists: a watcher of a large
+    /// mesh asks this of every node for every node, and a search per name (a
+    /// cache miss at each step through a view of large entries) took most of
+    /// the CPU of 450 in-process nodes' steady period.
+    pub fn not_alive<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut alive = self.alive_members().peekable();
+        let mut out = Vec::new();
+        for name in names {
+            while alive.next_if(|a| *a < name).is_some() {}
+            if alive.next_if(|a| *a == name).is_none() {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// The members held alive, by name.
     pub fn alive_members(&self) -> Box<dyn Iterator<Item = &str> + Send + '_> {
         match self {
@@ -916,4 +933,48 @@ fn metric_value(text: &str, series: &str) -> Option<u64> {
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
         .next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn member(name: &str, state: &str) -> MemberView {
+        MemberView {
+            name: name.into(),
+            state: state.into(),
+            accused_by: vec![],
+            address: String::new(),
+            zone: String::new(),
+            generation: 1,
+            last_heard_ms: None,
+            version: String::new(),
+            is_self: false,
+        }
+    }
+
+    #[test]
+    fn not_alive_names_exactly_those_not_held_alive_in_one_walk() {
+        let seen = Seen::Members(vec![
+            member("n1", "alive"),
+            member("n10", "suspect"),
+            member("n2", "alive"),
+            member("n4", "dead"),
+            member("n5", "alive"),
+        ]);
+        let asked: BTreeSet<&str> = ["n1", "n10", "n2", "n3", "n4", "n5", "n6"].into();
+        assert_eq!(
+            seen.not_alive(asked.iter().copied()),
+            vec!["n10", "n3", "n4", "n6"]
+        );
+        for name in &asked {
+            assert_eq!(
+                seen.not_alive([*name]).is_empty(),
+                seen.alive(name),
+                "{name}"
+            );
+        }
+        assert!(seen.not_alive([]).is_empty());
+    }
 }

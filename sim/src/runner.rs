@@ -365,10 +365,8 @@ impl Run {
                 let Some(seen) = mesh.seen(observer).await else {
                     continue;
                 };
-                for observed in &running {
-                    if !seen.alive(observed) {
-                        now_down.insert((observer.clone(), observed.clone()));
-                    }
+                for observed in seen.not_alive(running.iter().map(String::as_str)) {
+                    now_down.insert((observer.clone(), observed.to_string()));
                 }
             }
             drop(mesh);
@@ -652,11 +650,13 @@ async fn gone_everywhere(mesh: &Mesh, node: &str) -> bool {
 
 /// Every running node sees every one of `nodes` alive.
 async fn alive_everywhere(mesh: &Mesh, nodes: &[String]) -> bool {
+    let mut sorted: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
     for n in mesh.running() {
         let Some(seen) = mesh.seen(&n.name).await else {
             return false;
         };
-        if !nodes.iter().all(|node| seen.alive(node)) {
+        if !seen.not_alive(sorted.iter().copied()).is_empty() {
             return false;
         }
     }

@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::Tracked;
-use crate::tls;
 
 /// One open QUIC connection of this node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,9 +66,8 @@ pub(super) fn view(t: &Tracked) -> Option<ConnectionView> {
     }
     let stats = t.conn.stats();
     let path = stats.path;
-    let peer = tls::peer_identity(t.conn.peer_identity()).and_then(|id| id.node);
     Some(ConnectionView {
-        peer,
+        peer: t.peer_node.clone(),
         addr: t.conn.remote_address().to_string(),
         use_: if t.gossip { "gossip" } else { "tunnel" }.to_string(),
         dialled: t.pooled_as.is_some(),
