@@ -120,7 +120,7 @@ const READ_FAMILIES: [&str; 13] = [
 
 /// Whether exposition `line` (a sample, or a `# TYPE` / `# HELP` / `# UNIT`
 /// line) belongs to a family a sample reads.
-fn is_read(line: &str) -> bool {
+pub(super) fn is_read(line: &str) -> bool {
     let name = match line.strip_prefix('#') {
         Some(comment) => comment.split_whitespace().nth(1).unwrap_or(""),
         None => line.split(['{', ' ']).next().unwrap_or(""),
@@ -159,19 +159,21 @@ impl Sample {
         // Only the families read below go through the parser (a regex per
         // line): most of a node's exposition is gossip and QUIC families this
         // sample never reads, and every node parses it every two seconds.
-        let lines = text
-            .lines()
-            .filter(|l| is_read(l))
-            .map(|l| Ok(l.to_string()));
-        let Ok(scrape) = Scrape::parse(lines) else {
-            return Sample {
-                at,
-                ..Sample::default()
-            };
-        };
+        Sample::from_lines(text.lines().filter(|l| is_read(l)), at, listeners)
+    }
+
+    /// [`Sample::read`] of exactly `lines`, none left out.
+    pub(super) fn from_lines<'a>(
+        lines: impl Iterator<Item = &'a str>,
+        at: Duration,
+        listeners: &BTreeMap<String, ListenerInfo>,
+    ) -> Sample {
         let mut s = Sample {
             at,
             ..Sample::default()
+        };
+        let Ok(scrape) = Scrape::parse(lines.map(|l| Ok(l.to_string()))) else {
+            return s;
         };
         for sample in &scrape.samples {
             s.add(
@@ -309,97 +311,5 @@ mod tests {
         ] {
             assert!(!is_read(line), "{line}");
         }
-    }
-
-    #[test]
-    fn a_real_exposition_reads_the_same_filtered_and_whole() {
-        use crate::metrics::{
-            HttpLabels, HttpRetryLabels, ListenerLabels, Metrics, ReasonLabels, ServiceLabels,
-            ServiceReasonLabels,
-        };
-        // A node's registry with every family a sample reads moving, and the
-        // gossip and QUIC families it does not.
-        let m = Metrics::new();
-        let web = HttpLabels {
-            listener: "web".into(),
-            route: "-".into(),
-            service: "api".into(),
-            class: "5xx",
-        };
-        m.http.requests.get_or_create(&web).inc_by(7);
-        m.http.duration.get_or_create(&web).observe(0.002);
-        let retry = HttpRetryLabels {
-            listener: "web".into(),
-            route: "-".into(),
-            service: "api".into(),
-            reason: "5xx",
-        };
-        m.http.retries.get_or_create(&retry).inc_by(2);
-        let db = ListenerLabels {
-            listener: "db".into(),
-        };
-        m.proxy.listener_active.get_or_create(&db).set(3);
-        m.proxy.listener_connections.get_or_create(&db).inc_by(20);
-        m.proxy
-            .tunnel_setup_seconds
-            .get_or_create(&db)
-            .observe(0.0003);
-        let pg = ServiceLabels {
-            service: "pg".into(),
-        };
-        m.inbound.streams.get_or_create(&pg).inc_by(8);
-        let full = ServiceReasonLabels {
-            service: "pg".into(),
-            reason: "overloaded",
-        };
-        m.inbound.refusals.get_or_create(&full).inc_by(2);
-        let revoked = ReasonLabels { reason: "revoked" };
-        m.tls.rejected_peers.get_or_create(&revoked).inc();
-        m.gossip.connections.set(5);
-        let text = m.encode();
-        let listeners = BTreeMap::from([
-            (
-                "web".to_string(),
-                ListenerInfo {
-                    protocol: "http",
-                    service: None,
-                    source_service: None,
-                },
-            ),
-            (
-                "db".to_string(),
-                ListenerInfo {
-                    protocol: "tcp",
-                    service: Some("pg".into()),
-                    source_service: None,
-                },
-            ),
-        ]);
-        let at = Duration::from_secs(2);
-        let filtered = Sample::read(&text, at, &listeners);
-        // The whole exposition through the parser, as before the filter.
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        let mut whole = Sample {
-            at,
-            ..Sample::default()
-        };
-        for sample in &scrape.samples {
-            whole.add(
-                short(&sample.metric),
-                &sample.labels,
-                &sample.value,
-                &listeners,
-            );
-        }
-        assert_eq!(filtered, whole);
-        assert_eq!(filtered.gossip_connections, 5.0);
-        assert_eq!(filtered.served["pg"].requests, 8.0);
-        assert!(!filtered.edges.is_empty() && !filtered.refused.is_empty());
-        // A fresh registry has few labelled series of the families not read
-        // (a gossiping node has many more: refusal reasons, message kinds);
-        // still, about half its lines never reach the parser.
-        let kept = text.lines().filter(|l| is_read(l)).count();
-        let all = text.lines().count();
-        assert!(kept * 10 < all * 6, "the filter kept {kept} of {all} lines");
     }
 }
