@@ -12,9 +12,12 @@ use mesh_proto::codec::encode;
 use mesh_proto::gossip::{Health, NodeCertificate, NodeRecord, NodeState, RouteDocument};
 use mesh_proto::membership::signing::{indirect_ack_payload, record_payload, suspicion_payload};
 use mesh_proto::membership::sim::{Network, node_record, service_record};
-use mesh_proto::membership::wire::{Body, Digest, IndirectAck, Items, NameRange, PingReq, TimeIs};
+use mesh_proto::membership::wire::{
+    Body, Digest, IndirectAck, Items, NameRange, OriginSummary, PingReq, TimeIs,
+};
 use mesh_proto::membership::{
-    Crypto, Destination, Event, GossipMessage, MemberView, Refusal, SignedRecord, Suspicion, Timing,
+    Crypto, Destination, Event, GossipMessage, Limits, MemberView, Refusal, SignedRecord,
+    Suspicion, Timing,
 };
 use mesh_proto::revocation::{REVOCATIONS_DOCUMENT, Revocation, RevocationList};
 use mesh_proto::route::RouteSpec;
@@ -619,6 +622,40 @@ fn a_restarted_node_replaces_its_old_generation() {
         })
     };
     assert!(net.run_until(Duration::from_secs(10), replaced));
+}
+
+/// The members `observer`'s view holds up, counted from the view.
+fn up_in_view(net: &Network, observer: &str) -> usize {
+    let n = net.node(observer).unwrap();
+    let view = n.membership.view(net.now(), net.wall_ms());
+    view.members.iter().filter(|m| m.is_up()).count()
+}
+
+#[test]
+fn members_up_are_those_held_less_the_dead_of_the_generation_held() {
+    // `up_members` counts the dead instead of walking every member: it must
+    // agree with the view, with a member dead, and once it restarted in a
+    // new generation (its old generation's death no longer counts).
+    let mut net = mesh(6);
+    let agree = |net: &Network| {
+        net.names()
+            .iter()
+            .filter(|o| net.node(o).unwrap().running)
+            .all(|o| net.node(o).unwrap().membership.up_members() == up_in_view(net, o))
+    };
+    assert!(agree(&net));
+    assert_eq!(net.node("n1").unwrap().membership.up_members(), 6);
+    net.kill("n6");
+    assert!(net.run_until(Duration::from_secs(10), |n| all_see(n, "n6", "dead")));
+    assert!(agree(&net));
+    assert_eq!(net.node("n1").unwrap().membership.up_members(), 5);
+    net.add("n6", &["web"]);
+    assert!(net.run_until(Duration::from_secs(10), |n| {
+        n.names()
+            .iter()
+            .all(|o| n.node(o).unwrap().membership.up_members() == 6)
+    }));
+    assert!(agree(&net));
 }
 
 /// Messages of `kind` ([`mesh_proto::membership::sim::kind_of`]) sent so far.
@@ -1596,6 +1633,64 @@ fn digests_that_answer_nothing_asked_are_answered_at_most_four_times_per_half_ro
     net.run_for(Duration::from_secs(10));
     assert!(net.converged());
     assert_eq!(refusals(&net, "n1", Refusal::SyncRateLimited), 16);
+}
+
+#[test]
+fn a_reaccusation_this_node_cannot_hold_still_costs_it_a_token() {
+    // n1 may hold two open accusations. Cut off, it is handed evil's
+    // accusations of n2 and n3 (its table is now full), holds them dead, and
+    // waits until those accusations are too old to hand on. evil then sends
+    // unasked digests holding n2 and n3 alive: for each, n1 would accuse them
+    // again, but can hold no accusation of its own. Each such signature must
+    // still cost n1 a token, or a peer's digests make it sign without limit.
+    let mut net = Network::new(timing(), 42);
+    net.set_limits(Limits {
+        max_suspicions: 2,
+        ..Limits::default()
+    });
+    for n in ["n1", "n2", "n3", "n4", "evil"] {
+        net.add(n, &["web"]);
+    }
+    assert!(net.run_until(Duration::from_secs(30), Network::converged));
+    net.partition(&["n1"]);
+    let from = addr(&net, "evil");
+    let accused = ["n2", "n3"];
+    let accusations = accused
+        .iter()
+        .map(|t| accuse(&net, "evil", t, max_version(&net, "n1", t)))
+        .collect();
+    net.inject("evil", from, "n1", &msg(&net, items(vec![], accusations)));
+    net.run_for(timing().suspicion_ttl() + Duration::from_secs(1));
+    for t in accused {
+        assert_eq!(net.health_seen("n1", t), Some("dead"));
+    }
+    assert_eq!(net.health_seen("n1", "evil"), Some("alive"));
+    let origins = accused
+        .iter()
+        .map(|t| OriginSummary {
+            name: t.to_string(),
+            generation: generation(&net, t),
+            max_version: max_version(&net, "n1", t),
+            fingerprint: 0,
+        })
+        .collect();
+    let digest = Body::Sync(Digest {
+        range: NameRange::all(),
+        origins,
+        suspicions: vec![],
+        documents: vec![],
+        reply: false,
+    });
+    let crypto = net.node("n1").unwrap().membership.crypto().clone();
+    let signed = crypto.accusations_signed();
+    for _ in 0..4 {
+        let m = msg(&net, digest.clone());
+        net.inject("evil", from, "n1", &m);
+    }
+    // Four digests answered, two accusations asked by each: a full budget of
+    // 8 tokens, half kept for n1's own probes, pays for four signatures.
+    assert_eq!(crypto.accusations_signed() - signed, 4);
+    assert_eq!(net.health_seen("n1", "n2"), Some("dead"));
 }
 
 #[test]

@@ -62,6 +62,10 @@ pub struct StartOptions {
     /// (SIGHUP, `POST /reload`) reads it again. Without it, only
     /// [`Node::reload`] with a config in memory can change the config.
     pub config_file: Option<(PathBuf, crate::config::Overrides)>,
+    /// Signature checks shared with the other nodes of this process (the
+    /// simulator's): a signature one node found valid is not checked again by
+    /// the others. See [`gossip::crypto::SignatureChecks`].
+    pub signature_checks: Option<Arc<gossip::crypto::SignatureChecks>>,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -69,6 +73,7 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("custom_socket", &self.socket.is_some())
             .field("config_file", &self.config_file)
+            .field("shared_signature_checks", &self.signature_checks.is_some())
             .finish()
     }
 }
@@ -231,11 +236,17 @@ impl Node {
         );
         refuse_if_revoked(&config, &tls)?;
         let config_file = options.config_file.clone();
+        let checks = options.signature_checks.clone();
         let sockets = bind(&config, options, &tls, &metrics).await?;
         let (stop, stop_rx) = watch::channel(false);
         let supervisor = Arc::new(Supervisor::new(metrics.clone(), stop_rx.clone()));
         let net = (sockets.endpoint.clone(), sockets.advertise);
-        let core = start_core(&config, &tls, &metrics, net, sockets.accepted, &supervisor).await?;
+        let crypto = match checks {
+            Some(checks) => NodeCrypto::sharing(tls.clone(), checks),
+            None => NodeCrypto::new(tls.clone()),
+        };
+        let accepted = (sockets.accepted, crypto);
+        let core = start_core(&config, &tls, &metrics, net, accepted, &supervisor).await?;
         let revocations = start_revocations(
             (&config, stored_revocations),
             &tls,
@@ -507,13 +518,14 @@ impl Core {
 
 /// Starts the [`Core`]: the accept loop, gossip (publishing this node's
 /// records), the serving side, the routing table and the health checks, on
-/// `endpoint` (advertised as `advertise`) and the connections it hands over.
+/// `endpoint` (advertised as `advertise`) and the connections it hands over,
+/// gossip checking signatures with `crypto`.
 async fn start_core(
     config: &Arc<Config>,
     tls: &Arc<TlsState>,
     metrics: &Arc<Metrics>,
     (endpoint, advertise): (Arc<MeshEndpoint>, SocketAddr),
-    accepted: endpoint::Accepted,
+    (accepted, crypto): (endpoint::Accepted, NodeCrypto),
     supervisor: &Supervisor,
 ) -> Result<Core, StartError> {
     let generation = unix_ms();
@@ -528,7 +540,7 @@ async fn start_core(
     });
     let gossip = start_gossip(
         config,
-        tls,
+        crypto,
         metrics,
         &endpoint,
         advertise,
@@ -770,7 +782,7 @@ fn publisher_for(config: &Config, advertise: SocketAddr, generation: u64) -> Pub
 #[allow(clippy::too_many_arguments)]
 async fn start_gossip(
     config: &Config,
-    tls: &Arc<TlsState>,
+    crypto: NodeCrypto,
     metrics: &Arc<Metrics>,
     endpoint: &Arc<MeshEndpoint>,
     advertise: SocketAddr,
@@ -786,7 +798,7 @@ async fn start_gossip(
             timing: config.gossip.timing(),
             limits: config.gossip.limits(),
         },
-        NodeCrypto::new(tls.clone()),
+        crypto,
         crate::seeds::initial(config, advertise).await,
         generation ^ u64::from(advertise.port()),
         std::time::Instant::now(),

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use mesh_proto::membership::View;
 use shoal_node::admin::{EndpointView, MemberView, member_state};
 use shoal_node::config::{Config, RawConfig, RawHealth, RawListener, RawService, RawTls};
+use shoal_node::gossip::crypto::SignatureChecks;
 use shoal_node::{Node, StartOptions};
 use shoal_pki::{CertificateAuthority, Validity};
 use tempfile::TempDir;
@@ -102,6 +103,9 @@ pub struct Mesh {
     nodes: BTreeMap<String, SimNode>,
     backends: BTreeMap<(String, String), Backend>,
     seeds: Vec<SocketAddr>,
+    /// Signatures found valid by one in-process node, not checked again by the
+    /// others: each real node has its own cores, these share two.
+    signature_checks: Arc<SignatureChecks>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -127,6 +131,7 @@ impl Mesh {
         Ok(Mesh {
             mode,
             network,
+            signature_checks: Arc::default(),
             dir,
             ca,
             operator,
@@ -331,6 +336,7 @@ impl Mesh {
                     config,
                     StartOptions {
                         socket: Some(socket),
+                        signature_checks: Some(self.signature_checks.clone()),
                         ..StartOptions::default()
                     },
                 )

@@ -15,7 +15,7 @@ use super::wire::{IndirectAck, SignedRecord, Suspicion};
 /// Tag of record payloads.
 const RECORD_TAG: &[u8] = b"shoal/gossip-record/v1\0";
 /// Tag of suspicion payloads.
-const SUSPICION_TAG: &[u8] = b"shoal/gossip-suspicion/v1\0";
+pub(super) const SUSPICION_TAG: &[u8] = b"shoal/gossip-suspicion/v1\0";
 /// Tag of indirect-ack payloads.
 const INDIRECT_ACK_TAG: &[u8] = b"shoal/gossip-indirect-ack/v1\0";
 

@@ -9,7 +9,7 @@
 //! a test plays a hostile member by injecting messages in a member's name with
 //! [`Network::inject`].
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,7 +117,11 @@ pub struct Network {
     seq: u64,
     nodes: BTreeMap<String, SimNode>,
     by_addr: HashMap<SocketAddr, String>,
-    cut: BTreeSet<(String, String)>,
+    /// Each partition: a side, and the nodes it was cut from (every other
+    /// node when it was made).
+    partitions: Vec<(HashSet<String>, HashSet<String>)>,
+    /// Single links cut, both ways.
+    cut_links: BTreeSet<(String, String)>,
     queue: BinaryHeap<InFlight>,
     links: HashMap<(SocketAddr, SocketAddr), Duration>,
     /// Each running node's next timer, and a heap of them (entries that no
@@ -154,7 +158,8 @@ impl Network {
             seq: 0,
             nodes: BTreeMap::new(),
             by_addr: HashMap::new(),
-            cut: BTreeSet::new(),
+            partitions: Vec::new(),
+            cut_links: BTreeSet::new(),
             queue: BinaryHeap::new(),
             links: HashMap::new(),
             timer_of: HashMap::new(),
@@ -167,6 +172,11 @@ impl Network {
             watching: None,
             watched: Vec::new(),
         }
+    }
+
+    /// The limits of the nodes added from now on (the defaults until set).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Keeps every message `name` sends from now on, lost or not (a test reads
@@ -337,27 +347,38 @@ impl Network {
 
     /// Cuts every link between `side` and the other nodes.
     pub fn partition(&mut self, side: &[&str]) {
-        let names = self.names();
-        for a in side {
-            for b in &names {
-                if !side.contains(&b.as_str()) {
-                    self.cut.insert((a.to_string(), b.clone()));
-                    self.cut.insert((b.clone(), a.to_string()));
-                }
-            }
-        }
+        let side: HashSet<String> = side.iter().map(|s| s.to_string()).collect();
+        let others = self
+            .nodes
+            .keys()
+            .filter(|n| !side.contains(*n))
+            .cloned()
+            .collect();
+        self.partitions.push((side, others));
     }
 
     /// Cuts the link between `a` and `b` only (both ways): a broken path, while
     /// both still reach everyone else.
     pub fn cut_link(&mut self, a: &str, b: &str) {
-        self.cut.insert((a.to_string(), b.to_string()));
-        self.cut.insert((b.to_string(), a.to_string()));
+        self.cut_links.insert((a.to_string(), b.to_string()));
+        self.cut_links.insert((b.to_string(), a.to_string()));
     }
 
     /// Removes every partition.
     pub fn heal(&mut self) {
-        self.cut.clear();
+        self.partitions.clear();
+        self.cut_links.clear();
+    }
+
+    /// Whether a message from `from` to `to` is cut by a partition or a cut link.
+    fn is_cut(&self, from: &str, to: &str) -> bool {
+        let across = |(side, others): &(HashSet<String>, HashSet<String>)| {
+            (side.contains(from) && others.contains(to))
+                || (side.contains(to) && others.contains(from))
+        };
+        self.partitions.iter().any(across)
+            || (!self.cut_links.is_empty()
+                && self.cut_links.contains(&(from.to_string(), to.to_string())))
     }
 
     /// Publishes a health change of `service` on `name`.
@@ -517,7 +538,7 @@ impl Network {
             return;
         };
         let wrong_node = m.to_name.as_ref().is_some_and(|n| *n != to);
-        let cut = self.cut.contains(&(m.from.clone(), to.clone()));
+        let cut = self.is_cut(&m.from, &to);
         let from_addr = self.nodes.get(&m.from).map(|n| n.addr);
         let Some(node) = self.nodes.get_mut(&to) else {
             return;

@@ -1743,16 +1743,20 @@ impl<C: Crypto> Membership<C> {
     // Output
     // ------------------------------------------------------------------
 
-    /// How many members (this node included) this node believes up.
+    /// How many members (this node included) this node believes up: those
+    /// held, less those declared dead in the generation held (walks the dead,
+    /// not every member).
     pub fn up_members(&self) -> usize {
-        self.records
-            .origins()
-            .filter(|o| {
-                self.liveness
-                    .health(&o.name, o.generation, &self.config.timing)
-                    .is_up()
+        let dead = self
+            .liveness
+            .dead()
+            .filter(|(name, generation)| {
+                self.records
+                    .get(name)
+                    .is_some_and(|o| o.generation == *generation)
             })
-            .count()
+            .count();
+        self.records.len() - dead
     }
 
     /// A summary of everything this node holds about members: how many, and a

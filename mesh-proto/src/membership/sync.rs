@@ -208,11 +208,13 @@ pub fn answer<K: Clone + std::fmt::Debug>(
     timing: &Timing,
     wall_ms: u64,
 ) -> Answer {
-    let mut items = answer_records(digest, records, liveness, timing);
+    let theirs = origins_by_name(digest);
+    let held = (records, liveness);
+    let mut items = answer_records(digest, &theirs, held, timing);
     let mut first = Items::default();
     let mut bytes = 0;
-    let held = (records, liveness);
-    let reaccuse = answer_suspicions(digest, peer, held, timing, wall_ms, &mut first, &mut bytes);
+    let (theirs, out) = (&theirs, (&mut first, &mut bytes));
+    let reaccuse = answer_suspicions(digest, theirs, peer, held, timing, wall_ms, out);
     answer_documents(digest, documents, &mut first, &mut bytes);
     if !first.is_empty() {
         items.insert(0, first);
@@ -220,17 +222,26 @@ pub fn answer<K: Clone + std::fmt::Debug>(
     Answer { items, reaccuse }
 }
 
+/// The peer's summary of each origin its digest names, by name.
+fn origins_by_name(digest: &Digest) -> HashMap<&str, &OriginSummary> {
+    digest
+        .origins
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect()
+}
+
 /// The suspicions of members in the digest's range that the peer lacks and
 /// can still accept (or that accuse the peer itself, which it refutes whatever
 /// their age); returns the members to accuse again for it.
 fn answer_suspicions<K: Clone + std::fmt::Debug>(
     digest: &Digest,
+    known: &HashMap<&str, &OriginSummary>,
     peer: &str,
     (records, liveness): (&RecordStore<K>, &Liveness),
     timing: &Timing,
     wall_ms: u64,
-    items: &mut Items,
-    bytes: &mut usize,
+    (items, bytes): (&mut Items, &mut usize),
 ) -> Vec<String> {
     let theirs: HashSet<&SuspicionId> = digest.suspicions.iter().collect();
     let accused: HashSet<&str> = digest
@@ -239,11 +250,6 @@ fn answer_suspicions<K: Clone + std::fmt::Debug>(
         .map(|i| i.target.as_str())
         .collect();
     let complete = digest.suspicions.len() < MAX_DIGEST_IDS;
-    let known: HashMap<&str, &OriginSummary> = digest
-        .origins
-        .iter()
-        .map(|s| (s.name.as_str(), s))
-        .collect();
     let mut reaccuse = Vec::new();
     // The peer's own accusations, whatever the range: it refutes them at once
     // (a healing partition waits on these).
@@ -308,18 +314,13 @@ fn answer_documents(
 /// `ANSWER_CHUNK_BYTES`, [`ANSWER_BYTES`] in all.
 fn answer_records<K: Clone + std::fmt::Debug>(
     digest: &Digest,
-    records: &RecordStore<K>,
-    liveness: &Liveness,
+    theirs: &HashMap<&str, &OriginSummary>,
+    (records, liveness): (&RecordStore<K>, &Liveness),
     timing: &Timing,
 ) -> Vec<Items> {
     let mut chunks: Vec<Items> = Vec::new();
     let mut items = Items::default();
     let (mut bytes, mut total) = (0usize, 0usize);
-    let theirs: HashMap<&str, &OriginSummary> = digest
-        .origins
-        .iter()
-        .map(|s| (s.name.as_str(), s))
-        .collect();
     for o in records.in_range(&digest.range) {
         let after = match theirs.get(&*o.name) {
             None => {

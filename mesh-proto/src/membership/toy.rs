@@ -4,11 +4,14 @@
 //! that does not hold the secret — which is how tests model a hostile member: it
 //! may use its own [`ToyCrypto`], never another's. Never use this outside tests.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::gossip::RouteDocument;
 
-use super::signing::{Crypto, CryptoRefusal, DocumentSigner, NodeCert};
+use super::signing::{Crypto, CryptoRefusal, DocumentSigner, NodeCert, SUSPICION_TAG};
 
 const NODE_CERT: &str = "toy-node";
 const OPERATOR_CERT: &str = "toy-operator";
@@ -19,6 +22,9 @@ const CA_CERT: &str = "toy-ca";
 pub struct ToyCrypto {
     ca_secret: u64,
     me: String,
+    /// Accusations signed with this key, shared between clones (what a test
+    /// reads to see what signing cost a node).
+    accusations_signed: Arc<AtomicU64>,
 }
 
 impl ToyCrypto {
@@ -27,7 +33,14 @@ impl ToyCrypto {
         ToyCrypto {
             ca_secret,
             me: me.into(),
+            accusations_signed: Arc::default(),
         }
+    }
+
+    /// How many accusations ([`super::wire::Suspicion`]s) this key (or a clone
+    /// of it) has signed.
+    pub fn accusations_signed(&self) -> u64 {
+        self.accusations_signed.load(Ordering::Relaxed)
     }
 
     fn tag(&self, parts: &[&[u8]]) -> [u8; 16] {
@@ -143,6 +156,9 @@ impl Crypto for ToyCrypto {
     }
 
     fn sign(&self, message: &[u8]) -> Option<Vec<u8>> {
+        if message.starts_with(SUSPICION_TAG) {
+            self.accusations_signed.fetch_add(1, Ordering::Relaxed);
+        }
         Some(self.tag(&[b"node", self.me.as_bytes(), message]).to_vec())
     }
 
