@@ -635,7 +635,8 @@ fn up_in_view(net: &Network, observer: &str) -> usize {
 fn members_up_are_those_held_less_the_dead_of_the_generation_held() {
     // `up_members` counts the dead instead of walking every member: it must
     // agree with the view, with a member dead, and once it restarted in a
-    // new generation (its old generation's death no longer counts).
+    // new generation (whose record makes every node forget the old
+    // generation's death).
     let mut net = mesh(6);
     let agree = |net: &Network| {
         net.names()
@@ -1687,9 +1688,18 @@ fn a_reaccusation_this_node_cannot_hold_still_costs_it_a_token() {
         let m = msg(&net, digest.clone());
         net.inject("evil", from, "n1", &m);
     }
-    // Four digests answered, two accusations asked by each: a full budget of
-    // 8 tokens, half kept for n1's own probes, pays for four signatures.
+    // Four digests answered (none refused by the rate limit, so without the
+    // charge n1 would sign two for each, eight), two accusations asked by
+    // each: a full budget of 8 tokens, half kept for n1's own probes, pays
+    // for four signatures, none of them held.
+    assert_eq!(refusals(&net, "n1", Refusal::SyncRateLimited), 0);
     assert_eq!(crypto.accusations_signed() - signed, 4);
+    let n1 = net.node("n1").unwrap();
+    let reaccused = n1
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Reaccused { .. }));
+    assert!(!reaccused, "none of them was held");
     assert_eq!(net.health_seen("n1", "n2"), Some("dead"));
 }
 

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminState, MemberView};
 use crate::config::{Config, HealthKind};
 use crate::endpoint::{self, MeshEndpoint, SocketSource};
+use crate::gossip::crypto::SignatureChecks;
 use crate::gossip::{self, FairQueue, Gossip, NodeCrypto, Outbound, Wiring, transport};
 use crate::metrics::Metrics;
 use crate::proxy::http::HttpListener;
@@ -65,7 +66,7 @@ pub struct StartOptions {
     /// Signature checks shared with the other nodes of this process (the
     /// simulator's): a signature one node found valid is not checked again by
     /// the others. See [`gossip::crypto::SignatureChecks`].
-    pub signature_checks: Option<Arc<gossip::crypto::SignatureChecks>>,
+    pub signature_checks: Option<Arc<SignatureChecks>>,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -241,12 +242,17 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         let supervisor = Arc::new(Supervisor::new(metrics.clone(), stop_rx.clone()));
         let net = (sockets.endpoint.clone(), sockets.advertise);
-        let crypto = match checks {
-            Some(checks) => NodeCrypto::sharing(tls.clone(), checks),
-            None => NodeCrypto::new(tls.clone()),
-        };
-        let accepted = (sockets.accepted, crypto);
-        let core = start_core(&config, &tls, &metrics, net, accepted, &supervisor).await?;
+        let crypto = gossip_crypto(&tls, checks);
+        let core = start_core(
+            &config,
+            &tls,
+            &metrics,
+            net,
+            sockets.accepted,
+            crypto,
+            &supervisor,
+        )
+        .await?;
         let revocations = start_revocations(
             (&config, stored_revocations),
             &tls,
@@ -516,6 +522,15 @@ impl Core {
     }
 }
 
+/// The gossip's cryptography over `tls`, sharing signature checks with the
+/// other nodes of this process if `checks` is given.
+fn gossip_crypto(tls: &Arc<TlsState>, checks: Option<Arc<SignatureChecks>>) -> NodeCrypto {
+    match checks {
+        Some(checks) => NodeCrypto::sharing(tls.clone(), checks),
+        None => NodeCrypto::new(tls.clone()),
+    }
+}
+
 /// Starts the [`Core`]: the accept loop, gossip (publishing this node's
 /// records), the serving side, the routing table and the health checks, on
 /// `endpoint` (advertised as `advertise`) and the connections it hands over,
@@ -525,7 +540,8 @@ async fn start_core(
     tls: &Arc<TlsState>,
     metrics: &Arc<Metrics>,
     (endpoint, advertise): (Arc<MeshEndpoint>, SocketAddr),
-    (accepted, crypto): (endpoint::Accepted, NodeCrypto),
+    accepted: endpoint::Accepted,
+    crypto: NodeCrypto,
     supervisor: &Supervisor,
 ) -> Result<Core, StartError> {
     let generation = unix_ms();

@@ -213,8 +213,8 @@ pub fn answer<K: Clone + std::fmt::Debug>(
     let mut items = answer_records(digest, &theirs, held, timing);
     let mut first = Items::default();
     let mut bytes = 0;
-    let (theirs, out) = (&theirs, (&mut first, &mut bytes));
-    let reaccuse = answer_suspicions(digest, theirs, peer, held, timing, wall_ms, out);
+    let out = (&mut first, &mut bytes);
+    let reaccuse = answer_suspicions(digest, &theirs, peer, held, timing, wall_ms, out);
     answer_documents(digest, documents, &mut first, &mut bytes);
     if !first.is_empty() {
         items.insert(0, first);

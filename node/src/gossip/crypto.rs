@@ -41,12 +41,21 @@ type Verdict = Result<NodeCert<Arc<CertificateDer<'static>>>, CryptoRefusal>;
 const MAX_CHECKED_SIGNATURES: usize = 1 << 20;
 
 /// Signatures found valid, remembered by the SHA-256 of (certificate, message,
-/// signature), so that nodes sharing it check each one once. Only for nodes of
-/// one process that trust the same mesh CA (what a signature check depends on
-/// is exactly the three inputs hashed; nothing else is shared).
-#[derive(Debug, Default)]
+/// signature), so that nodes sharing it check each one at most once while it
+/// is remembered. A signature check depends on exactly the three inputs
+/// hashed (not on the time or the CA, which the certificate's own check
+/// covers), so nothing else is shared.
+#[derive(Default)]
 pub struct SignatureChecks {
     valid: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for SignatureChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureChecks")
+            .field("remembered", &self.len())
+            .finish()
+    }
 }
 
 impl SignatureChecks {
