@@ -1603,6 +1603,18 @@ fn anti_entropy_requests_from_one_peer_are_answered_at_most_twice_per_half_round
     assert!(refusals(&net, "n1", Refusal::SyncRateLimited) <= 49);
 }
 
+/// A digest of the whole name range holding `origins` and no accusation,
+/// answering nothing asked (`reply: false`).
+fn unasked_digest(origins: Vec<OriginSummary>) -> Body {
+    Body::Sync(Digest {
+        range: NameRange::all(),
+        origins,
+        suspicions: vec![],
+        documents: vec![],
+        reply: false,
+    })
+}
+
 #[test]
 fn digests_that_answer_nothing_asked_are_answered_at_most_four_times_per_half_round() {
     // A digest asking for nothing back is how a peer answers this node's own,
@@ -1612,13 +1624,7 @@ fn digests_that_answer_nothing_asked_are_answered_at_most_four_times_per_half_ro
     // let through per half round.
     let mut net = with_evil();
     let from = addr(&net, "evil");
-    let digest = Body::Sync(Digest {
-        range: NameRange::all(),
-        origins: vec![],
-        suspicions: vec![],
-        documents: vec![],
-        reply: false,
-    });
+    let digest = unasked_digest(vec![]);
     let sent = net.stats.messages;
     for _ in 0..20 {
         let m = msg(&net, digest.clone());
@@ -1675,13 +1681,7 @@ fn a_reaccusation_this_node_cannot_hold_still_costs_it_a_token() {
             fingerprint: 0,
         })
         .collect();
-    let digest = Body::Sync(Digest {
-        range: NameRange::all(),
-        origins,
-        suspicions: vec![],
-        documents: vec![],
-        reply: false,
-    });
+    let digest = unasked_digest(origins);
     let crypto = net.node("n1").unwrap().membership.crypto().clone();
     let signed = crypto.accusations_signed();
     for _ in 0..4 {

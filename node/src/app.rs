@@ -237,22 +237,13 @@ impl Node {
         );
         refuse_if_revoked(&config, &tls)?;
         let config_file = options.config_file.clone();
-        let checks = options.signature_checks.clone();
+        let crypto = gossip_crypto(&tls, options.signature_checks.clone());
         let sockets = bind(&config, options, &tls, &metrics).await?;
         let (stop, stop_rx) = watch::channel(false);
         let supervisor = Arc::new(Supervisor::new(metrics.clone(), stop_rx.clone()));
         let net = (sockets.endpoint.clone(), sockets.advertise);
-        let crypto = gossip_crypto(&tls, checks);
-        let core = start_core(
-            &config,
-            &tls,
-            &metrics,
-            net,
-            sockets.accepted,
-            crypto,
-            &supervisor,
-        )
-        .await?;
+        let accepted = sockets.accepted;
+        let core = start_core(&config, &tls, &metrics, net, accepted, crypto, &supervisor).await?;
         let revocations = start_revocations(
             (&config, stored_revocations),
             &tls,
