@@ -61,7 +61,6 @@ impl AsyncUdpSocket for SplitSends {
             Some(s) if transmit.contents.len() > MAX_SEND => s,
             _ => return self.inner.try_send(transmit),
         };
-        let mut sent_any = false;
         for range in pieces(transmit.contents.len(), segment) {
             let contents = &transmit.contents[range];
             let piece = Transmit {
@@ -69,14 +68,14 @@ impl AsyncUdpSocket for SplitSends {
                 segment_size: (contents.len() > segment).then_some(segment),
                 ..*transmit
             };
-            match self.inner.try_send(&piece) {
-                Ok(()) => sent_any = true,
-                // Once part of the batch is out, the rest is as good as lost on
-                // the wire: QUIC's loss recovery resends it. Reporting it as not
-                // sent would make quinn send the first part twice.
-                Err(_) if sent_any => return Ok(()),
-                Err(e) => return Err(e),
-            }
+            // A full socket midway (`WouldBlock`) is reported as it is: quinn
+            // keeps the batch and sends it whole once the socket is writable,
+            // and the peer drops the copies of the pieces already out by their
+            // packet numbers. Reporting the batch sent would turn its tail
+            // into lost packets, each loss a congestion-window cut. (quinn-udp
+            // reports no other error: it logs and drops a datagram the kernel
+            // refuses.)
+            self.inner.try_send(&piece)?;
         }
         Ok(())
     }
@@ -109,16 +108,29 @@ impl AsyncUdpSocket for SplitSends {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
     use std::sync::Mutex;
+
+    use quinn::udp::EcnCodepoint;
 
     use super::*;
 
-    /// A socket that records the sends it is handed (length, segment size) and
-    /// reports `WouldBlock` from the `block_at`-th send on.
+    /// What one send handed the socket.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Sent {
+        contents: Vec<u8>,
+        segment_size: Option<usize>,
+        destination: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        src_ip: Option<IpAddr>,
+    }
+
+    /// A socket that records the sends it is handed and reports `WouldBlock`
+    /// for the send numbered `block_at` (counting recorded sends).
     #[derive(Debug, Default)]
     struct Recorder {
-        sends: Mutex<Vec<(usize, Option<usize>)>>,
-        block_at: Option<usize>,
+        sent: Mutex<Vec<Sent>>,
+        block_at: Mutex<Option<usize>>,
     }
 
     #[derive(Debug)]
@@ -135,16 +147,18 @@ mod tests {
             Box::pin(Writable)
         }
 
-        fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-            let mut sends = self.sends.lock().unwrap();
-            if self.block_at == Some(sends.len()) {
+        fn try_send(&self, t: &Transmit) -> io::Result<()> {
+            let mut sent = self.sent.lock().unwrap();
+            if *self.block_at.lock().unwrap() == Some(sent.len()) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            assert!(
-                transmit.contents.len() <= MAX_SEND,
-                "the kernel refuses this"
-            );
-            sends.push((transmit.contents.len(), transmit.segment_size));
+            sent.push(Sent {
+                contents: t.contents.to_vec(),
+                segment_size: t.segment_size,
+                destination: t.destination,
+                ecn: t.ecn,
+                src_ip: t.src_ip,
+            });
             Ok(())
         }
 
@@ -166,34 +180,74 @@ mod tests {
         }
     }
 
-    fn send(
-        block_at: Option<usize>,
-        len: usize,
+    const DESTINATION: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        4433,
+    ));
+    const SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+
+    /// A batch of `len` bytes whose every byte differs from its neighbours', so
+    /// a piece sent from the wrong place shows.
+    fn batch(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn send_through(
+        socket: &SplitSends,
+        contents: &[u8],
         segment: Option<usize>,
-    ) -> (io::Result<()>, Vec<(usize, Option<usize>)>) {
-        let inner = Arc::new(Recorder {
-            block_at,
-            ..Recorder::default()
-        });
-        let socket = SplitSends::new(inner.clone());
-        let contents = vec![7u8; len];
-        let result = socket.try_send(&Transmit {
-            destination: SocketAddr::from(([127, 0, 0, 2], 4433)),
-            ecn: None,
-            contents: &contents,
+    ) -> io::Result<()> {
+        socket.try_send(&Transmit {
+            destination: DESTINATION,
+            ecn: Some(EcnCodepoint::Ect0),
+            contents,
             segment_size: segment,
-            src_ip: None,
-        });
-        let sends = inner.sends.lock().unwrap().clone();
-        (result, sends)
+            src_ip: Some(SOURCE),
+        })
+    }
+
+    /// Sends one batch through a fresh [`SplitSends`]; returns what reached the
+    /// socket underneath as (length, segment size), after checking that every
+    /// piece carries the batch's addresses and ECN and that the pieces, in
+    /// order, are the batch.
+    fn split(len: usize, segment: Option<usize>) -> Vec<(usize, Option<usize>)> {
+        let inner = Arc::new(Recorder::default());
+        let socket = SplitSends::new(inner.clone());
+        let contents = batch(len);
+        send_through(&socket, &contents, segment).expect("nothing blocks");
+        let sent = inner.sent.lock().unwrap().clone();
+        assert_eq!(
+            joined(&sent),
+            contents,
+            "the pieces are the batch, in order"
+        );
+        for s in &sent {
+            assert!(
+                s.contents.len() <= MAX_SEND,
+                "the kernel refuses {}",
+                s.contents.len()
+            );
+            assert_eq!(
+                (s.destination, s.ecn, s.src_ip),
+                (DESTINATION, Some(EcnCodepoint::Ect0), Some(SOURCE))
+            );
+        }
+        sent.iter()
+            .map(|s| (s.contents.len(), s.segment_size))
+            .collect()
+    }
+
+    /// The bytes of `sent`, one send after another.
+    fn joined(sent: &[Sent]) -> Vec<u8> {
+        sent.iter()
+            .flat_map(|s| s.contents.iter().copied())
+            .collect()
     }
 
     #[test]
     fn ten_large_packets_go_out_in_sends_of_whole_packets_each_within_one_udp_send() {
-        let (result, sends) = send(None, 10 * 16_000, Some(16_000));
-        assert!(result.is_ok());
         assert_eq!(
-            sends,
+            split(10 * 16_000, Some(16_000)),
             [
                 (64_000, Some(16_000)),
                 (64_000, Some(16_000)),
@@ -202,42 +256,56 @@ mod tests {
         );
         // A short last packet stays in its piece; a piece of one packet is a
         // plain datagram.
-        let (_, sends) = send(None, 8 * 16_000 + 500, Some(16_000));
         assert_eq!(
-            sends,
+            split(8 * 16_000 + 500, Some(16_000)),
             [(64_000, Some(16_000)), (64_000, Some(16_000)), (500, None)]
         );
-        let (_, sends) = send(None, 5 * 13_000 + 12_000, Some(13_000));
-        assert_eq!(sends, [(65_000, Some(13_000)), (12_000, None)]);
+        assert_eq!(
+            split(5 * 13_000 + 12_000, Some(13_000)),
+            [(65_000, Some(13_000)), (12_000, None)]
+        );
     }
 
     #[test]
     fn a_batch_that_fits_one_send_is_handed_on_unchanged() {
-        let (_, sends) = send(None, 10 * 6_500, Some(6_500));
-        assert_eq!(sends, [(65_000, Some(6_500))]);
-        let (_, sends) = send(None, 16_000, None);
-        assert_eq!(sends, [(16_000, None)]);
+        assert_eq!(split(10 * 6_500, Some(6_500)), [(65_000, Some(6_500))]);
+        assert_eq!(split(16_000, None), [(16_000, None)]);
     }
 
     #[test]
-    fn a_full_socket_before_the_first_piece_is_reported_and_after_it_is_not() {
-        // Nothing sent: quinn must keep the batch and wait until writable.
-        let (result, sends) = send(Some(0), 10 * 16_000, Some(16_000));
+    fn a_full_socket_midway_keeps_the_whole_batch_for_quinn_to_send_again() {
+        let inner = Arc::new(Recorder::default());
+        let socket = SplitSends::new(inner.clone());
+        let contents = batch(10 * 16_000);
+        // Nothing out: reported, nothing sent.
+        *inner.block_at.lock().unwrap() = Some(0);
+        let result = send_through(&socket, &contents, Some(16_000));
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        assert!(sends.is_empty());
-        // Part sent: reporting the batch unsent would send that part twice; the
-        // rest is left to QUIC's loss recovery.
-        let (result, sends) = send(Some(1), 10 * 16_000, Some(16_000));
-        assert!(result.is_ok());
-        assert_eq!(sends, [(64_000, Some(16_000))]);
+        assert!(inner.sent.lock().unwrap().is_empty());
+        // The first piece out, then full: reported too, so quinn keeps the
+        // batch rather than count its tail as lost.
+        *inner.block_at.lock().unwrap() = Some(1);
+        let result = send_through(&socket, &contents, Some(16_000));
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(inner.sent.lock().unwrap().len(), 1);
+        // quinn's retry once writable sends the batch whole: the first piece
+        // goes out twice (the peer drops the copy by packet number).
+        *inner.block_at.lock().unwrap() = None;
+        send_through(&socket, &contents, Some(16_000)).unwrap();
+        let sent = inner.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 4);
+        assert_eq!(sent[0], sent[1]);
+        assert_eq!(joined(&sent[1..]), contents);
     }
 
     #[test]
-    fn pieces_cover_the_batch_in_whole_packets() {
+    fn pieces_cover_the_batch_in_whole_packets_within_one_send() {
+        // QUIC packets are at least 1,200 bytes, so a piece holds at most 54
+        // of them: under the kernel's 64 segments per send.
         for (len, segment) in [
             (160_000, 16_000),
-            (65_507, 1),
-            (70_000, 65_507),
+            (65_507, 1_200),
+            (120_000, 65_000),
             (1, 16_000),
         ] {
             let ranges: Vec<_> = pieces(len, segment).collect();
@@ -247,7 +315,12 @@ mod tests {
                 assert_eq!(pair[0].end, pair[1].start);
                 assert_eq!(pair[0].len() % segment, 0, "{len} {segment}: {ranges:?}");
             }
-            assert!(ranges.iter().all(|r| r.len() <= MAX_SEND.max(segment)));
+            for r in &ranges {
+                assert!(
+                    r.len() <= MAX_SEND && r.len().div_ceil(segment) <= 64,
+                    "{r:?}"
+                );
+            }
         }
     }
 }
